@@ -1,0 +1,104 @@
+// Package outbox is the durable, per-stream queue of Security Event Tokens
+// and the machinery that delivers them: push (RFC 8935) with ordered,
+// per-stream backoff, poll (RFC 8936) with lease and acknowledgement, dead
+// letter and retention.
+//
+// It owns the single bbolt file and its group-commit writer; other packages
+// persist their own buckets through it (Store.Commit, Store.Get, Store.Scan).
+// It knows bytes, endpoints and time — nothing of SSF semantics or authentik.
+package outbox
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Mark is one key/value change in one bucket, committed in the same
+// transaction as the SETs it accompanies. Delete removes the key; otherwise
+// Value is stored (an empty Value stores an empty value).
+type Mark struct {
+	Bucket string
+	Key    []byte
+	Value  []byte
+	Delete bool
+}
+
+// SET is one Security Event Token to deliver on one stream, stored as its
+// claims and signed only when it is handed out.
+type SET struct {
+	StreamID string
+	// JTI is fixed at enqueue and never changes, across retries and
+	// restarts. It must equal the "jti" inside Claims.
+	JTI string
+	// Key makes Enqueue idempotent: a SET whose Key was committed before is
+	// skipped (conventionally "<source record id>/<stream id>"). Empty
+	// means JTI.
+	Key string
+	// EventType is the event URI, for statistics and the dashboard.
+	EventType string
+	// Claims is the SET's JSON claims set.
+	Claims json.RawMessage
+	// Head queues the SET before everything already queued on its stream
+	// (used for the stream-updated SET that explains an automatic pause).
+	Head bool
+	// TraceParent is the W3C traceparent of the cause, so a delivery
+	// attempt hours later links to the request that produced it.
+	TraceParent string
+	// Labels are small, non-secret facts kept for operators (source,
+	// initiator, masked subject); never delivered.
+	Labels map[string]string
+}
+
+// Signer signs a SET's claims at hand-out time. The transmitter's key
+// manager implements it; the current key signs, so a retired key never
+// strands the backlog.
+type Signer interface {
+	Sign(ctx context.Context, claims []byte) (compact string, err error)
+}
+
+// Method is a stream's delivery method.
+type Method string
+
+const (
+	MethodPush Method = "push" // RFC 8935
+	MethodPoll Method = "poll" // RFC 8936
+)
+
+// Status is a stream's status as the outbox acts on it.
+type Status string
+
+const (
+	StatusEnabled  Status = "enabled"  // deliver
+	StatusPaused   Status = "paused"   // hold, deliver in order once enabled
+	StatusDisabled Status = "disabled" // drop new SETs, discard queued ones
+)
+
+// StreamConfig is what the outbox needs to know of a stream to deliver it.
+type StreamConfig struct {
+	ID     string
+	Method Method
+	Status Status
+	// EndpointURL is the push destination (push streams only).
+	EndpointURL string
+	// AuthorizationHeader is sent verbatim as the Authorization header of
+	// every push when not empty. It is a secret: never logged.
+	AuthorizationHeader string
+}
+
+// FailureReporter is told when a push stream has failed continuously for the
+// configured pause-after duration. The transmitter pauses the stream and
+// queues a stream-updated SET at its head.
+type FailureReporter interface {
+	StreamFailing(ctx context.Context, streamID string, since time.Time, lastErr string)
+}
+
+// Notifier wakes dispatchers and long polls when a stream has new SETs. The
+// in-process implementation is a set of channels; a shared database backend
+// can wake other replicas.
+type Notifier interface {
+	Notify(streamID string)
+	// Wait returns a channel that is closed by the next Notify for the
+	// stream (or already closed if one raced with the call).
+	Wait(streamID string) <-chan struct{}
+}

@@ -1,0 +1,253 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// forwarder is the proxy core: one http.Handler that sends a request to the
+// upstream and streams the answer back. It avoids httputil.ReverseProxy's
+// per-request clone of the request and its headers: the inbound request is
+// owned by this handler, so its header map is edited in place and shallow
+// copied once for the transport.
+type forwarder struct {
+	cfg       Config
+	log       *slog.Logger
+	transport *http.Transport
+	fwd       forwarded
+	stats     *counters
+	upgrades  *connSet
+	// basePath is the upstream URL's path without a trailing slash ("" when
+	// the upstream is a bare host).
+	basePath, baseRawPath string
+}
+
+func newForwarder(cfg Config, stats *counters, upgrades *connSet) *forwarder {
+	base := strings.TrimSuffix(cfg.Upstream.Path, "/")
+	baseRaw := strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/")
+	return &forwarder{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		transport:   newTransport(cfg),
+		fwd:         forwarded{trusted: cfg.TrustedProxies},
+		stats:       stats,
+		upgrades:    upgrades,
+		basePath:    base,
+		baseRawPath: baseRaw,
+	}
+}
+
+// newTransport builds the upstream transport: a large keep-alive pool to one
+// host, no environment proxy (the upstream is authentik next door; an
+// HTTP_PROXY meant for outbound traffic must not capture it), no transparent
+// gzip (bodies and Accept-Encoding pass untouched), and HTTP/1.1 only, so
+// that WebSocket upgrades and trailers work the same way on every request.
+func newTransport(cfg Config) *http.Transport {
+	d := &net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                  nil,
+		DialContext:            d.DialContext,
+		MaxIdleConns:           0, // no global cap; the per-host cap applies
+		MaxIdleConnsPerHost:    cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ResponseHeaderTimeout:  cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout:  0,
+		DisableCompression:     true,
+		ForceAttemptHTTP2:      false,
+		MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes),
+		WriteBufferSize:        16 << 10,
+		ReadBufferSize:         16 << 10,
+	}
+}
+
+// bufPool holds copy buffers for response bodies.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (p *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var start time.Time
+	if p.cfg.OnRequest != nil {
+		start = p.cfg.Now()
+	}
+	class := "proxy"
+	status := p.serve(w, r, &class)
+	if p.cfg.OnRequest != nil {
+		p.cfg.OnRequest(class, status, p.cfg.Now().Sub(start))
+	}
+}
+
+// serve proxies one request and returns the status sent to the client.
+func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string) int {
+	p.stats.proxied.Add(1)
+	out := p.outgoing(r)
+
+	var obs *observation
+	if p.cfg.Observer != nil && p.cfg.Observer.Match(out) {
+		*class = "observed"
+		p.stats.observed.Add(1)
+		obs = p.before(out)
+	}
+
+	resp, err := p.transport.RoundTrip(out)
+	if err != nil {
+		return p.fail(w, r, err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		*class = "upgrade"
+		if obs != nil {
+			p.after(obs, out, resp)
+		}
+		return p.upgrade(w, r, out, resp)
+	}
+	if obs != nil {
+		p.after(obs, out, resp)
+	}
+	return p.respond(w, r, resp)
+}
+
+// outgoing turns the inbound request into the upstream request: same method,
+// path (raw form kept), query, body and Host; hop-by-hop fields removed;
+// X-Forwarded-* set.
+func (p *forwarder) outgoing(r *http.Request) *http.Request {
+	upgrade := removeHopByHop(r.Header)
+	p.fwd.apply(r.Header, r.RemoteAddr, r.Host, r.TLS != nil)
+	if upgrade != "" {
+		r.Header["Connection"] = []string{"Upgrade"}
+		r.Header["Upgrade"] = []string{upgrade}
+	}
+
+	out := new(http.Request)
+	*out = *r
+	u := *r.URL
+	u.Scheme = p.cfg.Upstream.Scheme
+	u.Host = p.cfg.Upstream.Host
+	if p.basePath != "" {
+		u.Path = p.basePath + u.Path
+		if u.RawPath != "" {
+			u.RawPath = p.baseRawPath + u.RawPath
+		}
+	}
+	out.URL = &u
+	out.RequestURI = ""
+	out.Close = false
+	if r.ContentLength == 0 {
+		out.Body = nil // no body: never send a zero-length chunked body
+	}
+	// Keep an explicit "no User-Agent" from turning into Go's default.
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = nil
+	}
+	return out
+}
+
+// fail maps a transport error to the client's status: 504 for an upstream
+// timeout, 499 (nothing written) when the client left, 502 otherwise.
+func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, err error) int {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		p.stats.clientGone.Add(1)
+		p.log.Debug("client went away before the upstream answered", "request_id", requestID(r), "path", r.URL.Path)
+		return 499
+	}
+	status := http.StatusBadGateway
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		status = http.StatusGatewayTimeout
+		p.stats.upstreamTimeouts.Add(1)
+	} else {
+		p.stats.upstreamErrors.Add(1)
+	}
+	p.log.Warn("upstream request failed", "request_id", requestID(r), "method", r.Method,
+		"path", r.URL.Path, "status", status, "error", err)
+	h := w.Header()
+	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
+	h["X-Content-Type-Options"] = []string{"nosniff"}
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(http.StatusText(status) + "\n"))
+	return status
+}
+
+// respond writes the upstream's status, headers, body and trailers.
+func (p *forwarder) respond(w http.ResponseWriter, r *http.Request, resp *http.Response) int {
+	defer resp.Body.Close()
+	dst := w.Header()
+	for k, vv := range resp.Header {
+		dst[k] = vv
+	}
+	removeHopByHop(dst)
+	if n := len(resp.Trailer); n > 0 {
+		keys := make([]string, 0, n)
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		dst["Trailer"] = []string{strings.Join(keys, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+
+	flush := resp.ContentLength == -1 || isStreamingType(resp.Header)
+	bp := bufPool.Get().(*[]byte)
+	err := copyBody(w, resp.Body, *bp, flush)
+	bufPool.Put(bp)
+	if err != nil {
+		if r.Context().Err() != nil || errors.Is(err, errClientWrite) {
+			p.stats.clientGone.Add(1)
+			p.log.Debug("client went away during the response", "request_id", requestID(r), "path", r.URL.Path)
+		} else {
+			p.stats.upstreamErrors.Add(1)
+			p.log.Warn("upstream response body failed", "request_id", requestID(r), "path", r.URL.Path, "error", err)
+		}
+		// The status line is out; abort so the client sees a truncated
+		// message rather than a falsely complete one.
+		panic(http.ErrAbortHandler)
+	}
+	for k, vv := range resp.Trailer {
+		dst[http.TrailerPrefix+k] = vv
+	}
+	return resp.StatusCode
+}
+
+var errClientWrite = errors.New("proxy: writing to client failed")
+
+// copyBody streams src to w, flushing after every write when flush is set
+// (server-sent events, chunked responses).
+func copyBody(w http.ResponseWriter, src interface{ Read([]byte) (int, error) }, buf []byte, flush bool) error {
+	var fl http.Flusher
+	if flush {
+		fl, _ = w.(http.Flusher)
+	}
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return errors.Join(errClientWrite, werr)
+			}
+			if fl != nil {
+				fl.Flush()
+			}
+		}
+		if rerr != nil {
+			if rerr == io.EOF {
+				return nil
+			}
+			return rerr
+		}
+	}
+}
+
+// isStreamingType reports whether the response is an event stream, which
+// must be flushed even when the upstream gave a Content-Length.
+func isStreamingType(h http.Header) bool {
+	ct := h["Content-Type"]
+	if len(ct) == 0 {
+		return false
+	}
+	const es = "text/event-stream"
+	v := strings.TrimLeft(ct[0], " \t")
+	return len(v) >= len(es) && strings.EqualFold(v[:len(es)], es)
+}

@@ -1,0 +1,126 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+)
+
+// Observer is supplied by the caller (tap). Match is called on every proxied
+// request and must be cheap; Before/After only for matched requests.
+//
+// The interface uses only standard-library types so that an implementation
+// does not need to import this package. Captured bodies are shared with the
+// observer read-only; proxy keeps nothing of them once the exchange is over.
+type Observer interface {
+	// Match reports whether the exchange is interesting. r is the request as
+	// it will be sent upstream (X-Forwarded-* already set). It must not block,
+	// read the body or keep r.
+	Match(r *http.Request) bool
+	// Before runs before forwarding. r is a read-only view of the request as it will be sent
+	// upstream (headers after X-Forwarded-* processing, so the first X-Forwarded-For entry is the
+	// client IP authentik will believe; Body is nil); body is the first bytes of the request body
+	// (at most the capture limit, default 64 KiB; the full body still reaches authentik). ctx carries
+	// the before-deadline (default 2 s). The returned state is handed to After. If Before overruns,
+	// the request goes on, the miss is counted, and After receives a nil state.
+	Before(ctx context.Context, r *http.Request, body []byte) (state any)
+	// After runs once the upstream answered and before the response is released to the client:
+	// status, response headers (Set-Cookie included) and the first bytes of the response body.
+	// ctx carries the after-deadline (default 1 s); past it the response is released and the miss
+	// counted.
+	After(ctx context.Context, state any, r *http.Request, status int, header http.Header, body []byte)
+}
+
+// observation carries one matched exchange between its two steps.
+type observation struct {
+	view  *http.Request
+	state any
+}
+
+// before captures the request body (replacing out.Body with a reader that
+// still yields all of it) and runs Observer.Before, together bounded by
+// BeforeTimeout. An overrun or a panic in Before counts as a miss.
+func (p *forwarder) before(out *http.Request) *observation {
+	ctx, cancel := context.WithTimeout(out.Context(), p.cfg.BeforeTimeout)
+	defer cancel()
+
+	var body []byte
+	if out.Body != nil && out.Body != http.NoBody {
+		c := capture(ctx, out.Body, p.cfg.CaptureLimit, false)
+		body, out.Body = c.prefix, c.rest
+	}
+	view := out.Clone(ctx)
+	view.Body = nil
+	view.GetBody = nil
+	obs := &observation{view: view}
+
+	done := make(chan any, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				p.log.Error("observer Before panicked", "request_id", requestID(out), "panic", v)
+				done <- nil
+			}
+		}()
+		done <- p.cfg.Observer.Before(ctx, view, body)
+	}()
+	select {
+	case obs.state = <-done:
+	case <-ctx.Done():
+		if out.Context().Err() == nil { // a departed client is not the observer's miss
+			p.miss("before", out)
+		}
+	}
+	return obs
+}
+
+// after captures the first bytes of the response body (replacing resp.Body
+// with a reader that still yields all of it) and runs Observer.After,
+// together bounded by AfterTimeout.
+func (p *forwarder) after(obs *observation, out *http.Request, resp *http.Response) {
+	// The upstream has acted by now: the client leaving must not cut the
+	// observer short, so only the after-deadline bounds it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(out.Context()), p.cfg.AfterTimeout)
+	defer cancel()
+
+	c := capture(ctx, resp.Body, p.cfg.CaptureLimit, true)
+	resp.Body = c.rest
+	header := resp.Header.Clone()
+	status := resp.StatusCode
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if v := recover(); v != nil {
+				p.log.Error("observer After panicked", "request_id", requestID(out), "panic", v)
+			}
+		}()
+		p.cfg.Observer.After(ctx, obs.state, obs.view, status, header, c.prefix)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		p.miss("after", out)
+	}
+}
+
+func (p *forwarder) miss(step string, r *http.Request) {
+	if step == "before" {
+		p.stats.beforeMisses.Add(1)
+	} else {
+		p.stats.afterMisses.Add(1)
+	}
+	p.log.Warn("observer step overran its bound; exchange released",
+		"step", step, "request_id", requestID(r), "method", r.Method, "path", r.URL.Path)
+	if p.cfg.OnObserverMiss != nil {
+		p.cfg.OnObserverMiss(step)
+	}
+}
+
+// requestID returns the caller's X-Request-Id, if any, for log correlation.
+func requestID(r *http.Request) string {
+	if v := r.Header["X-Request-Id"]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}

@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/labstack/echo/v4"
+)
+
+// Server is the HTTP front: an echo server whose router tells the SSF
+// prefixes from everything else, which goes to the proxy core.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	echo     *echo.Echo
+	fwd      *forwarder
+	stats    counters
+	upgrades *connSet
+
+	ready   chan struct{}
+	addrMu  sync.Mutex
+	addr    net.Addr
+	running atomic.Bool
+}
+
+// New validates cfg and builds a Server. Nothing listens until Run.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{cfg: cfg, log: cfg.Logger, upgrades: newConnSet(), ready: make(chan struct{})}
+	s.fwd = newForwarder(cfg, &s.stats, s.upgrades)
+
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.Logger.SetOutput(discard{})
+	proxyHandler := func(c echo.Context) error {
+		s.fwd.ServeHTTP(c.Response(), c.Request())
+		return nil
+	}
+	// Every path the SSF prefixes do not claim is proxied, whatever the
+	// method: RouteNotFound catches paths, and the SSF routes are registered
+	// for every method.
+	e.RouteNotFound("/*", proxyHandler)
+	if cfg.SSF != nil {
+		ssf := func(c echo.Context) error {
+			s.stats.ssf.Add(1)
+			var start = cfg.Now()
+			cfg.SSF.ServeHTTP(c.Response(), c.Request())
+			if cfg.OnRequest != nil {
+				cfg.OnRequest("ssf", c.Response().Status, cfg.Now().Sub(start))
+			}
+			return nil
+		}
+		for _, p := range cfg.SSFPrefixes {
+			base := strings.TrimSuffix(p, "/")
+			e.Any(base, ssf)
+			e.Any(base+"/*", ssf)
+		}
+	}
+	s.echo = e
+	return s, nil
+}
+
+type discard struct{}
+
+func (discard) Write(b []byte) (int, error) { return len(b), nil }
+
+// Handler returns the server's root handler (the echo instance), for use
+// with httptest.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Ready is closed once Run is listening; Addr is valid from then on.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr is the actual listen address once Run has started listening (useful
+// with ":0"), nil before.
+func (s *Server) Addr() net.Addr {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	return s.addr
+}
+
+// Run listens on cfg.Listen and serves until ctx is done, then stops taking
+// new connections and drains in-flight requests within ShutdownTimeout;
+// requests still running then are cut, and upgraded (WebSocket) connections
+// are closed. It returns nil after a clean drain.
+func (s *Server) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("proxy: Run called twice")
+	}
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("proxy: listen on %s: %w", s.cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler:           s.echo,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	tlsOn := s.cfg.TLSCertFile != ""
+	if tlsOn {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("proxy: load TLS key pair: %w", err)
+		}
+		srv.TLSConfig = &tls.Config{
+			Certificates: []tls.Certificate{cert},
+			MinVersion:   tls.VersionTLS12,
+			NextProtos:   []string{"h2", "http/1.1"},
+		}
+	}
+	s.addrMu.Lock()
+	s.addr = ln.Addr()
+	s.addrMu.Unlock()
+	close(s.ready)
+	s.log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", s.cfg.Upstream.Redacted(), "tls", tlsOn)
+
+	errc := make(chan error, 1)
+	go func() {
+		if tlsOn {
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
+
+	select {
+	case err := <-errc:
+		s.upgrades.closeAll()
+		return fmt.Errorf("proxy: serve: %w", err)
+	case <-ctx.Done():
+	}
+
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.log.Info("proxy draining", "timeout", s.cfg.ShutdownTimeout)
+	err = srv.Shutdown(sctx)
+	n := s.upgrades.closeAll()
+	if err != nil {
+		srv.Close()
+		s.fwd.transport.CloseIdleConnections()
+		return fmt.Errorf("proxy: drain did not finish within %s: %w", s.cfg.ShutdownTimeout, err)
+	}
+	s.fwd.transport.CloseIdleConnections()
+	<-errc
+	s.log.Info("proxy stopped", "upgraded_conns_closed", n)
+	return nil
+}

@@ -1,0 +1,40 @@
+package proxy
+
+import "sync/atomic"
+
+// Stats is a snapshot of the server's counters since New.
+type Stats struct {
+	// Proxied counts requests handed to the proxy core (SSF routes excluded).
+	Proxied uint64
+	// SSF counts requests answered by the SSF handler.
+	SSF uint64
+	// Observed counts proxied requests the observer matched.
+	Observed uint64
+	// BeforeMisses and AfterMisses count observer steps that overran their bound.
+	BeforeMisses, AfterMisses uint64
+	// UpstreamErrors counts requests answered 502 or cut because the
+	// upstream failed; UpstreamTimeouts those answered 504.
+	UpstreamErrors, UpstreamTimeouts uint64
+	// ClientGone counts requests the client abandoned before the end.
+	ClientGone uint64
+	// Upgrades counts connections switched to another protocol (WebSocket).
+	Upgrades uint64
+}
+
+type counters struct {
+	proxied, ssf, observed           atomic.Uint64
+	beforeMisses, afterMisses        atomic.Uint64
+	upstreamErrors, upstreamTimeouts atomic.Uint64
+	clientGone, upgrades             atomic.Uint64
+}
+
+// Stats returns the current counters.
+func (s *Server) Stats() Stats {
+	c := &s.stats
+	return Stats{
+		Proxied: c.proxied.Load(), SSF: c.ssf.Load(), Observed: c.observed.Load(),
+		BeforeMisses: c.beforeMisses.Load(), AfterMisses: c.afterMisses.Load(),
+		UpstreamErrors: c.upstreamErrors.Load(), UpstreamTimeouts: c.upstreamTimeouts.Load(),
+		ClientGone: c.clientGone.Load(), Upgrades: c.upgrades.Load(),
+	}
+}

@@ -1,0 +1,176 @@
+package outbox
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Buckets owned by the outbox. Other packages must use other names.
+var (
+	bktStreams = []byte("outbox.streams") // stream id → streamMeta (JSON)
+	bktQueue   = []byte("outbox.queue")   // stream id 0x00 seq → jti (undelivered, in order)
+	bktSets    = []byte("outbox.sets")    // jti → Record (JSON)
+	bktHist    = []byte("outbox.hist")    // stream id 0x00 seq → jti (every kept record)
+	bktDead    = []byte("outbox.dead")    // stream id 0x00 seq → jti (dead letter)
+	bktKeys    = []byte("outbox.keys")    // idempotency key → expiry (unix nanos)
+	bktExpiry  = []byte("outbox.expiry")  // unix nanos, kind, id → nil (time-ordered sweeps)
+)
+
+var allBuckets = [][]byte{bktStreams, bktQueue, bktSets, bktHist, bktDead, bktKeys, bktExpiry}
+
+// Expiry kinds.
+const (
+	expQueued = 'q' // an undelivered SET reaches its retention: dead letter
+	expRecord = 'r' // a delivered or dead record is purged
+	expKey    = 'k' // an idempotency key is forgotten
+)
+
+// seqOrigin is the first tail sequence; head SETs count down from below it,
+// so they sort before everything queued.
+const seqOrigin = uint64(1) << 63
+
+// State is where a SET is in its life.
+type State string
+
+const (
+	StateQueued    State = "queued"
+	StateDelivered State = "delivered"
+	StateDead      State = "dead"
+)
+
+// Attempt is one delivery attempt of a SET.
+type Attempt struct {
+	Time       time.Time     `json:"time"`
+	StatusCode int           `json:"status_code,omitempty"`
+	Latency    time.Duration `json:"latency"`
+	// Outcome is one of delivered, dead, retry, handed_out, acked, set_err.
+	Outcome string `json:"outcome"`
+	Error   string `json:"error,omitempty"`
+}
+
+// maxAttemptsKept bounds the attempts remembered per record.
+const maxAttemptsKept = 8
+
+// Record is what the outbox keeps of one SET: its claims (so the dashboard
+// can decode them on demand), labels, state and delivery attempts.
+type Record struct {
+	JTI         string            `json:"jti"`
+	StreamID    string            `json:"stream_id"`
+	Seq         uint64            `json:"seq"`
+	EventType   string            `json:"event_type,omitempty"`
+	Claims      json.RawMessage   `json:"claims"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	TraceParent string            `json:"traceparent,omitempty"`
+	State       State             `json:"state"`
+	EnqueuedAt  time.Time         `json:"enqueued_at"`
+	// QueuedAt is when the SET last entered the queue (enqueue or replay);
+	// retention counts from it.
+	QueuedAt    time.Time `json:"queued_at"`
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+	DeadAt      time.Time `json:"dead_at,omitzero"`
+	// Reason says why the SET is in the dead letter.
+	Reason       string    `json:"reason,omitempty"`
+	AttemptCount int       `json:"attempt_count"`
+	Attempts     []Attempt `json:"attempts,omitempty"`
+}
+
+func (r *Record) addAttempt(a Attempt) {
+	r.AttemptCount++
+	r.Attempts = append(r.Attempts, a)
+	if n := len(r.Attempts); n > maxAttemptsKept {
+		r.Attempts = append(r.Attempts[:0], r.Attempts[n-maxAttemptsKept:]...)
+	}
+}
+
+// streamMeta is the persisted state of a stream.
+type streamMeta struct {
+	Config StreamConfig `json:"config"`
+	// Tail is the next tail sequence; Head the next head sequence.
+	Tail uint64 `json:"tail"`
+	Head uint64 `json:"head"`
+	// Counters.
+	Queued      int64     `json:"queued"`
+	Delivered   int64     `json:"delivered"`
+	Dead        int64     `json:"dead"`
+	Dropped     int64     `json:"dropped"`
+	Non202      int64     `json:"non_202"`
+	LastSuccess time.Time `json:"last_success,omitzero"`
+}
+
+func seqKey(stream string, seq uint64) []byte {
+	k := make([]byte, 0, len(stream)+9)
+	k = append(k, stream...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func streamPrefix(stream string) []byte {
+	return append([]byte(stream), 0)
+}
+
+func seqOf(k []byte) uint64 {
+	if len(k) < 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(k[len(k)-8:])
+}
+
+func expiryKey(at time.Time, kind byte, id string) []byte {
+	k := make([]byte, 0, 9+len(id))
+	k = binary.BigEndian.AppendUint64(k, uint64(at.UnixNano()))
+	k = append(k, kind)
+	return append(k, id...)
+}
+
+func getMeta(tx *bolt.Tx, stream string) (*streamMeta, error) {
+	v := tx.Bucket(bktStreams).Get([]byte(stream))
+	if v == nil {
+		return nil, nil
+	}
+	var m streamMeta
+	if err := json.Unmarshal(v, &m); err != nil {
+		return nil, fmt.Errorf("outbox: stream %q meta: %w", stream, err)
+	}
+	return &m, nil
+}
+
+func putMeta(tx *bolt.Tx, m *streamMeta) error {
+	v, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bktStreams).Put([]byte(m.Config.ID), v)
+}
+
+func getRecord(tx *bolt.Tx, jti string) (*Record, error) {
+	v := tx.Bucket(bktSets).Get([]byte(jti))
+	if v == nil {
+		return nil, nil
+	}
+	var r Record
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil, fmt.Errorf("outbox: record %q: %w", jti, err)
+	}
+	return &r, nil
+}
+
+func putRecord(tx *bolt.Tx, r *Record) error {
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bktSets).Put([]byte(r.JTI), v)
+}
+
+func ensureBuckets(tx *bolt.Tx) error {
+	for _, b := range allBuckets {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("outbox: bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}

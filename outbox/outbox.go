@@ -1,0 +1,434 @@
+package outbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors returned to callers that map them to HTTP answers.
+var (
+	ErrUnknownStream = errors.New("outbox: unknown stream")
+	ErrNotPoll       = errors.New("outbox: stream is not a poll stream")
+)
+
+// Outbox is the per-stream queue of SETs and its delivery machinery.
+type Outbox struct {
+	cfg    Config
+	store  *Store
+	log    *slog.Logger
+	now    func() time.Time
+	client *http.Client
+
+	workers chan struct{} // global push slots
+	signers chan struct{} // concurrent Sign calls
+
+	mu      sync.Mutex
+	streams map[string]*streamState
+	runCtx  context.Context // set while Run runs
+	wg      sync.WaitGroup
+
+	droppedUnknown atomic.Int64
+}
+
+// streamState is the in-memory side of a stream: its configuration and the
+// delivery state that need not survive a restart.
+type streamState struct {
+	id string
+
+	mu           sync.Mutex
+	cfg          StreamConfig
+	failures     int
+	failingSince time.Time
+	until        time.Time // backing off until
+	lastErr      string
+	lastErrAt    time.Time
+	lastSuccess  time.Time
+	reported     bool
+	leases       map[string]time.Time // poll: jti → lease end
+	cancel       context.CancelFunc   // dispatcher
+	headPending  atomic.Bool          // a Head SET arrived: restart the batch
+}
+
+// New opens the outbox on the store; Run starts delivery.
+func New(cfg Config) (*Outbox, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	o := &Outbox{
+		cfg:     cfg,
+		store:   cfg.Store,
+		log:     cfg.Logger,
+		now:     cfg.Clock,
+		workers: make(chan struct{}, cfg.Workers),
+		signers: make(chan struct{}, cfg.Signers),
+		streams: make(map[string]*streamState),
+	}
+	o.client = o.newClient()
+	if err := o.store.update(context.Background(), ensureBuckets); err != nil {
+		return nil, err
+	}
+	err := o.store.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bktStreams).ForEach(func(k, v []byte) error {
+			var m streamMeta
+			if err := json.Unmarshal(v, &m); err != nil {
+				return fmt.Errorf("outbox: stream %q meta: %w", k, err)
+			}
+			o.streams[m.Config.ID] = &streamState{id: m.Config.ID, cfg: m.Config,
+				lastSuccess: m.LastSuccess, leases: map[string]time.Time{}}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// Run delivers until ctx ends: one dispatcher per push stream, and the
+// retention and lease sweeps. It returns nil on a clean shutdown.
+func (o *Outbox) Run(ctx context.Context) error {
+	o.mu.Lock()
+	if o.runCtx != nil {
+		o.mu.Unlock()
+		return errors.New("outbox: Run called twice")
+	}
+	o.runCtx = ctx
+	for _, st := range o.streams {
+		o.startDispatcherLocked(st)
+	}
+	o.mu.Unlock()
+
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		o.sweepLoop(ctx)
+	}()
+	<-ctx.Done()
+	o.wg.Wait()
+	return nil
+}
+
+func (o *Outbox) startDispatcherLocked(st *streamState) {
+	if o.runCtx == nil || o.runCtx.Err() != nil {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.cancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(o.runCtx)
+	st.cancel = cancel
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		o.dispatch(ctx, st)
+	}()
+}
+
+func (o *Outbox) stream(id string) *streamState {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.streams[id]
+}
+
+// Enqueue commits the SETs one signal produced (across streams) together
+// with marks, in one durable transaction. A SET whose Key (or JTI) was
+// committed before is skipped while the marks still commit. SETs for an
+// unknown or disabled stream are dropped (counted).
+func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
+	var errs []error
+	for i, s := range sets {
+		if err := checkSET(s); err != nil {
+			errs = append(errs, fmt.Errorf("outbox: SET %d: %w", i, err))
+		}
+	}
+	errs = append(errs, validateMarks(marks))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	now := o.now()
+	type tally struct{ queued, dropped int }
+	var counts map[string]*tally
+	var heads []string
+	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		counts = map[string]*tally{}
+		heads = heads[:0]
+		metas := map[string]*streamMeta{}
+		keys := tx.Bucket(bktKeys)
+		for _, s := range sets {
+			t := counts[s.StreamID]
+			if t == nil {
+				t = &tally{}
+				counts[s.StreamID] = t
+			}
+			key := s.Key
+			if key == "" {
+				key = s.JTI
+			}
+			if keys.Get([]byte(key)) != nil || tx.Bucket(bktSets).Get([]byte(s.JTI)) != nil {
+				continue // replayed
+			}
+			exp := now.Add(o.cfg.Retention)
+			if err := keys.Put([]byte(key), binaryTime(exp)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bktExpiry).Put(expiryKey(exp, expKey, key), nil); err != nil {
+				return err
+			}
+			m, ok := metas[s.StreamID]
+			if !ok {
+				var err error
+				if m, err = getMeta(tx, s.StreamID); err != nil {
+					return err
+				}
+				metas[s.StreamID] = m
+			}
+			if m == nil || m.Config.Status == StatusDisabled {
+				t.dropped++
+				if m != nil {
+					m.Dropped++
+				}
+				continue
+			}
+			var seq uint64
+			if s.Head {
+				seq = m.Head
+				m.Head--
+				heads = append(heads, s.StreamID)
+			} else {
+				seq = m.Tail
+				m.Tail++
+			}
+			r := &Record{JTI: s.JTI, StreamID: s.StreamID, Seq: seq, EventType: s.EventType,
+				Claims: s.Claims, Labels: s.Labels, TraceParent: s.TraceParent,
+				State: StateQueued, EnqueuedAt: now, QueuedAt: now}
+			if err := o.queueRecord(tx, r); err != nil {
+				return err
+			}
+			m.Queued++
+			t.queued++
+		}
+		for _, m := range metas {
+			if m != nil {
+				if err := putMeta(tx, m); err != nil {
+					return err
+				}
+			}
+		}
+		return applyMarks(tx, marks)
+	})
+	if err != nil {
+		return err
+	}
+	for _, id := range heads {
+		if st := o.stream(id); st != nil {
+			st.headPending.Store(true)
+		}
+	}
+	for id, t := range counts {
+		if t.dropped > 0 && o.stream(id) == nil {
+			o.droppedUnknown.Add(int64(t.dropped))
+		}
+		if t.queued > 0 {
+			o.cfg.Notifier.Notify(id)
+		}
+		if o.cfg.Hooks.OnEnqueue != nil {
+			o.cfg.Hooks.OnEnqueue(id, t.queued, t.dropped)
+		}
+	}
+	return nil
+}
+
+// queueRecord stores r as queued at r.Seq with its indexes.
+func (o *Outbox) queueRecord(tx *bolt.Tx, r *Record) error {
+	k := seqKey(r.StreamID, r.Seq)
+	if err := tx.Bucket(bktQueue).Put(k, []byte(r.JTI)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bktHist).Put(k, []byte(r.JTI)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bktExpiry).Put(expiryKey(r.QueuedAt.Add(o.cfg.Retention), expQueued, r.JTI), nil); err != nil {
+		return err
+	}
+	return putRecord(tx, r)
+}
+
+func checkSET(s SET) error {
+	var errs []error
+	if err := checkStreamID(s.StreamID); err != nil {
+		errs = append(errs, err)
+	}
+	if s.JTI == "" {
+		errs = append(errs, errors.New("empty JTI"))
+	}
+	if !json.Valid(s.Claims) || !bytes.HasPrefix(bytes.TrimSpace(s.Claims), []byte("{")) {
+		errs = append(errs, errors.New("claims are not a JSON object"))
+	}
+	return errors.Join(errs...)
+}
+
+func checkStreamID(id string) error {
+	if id == "" {
+		return errors.New("empty stream id")
+	}
+	if strings.IndexByte(id, 0) >= 0 {
+		return errors.New("stream id contains NUL")
+	}
+	return nil
+}
+
+// SetStream creates or updates a stream; the configuration is persisted.
+// Paused → enabled releases held SETs in order; disabled discards the queue.
+func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
+	var errs []error
+	if err := checkStreamID(cfg.ID); err != nil {
+		errs = append(errs, err)
+	}
+	switch cfg.Method {
+	case MethodPush:
+		if err := CheckEndpointURL(cfg.EndpointURL, o.cfg.AllowPrivateEndpoints); err != nil {
+			errs = append(errs, err)
+		}
+	case MethodPoll:
+	default:
+		errs = append(errs, fmt.Errorf("unknown delivery method %q", cfg.Method))
+	}
+	switch cfg.Status {
+	case StatusEnabled, StatusPaused, StatusDisabled:
+	default:
+		errs = append(errs, fmt.Errorf("unknown status %q", cfg.Status))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("outbox: stream config: %w", err)
+	}
+	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		m, err := getMeta(tx, cfg.ID)
+		if err != nil {
+			return err
+		}
+		if m == nil {
+			m = &streamMeta{Tail: seqOrigin, Head: seqOrigin - 1}
+		}
+		m.Config = cfg
+		if cfg.Status == StatusDisabled {
+			n, err := discardQueue(tx, cfg.ID)
+			if err != nil {
+				return err
+			}
+			m.Queued -= int64(n)
+			m.Dropped += int64(n)
+		}
+		return putMeta(tx, m)
+	})
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	st := o.streams[cfg.ID]
+	if st == nil {
+		st = &streamState{id: cfg.ID, leases: map[string]time.Time{}}
+		o.streams[cfg.ID] = st
+	}
+	st.mu.Lock()
+	old := st.cfg
+	st.cfg = cfg
+	if old.EndpointURL != cfg.EndpointURL || old.AuthorizationHeader != cfg.AuthorizationHeader ||
+		old.Status != cfg.Status || old.Method != cfg.Method {
+		// A receiver that fixed its endpoint or credentials, or resumed the
+		// stream, gets an attempt now.
+		st.until = time.Time{}
+		st.failures = 0
+		st.failingSince = time.Time{}
+		st.reported = false
+	}
+	if cfg.Status == StatusDisabled {
+		st.leases = map[string]time.Time{}
+	}
+	st.mu.Unlock()
+	o.startDispatcherLocked(st)
+	o.mu.Unlock()
+	o.log.Info("outbox stream set", slog.String("stream_id", cfg.ID),
+		slog.String("method", string(cfg.Method)), slog.String("status", string(cfg.Status)))
+	o.cfg.Notifier.Notify(cfg.ID)
+	return nil
+}
+
+// DeleteStream forgets a stream and discards its queue, dead letter and
+// history.
+func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
+	if err := checkStreamID(id); err != nil {
+		return fmt.Errorf("outbox: %w", err)
+	}
+	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		if _, err := discardQueue(tx, id); err != nil {
+			return err
+		}
+		p := streamPrefix(id)
+		for _, b := range [][]byte{bktHist, bktDead} {
+			c := tx.Bucket(b).Cursor()
+			for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Seek(p) {
+				if err := tx.Bucket(bktSets).Delete(v); err != nil {
+					return err
+				}
+				if err := c.Delete(); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Bucket(bktStreams).Delete([]byte(id))
+	})
+	if err != nil {
+		return err
+	}
+	o.mu.Lock()
+	st := o.streams[id]
+	delete(o.streams, id)
+	o.mu.Unlock()
+	if st != nil {
+		st.mu.Lock()
+		if st.cancel != nil {
+			st.cancel()
+		}
+		st.mu.Unlock()
+	}
+	o.cfg.Notifier.Notify(id)
+	return nil
+}
+
+// discardQueue removes every queued SET of a stream with its record.
+func discardQueue(tx *bolt.Tx, id string) (int, error) {
+	p := streamPrefix(id)
+	c := tx.Bucket(bktQueue).Cursor()
+	n := 0
+	for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Seek(p) {
+		if err := tx.Bucket(bktSets).Delete(v); err != nil {
+			return n, err
+		}
+		if err := tx.Bucket(bktHist).Delete(k); err != nil {
+			return n, err
+		}
+		if err := c.Delete(); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+func binaryTime(t time.Time) []byte {
+	return expiryKey(t, 0, "")[:8]
+}

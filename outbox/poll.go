@@ -1,0 +1,361 @@
+package outbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// PollRequest is an RFC 8936 poll request.
+type PollRequest struct {
+	// MaxEvents caps the SETs returned; nil means no limit from the
+	// receiver (the outbox still caps), 0 acknowledges only.
+	MaxEvents *int
+	// ReturnImmediately false asks for a long poll.
+	ReturnImmediately bool
+	// Ack lists jtis the receiver has processed.
+	Ack []string
+	// SetErrs lists jtis the receiver rejected, with the reason.
+	SetErrs map[string]SetErr
+}
+
+// SetErr is a receiver's error for one SET (RFC 8936 §2.2).
+type SetErr struct {
+	Err         string `json:"err"`
+	Description string `json:"description"`
+}
+
+// PollResponse is the RFC 8936 poll response; Sets is keyed by jti.
+type PollResponse struct {
+	Sets          map[string]string `json:"sets"`
+	MoreAvailable bool              `json:"moreAvailable"`
+}
+
+// PollRequestError is a malformed poll request (HTTP 400); Field names the
+// member at fault when there is one.
+type PollRequestError struct {
+	Field string
+	Msg   string
+}
+
+func (e *PollRequestError) Error() string {
+	if e.Field == "" {
+		return "invalid poll request: " + e.Msg
+	}
+	return "invalid poll request: " + e.Field + ": " + e.Msg
+}
+
+// maxPollAcks bounds the ack and setErrs lists of one request.
+const maxPollAcks = 10000
+
+// DecodePollRequest reads an RFC 8936 poll request of at most limit bytes.
+// An empty body is an empty request (a short poll would then be a long
+// one). Unknown members are ignored. Errors are *PollRequestError.
+func DecodePollRequest(r io.Reader, limit int64) (PollRequest, error) {
+	var req PollRequest
+	if limit <= 0 {
+		limit = 64 << 10
+	}
+	body, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return req, &PollRequestError{Msg: "reading body: " + err.Error()}
+	}
+	if int64(len(body)) > limit {
+		return req, &PollRequestError{Msg: fmt.Sprintf("body larger than %d bytes", limit)}
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return req, nil
+	}
+	var raw map[string]json.RawMessage
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&raw); err != nil {
+		return req, &PollRequestError{Msg: "body is not a JSON object: " + err.Error()}
+	}
+	if raw == nil {
+		return req, &PollRequestError{Msg: "body is not a JSON object"}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return req, &PollRequestError{Msg: "trailing data after the JSON object"}
+	}
+	if v, ok := raw["maxEvents"]; ok {
+		var n json.Number
+		d := json.NewDecoder(bytes.NewReader(v))
+		d.UseNumber()
+		if err := d.Decode(&n); err != nil {
+			return req, &PollRequestError{Field: "maxEvents", Msg: "must be a non-negative integer"}
+		}
+		i, err := n.Int64()
+		if err != nil || i < 0 || i > 1<<31-1 {
+			return req, &PollRequestError{Field: "maxEvents", Msg: "must be a non-negative integer"}
+		}
+		m := int(i)
+		req.MaxEvents = &m
+	}
+	if v, ok := raw["returnImmediately"]; ok {
+		if err := json.Unmarshal(v, &req.ReturnImmediately); err != nil || bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+			return req, &PollRequestError{Field: "returnImmediately", Msg: "must be a boolean"}
+		}
+	}
+	if v, ok := raw["ack"]; ok {
+		if err := json.Unmarshal(v, &req.Ack); err != nil {
+			return req, &PollRequestError{Field: "ack", Msg: "must be an array of strings"}
+		}
+		if len(req.Ack) > maxPollAcks {
+			return req, &PollRequestError{Field: "ack", Msg: fmt.Sprintf("more than %d entries", maxPollAcks)}
+		}
+		for _, j := range req.Ack {
+			if j == "" {
+				return req, &PollRequestError{Field: "ack", Msg: "empty jti"}
+			}
+		}
+	}
+	if v, ok := raw["setErrs"]; ok {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(v, &m); err != nil {
+			return req, &PollRequestError{Field: "setErrs", Msg: "must be an object keyed by jti"}
+		}
+		if len(m) > maxPollAcks {
+			return req, &PollRequestError{Field: "setErrs", Msg: fmt.Sprintf("more than %d entries", maxPollAcks)}
+		}
+		req.SetErrs = make(map[string]SetErr, len(m))
+		for jti, ev := range m {
+			var e struct {
+				Err         *string `json:"err"`
+				Description *string `json:"description"`
+			}
+			if jti == "" {
+				return req, &PollRequestError{Field: "setErrs", Msg: "empty jti"}
+			}
+			if err := json.Unmarshal(ev, &e); err != nil || e.Err == nil || *e.Err == "" {
+				return req, &PollRequestError{Field: "setErrs." + truncate(jti, 64), Msg: `must be an object with a non-empty string "err"`}
+			}
+			se := SetErr{Err: *e.Err}
+			if e.Description != nil {
+				se.Description = *e.Description
+			}
+			req.SetErrs[jti] = se
+		}
+	}
+	return req, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// Poll answers an RFC 8936 poll on a poll stream: it records the acks and
+// errors, then hands out up to maxEvents SETs not under lease, signed now.
+// Without returnImmediately it waits up to MaxLongPoll for a SET. A paused
+// or disabled stream answers with no SETs. Acknowledgements are durable
+// before Poll returns.
+func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (PollResponse, error) {
+	resp := PollResponse{Sets: map[string]string{}}
+	st := o.stream(streamID)
+	if st == nil {
+		return resp, ErrUnknownStream
+	}
+	st.mu.Lock()
+	method := st.cfg.Method
+	st.mu.Unlock()
+	if method != MethodPoll {
+		return resp, ErrNotPoll
+	}
+	if len(req.Ack) > 0 || len(req.SetErrs) > 0 {
+		if err := o.acknowledge(ctx, st, req.Ack, req.SetErrs); err != nil {
+			return resp, err
+		}
+	}
+	if req.MaxEvents != nil && *req.MaxEvents == 0 {
+		return resp, nil
+	}
+	limit := o.cfg.MaxPollEvents
+	if req.MaxEvents != nil && *req.MaxEvents < limit {
+		limit = *req.MaxEvents
+	}
+	deadline := o.now().Add(o.cfg.MaxLongPoll)
+	for {
+		wake := o.cfg.Notifier.Wait(streamID)
+		picked, more, nextLease, err := o.lease(st, limit)
+		if err != nil {
+			return resp, err
+		}
+		if len(picked) > 0 {
+			return o.handOut(ctx, st, picked, more)
+		}
+		now := o.now()
+		if req.ReturnImmediately || !now.Before(deadline) {
+			return resp, nil
+		}
+		wait := deadline.Sub(now)
+		if !nextLease.IsZero() && nextLease.Sub(now) < wait {
+			wait = max(nextLease.Sub(now), time.Millisecond)
+		}
+		select {
+		case <-ctx.Done():
+			return resp, nil // the receiver went away; nothing was handed out
+		case <-wake:
+		case <-o.cfg.After(wait):
+		}
+		if o.stream(streamID) != st {
+			return resp, ErrUnknownStream
+		}
+	}
+}
+
+// lease picks up to limit queued SETs not under lease and leases them.
+// It also reports whether more were eligible and when the next lease ends.
+func (o *Outbox) lease(st *streamState, limit int) (picked []*Record, more bool, nextLease time.Time, err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.cfg.Status != StatusEnabled {
+		return nil, false, time.Time{}, nil
+	}
+	now := o.now()
+	err = o.store.view(func(tx *bolt.Tx) error {
+		p := streamPrefix(st.id)
+		c := tx.Bucket(bktQueue).Cursor()
+		for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Next() {
+			if end, ok := st.leases[string(v)]; ok && end.After(now) {
+				if nextLease.IsZero() || end.Before(nextLease) {
+					nextLease = end
+				}
+				continue
+			}
+			if len(picked) == limit {
+				more = true
+				return nil
+			}
+			r, err := getRecord(tx, string(v))
+			if err != nil {
+				return err
+			}
+			if r != nil {
+				picked = append(picked, r)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, false, time.Time{}, err
+	}
+	end := now.Add(o.cfg.LeaseTimeout)
+	for _, r := range picked {
+		st.leases[r.JTI] = end
+	}
+	return picked, more, nextLease, nil
+}
+
+// handOut signs the leased SETs in parallel.
+func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record, more bool) (PollResponse, error) {
+	resp := PollResponse{Sets: make(map[string]string, len(picked)), MoreAvailable: more}
+	compact := make([]string, len(picked))
+	errs := make([]error, len(picked))
+	var wg sync.WaitGroup
+	for i, r := range picked {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := &pending{rec: r}
+			o.signOne(ctx, p)
+			compact[i], errs[i] = p.compact, p.signErr
+		}()
+	}
+	wg.Wait()
+	var failed error
+	st.mu.Lock()
+	for i, r := range picked {
+		if errs[i] != nil {
+			delete(st.leases, r.JTI)
+			failed = errs[i]
+			continue
+		}
+		resp.Sets[r.JTI] = compact[i]
+	}
+	st.mu.Unlock()
+	if len(resp.Sets) == 0 && failed != nil {
+		return PollResponse{Sets: map[string]string{}}, fmt.Errorf("outbox: sign: %w", failed)
+	}
+	if failed != nil {
+		o.log.Error("outbox sign for poll", slog.String("stream_id", st.id), slog.Any("err", failed))
+		resp.MoreAvailable = true
+	}
+	return resp, nil
+}
+
+// acknowledge records acks (delivered) and setErrs (dead letter) of a poll
+// stream durably. Unknown jtis and jtis of other streams are ignored.
+func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string, setErrs map[string]SetErr) error {
+	now := o.now()
+	var delivered, dead []*Record
+	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		delivered, dead = delivered[:0], dead[:0]
+		m, err := getMeta(tx, st.id)
+		if err != nil {
+			return err
+		}
+		if m == nil {
+			return ErrUnknownStream
+		}
+		for _, jti := range acks {
+			r, err := getRecord(tx, jti)
+			if err != nil {
+				return err
+			}
+			if r == nil || r.StreamID != st.id || r.State != StateQueued {
+				continue
+			}
+			r.addAttempt(Attempt{Time: now, Outcome: "acked"})
+			if err := o.markDelivered(tx, m, r, now); err != nil {
+				return err
+			}
+			m.LastSuccess = now
+			delivered = append(delivered, r)
+		}
+		for jti, se := range setErrs {
+			r, err := getRecord(tx, jti)
+			if err != nil {
+				return err
+			}
+			if r == nil || r.StreamID != st.id || r.State != StateQueued {
+				continue
+			}
+			reason := "receiver: " + se.Err
+			if se.Description != "" {
+				reason += ": " + truncate(se.Description, 256)
+			}
+			r.addAttempt(Attempt{Time: now, Outcome: "set_err", Error: truncate(reason, 300)})
+			if err := o.markDead(tx, m, r, now, truncate(reason, 300)); err != nil {
+				return err
+			}
+			dead = append(dead, r)
+		}
+		return putMeta(tx, m)
+	})
+	if err != nil {
+		return err
+	}
+	st.mu.Lock()
+	for _, jti := range acks {
+		delete(st.leases, jti)
+	}
+	for jti := range setErrs {
+		delete(st.leases, jti)
+	}
+	if len(delivered) > 0 {
+		st.lastSuccess = now
+	}
+	st.mu.Unlock()
+	o.afterDelivery(delivered, dead, now)
+	return nil
+}
+

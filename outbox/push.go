@@ -1,0 +1,527 @@
+package outbox
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// outcome of one push attempt.
+type outcome int
+
+const (
+	outDelivered outcome = iota // 2xx
+	outDead                     // permanent receiver error: dead letter, go on
+	outRetry                    // back the stream off
+)
+
+// pushResult is what one attempt produced.
+type pushResult struct {
+	out        outcome
+	status     int
+	latency    time.Duration
+	retryAfter time.Duration
+	err        string
+	at         time.Time
+}
+
+// permanentErrs are RFC 8935 error codes for which re-sending the same SET
+// cannot help: the SET goes to the dead letter and the stream goes on.
+var permanentErrs = map[string]bool{
+	"invalid_request":  true,
+	"invalid_issuer":   true,
+	"invalid_audience": true,
+	"invalid_state":    true, // SSF verification state mismatch
+}
+
+// pending is a loaded queue entry, signed for this batch.
+type pending struct {
+	rec     *Record
+	compact string
+	signErr error
+	res     pushResult
+	tried   bool
+}
+
+// dispatch is the loop of one stream: it waits for SETs (woken by the
+// Notifier), for the end of a backoff, or for a status change, and pushes
+// the queue in order.
+func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
+	for ctx.Err() == nil {
+		wake := o.cfg.Notifier.Wait(st.id)
+		st.mu.Lock()
+		cfg := st.cfg
+		until := st.until
+		st.mu.Unlock()
+		var timer <-chan time.Time
+		if cfg.Method != MethodPush || cfg.Status != StatusEnabled {
+			o.sleep(ctx, wake, nil)
+			continue
+		}
+		if now := o.now(); until.After(now) {
+			timer = o.cfg.After(until.Sub(now))
+			o.sleep(ctx, wake, timer)
+			continue
+		}
+		st.headPending.Store(false)
+		batch, err := o.loadHead(st.id, o.cfg.SignAhead)
+		if err != nil {
+			o.log.Error("outbox load queue", slog.String("stream_id", st.id), slog.Any("err", err))
+			o.fail(st, pushResult{out: outRetry, err: err.Error(), at: o.now()})
+			continue
+		}
+		if len(batch) == 0 {
+			o.sleep(ctx, wake, nil)
+			continue
+		}
+		o.signBatch(ctx, batch)
+		o.pushBatch(ctx, st, cfg, batch)
+		if err := o.commitBatch(st, batch); err != nil {
+			o.log.Error("outbox record delivery", slog.String("stream_id", st.id), slog.Any("err", err))
+		}
+	}
+}
+
+func (o *Outbox) sleep(ctx context.Context, wake <-chan struct{}, timer <-chan time.Time) {
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-timer:
+	}
+}
+
+// loadHead reads up to n queued records from the head of a stream.
+func (o *Outbox) loadHead(stream string, n int) ([]*pending, error) {
+	var out []*pending
+	err := o.store.view(func(tx *bolt.Tx) error {
+		p := streamPrefix(stream)
+		c := tx.Bucket(bktQueue).Cursor()
+		for k, v := c.Seek(p); k != nil && hasPrefix(k, p) && len(out) < n; k, v = c.Next() {
+			r, err := getRecord(tx, string(v))
+			if err != nil {
+				return err
+			}
+			if r == nil {
+				continue
+			}
+			out = append(out, &pending{rec: r})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// signBatch signs the batch in parallel, bounded by the global signer cap.
+func (o *Outbox) signBatch(ctx context.Context, batch []*pending) {
+	if len(batch) == 1 {
+		o.signOne(ctx, batch[0])
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range batch {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.signOne(ctx, p)
+		}()
+	}
+	wg.Wait()
+}
+
+func (o *Outbox) signOne(ctx context.Context, p *pending) {
+	select {
+	case o.signers <- struct{}{}:
+	case <-ctx.Done():
+		p.signErr = ctx.Err()
+		return
+	}
+	defer func() { <-o.signers }()
+	p.compact, p.signErr = o.cfg.Signer.Sign(ctx, p.rec.Claims)
+}
+
+// pushBatch posts the batch in order, StreamConcurrency at a time. It stops
+// launching at the first attempt that backs the stream off, when the
+// stream stops being enabled, or when a Head SET arrived.
+func (o *Outbox) pushBatch(ctx context.Context, st *streamState, cfg StreamConfig, batch []*pending) {
+	slots := make(chan struct{}, o.cfg.StreamConcurrency)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	stop := false
+launch:
+	for _, p := range batch {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			break launch
+		}
+		mu.Lock()
+		halt := stop || ctx.Err() != nil
+		mu.Unlock()
+		st.mu.Lock()
+		halt = halt || st.cfg.Status != StatusEnabled || st.cfg != cfg
+		st.mu.Unlock()
+		if halt || st.headPending.Load() {
+			<-slots
+			break launch
+		}
+		// Global worker cap.
+		select {
+		case o.workers <- struct{}{}:
+		case <-ctx.Done():
+			<-slots
+			break launch
+		}
+		p.tried = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			defer func() { <-o.workers }()
+			if p.signErr != nil {
+				p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
+			} else {
+				p.res = o.post(ctx, cfg, p.compact)
+			}
+			if h := o.cfg.Hooks.OnAttempt; h != nil {
+				h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
+			}
+			if p.res.out == outRetry {
+				mu.Lock()
+				stop = true
+				mu.Unlock()
+				o.fail(st, p.res)
+			} else {
+				o.succeed(st, p.res)
+			}
+		}()
+		if o.cfg.StreamConcurrency == 1 {
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+}
+
+// post makes one push attempt.
+func (o *Outbox) post(ctx context.Context, cfg StreamConfig, compact string) pushResult {
+	start := o.now()
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.PushTimeout)
+	defer cancel()
+	res := pushResult{at: start}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cfg.EndpointURL, strings.NewReader(compact))
+	if err != nil {
+		res.out, res.err = outRetry, "request: "+err.Error()
+		return res
+	}
+	req.Header.Set("Content-Type", "application/secevent+jwt")
+	req.Header.Set("Accept", "application/json")
+	if cfg.AuthorizationHeader != "" {
+		req.Header.Set("Authorization", cfg.AuthorizationHeader)
+	}
+	resp, err := o.client.Do(req)
+	res.latency = o.now().Sub(start)
+	if err != nil {
+		res.out, res.err = outRetry, redactURLError(err)
+		return res
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 8<<10))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // keep-alive
+	res.status = resp.StatusCode
+	switch {
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		res.out = outDelivered
+	case resp.StatusCode == http.StatusBadRequest:
+		code, desc, perr := ParsePushError(body)
+		res.out = outRetry
+		if perr != nil {
+			res.err = "400 without an RFC 8935 error body"
+			break
+		}
+		res.err = code
+		if desc != "" {
+			res.err += ": " + desc
+		}
+		if permanentErrs[code] {
+			res.out = outDead
+		}
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable:
+		res.out = outRetry
+		res.err = resp.Status
+		res.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), o.now())
+	default:
+		res.out = outRetry
+		res.err = resp.Status
+	}
+	return res
+}
+
+// redactURLError drops the URL from a client error (it may carry a
+// receiver's path secrets) and keeps the cause.
+func redactURLError(err error) string {
+	var ue interface{ Unwrap() error }
+	if errors.As(err, &ue) {
+		if inner := ue.Unwrap(); inner != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return "timeout: " + inner.Error()
+			}
+			return inner.Error()
+		}
+	}
+	return err.Error()
+}
+
+// parseRetryAfter reads delay-seconds or an HTTP date; 0 when absent or bad.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n < 0 {
+			return 0
+		}
+		if n > 1<<31 {
+			n = 1 << 31
+		}
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// ParsePushError reads an RFC 8935 §2.3 error body: a JSON object with a
+// string "err" (required, non-empty) and an optional string "description".
+func ParsePushError(body []byte) (code, description string, err error) {
+	var v struct {
+		Err         *string `json:"err"`
+		Description *string `json:"description"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&v); err != nil {
+		return "", "", fmt.Errorf("outbox: push error body: %w", err)
+	}
+	if dec.More() {
+		return "", "", errors.New("outbox: push error body: trailing data")
+	}
+	if v.Err == nil || *v.Err == "" {
+		return "", "", errors.New(`outbox: push error body: missing "err"`)
+	}
+	if v.Description != nil {
+		description = *v.Description
+	}
+	return *v.Err, description, nil
+}
+
+// backoff is the wait after the n-th consecutive failure: 1s doubling,
+// ±25% jitter, capped at MaxBackoff.
+func (o *Outbox) backoff(n int) time.Duration {
+	d := time.Second
+	for i := 1; i < n && d < o.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	j := rand.Float64()
+	if o.cfg.Jitter != nil {
+		j = o.cfg.Jitter()
+	}
+	d = time.Duration(float64(d) * (0.75 + 0.5*j))
+	if d > o.cfg.MaxBackoff {
+		d = o.cfg.MaxBackoff
+	}
+	return d
+}
+
+// fail records a failed attempt: the stream backs off as a whole; after
+// PauseAfter of continuous failure the Reporter hears of it, once.
+func (o *Outbox) fail(st *streamState, r pushResult) {
+	now := o.now()
+	st.mu.Lock()
+	st.failures++
+	if st.failingSince.IsZero() {
+		st.failingSince = r.at
+		if st.failingSince.IsZero() {
+			st.failingSince = now
+		}
+	}
+	d := o.backoff(st.failures)
+	if r.retryAfter > d {
+		d = min(r.retryAfter, o.cfg.MaxBackoff)
+	}
+	st.until = now.Add(d)
+	st.lastErr = r.err
+	st.lastErrAt = now
+	report := !st.reported && o.cfg.Reporter != nil && now.Sub(st.failingSince) >= o.cfg.PauseAfter
+	if report {
+		st.reported = true
+	}
+	since, until, lastErr := st.failingSince, st.until, st.lastErr
+	st.mu.Unlock()
+	o.log.Warn("outbox push failed", slog.String("stream_id", st.id), slog.String("err", r.err),
+		slog.Int("status", r.status), slog.Time("retry_at", until))
+	if h := o.cfg.Hooks.OnBackoff; h != nil {
+		h(st.id, until, lastErr)
+	}
+	if report {
+		// Asynchronously: the transmitter calls back into SetStream and
+		// Enqueue, which must not wait on this dispatcher.
+		go o.cfg.Reporter.StreamFailing(context.WithoutCancel(o.runCtxOrBackground()), st.id, since, lastErr)
+	}
+}
+
+func (o *Outbox) succeed(st *streamState, r pushResult) {
+	st.mu.Lock()
+	st.failures = 0
+	st.failingSince = time.Time{}
+	st.until = time.Time{}
+	st.reported = false
+	if r.out == outDelivered {
+		st.lastSuccess = o.now()
+	} else {
+		st.lastErr, st.lastErrAt = r.err, o.now()
+	}
+	st.mu.Unlock()
+}
+
+func (o *Outbox) runCtxOrBackground() context.Context {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.runCtx != nil {
+		return o.runCtx
+	}
+	return context.Background()
+}
+
+func attemptOf(r pushResult) Attempt {
+	a := Attempt{Time: r.at, StatusCode: r.status, Latency: r.latency, Error: r.err}
+	switch r.out {
+	case outDelivered:
+		a.Outcome = "delivered"
+	case outDead:
+		a.Outcome = "dead"
+	default:
+		a.Outcome = "retry"
+	}
+	return a
+}
+
+// commitBatch records the attempts of a batch in one transaction:
+// delivered and dead-lettered SETs leave the queue.
+func (o *Outbox) commitBatch(st *streamState, batch []*pending) error {
+	var tried []*pending
+	for _, p := range batch {
+		if p.tried {
+			tried = append(tried, p)
+		}
+	}
+	if len(tried) == 0 {
+		return nil
+	}
+	now := o.now()
+	var delivered, dead []*Record
+	err := o.store.update(context.Background(), func(tx *bolt.Tx) error {
+		delivered, dead = delivered[:0], dead[:0]
+		m, err := getMeta(tx, st.id)
+		if err != nil || m == nil {
+			return err // stream deleted meanwhile: nothing to record
+		}
+		for _, p := range tried {
+			r, err := getRecord(tx, p.rec.JTI)
+			if err != nil {
+				return err
+			}
+			if r == nil || r.State != StateQueued {
+				continue // discarded or acknowledged meanwhile
+			}
+			r.addAttempt(attemptOf(p.res))
+			switch p.res.out {
+			case outDelivered:
+				if err := o.markDelivered(tx, m, r, now); err != nil {
+					return err
+				}
+				if p.res.status != http.StatusAccepted {
+					m.Non202++
+				}
+				m.LastSuccess = now
+				delivered = append(delivered, r)
+			case outDead:
+				if err := o.markDead(tx, m, r, now, "receiver: "+p.res.err); err != nil {
+					return err
+				}
+				dead = append(dead, r)
+			default:
+				if err := putRecord(tx, r); err != nil {
+					return err
+				}
+			}
+		}
+		return putMeta(tx, m)
+	})
+	if err != nil {
+		return err
+	}
+	o.afterDelivery(delivered, dead, now)
+	return nil
+}
+
+func (o *Outbox) afterDelivery(delivered, dead []*Record, now time.Time) {
+	for _, r := range delivered {
+		if h := o.cfg.Hooks.OnDelivered; h != nil {
+			h(r.StreamID, r.JTI, now.Sub(r.EnqueuedAt))
+		}
+	}
+	for _, r := range dead {
+		o.log.Warn("outbox dead letter", slog.String("stream_id", r.StreamID), slog.String("jti", r.JTI),
+			slog.String("reason", r.Reason))
+		if h := o.cfg.Hooks.OnDeadLetter; h != nil {
+			h(r.StreamID, r.JTI, r.Reason)
+		}
+	}
+}
+
+// markDelivered takes r out of the queue as delivered.
+func (o *Outbox) markDelivered(tx *bolt.Tx, m *streamMeta, r *Record, now time.Time) error {
+	if err := tx.Bucket(bktQueue).Delete(seqKey(r.StreamID, r.Seq)); err != nil {
+		return err
+	}
+	r.State = StateDelivered
+	r.DeliveredAt = now
+	m.Queued--
+	m.Delivered++
+	if err := tx.Bucket(bktExpiry).Put(expiryKey(now.Add(o.cfg.DeliveredRetention), expRecord, r.JTI), nil); err != nil {
+		return err
+	}
+	return putRecord(tx, r)
+}
+
+// markDead takes r out of the queue into the dead letter.
+func (o *Outbox) markDead(tx *bolt.Tx, m *streamMeta, r *Record, now time.Time, reason string) error {
+	k := seqKey(r.StreamID, r.Seq)
+	if err := tx.Bucket(bktQueue).Delete(k); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bktDead).Put(k, []byte(r.JTI)); err != nil {
+		return err
+	}
+	r.State = StateDead
+	r.DeadAt = now
+	r.Reason = reason
+	m.Queued--
+	m.Dead++
+	if err := tx.Bucket(bktExpiry).Put(expiryKey(now.Add(o.cfg.Retention), expRecord, r.JTI), nil); err != nil {
+		return err
+	}
+	return putRecord(tx, r)
+}

@@ -1,0 +1,312 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// StoreOptions tunes how the bbolt file is opened.
+type StoreOptions struct {
+	// NoSync skips fsync on commit. Only for tests and benchmarks: a crash
+	// may then lose committed data.
+	NoSync bool
+	// Mode is the file mode of a new database file (default 0600).
+	Mode os.FileMode
+	// OpenTimeout bounds waiting for the file lock held by another process
+	// (default 5s).
+	OpenTimeout time.Duration
+	// MaxBatch caps how many queued writes one transaction takes
+	// (default 4096).
+	MaxBatch int
+	// Logger receives write failures (default: discard).
+	Logger *slog.Logger
+}
+
+// ErrStoreClosed is returned by writes after Close.
+var ErrStoreClosed = errors.New("outbox: store closed")
+
+// Store is the single bbolt file of the process and its group-commit writer.
+// Every write goes through one goroutine that commits whatever is queued in
+// one transaction, so concurrent writers share one fsync.
+type Store struct {
+	db      *bolt.DB
+	opts    StoreOptions
+	log     *slog.Logger
+	reqs    chan *writeReq
+	closing chan struct{}
+	done    chan struct{}
+	once    sync.Once
+
+	mu      sync.Mutex
+	lastErr error
+}
+
+// writeReq is one queued write: fn runs inside the shared transaction.
+// fn must only touch the transaction; in-memory effects belong after the
+// commit succeeded (fn may run twice when a neighbour in the batch fails).
+type writeReq struct {
+	fn   func(tx *bolt.Tx) error
+	done chan error
+}
+
+// Open opens (creating if needed) the bbolt file at path and starts its
+// writer. The caller must Close it.
+func Open(path string, opts StoreOptions) (*Store, error) {
+	if opts.Mode == 0 {
+		opts.Mode = 0o600
+	}
+	if opts.OpenTimeout <= 0 {
+		opts.OpenTimeout = 5 * time.Second
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 4096
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("outbox: create data dir: %w", err)
+		}
+	}
+	db, err := bolt.Open(path, opts.Mode, &bolt.Options{
+		Timeout:        opts.OpenTimeout,
+		NoSync:         opts.NoSync,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("outbox: open %s: %w", path, err)
+	}
+	s := &Store{
+		db:      db,
+		opts:    opts,
+		log:     opts.Logger,
+		reqs:    make(chan *writeReq, opts.MaxBatch),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+	}
+	go s.writer()
+	return s, nil
+}
+
+// Close stops the writer after the queued writes and closes the file.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() {
+		close(s.closing)
+		<-s.done
+		err = s.db.Close()
+	})
+	return err
+}
+
+// Commit applies marks in one durable transaction (group-committed with
+// whatever else is queued). It returns once the transaction is on disk.
+func (s *Store) Commit(ctx context.Context, marks []Mark) error {
+	if err := validateMarks(marks); err != nil {
+		return err
+	}
+	return s.update(ctx, func(tx *bolt.Tx) error { return applyMarks(tx, marks) })
+}
+
+// Get returns a copy of the value, or (nil, nil) when the bucket or key is
+// absent.
+func (s *Store) Get(bucket string, key []byte) ([]byte, error) {
+	var out []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		if b == nil {
+			return nil
+		}
+		if v := b.Get(key); v != nil {
+			out = append([]byte{}, v...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("outbox: get %s: %w", bucket, err)
+	}
+	return out, nil
+}
+
+// Scan calls fn for each key with the prefix, in key order; k and v are
+// valid only during fn. An error from fn stops the scan and is returned.
+func (s *Store) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(bucket))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		for k, v := c.Seek(prefix); k != nil && hasPrefix(k, prefix); k, v = c.Next() {
+			if err := fn(k, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Healthy reports whether the last write succeeded (for /healthz), with the
+// error if not.
+func (s *Store) Healthy() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}
+
+// view runs fn in a read-only transaction.
+func (s *Store) view(fn func(tx *bolt.Tx) error) error { return s.db.View(fn) }
+
+// update queues fn for the writer and waits until its transaction is
+// durable. Cancelling ctx abandons the wait, not the write.
+func (s *Store) update(ctx context.Context, fn func(tx *bolt.Tx) error) error {
+	req := &writeReq{fn: fn, done: make(chan error, 1)}
+	select {
+	case <-s.closing:
+		return ErrStoreClosed
+	default:
+	}
+	select {
+	case s.reqs <- req:
+	case <-s.closing:
+		return ErrStoreClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writer is the one goroutine that writes: it takes whatever is queued and
+// commits it in one transaction.
+func (s *Store) writer() {
+	defer close(s.done)
+	batch := make([]*writeReq, 0, s.opts.MaxBatch)
+	for {
+		var first *writeReq
+		select {
+		case first = <-s.reqs:
+		case <-s.closing:
+			// Finish what was queued before Close.
+			for {
+				select {
+				case r := <-s.reqs:
+					s.commit([]*writeReq{r})
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+	fill:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case r := <-s.reqs:
+				batch = append(batch, r)
+			default:
+				break fill
+			}
+		}
+		s.commit(batch)
+		clear(batch)
+	}
+}
+
+// commit runs the batch in one transaction. When one function fails, the
+// transaction is rolled back and every function is run alone, so only the
+// failing caller sees its error.
+func (s *Store) commit(batch []*writeReq) {
+	failed := -1
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for i, r := range batch {
+			if err := r.fn(tx); err != nil {
+				failed = i
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		s.setErr(nil)
+		for _, r := range batch {
+			r.done <- nil
+		}
+		return
+	}
+	if failed < 0 || len(batch) == 1 {
+		// The commit itself failed (disk full, I/O error): everyone fails.
+		s.setErr(err)
+		s.log.Error("outbox store commit failed", slog.Any("err", err), slog.Int("batch", len(batch)))
+		for _, r := range batch {
+			r.done <- fmt.Errorf("outbox: commit: %w", err)
+		}
+		return
+	}
+	for _, r := range batch {
+		s.commit([]*writeReq{r})
+	}
+}
+
+func (s *Store) setErr(err error) {
+	s.mu.Lock()
+	s.lastErr = err
+	s.mu.Unlock()
+}
+
+func validateMarks(marks []Mark) error {
+	var errs []error
+	for i, m := range marks {
+		if m.Bucket == "" {
+			errs = append(errs, fmt.Errorf("outbox: mark %d: empty bucket", i))
+		}
+		if len(m.Key) == 0 {
+			errs = append(errs, fmt.Errorf("outbox: mark %d: empty key", i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func applyMarks(tx *bolt.Tx, marks []Mark) error {
+	for _, m := range marks {
+		if m.Delete {
+			b := tx.Bucket([]byte(m.Bucket))
+			if b == nil {
+				continue
+			}
+			if err := b.Delete(m.Key); err != nil {
+				return fmt.Errorf("outbox: mark delete %s: %w", m.Bucket, err)
+			}
+			continue
+		}
+		b, err := tx.CreateBucketIfNotExists([]byte(m.Bucket))
+		if err != nil {
+			return fmt.Errorf("outbox: mark bucket %s: %w", m.Bucket, err)
+		}
+		v := m.Value
+		if v == nil {
+			v = []byte{}
+		}
+		if err := b.Put(m.Key, v); err != nil {
+			return fmt.Errorf("outbox: mark put %s: %w", m.Bucket, err)
+		}
+	}
+	return nil
+}
+
+func hasPrefix(k, p []byte) bool {
+	return len(k) >= len(p) && string(k[:len(p)]) == string(p)
+}

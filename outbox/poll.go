@@ -358,4 +358,3 @@ func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string
 	o.afterDelivery(delivered, dead, now)
 	return nil
 }
-

@@ -23,26 +23,26 @@ var ErrForbiddenDestination = errors.New("outbox: destination address not allowe
 var forbiddenPrefixes = func() []netip.Prefix {
 	var ps []netip.Prefix
 	for _, s := range []string{
-		"0.0.0.0/8",       // unspecified / "this network"
-		"10.0.0.0/8",      // private
-		"100.64.0.0/10",   // CGNAT
-		"127.0.0.0/8",     // loopback
-		"169.254.0.0/16",  // link-local
-		"172.16.0.0/12",   // private
-		"192.0.0.0/24",    // IETF protocol assignments
-		"192.168.0.0/16",  // private
-		"198.18.0.0/15",   // benchmarking
-		"224.0.0.0/4",     // multicast
-		"240.0.0.0/4",     // reserved, broadcast
-		"::/128",          // unspecified
-		"::1/128",         // loopback
-		"64:ff9b::/96",    // NAT64
-		"64:ff9b:1::/48",  // local-use NAT64
-		"fc00::/7",        // unique local
-		"fe80::/10",       // link-local
-		"ff00::/8",        // multicast
-		"2001:db8::/32",   // documentation
-		"100::/64",        // discard
+		"0.0.0.0/8",      // unspecified / "this network"
+		"10.0.0.0/8",     // private
+		"100.64.0.0/10",  // CGNAT
+		"127.0.0.0/8",    // loopback
+		"169.254.0.0/16", // link-local
+		"172.16.0.0/12",  // private
+		"192.0.0.0/24",   // IETF protocol assignments
+		"192.168.0.0/16", // private
+		"198.18.0.0/15",  // benchmarking
+		"224.0.0.0/4",    // multicast
+		"240.0.0.0/4",    // reserved, broadcast
+		"::/128",         // unspecified
+		"::1/128",        // loopback
+		"64:ff9b::/96",   // NAT64
+		"64:ff9b:1::/48", // local-use NAT64
+		"fc00::/7",       // unique local
+		"fe80::/10",      // link-local
+		"ff00::/8",       // multicast
+		"2001:db8::/32",  // documentation
+		"100::/64",       // discard
 	} {
 		ps = append(ps, netip.MustParsePrefix(s))
 	}

@@ -166,4 +166,3 @@ func (o *Outbox) dropStaleLeases() {
 		st.mu.Unlock()
 	}
 }
-

@@ -1,0 +1,167 @@
+package tap
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// stageKind is what a stage_configuration flow's stage response does.
+type stageKind string
+
+const (
+	stagePassword stageKind = "password"
+	stageMFA      stageKind = "mfa"
+)
+
+var errNotTapped = errors.New("tap: body is not a tapped stage response")
+
+// parseStageRequest reads a flow executor POST body: a prompt stage answer
+// carrying a non-empty password field, or an authenticator setup stage
+// answer (ak-stage-authenticator-<type>). It never keeps the password.
+func parseStageRequest(body []byte) (kind stageKind, component, dtype string, err error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(body, &m); err != nil {
+		return "", "", "", fmt.Errorf("tap: stage body: %w", err)
+	}
+	if err := json.Unmarshal(m["component"], &component); err != nil {
+		return "", "", "", fmt.Errorf("tap: stage body: component: %w", err)
+	}
+	switch {
+	case component == "ak-stage-prompt":
+		for k, v := range m {
+			if !strings.Contains(strings.ToLower(k), "password") || strings.HasSuffix(k, "_repeat") {
+				continue
+			}
+			var s string
+			if json.Unmarshal(v, &s) == nil && s != "" {
+				return stagePassword, component, "", nil
+			}
+		}
+	case strings.HasPrefix(component, "ak-stage-authenticator-"):
+		dtype = strings.TrimPrefix(component, "ak-stage-authenticator-")
+		if deviceTypes[dtype] && dtype != "endpoint" {
+			return stageMFA, component, dtype, nil
+		}
+	}
+	return "", component, "", errNotTapped
+}
+
+// challenge is the part of a flow executor response the tap reads.
+type challenge struct {
+	Component      string                     `json:"component"`
+	ResponseErrors map[string]json.RawMessage `json:"response_errors"`
+}
+
+// parseChallenge reads a flow executor response body.
+func parseChallenge(body []byte) (challenge, error) {
+	var c challenge
+	if err := json.Unmarshal(body, &c); err != nil {
+		return challenge{}, fmt.Errorf("tap: challenge: %w", err)
+	}
+	return c, nil
+}
+
+// stageCompleted reports whether the executor's answer to a stage shows the
+// stage accepted: the flow moved on to a redirect or ended, not back to the
+// same stage with errors.
+func stageCompleted(status int, reqComponent string, body []byte) bool {
+	if status != http.StatusOK {
+		return false
+	}
+	c, err := parseChallenge(body)
+	if err != nil || len(c.ResponseErrors) > 0 {
+		return false
+	}
+	switch c.Component {
+	case "xak-flow-redirect", "ak-stage-session-end":
+		return true
+	}
+	return c.Component != "" && c.Component != reqComponent && c.Component != "ak-stage-access-denied" &&
+		c.Component != "ak-stage-flow-error"
+}
+
+// sessionEnded reports whether a response ended the session whose hash the
+// request carried: authentik_session deleted, or replaced by a cookie for a
+// different session or an anonymous one.
+func sessionEnded(header http.Header, oldHash, secretKey string, now time.Time) bool {
+	for _, c := range (&http.Response{Header: header}).Cookies() {
+		if c.Name != SessionCookieName {
+			continue
+		}
+		if c.MaxAge < 0 || c.Value == "" || (!c.Expires.IsZero() && c.Expires.Before(now)) {
+			return true
+		}
+		claims, _, err := DecodeSessionCookie(c.Value, secretKey)
+		if err != nil {
+			return true // replaced by something that is not the old session
+		}
+		if claims.SessionHash() != oldHash || !claims.Authenticated {
+			return true
+		}
+	}
+	return false
+}
+
+// parseUserBody reads a User from a PATCH/PUT response.
+func parseUserBody(body []byte) (akUser, error) {
+	var u akUser
+	if err := json.Unmarshal(body, &u); err != nil {
+		return akUser{}, fmt.Errorf("tap: user body: %w", err)
+	}
+	if u.PK <= 0 {
+		return akUser{}, errors.New("tap: user body: no pk")
+	}
+	return u, nil
+}
+
+// parseDeviceBody reads a device from an admin create response.
+func parseDeviceBody(body []byte) (akDevice, error) {
+	var d akDevice
+	if err := json.Unmarshal(body, &d); err != nil {
+		return akDevice{}, fmt.Errorf("tap: device body: %w", err)
+	}
+	if d.pk() == "" {
+		return akDevice{}, errors.New("tap: device body: no pk")
+	}
+	return d, nil
+}
+
+// parseDeviceRequest reads the owner pk from an admin device create body.
+func parseDeviceRequest(body []byte) (int64, error) {
+	var r struct {
+		User json.RawMessage `json:"user"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return 0, fmt.Errorf("tap: device request: %w", err)
+	}
+	var pk int64
+	if err := json.Unmarshal(r.User, &pk); err != nil {
+		var u akUser
+		if err2 := json.Unmarshal(r.User, &u); err2 != nil || u.PK <= 0 {
+			return 0, fmt.Errorf("tap: device request: user: %w", err)
+		}
+		pk = u.PK
+	}
+	if pk <= 0 {
+		return 0, errors.New("tap: device request: no user")
+	}
+	return pk, nil
+}
+
+// parseBulkDeleted reads {"deleted": n} from a bulk_delete response.
+func parseBulkDeleted(body []byte) (int, error) {
+	var r struct {
+		Deleted *int `json:"deleted"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return 0, fmt.Errorf("tap: bulk_delete body: %w", err)
+	}
+	if r.Deleted == nil || *r.Deleted < 0 {
+		return 0, errors.New("tap: bulk_delete body: no deleted count")
+	}
+	return *r.Deleted, nil
+}

@@ -1,0 +1,154 @@
+package tap
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+)
+
+// initiator says who started an action on subject.
+func initiator(actor, subject User) Initiator {
+	if actor.PK != 0 && subject.PK != 0 && actor.PK != subject.PK {
+		return InitiatorAdmin
+	}
+	return InitiatorUser
+}
+
+// classify turns a completed intent into signals. Each signal's ID is
+// derived from the intent id, so a replay yields the same IDs.
+func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal {
+	actor := in.Caller
+	base := func(suffix string, kind Kind, subject User) Signal {
+		a := actor
+		s := Signal{
+			ID: "t:" + in.ID + suffix, Kind: kind, Source: source, Time: in.Done, Subject: subject,
+			Actor: &a, Initiator: initiator(actor, subject), RequestID: in.RequestID, TraceParent: in.TraceParent,
+		}
+		if s.Time.IsZero() {
+			s.Time = in.Created
+		}
+		return s
+	}
+	switch in.Op {
+	case opLogout:
+		s := base("", KindSessionRevoked, in.Subject)
+		s.SessionHash = in.SessionHash
+		s.ReasonAdmin, s.ReasonUser = "User logged out", "You logged out"
+		return []Signal{s}
+	case opFlowStage:
+		switch in.Stage {
+		case stagePassword:
+			s := base("", KindPasswordChanged, in.Subject)
+			s.ReasonAdmin, s.ReasonUser = "User changed their password", "You changed your password"
+			return []Signal{s}
+		case stageMFA:
+			s := base("", KindMFAAdded, in.Subject)
+			s.Device = t.enrolledDevice(ctx, in)
+			s.ReasonAdmin, s.ReasonUser = "User enrolled an authenticator", "You added an authenticator"
+			return []Signal{s}
+		}
+	case opSessionDelete, opSessionBulk:
+		var out []Signal
+		for _, ref := range in.Sessions {
+			s := base("/"+ref.UUID, KindSessionRevoked, ref.Owner)
+			s.SessionUUID, s.SessionHash = ref.UUID, ref.Hash
+			s.ReasonAdmin, s.ReasonUser = "Session revoked", "Your session was ended"
+			out = append(out, s)
+		}
+		for _, u := range in.BulkUsers {
+			s := base("/u"+strconv.FormatInt(u.PK, 10), KindSessionRevoked, u)
+			s.ReasonAdmin, s.ReasonUser = "All sessions revoked", "Your sessions were ended"
+			out = append(out, s)
+		}
+		return out
+	case opSetPassword:
+		s := base("", KindPasswordChanged, in.Subject)
+		s.ReasonAdmin, s.ReasonUser = "Password set through the API", "Your password was changed"
+		if s.Initiator == InitiatorAdmin {
+			s.ReasonAdmin, s.ReasonUser = "An administrator set the user's password", "An administrator changed your password"
+		}
+		return []Signal{s}
+	case opUserUpdate:
+		return userChangeSignals(in.Before, in.After, func(suffix string, kind Kind) Signal {
+			return base(suffix, kind, in.Subject)
+		})
+	case opUserDelete:
+		s := base("", KindAccountDeleted, in.Subject)
+		s.ReasonAdmin, s.ReasonUser = "Account deleted", "Your account was deleted"
+		t.dir.forgetUser(in.Subject.PK)
+		return []Signal{s}
+	case opDeviceDelete:
+		s := base("", KindMFARemoved, in.Subject)
+		s.Device = in.Device
+		s.ReasonAdmin, s.ReasonUser = "Authenticator removed", "An authenticator was removed from your account"
+		return []Signal{s}
+	case opDeviceCreate:
+		s := base("", KindMFAAdded, in.Subject)
+		s.Device = in.Device
+		s.ReasonAdmin, s.ReasonUser = "Authenticator added by an administrator", "An authenticator was added to your account"
+		return []Signal{s}
+	}
+	return nil
+}
+
+// userChangeSignals compares a user's state before and after a change.
+func userChangeSignals(before, after userState, mk func(suffix string, kind Kind) Signal) []Signal {
+	var out []Signal
+	if before.Known && after.Known && before.IsActive != after.IsActive {
+		if after.IsActive {
+			s := mk("/enabled", KindAccountEnabled)
+			s.ReasonAdmin, s.ReasonUser = "Account enabled", "Your account was enabled"
+			out = append(out, s)
+		} else {
+			s := mk("/disabled", KindAccountDisabled)
+			s.ReasonAdmin, s.ReasonUser = "Account disabled", "Your account was disabled"
+			out = append(out, s)
+		}
+	}
+	if before.Email != "" && after.Email != before.Email {
+		s := mk("/email", KindEmailChanged)
+		s.Subject.Email = before.Email
+		s.OldEmail, s.NewEmail = before.Email, after.Email
+		s.ReasonAdmin, s.ReasonUser = "Email address changed", "Your email address was changed"
+		out = append(out, s)
+	}
+	return out
+}
+
+// enrolledDevice finds the device an enrolment just confirmed: the user's
+// newest confirmed device of that type (needs the token; otherwise only the
+// type is known).
+func (t *Tap) enrolledDevice(ctx context.Context, in *intent) *Device {
+	dev := &Device{Type: in.Device.Type}
+	if t.cfg.Token == "" {
+		return dev
+	}
+	devs, err := listAll[akDevice](ctx, t.api, t.api.tokenCreds(), "/authenticators/admin/all/",
+		url.Values{"user": {strconv.FormatInt(in.Subject.PK, 10)}}, 5)
+	if err != nil {
+		return dev
+	}
+	var best akDevice
+	var bestPK int64 = -1
+	for _, d := range devs {
+		if !deviceTypeMatches(d.Type, in.Device.Type) || (d.Confirmed != nil && !*d.Confirmed) {
+			continue
+		}
+		if n, err := strconv.ParseInt(d.pk(), 10, 64); err == nil && n > bestPK {
+			best, bestPK = d, n
+		}
+	}
+	if bestPK < 0 {
+		return dev
+	}
+	out := deviceFrom(in.Device.Type, best)
+	t.dir.putDevice(out.Type, out.PK, dirDevice{Owner: in.Subject.PK, Confirmed: true, Name: best.Name})
+	return out
+}
+
+// deviceTypeMatches compares the "all" endpoint's type (for example
+// "authentik_stages_authenticator_totp.TOTPDevice" or "totp") with a short
+// device type.
+func deviceTypeMatches(long, short string) bool {
+	return long == short || containsFold(long, "authenticator_"+short+".")
+}

@@ -1,0 +1,185 @@
+package tap
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// KV is the tap's durable key/value store: its journal, poller cursor,
+// de-duplication records and directory live in their own buckets. cmd
+// implements it over the outbox store (tap.Mark ↔ outbox.Mark).
+type KV interface {
+	// Commit applies marks atomically and durably.
+	Commit(ctx context.Context, marks []Mark) error
+	// Get returns a copy of the value, or (nil, nil) when absent.
+	Get(bucket string, key []byte) ([]byte, error)
+	// Scan calls fn for every key with the prefix, in key order.
+	Scan(bucket string, prefix []byte, fn func(k, v []byte) error) error
+}
+
+// Buckets the tap owns.
+const (
+	BucketJournal   = "tap_journal"
+	BucketCursor    = "tap_cursor"
+	BucketDedup     = "tap_dedup"
+	BucketDirectory = "tap_directory"
+)
+
+// Config configures a Tap. Zero durations and sizes take the defaults noted.
+type Config struct {
+	// Upstream is authentik's base URL; look-ups go straight there.
+	Upstream *url.URL
+	// Token is an authentik API token for the poller and look-ups. Empty
+	// turns the poller off (logged); look-ups then use the caller's own
+	// credentials where they can.
+	Token string
+	// SecretKey is authentik's SECRET_KEY: when set, session cookies are
+	// verified locally instead of through /core/users/me/.
+	SecretKey string
+	// PollInterval is how often the event API is read (5s).
+	PollInterval time.Duration
+	// Backfill reaches back this far on a fresh data dir (0: start now).
+	Backfill time.Duration
+
+	KV         KV
+	Publisher  Publisher
+	HTTPClient *http.Client     // default: a client with LookupTimeout
+	Clock      func() time.Time // default time.Now
+	// After is the timer the poller and refreshers wait on (time.After).
+	After  func(time.Duration) <-chan time.Time
+	NewID  func() string // intent ids; default 16 random bytes hex
+	Logger *slog.Logger  // default: discard
+
+	// LookupTimeout bounds one look-up against authentik (2s).
+	LookupTimeout time.Duration
+	// CacheSize bounds each look-up cache and the directory (4096).
+	CacheSize int
+	// CacheTTL is how long a look-up result is believed (30s).
+	CacheTTL time.Duration
+	// FlowRefresh is how often flow slugs are re-read (5m).
+	FlowRefresh time.Duration
+	// RatePerIP and RateBurst limit tapped observations per client IP
+	// (5 per second, burst 20).
+	RatePerIP float64
+	RateBurst int
+	// DedupWindow is the widest gap between the traffic's time and
+	// authentik's `created` for the same action (2m).
+	DedupWindow time.Duration
+	// DedupRetention is how long de-duplication records are kept (24h). It
+	// must exceed the poller's worst lag.
+	DedupRetention time.Duration
+	// IntentMaxAge: open intents older than this are dropped at
+	// reconciliation (24h).
+	IntentMaxAge time.Duration
+	// QueueSize bounds the classification queue (1024).
+	QueueSize int
+	// PageSize is the event API page size (100).
+	PageSize int
+	// MaxPages bounds how far one poll pages back (500); a larger backlog
+	// is logged and its oldest part skipped.
+	MaxPages int
+	// MaxBackoff caps the poller's and publisher's back-off (5m).
+	MaxBackoff time.Duration
+	// Actions, when set, replaces the event-API actions the poller asks for.
+	Actions []string
+}
+
+// Validate reports every problem with the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Upstream == nil {
+		errs = append(errs, errors.New("tap: Upstream is required"))
+	} else if c.Upstream.Scheme != "http" && c.Upstream.Scheme != "https" || c.Upstream.Host == "" {
+		errs = append(errs, errors.New("tap: Upstream must be an absolute http(s) URL"))
+	}
+	if c.KV == nil {
+		errs = append(errs, errors.New("tap: KV is required"))
+	}
+	if c.Publisher == nil {
+		errs = append(errs, errors.New("tap: Publisher is required"))
+	}
+	for name, d := range map[string]time.Duration{
+		"PollInterval": c.PollInterval, "Backfill": c.Backfill, "LookupTimeout": c.LookupTimeout,
+		"CacheTTL": c.CacheTTL, "FlowRefresh": c.FlowRefresh, "DedupWindow": c.DedupWindow,
+		"DedupRetention": c.DedupRetention, "IntentMaxAge": c.IntentMaxAge, "MaxBackoff": c.MaxBackoff,
+	} {
+		if d < 0 {
+			errs = append(errs, errors.New("tap: "+name+" must not be negative"))
+		}
+	}
+	if c.CacheSize < 0 || c.QueueSize < 0 || c.PageSize < 0 || c.MaxPages < 0 || c.RateBurst < 0 || c.RatePerIP < 0 {
+		errs = append(errs, errors.New("tap: sizes and rates must not be negative"))
+	}
+	if c.PageSize > 1000 {
+		errs = append(errs, errors.New("tap: PageSize must be at most 1000"))
+	}
+	if c.DedupRetention > 0 && c.DedupWindow > 0 && c.DedupRetention < c.DedupWindow {
+		errs = append(errs, errors.New("tap: DedupRetention must be at least DedupWindow"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.PollInterval, 5*time.Second)
+	def(&c.LookupTimeout, 2*time.Second)
+	def(&c.CacheTTL, 30*time.Second)
+	def(&c.FlowRefresh, 5*time.Minute)
+	def(&c.DedupWindow, 2*time.Minute)
+	def(&c.DedupRetention, 24*time.Hour)
+	def(&c.IntentMaxAge, 24*time.Hour)
+	def(&c.MaxBackoff, 5*time.Minute)
+	if c.CacheSize == 0 {
+		c.CacheSize = 4096
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = 1024
+	}
+	if c.PageSize == 0 {
+		c.PageSize = 100
+	}
+	if c.MaxPages == 0 {
+		c.MaxPages = 500
+	}
+	if c.RatePerIP == 0 {
+		c.RatePerIP = 5
+	}
+	if c.RateBurst == 0 {
+		c.RateBurst = 20
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.After == nil {
+		c.After = time.After
+	}
+	if c.NewID == nil {
+		c.NewID = randomID
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Timeout: c.LookupTimeout}
+	}
+	if len(c.Actions) == 0 {
+		c.Actions = defaultActions
+	}
+}
+
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,155 @@
+package tap
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// De-duplication.
+//
+// Every signal the tap publishes leaves a record in BucketDedup, keyed
+// "<kind>/<user>/<time>/<signal id>", holding its source and exact keys
+// (session hash, session uuid, device type+pk, request id). A new signal
+// from the other source (traffic vs event API; reconciliation counts as
+// traffic) is a duplicate when an unconsumed record of the same kind and
+// user
+//
+//  1. shares an exact key with it, or else
+//  2. has no conflicting exact key (two different session hashes, two
+//     different device pks) and lies within DedupWindow of it, on
+//     authentik's `created` for the event API and the response time for the
+//     traffic — the closest such record wins.
+//
+// A matched record is marked consumed, so two logouts of one user from two
+// sessions, seen by both sources, still make two signals. The match and the
+// consumption commit atomically with the cursor or journal mark.
+type dedupRecord struct {
+	Source   Source    `json:"source"`
+	Time     time.Time `json:"time"`
+	Exact    []string  `json:"exact,omitempty"`
+	Consumed bool      `json:"consumed,omitempty"`
+}
+
+func sourceGroup(s Source) string {
+	if s == SourceEventAPI {
+		return "event_api"
+	}
+	return "traffic"
+}
+
+func dedupUser(u User) string {
+	switch {
+	case u.PK != 0:
+		return "pk" + strconv.FormatInt(u.PK, 10)
+	case u.UID != "":
+		return "uid" + u.UID
+	default:
+		return "em" + strings.ToLower(u.Email)
+	}
+}
+
+// exactKeys are the keys that name one action unambiguously.
+func exactKeys(s Signal) []string {
+	var k []string
+	if s.SessionHash != "" {
+		k = append(k, "sh:"+s.SessionHash)
+	}
+	if s.SessionUUID != "" {
+		k = append(k, "su:"+s.SessionUUID)
+	}
+	if s.Device != nil && s.Device.PK != "" {
+		k = append(k, "dev:"+s.Device.Type+":"+s.Device.PK)
+	}
+	if s.RequestID != "" {
+		k = append(k, "rq:"+s.RequestID)
+	}
+	return k
+}
+
+// conflicts reports exact keys of the same family with different values.
+func conflicts(a, b []string) bool {
+	fam := func(k string) string { f, _, _ := strings.Cut(k, ":"); return f }
+	for _, x := range a {
+		for _, y := range b {
+			if fam(x) == fam(y) && fam(x) != "rq" && x != y {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func shares(a, b []string) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func dedupPrefix(s Signal) string { return string(s.Kind) + "/" + dedupUser(s.Subject) + "/" }
+
+// dedupCheck looks for the other source's record of the same action.
+// It returns the marks to commit: the consumed record when s is a
+// duplicate, or s's own record otherwise.
+func (t *Tap) dedupCheck(s Signal) (dup bool, marks []Mark, err error) {
+	mine := exactKeys(s)
+	var bestKey []byte
+	var best dedupRecord
+	bestScore := time.Duration(-1)
+	exactHit := false
+	err = t.cfg.KV.Scan(BucketDedup, []byte(dedupPrefix(s)), func(k, v []byte) error {
+		var r dedupRecord
+		if json.Unmarshal(v, &r) != nil || r.Consumed || sourceGroup(r.Source) == sourceGroup(s.Source) {
+			return nil
+		}
+		if shares(mine, r.Exact) {
+			if !exactHit {
+				exactHit, bestKey, best = true, append([]byte(nil), k...), r
+			}
+			return nil
+		}
+		if exactHit || conflicts(mine, r.Exact) {
+			return nil
+		}
+		gap := s.Time.Sub(r.Time)
+		if gap < 0 {
+			gap = -gap
+		}
+		if gap <= t.cfg.DedupWindow && (bestScore < 0 || gap < bestScore) {
+			bestScore, bestKey, best = gap, append([]byte(nil), k...), r
+		}
+		return nil
+	})
+	if err != nil {
+		return false, nil, fmt.Errorf("tap: dedup scan: %w", err)
+	}
+	if bestKey != nil {
+		best.Consumed = true
+		b, _ := json.Marshal(best)
+		return true, []Mark{{Bucket: BucketDedup, Key: bestKey, Value: b}}, nil
+	}
+	b, _ := json.Marshal(dedupRecord{Source: s.Source, Time: s.Time.UTC(), Exact: mine})
+	key := fmt.Sprintf("%s%020d/%s", dedupPrefix(s), s.Time.UnixNano(), s.ID)
+	return false, []Mark{{Bucket: BucketDedup, Key: []byte(key), Value: b}}, nil
+}
+
+// pruneDedup removes records older than DedupRetention.
+func (t *Tap) pruneDedup() []Mark {
+	cutoff := t.cfg.Clock().Add(-t.cfg.DedupRetention)
+	var marks []Mark
+	_ = t.cfg.KV.Scan(BucketDedup, nil, func(k, v []byte) error {
+		var r dedupRecord
+		if json.Unmarshal(v, &r) != nil || r.Time.Before(cutoff) {
+			marks = append(marks, Mark{Bucket: BucketDedup, Key: append([]byte(nil), k...), Delete: true})
+		}
+		return nil
+	})
+	return marks
+}

@@ -1,0 +1,349 @@
+package tap
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// defaultActions are the event-API actions the poller asks for.
+var defaultActions = []string{
+	"logout", "login", "password_set", "model_created", "model_updated", "model_deleted",
+	"mfa_device_added", "mfa_device_removed", "user_created",
+}
+
+// akEventUser is an event's `user` (or context `subject`) object.
+type akEventUser struct {
+	PK         int64        `json:"pk"`
+	Username   string       `json:"username"`
+	Email      string       `json:"email"`
+	OnBehalfOf *akEventUser `json:"on_behalf_of,omitempty"`
+}
+
+// akModel is context.model / context.mfa_device.
+type akModel struct {
+	App       string          `json:"app"`
+	ModelName string          `json:"model_name"`
+	PK        json.RawMessage `json:"pk"`
+	Name      string          `json:"name"`
+	Type      string          `json:"type"`
+}
+
+// akEventContext is the part of an event's context the tap reads.
+type akEventContext struct {
+	Model       *akModel     `json:"model"`
+	Subject     *akEventUser `json:"subject"`
+	MFADevice   *akModel     `json:"mfa_device"`
+	Origin      string       `json:"origin"`
+	SyncedFrom  *bool        `json:"synced_from_source"`
+	HTTPRequest *struct {
+		Path      string `json:"path"`
+		Method    string `json:"method"`
+		RequestID string `json:"request_id"`
+	} `json:"http_request"`
+}
+
+// akEvent is one event-API record.
+type akEvent struct {
+	PK      string          `json:"pk"`
+	User    akEventUser     `json:"-"`
+	Action  string          `json:"action"`
+	App     string          `json:"app"`
+	Created time.Time       `json:"created"`
+	Context akEventContext  `json:"-"`
+	RawUser json.RawMessage `json:"user"`
+	RawCtx  json.RawMessage `json:"context"`
+}
+
+// eventPage is one decoded page of /events/events/.
+type eventPage struct {
+	Events []akEvent
+	Next   int // next page number, 0 when none
+}
+
+// maxEventsPerPage bounds a decoded page.
+const maxEventsPerPage = 1000
+
+// decodeEventPage parses a page of authentik's event list. Records that are
+// unreadable in parts keep what could be read; records without pk, action
+// or created are an error, since the cursor cannot move past them safely.
+func decodeEventPage(body []byte) (eventPage, error) {
+	var raw struct {
+		Pagination struct {
+			Next json.Number `json:"next"`
+		} `json:"pagination"`
+		Results []akEvent `json:"results"`
+	}
+	if err := json.Unmarshal(body, &raw); err != nil {
+		return eventPage{}, fmt.Errorf("tap: event page: %w", err)
+	}
+	if len(raw.Results) > maxEventsPerPage {
+		return eventPage{}, errors.New("tap: event page: too many results")
+	}
+	var p eventPage
+	if raw.Pagination.Next != "" {
+		n, err := raw.Pagination.Next.Int64()
+		if err != nil || n < 0 || n > 1<<20 {
+			return eventPage{}, errors.New("tap: event page: bad next page")
+		}
+		p.Next = int(n)
+	}
+	for i := range raw.Results {
+		e := raw.Results[i]
+		if e.PK == "" || e.Action == "" || e.Created.IsZero() {
+			return eventPage{}, fmt.Errorf("tap: event page: record %d lacks pk, action or created", i)
+		}
+		e.PK = strings.ReplaceAll(strings.ToLower(e.PK), "-", "")
+		_ = json.Unmarshal(e.RawUser, &e.User)
+		_ = json.Unmarshal(e.RawCtx, &e.Context)
+		e.RawUser, e.RawCtx = nil, nil
+		p.Events = append(p.Events, e)
+	}
+	return p, nil
+}
+
+// deviceModels maps authentik's device model names to device types.
+var deviceModels = map[string]string{
+	"totpdevice": "totp", "webauthndevice": "webauthn", "staticdevice": "static",
+	"duodevice": "duo", "smsdevice": "sms", "emaildevice": "email", "endpointdevice": "endpoint",
+}
+
+func isUserModel(m *akModel) bool {
+	return m != nil && m.App == "authentik_core" && m.ModelName == "user"
+}
+
+// eventSignals maps one event to signals. Look-up failures are returned so
+// the poller retries the event rather than skip it.
+func (t *Tap) eventSignals(ctx context.Context, e akEvent) ([]Signal, error) {
+	actor := User{PK: e.User.PK, Username: e.User.Username, Email: e.User.Email}
+	if e.User.OnBehalfOf != nil {
+		// impersonation: the original user acted on behalf of another
+		actor = User{PK: e.User.PK, Username: e.User.Username, Email: e.User.Email}
+	}
+	mk := func(suffix string, kind Kind, subject User) Signal {
+		s := Signal{ID: "e:" + e.PK + suffix, Kind: kind, Source: SourceEventAPI, Time: e.Created.UTC(), Subject: subject}
+		if actor.PK > 0 && actor.Username != "AnonymousUser" {
+			a := actor
+			s.Actor = &a
+			s.Initiator = initiator(actor, subject)
+		} else {
+			s.Initiator = InitiatorSystem
+		}
+		if e.Context.HTTPRequest != nil {
+			s.RequestID = e.Context.HTTPRequest.RequestID
+		}
+		return s
+	}
+	cr := t.api.tokenCreds()
+	resolve := func(u akEventUser) (User, error) {
+		if u.PK <= 0 {
+			return User{}, errors.New("tap: event names no user")
+		}
+		full, err := t.userByPK(ctx, cr, u.PK)
+		if errors.Is(err, ErrNotFound) {
+			return User{PK: u.PK, Username: u.Username, Email: u.Email}, nil
+		}
+		if err != nil {
+			return User{}, err
+		}
+		return full, nil
+	}
+	c := e.Context
+	switch e.Action {
+	case "logout", "login":
+		subj, err := resolve(e.User)
+		if err != nil {
+			return nil, err
+		}
+		if e.Action == "login" {
+			s := mk("", KindSessionEstablished, subj)
+			s.ReasonAdmin, s.ReasonUser = "User logged in", "You logged in"
+			return []Signal{s}, nil
+		}
+		s := mk("", KindSessionRevoked, subj)
+		s.ReasonAdmin, s.ReasonUser = "User logged out", "You logged out"
+		return []Signal{s}, nil
+	case "password_set":
+		if c.Origin == "source_sync" || (c.SyncedFrom != nil && *c.SyncedFrom) {
+			return nil, nil // a cached hash from LDAP/Kerberos, not a change
+		}
+		target := e.User
+		if c.Subject != nil {
+			target = *c.Subject
+		} else {
+			actor = User{} // ≤2026.2: `user` is the target, the actor is unknown
+		}
+		subj, err := resolve(target)
+		if err != nil {
+			return nil, err
+		}
+		s := mk("", KindPasswordChanged, subj)
+		if s.Actor == nil && actor.PK == 0 {
+			s.Initiator = InitiatorUser // the usual case; the traffic knows better when it saw it
+		}
+		s.ReasonAdmin, s.ReasonUser = "Password set", "Your password was changed"
+		return []Signal{s}, nil
+	case "mfa_device_added", "mfa_device_removed":
+		if c.Subject == nil || c.MFADevice == nil {
+			return nil, nil
+		}
+		subj, err := resolve(*c.Subject)
+		if err != nil {
+			return nil, err
+		}
+		kind := KindMFAAdded
+		if e.Action == "mfa_device_removed" {
+			kind = KindMFARemoved
+		}
+		dtype := strings.ToLower(c.MFADevice.Type)
+		if v, ok := deviceModels[dtype]; ok {
+			dtype = v
+		}
+		s := mk("", kind, subj)
+		s.Device = &Device{Type: dtype, PK: rawPK(c.MFADevice.PK), Name: c.MFADevice.Name}
+		s.ReasonAdmin, s.ReasonUser = "Authenticator changed", "Your authenticators changed"
+		return []Signal{s}, nil
+	case "model_created", "model_updated", "model_deleted":
+		if c.Model == nil {
+			return nil, nil
+		}
+		if dtype, ok := deviceModels[c.Model.ModelName]; ok && strings.Contains(c.Model.App, "authenticator") {
+			return t.deviceEvent(ctx, e, dtype, mk)
+		}
+		if isUserModel(c.Model) {
+			return t.userEvent(ctx, e, mk)
+		}
+	case "user_created":
+		if c.Subject != nil {
+			_, _ = t.fetchUser(ctx, cr, c.Subject.PK) // seed the directory
+		}
+	}
+	return nil, nil
+}
+
+// deviceEvent handles model_* records of device models. authentik names the
+// actor, not the owner, so the owner comes from the device (or, once it is
+// gone, from the directory).
+func (t *Tap) deviceEvent(ctx context.Context, e akEvent, dtype string, mk func(string, Kind, User) Signal) ([]Signal, error) {
+	pk := rawPK(e.Context.Model.PK)
+	if pk == "" {
+		return nil, nil
+	}
+	cr := t.api.tokenCreds()
+	known, wasKnown := t.dir.device(dtype, pk)
+	if e.Action == "model_deleted" {
+		if wasKnown && !known.Confirmed {
+			t.dir.forgetDevice(dtype, pk)
+			return nil, nil
+		}
+		owner := e.User.PK
+		if wasKnown {
+			owner = known.Owner
+		}
+		subj, err := t.userByPK(ctx, cr, owner)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		t.dir.forgetDevice(dtype, pk)
+		s := mk("", KindMFARemoved, subj)
+		s.Device = &Device{Type: dtype, PK: pk, Name: e.Context.Model.Name}
+		s.ReasonAdmin, s.ReasonUser = "Authenticator removed", "An authenticator was removed from your account"
+		return []Signal{s}, nil
+	}
+	var d akDevice
+	err := t.api.getJSON(ctx, cr, "/authenticators/admin/"+dtype+"/"+pk+"/", nil, &d)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil // gone again already; its deletion will be reported
+	}
+	if err != nil {
+		return nil, err
+	}
+	confirmed := d.Confirmed == nil || *d.Confirmed
+	if d.Confirmed == nil {
+		confirmed = t.deviceConfirmed(ctx, d, dtype, pk)
+	}
+	owner := int64(0)
+	if d.User != nil {
+		owner = d.User.PK
+		t.dir.noteUser(*d.User)
+	}
+	t.dir.putDevice(dtype, pk, dirDevice{Owner: owner, Confirmed: confirmed, Name: d.Name})
+	// Added = confirmed now and not known confirmed before (created
+	// confirmed, or confirmed later by a setup stage).
+	if !confirmed || (wasKnown && known.Confirmed) || (e.Action == "model_updated" && !wasKnown) {
+		return nil, nil
+	}
+	subj, err := t.userByPK(ctx, cr, owner)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	s := mk("", KindMFAAdded, subj)
+	s.Device = deviceFrom(dtype, d)
+	s.ReasonAdmin, s.ReasonUser = "Authenticator added", "An authenticator was added to your account"
+	return []Signal{s}, nil
+}
+
+// deviceConfirmed reads `confirmed` from the owner's device list when the
+// per-type serializer does not carry it.
+func (t *Tap) deviceConfirmed(ctx context.Context, d akDevice, dtype, pk string) bool {
+	if d.User == nil {
+		return true
+	}
+	devs, err := listAll[akDevice](ctx, t.api, t.api.tokenCreds(), "/authenticators/admin/all/",
+		map[string][]string{"user": {strconv.FormatInt(d.User.PK, 10)}}, 5)
+	if err != nil {
+		return true
+	}
+	for _, x := range devs {
+		if x.pk() == pk && deviceTypeMatches(x.Type, dtype) && x.Confirmed != nil {
+			return *x.Confirmed
+		}
+	}
+	return true
+}
+
+// userEvent handles model_* records of the user model by comparing the
+// user's state with the directory.
+func (t *Tap) userEvent(ctx context.Context, e akEvent, mk func(string, Kind, User) Signal) ([]Signal, error) {
+	pkStr := rawPK(e.Context.Model.PK)
+	pk, err := strconv.ParseInt(pkStr, 10, 64)
+	if err != nil || pk <= 0 {
+		return nil, nil
+	}
+	before, known := t.dir.userState(pk)
+	switch e.Action {
+	case "model_deleted":
+		subj := User{PK: pk, Username: e.Context.Model.Name}
+		if known {
+			subj = User{PK: pk, UID: before.UID, Username: before.Username, Email: before.Email}
+		}
+		t.dir.forgetUser(pk)
+		s := mk("", KindAccountDeleted, subj)
+		s.ReasonAdmin, s.ReasonUser = "Account deleted", "Your account was deleted"
+		return []Signal{s}, nil
+	case "model_created":
+		_, err := t.fetchUser(ctx, t.api.tokenCreds(), pk)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		return nil, nil
+	}
+	u, err := t.fetchUser(ctx, t.api.tokenCreds(), pk)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !known {
+		return nil, nil // nothing to compare with; the directory knows it from now on
+	}
+	b := userState{Email: before.Email, IsActive: before.IsActive == nil || *before.IsActive, Known: before.IsActive != nil}
+	a := userState{Email: u.Email, IsActive: u.IsActive == nil || *u.IsActive, Known: u.IsActive != nil}
+	subj := u.user()
+	return userChangeSignals(b, a, func(suffix string, kind Kind) Signal { return mk(suffix, kind, subj) }), nil
+}

@@ -1,0 +1,325 @@
+package tap
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// pending is the state Before hands to After.
+type pending struct {
+	in        *intent
+	component string // the stage component the request answered
+	journaled bool
+}
+
+// maxBulkUsers bounds how many users of one bulk_delete are looked up.
+const maxBulkUsers = 100
+
+// clientIP is the first X-Forwarded-For entry (the one authentik believes),
+// else the peer address.
+func clientIP(r *http.Request) string {
+	if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+		first, _, _ := strings.Cut(xff, ",")
+		return strings.TrimSpace(first)
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func requestID(r *http.Request) string {
+	for _, h := range []string{"X-Request-Id", "X-Authentik-Id"} {
+		if v := r.Header.Get(h); v != "" && len(v) <= 128 {
+			return v
+		}
+	}
+	return ""
+}
+
+// Before runs before a matched request is forwarded. For an authenticated
+// caller it learns what the request is about to change and journals an
+// intent; it returns nil when the request is not to be tapped. It never
+// fails the request.
+func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state any) {
+	rt, ok := t.parseRoute(r.Method, r.URL.Path)
+	if !ok {
+		return nil
+	}
+	var cookie string
+	if c, err := r.Cookie(SessionCookieName); err == nil {
+		cookie = c.Value
+	}
+	authz := r.Header.Get("Authorization")
+	if cookie == "" && authz == "" {
+		t.stats.anonymous.Add(1)
+		return nil
+	}
+	if rt.op == opLogoutHint {
+		return nil // a redirect to the invalidation flow; the executor call is the logout
+	}
+	if !t.limiter.allow(clientIP(r)) {
+		t.stats.rateLimited.Add(1)
+		return nil
+	}
+	c, err := t.authenticate(ctx, cookie, authz)
+	if err != nil {
+		t.stats.untrusted.Add(1)
+		t.log.Debug("tap: caller not authenticated", "op", string(rt.op), "err", err)
+		return nil
+	}
+	in := &intent{
+		ID: t.cfg.NewID(), Op: rt.op, Created: t.cfg.Clock().UTC(), RequestID: requestID(r),
+		TraceParent: r.Header.Get("Traceparent"), Caller: c.User, ObjectID: rt.id,
+	}
+	if c.Actor != nil {
+		in.Caller = *c.Actor
+	}
+	p := &pending{in: in}
+	t.sessionSeen(c)
+	if !t.prepare(ctx, p, rt, c, r, body) {
+		return nil
+	}
+	if err := t.journalPut(ctx, in, t.dir.drain()...); err != nil {
+		t.stats.misses.Add(1)
+		t.log.Warn("tap: journal intent failed", "intent", in.ID, "err", err)
+		return p // After may still queue it; a crash before then loses it (counted)
+	}
+	p.journaled = true
+	return p
+}
+
+// prepare fills the intent for the route; false means "not tapped".
+func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *http.Request, body []byte) bool {
+	in := p.in
+	lc := t.lookupCreds(c)
+	switch rt.op {
+	case opLogout:
+		if c.SessionHash == "" {
+			return false // only a browser session logs out
+		}
+		in.Subject, in.SessionHash = c.User, c.SessionHash
+	case opFlowStage:
+		kind, component, dtype, err := parseStageRequest(body)
+		if err != nil {
+			return false
+		}
+		in.Subject, in.Stage, in.SessionHash = c.User, kind, c.SessionHash
+		p.component = component
+		if kind == stageMFA {
+			in.Device = &Device{Type: dtype}
+		}
+	case opSessionDelete:
+		s, err := t.fetchSession(ctx, lc, rt.id)
+		if err != nil {
+			t.stats.misses.Add(1)
+			t.log.Warn("tap: session look-up failed", "err", err)
+			return false
+		}
+		owner, err := t.userByPK(ctx, lc, s.User)
+		if err != nil {
+			t.stats.misses.Add(1)
+		}
+		in.Subject = owner
+		in.Sessions = []sessionRef{{UUID: s.UUID, Owner: owner, Hash: t.hashForSession(s.UUID)}}
+	case opSessionBulk:
+		pks := r.URL.Query()["user_pks"]
+		if len(pks) == 0 {
+			return false
+		}
+		for i, s := range pks {
+			if i >= maxBulkUsers {
+				break
+			}
+			pk, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || pk <= 0 {
+				continue
+			}
+			owner, err := t.userByPK(ctx, lc, pk)
+			if err != nil {
+				t.stats.misses.Add(1)
+			}
+			sessions, err := listAll[akSession](ctx, t.api, lc, "/core/authenticated_sessions/",
+				map[string][]string{"user": {s}}, 5)
+			if err != nil || len(sessions) == 0 {
+				in.BulkUsers = append(in.BulkUsers, owner)
+				continue
+			}
+			for _, ss := range sessions {
+				in.Sessions = append(in.Sessions, sessionRef{UUID: ss.UUID, Owner: owner, Hash: t.hashForSession(ss.UUID)})
+			}
+		}
+		if len(in.Sessions) == 0 && len(in.BulkUsers) == 0 {
+			return false
+		}
+	case opSetPassword, opUserUpdate, opUserDelete:
+		pk, _ := strconv.ParseInt(rt.id, 10, 64)
+		u, err := t.fetchUser(ctx, lc, pk)
+		if err != nil {
+			t.stats.misses.Add(1)
+			t.log.Warn("tap: user look-up failed", "err", err)
+			if rt.op != opSetPassword {
+				return false // without the state before, the change cannot be told
+			}
+			in.Subject = User{PK: pk}
+			break
+		}
+		in.Subject = u.user()
+		in.Before = userState{Email: u.Email, IsActive: u.IsActive == nil || *u.IsActive, Known: u.IsActive != nil}
+	case opDeviceDelete:
+		d, err := t.fetchDevice(ctx, c, rt.dtype, rt.id, rt.admin)
+		if err != nil {
+			t.stats.misses.Add(1)
+			t.log.Warn("tap: device look-up failed", "err", err)
+			return false
+		}
+		if d.Confirmed != nil && !*d.Confirmed {
+			return false // an unfinished enrolment going away is not a credential change
+		}
+		switch {
+		case d.User != nil && d.User.PK > 0:
+			owner, err := t.userByPK(ctx, lc, d.User.PK)
+			if err != nil {
+				owner = d.User.user()
+			}
+			in.Subject = owner
+		case !rt.admin:
+			in.Subject = c.User // the user endpoints only show the caller's own devices
+		default:
+			t.stats.misses.Add(1)
+			return false
+		}
+		in.Device = deviceFrom(rt.dtype, d)
+	case opDeviceCreate:
+		pk, err := parseDeviceRequest(body)
+		if err != nil {
+			return false
+		}
+		owner, err := t.userByPK(ctx, lc, pk)
+		if err != nil {
+			t.stats.misses.Add(1)
+		}
+		in.Subject = owner
+		in.Device = &Device{Type: rt.dtype}
+	default:
+		return false
+	}
+	return true
+}
+
+// After runs once authentik answered. It journals the outcome and queues a
+// completed intent for classification; it never blocks on publishing.
+func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int, header http.Header, body []byte) {
+	p, ok := state.(*pending)
+	if !ok || p == nil {
+		return
+	}
+	in := p.in
+	if !t.completed(p, status, header, body) {
+		if p.journaled {
+			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
+				t.log.Warn("tap: journal outcome failed", "intent", in.ID, "err", err)
+			}
+		}
+		return
+	}
+	in.Outcome, in.Done = outcomeCompleted, t.cfg.Clock().UTC()
+	if err := t.journalPut(ctx, in); err != nil {
+		t.stats.misses.Add(1)
+		t.log.Warn("tap: journal outcome failed", "intent", in.ID, "err", err)
+	}
+	t.enqueue(in)
+}
+
+// completed decides from the response whether the action happened, and
+// records what the response says (the user after an update, a new device).
+func (t *Tap) completed(p *pending, status int, header http.Header, body []byte) bool {
+	in := p.in
+	switch in.Op {
+	case opLogout:
+		return (status/100 == 2 || status/100 == 3) && sessionEnded(header, in.SessionHash, t.cfg.SecretKey, t.cfg.Clock())
+	case opFlowStage:
+		return stageCompleted(status, p.component, body)
+	case opSessionDelete, opUserDelete:
+		return status == http.StatusNoContent || status == http.StatusOK
+	case opSetPassword:
+		return status == http.StatusNoContent || status == http.StatusOK
+	case opSessionBulk:
+		n, err := parseBulkDeleted(body)
+		return status == http.StatusOK && err == nil && n > 0
+	case opUserUpdate:
+		if status != http.StatusOK {
+			return false
+		}
+		u, err := parseUserBody(body)
+		if err != nil {
+			return false
+		}
+		in.After = userState{Email: u.Email, IsActive: u.IsActive == nil || *u.IsActive, Known: u.IsActive != nil}
+		t.dir.noteUser(u)
+		return true
+	case opDeviceDelete:
+		if status == http.StatusNoContent || status == http.StatusOK {
+			t.dir.forgetDevice(in.Device.Type, in.Device.PK)
+			return true
+		}
+		return false
+	case opDeviceCreate:
+		if status != http.StatusCreated && status != http.StatusOK {
+			return false
+		}
+		d, err := parseDeviceBody(body)
+		if err != nil {
+			return false
+		}
+		in.Device = deviceFrom(in.Device.Type, d)
+		confirmed := d.Confirmed == nil || *d.Confirmed
+		t.dir.putDevice(in.Device.Type, in.Device.PK, dirDevice{Owner: in.Subject.PK, Confirmed: confirmed, Name: d.Name})
+		return confirmed
+	}
+	return false
+}
+
+// sessionSeen remembers that this caller's session cookie was seen, so a
+// later DELETE of its AuthenticatedSession can carry sha256(sid). The
+// AuthenticatedSession uuid is learnt by asking authentik, with the
+// caller's own credentials, which of the user's sessions is `current`.
+func (t *Tap) sessionSeen(c *caller) {
+	if c.SessionHash == "" || c.cr.cookie == "" {
+		return
+	}
+	if _, ok := t.seenHashes.get(c.SessionHash); ok {
+		return
+	}
+	t.seenHashes.put(c.SessionHash, struct{}{})
+	cr := creds{cookie: c.cr.cookie}
+	hash := c.SessionHash
+	select {
+	case t.learn <- func(ctx context.Context) {
+		var page akPage[struct {
+			UUID    string `json:"uuid"`
+			Current bool   `json:"current"`
+		}]
+		if err := t.api.getJSON(ctx, cr, "/core/authenticated_sessions/", nil, &page); err != nil {
+			return
+		}
+		for _, s := range page.Results {
+			if s.Current {
+				t.sessionHash.put(s.UUID, hash)
+			}
+		}
+	}:
+	default:
+	}
+}
+
+// hashForSession returns sha256(sid) for an AuthenticatedSession uuid when
+// its cookie has been seen.
+func (t *Tap) hashForSession(uuid string) string {
+	h, _ := t.sessionHash.get(uuid)
+	return h
+}

@@ -1,0 +1,166 @@
+package tap
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+)
+
+// caller is an authenticated caller as the trust check established it.
+type caller struct {
+	User User
+	// Actor is the real person behind an impersonated session.
+	Actor *User
+	// SessionHash is sha256(sid) of the cookie that authenticated, or "".
+	SessionHash string
+	cr          creds
+}
+
+// authenticate decides whether the request comes from an authenticated
+// caller. A cookie the sidecar merely decoded is never evidence: either
+// authentik accepts the caller's own credentials on /core/users/me/, or the
+// cookie's signature verifies against the secret key.
+func (t *Tap) authenticate(ctx context.Context, cookie, authz string) (*caller, error) {
+	if cookie != "" {
+		if c, err := t.authenticateCookie(ctx, cookie); err == nil {
+			return c, nil
+		} else if authz == "" {
+			return nil, err
+		}
+	}
+	if authz == "" {
+		return nil, errUnauthorized
+	}
+	return t.whoami(ctx, creds{authz: authz}, "")
+}
+
+func (t *Tap) authenticateCookie(ctx context.Context, cookie string) (*caller, error) {
+	if t.cfg.SecretKey != "" {
+		claims, verified, err := DecodeSessionCookie(cookie, t.cfg.SecretKey)
+		if err != nil || !verified || !claims.Authenticated || claims.Subject == "" || claims.Subject == "anonymous" {
+			return nil, errUnauthorized
+		}
+		if u, ok := t.dir.byUID(claims.Subject); ok {
+			return &caller{User: u, SessionHash: claims.SessionHash(), cr: creds{cookie: cookie}}, nil
+		}
+		// Verified, but the uid is new to us: ask authentik who it is.
+		return t.whoami(ctx, creds{cookie: cookie}, claims.SessionHash())
+	}
+	claims, _, err := DecodeSessionCookie(cookie, "")
+	if err != nil {
+		return nil, err
+	}
+	return t.whoami(ctx, creds{cookie: cookie}, claims.SessionHash())
+}
+
+// whoami asks authentik /core/users/me/ with the caller's own credentials,
+// cached by a hash of those credentials.
+func (t *Tap) whoami(ctx context.Context, cr creds, sessionHash string) (*caller, error) {
+	sum := sha256.Sum256([]byte("c\x00" + cr.cookie + "\x00a\x00" + cr.authz))
+	key := hex.EncodeToString(sum[:])
+	if c, ok := t.whoCache.get(key); ok {
+		c.cr = cr
+		return &c, nil
+	}
+	var me akSessionUser
+	if err := t.api.getJSON(ctx, cr, "/core/users/me/", nil, &me); err != nil {
+		return nil, err
+	}
+	if me.User.PK <= 0 || me.User.Username == "" || me.User.Username == "AnonymousUser" {
+		return nil, errUnauthorized
+	}
+	c := caller{User: me.User.user(), SessionHash: sessionHash}
+	if me.Original != nil && me.Original.PK != me.User.PK {
+		actor := me.Original.user()
+		c.Actor = &actor
+	}
+	t.dir.noteUser(me.User)
+	t.whoCache.put(key, c)
+	c.cr = cr
+	return &c, nil
+}
+
+// lookupCreds are the credentials for a look-up: the sidecar's token, or
+// the caller's own when there is none.
+func (t *Tap) lookupCreds(c *caller) creds {
+	if t.cfg.Token != "" {
+		return t.api.tokenCreds()
+	}
+	if c != nil {
+		return c.cr
+	}
+	return creds{}
+}
+
+// fetchUser reads a user fresh from authentik (no cache: callers compare
+// states) and records it in the directory.
+func (t *Tap) fetchUser(ctx context.Context, cr creds, pk int64) (akUser, error) {
+	var u akUser
+	if err := t.api.getJSON(ctx, cr, "/core/users/"+strconv.FormatInt(pk, 10)+"/", nil, &u); err != nil {
+		return akUser{}, err
+	}
+	if u.PK != pk {
+		return akUser{}, fmt.Errorf("tap: user %d: answer names %d", pk, u.PK)
+	}
+	t.dir.noteUser(u)
+	return u, nil
+}
+
+// userByPK returns the user from the directory, or fetches it.
+func (t *Tap) userByPK(ctx context.Context, cr creds, pk int64) (User, error) {
+	if u, ok := t.dir.user(pk); ok {
+		return u, nil
+	}
+	u, err := t.fetchUser(ctx, cr, pk)
+	if err != nil {
+		return User{PK: pk}, err
+	}
+	return u.user(), nil
+}
+
+// fetchSession reads an authenticated session.
+func (t *Tap) fetchSession(ctx context.Context, cr creds, uuid string) (akSession, error) {
+	var s akSession
+	if err := t.api.getJSON(ctx, cr, "/core/authenticated_sessions/"+url.PathEscape(uuid)+"/", nil, &s); err != nil {
+		return akSession{}, err
+	}
+	if s.User <= 0 {
+		return akSession{}, errors.New("tap: session has no user")
+	}
+	return s, nil
+}
+
+// fetchDevice reads a device through the admin endpoint (token) or the
+// user's own endpoint (caller's credentials).
+func (t *Tap) fetchDevice(ctx context.Context, c *caller, dtype, id string, admin bool) (akDevice, error) {
+	var d akDevice
+	path := "/authenticators/" + dtype + "/" + url.PathEscape(id) + "/"
+	cr := c.cr
+	if t.cfg.Token != "" {
+		path = "/authenticators/admin/" + dtype + "/" + url.PathEscape(id) + "/"
+		cr = t.api.tokenCreds()
+	} else if admin {
+		path = "/authenticators/admin/" + dtype + "/" + url.PathEscape(id) + "/"
+	}
+	if err := t.api.getJSON(ctx, cr, path, nil, &d); err != nil {
+		return akDevice{}, err
+	}
+	return d, nil
+}
+
+// deviceFrom builds the Device the signal carries.
+func deviceFrom(dtype string, d akDevice) *Device {
+	dev := &Device{Type: dtype, PK: d.pk(), Name: d.Name, AAGUID: d.AAGUID}
+	if d.DeviceType != nil {
+		// authentik does not say platform vs roaming; leave Platform false
+		// (roaming) unless the MDS description says so.
+		dev.Platform = containsFold(d.DeviceType.Description, "platform") ||
+			containsFold(d.DeviceType.Description, "windows hello") ||
+			containsFold(d.DeviceType.Description, "icloud")
+	}
+	return dev
+}

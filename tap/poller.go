@@ -1,0 +1,206 @@
+package tap
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cursorKey is the poller's high-water mark in BucketCursor.
+var cursorKey = []byte("events")
+
+// cursor is the poller's high-water mark: the `created` of the newest event
+// processed, and the pks of all events processed at exactly that instant
+// (several events can share a timestamp).
+type cursor struct {
+	Time time.Time `json:"time"`
+	IDs  []string  `json:"ids,omitempty"`
+}
+
+func (c cursor) seen(e akEvent) bool {
+	if e.Created.Before(c.Time) {
+		return true
+	}
+	return e.Created.Equal(c.Time) && slices.Contains(c.IDs, e.PK)
+}
+
+func (c cursor) advance(e akEvent) cursor {
+	if e.Created.After(c.Time) {
+		return cursor{Time: e.Created, IDs: []string{e.PK}}
+	}
+	return cursor{Time: c.Time, IDs: append(slices.Clone(c.IDs), e.PK)}
+}
+
+func (c cursor) mark() Mark {
+	b, _ := json.Marshal(c)
+	return Mark{Bucket: BucketCursor, Key: cursorKey, Value: b}
+}
+
+// loadCursor reads the cursor; a fresh data dir starts at now - Backfill.
+func (t *Tap) loadCursor(ctx context.Context) (cursor, error) {
+	b, err := t.cfg.KV.Get(BucketCursor, cursorKey)
+	if err != nil {
+		return cursor{}, fmt.Errorf("tap: read cursor: %w", err)
+	}
+	if b != nil {
+		var c cursor
+		if err := json.Unmarshal(b, &c); err == nil && !c.Time.IsZero() {
+			return c, nil
+		}
+		t.log.Warn("tap: unreadable poller cursor; starting at now")
+	}
+	c := cursor{Time: t.cfg.Clock().Add(-t.cfg.Backfill).UTC()}
+	if err := t.cfg.KV.Commit(ctx, []Mark{c.mark()}); err != nil {
+		return cursor{}, fmt.Errorf("tap: store cursor: %w", err)
+	}
+	return c, nil
+}
+
+// runPoller reads the event API every PollInterval, backing off while
+// authentik is unreachable and catching up after.
+func (t *Tap) runPoller(ctx context.Context) error {
+	if t.cfg.Token == "" {
+		t.log.Warn("tap: no authentik token: event-API poller is off; only traffic is observed")
+		return nil
+	}
+	failures := 0
+	wait := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.cfg.After(wait):
+		case <-t.pollKick:
+		}
+		if err := t.pollOnce(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			t.stats.pollErrors.Add(1)
+			wait = backoff(t.cfg.PollInterval, failures, t.cfg.MaxBackoff)
+			t.log.Warn("tap: event-API poll failed", "err", err, "retry_in", wait)
+			continue
+		}
+		failures = 0
+		wait = t.cfg.PollInterval
+	}
+}
+
+// PollNow asks the poller for an immediate poll (tests, the admin API).
+func (t *Tap) PollNow() {
+	select {
+	case t.pollKick <- struct{}{}:
+	default:
+	}
+}
+
+// pollOnce pages back, newest first, to the cursor, then processes what is
+// new oldest first. Each signal commits the cursor moved past its event;
+// events that map to nothing move it in one commit at the end.
+func (t *Tap) pollOnce(ctx context.Context) error {
+	cur, err := t.loadCursor(ctx)
+	if err != nil {
+		return err
+	}
+	fresh, err := t.fetchSince(ctx, cur)
+	if err != nil {
+		return err
+	}
+	dirty := false
+	for _, e := range fresh {
+		ectx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+		sigs, err := t.eventSignals(ectx, e)
+		cancel()
+		if err != nil {
+			return t.flushCursor(ctx, cur, dirty, fmt.Errorf("tap: event %s: %w", e.PK, err))
+		}
+		next := cur.advance(e)
+		for i := range sigs {
+			var extra []Mark
+			if i == len(sigs)-1 {
+				extra = []Mark{next.mark()}
+			}
+			if err := t.emit(ctx, sigs[i], extra); err != nil {
+				return t.flushCursor(ctx, cur, dirty, err)
+			}
+		}
+		dirty = len(sigs) == 0
+		cur = next
+	}
+	t.stats.pollLag.Store(int64(t.cfg.Clock().Sub(cur.Time)))
+	return t.flushCursor(ctx, cur, dirty, nil)
+}
+
+// flushCursor commits a cursor moved past events without signals.
+func (t *Tap) flushCursor(ctx context.Context, cur cursor, dirty bool, cause error) error {
+	marks := t.dir.drain()
+	if dirty {
+		marks = append(marks, cur.mark())
+	}
+	if len(marks) > 0 {
+		if err := t.cfg.KV.Commit(ctx, marks); err != nil && cause == nil {
+			cause = fmt.Errorf("tap: store cursor: %w", err)
+		}
+	}
+	return cause
+}
+
+// fetchSince pages through /events/events/ ordered newest first until it
+// reaches events the cursor has seen. New events arriving while it pages
+// shift older ones onto later pages; the pk set drops those repeats.
+func (t *Tap) fetchSince(ctx context.Context, cur cursor) ([]akEvent, error) {
+	seen := map[string]bool{}
+	var fresh []akEvent
+	q := url.Values{"ordering": {"-created"}, "page_size": {strconv.Itoa(t.cfg.PageSize)}}
+	for _, a := range t.cfg.Actions {
+		q.Add("actions", a)
+	}
+	for page := 1; page <= t.cfg.MaxPages; page++ {
+		q.Set("page", strconv.Itoa(page))
+		var raw json.RawMessage
+		pctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+		err := t.api.getJSON(pctx, t.api.tokenCreds(), "/events/events/", q, &raw)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		p, err := decodeEventPage(raw)
+		if err != nil {
+			return nil, err
+		}
+		reached := false
+		for _, e := range p.Events {
+			if cur.seen(e) {
+				if e.Created.Before(cur.Time) {
+					reached = true
+				}
+				continue
+			}
+			if !seen[e.PK] {
+				seen[e.PK] = true
+				fresh = append(fresh, e)
+			}
+		}
+		if reached || p.Next <= page || len(p.Events) == 0 {
+			break
+		}
+		if page == t.cfg.MaxPages {
+			t.stats.misses.Add(1)
+			t.log.Error("tap: event-API backlog exceeds MaxPages; older events in the gap are skipped",
+				"max_pages", t.cfg.MaxPages, "page_size", t.cfg.PageSize)
+		}
+	}
+	slices.SortStableFunc(fresh, func(a, b akEvent) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.PK, b.PK)
+	})
+	return fresh, nil
+}

@@ -1,0 +1,120 @@
+package tap
+
+import (
+	"context"
+	"errors"
+	"strconv"
+)
+
+// rescan walks the journal: completed intents whose signals were not yet
+// published are published; intents left open by an earlier process (a
+// crash between forwarding and the outcome) are reconciled against
+// authentik; stale ones are dropped. It also prunes old dedup records.
+func (t *Tap) rescan(ctx context.Context) error {
+	entries, err := t.journalScan()
+	if err != nil {
+		return err
+	}
+	var firstErr error
+	for _, in := range entries {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		switch {
+		case in.Outcome == outcomeCompleted:
+			err = t.process(ctx, in, SourceTraffic)
+		case !in.Created.Before(t.started):
+			continue // this process's own request is still in flight
+		case t.cfg.Clock().Sub(in.Created) > t.cfg.IntentMaxAge:
+			t.stats.misses.Add(1)
+			err = t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
+		default:
+			err = t.reconcile(ctx, in)
+		}
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if marks := t.pruneDedup(); len(marks) > 0 {
+		t.dedupMu.Lock()
+		err := t.cfg.KV.Commit(ctx, marks)
+		t.dedupMu.Unlock()
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+// reconcile decides whether an open intent's action happened, asking
+// authentik about the object it was about to change. Actions authentik
+// leaves no trace of in its objects (logout, password, enrolment, device
+// creation) are left to the event API and dropped here (counted as misses).
+func (t *Tap) reconcile(ctx context.Context, in *intent) error {
+	if t.cfg.Token == "" {
+		t.stats.misses.Add(1) // nothing to ask authentik with
+		return t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
+	}
+	cr := t.api.tokenCreds()
+	happened := false
+	switch in.Op {
+	case opSessionDelete:
+		if len(in.Sessions) == 1 {
+			_, err := t.fetchSession(ctx, cr, in.Sessions[0].UUID)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return err // authentik unreachable: try again later
+			}
+			happened = errors.Is(err, ErrNotFound)
+		}
+	case opSessionBulk:
+		var still []sessionRef
+		for _, ref := range in.Sessions {
+			_, err := t.fetchSession(ctx, cr, ref.UUID)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			if errors.Is(err, ErrNotFound) {
+				still = append(still, ref)
+			}
+		}
+		in.Sessions, in.BulkUsers = still, nil
+		happened = len(still) > 0
+	case opUserDelete:
+		_, err := t.fetchUser(ctx, cr, in.Subject.PK)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		happened = errors.Is(err, ErrNotFound)
+	case opUserUpdate:
+		pk, _ := strconv.ParseInt(in.ObjectID, 10, 64)
+		u, err := t.fetchUser(ctx, cr, pk)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
+				break
+			}
+			return err
+		}
+		in.After = userState{Email: u.Email, IsActive: u.IsActive == nil || *u.IsActive, Known: u.IsActive != nil}
+		happened = true // classification emits only what actually differs
+	case opDeviceDelete:
+		if in.Device != nil && in.Device.PK != "" {
+			var d akDevice
+			err := t.api.getJSON(ctx, cr, "/authenticators/admin/"+in.Device.Type+"/"+in.Device.PK+"/", nil, &d)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			happened = errors.Is(err, ErrNotFound)
+		}
+	}
+	t.stats.reconciled.Add(1)
+	if !happened {
+		if in.Op != opSessionDelete && in.Op != opUserDelete && in.Op != opUserUpdate &&
+			in.Op != opDeviceDelete && in.Op != opSessionBulk {
+			t.stats.misses.Add(1)
+		}
+		return t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
+	}
+	in.Outcome, in.Done = outcomeCompleted, t.cfg.Clock().UTC()
+	t.log.Info("tap: reconciled an intent left open", "intent", in.ID, "op", string(in.Op))
+	return t.process(ctx, in, SourceReconcile)
+}

@@ -1,0 +1,113 @@
+package tap
+
+import (
+	"net/http"
+	"strings"
+)
+
+// op is a tapped operation.
+type op string
+
+const (
+	opLogout        op = "logout"         // invalidation flow executor
+	opFlowStage     op = "flow_stage"     // stage_configuration flow executor POST
+	opSessionDelete op = "session_delete" // DELETE authenticated_sessions/{uuid}/
+	opSessionBulk   op = "session_bulk"   // DELETE authenticated_sessions/bulk_delete/
+	opSetPassword   op = "set_password"   // POST users/{id}/set_password/
+	opUserUpdate    op = "user_update"    // PATCH/PUT users/{id}/
+	opUserDelete    op = "user_delete"    // DELETE users/{id}/
+	opDeviceDelete  op = "device_delete"  // DELETE authenticators/[admin/]{type}/{id}/
+	opDeviceCreate  op = "device_create"  // POST authenticators/admin/{type}/
+	opLogoutHint    op = "logout_hint"    // end-session, default invalidation, outpost sign-out
+)
+
+// route is what Match understood of a request path.
+type route struct {
+	op    op
+	slug  string // flow slug
+	id    string // object id from the path
+	dtype string // device type
+	admin bool   // an /authenticators/admin/ endpoint
+}
+
+// deviceTypes are authentik's authenticator device types.
+var deviceTypes = map[string]bool{
+	"totp": true, "webauthn": true, "static": true, "duo": true, "sms": true, "email": true, "endpoint": true,
+}
+
+const apiPrefix = "/api/v3/"
+
+// parseRoute classifies a request by method and path alone. It allocates
+// nothing on the common untapped path.
+func (t *Tap) parseRoute(method, path string) (route, bool) {
+	if !strings.HasPrefix(path, apiPrefix) {
+		switch {
+		case method == http.MethodGet && strings.HasPrefix(path, "/flows/-/default/invalidation"),
+			strings.HasPrefix(path, "/outpost.goauthentik.io/sign_out"),
+			strings.HasPrefix(path, "/application/o/") && strings.HasSuffix(strings.TrimSuffix(path, "/"), "/end-session"):
+			return route{op: opLogoutHint}, true
+		}
+		return route{}, false
+	}
+	rest := path[len(apiPrefix):]
+	parts := strings.Split(strings.Trim(rest, "/"), "/")
+	switch {
+	case len(parts) == 3 && parts[0] == "flows" && parts[1] == "executor":
+		if method != http.MethodGet && method != http.MethodPost {
+			return route{}, false
+		}
+		inv, conf := t.flows.role(parts[2])
+		switch {
+		case inv:
+			return route{op: opLogout, slug: parts[2]}, true
+		case conf && method == http.MethodPost:
+			return route{op: opFlowStage, slug: parts[2]}, true
+		case !inv && !conf:
+			t.kickFlows()
+		}
+	case len(parts) == 3 && parts[0] == "core" && parts[1] == "authenticated_sessions" && method == http.MethodDelete:
+		if parts[2] == "bulk_delete" {
+			return route{op: opSessionBulk}, true
+		}
+		return route{op: opSessionDelete, id: parts[2]}, true
+	case len(parts) == 3 && parts[0] == "core" && parts[1] == "users" && isDigits(parts[2]):
+		switch method {
+		case http.MethodPatch, http.MethodPut:
+			return route{op: opUserUpdate, id: parts[2]}, true
+		case http.MethodDelete:
+			return route{op: opUserDelete, id: parts[2]}, true
+		}
+	case len(parts) == 4 && parts[0] == "core" && parts[1] == "users" && isDigits(parts[2]) &&
+		parts[3] == "set_password" && method == http.MethodPost:
+		return route{op: opSetPassword, id: parts[2]}, true
+	case len(parts) == 3 && parts[0] == "authenticators" && deviceTypes[parts[1]] && method == http.MethodDelete:
+		return route{op: opDeviceDelete, dtype: parts[1], id: parts[2]}, true
+	case len(parts) == 4 && parts[0] == "authenticators" && parts[1] == "admin" && deviceTypes[parts[2]] && method == http.MethodDelete:
+		return route{op: opDeviceDelete, dtype: parts[2], id: parts[3], admin: true}, true
+	case len(parts) == 3 && parts[0] == "authenticators" && parts[1] == "admin" && deviceTypes[parts[2]] && method == http.MethodPost:
+		return route{op: opDeviceCreate, dtype: parts[2], admin: true}, true
+	}
+	return route{}, false
+}
+
+func isDigits(s string) bool {
+	if s == "" || len(s) > 18 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// Match reports whether the request is one the tap watches. It is cheap:
+// method and path only.
+func (t *Tap) Match(r *http.Request) bool {
+	if r == nil || r.URL == nil {
+		return false
+	}
+	_, ok := t.parseRoute(r.Method, r.URL.Path)
+	return ok
+}

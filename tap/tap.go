@@ -1,0 +1,249 @@
+package tap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Tap watches authentik: the proxy hands it tapped exchanges (Match, Before,
+// After) and it reads authentik's event API, de-duplicates what both saw and
+// publishes one Signal per completed action.
+type Tap struct {
+	cfg   Config
+	log   *slog.Logger
+	api   *client
+	flows *flows
+	dir   *directory
+
+	whoCache    *cache[string, caller]
+	seenHashes  *cache[string, struct{}]
+	sessionHash *cache[string, string] // AuthenticatedSession uuid → sha256(sid)
+	limiter     *rateLimiter
+
+	queue    chan *intent
+	learn    chan func(context.Context)
+	flowKick chan struct{}
+	pollKick chan struct{}
+	started  time.Time
+
+	// dedupMu serialises "check, then publish" across the worker and the
+	// poller so that both sources cannot miss each other.
+	dedupMu sync.Mutex
+	stats   counters
+}
+
+// New builds a Tap. It does no I/O.
+func New(cfg Config) (*Tap, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	t := &Tap{
+		cfg:         cfg,
+		log:         cfg.Logger.With("component", "tap"),
+		api:         &client{base: cfg.Upstream, http: cfg.HTTPClient, token: cfg.Token},
+		flows:       newFlows(),
+		dir:         newDirectory(cfg.CacheSize),
+		whoCache:    newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
+		seenHashes:  newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
+		sessionHash: newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		limiter:     newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
+		queue:       make(chan *intent, cfg.QueueSize),
+		learn:       make(chan func(context.Context), 64),
+		flowKick:    make(chan struct{}, 1),
+		pollKick:    make(chan struct{}, 1),
+	}
+	if err := t.dir.load(cfg.KV); err != nil {
+		return nil, fmt.Errorf("tap: load directory: %w", err)
+	}
+	return t, nil
+}
+
+// Run reconciles intents left open by a crash, then runs the classification
+// worker, the event-API poller and the flow-slug refresher until ctx ends.
+func (t *Tap) Run(ctx context.Context) error {
+	t.started = t.cfg.Clock()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return t.runWorker(ctx) })
+	g.Go(func() error { return t.runFlowRefresher(ctx) })
+	g.Go(func() error { return t.runPoller(ctx) })
+	g.Go(func() error { return t.runLearner(ctx) })
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// enqueue hands a completed intent to the worker without blocking.
+func (t *Tap) enqueue(in *intent) {
+	select {
+	case t.queue <- in:
+	default:
+		t.stats.queueDrops.Add(1) // stays in the journal; the next rescan picks it up
+	}
+}
+
+func (t *Tap) runLearner(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case fn := <-t.learn:
+			lctx, cancel := context.WithTimeout(ctx, t.cfg.LookupTimeout)
+			fn(lctx)
+			cancel()
+		}
+	}
+}
+
+// runWorker classifies completed intents and publishes their signals. Every
+// rescan it also retries journal entries whose publishing failed or was
+// dropped, and reconciles intents left open by an earlier process.
+func (t *Tap) runWorker(ctx context.Context) error {
+	failures := 0
+	next := t.cfg.Clock() // reconcile at once on start
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case in := <-t.queue:
+			if err := t.process(ctx, in, SourceTraffic); err != nil {
+				t.log.Warn("tap: publish failed; will retry", "intent", in.ID, "err", err)
+				failures++
+				next = t.cfg.Clock().Add(backoff(time.Second, failures, t.cfg.MaxBackoff))
+			}
+			continue
+		case <-t.cfg.After(max(0, next.Sub(t.cfg.Clock()))):
+		}
+		if err := t.rescan(ctx); err != nil {
+			failures++
+			t.log.Warn("tap: journal rescan", "err", err)
+			next = t.cfg.Clock().Add(backoff(time.Second, failures, t.cfg.MaxBackoff))
+			continue
+		}
+		failures = 0
+		next = t.cfg.Clock().Add(30 * time.Second)
+	}
+}
+
+// process publishes the signals of one completed intent, then removes it
+// from the journal in the same commit as the last signal.
+func (t *Tap) process(ctx context.Context, in *intent, source Source) error {
+	sigs := t.classify(ctx, in, source)
+	for i := range sigs {
+		var extra []Mark
+		if i == len(sigs)-1 {
+			extra = []Mark{journalDelete(in.ID)}
+		}
+		if err := t.emit(ctx, sigs[i], extra); err != nil {
+			return err
+		}
+	}
+	if len(sigs) == 0 {
+		if err := t.cfg.KV.Commit(ctx, append(t.dir.drain(), journalDelete(in.ID))); err != nil {
+			return fmt.Errorf("tap: close intent %s: %w", in.ID, err)
+		}
+	}
+	return nil
+}
+
+// emit de-duplicates a signal against the other source and publishes it
+// with its marks, or commits only the marks when it is a duplicate.
+func (t *Tap) emit(ctx context.Context, s Signal, extra []Mark) error {
+	t.dedupMu.Lock()
+	defer t.dedupMu.Unlock()
+	dup, marks, err := t.dedupCheck(s)
+	if err != nil {
+		return err
+	}
+	marks = append(append(marks, extra...), t.dir.drain()...)
+	if dup {
+		if err := t.cfg.KV.Commit(ctx, marks); err != nil {
+			return fmt.Errorf("tap: commit duplicate %s: %w", s.ID, err)
+		}
+		t.stats.dedupDrops.Add(1)
+		t.log.Debug("tap: duplicate dropped", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source))
+		return nil
+	}
+	s.Marks = append(s.Marks, marks...)
+	if err := t.cfg.Publisher.Publish(ctx, s); err != nil {
+		return fmt.Errorf("tap: publish %s: %w", s.ID, err)
+	}
+	t.stats.signal(s.Kind, s.Source)
+	t.log.Info("tap: signal", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source),
+		"request_id", s.RequestID)
+	return nil
+}
+
+// Stats is a snapshot of the tap's counters.
+type Stats struct {
+	// Signals counts published signals by kind and source.
+	Signals map[Kind]map[Source]uint64
+	// DedupDrops counts signals dropped as seen by the other source.
+	DedupDrops uint64
+	// Misses counts look-ups or journal writes that failed on a tapped
+	// request, and intents that could not be confirmed.
+	Misses uint64
+	// Untrusted counts tapped requests whose caller authentik did not confirm.
+	Untrusted uint64
+	// Anonymous counts tapped requests without credentials.
+	Anonymous   uint64
+	RateLimited uint64
+	QueueDrops  uint64
+	// PollErrors counts failed polls; PollLag is how far behind now the
+	// cursor was after the last successful poll.
+	PollErrors uint64
+	PollLag    time.Duration
+	FlowErrors uint64
+	// Reconciled counts open intents resolved at start (emitted or dropped).
+	Reconciled uint64
+}
+
+type counters struct {
+	mu                                       sync.Mutex
+	signals                                  map[Kind]map[Source]uint64
+	dedupDrops, misses, untrusted, anonymous atomic.Uint64
+	rateLimited, queueDrops, pollErrors      atomic.Uint64
+	flowErrors, reconciled                   atomic.Uint64
+	pollLag                                  atomic.Int64
+}
+
+func (c *counters) signal(k Kind, s Source) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.signals == nil {
+		c.signals = map[Kind]map[Source]uint64{}
+	}
+	if c.signals[k] == nil {
+		c.signals[k] = map[Source]uint64{}
+	}
+	c.signals[k][s]++
+}
+
+// Stats returns the counters.
+func (t *Tap) Stats() Stats {
+	s := Stats{
+		Signals: map[Kind]map[Source]uint64{}, DedupDrops: t.stats.dedupDrops.Load(), Misses: t.stats.misses.Load(),
+		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), RateLimited: t.stats.rateLimited.Load(),
+		QueueDrops: t.stats.queueDrops.Load(), PollErrors: t.stats.pollErrors.Load(),
+		PollLag: time.Duration(t.stats.pollLag.Load()), FlowErrors: t.stats.flowErrors.Load(),
+		Reconciled: t.stats.reconciled.Load(),
+	}
+	t.stats.mu.Lock()
+	defer t.stats.mu.Unlock()
+	for k, m := range t.stats.signals {
+		s.Signals[k] = map[Source]uint64{}
+		for src, n := range m {
+			s.Signals[k][src] = n
+		}
+	}
+	return s
+}

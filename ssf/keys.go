@@ -1,0 +1,443 @@
+package ssf
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+)
+
+// minRSABits is the smallest RSA key accepted (CAEP interoperability
+// profile §2.6).
+const minRSABits = 2048
+
+// KeyConfig configures the signing keys.
+type KeyConfig struct {
+	// Files are PEM private keys (PKCS#1, PKCS#8 or SEC1): the first signs,
+	// the others are only published. Empty means a generated key.
+	Files []string
+	// DataDir holds generated keys (mode 0600).
+	DataDir string
+	// KV keeps the metadata of generated keys (required without Files).
+	KV KV
+	// Overlap is how long a retired generated key stays in the JWKS.
+	Overlap time.Duration
+	Clock   func() time.Time
+	Logger  *slog.Logger
+	// Rand is the randomness for key generation (default crypto/rand).
+	Rand io.Reader
+}
+
+// Validate reports every problem of the configuration at once.
+func (c KeyConfig) Validate() error {
+	var errs []error
+	for _, f := range c.Files {
+		if _, err := loadKeyFile(f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(c.Files) == 0 {
+		if c.DataDir == "" {
+			errs = append(errs, errors.New("signing keys: a data dir is needed to store the generated key"))
+		}
+		if c.KV == nil {
+			errs = append(errs, errors.New("signing keys: a store is needed for generated keys"))
+		}
+	}
+	if c.Overlap < 0 {
+		errs = append(errs, errors.New("signing keys: key overlap must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// KeyInfo describes one signing key for operators.
+type KeyInfo struct {
+	KID       string    `json:"kid"`
+	Alg       string    `json:"alg"`
+	Source    string    `json:"source"` // "file" or "generated"
+	Created   time.Time `json:"created"`
+	Current   bool      `json:"current"`
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+	// LeavesJWKSAt is when a retired key stops being published.
+	LeavesJWKSAt time.Time `json:"leaves_jwks_at,omitzero"`
+}
+
+type keyMeta struct {
+	KID       string    `json:"kid"`
+	Alg       string    `json:"alg"`
+	File      string    `json:"file"`
+	Created   time.Time `json:"created"`
+	RetiredAt time.Time `json:"retired_at,omitzero"`
+}
+
+type signingKey struct {
+	meta   keyMeta
+	signer crypto.Signer
+	method jwt.SigningMethod
+	jwk    map[string]string
+}
+
+// Keys holds the signing keys: it signs SETs (outbox.Signer) and publishes
+// the JWKS.
+type Keys struct {
+	cfg      KeyConfig
+	operator bool
+	log      *slog.Logger
+
+	mu   sync.RWMutex
+	keys []*signingKey // current first
+}
+
+var _ outbox.Signer = (*Keys)(nil)
+
+// NewKeys loads the configured key files, or loads the generated keys
+// (generating an RSA-2048 key on first start).
+func NewKeys(ctx context.Context, cfg KeyConfig) (*Keys, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	k := &Keys{cfg: cfg, operator: len(cfg.Files) > 0, log: orDiscard(cfg.Logger)}
+	if k.operator {
+		now := cfg.Clock()
+		for _, f := range cfg.Files {
+			sk, err := loadKeyFile(f)
+			if err != nil {
+				return nil, err
+			}
+			sk.meta.Created = now
+			k.keys = append(k.keys, sk)
+		}
+		return k, nil
+	}
+	if err := k.loadGenerated(ctx); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Keys) loadGenerated(ctx context.Context) error {
+	var metas []keyMeta
+	err := k.cfg.KV.Scan(BucketKeys, nil, func(_, v []byte) error {
+		var m keyMeta
+		if err := json.Unmarshal(v, &m); err != nil {
+			return fmt.Errorf("decode key metadata: %w", err)
+		}
+		metas = append(metas, m)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("signing keys: %w", err)
+	}
+	now := k.cfg.Clock()
+	var current *signingKey
+	var drop []outbox.Mark
+	for _, m := range metas {
+		if !m.RetiredAt.IsZero() && !now.Before(m.RetiredAt.Add(k.cfg.Overlap)) {
+			drop = append(drop, outbox.Mark{Bucket: BucketKeys, Key: []byte(m.KID), Delete: true})
+			_ = os.Remove(filepath.Join(k.cfg.DataDir, m.File))
+			continue
+		}
+		sk, err := loadKeyFile(filepath.Join(k.cfg.DataDir, m.File))
+		if err != nil {
+			return fmt.Errorf("signing keys: generated key %s: %w", m.KID, err)
+		}
+		sk.meta = m
+		if m.RetiredAt.IsZero() && (current == nil || m.Created.After(current.meta.Created)) {
+			current = sk
+		}
+		k.keys = append(k.keys, sk)
+	}
+	if len(drop) > 0 {
+		if err := k.cfg.KV.Commit(ctx, drop); err != nil {
+			return fmt.Errorf("signing keys: drop expired keys: %w", err)
+		}
+	}
+	if current == nil {
+		_, err := k.generate(ctx, nil)
+		return err
+	}
+	k.putCurrentFirst(current)
+	return nil
+}
+
+func (k *Keys) putCurrentFirst(cur *signingKey) {
+	out := []*signingKey{cur}
+	for _, sk := range k.keys {
+		if sk != cur {
+			out = append(out, sk)
+		}
+	}
+	k.keys = out
+}
+
+// generate creates a new RSA-2048 key, stores it 0600 in the data dir and
+// records it as current, retiring prev (if any) in the same commit.
+func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, error) {
+	priv, err := rsa.GenerateKey(k.cfg.Rand, minRSABits)
+	if err != nil {
+		return nil, fmt.Errorf("signing keys: generate: %w", err)
+	}
+	sk, err := newSigningKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	sk.meta.Created = k.cfg.Clock()
+	sk.meta.File = "signing-key-" + sk.meta.KID + ".pem"
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("signing keys: encode: %w", err)
+	}
+	if err := os.MkdirAll(k.cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
+	path := filepath.Join(k.cfg.DataDir, sk.meta.File)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, fmt.Errorf("signing keys: write key: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("signing keys: write key: %w", err)
+	}
+	marks := []outbox.Mark{metaMark(sk.meta)}
+	if prev != nil {
+		pm := prev.meta
+		pm.RetiredAt = sk.meta.Created
+		marks = append(marks, metaMark(pm))
+		defer func() { prev.meta.RetiredAt = pm.RetiredAt }()
+	}
+	if err := k.cfg.KV.Commit(ctx, marks); err != nil {
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("signing keys: record key: %w", err)
+	}
+	k.keys = append([]*signingKey{sk}, k.keys...)
+	k.log.InfoContext(ctx, "signing key generated", slog.String("kid", sk.meta.KID))
+	return sk, nil
+}
+
+func metaMark(m keyMeta) outbox.Mark {
+	b, _ := json.Marshal(m)
+	return outbox.Mark{Bucket: BucketKeys, Key: []byte(m.KID), Value: b}
+}
+
+// Rotate makes a newly generated key current; the previous one stays in the
+// JWKS for the configured overlap. Operator-managed keys cannot be rotated
+// here (ErrOperatorManaged).
+func (k *Keys) Rotate(ctx context.Context) (KeyInfo, error) {
+	if k.operator {
+		return KeyInfo{}, ErrOperatorManaged
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	sk, err := k.generate(ctx, k.keys[0])
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	k.pruneLocked(ctx)
+	return k.info(sk, true), nil
+}
+
+// pruneLocked forgets retired keys whose overlap has passed.
+func (k *Keys) pruneLocked(ctx context.Context) {
+	now := k.cfg.Clock()
+	kept := k.keys[:1]
+	var drop []outbox.Mark
+	for _, sk := range k.keys[1:] {
+		if k.expired(sk, now) {
+			drop = append(drop, outbox.Mark{Bucket: BucketKeys, Key: []byte(sk.meta.KID), Delete: true})
+			_ = os.Remove(filepath.Join(k.cfg.DataDir, sk.meta.File))
+			continue
+		}
+		kept = append(kept, sk)
+	}
+	k.keys = kept
+	if len(drop) > 0 {
+		if err := k.cfg.KV.Commit(ctx, drop); err != nil {
+			k.log.WarnContext(ctx, "cannot drop expired signing keys", slog.Any("error", err))
+		}
+	}
+}
+
+func (k *Keys) expired(sk *signingKey, now time.Time) bool {
+	return !k.operator && !sk.meta.RetiredAt.IsZero() && !now.Before(sk.meta.RetiredAt.Add(k.cfg.Overlap))
+}
+
+// Sign signs the claims with the current key as a compact JWS with header
+// typ secevent+jwt, alg and kid.
+func (k *Keys) Sign(_ context.Context, claims []byte) (string, error) {
+	k.mu.RLock()
+	sk := k.keys[0]
+	k.mu.RUnlock()
+	hdr, _ := json.Marshal(map[string]string{"alg": sk.method.Alg(), "kid": sk.meta.KID, "typ": "secevent+jwt"})
+	signing := b64(hdr) + "." + b64(claims)
+	sig, err := sk.method.Sign(signing, sk.signer)
+	if err != nil {
+		return "", fmt.Errorf("sign SET: %w", err)
+	}
+	return signing + "." + b64(sig), nil
+}
+
+// CurrentKID returns the kid of the signing key.
+func (k *Keys) CurrentKID() string {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.keys[0].meta.KID
+}
+
+// JWKS returns the JSON Web Key Set of the published public keys.
+func (k *Keys) JWKS() []byte {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	now := k.cfg.Clock()
+	set := struct {
+		Keys []map[string]string `json:"keys"`
+	}{Keys: []map[string]string{}}
+	for _, sk := range k.keys {
+		if k.expired(sk, now) {
+			continue
+		}
+		set.Keys = append(set.Keys, sk.jwk)
+	}
+	b, _ := json.Marshal(set)
+	return b
+}
+
+// List describes every key the JWKS publishes, current first.
+func (k *Keys) List() []KeyInfo {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	now := k.cfg.Clock()
+	var out []KeyInfo
+	for i, sk := range k.keys {
+		if k.expired(sk, now) {
+			continue
+		}
+		out = append(out, k.info(sk, i == 0))
+	}
+	return out
+}
+
+func (k *Keys) info(sk *signingKey, current bool) KeyInfo {
+	ki := KeyInfo{KID: sk.meta.KID, Alg: sk.method.Alg(), Source: "generated", Created: sk.meta.Created,
+		Current: current, RetiredAt: sk.meta.RetiredAt}
+	if k.operator {
+		ki.Source = "file"
+	}
+	if !ki.RetiredAt.IsZero() {
+		ki.LeavesJWKSAt = ki.RetiredAt.Add(k.cfg.Overlap)
+	}
+	return ki
+}
+
+// loadKeyFile reads one PEM private key and checks it is usable.
+func loadKeyFile(path string) (*signingKey, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: cannot read: %w", path, err)
+	}
+	sk, err := parsePrivateKeyPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", path, err)
+	}
+	return sk, nil
+}
+
+func parsePrivateKeyPEM(data []byte) (*signingKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM block found")
+	}
+	var key any
+	var err error
+	switch block.Type {
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(block.Bytes)
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("unsupported PEM block %q (want RSA PRIVATE KEY, EC PRIVATE KEY or PRIVATE KEY)", block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot parse %s: %w", block.Type, err)
+	}
+	return newSigningKey(key)
+}
+
+func newSigningKey(key any) (*signingKey, error) {
+	sk := &signingKey{}
+	switch p := key.(type) {
+	case *rsa.PrivateKey:
+		if p.N.BitLen() < minRSABits {
+			return nil, fmt.Errorf("RSA key has %d bits, at least %d are needed", p.N.BitLen(), minRSABits)
+		}
+		sk.signer, sk.method = p, jwt.SigningMethodRS256
+		sk.jwk = map[string]string{"kty": "RSA", "n": b64(p.N.Bytes()), "e": b64(big.NewInt(int64(p.E)).Bytes())}
+	case *ecdsa.PrivateKey:
+		if p.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("EC key on curve %s is not supported (only P-256)", p.Curve.Params().Name)
+		}
+		pub, err := p.PublicKey.ECDH()
+		if err != nil {
+			return nil, fmt.Errorf("EC key: %w", err)
+		}
+		raw := pub.Bytes() // 0x04 || X || Y
+		sk.signer, sk.method = p, jwt.SigningMethodES256
+		sk.jwk = map[string]string{"kty": "EC", "crv": "P-256", "x": b64(raw[1:33]), "y": b64(raw[33:])}
+	default:
+		return nil, fmt.Errorf("unsupported key type %T (want RSA or EC P-256)", key)
+	}
+	sk.meta.KID = thumbprint(sk.jwk)
+	sk.meta.Alg = sk.method.Alg()
+	sk.jwk["kid"] = sk.meta.KID
+	sk.jwk["alg"] = sk.meta.Alg
+	sk.jwk["use"] = "sig"
+	return sk, nil
+}
+
+// thumbprint is the RFC 7638 JWK thumbprint (SHA-256, base64url) over the
+// required members in lexicographic order.
+func thumbprint(j map[string]string) string {
+	var canon string
+	if j["kty"] == "RSA" {
+		canon = `{"e":"` + j["e"] + `","kty":"RSA","n":"` + j["n"] + `"}`
+	} else {
+		canon = `{"crv":"` + j["crv"] + `","kty":"EC","x":"` + j["x"] + `","y":"` + j["y"] + `"}`
+	}
+	h := sha256.Sum256([]byte(canon))
+	return b64(h[:])
+}
+
+func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+func orDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

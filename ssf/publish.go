@@ -1,0 +1,168 @@
+package ssf
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"github.com/ssf-sidecar/ssf-sidecar/tap"
+)
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// setClaims is the claims set of every SET this transmitter builds: never
+// sub, never exp, exactly one event.
+type setClaims struct {
+	Iss    string                    `json:"iss"`
+	Aud    string                    `json:"aud"`
+	Iat    int64                     `json:"iat"`
+	Jti    string                    `json:"jti"`
+	Txn    string                    `json:"txn,omitempty"`
+	SubID  Subject                   `json:"sub_id"`
+	Events map[string]map[string]any `json:"events"`
+}
+
+// buildSET builds one SET for a stream. key is the idempotency key (empty:
+// the jti).
+func (t *Transmitter) buildSET(rec streamRecord, eventType string, body map[string]any, subj Subject, txn, key string) (outbox.SET, error) {
+	jti := t.cfg.NewID()
+	if txn == "" {
+		txn = jti
+	}
+	if body == nil {
+		body = map[string]any{}
+	}
+	claims := setClaims{Iss: t.cfg.Issuer, Aud: rec.Audience, Iat: t.cfg.Clock().Unix(), Jti: jti, Txn: txn,
+		SubID: subj, Events: map[string]map[string]any{eventType: body}}
+	b, err := json.Marshal(claims)
+	if err != nil {
+		return outbox.SET{}, fmt.Errorf("encode SET claims: %w", err)
+	}
+	return outbox.SET{StreamID: rec.ID, JTI: jti, Key: key, EventType: eventType, Claims: b}, nil
+}
+
+func (t *Transmitter) enqueueVerification(ctx context.Context, rec streamRecord, state *string) error {
+	body := map[string]any{}
+	if state != nil {
+		body["state"] = *state
+	}
+	set, err := t.buildSET(rec, EventVerification, body, OpaqueSubject(rec.ID), "", "")
+	if err != nil {
+		return err
+	}
+	set.Labels = map[string]string{"source": "verification"}
+	if err := t.cfg.Queue.Enqueue(ctx, []outbox.SET{set}, nil); err != nil {
+		return fmt.Errorf("queue verification for %s: %w", rec.ID, err)
+	}
+	t.log.InfoContext(ctx, "verification queued", slog.String("stream_id", rec.ID), slog.String("jti", set.JTI))
+	return nil
+}
+
+func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord) error {
+	body := map[string]any{"status": rec.Status}
+	if rec.Reason != "" {
+		body["reason"] = rec.Reason
+	}
+	set, err := t.buildSET(rec, EventStreamUpdated, body, OpaqueSubject(rec.ID), "", "")
+	if err != nil {
+		return err
+	}
+	set.Head = true
+	set.Labels = map[string]string{"source": "transmitter"}
+	if err := t.cfg.Queue.Enqueue(ctx, []outbox.SET{set}, nil); err != nil {
+		return fmt.Errorf("queue stream-updated for %s: %w", rec.ID, err)
+	}
+	t.log.InfoContext(ctx, "stream-updated queued", slog.String("stream_id", rec.ID), slog.String("jti", set.JTI),
+		slog.String("status", rec.Status))
+	return nil
+}
+
+// Publish builds one SET per stream that wants the signal (enabled or
+// paused, the event type delivered, the subject included) and enqueues them
+// with the signal's marks — always, even when no stream wants it, so the
+// marks commit. It returns Enqueue's error.
+func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) error {
+	marks := make([]outbox.Mark, len(s.Marks))
+	for i, m := range s.Marks {
+		marks[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete}
+	}
+	eventType, body, known := eventBody(s)
+	if !known {
+		t.log.WarnContext(ctx, "signal of an unknown kind: no SET", slog.String("kind", string(s.Kind)), slog.String("signal", s.ID))
+	}
+	txn := s.RequestID
+	if txn == "" {
+		txn = s.ID
+	}
+	// The read lock keeps streams from being deleted between choosing them
+	// and enqueueing their SETs.
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	var sets []outbox.SET
+	if known {
+		for _, st := range t.sortedStreams() {
+			if st.rec.Status == StatusDisabled || !slices.Contains(delivered(st.rec.EventsRequested), eventType) {
+				continue
+			}
+			r, ok := t.receivers[st.rec.Receiver]
+			if !ok {
+				continue
+			}
+			if !st.wants(matchSubject(r, s)) {
+				continue
+			}
+			subj, ok := subjectFor(r, s)
+			if !ok {
+				t.log.WarnContext(ctx, "signal lacks the identifier the receiver's subject format needs",
+					slog.String("stream_id", st.rec.ID), slog.String("format", r.SubjectFormat), slog.String("signal", s.ID))
+				continue
+			}
+			b := body
+			if r.Profile == ProfileLegacy {
+				b = make(map[string]any, len(body)+1)
+				for k, v := range body {
+					b[k] = v
+				}
+				b["subject"] = subj
+			}
+			set, err := t.buildSET(st.rec, eventType, b, subj, txn, s.ID+"/"+st.rec.ID)
+			if err != nil {
+				return err
+			}
+			set.TraceParent = s.TraceParent
+			set.Labels = map[string]string{"source": string(s.Source), "initiator": initiator(s), "kind": string(s.Kind)}
+			sets = append(sets, set)
+		}
+	}
+	if err := t.cfg.Queue.Enqueue(ctx, sets, marks); err != nil {
+		return fmt.Errorf("enqueue SETs of signal %s: %w", s.ID, err)
+	}
+	for _, set := range sets {
+		t.log.DebugContext(ctx, "SET queued", slog.String("stream_id", set.StreamID), slog.String("jti", set.JTI),
+			slog.String("event", set.EventType))
+	}
+	return nil
+}
+
+// StreamFailing pauses a push stream that has failed since `since`, with a
+// reason, and queues a stream-updated SET at its head (outbox.FailureReporter).
+func (t *Transmitter) StreamFailing(ctx context.Context, streamID string, since time.Time, lastErr string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.streams[streamID]
+	if !ok || st.rec.Status != StatusEnabled {
+		return
+	}
+	reason := fmt.Sprintf("paused by the transmitter: deliveries failing since %s", since.UTC().Format(time.RFC3339))
+	if _, err := t.setStatusLocked(ctx, st, StatusPaused, reason, true); err != nil {
+		t.log.ErrorContext(ctx, "cannot pause failing stream", slog.String("stream_id", streamID), slog.Any("error", err))
+		return
+	}
+	t.log.WarnContext(ctx, "stream paused: deliveries failing", slog.String("stream_id", streamID),
+		slog.Time("since", since), slog.String("last_error", lastErr))
+}

@@ -1,0 +1,230 @@
+package ssf
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Scopes a receiver token may carry (CAEP interoperability profile §2.7.2).
+const (
+	ScopeManage = "ssf.manage"
+	ScopeRead   = "ssf.read"
+)
+
+// Subject formats a receiver may ask for.
+const (
+	SubjectFormatEmail   = "email"
+	SubjectFormatIssSub  = "iss_sub"
+	SubjectFormatComplex = "complex"
+)
+
+// Receiver profiles.
+const (
+	ProfileSSF    = "ssf"    // SSF 1.0 final
+	ProfileLegacy = "legacy" // older RISC/SSE shape (RISC push URI, subject inside the event)
+)
+
+// Token is one static bearer token of a receiver with the scopes it grants.
+// Value is a secret: it is never logged or returned.
+type Token struct {
+	Value  string   `yaml:"value" json:"value"`
+	Scopes []string `yaml:"scopes" json:"scopes"`
+}
+
+// UnmarshalYAML accepts either a bare string (scopes ssf.manage and ssf.read)
+// or a {value, scopes} mapping.
+func (t *Token) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		t.Value = n.Value
+		t.Scopes = []string{ScopeManage, ScopeRead}
+		return nil
+	}
+	var raw struct {
+		Value  string   `yaml:"value"`
+		Scopes []string `yaml:"scopes"`
+	}
+	if err := n.Decode(&raw); err != nil {
+		return err
+	}
+	t.Value, t.Scopes = raw.Value, raw.Scopes
+	if t.Scopes == nil {
+		t.Scopes = []string{ScopeManage, ScopeRead}
+	}
+	return nil
+}
+
+// String hides the token value.
+func (t Token) String() string { return fmt.Sprintf("token(scopes=%v)", t.Scopes) }
+
+// Receiver is one party allowed to manage streams on the transmitter.
+type Receiver struct {
+	Name           string
+	Tokens         []Token
+	OAuthClientIDs []string
+	// RequireScopes makes OAuth tokens carry ssf.manage / ssf.read (default
+	// true). Static tokens always carry their configured scopes.
+	RequireScopes bool
+	// Audience is the aud of the receiver's streams (default: Name).
+	Audience string
+	// SubjectFormat is email (default), iss_sub or complex.
+	SubjectFormat string
+	// SubjectIss is the iss of iss_sub subjects.
+	SubjectIss string
+	// Profile is ssf (default) or legacy.
+	Profile string
+}
+
+type receiverFile struct {
+	Receivers []receiverEntry `yaml:"receivers"`
+}
+
+type receiverEntry struct {
+	Name           string   `yaml:"name"`
+	Tokens         []Token  `yaml:"tokens"`
+	OAuthClientIDs []string `yaml:"oauth_client_ids"`
+	RequireScopes  *bool    `yaml:"require_scopes"`
+	Audience       string   `yaml:"audience"`
+	SubjectFormat  string   `yaml:"subject_format"`
+	SubjectIss     string   `yaml:"subject_iss"`
+	Profile        string   `yaml:"profile"`
+}
+
+// LoadReceivers reads and parses a receivers file (see ParseReceivers).
+func LoadReceivers(path string) ([]Receiver, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("receivers file: %w", err)
+	}
+	rs, err := ParseReceivers(data)
+	if err != nil {
+		return nil, fmt.Errorf("receivers file %s: %w", path, err)
+	}
+	return rs, nil
+}
+
+// ParseReceivers parses a receivers file (YAML, or JSON which YAML accepts)
+// and validates it, reporting every problem at once. Token values never
+// appear in the errors.
+func ParseReceivers(data []byte) ([]Receiver, error) {
+	var f receiverFile
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("no receivers: the file is empty")
+		}
+		return nil, fmt.Errorf("cannot parse receivers: %w", err)
+	}
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if len(f.Receivers) == 0 {
+		add("no receivers: the file has no 'receivers' entries")
+	}
+	names := map[string]bool{}
+	tokens := map[string]string{}
+	clients := map[string]string{}
+	out := make([]Receiver, 0, len(f.Receivers))
+	for i, e := range f.Receivers {
+		label := fmt.Sprintf("receiver #%d", i+1)
+		if e.Name == "" {
+			add("%s: missing name", label)
+		} else {
+			label = fmt.Sprintf("receiver %q", e.Name)
+			if names[e.Name] {
+				add("%s: duplicate name", label)
+			}
+			names[e.Name] = true
+		}
+		if len(e.Tokens) == 0 && len(e.OAuthClientIDs) == 0 {
+			add("%s: has neither tokens nor oauth_client_ids, so it could never authenticate", label)
+		}
+		for j, t := range e.Tokens {
+			switch {
+			case t.Value == "":
+				add("%s: token #%d is empty", label, j+1)
+			case strings.ContainsAny(t.Value, " \t\r\n"):
+				add("%s: token #%d contains whitespace", label, j+1)
+			default:
+				if other, dup := tokens[t.Value]; dup {
+					add("%s: token #%d is the same as a token of %s (tokens must be unique)", label, j+1, other)
+				} else {
+					tokens[t.Value] = label
+				}
+			}
+			if len(t.Scopes) == 0 {
+				add("%s: token #%d has no scopes", label, j+1)
+			}
+			for _, s := range t.Scopes {
+				if !strings.HasPrefix(s, "ssf.") {
+					add("%s: token #%d has unknown scope %q (scopes start with \"ssf.\")", label, j+1, s)
+				}
+			}
+		}
+		for _, c := range e.OAuthClientIDs {
+			if c == "" {
+				add("%s: empty oauth_client_ids entry", label)
+				continue
+			}
+			if other, dup := clients[c]; dup {
+				add("%s: oauth client id %q is also listed by %s", label, c, other)
+			}
+			clients[c] = label
+		}
+		r := Receiver{
+			Name: e.Name, Tokens: e.Tokens, OAuthClientIDs: e.OAuthClientIDs,
+			RequireScopes: e.RequireScopes == nil || *e.RequireScopes,
+			Audience:      e.Audience, SubjectFormat: e.SubjectFormat, SubjectIss: e.SubjectIss,
+			Profile: e.Profile,
+		}
+		if r.Audience == "" {
+			r.Audience = r.Name
+		}
+		if r.SubjectFormat == "" {
+			r.SubjectFormat = SubjectFormatEmail
+		}
+		if r.Profile == "" {
+			r.Profile = ProfileSSF
+		}
+		switch r.SubjectFormat {
+		case SubjectFormatEmail, SubjectFormatComplex:
+		case SubjectFormatIssSub:
+			if r.SubjectIss == "" {
+				add("%s: subject_format iss_sub needs subject_iss", label)
+			}
+		default:
+			add("%s: unknown subject_format %q (want email, iss_sub or complex)", label, r.SubjectFormat)
+		}
+		if r.SubjectIss != "" {
+			if u, err := url.Parse(r.SubjectIss); err != nil || !u.IsAbs() {
+				add("%s: subject_iss %q is not an absolute URL", label, r.SubjectIss)
+			}
+		}
+		switch r.Profile {
+		case ProfileSSF, ProfileLegacy:
+		default:
+			add("%s: unknown profile %q (want ssf or legacy)", label, r.Profile)
+		}
+		out = append(out, r)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// hasScope reports whether scopes holds want.
+func hasScope(scopes []string, want string) bool {
+	for _, s := range scopes {
+		if s == want {
+			return true
+		}
+	}
+	return false
+}

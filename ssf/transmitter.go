@@ -1,0 +1,273 @@
+package ssf
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"github.com/ssf-sidecar/ssf-sidecar/tap"
+)
+
+// Queue is the delivery side: outbox.Outbox implements it.
+type Queue interface {
+	Enqueue(ctx context.Context, sets []outbox.SET, marks []outbox.Mark) error
+	SetStream(ctx context.Context, cfg outbox.StreamConfig) error
+	DeleteStream(ctx context.Context, id string) error
+	Poll(ctx context.Context, streamID string, req outbox.PollRequest) (outbox.PollResponse, error)
+}
+
+// Defaults and limits.
+const (
+	DefaultMaxBody                 = 64 << 10
+	DefaultMinVerificationInterval = 30 * time.Second
+	DefaultMaxStreamsPerReceiver   = 25
+	DefaultMaxSubjectsPerStream    = 10000
+	DefaultDescriptionLimit        = 256
+	DefaultOAuthRefetchInterval    = 30 * time.Second
+)
+
+// Config configures the Transmitter.
+type Config struct {
+	// Issuer is the public issuer URL: the iss of every SET and the base of
+	// every endpoint.
+	Issuer    string
+	Receivers []Receiver
+	// OAuthIssuer is the issuer of the authentik OAuth2 provider whose
+	// access tokens receivers may present (empty: static tokens only).
+	OAuthIssuer string
+	// DefaultSubjects is ALL (default) or NONE for new streams.
+	DefaultSubjects       string
+	AllowPrivateEndpoints bool
+	// MaxBody bounds management and poll request bodies (default 64 KiB).
+	MaxBody int64
+	// MinVerificationInterval is advertised and enforced per stream
+	// (default 30 s).
+	MinVerificationInterval time.Duration
+
+	KV    KV
+	Queue Queue
+	Keys  *Keys
+	// Store overrides the stream store (default: NewStreamStore(KV)).
+	Store      StreamStore
+	Clock      func() time.Time
+	Logger     *slog.Logger
+	HTTPClient *http.Client // OAuth discovery and JWKS
+	// NewID returns random URL-safe ids for streams and jtis.
+	NewID func() string
+
+	MaxStreamsPerReceiver int           // default 25
+	MaxSubjectsPerStream  int           // default 10000 (added + removed)
+	DescriptionLimit      int           // runes, default 256
+	OAuthRefetchInterval  time.Duration // least time between JWKS fetches on an unknown kid (default 30 s)
+}
+
+// Validate reports every problem of the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if u, err := url.Parse(c.Issuer); c.Issuer == "" || err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		add("issuer %q is not an absolute http(s) URL", c.Issuer)
+	} else if u.RawQuery != "" || u.Fragment != "" {
+		add("issuer %q must not have a query or fragment", c.Issuer)
+	}
+	if c.OAuthIssuer != "" {
+		if u, err := url.Parse(c.OAuthIssuer); err != nil || !u.IsAbs() || u.Host == "" {
+			add("oauth issuer %q is not an absolute URL", c.OAuthIssuer)
+		}
+	}
+	switch c.DefaultSubjects {
+	case "", "ALL", "NONE":
+	default:
+		add("default subjects %q must be ALL or NONE", c.DefaultSubjects)
+	}
+	if c.MaxBody < 0 {
+		add("max body must not be negative")
+	}
+	if c.MinVerificationInterval < 0 {
+		add("min verification interval must not be negative")
+	}
+	if c.KV == nil && c.Store == nil {
+		add("a store (KV) is required")
+	}
+	if c.Queue == nil {
+		add("a queue is required")
+	}
+	if c.Keys == nil {
+		add("signing keys are required")
+	}
+	names, tokens := map[string]bool{}, map[string]string{}
+	for _, r := range c.Receivers {
+		if r.Name == "" {
+			add("a receiver has no name")
+		}
+		if names[r.Name] {
+			add("receiver %q is listed twice", r.Name)
+		}
+		names[r.Name] = true
+		for _, tk := range r.Tokens {
+			if other, dup := tokens[tk.Value]; dup {
+				add("receiver %q has a token that receiver %q also has", r.Name, other)
+			}
+			tokens[tk.Value] = r.Name
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) defaults() {
+	if c.DefaultSubjects == "" {
+		c.DefaultSubjects = "ALL"
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = DefaultMaxBody
+	}
+	if c.MinVerificationInterval == 0 {
+		c.MinVerificationInterval = DefaultMinVerificationInterval
+	}
+	if c.Store == nil {
+		c.Store = NewStreamStore(c.KV)
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Timeout: 10 * time.Second}
+	}
+	if c.NewID == nil {
+		c.NewID = randomID
+	}
+	if c.MaxStreamsPerReceiver == 0 {
+		c.MaxStreamsPerReceiver = DefaultMaxStreamsPerReceiver
+	}
+	if c.MaxSubjectsPerStream == 0 {
+		c.MaxSubjectsPerStream = DefaultMaxSubjectsPerStream
+	}
+	if c.DescriptionLimit == 0 {
+		c.DescriptionLimit = DefaultDescriptionLimit
+	}
+	if c.OAuthRefetchInterval == 0 {
+		c.OAuthRefetchInterval = DefaultOAuthRefetchInterval
+	}
+}
+
+// randomID returns 128 random bits, base64url (RFC 3986 unreserved).
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// streamState is a stream with its subjects, kept in memory.
+type streamState struct {
+	rec     streamRecord
+	added   []Subject
+	removed []Subject
+}
+
+type tokenEntry struct {
+	hash     [32]byte
+	receiver *Receiver
+	scopes   []string
+}
+
+// Transmitter is the SSF transmitter: it serves the SSF endpoints and turns
+// Signals into SETs on the streams that want them.
+type Transmitter struct {
+	cfg   Config
+	log   *slog.Logger
+	store StreamStore
+
+	issuerURL     *url.URL
+	base          string // path prefix of the endpoints, no trailing slash
+	discoveryPath string
+
+	receivers map[string]*Receiver
+	tokens    []tokenEntry
+	oauth     *oauthVerifier
+
+	mu      sync.RWMutex
+	streams map[string]*streamState
+
+	echo *echo.Echo
+}
+
+var _ tap.Publisher = (*Transmitter)(nil)
+var _ outbox.FailureReporter = (*Transmitter)(nil)
+
+// New builds the transmitter, loads the persisted streams and registers
+// each with the queue.
+func New(cfg Config) (*Transmitter, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.defaults()
+	t := &Transmitter{cfg: cfg, log: orDiscard(cfg.Logger), store: cfg.Store,
+		receivers: map[string]*Receiver{}, streams: map[string]*streamState{}}
+	t.issuerURL, _ = url.Parse(cfg.Issuer)
+	p := strings.TrimSuffix(t.issuerURL.Path, "/")
+	t.discoveryPath = "/.well-known/ssf-configuration" + p
+	t.base = p
+	if t.base == "" {
+		t.base = "/ssf"
+	}
+	for i := range cfg.Receivers {
+		r := &cfg.Receivers[i]
+		t.receivers[r.Name] = r
+		for _, tk := range r.Tokens {
+			t.tokens = append(t.tokens, tokenEntry{hash: sha256.Sum256([]byte(tk.Value)), receiver: r, scopes: tk.Scopes})
+		}
+	}
+	if cfg.OAuthIssuer != "" {
+		t.oauth = newOAuthVerifier(cfg.OAuthIssuer, cfg.HTTPClient, cfg.Clock, cfg.OAuthRefetchInterval)
+	}
+	ctx := context.Background()
+	recs, err := t.store.ListStreams(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load streams: %w", err)
+	}
+	for _, r := range recs {
+		added, removed, err := t.store.Subjects(ctx, r.ID)
+		if err != nil {
+			return nil, fmt.Errorf("load subjects: %w", err)
+		}
+		if _, ok := t.receivers[r.Receiver]; !ok {
+			t.log.Warn("stream of a receiver no longer configured: kept, but nobody can manage it",
+				slog.String("stream_id", r.ID), slog.String("receiver", r.Receiver))
+		}
+		t.streams[r.ID] = &streamState{rec: r, added: added, removed: removed}
+		if err := cfg.Queue.SetStream(ctx, r.outboxConfig()); err != nil {
+			return nil, fmt.Errorf("register stream %s with the queue: %w", r.ID, err)
+		}
+	}
+	t.echo = t.routes()
+	return t, nil
+}
+
+// Handler returns the handler of every SSF route.
+func (t *Transmitter) Handler() http.Handler { return t.echo }
+
+// Prefixes lists the path prefixes Handler answers.
+func (t *Transmitter) Prefixes() []string {
+	return []string{"/.well-known/ssf-configuration", t.base + "/"}
+}
+
+// endpoint returns the absolute URL of an endpoint under the base path.
+func (t *Transmitter) endpoint(path string) string {
+	u := *t.issuerURL
+	u.Path, u.RawPath = t.base+path, ""
+	u.RawQuery, u.Fragment = "", ""
+	return u.String()
+}
+
+func (t *Transmitter) pollURL(streamID string) string { return t.endpoint("/poll/" + streamID) }

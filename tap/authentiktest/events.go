@@ -1,0 +1,382 @@
+package authentiktest
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Apps that write events, as authentik names them in the `app` field.
+const (
+	appSignals    = "authentik.events.signals"
+	appMiddleware = "authentik.events.middleware"
+	appFlows      = "authentik.flows.views.executor"
+)
+
+// eventExpiry is how long authentik keeps events by default (about a year).
+const eventExpiry = 365 * 24 * time.Hour
+
+func eventUser(u *user) map[string]any {
+	if u == nil {
+		return map[string]any{"pk": anonymousPK, "email": "", "username": "AnonymousUser"}
+	}
+	return map[string]any{"pk": u.pk, "email": u.email, "username": u.username}
+}
+
+// httpContext is the context.http_request authentik records for r.
+func httpContext(r *http.Request) map[string]any {
+	args := map[string]any{}
+	for k, v := range r.URL.Query() {
+		if len(v) > 0 {
+			args[k] = v[len(v)-1]
+		}
+	}
+	ctx := map[string]any{"args": args, "path": r.URL.Path, "method": r.Method, "user_agent": r.UserAgent()}
+	if id := r.Header.Get("X-Request-Id"); id != "" {
+		ctx["request_id"] = id
+	}
+	return ctx
+}
+
+func (s *Server) brandRef() map[string]any {
+	return map[string]any{"pk": strings.ReplaceAll(s.state.brandUUID, "-", ""), "app": "authentik_brands",
+		"name": "Default brand", "model_name": "brand"}
+}
+
+// record appends an event. r may be nil (no http context, authentik's
+// fallback client_ip). The caller holds s.mu.
+func (s *Server) record(action, app string, who map[string]any, ctx map[string]any, r *http.Request) *event {
+	if ctx == nil {
+		ctx = map[string]any{}
+	}
+	now := s.now()
+	ev := &event{pk: s.newUUID(), user: who, action: action, app: app, context: ctx, created: now, expires: now.Add(eventExpiry)}
+	ip := "255.255.255.255"
+	if r != nil {
+		ctx["http_request"] = httpContext(r)
+		ip = clientIP(r)
+		ev.brand = s.brandRef()
+	}
+	ev.clientIP = &ip
+	s.state.events = append(s.state.events, ev)
+	return ev
+}
+
+// recordModel writes model_created/updated/deleted the way authentik's audit
+// middleware does: user = the acting user, context.model names the object,
+// and (without an Enterprise licence) no diff.
+func (s *Server) recordModel(action string, actor *user, app, model string, pk any, name string, r *http.Request) {
+	s.record(action, appMiddleware, eventUser(actor), map[string]any{
+		"model": map[string]any{"app": app, "model_name": model, "pk": pk, "name": name},
+	}, r)
+}
+
+func (s *Server) recordUserModel(action string, actor, target *user, r *http.Request) {
+	s.recordModel(action, actor, "authentik_core", "user", target.pk, target.username, r)
+}
+
+func (s *Server) recordDeviceModel(action string, actor *user, d *device, r *http.Request) {
+	m := deviceMetas[d.typ]
+	s.recordModel(action, actor, m.app, m.model, d.pk, d.name, r)
+}
+
+func (s *Server) newer() bool { return s.cfg.Version == Version2026_8 }
+
+// recordMFA writes the 2026.8 mfa_device_added/removed actions.
+func (s *Server) recordMFA(action string, actor *user, d *device, r *http.Request) {
+	if !s.newer() {
+		return
+	}
+	owner := s.state.users[d.userPK]
+	s.record(action, appSignals, eventUser(actor), map[string]any{
+		"subject":    eventUser(owner),
+		"mfa_device": map[string]any{"type": deviceMetas[d.typ].app + "." + deviceMetas[d.typ].model, "name": d.name, "pk": d.pk},
+	}, r)
+}
+
+// recordPasswordSet writes password_set with user = whose password changed.
+func (s *Server) recordPasswordSet(target *user, origin string, r *http.Request) {
+	ctx := map[string]any{}
+	if s.newer() {
+		ctx["subject"] = eventUser(target)
+		ctx["origin"] = origin
+		ctx["synced_from_source"] = origin == "source_sync"
+	}
+	// authentik ≤2026.2 records password_set without the request.
+	var req *http.Request
+	if s.newer() {
+		req = r
+	}
+	s.record("password_set", appSignals, eventUser(target), ctx, req)
+}
+
+// ---- exported ----
+
+// Event is a snapshot of an event record, with the fields of the API's Event.
+type Event struct {
+	PK       string
+	User     map[string]any
+	Action   string
+	App      string
+	Context  map[string]any
+	ClientIP *string
+	Created  time.Time
+	Expires  time.Time
+	Brand    map[string]any
+}
+
+func eventView(e *event) Event {
+	return Event{PK: e.pk, User: e.user, Action: e.action, App: e.app, Context: e.context, ClientIP: e.clientIP,
+		Created: e.created, Expires: e.expires, Brand: e.brand}
+}
+
+// JSON renders the event as the API does.
+func (e Event) JSON() map[string]any {
+	var ip any
+	if e.ClientIP != nil {
+		ip = *e.ClientIP
+	}
+	var brand any = map[string]any{}
+	if e.Brand != nil {
+		brand = e.Brand
+	}
+	u := e.User
+	if u == nil {
+		u = map[string]any{}
+	}
+	return map[string]any{"pk": e.PK, "user": u, "action": e.Action, "app": e.App, "context": e.Context,
+		"client_ip": ip, "created": pyTime(e.Created), "expires": pyTime(e.Expires), "brand": brand}
+}
+
+// Events returns every recorded event in the order recorded. The maps are
+// shared with the server and must not be modified.
+func (s *Server) Events() []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Event, len(s.state.events))
+	for i, e := range s.state.events {
+		out[i] = eventView(e)
+	}
+	return out
+}
+
+// EventsByAction returns the recorded events with the given action.
+func (s *Server) EventsByAction(action string) []Event {
+	var out []Event
+	for _, e := range s.Events() {
+		if e.Action == action {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// EventSpec describes a raw event for RecordEvent.
+type EventSpec struct {
+	Action  string         // required
+	App     string         // default "authentik.events.signals"
+	UserPK  int            // 0 means the anonymous user
+	Context map[string]any // default {}
+	Created time.Time      // default the clock
+}
+
+// RecordEvent appends an arbitrary event (e.g. to build equal timestamps or
+// actions the simulator does not produce) and returns its pk.
+func (s *Server) RecordEvent(spec EventSpec) (string, error) {
+	if spec.Action == "" {
+		return "", fmt.Errorf("authentiktest: record event: action is required")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var u *user
+	if spec.UserPK != 0 {
+		u = s.state.users[spec.UserPK]
+		if u == nil {
+			return "", fmt.Errorf("authentiktest: record event: no user %d", spec.UserPK)
+		}
+	}
+	app := spec.App
+	if app == "" {
+		app = appSignals
+	}
+	ev := s.record(spec.Action, app, eventUser(u), spec.Context, nil)
+	if !spec.Created.IsZero() {
+		ev.created = spec.Created.UTC()
+		ev.expires = ev.created.Add(eventExpiry)
+	}
+	return ev.pk, nil
+}
+
+// SystemDisableUser deactivates a user as authentik's own background would
+// (no HTTP request the proxy could see): is_active becomes false, the user's
+// sessions are deleted (no event for those), and a model_updated record
+// names the anonymous user as actor and carries no http_request.
+func (s *Server) SystemDisableUser(pk int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := s.state.users[pk]
+	if u == nil {
+		return fmt.Errorf("authentiktest: system disable: no user %d", pk)
+	}
+	u.isActive = false
+	u.lastUpdated = s.now()
+	s.deleteUserSessions(pk)
+	s.recordUserModel("model_updated", nil, u, nil)
+	return nil
+}
+
+// SystemSetPassword sets a user's password outside any HTTP request, as a
+// source sync (LDAP/Kerberos hash caching) does when origin is
+// "source_sync". It records password_set (with origin and
+// synced_from_source under Version2026_8).
+func (s *Server) SystemSetPassword(pk int, password, origin string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	u := s.state.users[pk]
+	if u == nil {
+		return fmt.Errorf("authentiktest: system set password: no user %d", pk)
+	}
+	if origin == "" {
+		origin = "unknown"
+	}
+	u.password = password
+	u.passwordChangeDate = s.now()
+	s.recordPasswordSet(u, origin, nil)
+	return nil
+}
+
+// ---- API ----
+
+func (s *Server) handleEventList(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.authAPI(w, r)
+	if c == nil {
+		return
+	}
+	q := r.URL.Query()
+	var list []*event
+	if c.admin() { // RBAC: others hold no view_event permission and see nothing
+		for _, e := range s.state.events {
+			if eventMatches(e, q) {
+				list = append(list, e)
+			}
+		}
+	}
+	desc := true
+	key := "created"
+	if o := q.Get("ordering"); o != "" {
+		desc = strings.HasPrefix(o, "-")
+		key = strings.TrimPrefix(o, "-")
+	}
+	sort.SliceStable(list, func(i, j int) bool {
+		a, b := list[i], list[j]
+		var cmp int
+		switch key {
+		case "action":
+			cmp = strings.Compare(a.action, b.action)
+		case "app":
+			cmp = strings.Compare(a.app, b.app)
+		default:
+			cmp = a.created.Compare(b.created)
+		}
+		if desc {
+			cmp = -cmp
+		}
+		if cmp == 0 { // a database returns ties in no promised order; use the pk
+			return a.pk < b.pk
+		}
+		return cmp < 0
+	})
+	items := make([]any, len(list))
+	for i, e := range list {
+		items[i] = eventView(e).JSON()
+	}
+	s.writePage(w, r, items)
+}
+
+func eventMatches(e *event, q map[string][]string) bool {
+	get := func(k string) string {
+		if v := q[k]; len(v) > 0 {
+			return v[len(v)-1]
+		}
+		return ""
+	}
+	if acts := q["actions"]; len(acts) > 0 && !slices.Contains(acts, e.action) {
+		return false
+	}
+	if a := get("action"); a != "" && !containsFold(e.action, a) {
+		return false
+	}
+	if u := get("username"); u != "" && fmt.Sprint(e.user["username"]) != u {
+		return false
+	}
+	if ip := get("client_ip"); ip != "" && (e.clientIP == nil || *e.clientIP != ip) {
+		return false
+	}
+	if b := get("brand_name"); b != "" && (e.brand == nil || fmt.Sprint(e.brand["name"]) != b) {
+		return false
+	}
+	model, _ := e.context["model"].(map[string]any)
+	if v := get("context_model_app"); v != "" && (model == nil || fmt.Sprint(model["app"]) != v) {
+		return false
+	}
+	if v := get("context_model_name"); v != "" && (model == nil || fmt.Sprint(model["model_name"]) != v) {
+		return false
+	}
+	if v := get("context_model_pk"); v != "" {
+		if model == nil {
+			return false
+		}
+		want := strings.ReplaceAll(v, "-", "")
+		got := fmt.Sprint(model["pk"])
+		if got != want {
+			if n, err := strconv.Atoi(v); err != nil || fmt.Sprint(n) != got {
+				return false
+			}
+		}
+	}
+	if v := get("context_authorized_app"); v != "" {
+		app, _ := e.context["authorized_application"].(map[string]any)
+		if app == nil || fmt.Sprint(app["pk"]) != strings.ReplaceAll(v, "-", "") {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) handleEventGet(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.authAPI(w, r)
+	if c == nil {
+		return
+	}
+	id := r.PathValue("uuid")
+	for _, e := range s.state.events {
+		if c.admin() && e.pk == id {
+			writeJSON(w, http.StatusOK, eventView(e).JSON())
+			return
+		}
+	}
+	writeDetail(w, http.StatusNotFound, msgNotFound)
+}
+
+// purgeUserEvents drops the events naming user pk (gdpr_compliance).
+func (s *Server) purgeUserEvents(pk int) {
+	if s.cfg.KeepEventsOfDeletedUsers {
+		return
+	}
+	kept := s.state.events[:0]
+	for _, e := range s.state.events {
+		if n, ok := e.user["pk"].(int); ok && n == pk {
+			continue
+		}
+		kept = append(kept, e)
+	}
+	s.state.events = kept
+}

@@ -1,0 +1,421 @@
+package authentiktest
+
+import (
+	"encoding/json"
+	"fmt"
+	"html"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+func flowJSON(f *flow) map[string]any {
+	return map[string]any{
+		"pk": f.pk, "policybindingmodel_ptr_id": f.pk, "name": f.name, "slug": f.slug, "title": f.title,
+		"designation": f.designation, "background": "", "background_url": "/static/dist/assets/images/flow_background.jpg",
+		"background_themed_urls": nil, "stages": []string{}, "policies": []string{}, "cache_count": 0,
+		"policy_engine_mode": "any", "compatibility_mode": false,
+		"export_url": "/api/v3/flows/instances/" + f.slug + "/export/", "layout": "stacked",
+		"denied_action": "message_continue", "authentication": f.authentication,
+	}
+}
+
+func (s *Server) handleFlowList(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.authAPI(w, r)
+	if c == nil {
+		return
+	}
+	q := r.URL.Query()
+	var items []any
+	if c.admin() { // RBAC: others hold no view_flow and see nothing
+		for _, f := range s.state.flows {
+			if (q.Get("designation") != "" && f.designation != q.Get("designation")) ||
+				(q.Get("slug") != "" && f.slug != q.Get("slug")) ||
+				(q.Get("flow_uuid") != "" && f.pk != q.Get("flow_uuid")) ||
+				(q.Get("name") != "" && f.name != q.Get("name")) {
+				continue
+			}
+			items = append(items, flowJSON(f))
+		}
+	}
+	s.writePage(w, r, items)
+}
+
+func (s *Server) handleFlowGet(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.authAPI(w, r)
+	if c == nil {
+		return
+	}
+	f := s.flowBySlug(r.PathValue("slug"))
+	if f == nil || !c.admin() {
+		writeDetail(w, http.StatusNotFound, msgNotFound)
+		return
+	}
+	writeJSON(w, http.StatusOK, flowJSON(f))
+}
+
+func (s *Server) handleBrandList(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.authAPI(w, r)
+	if c == nil {
+		return
+	}
+	var items []any
+	if c.admin() {
+		fl := s.cfg.Flows
+		nullable := func(slug string) any {
+			if id := s.flowUUID(slug); id != "" {
+				return id
+			}
+			return nil
+		}
+		items = append(items, map[string]any{
+			"brand_uuid": s.state.brandUUID, "domain": "authentik-default", "default": true,
+			"branding_title": "authentik", "branding_logo": "/static/dist/assets/icons/icon_left_brand.svg",
+			"branding_favicon": "/static/dist/assets/icons/icon.png", "branding_custom_css": "",
+			"branding_default_flow_background": "/static/dist/assets/images/flow_background.jpg",
+			"flow_authentication":              nullable(fl.Authentication), "flow_invalidation": nullable(fl.Invalidation),
+			"flow_recovery": nil, "flow_unenrollment": nil, "flow_user_settings": nullable(fl.UserSettings),
+			"flow_device_code": nil, "default_application": nil, "web_certificate": nil,
+			"client_certificates": []string{}, "attributes": map[string]any{},
+		})
+	}
+	s.writePage(w, r, items)
+}
+
+// handleBrandCurrent serves CurrentBrand, which names flows by slug; it
+// needs no authentication.
+func (s *Server) handleBrandCurrent(w http.ResponseWriter, r *http.Request) {
+	fl := s.cfg.Flows
+	writeJSON(w, http.StatusOK, map[string]any{
+		"matched_domain": "authentik-default", "branding_title": "authentik",
+		"branding_logo": "/static/dist/assets/icons/icon_left_brand.svg", "branding_logo_themed_urls": nil,
+		"branding_favicon": "/static/dist/assets/icons/icon.png", "branding_favicon_themed_urls": nil,
+		"branding_custom_css": "", "ui_footer_links": []any{}, "ui_theme": "automatic",
+		"flow_authentication": fl.Authentication, "flow_invalidation": fl.Invalidation,
+		"flow_user_settings": fl.UserSettings, "default_locale": "",
+		"flags": map[string]bool{"enterprise_audit_include_expanded_diff": false, "policies_buffered_access_view": false,
+			"flows_continuous_login": false, "flows_refresh_others": false},
+	})
+}
+
+// handleDefaultFlow redirects /flows/-/default/<designation>/ to the
+// brand's flow, as authentik's ToDefaultFlow does.
+func (s *Server) handleDefaultFlow(w http.ResponseWriter, r *http.Request) {
+	var slug string
+	switch r.PathValue("designation") {
+	case "invalidation":
+		slug = s.cfg.Flows.Invalidation
+	case "authentication":
+		slug = s.cfg.Flows.Authentication
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	http.Redirect(w, r, "/if/flow/"+slug+"/", http.StatusFound)
+}
+
+func (s *Server) handleFlowShell(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	f := s.flowBySlug(r.PathValue("slug"))
+	s.mu.Unlock()
+	if f == nil {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	fmt.Fprintf(w, "<!DOCTYPE html><html><head><title>%s</title></head><body><ak-flow-executor flowSlug=%q></ak-flow-executor></body></html>\n",
+		html.EscapeString(f.title), html.EscapeString(f.slug))
+}
+
+// handleEndSession is OIDC RP-initiated logout: it only redirects to the
+// invalidation flow; the logout happens on the executor request.
+func (s *Server) handleEndSession(w http.ResponseWriter, r *http.Request) {
+	if s.application(r.PathValue("slug")) == nil {
+		http.NotFound(w, r)
+		return
+	}
+	http.Redirect(w, r, "/if/flow/"+s.cfg.Flows.Invalidation+"/", http.StatusFound)
+}
+
+// ---- flow executor ----
+
+type challengeError struct {
+	String string `json:"string"`
+	Code   string `json:"code"`
+}
+
+func respErrors(field, msg string) map[string][]challengeError {
+	return map[string][]challengeError{field: {{String: msg, Code: "invalid"}}}
+}
+
+func (s *Server) flowInfo(f *flow) map[string]any {
+	return map[string]any{"title": f.title, "background": "/static/dist/assets/images/flow_background.jpg",
+		"cancel_url": "/flows/-/cancel/", "layout": "stacked"}
+}
+
+func redirectChallenge() map[string]any {
+	return map[string]any{"component": "xak-flow-redirect", "to": "/"}
+}
+
+func (s *Server) accessDenied(f *flow) map[string]any {
+	return map[string]any{"component": "ak-stage-access-denied", "flow_info": s.flowInfo(f),
+		"error_message": "Flow does not apply to current user."}
+}
+
+// flowBody is the union of the challenge responses the simulator accepts.
+type flowBody struct {
+	Component      string `json:"component"`
+	UIDField       string `json:"uid_field"`
+	Password       string `json:"password"`
+	PasswordRepeat string `json:"password_repeat"`
+	Code           string `json:"code"`
+	Username       string `json:"username"`
+	Name           string `json:"name"`
+	Email          string `json:"email"`
+}
+
+// parseFlowBody decodes a flow executor POST body.
+func parseFlowBody(b []byte) (flowBody, error) {
+	var fb flowBody
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return fb, nil
+	}
+	if err := json.Unmarshal(b, &fb); err != nil {
+		return flowBody{}, fmt.Errorf("JSON parse error - %w", err)
+	}
+	return fb, nil
+}
+
+func (s *Server) handleExecutor(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.flowBySlug(r.PathValue("slug"))
+	if f == nil {
+		writeDetail(w, http.StatusNotFound, "No Flow matches the given query.")
+		return
+	}
+	var body flowBody
+	if r.Method == http.MethodPost {
+		raw, err := io.ReadAll(r.Body)
+		if err != nil {
+			writeParseError(w, fmt.Errorf("read body: %w", err))
+			return
+		}
+		fb, err := parseFlowBody(raw)
+		if err != nil {
+			writeParseError(w, err)
+			return
+		}
+		body = fb
+	}
+	se := s.sessionFromRequest(r)
+	if se == nil {
+		se = s.newSession(clientIP(r), r.UserAgent())
+		s.setSessionCookies(w, se)
+	}
+	se.lastUsed = s.now()
+	var u *user
+	if se.authenticated {
+		if u = s.state.users[se.userPK]; u == nil || !u.isActive {
+			u = nil
+		}
+	}
+	var out map[string]any
+	switch f.slug {
+	case s.cfg.Flows.Authentication:
+		out = s.execLogin(w, r, f, se, body)
+	case s.cfg.Flows.Invalidation:
+		out = s.execLogout(w, r, se, u)
+	case s.cfg.Flows.PasswordChange:
+		out = s.execPasswordChange(r, f, u, body)
+	case s.cfg.Flows.TOTPSetup:
+		out = s.execTOTPSetup(r, f, se, u, body)
+	case s.cfg.Flows.UserSettings:
+		out = s.execUserSettings(r, f, u, body)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) identificationChallenge(f *flow, errs any) map[string]any {
+	out := map[string]any{"component": "ak-stage-identification", "flow_info": s.flowInfo(f),
+		"user_fields": []string{"username", "email"}, "password_fields": true, "primary_action": "Log in",
+		"show_source_labels": false, "sources": []any{}}
+	if errs != nil {
+		out["response_errors"] = errs
+	}
+	return out
+}
+
+// execLogin runs the authentication flow. Simplification: identification
+// and password may come in one POST ({uid_field, password}) or two
+// (ak-stage-identification, then ak-stage-password).
+func (s *Server) execLogin(w http.ResponseWriter, r *http.Request, f *flow, se *session, b flowBody) map[string]any {
+	if r.Method == http.MethodGet {
+		se.pendingUser = 0
+		return s.identificationChallenge(f, nil)
+	}
+	fail := func(uid string) map[string]any {
+		se.pendingUser = 0
+		s.record("login_failed", appSignals, eventUser(nil), map[string]any{"username": uid}, r)
+		return s.identificationChallenge(f, respErrors("non_field_errors", "Failed to authenticate."))
+	}
+	var u *user
+	password := b.Password
+	switch b.Component {
+	case "ak-stage-password":
+		u = s.state.users[se.pendingUser]
+		if u == nil {
+			return s.identificationChallenge(f, nil)
+		}
+	default:
+		for _, c := range s.state.users {
+			if c.pk != anonymousPK && b.UIDField != "" && (c.username == b.UIDField || c.email == b.UIDField) {
+				u = c
+				break
+			}
+		}
+		if u == nil {
+			return fail(b.UIDField)
+		}
+		if password == "" {
+			se.pendingUser = u.pk
+			return map[string]any{"component": "ak-stage-password", "flow_info": s.flowInfo(f), "pending_user": u.username,
+				"pending_user_avatar": s.avatar(u)}
+		}
+	}
+	if !u.isActive || u.password == "" || password != u.password {
+		return fail(u.username)
+	}
+	s.authenticate(se, u)
+	se.lastIP, se.userAgent = clientIP(r), r.UserAgent()
+	s.setSessionCookies(w, se)
+	s.record("login", appSignals, eventUser(u), map[string]any{"auth_method": "password", "auth_method_args": map[string]any{}}, r)
+	return redirectChallenge()
+}
+
+// execLogout runs the invalidation flow: the user logout stage ends the
+// session (a logout event naming the user) and an anonymous session cookie
+// replaces the old one.
+func (s *Server) execLogout(w http.ResponseWriter, r *http.Request, se *session, u *user) map[string]any {
+	if u != nil {
+		delete(s.state.sessions, se.sid)
+		s.record("logout", appSignals, eventUser(u), nil, r)
+		anon := s.newSession(clientIP(r), r.UserAgent())
+		s.setSessionCookies(w, anon)
+	}
+	return redirectChallenge()
+}
+
+func (s *Server) promptChallenge(f *flow, fields []map[string]any, errs any) map[string]any {
+	out := map[string]any{"component": "ak-stage-prompt", "flow_info": s.flowInfo(f), "fields": fields}
+	if errs != nil {
+		out["response_errors"] = errs
+	}
+	return out
+}
+
+func promptField(key, typ, label string) map[string]any {
+	return map[string]any{"field_key": key, "label": label, "type": typ, "required": true, "placeholder": label,
+		"initial_value": "", "order": 0, "sub_text": "", "choices": nil}
+}
+
+var passwordFields = []map[string]any{
+	promptField("password", "password", "Password"), promptField("password_repeat", "password", "Password (repeat)"),
+}
+
+// execPasswordChange runs a stage_configuration flow with a prompt stage for
+// password and password_repeat, then a user_write stage.
+func (s *Server) execPasswordChange(r *http.Request, f *flow, u *user, b flowBody) map[string]any {
+	if u == nil {
+		return s.accessDenied(f)
+	}
+	if r.Method == http.MethodGet {
+		return s.promptChallenge(f, passwordFields, nil)
+	}
+	switch {
+	case b.Password == "":
+		return s.promptChallenge(f, passwordFields, respErrors("password", "This field is required."))
+	case b.Password != b.PasswordRepeat:
+		return s.promptChallenge(f, passwordFields, respErrors("non_field_errors", "Passwords don't match."))
+	}
+	s.setPassword(u, b.Password, u, r)
+	return redirectChallenge()
+}
+
+// execUserSettings runs the user-settings flow: a prompt for username, name
+// and email, then a user_write stage (model_updated by the user).
+func (s *Server) execUserSettings(r *http.Request, f *flow, u *user, b flowBody) map[string]any {
+	if u == nil {
+		return s.accessDenied(f)
+	}
+	fields := []map[string]any{promptField("username", "text", "Username"), promptField("name", "text", "Name"),
+		promptField("email", "email", "Email")}
+	if r.Method == http.MethodGet {
+		return s.promptChallenge(f, fields, nil)
+	}
+	in := userWrite{}
+	if b.Username != "" {
+		in.Username = &b.Username
+	}
+	if b.Name != "" {
+		in.Name = &b.Name
+	}
+	if b.Email != "" {
+		in.Email = &b.Email
+	}
+	if errs := s.validateUserWrite(in, false, u); len(errs) > 0 {
+		for k, v := range errs {
+			return s.promptChallenge(f, fields, respErrors(k, v[0]))
+		}
+	}
+	applyUserWrite(u, in)
+	u.lastUpdated = s.now()
+	s.recordUserModel("model_updated", u, u, r)
+	return redirectChallenge()
+}
+
+// execTOTPSetup runs an authenticator setup stage: the first request creates
+// the device unconfirmed (model_created), a POST with the right code
+// confirms it (model_updated; mfa_device_added under 2026.8).
+func (s *Server) execTOTPSetup(r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
+	if u == nil {
+		return s.accessDenied(f)
+	}
+	d := s.state.devices[DeviceTOTP][se.pendingDevice]
+	if d == nil || d.confirmed || d.userPK != u.pk {
+		d = s.newDevice(DeviceTOTP, u.pk, "TOTP Device")
+		d.confirmed = false
+		se.pendingDevice = d.pk
+		s.recordDeviceModel("model_created", u, d, r)
+		return s.totpChallenge(f, u, d, nil)
+	}
+	if r.Method == http.MethodGet {
+		return s.totpChallenge(f, u, d, nil)
+	}
+	if b.Code != s.cfg.TOTPCode {
+		return s.totpChallenge(f, u, d, respErrors("code", "Code does not match"))
+	}
+	d.confirmed = true
+	d.lastUpdated = s.now()
+	se.pendingDevice = 0
+	s.recordDeviceModel("model_updated", u, d, r)
+	s.recordMFA("mfa_device_added", u, d, r)
+	return redirectChallenge()
+}
+
+func (s *Server) totpChallenge(f *flow, u *user, d *device, errs any) map[string]any {
+	cfgURL := "otpauth://totp/authentik:" + url.PathEscape(u.username) + "?secret=JBSWY3DPEHPK3PXP&algorithm=SHA1&digits=6&period=30&issuer=authentik"
+	out := map[string]any{"component": "ak-stage-authenticator-totp", "flow_info": s.flowInfo(f),
+		"config_url": cfgURL, "pending_user": u.username, "pending_user_avatar": s.avatar(u)}
+	if errs != nil {
+		out["response_errors"] = errs
+	}
+	return out
+}

@@ -3,8 +3,9 @@ package proxy
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
+	"log/slog"
+	"sync"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -147,4 +148,25 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-var errTest = errors.New("test")
+
+// lockedBuffer is a goroutine-safe log sink.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newTestLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

@@ -292,7 +292,11 @@ func TestClientDisconnectNotAnError(t *testing.T) {
 	var statuses []int
 	logs := &lockedBuffer{}
 	s, base := startProxy(t, Config{Upstream: mustURL(t, up.URL), Logger: newTestLogger(logs),
-		OnRequest: func(_ string, status int, _ time.Duration) { mu.Lock(); statuses = append(statuses, status); mu.Unlock() }})
+		OnRequest: func(_ string, status int, _ time.Duration) {
+			mu.Lock()
+			statuses = append(statuses, status)
+			mu.Unlock()
+		}})
 
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/slow", nil)

@@ -333,6 +333,7 @@ func (o *Outbox) backoff(n int) time.Duration {
 	for i := 1; i < n && d < o.cfg.MaxBackoff; i++ {
 		d *= 2
 	}
+	d = min(d, o.cfg.MaxBackoff)
 	j := rand.Float64()
 	if o.cfg.Jitter != nil {
 		j = o.cfg.Jitter()

@@ -184,13 +184,15 @@ func (t *Transmitter) applyDelivery(rec *streamRecord, d *deliveryRequest, r *Re
 
 // saveStream persists the stream and tells the queue.
 func (t *Transmitter) saveStream(ctx context.Context, rec streamRecord) error {
-	if err := t.store.PutStream(ctx, rec); err != nil {
-		return err
-	}
+	// The queue first: it may still refuse the endpoint, and nothing may be
+	// persisted that the queue does not know.
 	if err := t.cfg.Queue.SetStream(ctx, rec.outboxConfig()); err != nil {
+		if errors.Is(err, outbox.ErrForbiddenDestination) {
+			return badRequest("delivery.endpoint_url is not acceptable: %s", err.Error())
+		}
 		return fmt.Errorf("queue: set stream %s: %w", rec.ID, err)
 	}
-	return nil
+	return t.store.PutStream(ctx, rec)
 }
 
 func (t *Transmitter) readStream(c echo.Context) error {

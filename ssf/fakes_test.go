@@ -107,4 +107,3 @@ func serve(tr *Transmitter, method, path, token, body string) *httptest.Response
 	tr.Handler().ServeHTTP(rec, req)
 	return rec
 }
-

@@ -524,11 +524,11 @@ func TestCheckEndpointURL(t *testing.T) {
 		{"https://[fd00::1]/", false, false},
 		{"https://[64:ff9b::a00:1]/", false, false},
 		{"https://[::ffff:10.0.0.1]/", false, false},
-		{"https://2130706433/", false, false},     // 127.0.0.1 decimal
-		{"https://0x7f000001/", false, false},     // hex
-		{"https://0177.0.0.1/", false, false},     // octal
-		{"https://0x7f.1/", false, false},         // two-part
-		{"https://10.1/", false, false},           // 10.0.0.1
+		{"https://2130706433/", false, false}, // 127.0.0.1 decimal
+		{"https://0x7f000001/", false, false}, // hex
+		{"https://0177.0.0.1/", false, false}, // octal
+		{"https://0x7f.1/", false, false},     // two-part
+		{"https://10.1/", false, false},       // 10.0.0.1
 		{"https://localhost/", false, false},
 		{"https://api.localhost./", false, false},
 		{"https://8.8.8.8/", false, true},

@@ -2,7 +2,6 @@ package tap
 
 import (
 	"context"
-	"net/url"
 	"strconv"
 )
 
@@ -123,8 +122,7 @@ func (t *Tap) enrolledDevice(ctx context.Context, in *intent) *Device {
 	if t.cfg.Token == "" {
 		return dev
 	}
-	devs, err := listAll[akDevice](ctx, t.api, t.api.tokenCreds(), "/authenticators/admin/all/",
-		url.Values{"user": {strconv.FormatInt(in.Subject.PK, 10)}}, 5)
+	devs, err := t.api.userDevices(ctx, in.Subject.PK)
 	if err != nil {
 		return dev
 	}

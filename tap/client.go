@@ -184,3 +184,14 @@ func listAll[T any](ctx context.Context, c *client, cr creds, path string, q url
 	}
 	return all, nil
 }
+
+// userDevices lists a user's devices through /authenticators/admin/all/
+// (a plain array, not paginated).
+func (c *client) userDevices(ctx context.Context, pk int64) ([]akDevice, error) {
+	var devs []akDevice
+	q := url.Values{"user": {fmt.Sprint(pk)}}
+	if err := c.getJSON(ctx, c.tokenCreds(), "/authenticators/admin/all/", q, &devs); err != nil {
+		return nil, err
+	}
+	return devs, nil
+}

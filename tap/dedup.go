@@ -3,6 +3,7 @@ package tap
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,7 +18,7 @@ import (
 // traffic) is a duplicate when an unconsumed record of the same kind and
 // user
 //
-//  1. shares an exact key with it, or else
+//  1. shares an exact key with it (from either source), or else
 //  2. has no conflicting exact key (two different session hashes, two
 //     different device pks) and lies within DedupWindow of it, on
 //     authentik's `created` for the event API and the response time for the
@@ -82,6 +83,17 @@ func conflicts(a, b []string) bool {
 	return false
 }
 
+// strongKeys drops request ids, which may be shared by several actions.
+func strongKeys(k []string) []string {
+	out := k[:0:0]
+	for _, x := range k {
+		if !strings.HasPrefix(x, "rq:") {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 func shares(a, b []string) bool {
 	for _, x := range a {
 		for _, y := range b {
@@ -106,16 +118,19 @@ func (t *Tap) dedupCheck(s Signal) (dup bool, marks []Mark, err error) {
 	exactHit := false
 	err = t.cfg.KV.Scan(BucketDedup, []byte(dedupPrefix(s)), func(k, v []byte) error {
 		var r dedupRecord
-		if json.Unmarshal(v, &r) != nil || r.Consumed || sourceGroup(r.Source) == sourceGroup(s.Source) {
+		if json.Unmarshal(v, &r) != nil {
 			return nil
 		}
-		if shares(mine, r.Exact) {
+		// An exact key names one action whichever source reported it (a
+		// device is added once; authentik ≥2026.8 records model_updated and
+		// mfa_device_added for the same enrolment).
+		if shares(strongKeys(mine), r.Exact) {
 			if !exactHit {
 				exactHit, bestKey, best = true, append([]byte(nil), k...), r
 			}
 			return nil
 		}
-		if exactHit || conflicts(mine, r.Exact) {
+		if exactHit || r.Consumed || sourceGroup(r.Source) == sourceGroup(s.Source) || conflicts(mine, r.Exact) {
 			return nil
 		}
 		gap := s.Time.Sub(r.Time)
@@ -131,7 +146,14 @@ func (t *Tap) dedupCheck(s Signal) (dup bool, marks []Mark, err error) {
 		return false, nil, fmt.Errorf("tap: dedup scan: %w", err)
 	}
 	if bestKey != nil {
-		best.Consumed = true
+		// The record now stands for both observations: later reports of
+		// the same action match it on any of their exact keys.
+		best.Consumed = best.Consumed || !exactHit || sourceGroup(best.Source) != sourceGroup(s.Source)
+		for _, k := range mine {
+			if !slices.Contains(best.Exact, k) {
+				best.Exact = append(best.Exact, k)
+			}
+		}
 		b, _ := json.Marshal(best)
 		return true, []Mark{{Bucket: BucketDedup, Key: bestKey, Value: b}}, nil
 	}

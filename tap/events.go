@@ -112,6 +112,19 @@ var deviceModels = map[string]string{
 	"duodevice": "duo", "smsdevice": "sms", "emaildevice": "email", "endpointdevice": "endpoint",
 }
 
+// normalizeDeviceType turns "totp", "totpdevice" or
+// "authentik_stages_authenticator_totp.TOTPDevice" into "totp".
+func normalizeDeviceType(s string) string {
+	s = strings.ToLower(s)
+	if i := strings.LastIndexByte(s, '.'); i >= 0 {
+		s = s[i+1:]
+	}
+	if v, ok := deviceModels[s]; ok {
+		return v
+	}
+	return s
+}
+
 func isUserModel(m *akModel) bool {
 	return m != nil && m.App == "authentik_core" && m.ModelName == "user"
 }
@@ -199,10 +212,7 @@ func (t *Tap) eventSignals(ctx context.Context, e akEvent) ([]Signal, error) {
 		if e.Action == "mfa_device_removed" {
 			kind = KindMFARemoved
 		}
-		dtype := strings.ToLower(c.MFADevice.Type)
-		if v, ok := deviceModels[dtype]; ok {
-			dtype = v
-		}
+		dtype := normalizeDeviceType(c.MFADevice.Type)
 		s := mk("", kind, subj)
 		s.Device = &Device{Type: dtype, PK: rawPK(c.MFADevice.PK), Name: c.MFADevice.Name}
 		s.ReasonAdmin, s.ReasonUser = "Authenticator changed", "Your authenticators changed"
@@ -293,8 +303,7 @@ func (t *Tap) deviceConfirmed(ctx context.Context, d akDevice, dtype, pk string)
 	if d.User == nil {
 		return true
 	}
-	devs, err := listAll[akDevice](ctx, t.api, t.api.tokenCreds(), "/authenticators/admin/all/",
-		map[string][]string{"user": {strconv.FormatInt(d.User.PK, 10)}}, 5)
+	devs, err := t.api.userDevices(ctx, d.User.PK)
 	if err != nil {
 		return true
 	}

@@ -194,6 +194,9 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 			return false
 		}
 		in.Device = deviceFrom(rt.dtype, d)
+		// Keep the owner known after the device is gone: authentik's
+		// model_deleted names the actor, not the owner.
+		t.dir.putDevice(rt.dtype, in.Device.PK, dirDevice{Owner: in.Subject.PK, Confirmed: true, Name: d.Name})
 	case opDeviceCreate:
 		pk, err := parseDeviceRequest(body)
 		if err != nil {
@@ -263,11 +266,7 @@ func (t *Tap) completed(p *pending, status int, header http.Header, body []byte)
 		t.dir.noteUser(u)
 		return true
 	case opDeviceDelete:
-		if status == http.StatusNoContent || status == http.StatusOK {
-			t.dir.forgetDevice(in.Device.Type, in.Device.PK)
-			return true
-		}
-		return false
+		return status == http.StatusNoContent || status == http.StatusOK
 	case opDeviceCreate:
 		if status != http.StatusCreated && status != http.StatusOK {
 			return false

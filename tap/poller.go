@@ -88,6 +88,7 @@ func (t *Tap) runPoller(ctx context.Context) error {
 			continue
 		}
 		failures = 0
+		t.stats.polls.Add(1)
 		wait = t.cfg.PollInterval
 	}
 }

@@ -201,6 +201,8 @@ type Stats struct {
 	// PollErrors counts failed polls; PollLag is how far behind now the
 	// cursor was after the last successful poll.
 	PollErrors uint64
+	// Polls counts completed polls of the event API.
+	Polls      uint64
 	PollLag    time.Duration
 	FlowErrors uint64
 	// Reconciled counts open intents resolved at start (emitted or dropped).
@@ -212,7 +214,7 @@ type counters struct {
 	signals                                  map[Kind]map[Source]uint64
 	dedupDrops, misses, untrusted, anonymous atomic.Uint64
 	rateLimited, queueDrops, pollErrors      atomic.Uint64
-	flowErrors, reconciled                   atomic.Uint64
+	flowErrors, reconciled, polls            atomic.Uint64
 	pollLag                                  atomic.Int64
 }
 
@@ -233,7 +235,7 @@ func (t *Tap) Stats() Stats {
 	s := Stats{
 		Signals: map[Kind]map[Source]uint64{}, DedupDrops: t.stats.dedupDrops.Load(), Misses: t.stats.misses.Load(),
 		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), RateLimited: t.stats.rateLimited.Load(),
-		QueueDrops: t.stats.queueDrops.Load(), PollErrors: t.stats.pollErrors.Load(),
+		QueueDrops: t.stats.queueDrops.Load(), PollErrors: t.stats.pollErrors.Load(), Polls: t.stats.polls.Load(),
 		PollLag: time.Duration(t.stats.pollLag.Load()), FlowErrors: t.stats.flowErrors.Load(),
 		Reconciled: t.stats.reconciled.Load(),
 	}

@@ -1,0 +1,406 @@
+package tap
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
+)
+
+// want describes one expected signal.
+type want struct {
+	kind        Kind
+	source      Source
+	subject     int64
+	initiator   Initiator
+	sessionHash string
+	sessionUUID string
+	device      string // device type
+	oldEmail    string
+	newEmail    string
+}
+
+func (w want) String() string {
+	return fmt.Sprintf("%s/%s subject=%d init=%s sh=%q su=%q dev=%q email=%q→%q", w.kind, w.source, w.subject,
+		w.initiator, w.sessionHash, w.sessionUUID, w.device, w.oldEmail, w.newEmail)
+}
+
+func got(s Signal) want {
+	w := want{kind: s.Kind, source: s.Source, subject: s.Subject.PK, initiator: s.Initiator,
+		sessionHash: s.SessionHash, sessionUUID: s.SessionUUID, oldEmail: s.OldEmail, newEmail: s.NewEmail}
+	if s.Device != nil {
+		w.device = s.Device.Type
+	}
+	return w
+}
+
+func checkSignals(t *testing.T, sigs []Signal, wants []want) {
+	t.Helper()
+	var g, x []string
+	for _, s := range sigs {
+		g = append(g, got(s).String())
+		if s.Subject.PK != 0 && (s.Subject.UID == "" || s.Subject.Email == "" && s.Kind != KindAccountDeleted) {
+			t.Errorf("signal %s: subject incomplete: %+v", s.ID, s.Subject)
+		}
+		if s.ID == "" || s.Time.IsZero() {
+			t.Errorf("signal without id or time: %+v", s)
+		}
+	}
+	for _, w := range wants {
+		x = append(x, w.String())
+	}
+	sort.Strings(g)
+	sort.Strings(x)
+	if strings.Join(g, "\n") != strings.Join(x, "\n") {
+		t.Errorf("signals:\n got:\n  %s\n want:\n  %s", strings.Join(g, "\n  "), strings.Join(x, "\n  "))
+	}
+}
+
+// TestTrafficActions drives each action through the proxy and checks the
+// exact signals, after the event API has been polled too (so actions both
+// sources see must still come out once).
+func TestTrafficActions(t *testing.T) {
+	type world struct {
+		e            *env
+		alice, admin authentiktest.User
+		cookie       string
+		sess         authentiktest.Session
+	}
+	cases := []struct {
+		name string
+		ak   authentiktest.Config
+		act  func(w *world) []want
+	}{
+		{"logout", authentiktest.Config{}, func(w *world) []want {
+			w.e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", w.cookie, "")
+			return []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK),
+				initiator: InitiatorUser, sessionHash: HashSessionID(w.sess.SID)}}
+		}},
+		{"logout with renamed flow slugs", authentiktest.Config{Flows: authentiktest.FlowSlugs{Invalidation: "bye-now", PasswordChange: "pw-here"}}, func(w *world) []want {
+			w.e.do("GET", "/api/v3/flows/executor/bye-now/", "", w.cookie, "")
+			w.e.do("POST", "/api/v3/flows/executor/pw-here/", `{"component":"ak-stage-prompt","password":"n3w","password_repeat":"n3w"}`, w.cookie, "")
+			return []want{
+				{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser, sessionHash: HashSessionID(w.sess.SID)},
+				// the password change came first in authentik, but the cookie is gone after logout: only the logout is seen
+			}
+		}},
+		{"password change flow", authentiktest.Config{}, func(w *world) []want {
+			w.e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, w.cookie, "")
+			return []want{{kind: KindPasswordChanged, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser}}
+		}},
+		{"password change flow rejected", authentiktest.Config{}, func(w *world) []want {
+			w.e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"a","password_repeat":"b"}`, w.cookie, "")
+			return nil
+		}},
+		{"admin set_password", authentiktest.Config{}, func(w *world) []want {
+			w.e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", w.alice.PK), `{"password":"Adm1n-set"}`, "", w.e.ak.AdminToken())
+			return []want{{kind: KindPasswordChanged, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin}}
+		}},
+		{"admin revokes a session", authentiktest.Config{}, func(w *world) []want {
+			w.e.do("DELETE", "/api/v3/core/authenticated_sessions/"+w.sess.UUID+"/", "", "", w.e.ak.AdminToken())
+			return []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin, sessionUUID: w.sess.UUID}}
+		}},
+		{"user revokes own session after its cookie was seen", authentiktest.Config{}, func(w *world) []want {
+			// a tapped request with the cookie first teaches the tap the uuid↔sid link
+			w.e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"","password_repeat":""}`, w.cookie, "")
+			w.e.waitFor("the session link", func() bool { return w.e.tap.hashForSession(w.sess.UUID) != "" })
+			w.e.do("DELETE", "/api/v3/core/authenticated_sessions/"+w.sess.UUID+"/", "", w.cookie, "")
+			return []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser,
+				sessionUUID: w.sess.UUID, sessionHash: HashSessionID(w.sess.SID)}}
+		}},
+		{"bulk delete: one signal per session", authentiktest.Config{}, func(w *world) []want {
+			s2, _ := w.e.session(w.alice.PK)
+			w.e.do("DELETE", fmt.Sprintf("/api/v3/core/authenticated_sessions/bulk_delete/?user_pks=%d", w.alice.PK), "", "", w.e.ak.AdminToken())
+			return []want{
+				{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin, sessionUUID: w.sess.UUID},
+				{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin, sessionUUID: s2.UUID},
+			}
+		}},
+		{"user removes own TOTP device", authentiktest.Config{}, func(w *world) []want {
+			d, _ := w.e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: w.alice.PK})
+			w.e.do("DELETE", fmt.Sprintf("/api/v3/authenticators/totp/%d/", d.PK), "", w.cookie, "")
+			return []want{{kind: KindMFARemoved, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser, device: "totp"}}
+		}},
+		{"admin removes a WebAuthn device", authentiktest.Config{}, func(w *world) []want {
+			d, _ := w.e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceWebAuthn, UserPK: w.alice.PK})
+			w.e.do("DELETE", fmt.Sprintf("/api/v3/authenticators/admin/webauthn/%d/", d.PK), "", "", w.e.ak.AdminToken())
+			return []want{{kind: KindMFARemoved, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin, device: "webauthn"}}
+		}},
+		{"admin creates a static device", authentiktest.Config{}, func(w *world) []want {
+			w.e.do("POST", "/api/v3/authenticators/admin/static/", fmt.Sprintf(`{"name":"codes","user":%d,"confirmed":true}`, w.alice.PK), "", w.e.ak.AdminToken())
+			return []want{{kind: KindMFAAdded, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin, device: "static"}}
+		}},
+		{"TOTP enrolment, once when confirmed", authentiktest.Config{Version: authentiktest.Version2026_8}, func(w *world) []want {
+			w.e.do("GET", "/api/v3/flows/executor/default-authenticator-totp-setup/", "", w.cookie, "")
+			w.e.do("POST", "/api/v3/flows/executor/default-authenticator-totp-setup/", `{"component":"ak-stage-authenticator-totp","code":"000000"}`, w.cookie, "")
+			w.e.do("POST", "/api/v3/flows/executor/default-authenticator-totp-setup/", `{"component":"ak-stage-authenticator-totp","code":"123456"}`, w.cookie, "")
+			return []want{{kind: KindMFAAdded, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser, device: "totp"}}
+		}},
+		{"admin disables, enables, changes email, deletes", authentiktest.Config{}, func(w *world) []want {
+			path := fmt.Sprintf("/api/v3/core/users/%d/", w.alice.PK)
+			w.e.do("PATCH", path, `{"is_active":false}`, "", w.e.ak.AdminToken())
+			w.e.do("PATCH", path, `{"is_active":true}`, "", w.e.ak.AdminToken())
+			w.e.do("PATCH", path, `{"email":"alice.new@example.com"}`, "", w.e.ak.AdminToken())
+			w.e.do("PATCH", path, `{"name":"Alice A."}`, "", w.e.ak.AdminToken())
+			w.e.do("DELETE", path, "", "", w.e.ak.AdminToken())
+			a := int64(w.alice.PK)
+			return []want{
+				{kind: KindAccountDisabled, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+				{kind: KindAccountEnabled, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+				{kind: KindEmailChanged, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, oldEmail: "alice@example.com", newEmail: "alice.new@example.com"},
+				{kind: KindAccountDeleted, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+			}
+		}},
+		{"forged cookie carrying the victim's sid", authentiktest.Config{}, func(w *world) []want {
+			forged, err := SignSessionCookie(SessionClaims{SID: w.sess.SID, Subject: w.alice.UID, Authenticated: true}, "not-the-secret")
+			if err != nil {
+				t.Fatal(err)
+			}
+			w.e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", forged, "")
+			w.e.do("DELETE", "/api/v3/core/authenticated_sessions/"+w.sess.UUID+"/", "", forged, "")
+			return nil
+		}},
+		{"anonymous caller", authentiktest.Config{}, func(w *world) []want {
+			w.e.do("DELETE", "/api/v3/core/authenticated_sessions/"+w.sess.UUID+"/", "", "", "")
+			w.e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", w.alice.PK), `{"password":"x"}`, "", "")
+			return nil
+		}},
+		{"a user may not disable another (403)", authentiktest.Config{}, func(w *world) []want {
+			bob := w.e.user("bob")
+			_, bc := w.e.session(bob.PK)
+			w.e.do("PATCH", fmt.Sprintf("/api/v3/core/users/%d/", w.alice.PK), `{"is_active":false}`, bc, "")
+			return nil
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{ak: tc.ak})
+			w := &world{e: e}
+			w.alice = e.user("alice")
+			w.admin, _ = e.ak.User(1)
+			w.sess, w.cookie = e.session(w.alice.PK)
+			wants := tc.act(w)
+			e.settle()
+			checkSignals(t, e.rec.signals(), wants)
+			if n := e.kv.count(BucketJournal); n != 0 {
+				t.Errorf("journal holds %d entries after settling", n)
+			}
+		})
+	}
+}
+
+// TestEventAPIOnly checks actions the proxy never sees.
+func TestEventAPIOnly(t *testing.T) {
+	cases := []struct {
+		name string
+		ak   authentiktest.Config
+		act  func(e *env, alice authentiktest.User) []want
+	}{
+		{"system disables a user the directory knows", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
+			if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.ak.SystemDisableUser(alice.PK); err != nil {
+				t.Fatal(err)
+			}
+			return []want{{kind: KindAccountDisabled, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorSystem}}
+		}},
+		{"password set outside the proxy", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
+			if err := e.ak.SystemSetPassword(alice.PK, "fr0m-elsewhere", "http"); err != nil {
+				t.Fatal(err)
+			}
+			return []want{{kind: KindPasswordChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}}
+		}},
+		{"source-sync hash caching is skipped (2026.8)", authentiktest.Config{Version: authentiktest.Version2026_8}, func(e *env, alice authentiktest.User) []want {
+			if err := e.ak.SystemSetPassword(alice.PK, "ldap-hash", "source_sync"); err != nil {
+				t.Fatal(err)
+			}
+			return nil
+		}},
+		{"logout recorded by authentik only", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
+			if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: alice.PK}); err != nil {
+				t.Fatal(err)
+			}
+			return []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}}
+		}},
+		{"user changes own email in the settings flow", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
+			_, c := e.session(alice.PK)
+			// the settings flow is not tapped; the poller compares with the directory
+			if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
+				t.Fatal(err)
+			}
+			e.do("POST", "/api/v3/flows/executor/default-user-settings-flow/", `{"component":"ak-stage-prompt","email":"a2@example.com"}`, c, "")
+			return []want{{kind: KindEmailChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser,
+				oldEmail: "alice@example.com", newEmail: "a2@example.com"}}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOpts{ak: tc.ak})
+			alice := e.user("alice")
+			wants := tc.act(e, alice)
+			e.settle()
+			checkSignals(t, e.rec.signals(), wants)
+		})
+	}
+}
+
+// TestSecretKeyVerification: with the secret key, cookies are verified
+// locally; a cookie signed with another key is refused.
+func TestSecretKeyVerification(t *testing.T) {
+	e := newEnv(t, envOpts{secretKey: true})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	forged, _ := SignSessionCookie(SessionClaims{SID: s.SID, Subject: alice.UID, Authenticated: true}, "wrong")
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", forged, "")
+	e.settle()
+	// authentik itself ignores the forged cookie too; only the event API could report, and it saw nothing
+	checkSignals(t, e.rec.signals(), nil)
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", c, "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK),
+		initiator: InitiatorUser, sessionHash: HashSessionID(s.SID)}})
+	if e.tap.Stats().Untrusted == 0 {
+		t.Error("the forged cookie was not counted as untrusted")
+	}
+}
+
+// TestCrashBetweenForwardAndOutcome: the intent is journaled, authentik
+// completes the action, the sidecar dies before the outcome; the next start
+// reconciles against authentik and emits exactly once.
+func TestCrashBetweenForwardAndOutcome(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	s, _ := e.session(alice.PK)
+	bob := e.user("bob")
+	bs, _ := e.session(bob.PK)
+	e.proxy.skipAfter = true
+	e.do("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken())
+	e.do("PATCH", fmt.Sprintf("/api/v3/core/users/%d/", alice.PK), `{"is_active":false}`, "", e.ak.AdminToken())
+	// an intent whose action authentik refused: must not be emitted
+	e.do("DELETE", "/api/v3/core/authenticated_sessions/"+bs.UUID+"/", "", "", "not-a-token")
+	if n := e.kv.count(BucketJournal); n != 2 {
+		t.Fatalf("journal holds %d intents before the crash, want 2", n)
+	}
+	e.proxy.skipAfter = false
+	e.restart()
+	e.waitFor("reconciliation", func() bool { return e.kv.count(BucketJournal) == 0 })
+	e.settle()
+	// the user update is also in the event log: whichever reports first wins, once
+	checkSignals(t, anySource(e.rec.signals()), []want{
+		{kind: KindSessionRevoked, source: SourceReconcile, subject: int64(alice.PK), initiator: InitiatorAdmin, sessionUUID: s.UUID},
+		{kind: KindAccountDisabled, source: SourceReconcile, subject: int64(alice.PK), initiator: InitiatorAdmin},
+	})
+	_ = bs
+}
+
+// anySource maps the reconciler's and the event API's source to one label,
+// for actions either may report first.
+func anySource(sigs []Signal) []Signal {
+	out := append([]Signal(nil), sigs...)
+	for i := range out {
+		if out[i].Source == SourceEventAPI {
+			out[i].Source = SourceReconcile
+		}
+	}
+	return out
+}
+
+// TestPollerRestartNoGapsNoRepeats: events sharing one timestamp, split
+// across pages and restarts, are each processed once.
+func TestPollerRestartNoGapsNoRepeats(t *testing.T) {
+	e := newEnv(t, envOpts{mutate: func(c *Config) { c.PageSize = 2 }})
+	var users []authentiktest.User
+	for i := range 5 {
+		users = append(users, e.user(fmt.Sprintf("u%d", i)))
+	}
+	at := time.Now().Add(time.Second).UTC().Truncate(time.Microsecond)
+	for _, u := range users[:3] {
+		if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: u.PK, Created: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.poll()
+	if n := len(e.rec.signals()); n != 3 {
+		t.Fatalf("after the first poll: %d signals, want 3", n)
+	}
+	e.restart()
+	// two more at the very same instant, one later
+	for _, u := range users[3:] {
+		if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: u.PK, Created: at}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: users[0].PK, Created: at.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	e.poll()
+	e.restart()
+	e.poll()
+	var wants []want
+	for _, u := range users {
+		wants = append(wants, want{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(u.PK), initiator: InitiatorUser})
+	}
+	wants = append(wants, want{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(users[0].PK), initiator: InitiatorUser})
+	checkSignals(t, e.rec.signals(), wants)
+}
+
+// TestAuthentikDownAndBack: the poller backs off while authentik fails and
+// catches up after, without losing what happened in between.
+func TestAuthentikDownAndBack(t *testing.T) {
+	e := newEnv(t, envOpts{mutate: func(c *Config) { c.MaxBackoff = 20 * time.Millisecond; c.PollInterval = 10 * time.Millisecond }})
+	alice := e.user("alice")
+	if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: alice.PK}); err != nil {
+		t.Fatal(err)
+	}
+	e.ak.SetFailMode(authentiktest.Fail503)
+	before := e.tap.Stats().PollErrors
+	e.waitFor("failing polls", func() bool { return e.tap.Stats().PollErrors >= before+2 })
+	if n := len(e.rec.signals()); n != 0 {
+		t.Fatalf("%d signals while authentik is down", n)
+	}
+	e.ak.SetFailMode(authentiktest.FailNone)
+	e.waitFor("catching up", func() bool { return len(e.rec.signals()) == 1 })
+	e.poll()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}})
+}
+
+// TestPublishFailureRetried: a failing publisher keeps the intent; once it
+// recovers the signal goes out once.
+func TestPublishFailureRetried(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	e.rec.mu.Lock()
+	e.rec.fail = errInjected
+	e.rec.mu.Unlock()
+	e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"Adm1n-set"}`, "", e.ak.AdminToken())
+	e.waitFor("the intent to be completed in the journal", func() bool { return len(e.tap.queue) == 0 && e.kv.count(BucketJournal) == 1 })
+	e.rec.mu.Lock()
+	e.rec.fail = nil
+	e.rec.mu.Unlock()
+	e.restart() // the rescan at start retries
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindPasswordChanged, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorAdmin}})
+}
+
+// TestRateLimitPerIP: tapped observations beyond the burst are not tapped.
+func TestRateLimitPerIP(t *testing.T) {
+	e := newEnv(t, envOpts{mutate: func(c *Config) { c.RateBurst = 2; c.RatePerIP = 0.0001 }})
+	alice := e.user("alice")
+	for range 4 {
+		e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"Adm1n-set"}`, "", e.ak.AdminToken())
+	}
+	e.waitFor("the journal to drain", func() bool { return e.kv.count(BucketJournal) == 0 && len(e.tap.queue) == 0 })
+	if got := e.tap.Stats().RateLimited; got != 2 {
+		t.Errorf("rate limited %d, want 2", got)
+	}
+	if n := len(e.rec.signals()); n != 2 {
+		t.Errorf("%d signals, want 2", n)
+	}
+}
+
+var _ = http.MethodGet

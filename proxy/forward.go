@@ -97,7 +97,7 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string)
 
 	resp, err := p.transport.RoundTrip(out)
 	if err != nil {
-		return p.fail(w, r, err)
+		return p.fail(w, r, out, err)
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		*class = "upgrade"
@@ -139,6 +139,8 @@ func (p *forwarder) outgoing(r *http.Request) *http.Request {
 	out.Close = false
 	if r.ContentLength == 0 {
 		out.Body = nil // no body: never send a zero-length chunked body
+	} else if r.Body != nil && r.Body != http.NoBody {
+		out.Body = &clientBody{ReadCloser: r.Body}
 	}
 	// Keep an explicit "no User-Agent" from turning into Go's default.
 	if _, ok := out.Header["User-Agent"]; !ok {
@@ -149,7 +151,15 @@ func (p *forwarder) outgoing(r *http.Request) *http.Request {
 
 // fail maps a transport error to the client's status: 504 for an upstream
 // timeout, 499 (nothing written) when the client left, 502 otherwise.
-func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, err error) int {
+func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, out *http.Request, err error) int {
+	if cb := clientBodyOf(out.Body); cb != nil && cb.err != nil && r.Context().Err() == nil {
+		// The client's own body was malformed (bad chunking, short body).
+		p.stats.clientErrors.Add(1)
+		p.log.Info("client sent a malformed request body", "request_id", requestID(r), "path", r.URL.Path, "error", cb.err)
+		w.Header()["Connection"] = []string{"close"}
+		http.Error(w, "Bad Request", http.StatusBadRequest)
+		return http.StatusBadRequest
+	}
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		p.stats.clientGone.Add(1)
 		p.log.Debug("client went away before the upstream answered", "request_id", requestID(r), "path", r.URL.Path)
@@ -250,4 +260,29 @@ func isStreamingType(h http.Header) bool {
 	const es = "text/event-stream"
 	v := strings.TrimLeft(ct[0], " \t")
 	return len(v) >= len(es) && strings.EqualFold(v[:len(es)], es)
+}
+
+// clientBody remembers why reading the client's body failed, so that a
+// malformed body is answered 400 instead of being blamed on the upstream.
+type clientBody struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// clientBodyOf finds the clientBody under a request body, looking through
+// the observer's capture reader.
+func clientBodyOf(b io.Reader) *clientBody {
+	if pr, ok := b.(*prefixReader); ok {
+		b = pr.src
+	}
+	cb, _ := b.(*clientBody)
+	return cb
 }

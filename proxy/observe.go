@@ -38,14 +38,18 @@ type observation struct {
 
 // before captures the request body (replacing out.Body with a reader that
 // still yields all of it) and runs Observer.Before, together bounded by
-// BeforeTimeout. An overrun or a panic in Before counts as a miss.
+// BeforeTimeout. The capture waits at most half the bound for a slow
+// client's bytes, so Before always has at least the other half. An overrun
+// counts as a miss; a panic in Before is logged and treated as a nil state.
 func (p *forwarder) before(out *http.Request) *observation {
 	ctx, cancel := context.WithTimeout(out.Context(), p.cfg.BeforeTimeout)
 	defer cancel()
 
 	var body []byte
 	if out.Body != nil && out.Body != http.NoBody {
-		c := capture(ctx, out.Body, p.cfg.CaptureLimit, false)
+		cctx, ccancel := context.WithTimeout(ctx, p.cfg.BeforeTimeout/2)
+		c := capture(cctx, out.Body, p.cfg.CaptureLimit, false)
+		ccancel()
 		body, out.Body = c.prefix, c.rest
 	}
 	view := out.Clone(ctx)
@@ -75,14 +79,17 @@ func (p *forwarder) before(out *http.Request) *observation {
 
 // after captures the first bytes of the response body (replacing resp.Body
 // with a reader that still yields all of it) and runs Observer.After,
-// together bounded by AfterTimeout.
+// together bounded by AfterTimeout; as in before, the capture takes at most
+// half the bound, so a streaming response is captured as far as it got.
 func (p *forwarder) after(obs *observation, out *http.Request, resp *http.Response) {
 	// The upstream has acted by now: the client leaving must not cut the
 	// observer short, so only the after-deadline bounds it.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(out.Context()), p.cfg.AfterTimeout)
 	defer cancel()
 
-	c := capture(ctx, resp.Body, p.cfg.CaptureLimit, true)
+	cctx, ccancel := context.WithTimeout(ctx, p.cfg.AfterTimeout/2)
+	c := capture(cctx, resp.Body, p.cfg.CaptureLimit, true)
+	ccancel()
 	resp.Body = c.rest
 	header := resp.Header.Clone()
 	status := resp.StatusCode

@@ -17,15 +17,18 @@ type Stats struct {
 	UpstreamErrors, UpstreamTimeouts uint64
 	// ClientGone counts requests the client abandoned before the end.
 	ClientGone uint64
+	// ClientErrors counts requests refused because the client's body was
+	// malformed.
+	ClientErrors uint64
 	// Upgrades counts connections switched to another protocol (WebSocket).
 	Upgrades uint64
 }
 
 type counters struct {
-	proxied, ssf, observed           atomic.Uint64
-	beforeMisses, afterMisses        atomic.Uint64
-	upstreamErrors, upstreamTimeouts atomic.Uint64
-	clientGone, upgrades             atomic.Uint64
+	proxied, ssf, observed             atomic.Uint64
+	beforeMisses, afterMisses          atomic.Uint64
+	upstreamErrors, upstreamTimeouts   atomic.Uint64
+	clientGone, upgrades, clientErrors atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -35,6 +38,6 @@ func (s *Server) Stats() Stats {
 		Proxied: c.proxied.Load(), SSF: c.ssf.Load(), Observed: c.observed.Load(),
 		BeforeMisses: c.beforeMisses.Load(), AfterMisses: c.afterMisses.Load(),
 		UpstreamErrors: c.upstreamErrors.Load(), UpstreamTimeouts: c.upstreamTimeouts.Load(),
-		ClientGone: c.clientGone.Load(), Upgrades: c.upgrades.Load(),
+		ClientGone: c.clientGone.Load(), ClientErrors: c.clientErrors.Load(), Upgrades: c.upgrades.Load(),
 	}
 }

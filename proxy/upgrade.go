@@ -15,19 +15,19 @@ func (p *forwarder) upgrade(w http.ResponseWriter, r *http.Request, out *http.Re
 	backend, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		resp.Body.Close()
-		return p.fail(w, r, errors.New("proxy: 101 response body is not writable"))
+		return p.fail(w, r, out, errors.New("proxy: 101 response body is not writable"))
 	}
 	want := out.Header.Get("Upgrade")
 	got := resp.Header.Get("Upgrade")
 	if want == "" || !strings.EqualFold(want, got) {
 		backend.Close()
-		return p.fail(w, r, errors.New("proxy: upstream switched to a protocol the client did not ask for"))
+		return p.fail(w, r, out, errors.New("proxy: upstream switched to a protocol the client did not ask for"))
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		backend.Close()
 		p.log.Warn("cannot take over the client connection for an upgrade", "request_id", requestID(r), "error", err)
-		return p.fail(w, r, err)
+		return p.fail(w, r, out, err)
 	}
 	p.stats.upgrades.Add(1)
 	id := p.upgrades.add(conn, backend)

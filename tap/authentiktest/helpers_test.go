@@ -111,3 +111,5 @@ func wantStatus(t testing.TB, r apiResp, want int) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }

@@ -1,0 +1,214 @@
+package authentiktest
+
+import (
+	"net/http"
+	"testing"
+)
+
+func TestPasswordChangeFlow(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	alice := mustUser(t, s, UserSpec{Username: "alice", Password: "old"})
+	c, err := s.Login("alice", "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slug := s.Flows().PasswordChange
+	ctx := t.Context()
+
+	anon := NewBrowser()
+	res, err := RunFlow(ctx, anon, s.URL(), slug, nil)
+	if err != nil || res.Component != "ak-stage-access-denied" {
+		t.Fatalf("anonymous: %q %v", res.Component, err)
+	}
+	res, err = RunFlow(ctx, c, s.URL(), slug, nil)
+	if err != nil || res.Component != "ak-stage-prompt" {
+		t.Fatalf("GET: %q %v", res.Component, err)
+	}
+	steps := []struct {
+		body   map[string]any
+		want   string
+		errors bool
+	}{
+		{map[string]any{"component": "ak-stage-prompt", "password": "a", "password_repeat": "b"}, "ak-stage-prompt", true},
+		{map[string]any{"component": "ak-stage-prompt"}, "ak-stage-prompt", true},
+		{map[string]any{"component": "ak-stage-prompt", "password": "new", "password_repeat": "new"}, "xak-flow-redirect", false},
+	}
+	for i, st := range steps {
+		res, err = RunFlow(ctx, c, s.URL(), slug, st.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Component != st.want || (res.Body["response_errors"] != nil) != st.errors {
+			t.Fatalf("step %d: %v", i, res.Body)
+		}
+		if want := map[bool]int{true: 0, false: 1}[st.errors]; len(s.EventsByAction("password_set")) != want {
+			t.Fatalf("step %d: password_set events %d, want %d", i, len(s.EventsByAction("password_set")), want)
+		}
+	}
+	ps := s.EventsByAction("password_set")[0]
+	if ps.User["pk"] != alice.PK || ps.Context["http_request"] != nil || *ps.ClientIP != "255.255.255.255" {
+		t.Fatalf("2026.2 password_set = %+v", ps)
+	}
+	if _, err := s.Login("alice", "new"); err != nil {
+		t.Fatalf("new password: %v", err)
+	}
+	// the session survives a password change
+	wantStatus(t, do(t, c, "GET", s.URL()+"/api/v3/core/users/me/", "", nil), http.StatusOK)
+}
+
+func TestTOTPSetupCreatesUnconfirmedThenConfirms(t *testing.T) {
+	for _, v := range []Version{Version2026_2, Version2026_8} {
+		t.Run(string(v), func(t *testing.T) {
+			s, _ := newTestServer(t, func(c *Config) { c.Version = v; c.TOTPCode = "424242" })
+			alice := mustUser(t, s, UserSpec{Username: "alice", Password: "pw"})
+			c, err := s.Login("alice", "pw")
+			if err != nil {
+				t.Fatal(err)
+			}
+			slug := s.Flows().TOTPSetup
+			res, err := RunFlow(t.Context(), c, s.URL(), slug, nil)
+			if err != nil || res.Component != "ak-stage-authenticator-totp" || res.Body["config_url"] == nil {
+				t.Fatalf("GET: %v %v", res.Body, err)
+			}
+			devs := s.Devices(alice.PK)
+			if len(devs) != 1 || devs[0].Confirmed {
+				t.Fatalf("after GET devices = %+v, want one unconfirmed", devs)
+			}
+			// a second GET reuses the pending device
+			if _, err := RunFlow(t.Context(), c, s.URL(), slug, nil); err != nil {
+				t.Fatal(err)
+			}
+			if n := len(s.Devices(alice.PK)); n != 1 {
+				t.Fatalf("second GET made %d devices", n)
+			}
+			res, _ = RunFlow(t.Context(), c, s.URL(), slug, map[string]any{"component": "ak-stage-authenticator-totp", "code": "000000"})
+			if res.Component != "ak-stage-authenticator-totp" || res.Body["response_errors"] == nil {
+				t.Fatalf("wrong code: %v", res.Body)
+			}
+			if d, _ := s.Device(DeviceTOTP, devs[0].PK); d.Confirmed {
+				t.Fatal("confirmed with the wrong code")
+			}
+			res, _ = RunFlow(t.Context(), c, s.URL(), slug, map[string]any{"component": "ak-stage-authenticator-totp", "code": "424242"})
+			if res.Component != "xak-flow-redirect" {
+				t.Fatalf("right code: %v", res.Body)
+			}
+			if d, _ := s.Device(DeviceTOTP, devs[0].PK); !d.Confirmed {
+				t.Fatal("not confirmed")
+			}
+			cr, up := s.EventsByAction("model_created"), s.EventsByAction("model_updated")
+			if len(cr) != 1 || len(up) != 1 || cr[0].User["pk"] != alice.PK {
+				t.Fatalf("created %d updated %d", len(cr), len(up))
+			}
+			if _, has := up[0].Context["diff"]; has {
+				t.Fatal("diff present")
+			}
+			want := map[Version]int{Version2026_2: 0, Version2026_8: 1}[v]
+			if got := len(s.EventsByAction("mfa_device_added")); got != want {
+				t.Fatalf("mfa_device_added %d, want %d", got, want)
+			}
+		})
+	}
+}
+
+func TestRenamedFlowSlugsAndBrand(t *testing.T) {
+	slugs := FlowSlugs{Authentication: "corp-login", Invalidation: "corp-logout", PasswordChange: "corp-pw",
+		TOTPSetup: "corp-totp", UserSettings: "corp-settings"}
+	s, _ := newTestServer(t, func(c *Config) {
+		c.Flows = slugs
+		c.Applications = []Application{{Slug: "hr", ClientID: "hr-client", ClientSecret: "s"}}
+	})
+	mustUser(t, s, UserSpec{Username: "alice", Password: "pw"})
+	c, err := s.Login("alice", "pw")
+	if err != nil {
+		t.Fatalf("login via renamed flow: %v", err)
+	}
+	var flows schemaPage[schemaFlow]
+	r := do(t, nil, "GET", s.URL()+"/api/v3/flows/instances/?designation=invalidation", s.AdminToken(), nil)
+	wantStatus(t, r, http.StatusOK)
+	r.decode(t, &flows)
+	flows.check(t)
+	if len(flows.Results) != 1 || *flows.Results[0].Slug != "corp-logout" {
+		t.Fatalf("invalidation flows = %+v", flows.Results)
+	}
+	flows.Results[0].check(t)
+	invalidationUUID := *flows.Results[0].PK
+	flows = schemaPage[schemaFlow]{}
+	do(t, nil, "GET", s.URL()+"/api/v3/flows/instances/?designation=stage_configuration", s.AdminToken(), nil).decode(t, &flows)
+	if len(flows.Results) != 3 {
+		t.Fatalf("stage_configuration flows = %d", len(flows.Results))
+	}
+
+	var brands schemaPage[schemaBrand]
+	r = do(t, nil, "GET", s.URL()+"/api/v3/core/brands/", s.AdminToken(), nil)
+	wantStatus(t, r, http.StatusOK)
+	r.decode(t, &brands)
+	brands.check(t)
+	if len(brands.Results) != 1 || brands.Results[0].FlowInvalidation == nil || *brands.Results[0].FlowInvalidation != invalidationUUID {
+		t.Fatalf("brand = %+v", brands.Results)
+	}
+	var cur map[string]any
+	r = do(t, nil, "GET", s.URL()+"/api/v3/core/brands/current/", "", nil)
+	wantStatus(t, r, http.StatusOK)
+	r.decode(t, &cur)
+	if cur["flow_invalidation"] != "corp-logout" || cur["flow_user_settings"] != "corp-settings" {
+		t.Fatalf("current brand = %v", cur)
+	}
+
+	// the default slugs do not exist
+	res, _ := RunFlow(t.Context(), c, s.URL(), "default-invalidation-flow", nil)
+	if res.Status != http.StatusNotFound {
+		t.Fatalf("default slug answered %d", res.Status)
+	}
+	// redirects point at the renamed flow
+	for _, path := range []string{"/flows/-/default/invalidation/", "/application/o/hr/end-session/"} {
+		r := do(t, c, "GET", s.URL()+path, "", nil)
+		if r.status != http.StatusFound || r.header.Get("Location") != "/if/flow/corp-logout/" {
+			t.Fatalf("%s: %d %q", path, r.status, r.header.Get("Location"))
+		}
+	}
+	wantStatus(t, do(t, c, "GET", s.URL()+"/application/o/nope/end-session/", "", nil), http.StatusNotFound)
+	wantStatus(t, do(t, c, "GET", s.URL()+"/if/flow/corp-logout/", "", nil), http.StatusOK)
+	if len(s.EventsByAction("logout")) != 0 {
+		t.Fatal("a redirect logged the user out")
+	}
+	res, _ = RunFlow(t.Context(), c, s.URL(), "corp-logout", nil)
+	if res.Component != "xak-flow-redirect" || len(s.EventsByAction("logout")) != 1 {
+		t.Fatalf("renamed logout: %v", res.Body)
+	}
+	// non-admins see no flows or brands
+	u2 := mustUser(t, s, UserSpec{Username: "bob"})
+	btok, err := s.MintToken(u2.PK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flows = schemaPage[schemaFlow]{}
+	do(t, nil, "GET", s.URL()+"/api/v3/flows/instances/", btok, nil).decode(t, &flows)
+	if len(flows.Results) != 0 {
+		t.Fatal("non-admin lists flows")
+	}
+}
+
+func TestConfigValidateReportsAll(t *testing.T) {
+	cfg := Config{
+		Version:  "1999.1",
+		PageSize: -1,
+		Flows:    FlowSlugs{Invalidation: "bad slug", PasswordChange: "x", TOTPSetup: "x"},
+		Applications: []Application{{Slug: "a", ClientID: "c", ClientSecret: "s"},
+			{Slug: "a", ClientID: "c"}},
+	}
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"unknown version", "negative", "not a slug", "share slug", "id and secret", "slug \"a\" twice", "client id \"c\" twice"} {
+		if !contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	if _, err := Start(cfg); err == nil {
+		t.Fatal("Start accepted a bad config")
+	}
+	if err := (Config{}).Validate(); err != nil {
+		t.Fatalf("zero config: %v", err)
+	}
+}

@@ -1,0 +1,213 @@
+package tap
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+func TestConfigValidateReportsEverything(t *testing.T) {
+	err := Config{Upstream: &url.URL{Path: "rel"}, PollInterval: -1, PageSize: 5000, DedupWindow: time.Hour, DedupRetention: time.Minute}.Validate()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, s := range []string{"absolute", "KV", "Publisher", "PollInterval", "PageSize", "DedupRetention"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error does not mention %s: %v", s, err)
+		}
+	}
+	u, _ := url.Parse("http://ak:9000")
+	if err := (Config{Upstream: u, KV: newBoltKV(t), Publisher: PublisherFunc(func(context.Context, Signal) error { return nil })}).Validate(); err != nil {
+		t.Errorf("valid config refused: %v", err)
+	}
+}
+
+func TestDecodeSessionCookie(t *testing.T) {
+	claims := SessionClaims{SID: "sess-key", Subject: "uid-1", Authenticated: true}
+	good, _ := SignSessionCookie(claims, "secret")
+	expired, _ := SignSessionCookie(SessionClaims{SID: "s", Subject: "u", Authenticated: true,
+		RegisteredClaims: jwt.RegisteredClaims{ExpiresAt: jwt.NewNumericDate(time.Now().Add(-time.Hour))}}, "secret")
+	noSID, _ := SignSessionCookie(SessionClaims{Subject: "u"}, "secret")
+	none := "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzaWQiOiJzZXNzLWtleSIsImF1dGhlbnRpY2F0ZWQiOnRydWV9."
+	cases := []struct {
+		name, value, key string
+		verified         bool
+		err              error
+	}{
+		{"verified", good, "secret", true, nil},
+		{"decoded only without key", good, "", false, nil},
+		{"wrong key", good, "other", false, ErrCookieSignature},
+		{"alg none with key", none, "secret", false, ErrCookieSignature},
+		{"expired", expired, "secret", false, ErrCookieSignature},
+		{"no sid", noSID, "secret", false, ErrCookieMalformed},
+		{"garbage", "not-a-jwt", "", false, ErrCookieMalformed},
+		{"too long", strings.Repeat("a", 5000) + ".b.c", "", false, ErrCookieMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, v, err := DecodeSessionCookie(tc.value, tc.key)
+			if !errors.Is(err, tc.err) || (tc.err == nil) != (err == nil) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if v != tc.verified {
+				t.Errorf("verified = %v", v)
+			}
+			if err == nil && c.SessionHash() != HashSessionID("sess-key") {
+				t.Errorf("hash = %s", c.SessionHash())
+			}
+		})
+	}
+	// authentik's key derivation: the hex string of sha512(SECRET_KEY)
+	if k := cookieSigningKey("x"); len(k) != 128 {
+		t.Errorf("signing key length %d, want 128 hex chars", len(k))
+	}
+}
+
+func TestParseRoute(t *testing.T) {
+	tp := &Tap{flows: newFlows(), flowKick: make(chan struct{}, 1), cfg: Config{Clock: time.Now}}
+	cases := []struct {
+		method, path string
+		op           op
+		ok           bool
+	}{
+		{"GET", "/api/v3/flows/executor/default-invalidation-flow/", opLogout, true},
+		{"POST", "/api/v3/flows/executor/default-password-change/", opFlowStage, true},
+		{"GET", "/api/v3/flows/executor/default-password-change/", "", false},
+		{"POST", "/api/v3/flows/executor/default-authentication-flow/", "", false},
+		{"DELETE", "/api/v3/core/authenticated_sessions/0b7c/", opSessionDelete, true},
+		{"DELETE", "/api/v3/core/authenticated_sessions/bulk_delete/", opSessionBulk, true},
+		{"GET", "/api/v3/core/authenticated_sessions/0b7c/", "", false},
+		{"POST", "/api/v3/core/users/12/set_password/", opSetPassword, true},
+		{"PATCH", "/api/v3/core/users/12/", opUserUpdate, true},
+		{"PUT", "/api/v3/core/users/12/", opUserUpdate, true},
+		{"DELETE", "/api/v3/core/users/12/", opUserDelete, true},
+		{"PATCH", "/api/v3/core/users/me/", "", false},
+		{"DELETE", "/api/v3/authenticators/totp/3/", opDeviceDelete, true},
+		{"DELETE", "/api/v3/authenticators/admin/webauthn/3/", opDeviceDelete, true},
+		{"DELETE", "/api/v3/authenticators/admin/endpoint/5f0e/", opDeviceDelete, true},
+		{"POST", "/api/v3/authenticators/admin/sms/", opDeviceCreate, true},
+		{"POST", "/api/v3/authenticators/totp/", "", false},
+		{"DELETE", "/api/v3/authenticators/foo/3/", "", false},
+		{"GET", "/application/o/app/end-session/", opLogoutHint, true},
+		{"GET", "/flows/-/default/invalidation/", opLogoutHint, true},
+		{"GET", "/static/app.js", "", false},
+	}
+	for _, tc := range cases {
+		r, ok := tp.parseRoute(tc.method, tc.path)
+		if ok != tc.ok || r.op != tc.op {
+			t.Errorf("%s %s = %q %v, want %q %v", tc.method, tc.path, r.op, ok, tc.op, tc.ok)
+		}
+	}
+}
+
+// TestDedupRule exercises the one-action-one-signal rule directly.
+func TestDedupRule(t *testing.T) {
+	base := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	alice := User{PK: 3}
+	sig := func(id string, src Source, at time.Duration, kind Kind, sh, dev string) Signal {
+		s := Signal{ID: id, Kind: kind, Source: src, Time: base.Add(at), Subject: alice, SessionHash: sh}
+		if dev != "" {
+			s.Device = &Device{Type: "totp", PK: dev}
+		}
+		return s
+	}
+	cases := []struct {
+		name string
+		seq  []Signal
+		dups []bool
+	}{
+		{"traffic then event API within the window", []Signal{
+			sig("t1", SourceTraffic, 0, KindSessionRevoked, "h1", ""),
+			sig("e1", SourceEventAPI, 3*time.Second, KindSessionRevoked, "", ""),
+		}, []bool{false, true}},
+		{"two logouts from two sessions, both sources", []Signal{
+			sig("t1", SourceTraffic, 0, KindSessionRevoked, "h1", ""),
+			sig("t2", SourceTraffic, time.Second, KindSessionRevoked, "h2", ""),
+			sig("e1", SourceEventAPI, time.Second, KindSessionRevoked, "", ""),
+			sig("e2", SourceEventAPI, 2*time.Second, KindSessionRevoked, "", ""),
+		}, []bool{false, false, true, true}},
+		{"a third report of two finds nothing left", []Signal{
+			sig("t1", SourceTraffic, 0, KindSessionRevoked, "h1", ""),
+			sig("e1", SourceEventAPI, time.Second, KindSessionRevoked, "", ""),
+			sig("e2", SourceEventAPI, 2*time.Second, KindSessionRevoked, "", ""),
+		}, []bool{false, true, false}},
+		{"outside the window stays two", []Signal{
+			sig("t1", SourceTraffic, 0, KindPasswordChanged, "", ""),
+			sig("e1", SourceEventAPI, 10*time.Minute, KindPasswordChanged, "", ""),
+		}, []bool{false, false}},
+		{"other kind never matches", []Signal{
+			sig("t1", SourceTraffic, 0, KindPasswordChanged, "", ""),
+			sig("e1", SourceEventAPI, 0, KindSessionRevoked, "", ""),
+		}, []bool{false, false}},
+		{"same device pk matches exactly, even late and from one source", []Signal{
+			sig("t1", SourceTraffic, 0, KindMFAAdded, "", "7"),
+			sig("e1", SourceEventAPI, 30*time.Minute, KindMFAAdded, "", "7"),
+			sig("e2", SourceEventAPI, 31*time.Minute, KindMFAAdded, "", "7"),
+		}, []bool{false, true, true}},
+		{"different device pks conflict", []Signal{
+			sig("t1", SourceTraffic, 0, KindMFARemoved, "", "7"),
+			sig("e1", SourceEventAPI, time.Second, KindMFARemoved, "", "8"),
+		}, []bool{false, false}},
+		{"the event API first, then the traffic", []Signal{
+			sig("e1", SourceEventAPI, 0, KindAccountDisabled, "", ""),
+			sig("t1", SourceTraffic, time.Second, KindAccountDisabled, "", ""),
+		}, []bool{false, true}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			kv := newBoltKV(t)
+			tp := &Tap{cfg: Config{KV: kv, DedupWindow: 2 * time.Minute}}
+			for i, s := range tc.seq {
+				dup, marks, err := tp.dedupCheck(s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if dup != tc.dups[i] {
+					t.Errorf("signal %s: dup = %v, want %v", s.ID, dup, tc.dups[i])
+				}
+				if err := kv.Commit(context.Background(), marks); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func TestRateLimiterAndCacheBounds(t *testing.T) {
+	now := time.Unix(0, 0)
+	clock := func() time.Time { return now }
+	l := newRateLimiter(1, 2, 2, clock)
+	got := []bool{l.allow("a"), l.allow("a"), l.allow("a"), l.allow("b"), l.allow("c")}
+	want := []bool{true, true, false, true, false}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("allow #%d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	now = now.Add(2 * time.Second)
+	if !l.allow("a") || !l.allow("c") {
+		t.Error("tokens did not refill / full buckets not forgotten")
+	}
+	c := newCache[string, int](2, time.Minute, clock)
+	c.put("a", 1)
+	c.put("b", 2)
+	c.put("c", 3)
+	if len(c.m) != 2 {
+		t.Errorf("cache holds %d, want 2", len(c.m))
+	}
+	if v, ok := c.get("c"); !ok || v != 3 {
+		t.Error("newest entry missing")
+	}
+	now = now.Add(2 * time.Minute)
+	if _, ok := c.get("c"); ok {
+		t.Error("expired entry returned")
+	}
+}
+
+var _ = http.MethodGet

@@ -55,6 +55,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /application/o/{slug}/jwks/{$}", s.handleJWKS)
 	mux.HandleFunc("GET /application/o/{slug}/end-session/{$}", s.handleEndSession)
 	mux.HandleFunc("POST /application/o/{slug}/end-session/{$}", s.handleEndSession)
+	mux.HandleFunc("GET /outpost.goauthentik.io/sign_out", s.handleOutpostSignOut)
 	mux.HandleFunc("/api/v3/", func(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusNotFound, "Not found.")
 	})

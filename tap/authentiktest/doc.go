@@ -24,6 +24,35 @@
 // actions (user_created, mfa_device_added, mfa_device_removed) and the
 // subject/origin fields of password_set.
 //
+// What each action records (user = the event's `user` field):
+//
+//	action                              2026.2                               2026.8 adds
+//	login flow success                  login (user = who)                   -
+//	login flow failure                  login_failed (anonymous, username)   -
+//	invalidation flow, authenticated    logout (user = who, http_request)    -
+//	invalidation flow, anonymous        nothing                              -
+//	end-session, outpost sign_out,
+//	/flows/-/default/invalidation/      nothing (302 only)                   -
+//	DELETE authenticated_sessions/…,
+//	bulk_delete                         nothing                              -
+//	admin set_password                  password_set (user = target, no      password_set with http_request,
+//	                                    http_request, ip 255.255.255.255),   subject, origin "http"
+//	                                    model_updated user (actor)
+//	password-change flow                as set_password, actor = the user    as above
+//	user-settings flow                  model_updated user (actor = user)    -
+//	POST /core/users/                   model_created user (actor)           user_created
+//	PATCH/PUT /core/users/{id}/         model_updated user (actor), no diff; -
+//	                                    is_active→false also ends sessions
+//	DELETE /core/users/{id}/            model_deleted user (actor); the      -
+//	                                    user's own events are purged
+//	admin POST authenticators/admin/…   model_created device (actor)         mfa_device_added
+//	TOTP setup: first request           model_created, device unconfirmed    -
+//	TOTP setup: right code              model_updated (confirmed), no diff   mfa_device_added
+//	DELETE a device (user or admin)     model_deleted device (actor)         mfa_device_removed
+//	SystemDisableUser                   model_updated user (AnonymousUser,   -
+//	                                    no http_request)
+//	SystemSetPassword                   password_set (no http_request)       origin, synced_from_source
+//
 // Simplifications, chosen on purpose and documented where they apply: the
 // login flow accepts identification and password in one POST (or two); a TOTP
 // setup stage accepts the fixed code Config.TOTPCode; the events `search`

@@ -248,3 +248,21 @@ func TestEventsNeedAdmin(t *testing.T) {
 	wantStatus(t, do(t, nil, "GET", s.URL()+"/api/v3/events/events/", "", nil), http.StatusForbidden)
 	wantStatus(t, do(t, nil, "GET", s.URL()+"/api/v3/events/events/", "wrong-token", nil), http.StatusForbidden)
 }
+
+func TestPyTimeFormatsLikeDRF(t *testing.T) {
+	tests := []struct {
+		in   time.Time
+		want string
+	}{
+		{time.Date(2026, 5, 1, 12, 0, 0, 123456789, time.UTC), "2026-05-01T12:00:00.123456Z"},
+		{time.Date(2026, 5, 1, 12, 0, 0, 1000, time.UTC), "2026-05-01T12:00:00.000001Z"},
+		// Python's isoformat drops a zero fraction entirely.
+		{time.Date(2026, 5, 1, 12, 0, 0, 999, time.UTC), "2026-05-01T12:00:00Z"},
+		{time.Date(2026, 5, 1, 14, 0, 0, 500000000, time.FixedZone("CEST", 2*3600)), "2026-05-01T12:00:00.500000Z"},
+	}
+	for _, tc := range tests {
+		if got := pyTime(tc.in); got != tc.want {
+			t.Errorf("pyTime(%v) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}

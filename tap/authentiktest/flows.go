@@ -144,6 +144,12 @@ func (s *Server) handleEndSession(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/if/flow/"+s.cfg.Flows.Invalidation+"/", http.StatusFound)
 }
 
+// handleOutpostSignOut imitates a proxy outpost's sign-out: a redirect to
+// the invalidation flow, nothing more.
+func (s *Server) handleOutpostSignOut(w http.ResponseWriter, r *http.Request) {
+	http.Redirect(w, r, "/if/flow/"+s.cfg.Flows.Invalidation+"/", http.StatusFound)
+}
+
 // ---- flow executor ----
 
 type challengeError struct {

@@ -160,7 +160,7 @@ func TestRenamedFlowSlugsAndBrand(t *testing.T) {
 		t.Fatalf("default slug answered %d", res.Status)
 	}
 	// redirects point at the renamed flow
-	for _, path := range []string{"/flows/-/default/invalidation/", "/application/o/hr/end-session/"} {
+	for _, path := range []string{"/flows/-/default/invalidation/", "/application/o/hr/end-session/", "/outpost.goauthentik.io/sign_out"} {
 		r := do(t, c, "GET", s.URL()+path, "", nil)
 		if r.status != http.StatusFound || r.header.Get("Location") != "/if/flow/corp-logout/" {
 			t.Fatalf("%s: %d %q", path, r.status, r.header.Get("Location"))

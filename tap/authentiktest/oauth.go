@@ -1,6 +1,7 @@
 package authentiktest
 
 import (
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -29,8 +30,8 @@ func (s *Server) application(slug string) *Application {
 // <base>/application/o/<slug>/.
 func (s *Server) OAuthIssuer(slug string) string { return s.URL() + "/application/o/" + slug + "/" }
 
-func (s *Server) keyID() string {
-	sum := sha256.Sum256(s.oauth.PublicKey.N.Bytes())
+func keyID(k *rsa.PrivateKey) string {
+	sum := sha256.Sum256(k.PublicKey.N.Bytes())
 	return hex.EncodeToString(sum[:16])
 }
 
@@ -65,11 +66,16 @@ func (s *Server) handleJWKS(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusNotFound, msgNotFound)
 		return
 	}
-	pub := s.oauth.PublicKey
+	key, err := s.oauthKey()
+	if err != nil {
+		writeDetail(w, http.StatusInternalServerError, "no signing key")
+		return
+	}
+	pub := key.PublicKey
 	b64 := base64.RawURLEncoding.EncodeToString
 	w.Header().Set("Access-Control-Allow-Origin", "*")
 	writeJSON(w, http.StatusOK, map[string]any{"keys": []any{map[string]any{
-		"kty": "RSA", "alg": "RS256", "use": "sig", "kid": s.keyID(),
+		"kty": "RSA", "alg": "RS256", "use": "sig", "kid": keyID(key),
 		"n": b64(pub.N.Bytes()), "e": b64(big.NewInt(int64(pub.E)).Bytes()),
 	}}})
 }
@@ -123,9 +129,14 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		"scope": strings.Join(scopes, " "), "iat": now.Unix(), "auth_time": now.Unix(),
 		"exp": now.Add(accessTokenLifetime).Unix(), "jti": jti,
 	}
+	key, err := s.oauthKey()
+	if err != nil {
+		tokenError(w, http.StatusInternalServerError, "server_error", "no signing key")
+		return
+	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, claims)
-	tok.Header["kid"] = s.keyID()
-	signed, err := tok.SignedString(s.oauth)
+	tok.Header["kid"] = keyID(key)
+	signed, err := tok.SignedString(key)
 	if err != nil {
 		tokenError(w, http.StatusInternalServerError, "server_error", "signing failed")
 		return

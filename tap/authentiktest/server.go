@@ -196,8 +196,8 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	handler http.Handler
-	oauth   *rsa.PrivateKey
-	kid     string
+	// oauthKey returns the OAuth2 signing key, generated on first use.
+	oauthKey func() (*rsa.PrivateKey, error)
 
 	mu    sync.Mutex // guards the directory state below (see state.go)
 	state state
@@ -221,14 +221,16 @@ func Start(cfg Config) (*Server, error) {
 	}
 	cfg.setDefaults()
 	s := &Server{cfg: cfg, log: cfg.Logger, counts: map[string]int{}}
-	s.oauth = cfg.OAuthKey
-	if s.oauth == nil {
+	s.oauthKey = sync.OnceValues(func() (*rsa.PrivateKey, error) {
+		if cfg.OAuthKey != nil {
+			return cfg.OAuthKey, nil
+		}
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
 			return nil, fmt.Errorf("authentiktest: generate oauth key: %w", err)
 		}
-		s.oauth = k
-	}
+		return k, nil
+	})
 	if err := s.initState(); err != nil {
 		return nil, err
 	}

@@ -404,3 +404,59 @@ func TestRateLimitPerIP(t *testing.T) {
 }
 
 var _ = http.MethodGet
+
+// TestLogoutCorrelationAndTwoSessions: OIDC end-session only redirects to
+// the invalidation flow (no second logout); two logouts of one user from
+// two sessions stay two, though the event API sees both as well.
+func TestLogoutCorrelationAndTwoSessions(t *testing.T) {
+	e := newEnv(t, envOpts{ak: authentiktest.Config{Applications: []authentiktest.Application{{Slug: "app", ClientID: "c", ClientSecret: "s"}}}})
+	alice := e.user("alice")
+	s1, c1 := e.session(alice.PK)
+	s2, c2 := e.session(alice.PK)
+	e.do("GET", "/application/o/app/end-session/", "", c1, "")
+	e.do("GET", "/flows/-/default/invalidation/", "", c1, "")
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", c1, "")
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", c2, "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{
+		{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser, sessionHash: HashSessionID(s1.SID)},
+		{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser, sessionHash: HashSessionID(s2.SID)},
+	})
+	if got := e.tap.Stats().DedupDrops; got != 2 {
+		t.Errorf("dedup drops = %d, want 2 (the event API's two logout records)", got)
+	}
+}
+
+// TestLoginEstablishesSession: the event API's login becomes
+// session_established (the transmitter sends it only to streams asking).
+func TestLoginEstablishesSession(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	e.do("POST", "/api/v3/flows/executor/default-authentication-flow/", `{"component":"ak-stage-identification","uid_field":"alice","password":"pw-alice"}`, "", "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionEstablished, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}})
+}
+
+// TestJournalHoldsNoSecrets: intents carry derived facts only.
+func TestJournalHoldsNoSecrets(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	e.proxy.skipAfter = true
+	e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"Sup3r-secret-pw","password_repeat":"Sup3r-secret-pw"}`, c, "")
+	e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"An0ther-secret"}`, "", e.ak.AdminToken())
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", c, "")
+	var entries int
+	_ = e.kv.Scan(BucketJournal, nil, func(k, v []byte) error {
+		entries++
+		for _, secret := range []string{c, s.SID, e.ak.AdminToken(), "Sup3r-secret-pw", "An0ther-secret"} {
+			if strings.Contains(string(v), secret) {
+				t.Errorf("journal entry %s holds a secret", k)
+			}
+		}
+		return nil
+	})
+	if entries != 3 {
+		t.Errorf("journal holds %d intents, want 3", entries)
+	}
+}

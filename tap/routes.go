@@ -49,8 +49,11 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 		}
 		return route{}, false
 	}
-	rest := path[len(apiPrefix):]
-	parts := strings.Split(strings.Trim(rest, "/"), "/")
+	var buf [5]string
+	parts, ok := splitPath(strings.Trim(path[len(apiPrefix):], "/"), buf[:0])
+	if !ok {
+		return route{}, false
+	}
 	switch {
 	case len(parts) == 3 && parts[0] == "flows" && parts[1] == "executor":
 		if method != http.MethodGet && method != http.MethodPost {
@@ -88,6 +91,22 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 		return route{op: opDeviceCreate, dtype: parts[2], admin: true}, true
 	}
 	return route{}, false
+}
+
+// splitPath splits on "/" into buf without allocating; false when there
+// are more segments than buf holds (no tapped route is that deep).
+func splitPath(s string, buf []string) ([]string, bool) {
+	for {
+		if len(buf) == cap(buf) {
+			return nil, false
+		}
+		i := strings.IndexByte(s, '/')
+		if i < 0 {
+			return append(buf, s), true
+		}
+		buf = append(buf, s[:i])
+		s = s[i+1:]
+	}
 }
 
 func isDigits(s string) bool {

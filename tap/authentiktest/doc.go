@@ -27,7 +27,8 @@
 // What each action records (user = the event's `user` field):
 //
 //	action                              2026.2                               2026.8 adds
-//	login flow success                  login (user = who)                   -
+//	login flow success                  model_updated user (last_login,      -
+//	                                    actor = the user), then login
 //	login flow failure                  login_failed (anonymous, username)   -
 //	invalidation flow, authenticated    logout (user = who, http_request)    -
 //	invalidation flow, anonymous        nothing                              -

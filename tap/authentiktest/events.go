@@ -75,8 +75,11 @@ func (s *Server) recordModel(action string, actor *user, app, model string, pk a
 	}, r)
 }
 
+// recordUserModel logs a user row change. authentik's model_to_dict takes a
+// model's `name` attribute when it has one, so a user is named by its
+// display name, not its username.
 func (s *Server) recordUserModel(action string, actor, target *user, r *http.Request) {
-	s.recordModel(action, actor, "authentik_core", "user", target.pk, target.username, r)
+	s.recordModel(action, actor, "authentik_core", "user", target.pk, target.name, r)
 }
 
 func (s *Server) recordDeviceModel(action string, actor *user, d *device, r *http.Request) {

@@ -188,26 +188,28 @@ func TestEventsFilters(t *testing.T) {
 		t.Fatal(err)
 	}
 	admin := s.AdminToken()
-	wantStatus(t, do(t, nil, "PATCH", s.URL()+"/api/v3/core/users/"+itoa(alice.PK)+"/", admin, map[string]any{"name": "Alice"}), http.StatusOK)
-	clk.Advance(time.Second)
-	wantStatus(t, do(t, nil, "DELETE", s.URL()+"/api/v3/authenticators/admin/webauthn/"+itoa(d.PK)+"/", admin, nil), http.StatusNoContent)
-	clk.Advance(time.Second)
+	// login records model_updated (last_login, by alice) and login at one instant
 	if _, err := s.Login("alice", "pw"); err != nil {
 		t.Fatal(err)
 	}
+	clk.Advance(time.Second)
+	wantStatus(t, do(t, nil, "PATCH", s.URL()+"/api/v3/core/users/"+itoa(alice.PK)+"/", admin, map[string]any{"name": "Alice"}), http.StatusOK)
+	clk.Advance(time.Second)
+	wantStatus(t, do(t, nil, "DELETE", s.URL()+"/api/v3/authenticators/admin/webauthn/"+itoa(d.PK)+"/", admin, nil), http.StatusNoContent)
 	tests := []struct {
 		query string
 		want  []string // actions, newest first
 	}{
-		{"?actions=model_updated&actions=model_deleted", []string{"model_deleted", "model_updated"}},
-		{"?action=MODEL_", []string{"model_deleted", "model_updated"}},
+		{"?actions=model_updated&actions=model_deleted", []string{"model_deleted", "model_updated", "model_updated"}},
+		{"?action=MODEL_", []string{"model_deleted", "model_updated", "model_updated"}},
 		{"?actions=login", []string{"login"}},
 		{"?username=akadmin", []string{"model_deleted", "model_updated"}},
-		{"?username=alice", []string{"login"}},
+		{"?username=alice&actions=login", []string{"login"}},
 		{"?context_model_name=webauthndevice", []string{"model_deleted"}},
-		{"?context_model_app=authentik_core&context_model_pk=" + itoa(alice.PK), []string{"model_updated"}},
+		{"?context_model_app=authentik_core&context_model_pk=" + itoa(alice.PK) + "&username=akadmin", []string{"model_updated"}},
 		{"?context_model_pk=999", nil},
-		{"?" + url.Values{"client_ip": {"127.0.0.1"}}.Encode(), []string{"login", "model_deleted", "model_updated"}},
+		{"?" + url.Values{"client_ip": {"127.0.0.1"}, "actions": {"model_deleted", "login"}}.Encode(), []string{"model_deleted", "login"}},
+		{"?" + url.Values{"client_ip": {"10.0.0.1"}}.Encode(), nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.query, func(t *testing.T) {

@@ -302,6 +302,10 @@ func (s *Server) execLogin(w http.ResponseWriter, r *http.Request, f *flow, se *
 	s.authenticate(se, u)
 	se.lastIP, se.userAgent = clientIP(r), r.UserAgent()
 	s.setSessionCookies(w, se)
+	// Django's update_last_login saves the user inside the request, so the
+	// audit middleware logs model_updated (actor: the user) before login.
+	u.lastUpdated = s.now()
+	s.recordUserModel("model_updated", u, u, r)
 	s.record("login", appSignals, eventUser(u), map[string]any{"auth_method": "password", "auth_method_args": map[string]any{}}, r)
 	return redirectChallenge()
 }

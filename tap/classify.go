@@ -33,6 +33,9 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 		s := base("", KindSessionRevoked, in.Subject)
 		s.SessionHash = in.SessionHash
 		s.ReasonAdmin, s.ReasonUser = "User logged out", "You logged out"
+		if in.Via != "" {
+			s.ReasonAdmin = "User logged out through " + in.Via
+		}
 		return []Signal{s}
 	case opFlowStage:
 		switch in.Stage {

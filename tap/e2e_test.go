@@ -422,6 +422,11 @@ func TestLogoutCorrelationAndTwoSessions(t *testing.T) {
 		{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser, sessionHash: HashSessionID(s1.SID)},
 		{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser, sessionHash: HashSessionID(s2.SID)},
 	})
+	for _, s := range e.rec.signals() {
+		if s.SessionHash == HashSessionID(s1.SID) && s.ReasonAdmin != "User logged out through OIDC end-session of application app" {
+			t.Errorf("reason_admin = %q, want the end-session origin", s.ReasonAdmin)
+		}
+	}
 	if got := e.tap.Stats().DedupDrops; got != 2 {
 		t.Errorf("dedup drops = %d, want 2 (the event API's two logout records)", got)
 	}

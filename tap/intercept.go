@@ -60,7 +60,10 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 		return nil
 	}
 	if rt.op == opLogoutHint {
-		return nil // a redirect to the invalidation flow; the executor call is the logout
+		// Only a redirect to the invalidation flow; the executor call that
+		// follows is the logout. Remember how it started, as a hint.
+		t.noteLogoutHint(r, cookie)
+		return nil
 	}
 	if !t.limiter.allow(clientIP(r)) {
 		t.stats.rateLimited.Add(1)
@@ -103,6 +106,12 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 			return false // only a browser session logs out
 		}
 		in.Subject, in.SessionHash = c.User, c.SessionHash
+		if h, ok := t.hints.get(c.SessionHash); ok {
+			in.Via = h.via
+			if in.RequestID == "" {
+				in.RequestID = h.requestID
+			}
+		}
 	case opFlowStage:
 		kind, component, dtype, err := parseStageRequest(body)
 		if err != nil {
@@ -321,4 +330,34 @@ func (t *Tap) sessionSeen(c *caller) {
 func (t *Tap) hashForSession(uuid string) string {
 	h, _ := t.sessionHash.get(uuid)
 	return h
+}
+
+// logoutHint records how a logout started (OIDC end-session, outpost
+// sign-out, the default invalidation URL).
+type logoutHint struct {
+	via       string
+	requestID string
+}
+
+func (t *Tap) noteLogoutHint(r *http.Request, cookie string) {
+	if cookie == "" {
+		return
+	}
+	claims, _, err := DecodeSessionCookie(cookie, "")
+	if err != nil {
+		return
+	}
+	via := "the default invalidation URL"
+	switch p := r.URL.Path; {
+	case strings.HasPrefix(p, "/application/o/"):
+		slug := strings.TrimSuffix(strings.TrimPrefix(p, "/application/o/"), "/")
+		slug = strings.TrimSuffix(slug, "/end-session")
+		via = "OIDC end-session of application " + slug
+	case strings.HasPrefix(p, "/outpost.goauthentik.io/"):
+		via = "outpost sign-out"
+	}
+	if old, ok := t.hints.get(claims.SessionHash()); ok && old.via != "the default invalidation URL" {
+		return // keep the more specific origin
+	}
+	t.hints.put(claims.SessionHash(), logoutHint{via: via, requestID: requestID(r)})
 }

@@ -48,6 +48,8 @@ type intent struct {
 	Stage     stageKind `json:"stage,omitempty"`
 	Before    userState `json:"before"`
 	After     userState `json:"after"`
+	// Via says how a logout started, when a redirect to it was seen.
+	Via string `json:"via,omitempty"`
 	// ObjectID is the path's object id (user pk, session uuid, device pk).
 	ObjectID string `json:"object_id,omitempty"`
 

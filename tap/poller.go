@@ -159,7 +159,7 @@ func (t *Tap) fetchSince(ctx context.Context, cur cursor) ([]akEvent, error) {
 	seen := map[string]bool{}
 	var fresh []akEvent
 	q := url.Values{"ordering": {"-created"}, "page_size": {strconv.Itoa(t.cfg.PageSize)}}
-	for _, a := range t.cfg.Actions {
+	for _, a := range t.pollActions(ctx) {
 		q.Add("actions", a)
 	}
 	for page := 1; page <= t.cfg.MaxPages; page++ {
@@ -204,4 +204,48 @@ func (t *Tap) fetchSince(ctx context.Context, cur cursor) ([]akEvent, error) {
 		return strings.Compare(a.PK, b.PK)
 	})
 	return fresh, nil
+}
+
+// legacyActions are the wanted actions that authentik 2026.2's `actions`
+// enum has; asking for a value the enum lacks is a 400 there.
+var legacyActions = []string{"logout", "login", "password_set", "model_created", "model_updated", "model_deleted"}
+
+// pollActions returns the configured actions this authentik knows, read once
+// from /events/events/actions/ (the newer ones exist from 2026.8). When that
+// list cannot be read, only the actions every supported version has are
+// asked for.
+func (t *Tap) pollActions(ctx context.Context) []string {
+	t.actionsMu.Lock()
+	defer t.actionsMu.Unlock()
+	if t.actions != nil {
+		return t.actions
+	}
+	var known []struct {
+		Name      string `json:"name"`
+		Component string `json:"component"`
+	}
+	actx, cancel := context.WithTimeout(ctx, t.cfg.LookupTimeout)
+	err := t.api.getJSON(actx, t.api.tokenCreds(), "/events/events/actions/", nil, &known)
+	cancel()
+	if err != nil {
+		t.log.Info("tap: event actions list unavailable; asking only for actions all versions have", "err", err)
+		out := []string{}
+		for _, a := range t.cfg.Actions {
+			if slices.Contains(legacyActions, a) {
+				out = append(out, a)
+			}
+		}
+		return out // not cached: try the list again next poll
+	}
+	have := map[string]bool{}
+	for _, k := range known {
+		have[k.Component], have[k.Name] = true, true
+	}
+	t.actions = []string{}
+	for _, a := range t.cfg.Actions {
+		if have[a] {
+			t.actions = append(t.actions, a)
+		}
+	}
+	return t.actions
 }

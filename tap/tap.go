@@ -25,6 +25,7 @@ type Tap struct {
 	whoCache    *cache[string, caller]
 	seenHashes  *cache[string, struct{}]
 	sessionHash *cache[string, string] // AuthenticatedSession uuid → sha256(sid)
+	hints       *cache[string, logoutHint]
 	limiter     *rateLimiter
 
 	queue    chan *intent
@@ -37,6 +38,9 @@ type Tap struct {
 	// poller so that both sources cannot miss each other.
 	dedupMu sync.Mutex
 	stats   counters
+
+	actionsMu sync.Mutex
+	actions   []string // event-API actions this authentik knows; nil until read
 }
 
 // New builds a Tap. It does no I/O.
@@ -54,6 +58,7 @@ func New(cfg Config) (*Tap, error) {
 		whoCache:    newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
 		seenHashes:  newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
 		sessionHash: newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		hints:       newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
 		limiter:     newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
 		queue:       make(chan *intent, cfg.QueueSize),
 		learn:       make(chan func(context.Context), 64),

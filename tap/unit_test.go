@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -211,3 +212,39 @@ func TestRateLimiterAndCacheBounds(t *testing.T) {
 }
 
 var _ = http.MethodGet
+
+func TestPollActionsFollowsAuthentik(t *testing.T) {
+	cases := []struct {
+		name   string
+		status int
+		body   string
+		want   string
+	}{
+		{"2026.8 lists the new actions", 200, `[{"name":"Logout","component":"logout"},{"name":"x","component":"login"},{"component":"password_set"},{"component":"model_created"},{"component":"model_updated"},{"component":"model_deleted"},{"component":"mfa_device_added"},{"component":"mfa_device_removed"},{"component":"user_created"}]`,
+			"logout,login,password_set,model_created,model_updated,model_deleted,mfa_device_added,mfa_device_removed,user_created"},
+		{"2026.2 lacks them", 200, `[{"component":"logout"},{"component":"login"},{"component":"password_set"},{"component":"model_created"},{"component":"model_updated"},{"component":"model_deleted"}]`,
+			"logout,login,password_set,model_created,model_updated,model_deleted"},
+		{"no list: only actions every version has", 404, `{}`, "logout,login,password_set,model_created,model_updated,model_deleted"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/api/v3/events/events/actions/" || r.Header.Get("Authorization") != "Bearer tok" {
+					http.Error(w, "no", 400)
+					return
+				}
+				w.WriteHeader(tc.status)
+				_, _ = w.Write([]byte(tc.body))
+			}))
+			defer srv.Close()
+			u, _ := url.Parse(srv.URL)
+			tp, err := New(Config{Upstream: u, Token: "tok", KV: newBoltKV(t), Publisher: PublisherFunc(func(context.Context, Signal) error { return nil })})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Join(tp.pollActions(t.Context()), ","); got != tc.want {
+				t.Errorf("actions = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}

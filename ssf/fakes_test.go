@@ -72,7 +72,7 @@ var (
 )
 
 // testKeyFile writes a shared RSA-2048 key (generated once per test run).
-func testKeyFile(t *testing.T) string {
+func testKeyFile(t testing.TB) string {
 	t.Helper()
 	testKeyOnce.Do(func() {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -88,7 +88,7 @@ func testKeyFile(t *testing.T) string {
 	return p
 }
 
-func testKeys(t *testing.T) *Keys {
+func testKeys(t testing.TB) *Keys {
 	t.Helper()
 	k, err := NewKeys(context.Background(), KeyConfig{Files: []string{testKeyFile(t)}})
 	if err != nil {

@@ -228,11 +228,13 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 		pm := prev.meta
 		pm.RetiredAt = sk.meta.Created
 		marks = append(marks, metaMark(pm))
-		defer func() { prev.meta.RetiredAt = pm.RetiredAt }()
 	}
 	if err := k.cfg.KV.Commit(ctx, marks); err != nil {
 		_ = os.Remove(path)
 		return nil, fmt.Errorf("signing keys: record key: %w", err)
+	}
+	if prev != nil {
+		prev.meta.RetiredAt = sk.meta.Created
 	}
 	k.keys = append([]*signingKey{sk}, k.keys...)
 	k.log.InfoContext(ctx, "signing key generated", slog.String("kid", sk.meta.KID))

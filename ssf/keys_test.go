@@ -194,3 +194,5 @@ func TestGeneratedKeyLifecycle(t *testing.T) {
 		t.Errorf("after overlap and restart: files %v current %s", files, k.CurrentKID())
 	}
 }
+
+func pemBytes(typ string, der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}) }

@@ -11,7 +11,35 @@ import (
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/tap"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
+
+var tracer = otel.Tracer("github.com/ssf-sidecar/ssf-sidecar/ssf")
+
+// startPublishSpan starts the span of one Publish, as a child of the
+// request that caused the signal when its traceparent is known, and
+// returns the traceparent the SETs carry (this span's, or the signal's
+// when no tracer is installed).
+func startPublishSpan(ctx context.Context, s tap.Signal) (context.Context, trace.Span, string) {
+	tc := propagation.TraceContext{}
+	if s.TraceParent != "" && !trace.SpanContextFromContext(ctx).IsValid() {
+		ctx = tc.Extract(ctx, propagation.MapCarrier{"traceparent": s.TraceParent})
+	}
+	ctx, span := tracer.Start(ctx, "ssf.publish", trace.WithAttributes(
+		attribute.String("ssf.signal.id", s.ID), attribute.String("ssf.signal.kind", string(s.Kind)),
+		attribute.String("ssf.signal.source", string(s.Source))))
+	carrier := propagation.MapCarrier{}
+	tc.Inject(ctx, carrier)
+	tp := carrier["traceparent"]
+	if tp == "" {
+		tp = s.TraceParent
+	}
+	return ctx, span, tp
+}
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
@@ -86,7 +114,15 @@ func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord
 // paused, the event type delivered, the subject included) and enqueues them
 // with the signal's marks — always, even when no stream wants it, so the
 // marks commit. It returns Enqueue's error.
-func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) error {
+func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
+	ctx, span, traceParent := startPublishSpan(ctx, s)
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "enqueue failed")
+		}
+		span.End()
+	}()
 	marks := make([]outbox.Mark, len(s.Marks))
 	for i, m := range s.Marks {
 		marks[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete}
@@ -134,11 +170,12 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) error {
 			if err != nil {
 				return err
 			}
-			set.TraceParent = s.TraceParent
+			set.TraceParent = traceParent
 			set.Labels = map[string]string{"source": string(s.Source), "initiator": initiator(s), "kind": string(s.Kind)}
 			sets = append(sets, set)
 		}
 	}
+	span.SetAttributes(attribute.Int("ssf.sets", len(sets)))
 	if err := t.cfg.Queue.Enqueue(ctx, sets, marks); err != nil {
 		return fmt.Errorf("enqueue SETs of signal %s: %w", s.ID, err)
 	}

@@ -19,7 +19,7 @@ var (
 )
 
 // unitTransmitter is a transmitter on an in-memory store and a fake queue.
-func unitTransmitter(t *testing.T, opts ...harnessOpt) (*Transmitter, *fakeQueue) {
+func unitTransmitter(t testing.TB, opts ...harnessOpt) (*Transmitter, *fakeQueue) {
 	t.Helper()
 	rs, err := ParseReceivers([]byte(testReceivers))
 	if err != nil {
@@ -41,7 +41,7 @@ func unitTransmitter(t *testing.T, opts ...harnessOpt) (*Transmitter, *fakeQueue
 
 // unitCreate creates a stream through the handler and drops the initial
 // verification from the fake queue.
-func unitCreate(t *testing.T, tr *Transmitter, q *fakeQueue, token, body string) string {
+func unitCreate(t testing.TB, tr *Transmitter, q *fakeQueue, token, body string) string {
 	t.Helper()
 	rec := serve(tr, "POST", "/ssf/streams", token, body)
 	if rec.Code != 201 {

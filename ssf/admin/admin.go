@@ -375,7 +375,7 @@ func (s *server) rotateKey(c echo.Context) error {
 	if err != nil {
 		return echo.NewHTTPError(http.StatusConflict, err.Error())
 	}
-	s.cfg.Logger.Info("signing key rotated by operator", "kid", k.Kid)
+	s.cfg.Logger.Info("signing key rotated by operator", "kid", k.KID)
 	return c.JSON(http.StatusOK, k)
 }
 

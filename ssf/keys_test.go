@@ -195,4 +195,6 @@ func TestGeneratedKeyLifecycle(t *testing.T) {
 	}
 }
 
-func pemBytes(typ string, der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}) }
+func pemBytes(typ string, der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+}

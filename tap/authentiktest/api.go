@@ -132,12 +132,8 @@ func (s *Server) authAPI(w http.ResponseWriter, r *http.Request) *caller {
 		return &caller{user: u}
 	}
 	se := s.sessionFromRequest(r)
-	if se == nil || !se.authenticated {
-		writeDetail(w, http.StatusForbidden, msgNoCredentials)
-		return nil
-	}
-	u := s.state.users[se.userPK]
-	if u == nil || !u.isActive {
+	u := s.sessionUser(se)
+	if u == nil {
 		writeDetail(w, http.StatusForbidden, msgNoCredentials)
 		return nil
 	}

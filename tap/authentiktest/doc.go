@@ -43,7 +43,8 @@
 //	user-settings flow                  model_updated user (actor = user)    -
 //	POST /core/users/                   model_created user (actor)           user_created
 //	PATCH/PUT /core/users/{id}/         model_updated user (actor), no diff; -
-//	                                    is_active→false also ends sessions
+//	                                    a PATCH leaving the user inactive
+//	                                    deletes its sessions (PUT does not)
 //	DELETE /core/users/{id}/            model_deleted user (actor); the      -
 //	                                    user's own events are purged
 //	admin POST authenticators/admin/…   model_created device (actor)         mfa_device_added
@@ -59,6 +60,12 @@
 // setup stage accepts the fixed code Config.TOTPCode; the events `search`
 // (AKQL) parameter is ignored; non-admin callers see filtered lists (their own
 // sessions and devices, nothing else) and get 403 on admin-only writes.
+//
+// Sessions follow Django: a session authenticates only while its user is
+// active and its password unchanged since login; a password change keeps
+// the session that made it (update_session_auth_hash) and flushes the
+// user's other sessions when they are next used. Users list in username
+// order by default.
 //
 // The server is safe for concurrent use, keeps no global state and takes its
 // clock and randomness from Config so tests are deterministic.

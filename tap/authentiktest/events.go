@@ -247,6 +247,7 @@ func (s *Server) SystemSetPassword(pk int, password, origin string) error {
 		origin = "unknown"
 	}
 	u.password = password
+	u.passwordGen++
 	u.passwordChangeDate = s.now()
 	s.recordPasswordSet(u, origin, nil)
 	return nil

@@ -227,12 +227,7 @@ func (s *Server) handleExecutor(w http.ResponseWriter, r *http.Request) {
 		s.setSessionCookies(w, se)
 	}
 	se.lastUsed = s.now()
-	var u *user
-	if se.authenticated {
-		if u = s.state.users[se.userPK]; u == nil || !u.isActive {
-			u = nil
-		}
-	}
+	u := s.sessionUser(se)
 	var out map[string]any
 	switch f.slug {
 	case s.cfg.Flows.Authentication:
@@ -240,7 +235,7 @@ func (s *Server) handleExecutor(w http.ResponseWriter, r *http.Request) {
 	case s.cfg.Flows.Invalidation:
 		out = s.execLogout(w, r, se, u)
 	case s.cfg.Flows.PasswordChange:
-		out = s.execPasswordChange(r, f, u, body)
+		out = s.execPasswordChange(r, f, se, u, body)
 	case s.cfg.Flows.TOTPSetup:
 		out = s.execTOTPSetup(r, f, se, u, body)
 	case s.cfg.Flows.UserSettings:
@@ -342,7 +337,7 @@ var passwordFields = []map[string]any{
 
 // execPasswordChange runs a stage_configuration flow with a prompt stage for
 // password and password_repeat, then a user_write stage.
-func (s *Server) execPasswordChange(r *http.Request, f *flow, u *user, b flowBody) map[string]any {
+func (s *Server) execPasswordChange(r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
 	if u == nil {
 		return s.accessDenied(f)
 	}
@@ -356,6 +351,7 @@ func (s *Server) execPasswordChange(r *http.Request, f *flow, u *user, b flowBod
 		return s.promptChallenge(f, passwordFields, respErrors("non_field_errors", "Passwords don't match."))
 	}
 	s.setPassword(u, b.Password, u, r)
+	s.keepSessionAuth(se) // the user_write stage keeps the current session
 	return redirectChallenge()
 }
 

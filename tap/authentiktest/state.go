@@ -26,6 +26,9 @@ type user struct {
 	lastLogin          *time.Time
 	lastUpdated        time.Time
 	passwordChangeDate time.Time
+	// passwordGen counts password changes; a session authenticates only
+	// while its authGen matches (Django's session auth hash).
+	passwordGen int
 }
 
 type session struct {
@@ -41,6 +44,7 @@ type session struct {
 	// flow state
 	pendingUser   int
 	pendingDevice int // TOTP device being set up
+	authGen       int // the user's passwordGen when the session was authenticated
 }
 
 type device struct {
@@ -347,9 +351,37 @@ func (s *Server) authenticate(se *session, u *user) {
 	se.sid = s.newSessionKey()
 	se.uuid = s.newUUID()
 	se.userPK, se.authenticated, se.pendingUser = u.pk, true, 0
+	se.authGen = u.passwordGen
 	s.state.sessions[se.sid] = se
 	now := s.now()
 	u.lastLogin = &now
+}
+
+// keepSessionAuth re-binds se to its user's current password (Django's
+// update_session_auth_hash).
+func (s *Server) keepSessionAuth(se *session) {
+	if u := s.state.users[se.userPK]; u != nil {
+		se.authGen = u.passwordGen
+	}
+}
+
+// sessionUser returns the active user se authenticates, or nil when the
+// session is anonymous, the user inactive or gone, or the password changed
+// since the session was authenticated. In the last case the session is
+// flushed, as Django's get_user does on an auth-hash mismatch.
+func (s *Server) sessionUser(se *session) *user {
+	if se == nil || !se.authenticated {
+		return nil
+	}
+	u := s.state.users[se.userPK]
+	if u == nil || !u.isActive {
+		return nil
+	}
+	if se.authGen != u.passwordGen {
+		delete(s.state.sessions, se.sid)
+		return nil
+	}
+	return u
 }
 
 func (s *Server) sessionByUUID(uuid string) *session {

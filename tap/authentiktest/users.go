@@ -70,21 +70,34 @@ func (s *Server) handleUserList(w http.ResponseWriter, r *http.Request) {
 			list = append(list, u)
 		}
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].pk < list[j].pk })
-	if q.Get("ordering") == "-pk" || q.Get("ordering") == "-username" {
-		if q.Get("ordering") == "-username" {
-			sort.Slice(list, func(i, j int) bool { return list[i].username > list[j].username })
-		} else {
-			sort.Slice(list, func(i, j int) bool { return list[i].pk > list[j].pk })
-		}
-	} else if q.Get("ordering") == "username" {
-		sort.Slice(list, func(i, j int) bool { return list[i].username < list[j].username })
-	}
+	sortUsers(list, q.Get("ordering"))
 	items := make([]any, len(list))
 	for i, u := range list {
 		items[i] = s.userJSON(u)
 	}
 	s.writePage(w, r, items)
+}
+
+// sortUsers orders by `ordering` (username, pk, email, name, optionally
+// "-"-prefixed); authentik's default is username.
+func sortUsers(list []*user, ordering string) {
+	desc := strings.HasPrefix(ordering, "-")
+	key := strings.TrimPrefix(ordering, "-")
+	less := func(a, b *user) bool { return a.username < b.username }
+	switch key {
+	case "pk":
+		less = func(a, b *user) bool { return a.pk < b.pk }
+	case "email":
+		less = func(a, b *user) bool { return a.email < b.email }
+	case "name":
+		less = func(a, b *user) bool { return a.name < b.name }
+	}
+	sort.SliceStable(list, func(i, j int) bool {
+		if desc {
+			return less(list[j], list[i])
+		}
+		return less(list[i], list[j])
+	})
 }
 
 // userMatches applies the filters of /core/users/ that the schema lists.
@@ -279,11 +292,12 @@ func (s *Server) handleUserUpdate(w http.ResponseWriter, r *http.Request) {
 		writeValidation(w, errs)
 		return
 	}
-	wasActive := u.isActive
 	applyUserWrite(u, in)
 	u.lastUpdated = s.now()
-	if wasActive && !u.isActive {
-		// authentik ends a deactivated user's sessions; it records nothing for them.
+	if r.Method == http.MethodPatch && !u.isActive {
+		// authentik's partial_update (PATCH only, not PUT) deletes an inactive
+		// user's sessions, recording nothing for them. After a PUT the sessions
+		// stay listed but no longer authenticate (inactive user).
 		s.deleteUserSessions(u.pk)
 	}
 	s.recordUserModel("model_updated", c.user, u, r)
@@ -347,13 +361,21 @@ func (s *Server) handleSetPassword(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.setPassword(u, *in.Password, c.user, r)
+	if c.session != nil && c.user == u {
+		s.keepSessionAuth(c.session) // update_session_auth_hash for one's own session
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
 // setPassword changes u's password inside request r made by actor: it
 // records password_set and, because the user row is saved, model_updated.
+//
+// As in Django, a session's auth hash derives from the password: the user's
+// other sessions stop authenticating (they stay listed by the API until they
+// expire); callers keep the current session alive with keepSessionAuth.
 func (s *Server) setPassword(u *user, password string, actor *user, r *http.Request) {
 	u.password = password
+	u.passwordGen++
 	u.passwordChangeDate = s.now()
 	u.lastUpdated = s.now()
 	s.recordPasswordSet(u, "http", r)

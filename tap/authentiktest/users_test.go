@@ -221,3 +221,52 @@ func TestSystemHelpers(t *testing.T) {
 		t.Fatal("no error for unknown user")
 	}
 }
+
+func TestPasswordChangeEndsOtherSessionsAndPutKeepsThem(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	bob := mustUser(t, s, UserSpec{Username: "bob", Password: "pw"})
+	me := s.URL() + "/api/v3/core/users/me/"
+
+	// Self-service change: the session that changed it lives, the other dies.
+	c1, err := s.Login("bob", "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := s.Login("bob", "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := RunFlow(t.Context(), c1, s.URL(), s.Flows().PasswordChange,
+		map[string]any{"component": "ak-stage-prompt", "password": "pw2", "password_repeat": "pw2"})
+	if err != nil || res.Component != "xak-flow-redirect" {
+		t.Fatalf("change: %v %v", res.Body, err)
+	}
+	wantStatus(t, do(t, c1, "GET", me, "", nil), http.StatusOK)
+	if len(s.Sessions(bob.PK)) != 2 {
+		t.Fatal("the stale session should stay listed until it is used")
+	}
+	wantStatus(t, do(t, c2, "GET", me, "", nil), http.StatusForbidden)
+	if len(s.Sessions(bob.PK)) != 1 {
+		t.Fatal("a stale session is flushed when used")
+	}
+
+	// Admin set_password: every session of bob stops authenticating.
+	wantStatus(t, do(t, nil, "POST", userURL(s, bob.PK)+"set_password/", s.AdminToken(), map[string]any{"password": "pw3"}), http.StatusNoContent)
+	wantStatus(t, do(t, c1, "GET", me, "", nil), http.StatusForbidden)
+
+	// PUT is_active=false keeps sessions listed (only PATCH deletes them),
+	// but they no longer authenticate.
+	c3, err := s.Login("bob", "pw3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, do(t, nil, "PUT", userURL(s, bob.PK), s.AdminToken(), map[string]any{"username": "bob", "name": "bob", "is_active": false}), http.StatusOK)
+	if len(s.Sessions(bob.PK)) != 1 {
+		t.Fatalf("PUT deleted sessions: %d left", len(s.Sessions(bob.PK)))
+	}
+	wantStatus(t, do(t, c3, "GET", me, "", nil), http.StatusForbidden)
+	wantStatus(t, do(t, nil, "PATCH", userURL(s, bob.PK), s.AdminToken(), map[string]any{"name": "Bob"}), http.StatusOK)
+	if len(s.Sessions(bob.PK)) != 0 {
+		t.Fatal("PATCH of an inactive user keeps sessions")
+	}
+}

@@ -465,3 +465,74 @@ func TestJournalHoldsNoSecrets(t *testing.T) {
 		t.Errorf("journal holds %d intents, want 3", entries)
 	}
 }
+
+// direct sends a request straight to authentik, bypassing the proxy: only
+// the event API can see it.
+func (e *env) direct(method, path, body, cookie, bearer string) int {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.ak.URL()+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if cookie != "" {
+		req.AddCookie(&http.Cookie{Name: SessionCookieName, Value: cookie})
+	}
+	if bearer != "" {
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestEventAPIOnlyDirect: actions that bypass the proxy (outposts, other
+// paths into authentik) come from the event API alone, compared against
+// the directory.
+func TestEventAPIOnlyDirect(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	_, c := e.session(alice.PK)
+	a := int64(alice.PK)
+	admin := e.ak.AdminToken()
+	userPath := fmt.Sprintf("/api/v3/core/users/%d/", alice.PK)
+	steps := []struct {
+		name string
+		act  func()
+		want []want
+	}{
+		{"seen once (login)", func() {
+			e.direct("POST", "/api/v3/flows/executor/default-authentication-flow/", `{"component":"ak-stage-identification","uid_field":"alice","password":"pw-alice"}`, "", "")
+		}, []want{{kind: KindSessionEstablished, source: SourceEventAPI, subject: a, initiator: InitiatorUser}}},
+		{"TOTP enrolment", func() {
+			e.direct("GET", "/api/v3/flows/executor/default-authenticator-totp-setup/", "", c, "")
+			e.direct("POST", "/api/v3/flows/executor/default-authenticator-totp-setup/", `{"component":"ak-stage-authenticator-totp","code":"123456"}`, c, "")
+		}, []want{{kind: KindMFAAdded, source: SourceEventAPI, subject: a, initiator: InitiatorUser, device: "totp"}}},
+		{"admin removes that device", func() {
+			devs := e.ak.Devices(alice.PK)
+			if len(devs) != 1 {
+				t.Fatalf("alice has %d devices", len(devs))
+			}
+			e.direct("DELETE", fmt.Sprintf("/api/v3/authenticators/admin/totp/%d/", devs[0].PK), "", "", admin)
+		}, []want{{kind: KindMFARemoved, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin, device: "totp"}}},
+		{"admin disables", func() { e.direct("PATCH", userPath, `{"is_active":false}`, "", admin) },
+			[]want{{kind: KindAccountDisabled, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin}}},
+		{"admin enables", func() { e.direct("PATCH", userPath, `{"is_active":true}`, "", admin) },
+			[]want{{kind: KindAccountEnabled, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin}}},
+		{"admin sets password", func() {
+			e.direct("POST", userPath+"set_password/", `{"password":"Adm1n-set"}`, "", admin)
+		}, []want{{kind: KindPasswordChanged, source: SourceEventAPI, subject: a, initiator: InitiatorUser}}}, // ≤2026.2 names no actor
+		{"admin deletes", func() { e.direct("DELETE", userPath, "", "", admin) },
+			[]want{{kind: KindAccountDeleted, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin}}},
+	}
+	var all []want
+	for _, st := range steps {
+		st.act()
+		e.poll()
+		all = append(all, st.want...)
+		checkSignals(t, e.rec.signals(), all)
+		if t.Failed() {
+			t.Fatalf("after step %q", st.name)
+		}
+	}
+}

@@ -133,9 +133,10 @@ func isUserModel(m *akModel) bool {
 // the poller retries the event rather than skip it.
 func (t *Tap) eventSignals(ctx context.Context, e akEvent) ([]Signal, error) {
 	actor := User{PK: e.User.PK, Username: e.User.Username, Email: e.User.Email}
-	if e.User.OnBehalfOf != nil {
-		// impersonation: the original user acted on behalf of another
-		actor = User{PK: e.User.PK, Username: e.User.Username, Email: e.User.Email}
+	self := e.User // whose session a login/logout record is about
+	if e.User.OnBehalfOf != nil && e.User.OnBehalfOf.PK > 0 {
+		// impersonation: `user` is the original user, acting for on_behalf_of
+		self = *e.User.OnBehalfOf
 	}
 	mk := func(suffix string, kind Kind, subject User) Signal {
 		s := Signal{ID: "e:" + e.PK + suffix, Kind: kind, Source: SourceEventAPI, Time: e.Created.UTC(), Subject: subject}
@@ -168,7 +169,7 @@ func (t *Tap) eventSignals(ctx context.Context, e akEvent) ([]Signal, error) {
 	c := e.Context
 	switch e.Action {
 	case "logout", "login":
-		subj, err := resolve(e.User)
+		subj, err := resolve(self)
 		if err != nil {
 			return nil, err
 		}
@@ -250,9 +251,17 @@ func (t *Tap) deviceEvent(ctx context.Context, e akEvent, dtype string, mk func(
 			t.dir.forgetDevice(dtype, pk)
 			return nil, nil
 		}
-		owner := e.User.PK
-		if wasKnown {
-			owner = known.Owner
+		owner := known.Owner
+		if !wasKnown {
+			// authentik names the actor. Through the user's own endpoints
+			// the actor is the owner; through the admin endpoints it may be
+			// anyone, and a wrong subject is worse than none.
+			if hr := e.Context.HTTPRequest; hr == nil || strings.Contains(hr.Path, "/authenticators/admin/") || e.User.PK <= 0 {
+				t.stats.misses.Add(1)
+				t.log.Warn("tap: device deleted, owner unknown; not reported", "event", e.PK, "device_type", dtype)
+				return nil, nil
+			}
+			owner = e.User.PK
 		}
 		subj, err := t.userByPK(ctx, cr, owner)
 		if err != nil && !errors.Is(err, ErrNotFound) {

@@ -26,6 +26,7 @@ type Tap struct {
 	seenHashes  *cache[string, struct{}]
 	sessionHash *cache[string, string] // AuthenticatedSession uuid → sha256(sid)
 	hints       *cache[string, logoutHint]
+	processed   *cache[string, struct{}] // intent ids already published
 	limiter     *rateLimiter
 
 	queue    chan *intent
@@ -58,6 +59,7 @@ func New(cfg Config) (*Tap, error) {
 		whoCache:    newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
 		seenHashes:  newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
 		sessionHash: newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		processed:   newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
 		hints:       newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
 		limiter:     newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
 		queue:       make(chan *intent, cfg.QueueSize),
@@ -142,6 +144,9 @@ func (t *Tap) runWorker(ctx context.Context) error {
 // process publishes the signals of one completed intent, then removes it
 // from the journal in the same commit as the last signal.
 func (t *Tap) process(ctx context.Context, in *intent, source Source) error {
+	if _, ok := t.processed.get(in.ID); ok {
+		return nil // both the queue and a rescan handed it over
+	}
 	sigs := t.classify(ctx, in, source)
 	for i := range sigs {
 		var extra []Mark
@@ -157,6 +162,7 @@ func (t *Tap) process(ctx context.Context, in *intent, source Source) error {
 			return fmt.Errorf("tap: close intent %s: %w", in.ID, err)
 		}
 	}
+	t.processed.put(in.ID, struct{}{})
 	return nil
 }
 

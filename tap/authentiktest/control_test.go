@@ -124,3 +124,12 @@ func TestDeterministicIDs(t *testing.T) {
 		}
 	}
 }
+
+func TestFailModeForPrefix(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	s.SetFailModeFor("/api/v3/events/", Fail503)
+	wantStatus(t, do(t, nil, "GET", s.URL()+"/api/v3/events/events/", s.AdminToken(), nil), http.StatusServiceUnavailable)
+	wantStatus(t, do(t, nil, "GET", s.URL()+"/api/v3/core/users/me/", s.AdminToken(), nil), http.StatusOK)
+	s.SetFailModeFor("/api/v3/events/", FailNone)
+	wantStatus(t, do(t, nil, "GET", s.URL()+"/api/v3/events/events/", s.AdminToken(), nil), http.StatusOK)
+}

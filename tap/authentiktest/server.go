@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -209,8 +210,9 @@ type Server struct {
 	failMode atomic.Int32
 	delay    atomic.Int64
 
-	countMu sync.Mutex
-	counts  map[string]int
+	countMu   sync.Mutex
+	counts    map[string]int
+	pathFails map[string]FailMode // path prefix → mode, guarded by countMu
 }
 
 // Start validates cfg, builds the initial directory (the admin user, its
@@ -308,6 +310,22 @@ func (s *Server) Restart() error {
 // SetFailMode makes every later request fail as mode says (FailNone heals).
 func (s *Server) SetFailMode(mode FailMode) { s.failMode.Store(int32(mode)) }
 
+// SetFailModeFor makes requests whose path starts with prefix fail as mode
+// says, leaving the rest of the API healthy (FailNone removes the rule).
+// For example "/api/v3/events/" takes only the event API down.
+func (s *Server) SetFailModeFor(prefix string, mode FailMode) {
+	s.countMu.Lock()
+	defer s.countMu.Unlock()
+	if mode == FailNone {
+		delete(s.pathFails, prefix)
+		return
+	}
+	if s.pathFails == nil {
+		s.pathFails = map[string]FailMode{}
+	}
+	s.pathFails[prefix] = mode
+}
+
 // SetDelay delays every later request by d before it is handled (0 heals).
 // The delay ends early when the request's context is cancelled.
 func (s *Server) SetDelay(d time.Duration) { s.delay.Store(int64(d)) }
@@ -340,8 +358,16 @@ func (s *Server) ResetRequestCounts() {
 
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mode := FailMode(s.failMode.Load())
 		s.countMu.Lock()
 		s.counts[r.URL.Path]++
+		if mode == FailNone {
+			for prefix, m := range s.pathFails {
+				if strings.HasPrefix(r.URL.Path, prefix) {
+					mode = m
+				}
+			}
+		}
 		s.countMu.Unlock()
 		if d := time.Duration(s.delay.Load()); d > 0 {
 			t := time.NewTimer(d)
@@ -352,7 +378,7 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 				return
 			}
 		}
-		switch FailMode(s.failMode.Load()) {
+		switch mode {
 		case Fail503:
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"detail": "Service Unavailable"})
 			return

@@ -72,6 +72,10 @@ type Config struct {
 	MaxHeaderBytes int
 	// MaxIdleConnsPerHost is the upstream keep-alive pool size (default 1024).
 	MaxIdleConnsPerHost int
+	// DisableFastPath sends every request through net/http's Transport,
+	// instead of carrying bodyless requests to a plain-HTTP upstream on the
+	// proxy's own keep-alive connections (an escape hatch; slower).
+	DisableFastPath bool
 	// Logger receives structured logs; default discards.
 	Logger *slog.Logger
 	// Now is the clock used for request durations; default time.Now.

@@ -24,6 +24,10 @@ type forwarder struct {
 	fwd       forwarded
 	stats     *counters
 	upgrades  *connSet
+	// roundTrip is transport.RoundTrip; benchmarks replace it.
+	roundTrip func(*http.Request) (*http.Response, error)
+	// fast, when set, carries bodyless, non-upgrade requests (see h1Client).
+	fast *h1Client
 	// basePath is the upstream URL's path without a trailing slash ("" when
 	// the upstream is a bare host).
 	basePath, baseRawPath string
@@ -32,7 +36,7 @@ type forwarder struct {
 func newForwarder(cfg Config, stats *counters, upgrades *connSet) *forwarder {
 	base := strings.TrimSuffix(cfg.Upstream.Path, "/")
 	baseRaw := strings.TrimSuffix(cfg.Upstream.EscapedPath(), "/")
-	return &forwarder{
+	f := &forwarder{
 		cfg:         cfg,
 		log:         cfg.Logger,
 		transport:   newTransport(cfg),
@@ -42,6 +46,11 @@ func newForwarder(cfg Config, stats *counters, upgrades *connSet) *forwarder {
 		basePath:    base,
 		baseRawPath: baseRaw,
 	}
+	f.roundTrip = f.transport.RoundTrip
+	if cfg.Upstream.Scheme == "http" && !cfg.DisableFastPath {
+		f.fast = newH1Client(cfg)
+	}
+	return f
 }
 
 // newTransport builds the upstream transport: a large keep-alive pool to one
@@ -95,7 +104,13 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string)
 		obs = p.before(out)
 	}
 
-	resp, err := p.transport.RoundTrip(out)
+	var resp *http.Response
+	var err error
+	if p.fast != nil && out.Body == nil && out.Header["Upgrade"] == nil {
+		resp, err = p.fast.roundTrip(out)
+	} else {
+		resp, err = p.roundTrip(out)
+	}
 	if err != nil {
 		return p.fail(w, r, out, err)
 	}
@@ -285,4 +300,12 @@ func clientBodyOf(b io.Reader) *clientBody {
 	}
 	cb, _ := b.(*clientBody)
 	return cb
+}
+
+// closeIdle drops every idle upstream connection.
+func (p *forwarder) closeIdle() {
+	p.transport.CloseIdleConnections()
+	if p.fast != nil {
+		p.fast.closeIdle()
+	}
 }

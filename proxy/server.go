@@ -151,10 +151,10 @@ func (s *Server) Run(ctx context.Context) error {
 	n := s.upgrades.closeAll()
 	if err != nil {
 		srv.Close()
-		s.fwd.transport.CloseIdleConnections()
+		s.fwd.closeIdle()
 		return fmt.Errorf("proxy: drain did not finish within %s: %w", s.cfg.ShutdownTimeout, err)
 	}
-	s.fwd.transport.CloseIdleConnections()
+	s.fwd.closeIdle()
 	<-errc
 	s.log.Info("proxy stopped", "upgraded_conns_closed", n)
 	return nil

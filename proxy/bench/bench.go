@@ -31,6 +31,9 @@ type Options struct {
 	Generator string
 	// NginxPath is the nginx binary; empty looks up "nginx" on PATH.
 	NginxPath string
+	// CompareTransport adds a "sidecar-transport" row: the proxy with its
+	// fast path off (every request through net/http's Transport).
+	CompareTransport bool
 	// Rows limits the targets measured ("direct", "sidecar", "nginx"); empty means all.
 	Rows []string
 }
@@ -87,13 +90,20 @@ func Run(ctx context.Context, opts Options, w io.Writer) error {
 
 	pctx, cancelProxy := context.WithCancel(ctx)
 	defer cancelProxy()
-	sidecarURL, proxyDone, err := startSidecar(pctx, upURL)
+	sidecarURL, proxyDone, err := startSidecar(pctx, upURL, false)
 	if err != nil {
 		return fmt.Errorf("bench: sidecar: %w", err)
 	}
 	defer func() { cancelProxy(); <-proxyDone }()
-
 	targets := []target{{"direct", upURL}, {"sidecar", sidecarURL}}
+	if opts.CompareTransport {
+		slowURL, slowDone, err := startSidecar(pctx, upURL, true)
+		if err != nil {
+			return fmt.Errorf("bench: sidecar (transport only): %w", err)
+		}
+		defer func() { cancelProxy(); <-slowDone }()
+		targets = append(targets, target{"sidecar-transport", slowURL})
+	}
 	nginxPath := opts.NginxPath
 	if nginxPath == "" {
 		nginxPath, _ = exec.LookPath("nginx")
@@ -152,11 +162,11 @@ func filterRows(ts []target, rows []string) []target {
 }
 
 func printTable(w io.Writer, conns int, rows []Result) {
-	fmt.Fprintf(w, "\n%d connection(s)\n%-8s %12s %10s %10s %8s\n", conns, "target", "req/s", "p50", "p99", "errors")
+	fmt.Fprintf(w, "\n%d connection(s)\n%-18s %12s %10s %10s %8s\n", conns, "target", "req/s", "p50", "p99", "errors")
 	by := map[string]Result{}
 	for _, r := range rows {
 		by[r.Target] = r
-		fmt.Fprintf(w, "%-8s %12.0f %10s %10s %8d\n", r.Target, r.RPS, fmtDur(r.P50), fmtDur(r.P99), r.Errors)
+		fmt.Fprintf(w, "%-18s %12.0f %10s %10s %8d\n", r.Target, r.RPS, fmtDur(r.P50), fmtDur(r.P99), r.Errors)
 	}
 	s, okS := by["sidecar"]
 	if n, ok := by["nginx"]; ok && okS && n.RPS > 0 && n.P99 > 0 {
@@ -214,13 +224,13 @@ func (u *upstream) Addr() net.Addr { return u.ln.Addr() }
 func (u *upstream) Close()         { _ = u.srv.Close() }
 
 // startSidecar runs the proxy on a loopback port in front of upURL.
-func startSidecar(ctx context.Context, upURL string) (string, <-chan error, error) {
+func startSidecar(ctx context.Context, upURL string, transportOnly bool) (string, <-chan error, error) {
 	u, err := url.Parse(upURL)
 	if err != nil {
 		return "", nil, err
 	}
 	s, err := proxy.New(proxy.Config{Listen: "127.0.0.1:0", Upstream: u,
-		Logger: slog.New(slog.DiscardHandler)})
+		DisableFastPath: transportOnly, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return "", nil, err
 	}

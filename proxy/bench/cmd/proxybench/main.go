@@ -21,6 +21,7 @@ func main() {
 	flag.IntVar(&o.Connections, "connections", 0, "connections for the saturating load (default 128)")
 	flag.IntVar(&o.BodySize, "body", 0, "upstream response body size in bytes (default 512)")
 	flag.StringVar(&o.Generator, "generator", "", "wrk or go (default: wrk when installed)")
+	flag.BoolVar(&o.CompareTransport, "compare-transport", false, "add a row for the proxy with its fast path off")
 	flag.StringVar(&rows, "rows", "", "comma-separated subset of direct,sidecar,nginx")
 	flag.Parse()
 	if rows != "" {

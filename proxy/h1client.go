@@ -1,0 +1,274 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// h1Client is the hot path for the common case: a request without a body or
+// protocol switch to a plain-HTTP upstream. The handler goroutine writes the
+// request and reads the response on a pooled keep-alive connection itself,
+// with no hand-off to per-connection reader and writer goroutines as
+// http.Transport does; on a small machine those hand-offs are a large part of
+// a proxied request's cost. Everything else (bodies, upgrades, https
+// upstreams) goes through http.Transport.
+type h1Client struct {
+	addr              string
+	dialer            net.Dialer
+	respHeaderTimeout time.Duration
+	maxHeaderBytes    int64
+	maxIdle           int
+	idleTimeout       time.Duration
+	now               func() time.Time
+
+	mu   sync.Mutex
+	idle []*h1Conn // LIFO: the most recently used connection is the warmest
+}
+
+type h1Conn struct {
+	c        net.Conn
+	lr       limitedConnReader
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	lastUsed time.Time
+	reused   bool
+}
+
+// limitedConnReader caps how much the response head may take (the header
+// limit); once the head is read the cap is lifted.
+type limitedConnReader struct {
+	c    net.Conn
+	left int64 // < 0: unlimited
+}
+
+var errHeaderTooLarge = errors.New("proxy: upstream response headers too large")
+
+func (l *limitedConnReader) Read(p []byte) (int, error) {
+	if l.left == 0 {
+		return 0, errHeaderTooLarge
+	}
+	if l.left > 0 && int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.c.Read(p)
+	if l.left > 0 {
+		l.left -= int64(n)
+	}
+	return n, err
+}
+
+func newH1Client(cfg Config) *h1Client {
+	return &h1Client{
+		addr:              hostPort(cfg.Upstream.Host, "80"),
+		dialer:            net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second},
+		respHeaderTimeout: cfg.ResponseHeaderTimeout,
+		maxHeaderBytes:    int64(cfg.MaxHeaderBytes) + 4096,
+		maxIdle:           cfg.MaxIdleConnsPerHost,
+		idleTimeout:       30 * time.Second,
+		now:               time.Now,
+	}
+}
+
+func hostPort(host, defPort string) string {
+	if _, _, err := net.SplitHostPort(host); err == nil {
+		return host
+	}
+	return net.JoinHostPort(host, defPort)
+}
+
+// get returns an idle connection that has not been idle too long, or dials.
+func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
+	now := h.now()
+	h.mu.Lock()
+	for n := len(h.idle); n > 0; n = len(h.idle) {
+		pc := h.idle[n-1]
+		h.idle[n-1] = nil
+		h.idle = h.idle[:n-1]
+		if now.Sub(pc.lastUsed) < h.idleTimeout {
+			h.mu.Unlock()
+			pc.reused = true
+			return pc, nil
+		}
+		pc.c.Close()
+	}
+	h.mu.Unlock()
+	c, err := h.dialer.DialContext(ctx, "tcp", h.addr)
+	if err != nil {
+		return nil, err
+	}
+	pc := &h1Conn{c: c}
+	pc.lr.c = c
+	pc.br = bufio.NewReaderSize(&pc.lr, 16<<10)
+	pc.bw = bufio.NewWriterSize(c, 8<<10)
+	return pc, nil
+}
+
+func (h *h1Client) put(pc *h1Conn) {
+	pc.lastUsed = h.now()
+	h.mu.Lock()
+	if len(h.idle) < h.maxIdle {
+		h.idle = append(h.idle, pc)
+		h.mu.Unlock()
+		return
+	}
+	h.mu.Unlock()
+	pc.c.Close()
+}
+
+// closeIdle closes every pooled connection.
+func (h *h1Client) closeIdle() {
+	h.mu.Lock()
+	idle := h.idle
+	h.idle = nil
+	h.mu.Unlock()
+	for _, pc := range idle {
+		pc.c.Close()
+	}
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// roundTrip sends a bodyless request. A request on a reused connection that
+// the upstream had already closed is retried once on a fresh connection when
+// its method is idempotent (GET, HEAD, OPTIONS, TRACE), as http.Transport
+// does; other methods get the error.
+func (h *h1Client) roundTrip(out *http.Request) (*http.Response, error) {
+	for attempt := 0; ; attempt++ {
+		resp, retry, err := h.try(out)
+		if err == nil || !retry || attempt > 0 || !idempotent(out.Method) {
+			return resp, err
+		}
+	}
+}
+
+func idempotent(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// errTimeoutHeaders reports the response-header timeout; it is a net.Error
+// with Timeout() so that the caller answers 504.
+type timeoutError struct{ msg string }
+
+func (e timeoutError) Error() string   { return e.msg }
+func (e timeoutError) Timeout() bool   { return true }
+func (e timeoutError) Temporary() bool { return true }
+
+func (h *h1Client) try(out *http.Request) (resp *http.Response, retry bool, err error) {
+	ctx := out.Context()
+	pc, err := h.get(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	// A departed client aborts the exchange by poisoning the deadline.
+	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(aLongTimeAgo) })
+	fail := func(err error) (*http.Response, bool, error) {
+		stop()
+		pc.c.Close()
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, false, ctxErr
+		}
+		return nil, false, err
+	}
+	if h.respHeaderTimeout > 0 {
+		_ = pc.c.SetReadDeadline(h.now().Add(h.respHeaderTimeout))
+	}
+	if err := out.Write(pc.bw); err != nil {
+		return fail(err)
+	}
+	if err := pc.bw.Flush(); err != nil {
+		r, _, e := fail(err)
+		return r, pc.reused && ctx.Err() == nil, e
+	}
+	pc.lr.left = h.maxHeaderBytes
+	for {
+		resp, err = http.ReadResponse(pc.br, out)
+		if err != nil {
+			stale := pc.reused && ctx.Err() == nil && pc.br.Buffered() == 0 &&
+				(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err))
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+				err = timeoutError{"proxy: timeout awaiting upstream response headers"}
+			}
+			r, _, e := fail(err)
+			return r, stale, e
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Body.Close()
+			continue // interim response (100 Continue, 103 Early Hints): read the final one
+		}
+		break
+	}
+	pc.lr.left = -1
+	if h.respHeaderTimeout > 0 {
+		_ = pc.c.SetReadDeadline(time.Time{})
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// Not asked for: the fast path never sends Upgrade.
+		resp.Body.Close()
+		return fail(fmt.Errorf("proxy: unexpected 101 from upstream"))
+	}
+	if resp.Body == http.NoBody {
+		h.release(pc, stop, !resp.Close)
+		return resp, false, nil
+	}
+	resp.Body = &h1Body{rc: resp.Body, pc: pc, h: h, stop: stop, keep: !resp.Close}
+	return resp, false, nil
+}
+
+// release returns pc to the pool when the exchange ended cleanly, or closes it.
+func (h *h1Client) release(pc *h1Conn, stop func() bool, keep bool) {
+	if stop() && keep {
+		h.put(pc)
+		return
+	}
+	pc.c.Close()
+}
+
+func isConnReset(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "read"
+}
+
+// h1Body hands the connection back once the response body was read to its
+// end, and closes it if the body is abandoned half way.
+type h1Body struct {
+	rc   io.ReadCloser
+	pc   *h1Conn
+	h    *h1Client
+	stop func() bool
+	keep bool
+	eof  bool
+	done bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	err := b.rc.Close()
+	b.h.release(b.pc, b.stop, b.keep && b.eof)
+	return err
+}

@@ -39,8 +39,10 @@
 //	admin set_password                  password_set (user = target, no      password_set with http_request,
 //	                                    http_request, ip 255.255.255.255),   subject, origin "http"
 //	                                    model_updated user (actor)
-//	password-change flow                as set_password, actor = the user    as above
-//	user-settings flow                  model_updated user (actor = user)    -
+//	password-change flow                as set_password, actor = the user,   as above
+//	                                    then user_write (password masked)
+//	user-settings flow                  model_updated user (actor = user),   -
+//	                                    user_write (the prompt's fields)
 //	POST /core/users/                   model_created user (actor)           user_created
 //	PATCH/PUT /core/users/{id}/         model_updated user (actor), no diff; -
 //	                                    a PATCH leaving the user inactive

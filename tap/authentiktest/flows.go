@@ -305,6 +305,16 @@ func (s *Server) execLogin(w http.ResponseWriter, r *http.Request, f *flow, se *
 	return redirectChallenge()
 }
 
+// cleansed is what authentik's cleanse_dict writes for secret-looking keys.
+const cleansed = "********************"
+
+// recordUserWrite writes the user_write event of a user_write stage: the
+// prompt data (secrets masked) plus "created", user = the written user.
+func (s *Server) recordUserWrite(u *user, data map[string]any, r *http.Request) {
+	data["created"] = false
+	s.record("user_write", appSignals, eventUser(u), data, r)
+}
+
 // execLogout runs the invalidation flow: the user logout stage ends the
 // session (a logout event naming the user) and an anonymous session cookie
 // replaces the old one.
@@ -351,6 +361,7 @@ func (s *Server) execPasswordChange(r *http.Request, f *flow, se *session, u *us
 		return s.promptChallenge(f, passwordFields, respErrors("non_field_errors", "Passwords don't match."))
 	}
 	s.setPassword(u, b.Password, u, r)
+	s.recordUserWrite(u, map[string]any{"password": cleansed, "password_repeat": cleansed}, r)
 	s.keepSessionAuth(se) // the user_write stage keeps the current session
 	return redirectChallenge()
 }
@@ -384,6 +395,13 @@ func (s *Server) execUserSettings(r *http.Request, f *flow, u *user, b flowBody)
 	applyUserWrite(u, in)
 	u.lastUpdated = s.now()
 	s.recordUserModel("model_updated", u, u, r)
+	data := map[string]any{}
+	for k, v := range map[string]string{"username": b.Username, "name": b.Name, "email": b.Email} {
+		if v != "" {
+			data[k] = v
+		}
+	}
+	s.recordUserWrite(u, data, r)
 	return redirectChallenge()
 }
 

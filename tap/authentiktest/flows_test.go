@@ -45,6 +45,10 @@ func TestPasswordChangeFlow(t *testing.T) {
 			t.Fatalf("step %d: password_set events %d, want %d", i, len(s.EventsByAction("password_set")), want)
 		}
 	}
+	uw := s.EventsByAction("user_write")
+	if len(uw) != 1 || uw[0].Context["password"] != cleansed || uw[0].Context["created"] != false {
+		t.Fatalf("user_write = %+v", uw)
+	}
 	ps := s.EventsByAction("password_set")[0]
 	if ps.User["pk"] != alice.PK || ps.Context["http_request"] != nil || *ps.ClientIP != "255.255.255.255" {
 		t.Fatalf("2026.2 password_set = %+v", ps)
@@ -222,4 +226,33 @@ func deviceEvents(es []Event) []Event {
 		}
 	}
 	return out
+}
+
+func TestUserSettingsFlowChangesEmail(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	alice := mustUser(t, s, UserSpec{Username: "alice", Email: "old@example.com", Password: "pw"})
+	c, err := s.Login("alice", "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slug := s.Flows().UserSettings
+	res, err := RunFlow(t.Context(), c, s.URL(), slug, nil)
+	if err != nil || res.Component != "ak-stage-prompt" {
+		t.Fatalf("GET: %v %v", res.Body, err)
+	}
+	res, _ = RunFlow(t.Context(), c, s.URL(), slug, map[string]any{"component": "ak-stage-prompt", "email": "not-an-email"})
+	if res.Component != "ak-stage-prompt" || res.Body["response_errors"] == nil {
+		t.Fatalf("bad email accepted: %v", res.Body)
+	}
+	res, _ = RunFlow(t.Context(), c, s.URL(), slug, map[string]any{"component": "ak-stage-prompt", "email": "new@example.com"})
+	if res.Component != "xak-flow-redirect" {
+		t.Fatalf("change: %v", res.Body)
+	}
+	if u, _ := s.User(alice.PK); u.Email != "new@example.com" {
+		t.Fatalf("email = %s", u.Email)
+	}
+	uw := s.EventsByAction("user_write")
+	if len(uw) != 1 || uw[0].Context["email"] != "new@example.com" || uw[0].User["pk"] != alice.PK {
+		t.Fatalf("user_write = %+v", uw)
+	}
 }

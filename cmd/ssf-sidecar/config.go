@@ -1,0 +1,365 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is everything `serve` needs, resolved from flags, environment and
+// the config file (in that order of precedence) over the defaults.
+type Config struct {
+	Listen                string
+	Upstream              string
+	Issuer                string
+	DataDir               string
+	SigningKeys           []string
+	AuthentikToken        string
+	Receivers             string
+	OAuthIssuer           string
+	AdminListen           string
+	AllowPrivateEndpoints bool
+	PollInterval          time.Duration
+	Backfill              time.Duration
+	TrustedProxies        []netip.Prefix
+	TLSCert, TLSKey       string
+	LogFormat, LogLevel   string
+	AuthentikSecretKey    string
+	AdminToken            string
+	DefaultSubjects       string
+	Retention             time.Duration
+	DeliveredRetention    time.Duration
+	PushTimeout           time.Duration
+	MaxBackoff            time.Duration
+	PauseAfter            time.Duration
+	KeyOverlap            time.Duration
+	MaxBody               int64
+	ConfigFile            string
+}
+
+// option is one configuration key: its flag, its environment variable and
+// the key a config file uses (the flag name).
+type option struct {
+	name   string // flag name, also the config-file key
+	env    string
+	def    string
+	usage  string
+	secret bool // never printed back
+	apply  func(c *Config, v string) error
+}
+
+func str(p func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error { *p(c) = strings.TrimSpace(v); return nil }
+}
+
+func dur(p func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not a duration (examples: 30s, 10m, 72h)", v)
+		}
+		if d < 0 {
+			return fmt.Errorf("%q is negative", v)
+		}
+		*p(c) = d
+		return nil
+	}
+}
+
+func boolean(p func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*p(c) = b
+		return nil
+	}
+}
+
+// options is the configuration contract of DESIGN.md: names, environment
+// variables and defaults are part of the product.
+var options = []option{
+	{name: "listen", env: "SSF_LISTEN", def: ":9080", usage: "address clients and receivers reach", apply: str(func(c *Config) *string { return &c.Listen })},
+	{name: "upstream", env: "SSF_UPSTREAM", usage: "authentik's base URL, e.g. http://authentik-server:9000 (required for serve)", apply: str(func(c *Config) *string { return &c.Upstream })},
+	{name: "issuer", env: "SSF_ISSUER", def: "http://localhost:9080/ssf", usage: "public issuer URL; discovery is at /.well-known/ssf-configuration + the issuer's path", apply: str(func(c *Config) *string { return &c.Issuer })},
+	{name: "data-dir", env: "SSF_DATA_DIR", def: "./data", usage: "directory for the bbolt file and the generated signing key", apply: str(func(c *Config) *string { return &c.DataDir })},
+	{name: "signing-key", env: "SSF_SIGNING_KEY", usage: "PEM private key files, comma-separated: the first signs, the rest are only published (default: generate one)", apply: func(c *Config, v string) error {
+		c.SigningKeys = splitList(v)
+		return nil
+	}},
+	{name: "authentik-token", env: "SSF_AUTHENTIK_TOKEN", secret: true, usage: "authentik API token for the event-API poller and look-ups (without it the poller is off)", apply: str(func(c *Config) *string { return &c.AuthentikToken })},
+	{name: "receivers", env: "SSF_RECEIVERS", usage: "YAML (or JSON) file listing receivers", apply: str(func(c *Config) *string { return &c.Receivers })},
+	{name: "oauth-issuer", env: "SSF_OAUTH_ISSUER", usage: "issuer URL of an authentik OAuth2 provider whose access tokens receivers may present", apply: str(func(c *Config) *string { return &c.OAuthIssuer })},
+	{name: "admin-listen", env: "SSF_ADMIN_LISTEN", def: "127.0.0.1:9090", usage: "address of /metrics, /healthz, /readyz, the admin API and the dashboard", apply: str(func(c *Config) *string { return &c.AdminListen })},
+	{name: "allow-private-endpoints", env: "SSF_ALLOW_PRIVATE_ENDPOINTS", def: "false", usage: "allow push endpoints on loopback, private and link-local addresses (and http)", apply: boolean(func(c *Config) *bool { return &c.AllowPrivateEndpoints })},
+	{name: "poll-interval", env: "SSF_POLL_INTERVAL", def: "5s", usage: "how often authentik's event API is read", apply: dur(func(c *Config) *time.Duration { return &c.PollInterval })},
+	{name: "backfill", env: "SSF_BACKFILL", def: "0s", usage: "on a fresh data dir, how far back the event-API poller starts (0: now)", apply: dur(func(c *Config) *time.Duration { return &c.Backfill })},
+	{name: "trusted-proxies", env: "SSF_TRUSTED_PROXIES", usage: "comma-separated CIDRs whose X-Forwarded-* headers are believed", apply: func(c *Config, v string) error {
+		c.TrustedProxies = nil
+		var errs []error
+		for _, s := range splitList(v) {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				if a, aerr := netip.ParseAddr(s); aerr == nil {
+					p = netip.PrefixFrom(a, a.BitLen())
+				} else {
+					errs = append(errs, fmt.Errorf("%q is not a CIDR (example: 10.0.0.0/8)", s))
+					continue
+				}
+			}
+			c.TrustedProxies = append(c.TrustedProxies, p.Masked())
+		}
+		return errors.Join(errs...)
+	}},
+	{name: "tls-cert", env: "SSF_TLS_CERT", usage: "PEM certificate file: serve TLS and HTTP/2 on --listen", apply: str(func(c *Config) *string { return &c.TLSCert })},
+	{name: "tls-key", env: "SSF_TLS_KEY", usage: "PEM key file for --tls-cert", apply: str(func(c *Config) *string { return &c.TLSKey })},
+	{name: "log-format", env: "SSF_LOG_FORMAT", def: "json", usage: "json or text", apply: str(func(c *Config) *string { return &c.LogFormat })},
+	{name: "log-level", env: "SSF_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", apply: str(func(c *Config) *string { return &c.LogLevel })},
+	{name: "authentik-secret-key", env: "SSF_AUTHENTIK_SECRET_KEY", secret: true, usage: "authentik's SECRET_KEY: verify session cookies locally instead of by a look-up", apply: str(func(c *Config) *string { return &c.AuthentikSecretKey })},
+	{name: "admin-token", env: "SSF_ADMIN_TOKEN", secret: true, usage: "bearer token for the admin API and dashboard (without it they answer only on loopback)", apply: str(func(c *Config) *string { return &c.AdminToken })},
+	{name: "default-subjects", env: "SSF_DEFAULT_SUBJECTS", def: "ALL", usage: "ALL or NONE: which subjects a new stream includes", apply: func(c *Config, v string) error {
+		c.DefaultSubjects = strings.ToUpper(strings.TrimSpace(v))
+		return nil
+	}},
+	{name: "retention", env: "SSF_RETENTION", def: "720h", usage: "how long an undelivered SET is kept", apply: dur(func(c *Config) *time.Duration { return &c.Retention })},
+	{name: "delivered-retention", env: "SSF_DELIVERED_RETENTION", def: "72h", usage: "how long records of delivered SETs are kept", apply: dur(func(c *Config) *time.Duration { return &c.DeliveredRetention })},
+	{name: "push-timeout", env: "SSF_PUSH_TIMEOUT", def: "10s", usage: "total time for one push attempt (connect: 5s)", apply: dur(func(c *Config) *time.Duration { return &c.PushTimeout })},
+	{name: "max-backoff", env: "SSF_MAX_BACKOFF", def: "10m", usage: "cap on the wait between attempts on a failing stream", apply: dur(func(c *Config) *time.Duration { return &c.MaxBackoff })},
+	{name: "pause-after", env: "SSF_PAUSE_AFTER", def: "72h", usage: "a stream failing this long is paused by the transmitter", apply: dur(func(c *Config) *time.Duration { return &c.PauseAfter })},
+	{name: "key-overlap", env: "SSF_KEY_OVERLAP", def: "168h", usage: "how long a retired signing key stays in the JWKS", apply: dur(func(c *Config) *time.Duration { return &c.KeyOverlap })},
+	{name: "max-body", env: "SSF_MAX_BODY", def: "64KiB", usage: "largest SSF management or poll request body (e.g. 64KiB, 1MiB)", apply: func(c *Config, v string) error {
+		n, err := parseSize(v)
+		if err != nil {
+			return err
+		}
+		c.MaxBody = n
+		return nil
+	}},
+	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// parseSize reads a byte size such as 65536, 64KiB, 64KB, 1MiB or 2M.
+func parseSize(v string) (int64, error) {
+	s := strings.TrimSpace(v)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1000}, {"MB", 1000 * 1000}, {"GB", 1000 * 1000 * 1000}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(strings.ToUpper(s), strings.ToUpper(u.suffix)) {
+			s = strings.TrimSpace(s[:len(s)-len(u.suffix)])
+			mult = u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > (1<<40)/mult {
+		return 0, fmt.Errorf("%q is not a size (examples: 65536, 64KiB, 1MiB)", v)
+	}
+	return n * mult, nil
+}
+
+// configSource records where each raw value came from, for messages.
+type rawValue struct {
+	value  string
+	source string // "flag", "environment SSF_X", "config file", "default"
+}
+
+// bindFlags registers every option on fs and returns the raw values the
+// flags set.
+func bindFlags(fs *flag.FlagSet) map[string]string {
+	set := map[string]string{}
+	for _, o := range options {
+		o := o
+		usage := o.usage + " (env " + o.env
+		if o.def != "" {
+			usage += ", default " + o.def
+		}
+		usage += ")"
+		fs.Func(o.name, usage, func(v string) error {
+			set[o.name] = v
+			return nil
+		})
+	}
+	return set
+}
+
+// resolve builds a Config from flags, environment, config file and defaults,
+// and reports every problem it finds at once.
+func resolve(fromFlags map[string]string, getenv func(string) string) (Config, map[string]rawValue, error) {
+	var errs []error
+	raw := map[string]rawValue{}
+	byName := map[string]option{}
+	for _, o := range options {
+		byName[o.name] = o
+	}
+	lookup := func(o option) (rawValue, bool) {
+		if v, ok := fromFlags[o.name]; ok {
+			return rawValue{v, "flag --" + o.name}, true
+		}
+		if v := getenv(o.env); v != "" {
+			return rawValue{v, "environment " + o.env}, true
+		}
+		return rawValue{}, false
+	}
+	// The config file is located first, by flag or environment only.
+	var fileValues map[string]string
+	if rv, ok := lookup(byName["config"]); ok && strings.TrimSpace(rv.value) != "" {
+		var err error
+		fileValues, err = readConfigFile(strings.TrimSpace(rv.value), byName)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var c Config
+	for _, o := range options {
+		rv, ok := lookup(o)
+		if !ok {
+			if v, inFile := fileValues[o.name]; inFile {
+				rv, ok = rawValue{v, "config file key " + o.name}, true
+			}
+		}
+		if !ok {
+			rv = rawValue{o.def, "default"}
+		}
+		raw[o.name] = rv
+		if rv.value == "" && o.def == "" {
+			continue
+		}
+		if err := o.apply(&c, rv.value); err != nil {
+			errs = append(errs, fmt.Errorf("--%s (%s): %w", o.name, rv.source, err))
+		}
+	}
+	return c, raw, errors.Join(errs...)
+}
+
+// readConfigFile reads a YAML mapping whose keys are flag names.
+func readConfigFile(path string, known map[string]option) (map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: cannot read %s: %w", path, err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("--config: %s is not a YAML mapping of option names to values: %w", path, err)
+	}
+	out := map[string]string{}
+	var errs []error
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := m[k]
+		if _, ok := known[k]; !ok || k == "config" {
+			errs = append(errs, fmt.Errorf("--config: %s: unknown key %q (keys are the flag names, e.g. listen, upstream, issuer)", path, k))
+			continue
+		}
+		switch tv := v.(type) {
+		case []any:
+			parts := make([]string, 0, len(tv))
+			for _, p := range tv {
+				parts = append(parts, fmt.Sprint(p))
+			}
+			out[k] = strings.Join(parts, ",")
+		case nil:
+			out[k] = ""
+		default:
+			out[k] = fmt.Sprint(tv)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// Validate checks what `serve` needs beyond well-formed values, reporting
+// every problem at once. Checks that need other packages (key files,
+// receivers file) are done by checkDeep.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Upstream == "" {
+		errs = append(errs, errors.New("--upstream is required: authentik's base URL, e.g. http://authentik-server:9000 (env SSF_UPSTREAM)"))
+	} else if u, err := url.Parse(c.Upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("--upstream %q is not an absolute http(s) URL", c.Upstream))
+	}
+	if err := checkIssuer(c.Issuer); err != nil {
+		errs = append(errs, err)
+	}
+	if c.OAuthIssuer != "" {
+		if u, err := url.Parse(c.OAuthIssuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("--oauth-issuer %q is not an absolute http(s) URL", c.OAuthIssuer))
+		}
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("--data-dir must not be empty"))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("--tls-cert and --tls-key go together: give both or neither"))
+	}
+	for _, f := range []struct{ flag, path string }{{"tls-cert", c.TLSCert}, {"tls-key", c.TLSKey}} {
+		if f.path != "" {
+			if _, err := os.Stat(f.path); err != nil {
+				errs = append(errs, fmt.Errorf("--%s: %w", f.flag, err))
+			}
+		}
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		errs = append(errs, fmt.Errorf("--log-format %q: use json or text", c.LogFormat))
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "warning", "error":
+	default:
+		errs = append(errs, fmt.Errorf("--log-level %q: use debug, info, warn or error", c.LogLevel))
+	}
+	switch c.DefaultSubjects {
+	case "ALL", "NONE":
+	default:
+		errs = append(errs, fmt.Errorf("--default-subjects %q: use ALL or NONE", c.DefaultSubjects))
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"poll-interval", c.PollInterval}, {"retention", c.Retention}, {"delivered-retention", c.DeliveredRetention}, {"push-timeout", c.PushTimeout}, {"max-backoff", c.MaxBackoff}, {"pause-after", c.PauseAfter}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("--%s must be greater than zero", d.flag))
+		}
+	}
+	if c.Listen == c.AdminListen {
+		errs = append(errs, fmt.Errorf("--listen and --admin-listen are both %q: the admin API must have its own address", c.Listen))
+	}
+	return errors.Join(errs...)
+}
+
+func checkIssuer(issuer string) error {
+	u, err := url.Parse(issuer)
+	if err != nil || !u.IsAbs() || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return fmt.Errorf("--issuer %q is not an absolute URL (example: https://sso.example.com/ssf)", issuer)
+	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		return fmt.Errorf("--issuer %q must not have a query or fragment", issuer)
+	}
+	return nil
+}

@@ -1,0 +1,410 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/ssf"
+	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
+)
+
+// demoWorld is everything the demo (and the whole-system tests) run: a
+// simulated authentik, the sidecar in front of it, and a receiver that
+// verifies every SET it is pushed.
+type demoWorld struct {
+	ak       *authentiktest.Server
+	app      *app
+	recv     *demoReceiver
+	front    string // the sidecar's proxy URL
+	adminURL string
+	token    string // the demo receiver's static token
+	dataDir  string
+
+	cancel context.CancelFunc
+	done   chan error
+}
+
+type demoOptions struct {
+	dataDir      string
+	logger       *slog.Logger
+	pollInterval time.Duration
+	receivers    []ssf.Receiver // default: one push receiver with a static token
+	mutate       func(*Config)
+}
+
+const demoReceiverToken = "demo-receiver-token-0123456789abcdef"
+
+// freeAddr reserves a loopback port long enough to learn its number.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func startDemoWorld(ctx context.Context, o demoOptions) (*demoWorld, error) {
+	w := &demoWorld{token: demoReceiverToken, dataDir: o.dataDir}
+	var err error
+	w.ak, err = authentiktest.Start(authentiktest.Config{SecretKey: "demo-authentik-secret-key"})
+	if err != nil {
+		return nil, fmt.Errorf("simulated authentik: %w", err)
+	}
+	listen, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	adminListen, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	w.front = "http://" + listen
+	w.adminURL = "http://" + adminListen
+	if o.pollInterval == 0 {
+		o.pollInterval = 300 * time.Millisecond
+	}
+	cfg := Config{
+		Listen: listen, AdminListen: adminListen, Upstream: w.ak.URL(), Issuer: w.front + "/ssf",
+		DataDir: o.dataDir, AuthentikToken: w.ak.AdminToken(), AuthentikSecretKey: w.ak.SecretKey(),
+		AllowPrivateEndpoints: true, PollInterval: o.pollInterval, DefaultSubjects: "ALL",
+		Retention: 720 * time.Hour, DeliveredRetention: 72 * time.Hour, PushTimeout: 5 * time.Second,
+		MaxBackoff: 2 * time.Second, PauseAfter: 72 * time.Hour, KeyOverlap: 168 * time.Hour, MaxBody: 64 << 10,
+		LogFormat: "text", LogLevel: "warn",
+	}
+	if o.mutate != nil {
+		o.mutate(&cfg)
+	}
+	receivers := o.receivers
+	if receivers == nil {
+		receivers = []ssf.Receiver{{
+			Name: "demo-receiver", Audience: "https://receiver.demo.example/", SubjectFormat: ssf.SubjectFormatComplex,
+			Profile: ssf.ProfileSSF, RequireScopes: true,
+			Tokens: []ssf.Token{{Value: demoReceiverToken, Scopes: []string{ssf.ScopeManage, ssf.ScopeRead}}},
+		}}
+	}
+	logger := o.logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	w.app, err = buildApp(ctx, cfg, receivers, logger)
+	if err != nil {
+		w.ak.Close()
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	w.done = make(chan error, 1)
+	go func() { w.done <- w.app.run(runCtx) }()
+	select {
+	case <-w.app.proxy.Ready():
+	case err := <-w.done:
+		w.ak.Close()
+		return nil, fmt.Errorf("sidecar stopped at start: %w", err)
+	case <-time.After(10 * time.Second):
+		w.Close()
+		return nil, errors.New("sidecar did not start within 10 s")
+	}
+	w.recv, err = startDemoReceiver(w.front+"/ssf/jwks.json", cfg.Issuer)
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Close stops the sidecar, the receiver and the simulated authentik.
+func (w *demoWorld) Close() error {
+	var err error
+	if w.cancel != nil {
+		w.cancel()
+		err = <-w.done
+		w.cancel = nil
+	}
+	if w.recv != nil {
+		w.recv.Close()
+	}
+	w.ak.Close()
+	return err
+}
+
+// ssfCall sends a receiver request to the sidecar's SSF API.
+func (w *demoWorld) ssfCall(ctx context.Context, method, path string, body any, out any) (int, error) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, w.front+path, rd)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+w.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		return resp.StatusCode, fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, strings.TrimSpace(string(data)))
+	}
+	if out != nil && len(data) > 0 {
+		return resp.StatusCode, json.Unmarshal(data, out)
+	}
+	return resp.StatusCode, nil
+}
+
+// createPushStream creates a push stream to the demo receiver.
+func (w *demoWorld) createPushStream(ctx context.Context, events []string) (string, error) {
+	var st struct {
+		StreamID string `json:"stream_id"`
+	}
+	_, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
+		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.recv.URL()},
+		"events_requested": events,
+		"description":      "ssf-sidecar demo receiver",
+	}, &st)
+	return st.StreamID, err
+}
+
+// adminDo calls authentik's API through the sidecar with the admin token.
+func (w *demoWorld) adminDo(ctx context.Context, method, path, body string) (*http.Response, []byte, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, w.front+path, rd)
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+w.ak.AdminToken())
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp, data, nil
+}
+
+// browserDo sends a request with a logged-in browser's cookies and its CSRF
+// header, as authentik's web UI does.
+func (w *demoWorld) browserDo(ctx context.Context, client *http.Client, method, path string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, method, w.front+path, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("X-authentik-CSRF", authentiktest.CookieValue(client, w.front, "authentik_csrf"))
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+// demoStep is one scripted action and the SETs it must produce.
+type demoStep struct {
+	say    string
+	expect []expectedSET
+	run    func(ctx context.Context) error
+}
+
+type expectedSET struct {
+	event     string // short event name
+	initiator string // "" for SSF events
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	keep := fs.Bool("keep", false, "leave everything running to explore, with the URLs printed (Ctrl-C stops)")
+	verbose := fs.Bool("verbose", false, "show the sidecar's own logs")
+	timeout := fs.Duration("timeout", 15*time.Second, "how long to wait for every SET to arrive")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	dir, err := os.MkdirTemp("", "ssf-sidecar-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	o := demoOptions{dataDir: dir}
+	if *verbose {
+		o.logger = newLogger(stderr, "text", "info")
+	}
+	start := time.Now()
+	w, err := startDemoWorld(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	w.recv.out = stdout
+
+	fmt.Fprintf(stdout, "ssf-sidecar demo\n\n")
+	fmt.Fprintf(stdout, "  simulated authentik  %s\n", w.ak.URL())
+	fmt.Fprintf(stdout, "  ssf-sidecar          %s   (issuer %s/ssf)\n", w.front, w.front)
+	fmt.Fprintf(stdout, "  discovery            %s/.well-known/ssf-configuration/ssf\n", w.front)
+	fmt.Fprintf(stdout, "  admin API            %s/admin/streams\n", w.adminURL)
+	fmt.Fprintf(stdout, "  receiver             %s\n\n", w.recv.URL())
+
+	summary, err := runDemoScript(ctx, w, stdout, *timeout)
+	fmt.Fprintf(stdout, "\n%s (%.1f s)\n", summary, time.Since(start).Seconds())
+	if err != nil {
+		return err
+	}
+	if *keep {
+		fmt.Fprintf(stdout, "\nEverything keeps running; receiver token: %s\nCtrl-C to stop.\n", w.token)
+		<-ctx.Done()
+	}
+	return nil
+}
+
+// runDemoScript creates a stream and plays the scripted user and admin,
+// then waits until every expected SET has arrived, verified.
+func runDemoScript(ctx context.Context, w *demoWorld, out io.Writer, timeout time.Duration) (string, error) {
+	alice, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"})
+	if err != nil {
+		return "", err
+	}
+	totp, err := w.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: alice.PK, Name: "Alice's phone"})
+	if err != nil {
+		return "", err
+	}
+	loginSlug := w.ak.Flows().Authentication
+	var browser *http.Client
+	var streamID string
+	steps := []demoStep{
+		{say: "the receiver creates a push stream", expect: []expectedSET{{event: "verification"}}, run: func(ctx context.Context) error {
+			var err error
+			streamID, err = w.createPushStream(ctx, []string{
+				ssf.EventSessionEstablished, ssf.EventSessionRevoked, ssf.EventCredentialChange,
+				ssf.EventAccountDisabled, ssf.EventAccountEnabled, ssf.EventAccountPurged, ssf.EventIdentifierChanged,
+			})
+			if err == nil {
+				fmt.Fprintf(out, "  stream %s, push to %s\n", streamID, w.recv.URL())
+			}
+			return err
+		}},
+		{say: "alice logs in", expect: []expectedSET{{"session-established", "user"}}, run: func(ctx context.Context) error {
+			var err error
+			browser, err = authentiktest.Login(ctx, w.front, loginSlug, "alice", "alice-password-1")
+			return err
+		}},
+		{say: "alice logs out", expect: []expectedSET{{"session-revoked", "user"}}, run: func(ctx context.Context) error {
+			_, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil)
+			return err
+		}},
+		{say: "alice logs in again", expect: []expectedSET{{"session-established", "user"}}, run: func(ctx context.Context) error {
+			var err error
+			browser, err = authentiktest.Login(ctx, w.front, loginSlug, "alice", "alice-password-1")
+			return err
+		}},
+		{say: "alice changes her password", expect: []expectedSET{{"credential-change", "user"}}, run: func(ctx context.Context) error {
+			r, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().PasswordChange,
+				map[string]any{"component": "ak-stage-prompt", "password": "alice-password-2", "password_repeat": "alice-password-2"})
+			if err == nil && r.Component != "xak-flow-redirect" {
+				err = fmt.Errorf("password change flow answered %q", r.Component)
+			}
+			return err
+		}},
+		{say: "alice removes her TOTP authenticator", expect: []expectedSET{{"credential-change", "user"}}, run: func(ctx context.Context) error {
+			code, err := w.browserDo(ctx, browser, http.MethodDelete, fmt.Sprintf("/api/v3/authenticators/totp/%d/", totp.PK))
+			if err == nil && code != http.StatusNoContent {
+				err = fmt.Errorf("device delete answered %d", code)
+			}
+			return err
+		}},
+		{say: "an admin revokes alice's session", expect: []expectedSET{{"session-revoked", "admin"}}, run: func(ctx context.Context) error {
+			_, data, err := w.adminDo(ctx, http.MethodGet, fmt.Sprintf("/api/v3/core/authenticated_sessions/?user=%d", alice.PK), "")
+			if err != nil {
+				return err
+			}
+			var list struct {
+				Results []struct {
+					UUID string `json:"uuid"`
+				} `json:"results"`
+			}
+			if err := json.Unmarshal(data, &list); err != nil || len(list.Results) == 0 {
+				return fmt.Errorf("no session of alice to revoke (%v)", err)
+			}
+			resp, _, err := w.adminDo(ctx, http.MethodDelete, "/api/v3/core/authenticated_sessions/"+list.Results[0].UUID+"/", "")
+			if err == nil && resp.StatusCode != http.StatusNoContent {
+				err = fmt.Errorf("session delete answered %d", resp.StatusCode)
+			}
+			return err
+		}},
+		{say: "an admin disables alice's account", expect: []expectedSET{{event: "account-disabled"}}, run: func(ctx context.Context) error {
+			resp, _, err := w.adminDo(ctx, http.MethodPatch, fmt.Sprintf("/api/v3/core/users/%d/", alice.PK), `{"is_active":false}`)
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("user update answered %d", resp.StatusCode)
+			}
+			return err
+		}},
+	}
+	var expected []expectedSET
+	for _, s := range steps {
+		fmt.Fprintf(out, "→ %s\n", s.say)
+		if err := s.run(ctx); err != nil {
+			return "", fmt.Errorf("%s: %w", s.say, err)
+		}
+		expected = append(expected, s.expect...)
+		// Each action's SET before the next action, so the output reads in order.
+		if err := w.recv.waitFor(ctx, len(expected), timeout); err != nil {
+			break
+		}
+	}
+	err = w.recv.waitFor(ctx, len(expected), timeout)
+	got := w.recv.received()
+	missing, unexpected := compareDemo(expected, got)
+	summary := fmt.Sprintf("summary: %d actions, %d SETs expected, %d received and verified, %d missing, %d unexpected, %d rejected",
+		len(steps), len(expected), len(got), len(missing), len(unexpected), w.recv.rejected())
+	if err != nil || len(missing) > 0 || len(unexpected) > 0 || w.recv.rejected() > 0 {
+		return summary, fmt.Errorf("the receiver did not get exactly the expected SETs (missing %v, unexpected %v)", missing, unexpected)
+	}
+	return summary, nil
+}
+
+// compareDemo matches received SETs to expected ones as multisets.
+func compareDemo(expected []expectedSET, got []receivedSET) (missing []expectedSET, unexpected []receivedSET) {
+	left := map[expectedSET]int{}
+	for _, e := range expected {
+		left[e]++
+	}
+	for _, g := range got {
+		k := expectedSET{event: g.Event, initiator: g.Initiator}
+		if left[k] > 0 {
+			left[k]--
+		} else {
+			unexpected = append(unexpected, g)
+		}
+	}
+	for _, e := range expected {
+		if left[e] > 0 {
+			missing = append(missing, e)
+			left[e]--
+		}
+	}
+	return missing, unexpected
+}

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// demoReceiver is a push receiver (RFC 8935) that verifies every SET against
+// the transmitter's JWKS — signature, typ, iss, exactly one event, no sub or
+// exp — prints it readably and answers 202.
+type demoReceiver struct {
+	srv     *http.Server
+	ln      net.Listener
+	jwksURL string
+	issuer  string
+	out     io.Writer
+
+	mu     sync.Mutex
+	keys   map[string]any
+	got    []receivedSET
+	bad    int
+	signal chan struct{}
+}
+
+// receivedSET is what the demo receiver understood of one SET.
+type receivedSET struct {
+	JTI       string
+	Event     string // short name
+	Initiator string
+	Subject   string
+	Claims    map[string]any
+}
+
+func startDemoReceiver(jwksURL, issuer string) (*demoReceiver, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	r := &demoReceiver{ln: ln, jwksURL: jwksURL, issuer: issuer, out: io.Discard, keys: map[string]any{}, signal: make(chan struct{}, 1)}
+	r.srv = &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
+	go r.srv.Serve(ln)
+	return r, nil
+}
+
+func (r *demoReceiver) URL() string { return "http://" + r.ln.Addr().String() + "/events" }
+
+func (r *demoReceiver) Close() { r.srv.Close() }
+
+func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodPost || req.Header.Get("Content-Type") != "application/secevent+jwt" {
+		http.Error(w, "want POST application/secevent+jwt", http.StatusBadRequest)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(req.Body, 1<<20))
+	if err != nil {
+		return
+	}
+	set, err := r.verify(req.Context(), string(body))
+	if err != nil {
+		r.mu.Lock()
+		r.bad++
+		r.mu.Unlock()
+		fmt.Fprintf(r.out, "  ✗ rejected a SET: %v\n", err)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		json.NewEncoder(w).Encode(map[string]string{"err": "invalid_request", "description": err.Error()})
+		return
+	}
+	r.mu.Lock()
+	r.got = append(r.got, set)
+	r.mu.Unlock()
+	select {
+	case r.signal <- struct{}{}:
+	default:
+	}
+	line := fmt.Sprintf("  ← %-20s", set.Event)
+	if set.Initiator != "" {
+		line += fmt.Sprintf(" initiator=%-6s", set.Initiator)
+	}
+	fmt.Fprintf(r.out, "%s %s\n", line, set.Subject)
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (r *demoReceiver) verify(ctx context.Context, compact string) (receivedSET, error) {
+	claims := jwt.MapClaims{}
+	tok, err := jwt.NewParser(jwt.WithValidMethods([]string{"RS256", "ES256"}), jwt.WithIssuer(r.issuer), jwt.WithIssuedAt()).
+		ParseWithClaims(compact, claims, func(t *jwt.Token) (any, error) {
+			kid, _ := t.Header["kid"].(string)
+			return r.key(ctx, kid)
+		})
+	if err != nil {
+		return receivedSET{}, err
+	}
+	if tok.Header["typ"] != "secevent+jwt" {
+		return receivedSET{}, fmt.Errorf("typ is %v, want secevent+jwt", tok.Header["typ"])
+	}
+	for _, forbidden := range []string{"sub", "exp"} {
+		if _, ok := claims[forbidden]; ok {
+			return receivedSET{}, fmt.Errorf("claim %q must not be present", forbidden)
+		}
+	}
+	events, _ := claims["events"].(map[string]any)
+	if len(events) != 1 {
+		return receivedSET{}, fmt.Errorf("want exactly one event, got %d", len(events))
+	}
+	out := receivedSET{Claims: claims}
+	out.JTI, _ = claims["jti"].(string)
+	for uri, body := range events {
+		out.Event = uri[strings.LastIndex(uri, "/")+1:]
+		if b, ok := body.(map[string]any); ok {
+			out.Initiator, _ = b["initiating_entity"].(string)
+		}
+	}
+	out.Subject = describeSubject(claims["sub_id"])
+	return out, nil
+}
+
+// describeSubject renders a sub_id for people.
+func describeSubject(v any) string {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return ""
+	}
+	switch m["format"] {
+	case "email":
+		return fmt.Sprint(m["email"])
+	case "iss_sub":
+		return fmt.Sprintf("%v (iss %v)", m["sub"], m["iss"])
+	case "opaque":
+		return "stream " + fmt.Sprint(m["id"])
+	case "complex":
+		var parts []string
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			if k != "format" {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			s := describeSubject(m[k])
+			if sub, ok := m[k].(map[string]any); ok && sub["format"] == "opaque" {
+				s = fmt.Sprint(sub["id"])
+				if len(s) > 12 {
+					s = s[:12] + "…"
+				}
+			}
+			parts = append(parts, k+"="+s)
+		}
+		return strings.Join(parts, " ")
+	}
+	return fmt.Sprint(m["format"])
+}
+
+// key returns the public key for kid, fetching the JWKS again when it is
+// unknown (a rotation).
+func (r *demoReceiver) key(ctx context.Context, kid string) (any, error) {
+	r.mu.Lock()
+	k, ok := r.keys[kid]
+	r.mu.Unlock()
+	if ok {
+		return k, nil
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.jwksURL, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var set struct {
+		Keys []map[string]string `json:"keys"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+		return nil, fmt.Errorf("JWKS: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, j := range set.Keys {
+		if _, private := j["d"]; private {
+			return nil, errors.New("the JWKS publishes a private key")
+		}
+		pk, err := jwkPublicKey(j)
+		if err == nil {
+			r.keys[j["kid"]] = pk
+		}
+	}
+	if k, ok := r.keys[kid]; ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("kid %q is not in the JWKS", kid)
+}
+
+func jwkPublicKey(j map[string]string) (any, error) {
+	dec := func(s string) (*big.Int, error) {
+		b, err := base64.RawURLEncoding.DecodeString(s)
+		if err != nil {
+			return nil, err
+		}
+		return new(big.Int).SetBytes(b), nil
+	}
+	switch j["kty"] {
+	case "RSA":
+		n, err := dec(j["n"])
+		if err != nil {
+			return nil, err
+		}
+		e, err := dec(j["e"])
+		if err != nil {
+			return nil, err
+		}
+		return &rsa.PublicKey{N: n, E: int(e.Int64())}, nil
+	case "EC":
+		x, err := dec(j["x"])
+		if err != nil {
+			return nil, err
+		}
+		y, err := dec(j["y"])
+		if err != nil {
+			return nil, err
+		}
+		return &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}, nil
+	}
+	return nil, fmt.Errorf("unsupported kty %q", j["kty"])
+}
+
+func (r *demoReceiver) received() []receivedSET {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]receivedSET(nil), r.got...)
+}
+
+func (r *demoReceiver) rejected() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bad
+}
+
+// waitFor waits until at least n SETs have arrived.
+func (r *demoReceiver) waitFor(ctx context.Context, n int, timeout time.Duration) error {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		if len(r.received()) >= n {
+			return nil
+		}
+		select {
+		case <-r.signal:
+		case <-deadline.C:
+			return fmt.Errorf("%d of %d SETs arrived within %s", len(r.received()), n, timeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/bench"
+	"github.com/ssf-sidecar/ssf-sidecar/ssf"
+)
+
+func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	verbs := map[string]string{"check": "validate a receivers file: check [--receivers FILE] [--probe]"}
+	verb, fs, af, err := subcommand("receivers", verbs, args, stderr)
+	if err != nil {
+		return err
+	}
+	_ = verb
+	file := fs.String("receivers", os.Getenv("SSF_RECEIVERS"), "receivers file (env SSF_RECEIVERS)")
+	probe := fs.Bool("probe", false, "also send a verification SET to each of these receivers' push streams through the running sidecar and report the answer")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long --probe waits for each answer")
+	pos, err := parseInterleaved(fs, args[1:])
+	if err != nil {
+		return err
+	}
+	if len(pos) == 1 && *file == "" {
+		*file = pos[0]
+	} else if len(pos) > 0 {
+		return usageError{"receivers check takes the file as --receivers or as its one argument"}
+	}
+	if *file == "" {
+		return usageError{"receivers check: name the file (--receivers FILE or SSF_RECEIVERS)"}
+	}
+	recv, err := ssf.LoadReceivers(*file)
+	if err != nil {
+		return exitError{exitConfig, fmt.Errorf("%s has problems:\n  - %s", *file, strings.ReplaceAll(err.Error(), "\n", "\n  - "))}
+	}
+	if af.json && !*probe {
+		type row struct {
+			Name          string `json:"name"`
+			Tokens        int    `json:"tokens"`
+			OAuthClients  int    `json:"oauth_client_ids"`
+			Audience      string `json:"audience"`
+			SubjectFormat string `json:"subject_format"`
+			Profile       string `json:"profile"`
+		}
+		out := make([]row, 0, len(recv))
+		for _, r := range recv {
+			out = append(out, row{r.Name, len(r.Tokens), len(r.OAuthClientIDs), r.Audience, r.SubjectFormat, r.Profile})
+		}
+		return printJSON(stdout, out)
+	}
+	rows := make([][]string, 0, len(recv))
+	for _, r := range recv {
+		rows = append(rows, []string{r.Name, strconv.Itoa(len(r.Tokens)), orDash(strings.Join(r.OAuthClientIDs, ",")), r.Audience, r.SubjectFormat, r.Profile})
+	}
+	table(stdout, []string{"RECEIVER", "TOKENS", "OAUTH CLIENTS", "AUDIENCE", "SUBJECTS", "PROFILE"}, rows)
+	fmt.Fprintf(stdout, "\n%s is valid: %d receiver(s)\n", *file, len(recv))
+	if !*probe {
+		return nil
+	}
+	return probeReceivers(ctx, af.client(), recv, *timeout, af.json, stdout)
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "proxy" {
+		fmt.Fprintln(stderr, "Usage: ssf-sidecar bench proxy [--duration 5s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return usageError{"bench: name what to measure (proxy)"}
+	}
+	fs := flag.NewFlagSet("bench proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o bench.Options
+	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "measured time per row")
+	fs.DurationVar(&o.Warmup, "warmup", time.Second, "warm-up time per row")
+	fs.IntVar(&o.Connections, "connections", 128, "connections of the saturating load")
+	fs.IntVar(&o.BodySize, "body", 512, "upstream response body size in bytes")
+	fs.StringVar(&o.Generator, "generator", "", "load generator: wrk or go (default: wrk when installed)")
+	fs.StringVar(&o.NginxPath, "nginx", "", "nginx binary (default: nginx on PATH; the row is skipped when absent)")
+	rows := fs.String("rows", "", "comma-separated rows to measure: direct,sidecar,nginx (default all)")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err.Error()}
+	}
+	o.Rows = splitList(*rows)
+	return bench.Run(ctx, o, stdout)
+}
+
+// probeReceivers asks the running sidecar to send a verification SET to each
+// push stream of the given receivers, then waits for the outbox to record the
+// first delivery attempt of that SET. The sidecar's outbox makes the
+// connection, so its destination checks (no private addresses unless
+// allowed, no environment proxies, no redirects) apply to the probe too.
+func probeReceivers(ctx context.Context, c *adminClient, recv []ssf.Receiver, timeout time.Duration, asJSON bool, stdout io.Writer) error {
+	names := map[string]bool{}
+	for _, r := range recv {
+		names[r.Name] = true
+	}
+	var streams []ssf.Stream
+	if err := c.do(ctx, "GET", "/admin/streams", nil, &streams); err != nil {
+		return err
+	}
+	type result struct {
+		Stream   string `json:"stream_id"`
+		Receiver string `json:"receiver"`
+		Endpoint string `json:"endpoint"`
+		Outcome  string `json:"outcome"`
+		Status   int    `json:"status_code,omitempty"`
+		Latency  string `json:"latency,omitempty"`
+		Error    string `json:"error,omitempty"`
+	}
+	var results []result
+	failed := 0
+	for _, s := range streams {
+		if !names[s.Receiver] || methodName(s.DeliveryMethod) != "push" {
+			continue
+		}
+		res := result{Stream: s.ID, Receiver: s.Receiver, Endpoint: endpointHost(s.EndpointURL)}
+		state := fmt.Sprintf("probe-%d", time.Now().UnixNano())
+		if err := c.do(ctx, "POST", "/admin/streams/"+s.ID+"/verify", map[string]string{"state": state}, nil); err != nil {
+			res.Outcome, res.Error = "not sent", err.Error()
+		} else if a, err := waitForAttempt(ctx, c, s.ID, state, timeout); err != nil {
+			res.Outcome, res.Error = "no answer", err.Error()
+		} else {
+			res.Outcome, res.Status, res.Latency, res.Error = a.Outcome, a.StatusCode, a.Latency.Round(time.Millisecond).String(), a.Error
+		}
+		if res.Outcome != "delivered" {
+			failed++
+		}
+		results = append(results, res)
+	}
+	if asJSON {
+		if err := printJSON(stdout, results); err != nil {
+			return err
+		}
+	} else {
+		rows := make([][]string, 0, len(results))
+		for _, r := range results {
+			code := "-"
+			if r.Status != 0 {
+				code = strconv.Itoa(r.Status)
+			}
+			rows = append(rows, []string{r.Receiver, r.Stream, r.Endpoint, r.Outcome, code, orDash(r.Latency), orDash(r.Error)})
+		}
+		fmt.Fprintln(stdout)
+		table(stdout, []string{"RECEIVER", "STREAM", "ENDPOINT", "OUTCOME", "STATUS", "LATENCY", "ERROR"}, rows)
+		if len(results) == 0 {
+			fmt.Fprintln(stdout, "no push streams of these receivers to probe")
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d push endpoint(s) did not accept the verification SET", failed, len(results))
+	}
+	return nil
+}
+
+func waitForAttempt(ctx context.Context, c *adminClient, stream, state string, timeout time.Duration) (outboxAttempt, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		var recs []outboxRecord
+		if err := c.do(ctx, "GET", "/admin/outbox/"+stream+"/history?limit=50", nil, &recs); err != nil {
+			return outboxAttempt{}, err
+		}
+		for _, r := range recs {
+			if strings.Contains(string(r.Claims), `"state":"`+state+`"`) && len(r.Attempts) > 0 {
+				return r.Attempts[len(r.Attempts)-1], nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return outboxAttempt{}, fmt.Errorf("no delivery attempt within %s (the stream may be paused or backing off)", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return outboxAttempt{}, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

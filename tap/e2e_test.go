@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -535,4 +536,30 @@ func TestEventAPIOnlyDirect(t *testing.T) {
 			t.Fatalf("after step %q", st.name)
 		}
 	}
+}
+
+// TestOverranBeforeIsReconciled: when the proxy gave up on Before, After
+// never comes; the open intent is reconciled once the grace period passed,
+// without a restart.
+func TestOverranBeforeIsReconciled(t *testing.T) {
+	var offset atomic.Int64
+	e := newEnv(t, envOpts{mutate: func(c *Config) {
+		c.Clock = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	}})
+	alice := e.user("alice")
+	s, _ := e.session(alice.PK)
+	e.proxy.skipAfter = true
+	e.do("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken())
+	if err := e.tap.rescan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.kv.count(BucketJournal); n != 1 {
+		t.Fatalf("an in-flight intent was touched: journal holds %d", n)
+	}
+	offset.Store(int64(2 * openGrace))
+	if err := e.tap.rescan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceReconcile, subject: int64(alice.PK),
+		initiator: InitiatorAdmin, sessionUUID: s.UUID}})
 }

@@ -4,7 +4,13 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"time"
 )
+
+// openGrace is how long an open intent of this process is left alone: a
+// Before that overran the proxy's deadline never gets its After, so such an
+// intent is reconciled like a crashed one once this has passed.
+const openGrace = time.Minute
 
 // rescan walks the journal: completed intents whose signals were not yet
 // published are published; intents left open by an earlier process (a
@@ -23,13 +29,15 @@ func (t *Tap) rescan(ctx context.Context) error {
 		switch {
 		case in.Outcome == outcomeCompleted:
 			err = t.process(ctx, in, SourceTraffic)
-		case !in.Created.Before(t.started):
-			continue // this process's own request is still in flight
+		case !in.Created.Before(t.started) && t.cfg.Clock().Sub(in.Created) < openGrace:
+			continue // this process's own request may still be in flight
 		case t.cfg.Clock().Sub(in.Created) > t.cfg.IntentMaxAge:
 			t.stats.misses.Add(1)
 			err = t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
 		default:
-			err = t.reconcile(ctx, in)
+			rctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+			err = t.reconcile(rctx, in)
+			cancel()
 		}
 		if err != nil && firstErr == nil {
 			firstErr = err

@@ -147,7 +147,9 @@ func (t *Tap) process(ctx context.Context, in *intent, source Source) error {
 	if _, ok := t.processed.get(in.ID); ok {
 		return nil // both the queue and a rescan handed it over
 	}
-	sigs := t.classify(ctx, in, source)
+	cctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+	sigs := t.classify(cctx, in, source)
+	cancel()
 	for i := range sigs {
 		var extra []Mark
 		if i == len(sigs)-1 {

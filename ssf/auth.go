@@ -8,6 +8,10 @@ import (
 	"github.com/labstack/echo/v4"
 )
 
+// scopePoll is the scope check of the poll endpoint: ssf.read, ssf.manage
+// or ssf.manage.poll.
+const scopePoll = "poll"
+
 // principal is an authenticated receiver and what its token allows.
 type principal struct {
 	receiver *Receiver
@@ -21,6 +25,11 @@ type principal struct {
 func (p principal) can(scope string) bool {
 	if p.unscoped || hasScope(p.scopes, scope) {
 		return true
+	}
+	// The poll endpoint also takes the finer ssf.manage.poll (CAEP
+	// interoperability profile §2.7.2).
+	if scope == scopePoll {
+		return hasScope(p.scopes, "ssf.manage.poll") || p.can(ScopeRead)
 	}
 	// ssf.manage allows reading too.
 	return scope == ScopeRead && hasScope(p.scopes, ScopeManage)

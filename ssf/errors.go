@@ -42,8 +42,11 @@ func unauthorized(desc string) *apiError {
 }
 
 func forbidden(scope string) *apiError {
-	return &apiError{Status: http.StatusForbidden, Code: "insufficient_scope",
-		Desc: "the token lacks the scope " + scope, Challenge: "insufficient_scope"}
+	desc := "the token lacks the scope " + scope
+	if scope == scopePoll {
+		desc = "the token lacks the scope ssf.read (or ssf.manage.poll)"
+	}
+	return &apiError{Status: http.StatusForbidden, Code: "insufficient_scope", Desc: desc, Challenge: "insufficient_scope"}
 }
 
 func tooLarge(limit int64) *apiError {

@@ -122,6 +122,8 @@ receivers:
     tokens:
       - {value: "acme-manage-token", scopes: [ssf.manage, ssf.read]}
       - {value: "acme-read-token", scopes: [ssf.read]}
+      - {value: "acme-poll-token", scopes: [ssf.manage.poll]}
+      - {value: "acme-odd-token", scopes: [ssf.other]}
     oauth_client_ids: [acme-client]
     audience: "https://acme.example/"
   - name: globex

@@ -202,7 +202,7 @@ func (t *Transmitter) verify(c echo.Context) error {
 
 // poll answers an RFC 8936 poll request on the stream's own poll URL.
 func (t *Transmitter) poll(c echo.Context) error {
-	p, err := t.authenticate(c, ScopeRead)
+	p, err := t.authenticate(c, scopePoll)
 	if err != nil {
 		return err
 	}

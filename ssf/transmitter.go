@@ -224,6 +224,10 @@ func New(cfg Config) (*Transmitter, error) {
 	for i := range cfg.Receivers {
 		r := &cfg.Receivers[i]
 		t.receivers[r.Name] = r
+		if len(r.OAuthClientIDs) > 0 && cfg.OAuthIssuer == "" {
+			t.log.Warn("receiver lists oauth_client_ids but no OAuth issuer is configured: its OAuth tokens are refused",
+				slog.String("receiver", r.Name))
+		}
 		for _, tk := range r.Tokens {
 			t.tokens = append(t.tokens, tokenEntry{hash: sha256.Sum256([]byte(tk.Value)), receiver: r, scopes: tk.Scopes})
 		}

@@ -547,3 +547,33 @@ func TestStreamFailingPauses(t *testing.T) {
 		t.Error("no stream-updated SET explaining the pause")
 	}
 }
+
+func TestScopes(t *testing.T) {
+	h := newHarness(t)
+	w := h.create(acmeTok, map[string]any{})
+	cases := []struct {
+		name, method, path, token string
+		body                      any
+		status                    int
+	}{
+		{"manage reads", "GET", "/ssf/streams", acmeTok, nil, 200},
+		{"read reads", "GET", "/ssf/status?stream_id=" + w.StreamID, acmeRead, nil, 200},
+		{"read polls", "POST", w.Delivery.EndpointURL, acmeRead, `{"returnImmediately":true}`, 200},
+		{"poll scope polls", "POST", w.Delivery.EndpointURL, "acme-poll-token", `{"returnImmediately":true}`, 200},
+		{"poll scope cannot read streams", "GET", "/ssf/streams", "acme-poll-token", nil, 403},
+		{"read cannot verify", "POST", "/ssf/verify", acmeRead, map[string]any{"stream_id": w.StreamID}, 403},
+		{"read cannot set status", "POST", "/ssf/status", acmeRead, map[string]any{"stream_id": w.StreamID, "status": "paused"}, 403},
+		{"other scope cannot poll", "POST", w.Delivery.EndpointURL, "acme-odd-token", `{}`, 403},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := h.do(c.method, c.path, c.token, c.body)
+			if r.status != c.status {
+				t.Fatalf("status %d, want %d: %s", r.status, c.status, r.body)
+			}
+			if c.status == 403 && !strings.Contains(r.header.Get("WWW-Authenticate"), `error="insufficient_scope"`) {
+				t.Errorf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
+			}
+		})
+	}
+}

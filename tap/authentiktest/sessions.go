@@ -2,8 +2,16 @@ package authentiktest
 
 import (
 	"net/http"
+	"sort"
 	"strconv"
 )
+
+func (s *Server) usernameOf(pk int) string {
+	if u := s.state.users[pk]; u != nil {
+		return u.username
+	}
+	return ""
+}
 
 func (s *Server) sessionJSON(se *session, c *caller) map[string]any {
 	return map[string]any{
@@ -37,7 +45,12 @@ func (s *Server) handleSessionList(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	var items []any
-	for _, se := range s.authSessions() {
+	list := s.authSessions()
+	// authentik orders sessions by user__username.
+	sort.SliceStable(list, func(i, j int) bool {
+		return s.usernameOf(list[i].userPK) < s.usernameOf(list[j].userPK)
+	})
+	for _, se := range list {
 		if !visibleSession(c, se) {
 			continue
 		}

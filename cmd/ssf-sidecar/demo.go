@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
@@ -260,7 +261,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer w.Close()
-	w.recv.out = stdout
+	// The receiver prints from its own goroutines: share one locked writer.
+	stdout = &lockedWriter{w: stdout}
+	w.recv.setOutput(stdout)
 
 	fmt.Fprintf(stdout, "ssf-sidecar demo\n\n")
 	fmt.Fprintf(stdout, "  simulated authentik  %s\n", w.ak.URL())
@@ -407,4 +410,16 @@ func compareDemo(expected []expectedSET, got []receivedSET) (missing []expectedS
 		}
 	}
 	return missing, unexpected
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -58,6 +58,18 @@ func startDemoReceiver(jwksURL, issuer string) (*demoReceiver, error) {
 	return r, nil
 }
 
+func (r *demoReceiver) setOutput(w io.Writer) {
+	r.mu.Lock()
+	r.out = w
+	r.mu.Unlock()
+}
+
+func (r *demoReceiver) output() io.Writer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.out
+}
+
 func (r *demoReceiver) URL() string { return "http://" + r.ln.Addr().String() + "/events" }
 
 func (r *demoReceiver) Close() { r.srv.Close() }
@@ -76,7 +88,7 @@ func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.bad++
 		r.mu.Unlock()
-		fmt.Fprintf(r.out, "  ✗ rejected a SET: %v\n", err)
+		fmt.Fprintf(r.output(), "  ✗ rejected a SET: %v\n", err)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
 		json.NewEncoder(w).Encode(map[string]string{"err": "invalid_request", "description": err.Error()})
@@ -93,7 +105,7 @@ func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if set.Initiator != "" {
 		line += fmt.Sprintf(" initiator=%-6s", set.Initiator)
 	}
-	fmt.Fprintf(r.out, "%s %s\n", line, set.Subject)
+	fmt.Fprintf(r.output(), "%s %s\n", line, set.Subject)
 	w.WriteHeader(http.StatusAccepted)
 }
 

@@ -577,3 +577,29 @@ func TestScopes(t *testing.T) {
 		})
 	}
 }
+
+func TestRoutingErrorsAreSSFJSON(t *testing.T) {
+	tr, _ := unitTransmitter(t)
+	cases := []struct {
+		method, path string
+		status       int
+	}{
+		{"GET", "/ssf/nope", 404},
+		{"GET", "/ssf/verify", 405},
+		{"DELETE", "/ssf/status", 405},
+		{"GET", "/ssf/poll/x", 405},
+		{"POST", "/ssf/poll/", 404},
+	}
+	for _, c := range cases {
+		t.Run(c.method+" "+c.path, func(t *testing.T) {
+			rec := serve(tr, c.method, c.path, "", "")
+			if rec.Code != c.status {
+				t.Fatalf("status %d, want %d", rec.Code, c.status)
+			}
+			var e map[string]string
+			if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e["err"] == "" {
+				t.Errorf("body %s", rec.Body)
+			}
+		})
+	}
+}

@@ -228,6 +228,12 @@ func (s *Server) handleExecutor(w http.ResponseWriter, r *http.Request) {
 	}
 	se.lastUsed = s.now()
 	u := s.sessionUser(se)
+	if u != nil && r.Method == http.MethodPost && !s.csrfOK(r, se) {
+		// DRF's SessionAuthentication enforces CSRF for authenticated sessions,
+		// on the executor as on any API view.
+		writeDetail(w, http.StatusForbidden, msgCSRF)
+		return
+	}
 	var out map[string]any
 	switch f.slug {
 	case s.cfg.Flows.Authentication:

@@ -256,3 +256,24 @@ func TestUserSettingsFlowChangesEmail(t *testing.T) {
 		t.Fatalf("user_write = %+v", uw)
 	}
 }
+
+func TestExecutorEnforcesCSRFForAuthenticatedSessions(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	mustUser(t, s, UserSpec{Username: "alice", Password: "pw"})
+	c, err := s.Login("alice", "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := &http.Client{Jar: c.Jar} // same cookies, no CSRF header
+	r := do(t, plain, "POST", s.URL()+"/api/v3/flows/executor/"+s.Flows().PasswordChange+"/?query=", "",
+		map[string]any{"component": "ak-stage-prompt", "password": "x", "password_repeat": "x"})
+	wantStatus(t, r, http.StatusForbidden)
+	if len(s.EventsByAction("password_set")) != 0 {
+		t.Fatal("password changed without CSRF")
+	}
+	// anonymous POSTs (the login flow) need none
+	anon := &http.Client{}
+	r = do(t, anon, "POST", s.URL()+"/api/v3/flows/executor/"+s.Flows().Authentication+"/?query=", "",
+		map[string]any{"component": "ak-stage-identification", "uid_field": "alice", "password": "pw"})
+	wantStatus(t, r, http.StatusOK)
+}

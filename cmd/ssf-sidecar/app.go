@@ -105,8 +105,10 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	// The transmitter and the outbox refer to each other (the outbox reports
 	// failing streams, the transmitter enqueues); reporter breaks the knot.
 	rep := &reporter{}
+	dashExtra, dashHooks := a.setupDashboard()
 	a.outbox, err = outbox.New(outbox.Config{
 		Store: a.store, Signer: a.keys, Reporter: rep, Logger: logger.With("component", "outbox"),
+		Hooks: combineHooks(dashHooks),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
 		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention,
@@ -144,6 +146,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	a.adminHandler, err = admin.New(admin.Config{
 		Token: cfg.AdminToken, Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
 		Ready: a.ready, Health: a.healthChecks(up), Logger: logger.With("component", "admin"),
+		Extra: dashExtra,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)

@@ -43,6 +43,7 @@ type Config struct {
 	PauseAfter            time.Duration
 	KeyOverlap            time.Duration
 	MaxBody               int64
+	TraceURL              string
 	ConfigFile            string
 }
 
@@ -145,6 +146,7 @@ var options = []option{
 		c.MaxBody = n
 		return nil
 	}},
+	{name: "trace-url", env: "SSF_TRACE_URL", usage: "link template of your tracing UI with {trace_id}, e.g. https://tempo.example/trace/{trace_id} (dashboard links)", apply: str(func(c *Config) *string { return &c.TraceURL })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
 }
 

@@ -244,6 +244,10 @@ func TestStreamErrors(t *testing.T) {
 		{"body too large", "POST", "/ssf/streams", acmeTok, big, 413, "", "larger"},
 		{"bad subject", "POST", "/ssf/subjects:add", acmeTok, map[string]any{"stream_id": w.StreamID, "subject": map[string]string{"format": "email", "email": "not an email"}}, 400, "", "email"},
 		{"bad verify body", "POST", "/ssf/verify", acmeTok, `{"stream_id":5}`, 400, "", "stream_id"},
+		{"verify invalid token", "POST", "/ssf/verify", "nope", map[string]any{"stream_id": w.StreamID}, 401, `error="invalid_token"`, ""},
+		{"verify without token", "POST", "/ssf/verify", "", map[string]any{"stream_id": w.StreamID}, 401, "Bearer", ""},
+		{"subjects invalid token", "POST", "/ssf/subjects:add", "nope", map[string]any{"stream_id": w.StreamID}, 401, "invalid_token", ""},
+		{"poll invalid token", "POST", "/ssf/poll/" + w.StreamID, "nope", `{}`, 401, "invalid_token", ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -601,5 +605,41 @@ func TestRoutingErrorsAreSSFJSON(t *testing.T) {
 				t.Errorf("body %s", rec.Body)
 			}
 		})
+	}
+}
+
+// TestPollSetErrs is the conformance suite's set-errs module: a poll that
+// only reports errors (maxEvents 0, Content-Language) answers 200 with no
+// SETs, and the rejected SET is not handed out again.
+func TestPollSetErrs(t *testing.T) {
+	h := newHarness(t)
+	w := h.create(acmeTok, map[string]any{})
+	sets := h.pollAll(acmeTok, w)
+	if len(sets) != 1 {
+		t.Fatalf("%d SETs", len(sets))
+	}
+	var jti string
+	for k := range sets {
+		jti = k
+	}
+	body := `{"maxEvents":0,"returnImmediately":true,"setErrs":{"` + jti + `":{"err":"invalid_state","description":"state mismatch"}}}`
+	req, _ := http.NewRequest("POST", h.srv.URL+"/ssf/poll/"+w.StreamID, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+acmeTok)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Language", "en")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var pr struct {
+		Sets map[string]string `json:"sets"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&pr); err != nil || resp.StatusCode != 200 || pr.Sets == nil || len(pr.Sets) != 0 {
+		t.Fatalf("status %d sets %v err %v", resp.StatusCode, pr.Sets, err)
+	}
+	h.clock.Advance(2 * time.Minute)
+	if again := h.pollAll(acmeTok, w); len(again) != 0 {
+		t.Errorf("rejected SET handed out again: %d", len(again))
 	}
 }

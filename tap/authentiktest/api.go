@@ -26,6 +26,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("PUT /api/v3/core/users/{id}/{$}", s.handleUserUpdate)
 	mux.HandleFunc("DELETE /api/v3/core/users/{id}/{$}", s.handleUserDelete)
 	mux.HandleFunc("POST /api/v3/core/users/{id}/set_password/{$}", s.handleSetPassword)
+	mux.HandleFunc("POST /api/v3/core/users/{id}/impersonate/{$}", s.handleImpersonate)
+	mux.HandleFunc("GET /api/v3/core/users/impersonate_end/{$}", s.handleImpersonateEnd)
 	// core: sessions
 	mux.HandleFunc("GET /api/v3/core/authenticated_sessions/{$}", s.handleSessionList)
 	mux.HandleFunc("GET /api/v3/core/authenticated_sessions/{uuid}/{$}", s.handleSessionGet)

@@ -5,7 +5,7 @@
 //   - the authentik_session cookie (an HS256 JWT signed with the hex string of
 //     sha512(SECRET_KEY)) and the authentik_csrf cookie, set by a login flow;
 //   - /api/v3/core/users/ (me, list with filters, get, create, patch, put,
-//     delete, set_password);
+//     delete, set_password, impersonate, impersonate_end);
 //   - /api/v3/core/authenticated_sessions/ (list, get, delete, bulk_delete);
 //   - /api/v3/authenticators/ for the user's own devices and the admin's,
 //     per device type (totp, webauthn, static, duo, sms, email);
@@ -53,6 +53,9 @@
 //	TOTP setup: first request           model_created, device unconfirmed    -
 //	TOTP setup: right code              model_updated (confirmed), no diff   mfa_device_added
 //	DELETE a device (user or admin)     model_deleted device (actor)         mfa_device_removed
+//	POST /core/users/{id}/impersonate/  impersonation_started; afterwards    -
+//	                                    every request-bound event names the
+//	                                    admin with on_behalf_of the user
 //	SystemDisableUser                   model_updated user (AnonymousUser,   -
 //	                                    no http_request)
 //	SystemSetPassword                   password_set (no http_request)       origin, synced_from_source

@@ -57,6 +57,12 @@ func (s *Server) record(action, app string, who map[string]any, ctx map[string]a
 	ev := &event{pk: s.newUUID(), user: who, action: action, app: app, context: ctx, created: now, expires: now.Add(eventExpiry)}
 	ip := "255.255.255.255"
 	if r != nil {
+		// from_http: while a session impersonates, every event names the
+		// original user with the impersonated one as on_behalf_of.
+		if se := s.sessionFromRequest(r); se != nil && se.impersonating != 0 {
+			ev.user = eventUser(s.state.users[se.userPK])
+			ev.user["on_behalf_of"] = eventUser(s.state.users[se.impersonating])
+		}
 		ctx["http_request"] = httpContext(r)
 		ip = clientIP(r)
 		ev.brand = s.brandRef()

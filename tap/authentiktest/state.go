@@ -45,6 +45,9 @@ type session struct {
 	pendingUser   int
 	pendingDevice int // TOTP device being set up
 	authGen       int // the user's passwordGen when the session was authenticated
+	// impersonating is the pk of the user an admin session impersonates
+	// (userPK stays the admin), 0 when not impersonating.
+	impersonating int
 }
 
 type device struct {
@@ -379,6 +382,12 @@ func (s *Server) sessionUser(se *session) *user {
 	}
 	if se.authGen != u.passwordGen {
 		delete(s.state.sessions, se.sid)
+		return nil
+	}
+	if se.impersonating != 0 {
+		if target := s.state.users[se.impersonating]; target != nil && target.isActive {
+			return target
+		}
 		return nil
 	}
 	return u

@@ -50,7 +50,63 @@ func (s *Server) handleMe(w http.ResponseWriter, r *http.Request) {
 	if c == nil {
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"user": s.userSelfJSON(c.user)})
+	out := map[string]any{"user": s.userSelfJSON(c.user)}
+	if c.session != nil && c.session.impersonating != 0 {
+		if orig := s.state.users[c.session.userPK]; orig != nil {
+			out["original"] = s.userSelfJSON(orig)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// handleImpersonate starts impersonating the user (admin, session cookie
+// only): 204, an impersonation_started event naming the admin on behalf of
+// the user, and from then on the session acts as that user.
+func (s *Server) handleImpersonate(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.authAPI(w, r)
+	if c == nil {
+		return
+	}
+	u := s.userFor(w, r, c)
+	if u == nil {
+		return
+	}
+	if !c.admin() || c.session == nil || c.session.impersonating != 0 || u == c.user {
+		writeDetail(w, http.StatusForbidden, msgForbidden)
+		return
+	}
+	var in struct {
+		Reason *string `json:"reason"`
+	}
+	if err := decodeBody(r, &in); err != nil {
+		writeParseError(w, err)
+		return
+	}
+	if in.Reason == nil || *in.Reason == "" {
+		writeValidation(w, map[string][]string{"reason": {"This field is required."}})
+		return
+	}
+	c.session.impersonating = u.pk
+	s.record("impersonation_started", appSignals, eventUser(u), map[string]any{"reason": *in.Reason}, r)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleImpersonateEnd ends impersonation (204 either way); the
+// impersonation_ended event names the original user.
+func (s *Server) handleImpersonateEnd(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.authAPI(w, r)
+	if c == nil {
+		return
+	}
+	if se := c.session; se != nil && se.impersonating != 0 {
+		se.impersonating = 0
+		s.record("impersonation_ended", appSignals, eventUser(s.state.users[se.userPK]), nil, r)
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) handleUserList(w http.ResponseWriter, r *http.Request) {

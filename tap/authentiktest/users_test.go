@@ -270,3 +270,50 @@ func TestPasswordChangeEndsOtherSessionsAndPutKeepsThem(t *testing.T) {
 		t.Fatal("PATCH of an inactive user keeps sessions")
 	}
 }
+
+func TestImpersonationAttributesEventsToTheAdmin(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	alice := mustUser(t, s, UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw"})
+	dev, err := s.AddDevice(DeviceSpec{Type: DeviceTOTP, UserPK: alice.PK, Name: "phone"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := s.Login("akadmin", "akadmin-password")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, do(t, admin, "POST", userURL(s, alice.PK)+"impersonate/", "", map[string]any{}), http.StatusBadRequest)
+	wantStatus(t, do(t, nil, "POST", userURL(s, alice.PK)+"impersonate/", s.AdminToken(), map[string]any{"reason": "x"}), http.StatusForbidden)
+	wantStatus(t, do(t, admin, "POST", userURL(s, alice.PK)+"impersonate/", "", map[string]any{"reason": "support ticket"}), http.StatusNoContent)
+
+	var me schemaSessionUser
+	r := do(t, admin, "GET", s.URL()+"/api/v3/core/users/me/", "", nil)
+	wantStatus(t, r, http.StatusOK)
+	r.decode(t, &me)
+	if *me.User.PK != alice.PK || me.Original == nil || *me.Original.Username != "akadmin" {
+		t.Fatalf("me while impersonating: user %v original %v", *me.User.Username, me.Original)
+	}
+	// acting as alice: her own device endpoint works, admin endpoints do not
+	wantStatus(t, do(t, admin, "GET", s.URL()+"/api/v3/authenticators/admin/totp/", "", nil), http.StatusForbidden)
+	wantStatus(t, do(t, admin, "DELETE", s.URL()+"/api/v3/authenticators/totp/"+itoa(dev.PK)+"/", "", nil), http.StatusNoContent)
+	del := s.EventsByAction("model_deleted")
+	if len(del) != 1 || del[0].User["username"] != "akadmin" {
+		t.Fatalf("model_deleted while impersonating = %+v", del)
+	}
+	if obo, _ := del[0].User["on_behalf_of"].(map[string]any); obo == nil || obo["pk"] != alice.PK {
+		t.Fatalf("on_behalf_of = %v", del[0].User["on_behalf_of"])
+	}
+	st := s.EventsByAction("impersonation_started")
+	if len(st) != 1 || st[0].Context["reason"] != "support ticket" || st[0].User["username"] != "akadmin" {
+		t.Fatalf("impersonation_started = %+v", st)
+	}
+	wantStatus(t, do(t, admin, "GET", s.URL()+"/api/v3/core/users/impersonate_end/", "", nil), http.StatusNoContent)
+	me = schemaSessionUser{}
+	do(t, admin, "GET", s.URL()+"/api/v3/core/users/me/", "", nil).decode(t, &me)
+	if *me.User.Username != "akadmin" || me.Original != nil {
+		t.Fatalf("after end: %v %v", *me.User.Username, me.Original)
+	}
+	if end := s.EventsByAction("impersonation_ended"); len(end) != 1 || end[0].User["on_behalf_of"] != nil {
+		t.Fatalf("impersonation_ended = %+v", end)
+	}
+}

@@ -179,6 +179,15 @@ func decodeStreamRequest(body []byte) (streamRequest, error) {
 			return req, errors.New("delivery must be an object")
 		}
 		req.Delivery = &deliveryRequest{}
+		// The pre-SSF RISC shape named these delivery_method and url.
+		if _, ok := d["method"]; !ok {
+			d["method"] = d["delivery_method"]
+		}
+		if _, ok := d["endpoint_url"]; !ok {
+			if u, ok := d["url"]; ok {
+				d["endpoint_url"] = u
+			}
+		}
 		if err := json.Unmarshal(d["method"], &req.Delivery.Method); err != nil || req.Delivery.Method == "" {
 			return req, errors.New("delivery.method must be a non-empty string")
 		}

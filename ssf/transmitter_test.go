@@ -352,6 +352,17 @@ func TestLegacyProfileAcceptsRISCPush(t *testing.T) {
 	if w.Delivery.Method != MethodRISCPush || w.Delivery.EndpointURL != "https://rx.example/events" {
 		t.Errorf("delivery %+v", w.Delivery)
 	}
+	// The pre-SSF RISC member names are understood too.
+	r = h.do("POST", "/ssf/streams", legacyTok, map[string]any{"delivery": map[string]string{
+		"delivery_method": MethodRISCPush, "url": "https://rx.example/old"}})
+	if r.status != 201 {
+		t.Fatalf("RISC-shaped create: %d %s", r.status, r.body)
+	}
+	w = streamWire{}
+	r.json(t, &w)
+	if w.Delivery.Method != MethodRISCPush || w.Delivery.EndpointURL != "https://rx.example/old" {
+		t.Errorf("delivery %+v", w.Delivery)
+	}
 }
 
 func TestDescriptionTruncated(t *testing.T) {

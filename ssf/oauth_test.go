@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 type oauthIssuer struct {
 	srv     *httptest.Server
 	key     *rsa.PrivateKey
+	kidMu   sync.Mutex
 	kid     string
 	fetches atomic.Int32
 }
@@ -39,10 +41,16 @@ func newOAuthIssuer(t *testing.T) *oauthIssuer {
 	mux.HandleFunc("/application/o/ssf/jwks/", func(w http.ResponseWriter, r *http.Request) {
 		o.fetches.Add(1)
 		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []map[string]string{{
-			"kty": "RSA", "kid": o.kid, "use": "sig", "alg": "RS256",
+			"kty": "RSA", "kid": o.currentKID(), "use": "sig", "alg": "RS256",
 			"n": b64(key.N.Bytes()), "e": b64(big.NewInt(int64(key.E)).Bytes())}}})
 	})
 	return o
+}
+
+func (o *oauthIssuer) currentKID() string {
+	o.kidMu.Lock()
+	defer o.kidMu.Unlock()
+	return o.kid
 }
 
 func (o *oauthIssuer) issuer() string { return o.srv.URL + "/application/o/ssf/" }
@@ -51,7 +59,7 @@ func (o *oauthIssuer) mint(t *testing.T, now time.Time, mod func(jwt.MapClaims, 
 	t.Helper()
 	c := jwt.MapClaims{"iss": o.issuer(), "aud": "acme-client", "azp": "acme-client", "sub": "svc",
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(5 * time.Minute).Unix(), "scope": "openid ssf.manage ssf.read"}
-	hdr := map[string]any{"kid": o.kid}
+	hdr := map[string]any{"kid": o.currentKID()}
 	if mod != nil {
 		mod(c, hdr)
 	}
@@ -99,13 +107,13 @@ func TestOAuthTokens(t *testing.T) {
 		}(), 401},
 		{"HS256 with the public key as secret", "GET", func() string {
 			tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"iss": o.issuer(), "azp": "acme-client", "aud": "acme-client", "exp": now.Add(time.Minute).Unix(), "scope": "ssf.read"})
-			tok.Header["kid"] = o.kid
+			tok.Header["kid"] = o.currentKID()
 			s, _ := tok.SignedString(o.key.N.Bytes())
 			return s
 		}(), 401},
 		{"signed by another key", "GET", func() string {
 			tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{"iss": o.issuer(), "azp": "acme-client", "aud": "acme-client", "exp": now.Add(time.Minute).Unix(), "scope": "ssf.read"})
-			tok.Header["kid"] = o.kid
+			tok.Header["kid"] = o.currentKID()
 			s, _ := tok.SignedString(other)
 			return s
 		}(), 401},
@@ -154,7 +162,9 @@ func TestOAuthTokens(t *testing.T) {
 	// A key the issuer publishes after rotation is found by that refetch.
 	h.clock.Advance(31 * time.Second)
 	now = h.clock.Now()
+	o.kidMu.Lock()
 	o.kid = "rotated"
+	o.kidMu.Unlock()
 	if r := h.do("GET", "/ssf/streams", o.mint(t, now, nil), nil); r.status != 200 {
 		t.Errorf("rotated key: %d %s", r.status, r.body)
 	}

@@ -106,11 +106,8 @@ func Login(ctx context.Context, baseURL, loginSlug, username, password string) (
 
 // Login logs username in directly at the simulator.
 func (s *Server) Login(username, password string) (*http.Client, error) {
-	return Login(context.Background(), s.URL(), s.cfg.Flows.Authentication, username, password)
+	return Login(context.Background(), s.URL(), s.Flows().Authentication, username, password)
 }
-
-// Flows returns the flow slugs in use (defaults filled in).
-func (s *Server) Flows() FlowSlugs { return s.cfg.Flows }
 
 // SecretKey returns authentik's SECRET_KEY the cookies are signed with.
 func (s *Server) SecretKey() string { return s.cfg.SecretKey }

@@ -68,20 +68,14 @@ func (s *Server) handleBrandList(w http.ResponseWriter, r *http.Request) {
 	}
 	var items []any
 	if c.admin() {
-		fl := s.cfg.Flows
-		nullable := func(slug string) any {
-			if id := s.flowUUID(slug); id != "" {
-				return id
-			}
-			return nil
-		}
+		uuidOf := func(k flowKind) any { return s.flowOf(k).pk }
 		items = append(items, map[string]any{
 			"brand_uuid": s.state.brandUUID, "domain": "authentik-default", "default": true,
 			"branding_title": "authentik", "branding_logo": "/static/dist/assets/icons/icon_left_brand.svg",
 			"branding_favicon": "/static/dist/assets/icons/icon.png", "branding_custom_css": "",
 			"branding_default_flow_background": "/static/dist/assets/images/flow_background.jpg",
-			"flow_authentication":              nullable(fl.Authentication), "flow_invalidation": nullable(fl.Invalidation),
-			"flow_recovery": nil, "flow_unenrollment": nil, "flow_user_settings": nullable(fl.UserSettings),
+			"flow_authentication":              uuidOf(kindAuthentication), "flow_invalidation": uuidOf(kindInvalidation),
+			"flow_recovery": nil, "flow_unenrollment": nil, "flow_user_settings": uuidOf(kindUserSettings),
 			"flow_device_code": nil, "default_application": nil, "web_certificate": nil,
 			"client_certificates": []string{}, "attributes": map[string]any{},
 		})
@@ -92,7 +86,7 @@ func (s *Server) handleBrandList(w http.ResponseWriter, r *http.Request) {
 // handleBrandCurrent serves CurrentBrand, which names flows by slug; it
 // needs no authentication.
 func (s *Server) handleBrandCurrent(w http.ResponseWriter, r *http.Request) {
-	fl := s.cfg.Flows
+	fl := s.Flows()
 	writeJSON(w, http.StatusOK, map[string]any{
 		"matched_domain": "authentik-default", "branding_title": "authentik",
 		"branding_logo": "/static/dist/assets/icons/icon_left_brand.svg", "branding_logo_themed_urls": nil,
@@ -111,9 +105,9 @@ func (s *Server) handleDefaultFlow(w http.ResponseWriter, r *http.Request) {
 	var slug string
 	switch r.PathValue("designation") {
 	case "invalidation":
-		slug = s.cfg.Flows.Invalidation
+		slug = s.Flows().Invalidation
 	case "authentication":
-		slug = s.cfg.Flows.Authentication
+		slug = s.Flows().Authentication
 	default:
 		http.NotFound(w, r)
 		return
@@ -141,13 +135,13 @@ func (s *Server) handleEndSession(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	http.Redirect(w, r, "/if/flow/"+s.cfg.Flows.Invalidation+"/", http.StatusFound)
+	http.Redirect(w, r, "/if/flow/"+s.Flows().Invalidation+"/", http.StatusFound)
 }
 
 // handleOutpostSignOut imitates a proxy outpost's sign-out: a redirect to
 // the invalidation flow, nothing more.
 func (s *Server) handleOutpostSignOut(w http.ResponseWriter, r *http.Request) {
-	http.Redirect(w, r, "/if/flow/"+s.cfg.Flows.Invalidation+"/", http.StatusFound)
+	http.Redirect(w, r, "/if/flow/"+s.Flows().Invalidation+"/", http.StatusFound)
 }
 
 // ---- flow executor ----
@@ -235,16 +229,16 @@ func (s *Server) handleExecutor(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var out map[string]any
-	switch f.slug {
-	case s.cfg.Flows.Authentication:
+	switch f.kind {
+	case kindAuthentication:
 		out = s.execLogin(w, r, f, se, body)
-	case s.cfg.Flows.Invalidation:
+	case kindInvalidation:
 		out = s.execLogout(w, r, se, u)
-	case s.cfg.Flows.PasswordChange:
+	case kindPasswordChange:
 		out = s.execPasswordChange(r, f, se, u, body)
-	case s.cfg.Flows.TOTPSetup:
+	case kindTOTPSetup:
 		out = s.execTOTPSetup(r, f, se, u, body)
-	case s.cfg.Flows.UserSettings:
+	case kindUserSettings:
 		out = s.execUserSettings(r, f, u, body)
 	}
 	writeJSON(w, http.StatusOK, out)

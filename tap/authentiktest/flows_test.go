@@ -277,3 +277,38 @@ func TestExecutorEnforcesCSRFForAuthenticatedSessions(t *testing.T) {
 		map[string]any{"component": "ak-stage-identification", "uid_field": "alice", "password": "pw"})
 	wantStatus(t, r, http.StatusOK)
 }
+
+func TestRenameFlowWhileRunning(t *testing.T) {
+	s, _ := newTestServer(t, nil)
+	mustUser(t, s, UserSpec{Username: "alice", Password: "pw"})
+	c, err := s.Login("alice", "pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RenameFlow("default-invalidation-flow", "bye"); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range [][2]string{{"bye", "default-password-change"}, {"nope", "x"}, {"bye", "not a slug"}} {
+		if err := s.RenameFlow(bad[0], bad[1]); err == nil {
+			t.Fatalf("RenameFlow(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+	if s.Flows().Invalidation != "bye" {
+		t.Fatalf("Flows() = %+v", s.Flows())
+	}
+	var flows schemaPage[schemaFlow]
+	do(t, nil, "GET", s.URL()+"/api/v3/flows/instances/?designation=invalidation", s.AdminToken(), nil).decode(t, &flows)
+	if len(flows.Results) != 1 || *flows.Results[0].Slug != "bye" {
+		t.Fatalf("flows = %+v", flows.Results)
+	}
+	r := do(t, c, "GET", s.URL()+"/flows/-/default/invalidation/", "", nil)
+	if r.header.Get("Location") != "/if/flow/bye/" {
+		t.Fatalf("redirect to %q", r.header.Get("Location"))
+	}
+	if res, _ := RunFlow(t.Context(), c, s.URL(), "default-invalidation-flow", nil); res.Status != http.StatusNotFound {
+		t.Fatalf("old slug answered %d", res.Status)
+	}
+	if res, _ := RunFlow(t.Context(), c, s.URL(), "bye", nil); res.Component != "xak-flow-redirect" || len(s.EventsByAction("logout")) != 1 {
+		t.Fatalf("renamed flow: %v", res.Body)
+	}
+}

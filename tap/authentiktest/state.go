@@ -76,7 +76,19 @@ type event struct {
 	brand    map[string]any
 }
 
+// flowKind says which of the simulated flows a flow is (its stages).
+type flowKind int
+
+const (
+	kindAuthentication flowKind = iota
+	kindInvalidation
+	kindPasswordChange
+	kindTOTPSetup
+	kindUserSettings
+)
+
 type flow struct {
+	kind                                               flowKind
 	pk, slug, name, title, designation, authentication string
 }
 
@@ -113,11 +125,11 @@ func (s *Server) initState() error {
 	st.tokens[s.cfg.AdminToken] = 1
 	f := s.cfg.Flows
 	st.flows = []*flow{
-		{slug: f.Authentication, name: "Welcome to authentik!", title: "Welcome to authentik!", designation: "authentication", authentication: "none"},
-		{slug: f.Invalidation, name: "Logout", title: "Default Invalidation Flow", designation: "invalidation", authentication: "none"},
-		{slug: f.PasswordChange, name: "Change Password", title: "Change password", designation: "stage_configuration", authentication: "require_authenticated"},
-		{slug: f.TOTPSetup, name: "default-authenticator-totp-setup", title: "Set up Two-Factor authentication", designation: "stage_configuration", authentication: "require_authenticated"},
-		{slug: f.UserSettings, name: "User settings", title: "Update your info", designation: "stage_configuration", authentication: "require_authenticated"},
+		{kind: kindAuthentication, slug: f.Authentication, name: "Welcome to authentik!", title: "Welcome to authentik!", designation: "authentication", authentication: "none"},
+		{kind: kindInvalidation, slug: f.Invalidation, name: "Logout", title: "Default Invalidation Flow", designation: "invalidation", authentication: "none"},
+		{kind: kindPasswordChange, slug: f.PasswordChange, name: "Change Password", title: "Change password", designation: "stage_configuration", authentication: "require_authenticated"},
+		{kind: kindTOTPSetup, slug: f.TOTPSetup, name: "default-authenticator-totp-setup", title: "Set up Two-Factor authentication", designation: "stage_configuration", authentication: "require_authenticated"},
+		{kind: kindUserSettings, slug: f.UserSettings, name: "User settings", title: "Update your info", designation: "stage_configuration", authentication: "require_authenticated"},
 	}
 	for _, fl := range st.flows {
 		fl.pk = s.newUUID()
@@ -439,11 +451,50 @@ func (s *Server) flowBySlug(slug string) *flow {
 	return nil
 }
 
-func (s *Server) flowUUID(slug string) string {
-	if f := s.flowBySlug(slug); f != nil {
-		return f.pk
+// flowOf returns the flow of the kind. The caller holds s.mu.
+func (s *Server) flowOf(k flowKind) *flow {
+	for _, f := range s.state.flows {
+		if f.kind == k {
+			return f
+		}
 	}
-	return ""
+	return nil
+}
+
+// slugs returns the current flow slugs. The caller holds s.mu.
+func (s *Server) slugs() FlowSlugs {
+	return FlowSlugs{
+		Authentication: s.flowOf(kindAuthentication).slug, Invalidation: s.flowOf(kindInvalidation).slug,
+		PasswordChange: s.flowOf(kindPasswordChange).slug, TOTPSetup: s.flowOf(kindTOTPSetup).slug,
+		UserSettings: s.flowOf(kindUserSettings).slug,
+	}
+}
+
+// Flows returns the flow slugs in use (defaults filled in, renames applied).
+func (s *Server) Flows() FlowSlugs {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.slugs()
+}
+
+// RenameFlow changes a flow's slug while the server runs, as an operator
+// editing the flow would: the old slug stops working at once, the brand and
+// the flow list name the new one.
+func (s *Server) RenameFlow(oldSlug, newSlug string) error {
+	if !slugPattern.MatchString(newSlug) {
+		return fmt.Errorf("authentiktest: rename flow: %q is not a slug", newSlug)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.flowBySlug(oldSlug)
+	if f == nil {
+		return fmt.Errorf("authentiktest: rename flow: no flow %q", oldSlug)
+	}
+	if other := s.flowBySlug(newSlug); other != nil && other != f {
+		return fmt.Errorf("authentiktest: rename flow: slug %q is taken", newSlug)
+	}
+	f.slug = newSlug
+	return nil
 }
 
 func containsFold(haystack, needle string) bool {

@@ -391,6 +391,8 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			}
 			panic(http.ErrAbortHandler)
 		}
+		s.log.Debug("authentiktest: request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("request_id", r.Header.Get("X-Request-Id")))
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
 		next.ServeHTTP(w, r)
 	})

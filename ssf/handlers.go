@@ -128,7 +128,7 @@ func (t *Transmitter) createStream(c echo.Context) error {
 	if req.Description != nil {
 		rec.Description = truncate(*req.Description, t.cfg.DescriptionLimit)
 	}
-	if err := t.applyDelivery(&rec, req.Delivery, p.receiver, true); err != nil {
+	if err := t.applyDelivery(&rec, req.Delivery, p.receiver, true, false); err != nil {
 		return err
 	}
 	if err := t.saveStream(ctx, rec); err != nil {
@@ -146,9 +146,10 @@ func (t *Transmitter) createStream(c echo.Context) error {
 	return c.JSON(http.StatusCreated, t.wire(rec))
 }
 
-// applyDelivery validates and applies a delivery request. On create (or
-// replace) a missing delivery means poll.
-func (t *Transmitter) applyDelivery(rec *streamRecord, d *deliveryRequest, r *Receiver, create bool) error {
+// applyDelivery validates and applies a delivery request. On create a
+// missing delivery means poll. keepAuth keeps the push authorization header
+// when the request omits it and the method is unchanged (PATCH).
+func (t *Transmitter) applyDelivery(rec *streamRecord, d *deliveryRequest, r *Receiver, create, keepAuth bool) error {
 	if d == nil {
 		if !create {
 			return nil
@@ -168,7 +169,7 @@ func (t *Transmitter) applyDelivery(rec *streamRecord, d *deliveryRequest, r *Re
 		if err := outbox.CheckEndpointURL(d.EndpointURL, t.cfg.AllowPrivateEndpoints); err != nil {
 			return badRequest("delivery.endpoint_url is not acceptable: %s", err.Error())
 		}
-		keep := !create && rec.Method == d.Method && d.AuthorizationHeader == nil
+		keep := keepAuth && rec.Method == d.Method && d.AuthorizationHeader == nil
 		rec.Method, rec.EndpointURL = d.Method, d.EndpointURL
 		if !keep {
 			rec.AuthorizationHeader = ""
@@ -287,7 +288,7 @@ func (t *Transmitter) changeStream(c echo.Context, replace bool) error {
 	if req.Description != nil {
 		rec.Description = truncate(*req.Description, t.cfg.DescriptionLimit)
 	}
-	if err := t.applyDelivery(&rec, req.Delivery, p.receiver, false); err != nil {
+	if err := t.applyDelivery(&rec, req.Delivery, p.receiver, false, !replace); err != nil {
 		return err
 	}
 	rec.Updated = t.cfg.Clock()

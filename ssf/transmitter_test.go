@@ -338,6 +338,15 @@ func TestPushStreamSecretNeverShown(t *testing.T) {
 	if st := h.tr.streams[w.StreamID]; st.rec.AuthorizationHeader != secret {
 		t.Error("stored header differs")
 	}
+	// PUT without authorization_header removes it (a replace deletes what it omits).
+	r = h.do("PUT", "/ssf/streams", acmeTok, map[string]any{"stream_id": w.StreamID,
+		"delivery": map[string]string{"method": MethodPushURN, "endpoint_url": "http://127.0.0.1:3/events"}})
+	if r.status != 200 {
+		t.Fatalf("put: %d %s", r.status, r.body)
+	}
+	if s, _ := h.tr.AdminStream(t.Context(), w.StreamID); s.HasAuthorizationHeader {
+		t.Error("PUT without authorization_header kept it")
+	}
 }
 
 func TestLegacyProfileAcceptsRISCPush(t *testing.T) {

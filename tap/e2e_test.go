@@ -563,3 +563,52 @@ func TestOverranBeforeIsReconciled(t *testing.T) {
 	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceReconcile, subject: int64(alice.PK),
 		initiator: InitiatorAdmin, sessionUUID: s.UUID}})
 }
+
+// TestFreshStartAndBackfill: a fresh data dir starts at now; Backfill
+// reaches back.
+func TestFreshStartAndBackfill(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: alice.PK, Created: time.Now().Add(-10 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		backfill time.Duration
+		want     int
+	}{{0, 0}, {time.Hour, 1}} {
+		kv := newBoltKV(t)
+		rec := &recorder{kv: kv}
+		cfg := e.cfg
+		cfg.KV, cfg.Publisher, cfg.Backfill = kv, rec, tc.backfill
+		tp, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tp.pollOnce(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(rec.signals()); n != tc.want {
+			t.Errorf("backfill %v: %d signals, want %d", tc.backfill, n, tc.want)
+		}
+	}
+}
+
+// TestWithoutToken: no authentik token — the poller is off, flow slugs are
+// authentik's defaults, and look-ups use the caller's own credentials.
+func TestWithoutToken(t *testing.T) {
+	e := newEnv(t, envOpts{noToken: true})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	bob := e.user("bob")
+	bs, _ := e.session(bob.PK)
+	e.do("DELETE", "/api/v3/core/authenticated_sessions/"+bs.UUID+"/", "", "", e.ak.AdminToken())
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", c, "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{
+		{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser, sessionHash: HashSessionID(s.SID)},
+		{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(bob.PK), initiator: InitiatorAdmin, sessionUUID: bs.UUID},
+	})
+	if e.tap.Stats().Polls != 0 {
+		t.Error("the poller ran without a token")
+	}
+}

@@ -114,11 +114,13 @@ func (r *recorder) Publish(ctx context.Context, s Signal) error {
 	if fail != nil {
 		return fail
 	}
+	// Commit and record under one lock, so a test that sees the journal
+	// drained also sees the signal.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if err := r.kv.Commit(ctx, s.Marks); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.ids == nil {
 		r.ids = map[string]bool{}
 	}

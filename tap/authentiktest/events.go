@@ -224,6 +224,11 @@ func (s *Server) RecordEvent(spec EventSpec) (string, error) {
 // (no HTTP request the proxy could see): is_active becomes false, the user's
 // sessions are deleted (no event for those), and a model_updated record
 // names the anonymous user as actor and carries no http_request.
+//
+// That record is the simulator's convention for a system-initiated change:
+// authentik's audit middleware itself logs model changes only inside HTTP
+// requests (where an unauthenticated actor is AnonymousUser), so a purely
+// background change may leave no event at all in a real deployment.
 func (s *Server) SystemDisableUser(pk int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

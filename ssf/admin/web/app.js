@@ -1,0 +1,369 @@
+// ssf-sidecar dashboard: plain script, no build step, no third-party code.
+// Everything goes through the admin API; text is always set with
+// textContent, never parsed as HTML.
+"use strict";
+
+(function () {
+  const base = "/admin";
+  const pageSize = 100;
+  const state = {
+    streams: [],
+    selected: null, // stream id
+    offset: 0,
+    q: "",
+    more: false,
+    traceURL: "",
+    open: new Set(), // jtis whose claims are shown
+    known: new Set(), // jtis already rendered, to highlight new ones
+    refreshTimer: null,
+  };
+
+  const $ = (sel) => document.querySelector(sel);
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else if (k.startsWith("data-")) e.setAttribute(k, v);
+      else e[k] = v;
+    }
+    for (const c of children) {
+      if (c === null || c === undefined) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  function say(text, isError) {
+    const m = $("#message");
+    m.textContent = text || "";
+    m.className = isError ? "error" : "";
+  }
+
+  async function api(method, path, body) {
+    const opts = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (method !== "GET") {
+      opts.headers["Content-Type"] = "application/json";
+      opts.headers["X-SSF-Admin"] = "dashboard";
+      opts.body = JSON.stringify(body || {});
+    }
+    const resp = await fetch(base + path, opts);
+    if (resp.status === 401) {
+      window.location.assign(base + "/login");
+      throw new Error("not logged in");
+    }
+    const text = await resp.text();
+    let data = null;
+    if (text) {
+      try { data = JSON.parse(text); } catch (e) { data = null; }
+    }
+    if (!resp.ok) {
+      const d = data && (data.description || data.error);
+      throw new Error(d || method + " " + path + ": " + resp.status);
+    }
+    return data;
+  }
+
+  // ---- formatting ----------------------------------------------------
+  function ago(iso) {
+    if (!iso) return "—";
+    const t = Date.parse(iso);
+    if (isNaN(t)) return "—";
+    return duration(Date.now() - t) + " ago";
+  }
+  function duration(ms) {
+    if (ms < 0) ms = 0;
+    const s = Math.round(ms / 1000);
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.round(s / 60) + " min";
+    if (s < 86400) return (s / 3600).toFixed(1) + " h";
+    return (s / 86400).toFixed(1) + " d";
+  }
+  function nsToMs(ns) { return ns / 1e6; }
+  function time(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    return isNaN(d) ? "—" : d.toLocaleString();
+  }
+  function badge(s) { return el("span", { class: "badge s-" + s, text: s }); }
+
+  // ---- streams -------------------------------------------------------
+  async function loadOverview() {
+    const data = await api("GET", "/dashboard/api/overview");
+    state.streams = data.streams || [];
+    state.traceURL = data.trace_url || "";
+    renderStreams();
+    if (!state.selected && state.streams.length) select(state.streams[0].stream_id);
+    if (state.selected && !state.streams.some((s) => s.stream_id === state.selected)) {
+      state.selected = null;
+      $("#detail").hidden = true;
+    }
+  }
+
+  function renderStreams() {
+    const tb = $("#streams tbody");
+    const rows = state.streams.map((s) => {
+      const o = s.outbox || {};
+      const status = el("td", {}, badge(s.status));
+      if (s.reason) status.append(el("div", { class: "muted", text: s.reason }));
+      if (o.failing_since) status.append(el("div", { class: "s-failing", text: "failing since " + ago(o.failing_since) }));
+      const paused = s.status === "paused";
+      const actions = el("td", {},
+        el("button", { type: "button", class: "quiet", "data-action": "view", text: "Timeline", onclick: () => select(s.stream_id) }),
+        paused
+          ? el("button", { type: "button", "data-action": "resume", text: "Resume", onclick: () => act(s, "resume") })
+          : el("button", { type: "button", "data-action": "pause", text: "Pause", disabled: s.status !== "enabled", onclick: () => act(s, "pause") }),
+        el("button", { type: "button", class: "quiet", "data-action": "verify", text: "Verify", disabled: s.status !== "enabled", onclick: () => act(s, "verify") }));
+      return el("tr", { "data-stream": s.stream_id, "data-status": s.status, class: s.stream_id === state.selected ? "selected" : "" },
+        el("td", { text: s.receiver }),
+        el("td", { class: "mono", text: s.stream_id.slice(0, 12), title: s.stream_id }),
+        status,
+        el("td", { text: s.delivery_method }),
+        el("td", { class: "mono", text: s.endpoint_host || "—" }),
+        el("td", { class: "num", text: o.delivered || 0 }),
+        el("td", { class: "num", text: o.backlog || 0 }),
+        el("td", { text: o.backlog ? duration(nsToMs(o.oldest_age || 0)) : "—" }),
+        el("td", { class: "num", text: o.dead || 0 }),
+        el("td", { text: ago(o.last_success) }),
+        el("td", { class: "error-text", text: o.last_error ? o.last_error + " (" + ago(o.last_error_at) + ")" : "—" }),
+        actions);
+    });
+    tb.replaceChildren(...rows);
+    $("#no-streams").hidden = state.streams.length > 0;
+  }
+
+  async function act(s, what) {
+    try {
+      await api("POST", "/streams/" + encodeURIComponent(s.stream_id) + "/" + what, {});
+      say(what === "verify" ? "verification SET queued for " + s.receiver : "stream " + what + "d: " + s.receiver);
+      await loadOverview();
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  function select(id) {
+    if (state.selected !== id) {
+      state.selected = id;
+      state.offset = 0;
+      state.open.clear();
+      state.known.clear();
+    }
+    const s = state.streams.find((x) => x.stream_id === id);
+    $("#detail-name").textContent = s ? s.receiver + " (" + id.slice(0, 12) + ")" : id;
+    $("#detail").hidden = false;
+    renderStreams();
+    loadTimeline();
+    loadDLQ();
+  }
+
+  // ---- timeline ------------------------------------------------------
+  async function loadTimeline() {
+    const id = state.selected;
+    if (!id) return;
+    const qs = new URLSearchParams({ limit: String(pageSize), offset: String(state.offset) });
+    if (state.q) qs.set("q", state.q);
+    const data = await api("GET", "/dashboard/api/streams/" + encodeURIComponent(id) + "/timeline?" + qs);
+    if (id !== state.selected) return;
+    state.more = data.more;
+    renderTimeline(data);
+  }
+
+  function renderTimeline(data) {
+    const items = data.items || [];
+    const firstLoad = state.known.size === 0;
+    const rows = [];
+    for (const it of items) {
+      const fresh = !firstLoad && !state.known.has(it.jti);
+      state.known.add(it.jti);
+      rows.push(setRow(it, fresh));
+      if (state.open.has(it.jti)) rows.push(claimsRow(it.jti));
+    }
+    $("#timeline tbody").replaceChildren(...rows);
+    $("#no-sets").hidden = items.length > 0;
+    const from = items.length ? state.offset + 1 : 0;
+    let info = from + "–" + (state.offset + items.length);
+    if (data.truncated) info += " (search covered the newest " + data.scanned + " SETs)";
+    $("#page-info").textContent = info;
+    $("#newer").disabled = state.offset === 0;
+    $("#older").disabled = !state.more;
+    for (const jti of state.open) loadClaims(jti, false);
+  }
+
+  function attemptsCell(it) {
+    const td = el("td", {});
+    for (const a of it.attempts || []) {
+      const good = a.outcome === "delivered" || a.outcome === "acked";
+      const bad = a.outcome === "dead" || a.outcome === "retry" || a.outcome === "set_err";
+      const label = (a.status_code ? a.status_code : a.outcome) + " · " + nsToMs(a.latency || 0).toFixed(1) + " ms";
+      td.append(el("span", { class: "attempt" + (good ? " good" : bad ? " bad" : ""), title: (a.outcome || "") + (a.error ? ": " + a.error : "") + " at " + time(a.time), text: label }));
+    }
+    if (!td.childNodes.length) td.append(el("span", { class: "muted", text: "none yet" }));
+    return td;
+  }
+
+  function setRow(it, fresh) {
+    const trace = it.trace_link
+      ? el("a", { href: it.trace_link, target: "_blank", rel: "noopener noreferrer", text: it.trace_id.slice(0, 8) + "…" })
+      : el("span", { class: "muted mono", text: it.trace_id ? it.trace_id.slice(0, 8) + "…" : "—" });
+    const stateCell = el("td", {}, badge(it.state));
+    if (it.reason) stateCell.append(el("div", { class: "error-text", text: it.reason }));
+    return el("tr", { class: "set-row" + (fresh ? " fresh" : ""), "data-jti": it.jti, "data-event": it.event, "data-state": it.state },
+      el("td", { text: time(it.issued_at || it.enqueued_at) }),
+      el("td", { title: it.event_type, text: it.event }),
+      el("td", { class: "mono subject", text: it.subject || "—" }),
+      el("td", { text: it.initiator || "—" }),
+      el("td", { text: it.source || "—" }),
+      stateCell,
+      attemptsCell(it),
+      el("td", {}, trace),
+      el("td", {}, el("button", { type: "button", class: "quiet", "data-action": "claims", text: state.open.has(it.jti) ? "Hide" : "Claims", onclick: () => toggleClaims(it.jti) })));
+  }
+
+  function claimsRow(jti) {
+    return el("tr", { class: "claims-row", "data-claims": jti },
+      el("td", { colSpan: 9 },
+        el("div", { class: "toolbar" },
+          el("span", { class: "mono", text: "jti " + jti }),
+          el("button", { type: "button", class: "quiet", "data-action": "reveal", text: "Reveal subject", onclick: () => loadClaims(jti, true) })),
+        el("pre", { class: "claims", text: "loading…" })));
+  }
+
+  function toggleClaims(jti) {
+    if (state.open.has(jti)) state.open.delete(jti); else state.open.add(jti);
+    loadTimeline().catch((e) => say(e.message, true));
+  }
+
+  async function loadClaims(jti, reveal) {
+    const row = document.querySelector('tr[data-claims="' + CSS.escape(jti) + '"]');
+    if (!row) return;
+    try {
+      const d = await api("GET", "/dashboard/api/streams/" + encodeURIComponent(state.selected) + "/sets/" + encodeURIComponent(jti) + (reveal ? "?reveal=1" : ""));
+      row.querySelector("pre").textContent = JSON.stringify(d.claims, null, 2);
+      if (reveal) {
+        const prev = row.previousElementSibling;
+        if (prev) prev.querySelector(".subject").textContent = d.subject;
+        row.querySelector('[data-action="reveal"]').disabled = true;
+      }
+    } catch (e) {
+      row.querySelector("pre").textContent = e.message;
+    }
+  }
+
+  // ---- dead letter ---------------------------------------------------
+  async function loadDLQ() {
+    const id = state.selected;
+    if (!id) return;
+    const list = await api("GET", "/outbox/" + encodeURIComponent(id) + "/dlq?limit=100");
+    if (id !== state.selected) return;
+    const rows = (list || []).map((d) => el("tr", { "data-dead": d.jti },
+      el("td", { text: time(d.dead_at) }),
+      el("td", { text: (d.event_type || "").split("/").pop() }),
+      el("td", { class: "jti", text: d.jti }),
+      el("td", { class: "error-text", text: d.reason }),
+      el("td", { class: "num", text: d.attempt_count }),
+      el("td", {}, el("button", { type: "button", class: "quiet", "data-action": "replay-one", text: "Replay", onclick: () => dlq("replay", [d.jti]) }))));
+    $("#dlq tbody").replaceChildren(...rows);
+    $("#no-dlq").hidden = rows.length > 0;
+    $("#dlq-count").textContent = rows.length ? "(" + rows.length + (rows.length === 100 ? "+" : "") + ")" : "";
+    $("#replay-all").disabled = rows.length === 0;
+    $("#purge-all").disabled = rows.length === 0;
+  }
+
+  async function dlq(what, jtis) {
+    try {
+      const r = await api("POST", "/outbox/" + encodeURIComponent(state.selected) + "/" + what, { jtis });
+      say(what === "replay" ? "replayed " + r.replayed + " SET(s)" : "purged " + r.purged + " SET(s)");
+      await Promise.all([loadDLQ(), loadTimeline(), loadOverview()]);
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  // Purging cannot be undone: the first click arms the button, the second
+  // (within 4 s) purges.
+  function armedClick(btn, fn) {
+    let timer = null;
+    btn.addEventListener("click", () => {
+      if (btn.classList.contains("armed")) {
+        btn.classList.remove("armed");
+        btn.textContent = "Purge all";
+        clearTimeout(timer);
+        fn();
+        return;
+      }
+      btn.classList.add("armed");
+      btn.textContent = "Click again to purge";
+      timer = setTimeout(() => { btn.classList.remove("armed"); btn.textContent = "Purge all"; }, 4000);
+    });
+  }
+
+  // ---- live updates ----------------------------------------------------
+  function scheduleRefresh(all) {
+    if (state.refreshTimer) return;
+    state.refreshTimer = setTimeout(async () => {
+      state.refreshTimer = null;
+      try {
+        await loadOverview();
+        if (state.selected && (all || state.offset === 0)) {
+          await Promise.all([loadTimeline(), loadDLQ()]);
+        }
+      } catch (e) {
+        say(e.message, true);
+      }
+    }, 250);
+  }
+
+  function connect() {
+    const live = $("#live");
+    const es = new EventSource(base + "/dashboard/events");
+    const on = (ev) => {
+      let d = {};
+      try { d = JSON.parse(ev.data); } catch (e) { /* ignore */ }
+      if (!d.stream_id || d.stream_id === state.selected || ev.type === "resync") scheduleRefresh(ev.type === "resync");
+      else scheduleRefresh(false);
+    };
+    es.addEventListener("hello", () => { live.textContent = "live"; live.className = "live"; scheduleRefresh(true); });
+    for (const k of ["enqueue", "attempt", "delivered", "dead", "backoff", "resync"]) es.addEventListener(k, on);
+    es.onerror = () => { live.textContent = "reconnecting…"; live.className = "live off"; };
+  }
+
+  // ---- wiring ----------------------------------------------------------
+  function init() {
+    $("#search").addEventListener("submit", (e) => {
+      e.preventDefault();
+      state.q = $("#q").value.trim();
+      state.offset = 0;
+      state.known.clear();
+      loadTimeline().catch((err) => say(err.message, true));
+    });
+    $("#clear-search").addEventListener("click", () => {
+      $("#q").value = "";
+      state.q = "";
+      state.offset = 0;
+      loadTimeline().catch((err) => say(err.message, true));
+    });
+    $("#older").addEventListener("click", () => {
+      if (!state.more) return;
+      state.offset += pageSize;
+      loadTimeline().catch((err) => say(err.message, true));
+    });
+    $("#newer").addEventListener("click", () => {
+      state.offset = Math.max(0, state.offset - pageSize);
+      loadTimeline().catch((err) => say(err.message, true));
+    });
+    $("#replay-all").addEventListener("click", () => dlq("replay", []));
+    armedClick($("#purge-all"), () => dlq("purge", []));
+    $("#logout").addEventListener("click", async () => {
+      try { await api("POST", "/dashboard/logout", {}); } catch (e) { /* ignore */ }
+      window.location.assign(base + "/login");
+    });
+    loadOverview().catch((e) => say(e.message, true));
+    connect();
+  }
+
+  init();
+})();

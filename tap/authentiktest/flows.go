@@ -254,6 +254,24 @@ func (s *Server) identificationChallenge(f *flow, errs any) map[string]any {
 	return out
 }
 
+// identify finds the user an identification stage names: by username, else
+// by email (the lowest pk when several share it).
+func (s *Server) identify(uid string) *user {
+	if uid == "" {
+		return nil
+	}
+	if u := s.userByUsername(uid); u != nil && u.pk != anonymousPK {
+		return u
+	}
+	var found *user
+	for _, c := range s.state.users {
+		if c.pk != anonymousPK && c.email == uid && (found == nil || c.pk < found.pk) {
+			found = c
+		}
+	}
+	return found
+}
+
 // execLogin runs the authentication flow. Simplification: identification
 // and password may come in one POST ({uid_field, password}) or two
 // (ak-stage-identification, then ak-stage-password).
@@ -276,12 +294,7 @@ func (s *Server) execLogin(w http.ResponseWriter, r *http.Request, f *flow, se *
 			return s.identificationChallenge(f, nil)
 		}
 	default:
-		for _, c := range s.state.users {
-			if c.pk != anonymousPK && b.UIDField != "" && (c.username == b.UIDField || c.email == b.UIDField) {
-				u = c
-				break
-			}
-		}
+		u = s.identify(b.UIDField)
 		if u == nil {
 			return fail(b.UIDField)
 		}

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -44,173 +43,6 @@ var permanentErrs = map[string]bool{
 	"invalid_issuer":   true,
 	"invalid_audience": true,
 	"invalid_state":    true, // SSF verification state mismatch
-}
-
-// pending is a loaded queue entry, signed for this batch.
-type pending struct {
-	rec     *Record
-	compact string
-	signErr error
-	res     pushResult
-	tried   bool
-}
-
-// dispatch is the loop of one stream: it waits for SETs (woken by the
-// Notifier), for the end of a backoff, or for a status change, and pushes
-// the queue in order.
-func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
-	for ctx.Err() == nil {
-		wake := o.cfg.Notifier.Wait(st.id)
-		st.mu.Lock()
-		cfg := st.cfg
-		until := st.until
-		st.mu.Unlock()
-		var timer <-chan time.Time
-		if cfg.Method != MethodPush || cfg.Status != StatusEnabled {
-			o.sleep(ctx, wake, nil)
-			continue
-		}
-		if now := o.now(); until.After(now) {
-			timer = o.cfg.After(until.Sub(now))
-			o.sleep(ctx, wake, timer)
-			continue
-		}
-		st.headPending.Store(false)
-		batch, err := o.loadHead(st.id, o.cfg.SignAhead)
-		if err != nil {
-			o.log.Error("outbox load queue", slog.String("stream_id", st.id), slog.Any("err", err))
-			o.fail(st, pushResult{out: outRetry, err: err.Error(), at: o.now()})
-			continue
-		}
-		if len(batch) == 0 {
-			o.sleep(ctx, wake, nil)
-			continue
-		}
-		o.signBatch(ctx, batch)
-		o.pushBatch(ctx, st, cfg, batch)
-		if err := o.commitBatch(st, batch); err != nil {
-			o.log.Error("outbox record delivery", slog.String("stream_id", st.id), slog.Any("err", err))
-		}
-	}
-}
-
-func (o *Outbox) sleep(ctx context.Context, wake <-chan struct{}, timer <-chan time.Time) {
-	select {
-	case <-ctx.Done():
-	case <-wake:
-	case <-timer:
-	}
-}
-
-// loadHead reads up to n queued records from the head of a stream.
-func (o *Outbox) loadHead(stream string, n int) ([]*pending, error) {
-	var out []*pending
-	err := o.store.view(func(tx *bolt.Tx) error {
-		p := streamPrefix(stream)
-		c := tx.Bucket(bktQueue).Cursor()
-		for k, v := c.Seek(p); k != nil && hasPrefix(k, p) && len(out) < n; k, v = c.Next() {
-			r, err := getRecord(tx, string(v))
-			if err != nil {
-				return err
-			}
-			if r == nil {
-				continue
-			}
-			out = append(out, &pending{rec: r})
-		}
-		return nil
-	})
-	return out, err
-}
-
-// signBatch signs the batch in parallel, bounded by the global signer cap.
-func (o *Outbox) signBatch(ctx context.Context, batch []*pending) {
-	if len(batch) == 1 {
-		o.signOne(ctx, batch[0])
-		return
-	}
-	var wg sync.WaitGroup
-	for _, p := range batch {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			o.signOne(ctx, p)
-		}()
-	}
-	wg.Wait()
-}
-
-func (o *Outbox) signOne(ctx context.Context, p *pending) {
-	select {
-	case o.signers <- struct{}{}:
-	case <-ctx.Done():
-		p.signErr = ctx.Err()
-		return
-	}
-	defer func() { <-o.signers }()
-	p.compact, p.signErr = o.cfg.Signer.Sign(ctx, p.rec.Claims)
-}
-
-// pushBatch posts the batch in order, StreamConcurrency at a time. It stops
-// launching at the first attempt that backs the stream off, when the
-// stream stops being enabled, or when a Head SET arrived.
-func (o *Outbox) pushBatch(ctx context.Context, st *streamState, cfg StreamConfig, batch []*pending) {
-	slots := make(chan struct{}, o.cfg.StreamConcurrency)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	stop := false
-launch:
-	for _, p := range batch {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			break launch
-		}
-		mu.Lock()
-		halt := stop || ctx.Err() != nil
-		mu.Unlock()
-		st.mu.Lock()
-		halt = halt || st.cfg.Status != StatusEnabled || st.cfg != cfg
-		st.mu.Unlock()
-		if halt || st.headPending.Load() {
-			<-slots
-			break launch
-		}
-		// Global worker cap.
-		select {
-		case o.workers <- struct{}{}:
-		case <-ctx.Done():
-			<-slots
-			break launch
-		}
-		p.tried = true
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-slots }()
-			defer func() { <-o.workers }()
-			if p.signErr != nil {
-				p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
-			} else {
-				p.res = o.post(ctx, cfg, p.compact)
-			}
-			if h := o.cfg.Hooks.OnAttempt; h != nil {
-				h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
-			}
-			if p.res.out == outRetry {
-				mu.Lock()
-				stop = true
-				mu.Unlock()
-				o.fail(st, p.res)
-			} else {
-				o.succeed(st, p.res)
-			}
-		}()
-		if o.cfg.StreamConcurrency == 1 {
-			wg.Wait()
-		}
-	}
-	wg.Wait()
 }
 
 // post makes one push attempt.
@@ -421,15 +253,7 @@ func attemptOf(r pushResult) Attempt {
 // commitBatch records the attempts of a batch in one transaction:
 // delivered and dead-lettered SETs leave the queue.
 func (o *Outbox) commitBatch(st *streamState, batch []*pending) error {
-	var tried []*pending
-	for _, p := range batch {
-		if p.tried {
-			tried = append(tried, p)
-		}
-	}
-	if len(tried) == 0 {
-		return nil
-	}
+	tried := batch
 	now := o.now()
 	var delivered, dead []*Record
 	err := o.store.update(context.Background(), func(tx *bolt.Tx) error {

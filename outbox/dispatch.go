@@ -1,0 +1,273 @@
+package outbox
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// pending is a queue entry on its way through a push pipeline.
+type pending struct {
+	rec     *Record
+	compact string
+	signErr error
+	res     pushResult
+}
+
+// dispatch is the loop of one push stream: it waits for SETs (woken by the
+// Notifier), for the end of a backoff, or for a status change, and runs
+// the stream's pipeline while there is work.
+func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
+	for ctx.Err() == nil {
+		wake := o.cfg.Notifier.Wait(st.id)
+		st.mu.Lock()
+		cfg, until := st.cfg, st.until
+		st.mu.Unlock()
+		if cfg.Method != MethodPush || cfg.Status != StatusEnabled {
+			o.sleep(ctx, wake, nil)
+			continue
+		}
+		if now := o.now(); until.After(now) {
+			o.sleep(ctx, wake, o.cfg.After(until.Sub(now)))
+			continue
+		}
+		st.headPending.Store(false)
+		if !o.runPipeline(ctx, st, cfg) {
+			o.sleep(ctx, wake, nil)
+		}
+	}
+}
+
+func (o *Outbox) sleep(ctx context.Context, wake <-chan struct{}, timer <-chan time.Time) {
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-timer:
+	}
+}
+
+// runPipeline delivers the stream's queue in order: a reader loads SETs
+// past its cursor and signs them in parallel ahead of the poster, which
+// posts them in order; a committer records outcomes in group commits. It
+// returns when an attempt backs the stream off, the stream's state
+// changes, a Head SET arrives or ctx ends — after every outcome is
+// committed, so the next run can start again from the head of the queue.
+// It reports whether it handled anything.
+func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamConfig) bool {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan *pending, o.cfg.SignAhead)
+	go o.readAhead(pctx, st, cfg, ready)
+
+	results := make(chan *pending, 4*o.cfg.SignAhead)
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		o.commitLoop(st, results)
+	}()
+	defer func() {
+		close(results)
+		<-committed
+	}()
+
+	slots := make(chan struct{}, o.cfg.StreamConcurrency)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	stop := false
+	handled := false
+	for p := range ready {
+		handled = true
+		select {
+		case slots <- struct{}{}:
+		case <-pctx.Done():
+		}
+		mu.Lock()
+		halt := stop
+		mu.Unlock()
+		if halt || pctx.Err() != nil || !o.stillCurrent(st, cfg) {
+			break
+		}
+		select {
+		case o.workers <- struct{}{}:
+		case <-pctx.Done():
+		}
+		if pctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			defer func() { <-o.workers }()
+			if p.signErr != nil {
+				p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
+			} else {
+				p.res = o.post(pctx, cfg, p.compact)
+			}
+			if p.res.out == outRetry && pctx.Err() != nil {
+				return // aborted (shutdown, or a sibling failed): it stays queued
+			}
+			if h := o.cfg.Hooks.OnAttempt; h != nil {
+				h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
+			}
+			if p.res.out == outRetry {
+				mu.Lock()
+				stop = true
+				mu.Unlock()
+				o.fail(st, p.res)
+				cancel()
+			} else {
+				o.succeed(st, p.res)
+			}
+			results <- p
+		}()
+		if o.cfg.StreamConcurrency == 1 {
+			wg.Wait()
+		}
+	}
+	cancel()
+	wg.Wait()
+	for range ready { // let the reader finish
+	}
+	return handled
+}
+
+// stillCurrent reports whether the pipeline may go on: the stream is still
+// enabled with the same configuration, and no Head SET is waiting.
+func (o *Outbox) stillCurrent(st *streamState, cfg StreamConfig) bool {
+	if st.headPending.Load() {
+		return false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cfg == cfg && st.cfg.Status == StatusEnabled
+}
+
+// readAhead loads queued SETs past its cursor, signs each batch in
+// parallel and hands them to the poster in order. Idle, it waits for the
+// Notifier; it closes ready when the pipeline must stop.
+func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfig, ready chan<- *pending) {
+	defer close(ready)
+	var cursor []byte
+	idleOnce := false
+	for ctx.Err() == nil {
+		wake := o.cfg.Notifier.Wait(st.id)
+		if !o.stillCurrent(st, cfg) {
+			return
+		}
+		batch, next, err := o.loadAfter(st.id, cursor, o.cfg.SignAhead)
+		if err != nil {
+			o.log.Error("outbox load queue", slog.String("stream_id", st.id), slog.Any("err", err))
+			return
+		}
+		if len(batch) == 0 {
+			if !idleOnce && cursor == nil {
+				return // nothing queued at all: let dispatch sleep
+			}
+			idleOnce = true
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake:
+				continue
+			}
+		}
+		cursor = next
+		o.signAll(ctx, batch)
+		for _, p := range batch {
+			select {
+			case ready <- p:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// loadAfter reads up to n queued records of a stream after cursor (nil:
+// from the head) and returns the new cursor.
+func (o *Outbox) loadAfter(stream string, cursor []byte, n int) ([]*pending, []byte, error) {
+	var out []*pending
+	var last []byte
+	err := o.store.view(func(tx *bolt.Tx) error {
+		p := streamPrefix(stream)
+		c := tx.Bucket(bktQueue).Cursor()
+		var k, v []byte
+		if cursor == nil {
+			k, v = c.Seek(p)
+		} else {
+			k, v = c.Seek(cursor)
+			if k != nil && string(k) == string(cursor) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && hasPrefix(k, p) && len(out) < n; k, v = c.Next() {
+			last = append(last[:0], k...)
+			r, err := getRecord(tx, string(v))
+			if err != nil {
+				return err
+			}
+			if r != nil {
+				out = append(out, &pending{rec: r})
+			}
+		}
+		return nil
+	})
+	if last == nil {
+		last = cursor
+	}
+	return out, last, err
+}
+
+// signAll signs a batch in parallel, bounded by the global signer cap.
+func (o *Outbox) signAll(ctx context.Context, batch []*pending) {
+	if len(batch) == 1 {
+		o.signOne(ctx, batch[0])
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range batch {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.signOne(ctx, p)
+		}()
+	}
+	wg.Wait()
+}
+
+func (o *Outbox) signOne(ctx context.Context, p *pending) {
+	select {
+	case o.signers <- struct{}{}:
+	case <-ctx.Done():
+		p.signErr = ctx.Err()
+		return
+	}
+	defer func() { <-o.signers }()
+	p.compact, p.signErr = o.cfg.Signer.Sign(ctx, p.rec.Claims)
+}
+
+// commitLoop records outcomes as they come, each group in one transaction.
+func (o *Outbox) commitLoop(st *streamState, results <-chan *pending) {
+	for p := range results {
+		batch := []*pending{p}
+	more:
+		for len(batch) < 1024 {
+			select {
+			case q, ok := <-results:
+				if !ok {
+					break more
+				}
+				batch = append(batch, q)
+			default:
+				break more
+			}
+		}
+		if err := o.commitBatch(st, batch); err != nil {
+			o.log.Error("outbox record delivery", slog.String("stream_id", st.id), slog.Any("err", err))
+		}
+	}
+}

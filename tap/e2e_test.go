@@ -115,7 +115,11 @@ func TestTrafficActions(t *testing.T) {
 		}},
 		{"bulk delete: one signal per session", authentiktest.Config{}, func(w *world) []want {
 			s2, _ := w.e.session(w.alice.PK)
-			w.e.do("DELETE", fmt.Sprintf("/api/v3/core/authenticated_sessions/bulk_delete/?user_pks=%d", w.alice.PK), "", "", w.e.ak.AdminToken())
+			bob := w.e.user("bob")
+			w.e.session(bob.PK)        // bob's session must survive and not be reported
+			w.e.session(w.admin.PK)    // nor the admin's
+			carol := w.e.user("carol") // no sessions: nothing to report
+			w.e.do("DELETE", fmt.Sprintf("/api/v3/core/authenticated_sessions/bulk_delete/?user_pks=%d&user_pks=%d", w.alice.PK, carol.PK), "", "", w.e.ak.AdminToken())
 			return []want{
 				{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin, sessionUUID: w.sess.UUID},
 				{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorAdmin, sessionUUID: s2.UUID},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -152,14 +153,21 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 			if err != nil {
 				t.stats.misses.Add(1)
 			}
-			sessions, err := listAll[akSession](ctx, t.api, lc, "/core/authenticated_sessions/",
-				map[string][]string{"user": {s}}, 5)
-			if err != nil || len(sessions) == 0 {
-				in.BulkUsers = append(in.BulkUsers, owner)
-				continue
+			var sessions []akSession
+			err = nil
+			if owner.Username != "" {
+				// the list filters by user__username only; keep the owner's
+				// sessions whatever the list returns
+				sessions, err = listAll[akSession](ctx, t.api, lc, "/core/authenticated_sessions/",
+					url.Values{"user__username": {owner.Username}}, 5)
 			}
 			for _, ss := range sessions {
-				in.Sessions = append(in.Sessions, sessionRef{UUID: ss.UUID, Owner: owner, Hash: t.hashForSession(ss.UUID)})
+				if ss.User == pk && ss.UUID != "" {
+					in.Sessions = append(in.Sessions, sessionRef{UUID: ss.UUID, Owner: owner, Hash: t.hashForSession(ss.UUID)})
+				}
+			}
+			if err != nil || owner.Username == "" {
+				in.BulkUsers = append(in.BulkUsers, owner) // sessions unknown: one signal for the user
 			}
 		}
 		if len(in.Sessions) == 0 && len(in.BulkUsers) == 0 {
@@ -306,13 +314,14 @@ func (t *Tap) sessionSeen(c *caller) {
 	t.seenHashes.put(c.SessionHash, struct{}{})
 	cr := creds{cookie: c.cr.cookie}
 	hash := c.SessionHash
+	q := url.Values{"user__username": {c.User.Username}}
 	select {
 	case t.learn <- func(ctx context.Context) {
 		var page akPage[struct {
 			UUID    string `json:"uuid"`
 			Current bool   `json:"current"`
 		}]
-		if err := t.api.getJSON(ctx, cr, "/core/authenticated_sessions/", nil, &page); err != nil {
+		if err := t.api.getJSON(ctx, cr, "/core/authenticated_sessions/", q, &page); err != nil {
 			return
 		}
 		for _, s := range page.Results {

@@ -108,7 +108,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	dashExtra, dashHooks := a.setupDashboard()
 	a.outbox, err = outbox.New(outbox.Config{
 		Store: a.store, Signer: a.keys, Reporter: rep, Logger: logger.With("component", "outbox"),
-		Hooks: combineHooks(dashHooks),
+		Hooks:                 combineHooks(dashHooks),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
 		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention,

@@ -45,6 +45,7 @@ type receivedSET struct {
 	Initiator string
 	Subject   string
 	Claims    map[string]any
+	Compact   string
 }
 
 func startDemoReceiver(jwksURL, issuer string) (*demoReceiver, error) {
@@ -131,7 +132,7 @@ func (r *demoReceiver) verify(ctx context.Context, compact string) (receivedSET,
 	if len(events) != 1 {
 		return receivedSET{}, fmt.Errorf("want exactly one event, got %d", len(events))
 	}
-	out := receivedSET{Claims: claims}
+	out := receivedSET{Claims: claims, Compact: compact}
 	out.JTI, _ = claims["jti"].(string)
 	for uri, body := range events {
 		out.Event = uri[strings.LastIndex(uri, "/")+1:]

@@ -3,6 +3,8 @@ package tap
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -352,6 +354,9 @@ func TestPollerRestartNoGapsNoRepeats(t *testing.T) {
 	}
 	wants = append(wants, want{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(users[0].PK), initiator: InitiatorUser})
 	checkSignals(t, e.rec.signals(), wants)
+	if e.rec.calls != len(wants) {
+		t.Errorf("published %d times for %d actions", e.rec.calls, len(wants))
+	}
 }
 
 // TestAuthentikDownAndBack: the poller backs off while authentik fails and
@@ -614,5 +619,53 @@ func TestWithoutToken(t *testing.T) {
 	})
 	if e.tap.Stats().Polls != 0 {
 		t.Error("the poller ran without a token")
+	}
+}
+
+// TestPagesShiftingWhilePaging: new events arriving while the poller pages
+// back push older ones onto later pages; each is still processed once.
+func TestPagesShiftingWhilePaging(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	var users []authentiktest.User
+	for i := range 7 {
+		users = append(users, e.user(fmt.Sprintf("p%d", i)))
+	}
+	start := time.Now().Add(-time.Minute)
+	for i, u := range users[:5] {
+		if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: u.PK, Created: start.Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var injected atomic.Bool
+	wrap := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/v3/events/events/" && r.URL.Query().Get("page") == "2" && injected.CompareAndSwap(false, true) {
+			for _, u := range users[5:] {
+				if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: u.PK}); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		e.ak.Handler().ServeHTTP(w, r)
+	}))
+	defer wrap.Close()
+	kv := newBoltKV(t)
+	rec := &recorder{kv: kv}
+	cfg := e.cfg
+	cfg.Upstream, _ = url.Parse(wrap.URL)
+	cfg.KV, cfg.Publisher, cfg.Backfill, cfg.PageSize = kv, rec, time.Hour, 2
+	tp, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := tp.pollOnce(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !injected.Load() {
+		t.Fatal("no events were injected mid-paging")
+	}
+	if rec.calls != 7 || len(rec.signals()) != 7 {
+		t.Errorf("published %d times, %d distinct; want 7 and 7", rec.calls, len(rec.signals()))
 	}
 }

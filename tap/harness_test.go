@@ -100,11 +100,12 @@ func (k *boltKV) count(bucket string) int {
 // every signal published (deduplicated on ID, as the outbox's idempotent
 // enqueue would).
 type recorder struct {
-	kv   KV
-	mu   sync.Mutex
-	sigs []Signal
-	ids  map[string]bool
-	fail error
+	kv    KV
+	mu    sync.Mutex
+	sigs  []Signal
+	ids   map[string]bool
+	fail  error
+	calls int // successful Publish calls, repeats included
 }
 
 func (r *recorder) Publish(ctx context.Context, s Signal) error {
@@ -121,6 +122,7 @@ func (r *recorder) Publish(ctx context.Context, s Signal) error {
 	if err := r.kv.Commit(ctx, s.Marks); err != nil {
 		return err
 	}
+	r.calls++
 	if r.ids == nil {
 		r.ids = map[string]bool{}
 	}

@@ -22,7 +22,8 @@ type Config struct {
 	Logger   *slog.Logger    // nil: discard
 	Clock    func() time.Time
 	// After returns a channel that receives once d has passed on Clock
-	// (nil: time.After). Tests inject it together with Clock.
+	// (nil: time.After). Tests inject it together with Clock, so backoffs,
+	// long polls and sweeps follow the injected time.
 	After func(d time.Duration) <-chan time.Time
 	// Jitter returns a number in [0,1) for the backoff jitter (nil: random).
 	Jitter func() float64
@@ -113,9 +114,6 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("outbox: "+name+" must not be negative"))
 		}
 	}
-	if (c.Clock == nil) != (c.After == nil) {
-		errs = append(errs, errors.New("outbox: Clock and After must be set together"))
-	}
 	return errors.Join(errs...)
 }
 
@@ -149,6 +147,8 @@ func (c *Config) defaults() {
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
+	}
+	if c.After == nil {
 		c.After = time.After
 	}
 	if c.Notifier == nil {

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -54,6 +56,10 @@ func (e *PollRequestError) Error() string {
 
 // maxPollAcks bounds the ack and setErrs lists of one request.
 const maxPollAcks = 10000
+
+// maxLeases bounds the SETs under lease on one stream, so a receiver that
+// polls without acknowledging cannot grow the lease table without end.
+const maxLeases = 20000
 
 // DecodePollRequest reads an RFC 8936 poll request of at most limit bytes.
 // An empty body is an empty request (a short poll would then be a long
@@ -231,7 +237,7 @@ func (o *Outbox) lease(st *streamState, limit int) (picked []*Record, more bool,
 				}
 				continue
 			}
-			if len(picked) == limit {
+			if len(picked) == limit || len(st.leases)+len(picked) >= maxLeases {
 				more = true
 				return nil
 			}
@@ -357,4 +363,39 @@ func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string
 	st.mu.Unlock()
 	o.afterDelivery(delivered, dead, now)
 	return nil
+}
+
+// ServePoll is an http.Handler body for a stream's poll endpoint, for a
+// caller that has already authenticated the request and checked that the
+// caller owns the stream: it decodes the RFC 8936 request (at most
+// maxBody bytes), polls, and writes the JSON response — 400 for a
+// malformed request, 404 for an unknown stream, 500 otherwise.
+func (o *Outbox) ServePoll(w http.ResponseWriter, r *http.Request, streamID string, maxBody int64) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	req, err := DecodePollRequest(r.Body, maxBody)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"err": "invalid_request", "description": err.Error()})
+		return
+	}
+	resp, err := o.Poll(r.Context(), streamID, req)
+	switch {
+	case errors.Is(err, ErrUnknownStream), errors.Is(err, ErrNotPoll):
+		writeJSON(w, http.StatusNotFound, map[string]string{"err": "not_found", "description": "no such poll stream"})
+	case err != nil:
+		o.log.Error("outbox poll", slog.String("stream_id", streamID), slog.Any("err", err))
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"err": "internal_error", "description": "poll failed"})
+	default:
+		writeJSON(w, http.StatusOK, resp)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
 }

@@ -228,6 +228,16 @@ func TestEventAPIOnly(t *testing.T) {
 			}
 			return nil
 		}},
+		{"admin set_password outside the proxy names the actor (2026.8)", authentiktest.Config{Version: authentiktest.Version2026_8}, func(e *env, alice authentiktest.User) []want {
+			// as authentik's 2026.8 docs describe it: `user` acts, context.subject is whose password changed
+			if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "password_set", UserPK: 1, Context: map[string]any{
+				"subject": map[string]any{"pk": alice.PK, "username": alice.Username, "email": alice.Email},
+				"origin":  "http", "synced_from_source": false,
+			}}); err != nil {
+				t.Fatal(err)
+			}
+			return []want{{kind: KindPasswordChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorAdmin}}
+		}},
 		{"logout recorded by authentik only", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
 			if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: alice.PK}); err != nil {
 				t.Fatal(err)

@@ -66,7 +66,12 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 		case conf && method == http.MethodPost:
 			return route{op: opFlowStage, slug: parts[2]}, true
 		case !inv && !conf:
-			t.kickFlows()
+			// An unknown slug may be a renamed flow: refresh early, once per
+			// slug per refresh period (login flows land here constantly).
+			if _, seen := t.unknownSlugs.get(parts[2]); !seen {
+				t.unknownSlugs.put(parts[2], struct{}{})
+				t.kickFlows()
+			}
 		}
 	case len(parts) == 3 && parts[0] == "core" && parts[1] == "authenticated_sessions" && method == http.MethodDelete:
 		if parts[2] == "bulk_delete" {

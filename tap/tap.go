@@ -22,12 +22,13 @@ type Tap struct {
 	flows *flows
 	dir   *directory
 
-	whoCache    *cache[string, caller]
-	seenHashes  *cache[string, struct{}]
-	sessionHash *cache[string, string] // AuthenticatedSession uuid → sha256(sid)
-	hints       *cache[string, logoutHint]
-	processed   *cache[string, struct{}] // intent ids already published
-	limiter     *rateLimiter
+	whoCache     *cache[string, caller]
+	seenHashes   *cache[string, struct{}]
+	sessionHash  *cache[string, string] // AuthenticatedSession uuid → sha256(sid)
+	hints        *cache[string, logoutHint]
+	processed    *cache[string, struct{}] // intent ids already published
+	unknownSlugs *cache[string, struct{}] // executor slugs that were neither role
+	limiter      *rateLimiter
 
 	queue    chan *intent
 	learn    chan func(context.Context)
@@ -51,21 +52,22 @@ func New(cfg Config) (*Tap, error) {
 	}
 	cfg.setDefaults()
 	t := &Tap{
-		cfg:         cfg,
-		log:         cfg.Logger.With("component", "tap"),
-		api:         &client{base: cfg.Upstream, http: cfg.HTTPClient, token: cfg.Token},
-		flows:       newFlows(),
-		dir:         newDirectory(cfg.CacheSize),
-		whoCache:    newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
-		seenHashes:  newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
-		sessionHash: newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
-		processed:   newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
-		hints:       newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
-		limiter:     newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
-		queue:       make(chan *intent, cfg.QueueSize),
-		learn:       make(chan func(context.Context), 64),
-		flowKick:    make(chan struct{}, 1),
-		pollKick:    make(chan struct{}, 1),
+		cfg:          cfg,
+		log:          cfg.Logger.With("component", "tap"),
+		api:          &client{base: cfg.Upstream, http: cfg.HTTPClient, token: cfg.Token},
+		flows:        newFlows(),
+		dir:          newDirectory(cfg.CacheSize),
+		whoCache:     newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
+		seenHashes:   newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
+		sessionHash:  newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		processed:    newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
+		unknownSlugs: newCache[string, struct{}](256, cfg.FlowRefresh, cfg.Clock),
+		hints:        newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
+		limiter:      newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
+		queue:        make(chan *intent, cfg.QueueSize),
+		learn:        make(chan func(context.Context), 64),
+		flowKick:     make(chan struct{}, 1),
+		pollKick:     make(chan struct{}, 1),
 	}
 	if err := t.dir.load(cfg.KV); err != nil {
 		return nil, fmt.Errorf("tap: load directory: %w", err)

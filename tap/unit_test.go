@@ -71,7 +71,8 @@ func TestDecodeSessionCookie(t *testing.T) {
 }
 
 func TestParseRoute(t *testing.T) {
-	tp := &Tap{flows: newFlows(), flowKick: make(chan struct{}, 1), cfg: Config{Clock: time.Now}}
+	tp := &Tap{flows: newFlows(), flowKick: make(chan struct{}, 1), cfg: Config{Clock: time.Now},
+		unknownSlugs: newCache[string, struct{}](8, time.Minute, time.Now)}
 	cases := []struct {
 		method, path string
 		op           op

@@ -447,6 +447,9 @@ func TestLogoutCorrelationAndTwoSessions(t *testing.T) {
 			t.Errorf("reason_admin = %q, want the end-session origin", s.ReasonAdmin)
 		}
 	}
+	if got := e.tap.Stats().Signals[KindSessionRevoked][SourceTraffic]; got != 2 {
+		t.Errorf("stats count %d traffic session_revoked signals, want 2", got)
+	}
 	if got := e.tap.Stats().DedupDrops; got != 2 {
 		t.Errorf("dedup drops = %d, want 2 (the event API's two logout records)", got)
 	}
@@ -678,4 +681,48 @@ func TestPagesShiftingWhilePaging(t *testing.T) {
 	if rec.calls != 7 || len(rec.signals()) != 7 {
 		t.Errorf("published %d times, %d distinct; want 7 and 7", rec.calls, len(rec.signals()))
 	}
+}
+
+// TestPoisonEventSkipped: a record whose look-ups keep failing stalls the
+// poller only for maxEventAttempts polls.
+func TestPoisonEventSkipped(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	bad, good := e.user("bad"), e.user("good")
+	at := time.Now()
+	if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: bad.PK, Created: at}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: good.PK, Created: at.Add(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	badPath := fmt.Sprintf("/api/v3/core/users/%d/", bad.PK)
+	wrap := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == badPath {
+			http.Error(w, "boom", http.StatusInternalServerError)
+			return
+		}
+		e.ak.Handler().ServeHTTP(w, r)
+	}))
+	defer wrap.Close()
+	kv := newBoltKV(t)
+	rec := &recorder{kv: kv}
+	cfg := e.cfg
+	cfg.Upstream, _ = url.Parse(wrap.URL)
+	cfg.KV, cfg.Publisher, cfg.Backfill = kv, rec, time.Hour
+	tp, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < maxEventAttempts; i++ {
+		if err := tp.pollOnce(t.Context()); err == nil {
+			t.Fatalf("poll %d succeeded past a failing record", i)
+		}
+		if n := len(rec.signals()); n != 0 {
+			t.Fatalf("poll %d: %d signals while stalled", i, n)
+		}
+	}
+	if err := tp.pollOnce(t.Context()); err != nil {
+		t.Fatalf("poll %d: %v", maxEventAttempts, err)
+	}
+	checkSignals(t, rec.signals(), []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(good.PK), initiator: InitiatorUser}})
 }

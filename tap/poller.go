@@ -119,7 +119,14 @@ func (t *Tap) pollOnce(ctx context.Context) error {
 		sigs, err := t.eventSignals(ectx, e)
 		cancel()
 		if err != nil {
-			return t.flushCursor(ctx, cur, dirty, fmt.Errorf("tap: event %s: %w", e.PK, err))
+			if !t.poisoned(e.PK) {
+				return t.flushCursor(ctx, cur, dirty, fmt.Errorf("tap: event %s: %w", e.PK, err))
+			}
+			// The same record failed maxEventAttempts polls in a row: skip
+			// it rather than stall every later event behind it.
+			t.stats.misses.Add(1)
+			t.log.Error("tap: giving up on an event-API record", "event", e.PK, "action", e.Action, "err", err)
+			sigs = nil
 		}
 		next := cur.advance(e)
 		for i := range sigs {
@@ -248,4 +255,18 @@ func (t *Tap) pollActions(ctx context.Context) []string {
 		}
 	}
 	return t.actions
+}
+
+// maxEventAttempts is how many polls in a row one record may fail before it
+// is skipped.
+const maxEventAttempts = 5
+
+// poisoned counts a failure of the record and reports whether it has failed
+// maxEventAttempts times in a row.
+func (t *Tap) poisoned(pk string) bool {
+	if t.failPK != pk {
+		t.failPK, t.failCount = pk, 0
+	}
+	t.failCount++
+	return t.failCount >= maxEventAttempts
 }

@@ -41,6 +41,11 @@ type Tap struct {
 	dedupMu sync.Mutex
 	stats   counters
 
+	// failPK / failCount track the record the poller keeps failing on
+	// (poller goroutine only).
+	failPK    string
+	failCount int
+
 	actionsMu sync.Mutex
 	actions   []string // event-API actions this authentik knows; nil until read
 }

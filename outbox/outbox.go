@@ -324,18 +324,17 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 			m = &streamMeta{Tail: seqOrigin, Head: seqOrigin - 1}
 		}
 		m.Config = cfg
-		if cfg.Status == StatusDisabled {
-			n, err := discardQueue(tx, cfg.ID)
-			if err != nil {
-				return err
-			}
-			m.Queued -= int64(n)
-			m.Dropped += int64(n)
-		}
 		return putMeta(tx, m)
 	})
 	if err != nil {
 		return err
+	}
+	if cfg.Status == StatusDisabled {
+		// New SETs are dropped from now on; the queue goes in chunks so a
+		// large backlog never makes one huge transaction.
+		if err := o.discardChunks(ctx, cfg.ID, []byte(bktQueue), true); err != nil {
+			return err
+		}
 	}
 	o.mu.Lock()
 	st := o.streams[cfg.ID]
@@ -373,25 +372,27 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 	if err := checkStreamID(id); err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
+	// First stop accepting SETs, then remove everything in chunks, then
+	// forget the stream.
 	err := o.store.update(ctx, func(tx *bolt.Tx) error {
-		if _, err := discardQueue(tx, id); err != nil {
+		m, err := getMeta(tx, id)
+		if err != nil || m == nil {
 			return err
 		}
-		p := streamPrefix(id)
-		for _, b := range [][]byte{bktHist, bktDead} {
-			c := tx.Bucket(b).Cursor()
-			for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Seek(p) {
-				if err := tx.Bucket(bktSets).Delete(v); err != nil {
-					return err
-				}
-				if err := c.Delete(); err != nil {
-					return err
-				}
-			}
-		}
-		return tx.Bucket(bktStreams).Delete([]byte(id))
+		m.Config.Status = StatusDisabled
+		return putMeta(tx, m)
 	})
 	if err != nil {
+		return err
+	}
+	for _, b := range [][]byte{bktQueue, bktHist, bktDead} {
+		if err := o.discardChunks(ctx, id, b, false); err != nil {
+			return err
+		}
+	}
+	if err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		return tx.Bucket(bktStreams).Delete([]byte(id))
+	}); err != nil {
 		return err
 	}
 	o.mu.Lock()
@@ -409,24 +410,62 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 	return nil
 }
 
-// discardQueue removes every queued SET of a stream with its record.
-func discardQueue(tx *bolt.Tx, id string) (int, error) {
+// discardChunk bounds the keys one discard transaction removes.
+const discardChunk = 5000
+
+// discardChunks removes a stream's entries from an index bucket (queue,
+// hist or dead) and their records, discardChunk per transaction. For the
+// queue, countDropped moves the counters from queued to dropped.
+func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, countDropped bool) error {
 	p := streamPrefix(id)
-	c := tx.Bucket(bktQueue).Cursor()
-	n := 0
-	for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Seek(p) {
-		if err := tx.Bucket(bktSets).Delete(v); err != nil {
-			return n, err
+	for {
+		n := 0
+		err := o.store.update(ctx, func(tx *bolt.Tx) error {
+			n = 0
+			m, err := getMeta(tx, id)
+			if err != nil {
+				return err
+			}
+			c := tx.Bucket(bucket).Cursor()
+			for k, v := c.Seek(p); k != nil && hasPrefix(k, p) && n < discardChunk; k, v = c.Seek(p) {
+				r, err := getRecord(tx, string(v))
+				if err != nil {
+					return err
+				}
+				if r != nil {
+					if err := dropRecord(tx, r); err != nil {
+						return err
+					}
+				} else if err := c.Delete(); err != nil {
+					return err
+				}
+				if err := tx.Bucket(bktHist).Delete(k); err != nil {
+					return err
+				}
+				_ = tx.Bucket(bucket).Delete(k)
+				n++
+			}
+			if m != nil && n > 0 {
+				if string(bucket) == string(bktQueue) {
+					m.Queued -= int64(n)
+					if countDropped {
+						m.Dropped += int64(n)
+					}
+				}
+				if string(bucket) == string(bktDead) {
+					m.Dead -= int64(n)
+				}
+				return putMeta(tx, m)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		if err := tx.Bucket(bktHist).Delete(k); err != nil {
-			return n, err
+		if n < discardChunk {
+			return nil
 		}
-		if err := c.Delete(); err != nil {
-			return n, err
-		}
-		n++
 	}
-	return n, nil
 }
 
 func binaryTime(t time.Time) []byte {

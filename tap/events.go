@@ -129,9 +129,21 @@ func isUserModel(m *akModel) bool {
 	return m != nil && m.App == "authentik_core" && m.ModelName == "user"
 }
 
+// errNoUser: the record names no user to report about.
+var errNoUser = errors.New("tap: event names no user")
+
 // eventSignals maps one event to signals. Look-up failures are returned so
-// the poller retries the event rather than skip it.
+// the poller retries the event rather than skip it; a record naming no user
+// maps to nothing.
 func (t *Tap) eventSignals(ctx context.Context, e akEvent) ([]Signal, error) {
+	sigs, err := t.mapEvent(ctx, e)
+	if errors.Is(err, errNoUser) {
+		return nil, nil
+	}
+	return sigs, err
+}
+
+func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 	actor := User{PK: e.User.PK, Username: e.User.Username, Email: e.User.Email}
 	self := e.User // whose session a login/logout record is about
 	if e.User.OnBehalfOf != nil && e.User.OnBehalfOf.PK > 0 {
@@ -155,7 +167,7 @@ func (t *Tap) eventSignals(ctx context.Context, e akEvent) ([]Signal, error) {
 	cr := t.api.tokenCreds()
 	resolve := func(u akEventUser) (User, error) {
 		if u.PK <= 0 {
-			return User{}, errors.New("tap: event names no user")
+			return User{}, errNoUser
 		}
 		full, err := t.userByPK(ctx, cr, u.PK)
 		if errors.Is(err, ErrNotFound) {

@@ -66,6 +66,13 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 		t.noteLogoutHint(r, cookie)
 		return nil
 	}
+	if rt.op == opFlowStage {
+		// Most stage answers are not tapped (identification, prompts
+		// without a password); decide before spending a look-up.
+		if _, _, _, err := parseStageRequest(body); err != nil {
+			return nil
+		}
+	}
 	if !t.limiter.allow(clientIP(r)) {
 		t.stats.rateLimited.Add(1)
 		return nil

@@ -275,7 +275,8 @@
 
   async function dlq(what, jtis) {
     try {
-      const r = await api("POST", "/outbox/" + encodeURIComponent(state.selected) + "/" + what, { jtis });
+      // No jtis member means every dead letter of the stream.
+      const r = await api("POST", "/outbox/" + encodeURIComponent(state.selected) + "/" + what, jtis ? { jtis } : {});
       say(what === "replay" ? "replayed " + r.replayed + " SET(s)" : "purged " + r.purged + " SET(s)");
       await Promise.all([loadDLQ(), loadTimeline(), loadOverview()]);
     } catch (e) {
@@ -355,8 +356,8 @@
       state.offset = Math.max(0, state.offset - pageSize);
       loadTimeline().catch((err) => say(err.message, true));
     });
-    $("#replay-all").addEventListener("click", () => dlq("replay", []));
-    armedClick($("#purge-all"), () => dlq("purge", []));
+    $("#replay-all").addEventListener("click", () => dlq("replay", null));
+    armedClick($("#purge-all"), () => dlq("purge", null));
     $("#logout").addEventListener("click", async () => {
       try { await api("POST", "/dashboard/logout", {}); } catch (e) { /* ignore */ }
       window.location.assign(base + "/login");

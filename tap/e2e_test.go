@@ -109,7 +109,8 @@ func TestTrafficActions(t *testing.T) {
 		}},
 		{"user revokes own session after its cookie was seen", authentiktest.Config{}, func(w *world) []want {
 			// a tapped request with the cookie first teaches the tap the uuid↔sid link
-			w.e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"","password_repeat":""}`, w.cookie, "")
+			// (a rejected password change: tapped, authenticated, nothing completed)
+			w.e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"x","password_repeat":"y"}`, w.cookie, "")
 			w.e.waitFor("the session link", func() bool { return w.e.tap.hashForSession(w.sess.UUID) != "" })
 			w.e.do("DELETE", "/api/v3/core/authenticated_sessions/"+w.sess.UUID+"/", "", w.cookie, "")
 			return []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser,

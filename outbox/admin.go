@@ -300,3 +300,7 @@ func (o *Outbox) History(ctx context.Context, streamID string, limit int) ([]Rec
 	})
 	return out, err
 }
+
+// DroppedUnknown counts SETs dropped since start because their stream was
+// unknown (drops on disabled streams are in each stream's Dropped).
+func (o *Outbox) DroppedUnknown() int64 { return o.droppedUnknown.Load() }

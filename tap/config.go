@@ -65,6 +65,9 @@ type Config struct {
 	CacheTTL time.Duration
 	// FlowRefresh is how often flow slugs are re-read (5m).
 	FlowRefresh time.Duration
+	// FlowRefreshMinGap spaces early refreshes triggered by unknown
+	// executor slugs (5s).
+	FlowRefreshMinGap time.Duration
 	// RatePerIP and RateBurst limit tapped observations per client IP
 	// (5 per second, burst 20).
 	RatePerIP float64
@@ -107,7 +110,7 @@ func (c Config) Validate() error {
 	}
 	for name, d := range map[string]time.Duration{
 		"PollInterval": c.PollInterval, "Backfill": c.Backfill, "LookupTimeout": c.LookupTimeout,
-		"CacheTTL": c.CacheTTL, "FlowRefresh": c.FlowRefresh, "DedupWindow": c.DedupWindow,
+		"CacheTTL": c.CacheTTL, "FlowRefresh": c.FlowRefresh, "FlowRefreshMinGap": c.FlowRefreshMinGap, "DedupWindow": c.DedupWindow,
 		"DedupRetention": c.DedupRetention, "IntentMaxAge": c.IntentMaxAge, "MaxBackoff": c.MaxBackoff,
 	} {
 		if d < 0 {
@@ -136,6 +139,7 @@ func (c *Config) setDefaults() {
 	def(&c.LookupTimeout, 2*time.Second)
 	def(&c.CacheTTL, 30*time.Second)
 	def(&c.FlowRefresh, 5*time.Minute)
+	def(&c.FlowRefreshMinGap, 5*time.Second)
 	def(&c.DedupWindow, 2*time.Minute)
 	def(&c.DedupRetention, 24*time.Hour)
 	def(&c.IntentMaxAge, 24*time.Hour)

@@ -727,3 +727,38 @@ func TestPoisonEventSkipped(t *testing.T) {
 	}
 	checkSignals(t, rec.signals(), []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(good.PK), initiator: InitiatorUser}})
 }
+
+// TestFlowRenamedWhileRunning: a slug the tap does not know triggers an
+// early refresh; once refreshed, the renamed invalidation flow is tapped.
+func TestFlowRenamedWhileRunning(t *testing.T) {
+	e := newEnv(t, envOpts{mutate: func(c *Config) { c.FlowRefreshMinGap = time.Millisecond }})
+	alice := e.user("alice")
+	if err := e.ak.RenameFlow("default-invalidation-flow", "sign-me-out"); err != nil {
+		t.Fatal(err)
+	}
+	_, c1 := e.session(alice.PK)
+	s2, c2 := e.session(alice.PK)
+	// the first logout on the new slug is not tapped (the event API reports it)
+	e.do("GET", "/api/v3/flows/executor/sign-me-out/", "", c1, "")
+	e.waitFor("the refresh", func() bool { inv, _ := e.tap.flows.role("sign-me-out"); return inv })
+	if inv, _ := e.tap.flows.role("default-invalidation-flow"); inv {
+		t.Error("the old slug is still treated as the invalidation flow")
+	}
+	e.do("GET", "/api/v3/flows/executor/sign-me-out/", "", c2, "")
+	e.settle()
+	var first, second []Signal
+	for _, s := range e.rec.signals() {
+		if s.SessionHash == HashSessionID(s2.SID) {
+			second = append(second, s)
+		} else {
+			first = append(first, s)
+		}
+	}
+	checkSignals(t, second, []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK),
+		initiator: InitiatorUser, sessionHash: HashSessionID(s2.SID)}})
+	// the first logout: reported once, by the event API or (if the refresh
+	// won the race with its Before) by the traffic
+	if len(first) != 1 || first[0].Kind != KindSessionRevoked || first[0].Subject.PK != int64(alice.PK) {
+		t.Errorf("first logout reported as %+v", first)
+	}
+}

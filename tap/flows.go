@@ -122,6 +122,16 @@ func (t *Tap) runFlowRefresher(ctx context.Context) error {
 			return nil
 		case <-t.cfg.After(wait):
 		case <-t.flowKick:
+			t.flows.mu.RLock()
+			gap := t.cfg.FlowRefreshMinGap - t.cfg.Clock().Sub(t.flows.last)
+			t.flows.mu.RUnlock()
+			if gap > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.cfg.After(gap):
+				}
+			}
 		}
 		rctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
 		err := t.refreshFlows(rctx)
@@ -138,15 +148,9 @@ func (t *Tap) runFlowRefresher(ctx context.Context) error {
 	}
 }
 
-// kickFlows asks for an early refresh (an executor slug was not known), at
-// most once per 30 s.
+// kickFlows asks for an early refresh (an executor slug was not known). The
+// refresher spaces refreshes at least FlowRefreshMinGap apart.
 func (t *Tap) kickFlows() {
-	t.flows.mu.RLock()
-	recent := t.cfg.Clock().Sub(t.flows.last) < 30*time.Second
-	t.flows.mu.RUnlock()
-	if recent {
-		return
-	}
 	select {
 	case t.flowKick <- struct{}{}:
 	default:

@@ -26,7 +26,8 @@ type forwarder struct {
 	upgrades  *connSet
 	// roundTrip is transport.RoundTrip; benchmarks replace it.
 	roundTrip func(*http.Request) (*http.Response, error)
-	// fast, when set, carries bodyless, non-upgrade requests (see h1Client).
+	// fast, when set, carries bodyless GET, HEAD, OPTIONS and TRACE requests
+	// that ask for no upgrade (see h1Client).
 	fast *h1Client
 	// basePath is the upstream URL's path without a trailing slash ("" when
 	// the upstream is a bare host).
@@ -106,7 +107,7 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string)
 
 	var resp *http.Response
 	var err error
-	if p.fast != nil && out.Body == nil && out.Header["Upgrade"] == nil {
+	if p.fast != nil && out.Body == nil && idempotent(out.Method) && out.Header["Upgrade"] == nil {
 		resp, err = p.fast.roundTrip(out)
 	} else {
 		resp, err = p.roundTrip(out)

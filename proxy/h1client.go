@@ -12,12 +12,16 @@ import (
 	"time"
 )
 
-// h1Client is the hot path for the common case: a request without a body or
-// protocol switch to a plain-HTTP upstream. The handler goroutine writes the
+// h1Client is the hot path for the common case: an idempotent request (GET,
+// HEAD, OPTIONS, TRACE) without a body or protocol switch to a plain-HTTP
+// upstream — static assets, API reads, the UI's polling. The handler goroutine writes the
 // request and reads the response on a pooled keep-alive connection itself,
 // with no hand-off to per-connection reader and writer goroutines as
 // http.Transport does; on a small machine those hand-offs are a large part of
-// a proxied request's cost. Everything else (bodies, upgrades, https
+// a proxied request's cost. Without a reader goroutine it cannot notice an
+// idle connection closed by the upstream before reusing it, so it carries
+// only requests that are safe to retry on a fresh connection when that
+// happens. Everything else (bodies, other methods, upgrades, https
 // upstreams) goes through http.Transport.
 type h1Client struct {
 	addr              string
@@ -135,10 +139,9 @@ func (h *h1Client) closeIdle() {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
-// roundTrip sends a bodyless request. A request on a reused connection that
-// the upstream had already closed is retried once on a fresh connection when
-// its method is idempotent (GET, HEAD, OPTIONS, TRACE), as http.Transport
-// does; other methods get the error.
+// roundTrip sends a bodyless idempotent request. One that fails on a reused
+// connection the upstream had already closed is retried once on a fresh
+// connection, as http.Transport does for these methods.
 func (h *h1Client) roundTrip(out *http.Request) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		resp, retry, err := h.try(out)

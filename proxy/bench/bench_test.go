@@ -1,0 +1,70 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+const wrkSample = `Running 4s test @ http://127.0.0.1:40000/bench
+  2 threads and 128 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     7.06ms    3.18ms  47.97ms   77.05%
+    Req/Sec     9.11k     1.02k   11.62k    72.50%
+  Latency Distribution
+     50%    6.89ms
+     75%    8.46ms
+     90%   10.48ms
+     99%   17.07ms
+  72543 requests in 4.01s, 46.70MB read
+  Socket errors: connect 0, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 4
+Requests/sec:  18090.55
+Transfer/sec:     11.64MB
+`
+
+func TestParseWrk(t *testing.T) {
+	r, err := parseWrk(wrkSample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.RPS != 18090.55 || r.P50 != 6890*time.Microsecond || r.P99 != 17070*time.Microsecond || r.Errors != 9 {
+		t.Errorf("parsed %+v", r)
+	}
+	us := strings.Replace(strings.Replace(wrkSample, "6.89ms", "412.00us", 1), "17.07ms", "1.20s", 1)
+	if r, err := parseWrk(us); err != nil || r.P50 != 412*time.Microsecond || r.P99 != 1200*time.Millisecond {
+		t.Errorf("units: %+v %v", r, err)
+	}
+	for _, bad := range []string{"", "Requests/sec: 12\n", "garbage\x00"} {
+		if _, err := parseWrk(bad); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+// TestRunSmoke runs the driver briefly with the in-process generator and an
+// nginx path that does not exist: the rows print and the nginx row is
+// reported as skipped.
+func TestRunSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load run in -short mode")
+	}
+	var out bytes.Buffer
+	err := Run(context.Background(), Options{Duration: 300 * time.Millisecond, Warmup: -1, Connections: 4,
+		Generator: "go", NginxPath: "/nonexistent/nginx", CompareTransport: true}, &out)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	s := out.String()
+	for _, want := range []string{"nginx: could not start", "4 connection(s)", "1 connection(s)", "direct ", "sidecar ",
+		"sidecar-transport ", "sidecar/direct: throughput"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "\nnginx ") {
+		t.Errorf("nginx row printed though nginx is absent:\n%s", s)
+	}
+}

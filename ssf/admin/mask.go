@@ -1,9 +1,11 @@
 package admin
 
 import (
+	"bytes"
 	"encoding/json"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
 // Subjects are personal data: the dashboard shows them masked unless the
@@ -146,6 +148,10 @@ func writeSubject(b *strings.Builder, m map[string]any, reveal bool, depth int) 
 // searchQuery is the operator's timeline search, normalised.
 type searchQuery struct {
 	text string // lower case; "" matches everything
+	// raw: the text appears literally in the JSON of any value containing
+	// it (no character JSON encoders escape), so the raw claims can rule a
+	// record out before they are decoded.
+	raw bool
 }
 
 // parseSearch normalises the q parameter: trimmed, at most 200 bytes,
@@ -155,7 +161,20 @@ func parseSearch(q string) searchQuery {
 	if len(q) > 200 {
 		q = q[:200]
 	}
-	return searchQuery{text: strings.ToLower(q)}
+	q = strings.ToLower(q)
+	return searchQuery{text: q, raw: !strings.ContainsFunc(q, func(r rune) bool {
+		return r < 0x20 || r == '"' || r == '\\' || r == '<' || r == '>' || r == '&' ||
+			r == 0x2028 || r == 0x2029 || r == utf8.RuneError
+	})}
+}
+
+// mayMatch is a cheap test before decoding: false only when the record
+// cannot match.
+func (q searchQuery) mayMatch(jti string, rawClaims []byte) bool {
+	if q.text == "" || !q.raw {
+		return true
+	}
+	return strings.Contains(strings.ToLower(jti), q.text) || bytes.Contains(bytes.ToLower(rawClaims), []byte(q.text))
 }
 
 // matches reports whether a SET matches: its jti, or any identifier in its

@@ -128,11 +128,19 @@
         el("td", { text: o.backlog ? duration(nsToMs(o.oldest_age || 0)) : "—" }),
         el("td", { class: "num", text: o.dead || 0 }),
         el("td", { text: ago(o.last_success) }),
-        el("td", { class: "error-text", text: o.last_error ? o.last_error + " (" + ago(o.last_error_at) + ")" : "—" }),
+        lastError(o),
         actions);
     });
     tb.replaceChildren(...rows);
     $("#no-streams").hidden = state.streams.length > 0;
+  }
+
+  // The last error stays red only while no delivery has succeeded since.
+  function lastError(o) {
+    if (!o.last_error) return el("td", { class: "muted", text: "—" });
+    const healed = o.last_success && Date.parse(o.last_success) > Date.parse(o.last_error_at || 0);
+    return el("td", { class: healed ? "muted" : "error-text", title: healed ? "a delivery succeeded since" : "",
+      text: o.last_error + " (" + ago(o.last_error_at) + ")" });
   }
 
   async function act(s, what) {

@@ -24,7 +24,7 @@ type boltKV struct {
 	fail func(marks []Mark) error // injected commit failure
 }
 
-func newBoltKV(t *testing.T) *boltKV {
+func newBoltKV(t testing.TB) *boltKV {
 	t.Helper()
 	db, err := bolt.Open(filepath.Join(t.TempDir(), "tap.db"), 0o600, nil)
 	if err != nil {
@@ -147,6 +147,8 @@ type testProxy struct {
 	client   *http.Client
 	// skipAfter simulates a crash between forwarding and the outcome.
 	skipAfter bool
+	// noTap forwards without consulting the tap (benchmark baseline).
+	noTap bool
 }
 
 func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -155,7 +157,7 @@ func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.Header = r.Header.Clone()
 	out.Header.Set("X-Forwarded-For", "203.0.113.7")
 	var state any
-	tapped := p.tap.Match(r)
+	tapped := !p.noTap && p.tap.Match(r)
 	if tapped {
 		view := out.Clone(r.Context())
 		view.Body = nil
@@ -185,7 +187,7 @@ func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // env is one test world: a simulated authentik, the tap in front of it
 // behind a tiny proxy, a bbolt KV and a recording publisher.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	ak    *authentiktest.Server
 	kv    *boltKV
 	rec   *recorder
@@ -203,7 +205,7 @@ type envOpts struct {
 	mutate    func(*Config)
 }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	o.ak.DisableCSRF = true
 	ak, err := authentiktest.Start(o.ak)

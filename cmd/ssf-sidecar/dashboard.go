@@ -1,23 +1,17 @@
 package main
 
 import (
-	"sync"
-
 	"github.com/labstack/echo/v4"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf/admin"
 )
 
-// dashboards remembers each app's dashboard so shutdown can end its live
-// connections (an open page would otherwise hold the admin server's
-// graceful shutdown until its deadline).
-var dashboards sync.Map // *app → *admin.Dashboard
-
 // setupDashboard returns the dashboard's routes (mounted behind the admin
 // API's protection) and the outbox callbacks that feed its live view. It
 // runs before the outbox and the transmitter exist, so they are looked up
-// when a request comes.
+// when a request comes. The dashboard ends its live connections itself
+// when the admin server shuts down.
 func (a *app) setupDashboard() (func(*echo.Group), outbox.Hooks) {
 	cfg := admin.DashboardConfig{
 		Transmitter: func() admin.Transmitter {
@@ -46,14 +40,5 @@ func (a *app) setupDashboard() (func(*echo.Group), outbox.Hooks) {
 		a.logger.Error("dashboard disabled", "err", err)
 		return nil, outbox.Hooks{}
 	}
-	dashboards.Store(a, d)
 	return d.Routes, d.Hooks()
-}
-
-// closeDashboard ends the dashboard's live connections; call it when the
-// admin server starts shutting down.
-func (a *app) closeDashboard() {
-	if d, ok := dashboards.LoadAndDelete(a); ok {
-		d.(*admin.Dashboard).Close()
-	}
 }

@@ -155,12 +155,10 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		// The page's live connection ends with the browser; then the
-		// sidecar can shut down at once.
-		closeBrowser()
-		w.app.closeDashboard()
+		// The page is still open here: its live connection must not hold
+		// the admin server's graceful shutdown until its deadline.
 		if err := w.Close(); err != nil {
-			t.Errorf("sidecar shutdown: %v", err)
+			t.Errorf("sidecar shutdown with a dashboard open: %v", err)
 		}
 	}()
 
@@ -258,6 +256,28 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	shots.take(bctx, "2-logout-live")
 
+	// Search by user: alice's SETs stay, the verification SET goes.
+	if err := chromedp.Do(bctx,
+		chromedp.SetValue(chromedp.CSS("#q"), "ALICE@example"),
+		chromedp.Click(chromedp.CSS(`#search button[type="submit"]`))); err != nil {
+		t.Fatal(err)
+	}
+	wait("search", `#page-info`)
+	pollCtx, pollCancel := context.WithTimeout(bctx, 15*time.Second)
+	err = chromedp.Do(pollCtx, chromedp.Poll[chromedp.Void](
+		`document.querySelectorAll('#timeline tr.set-row').length > 0 && !document.querySelector('#timeline tr.set-row[data-event="verification"]')`,
+		chromedp.WithPollingTimeout(15*time.Second)))
+	pollCancel()
+	if err != nil {
+		shots.take(bctx, "failed-search")
+		t.Fatalf("search by user: %v", err)
+	}
+	shots.take(bctx, "2b-search")
+	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#clear-search`))); err != nil {
+		t.Fatal(err)
+	}
+	wait("search cleared", `#timeline tr.set-row[data-event="verification"]`)
+
 	// 3. Pause and resume through the buttons.
 	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(goodRow+` button[data-action="pause"]`))); err != nil {
 		t.Fatal(err)
@@ -331,6 +351,12 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("a cross-site form changed the stream to %q", got)
 	}
 	shots.take(bctx, "6-cross-site-refused")
+
+	// Back on the dashboard, live, for the shutdown check above.
+	if err := chromedp.Do(bctx, chromedp.Navigate(page)); err != nil {
+		t.Fatal(err)
+	}
+	wait("live again", `#live.live:not(.off)`)
 }
 
 // TestDashboardRefusesCrossSite checks the dashboard's own state-changing

@@ -80,6 +80,7 @@ type Dashboard struct {
 	live      *broadcaster
 	done      chan struct{}
 	closeOnce sync.Once
+	servers   sync.Map // *http.Server whose shutdown closes the live view
 }
 
 // NewDashboard builds the dashboard. Mount it with Routes (as
@@ -113,7 +114,8 @@ func NewDashboard(cfg DashboardConfig) (*Dashboard, error) {
 // block.
 func (d *Dashboard) Hooks() outbox.Hooks { return d.hooks() }
 
-// Close ends every open live connection.
+// Close ends every open live connection for good. It is called by itself
+// when the http.Server serving the dashboard shuts down.
 func (d *Dashboard) Close() { d.closeOnce.Do(func() { close(d.done) }) }
 
 // Routes mounts the dashboard on the admin group (behind its token, Host,

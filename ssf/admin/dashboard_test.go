@@ -56,7 +56,7 @@ func (f *fakeTx) AdminSetStatus(_ context.Context, id, status, reason string) (s
 	return ssf.Stream{}, ssf.ErrNotFound
 }
 
-func (f *fakeTx) AdminDeleteStream(context.Context, string) error  { return nil }
+func (f *fakeTx) AdminDeleteStream(context.Context, string) error   { return nil }
 func (f *fakeTx) AdminVerify(context.Context, string, string) error { return nil }
 
 type fakeOutbox struct {
@@ -90,7 +90,7 @@ func (f *fakeOutbox) History(_ context.Context, id string, limit int) ([]outbox.
 
 type fakeKeys struct{}
 
-func (fakeKeys) List() []ssf.KeyInfo                            { return nil }
+func (fakeKeys) List() []ssf.KeyInfo                         { return nil }
 func (fakeKeys) Rotate(context.Context) (ssf.KeyInfo, error) { return ssf.KeyInfo{}, nil }
 
 const (
@@ -723,5 +723,33 @@ func TestDashboardLogin(t *testing.T) {
 	r2.Body.Close()
 	if r2.StatusCode != http.StatusSeeOther || len(r2.Cookies()) != 0 {
 		t.Errorf("login without a token: %d %+v", r2.StatusCode, r2.Cookies())
+	}
+}
+
+// TestDashboardLiveEndsOnServerShutdown: an open page must not hold
+// http.Server.Shutdown until its deadline.
+func TestDashboardLiveEndsOnServerShutdown(t *testing.T) {
+	w := newWorld(t, 0, nil, "")
+	srv := &http.Server{Handler: w.srv.Config.Handler}
+	ln := httptest.NewUnstartedServer(nil).Listener
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+ln.Addr().String()+"/admin/dashboard/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := &sseReader{resp: resp, sc: bufio.NewScanner(resp.Body)}
+	if kind, _ := r.next(t); kind != "hello" {
+		t.Fatalf("first event %q", kind)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with a live page open: %v", err)
+	}
+	if err := <-served; err != http.ErrServerClosed {
+		t.Errorf("Serve: %v", err)
 	}
 }

@@ -113,6 +113,7 @@ func (d *Dashboard) hooks() outbox.Hooks {
 // events streams live events as text/event-stream until the page goes
 // away or the dashboard shuts down.
 func (d *Dashboard) events(c echo.Context) error {
+	d.closeOnShutdown(c.Request())
 	sub, ok := d.live.subscribe()
 	if !ok {
 		return echo.NewHTTPError(http.StatusServiceUnavailable, "too many dashboard pages are open")
@@ -157,5 +158,18 @@ func (d *Dashboard) events(c echo.Context) error {
 			}
 		}
 		w.Flush()
+	}
+}
+
+// closeOnShutdown ends the live connections when the HTTP server serving
+// them shuts down: http.Server.Shutdown waits for active connections, and
+// a live connection never goes idle by itself.
+func (d *Dashboard) closeOnShutdown(r *http.Request) {
+	srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server)
+	if !ok || srv == nil {
+		return
+	}
+	if _, seen := d.servers.LoadOrStore(srv, true); !seen {
+		srv.RegisterOnShutdown(d.Close)
 	}
 }

@@ -120,6 +120,7 @@ func TestCrashRecovery(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		defer func() { _ = cmd.Process.Kill() }() // also when the round fails
 		lines := make(chan string, 1024)
 		go func() {
 			sc := bufio.NewScanner(stdout)

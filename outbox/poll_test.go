@@ -309,3 +309,44 @@ func TestRetentionAndOperations(t *testing.T) {
 		t.Error("idempotency key kept past retention")
 	}
 }
+
+// TestDiscardLargeBacklog: disabling and deleting a stream with a backlog
+// larger than one discard chunk removes all of it.
+func TestDiscardLargeBacklog(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, nil, func(c *Config) { c.SweepInterval = noSweep })
+	for _, id := range []string{"a", "b"} {
+		if err := h.ob.SetStream(ctx, StreamConfig{ID: id, Method: MethodPoll, Status: StatusPaused}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := discardChunk*2 + 17
+	for _, id := range []string{"a", "b"} {
+		var batch []SET
+		for _, j := range jtis(id, n) {
+			batch = append(batch, makeSET(id, j))
+		}
+		for len(batch) > 0 {
+			k := min(len(batch), 1000)
+			h.enqueue(batch[:k]...)
+			batch = batch[k:]
+		}
+	}
+	if err := h.ob.SetStream(ctx, StreamConfig{ID: "a", Method: MethodPoll, Status: StatusDisabled}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := h.ob.Stats(ctx, "a")
+	if st.Backlog != 0 || st.Dropped != int64(n) {
+		t.Errorf("disabled: backlog %d dropped %d, want 0 %d", st.Backlog, st.Dropped, n)
+	}
+	if err := h.ob.DeleteStream(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	left := 0
+	for _, b := range []string{string(bktQueue), string(bktHist), string(bktSets)} {
+		_ = h.store.Scan(b, nil, func(k, v []byte) error { left++; return nil })
+	}
+	if left != 0 {
+		t.Errorf("%d entries left after disable and delete", left)
+	}
+}

@@ -165,3 +165,11 @@ func parseBulkDeleted(body []byte) (int, error) {
 	}
 	return *r.Deleted, nil
 }
+
+// deactivates reports whether a user PATCH/PUT body sets is_active false.
+func deactivates(body []byte) bool {
+	var w struct {
+		IsActive *bool `json:"is_active"`
+	}
+	return json.Unmarshal(body, &w) == nil && w.IsActive != nil && !*w.IsActive
+}

@@ -71,14 +71,18 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 		}
 		return []Signal{s}
 	case opUserUpdate:
-		return userChangeSignals(in.Before, in.After, func(suffix string, kind Kind) Signal {
+		out := userChangeSignals(in.Before, in.After, func(suffix string, kind Kind) Signal {
 			return base(suffix, kind, in.Subject)
 		})
+		if in.Before.IsActive && in.After.Known && !in.After.IsActive {
+			out = append(out, endedSessions(in, base, "the account was disabled")...)
+		}
+		return out
 	case opUserDelete:
 		s := base("", KindAccountDeleted, in.Subject)
 		s.ReasonAdmin, s.ReasonUser = "Account deleted", "Your account was deleted"
 		t.dir.forgetUser(in.Subject.PK)
-		return []Signal{s}
+		return append([]Signal{s}, endedSessions(in, base, "the account was deleted")...)
 	case opDeviceDelete:
 		s := base("", KindMFARemoved, in.Subject)
 		s.Device = in.Device
@@ -152,4 +156,17 @@ func (t *Tap) enrolledDevice(ctx context.Context, in *intent) *Device {
 // device type.
 func deviceTypeMatches(long, short string) bool {
 	return long == short || containsFold(long, "authenticator_"+short+".")
+}
+
+// endedSessions reports the sessions authentik deleted along with an
+// account change (it records no event for them).
+func endedSessions(in *intent, base func(string, Kind, User) Signal, why string) []Signal {
+	var out []Signal
+	for _, ref := range in.Sessions {
+		s := base("/s/"+ref.UUID, KindSessionRevoked, ref.Owner)
+		s.SessionUUID, s.SessionHash = ref.UUID, ref.Hash
+		s.ReasonAdmin, s.ReasonUser = "Session ended because "+why, "Your session ended because "+why
+		out = append(out, s)
+	}
+	return out
 }

@@ -158,9 +158,21 @@ func TestTrafficActions(t *testing.T) {
 			a := int64(w.alice.PK)
 			return []want{
 				{kind: KindAccountDisabled, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+				// authentik deletes a deactivated user's sessions, silently
+				{kind: KindSessionRevoked, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, sessionUUID: w.sess.UUID},
 				{kind: KindAccountEnabled, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
 				{kind: KindEmailChanged, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, oldEmail: "alice@example.com", newEmail: "alice.new@example.com"},
 				{kind: KindAccountDeleted, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+			}
+		}},
+		{"admin deletes a user with two sessions", authentiktest.Config{}, func(w *world) []want {
+			s2, _ := w.e.session(w.alice.PK)
+			w.e.do("DELETE", fmt.Sprintf("/api/v3/core/users/%d/", w.alice.PK), "", "", w.e.ak.AdminToken())
+			a := int64(w.alice.PK)
+			return []want{
+				{kind: KindAccountDeleted, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+				{kind: KindSessionRevoked, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, sessionUUID: w.sess.UUID},
+				{kind: KindSessionRevoked, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, sessionUUID: s2.UUID},
 			}
 		}},
 		{"forged cookie carrying the victim's sid", authentiktest.Config{}, func(w *world) []want {

@@ -70,6 +70,7 @@ func FuzzResponseBodies(f *testing.F) {
 		if pk, err := parseDeviceRequest(body); err == nil && pk <= 0 {
 			t.Fatal("device request without user accepted")
 		}
+		_ = deactivates(body)
 		if n, err := parseBulkDeleted(body); err == nil && n < 0 {
 			t.Fatal("negative count accepted")
 		}

@@ -194,6 +194,11 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		}
 		in.Subject = u.user()
 		in.Before = userState{Email: u.Email, IsActive: u.IsActive == nil || *u.IsActive, Known: u.IsActive != nil}
+		// Deleting a user, or deactivating one with PATCH, makes authentik
+		// delete the user's sessions without a trace: list them now.
+		if rt.op == opUserDelete || (r.Method == http.MethodPatch && in.Before.IsActive && deactivates(body)) {
+			in.Sessions = t.userSessions(ctx, lc, in.Subject)
+		}
 	case opDeviceDelete:
 		d, err := t.fetchDevice(ctx, c, rt.dtype, rt.id, rt.admin)
 		if err != nil {
@@ -376,4 +381,25 @@ func (t *Tap) noteLogoutHint(r *http.Request, cookie string) {
 		return // keep the more specific origin
 	}
 	t.hints.put(claims.SessionHash(), logoutHint{via: via, requestID: requestID(r)})
+}
+
+// userSessions lists a user's authenticated sessions (nil when they cannot
+// be listed; the account signal still goes out).
+func (t *Tap) userSessions(ctx context.Context, cr creds, owner User) []sessionRef {
+	if owner.Username == "" {
+		return nil
+	}
+	sessions, err := listAll[akSession](ctx, t.api, cr, "/core/authenticated_sessions/",
+		url.Values{"user__username": {owner.Username}}, 5)
+	if err != nil {
+		t.stats.misses.Add(1)
+		return nil
+	}
+	var out []sessionRef
+	for _, s := range sessions {
+		if s.User == owner.PK && s.UUID != "" {
+			out = append(out, sessionRef{UUID: s.UUID, Owner: owner, Hash: t.hashForSession(s.UUID)})
+		}
+	}
+	return out
 }

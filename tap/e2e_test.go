@@ -774,3 +774,26 @@ func TestFlowRenamedWhileRunning(t *testing.T) {
 		t.Errorf("first logout reported as %+v", first)
 	}
 }
+
+// TestImpersonation: an admin impersonating a user acts on that user; the
+// signal names the user as subject and the admin as actor.
+func TestImpersonation(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	d, err := e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: alice.PK})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, adminCookie := e.session(1)
+	// a tapped request first, so any identity cache would hold the admin
+	e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"x","password_repeat":"y"}`, adminCookie, "")
+	if code := e.direct("POST", fmt.Sprintf("/api/v3/core/users/%d/impersonate/", alice.PK), `{"reason":"support ticket 7"}`, adminCookie, ""); code != http.StatusNoContent {
+		t.Fatalf("impersonate: %d", code)
+	}
+	e.do("DELETE", fmt.Sprintf("/api/v3/authenticators/totp/%d/", d.PK), "", adminCookie, "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindMFARemoved, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorAdmin, device: "totp"}})
+	if s := e.rec.signals(); len(s) == 1 && (s[0].Actor == nil || s[0].Actor.PK != 1) {
+		t.Errorf("actor = %+v, want the admin", s[0].Actor)
+	}
+}

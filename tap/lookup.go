@@ -62,7 +62,10 @@ func (t *Tap) authenticateCookie(ctx context.Context, cookie string) (*caller, e
 func (t *Tap) whoami(ctx context.Context, cr creds, sessionHash string) (*caller, error) {
 	sum := sha256.Sum256([]byte("c\x00" + cr.cookie + "\x00a\x00" + cr.authz))
 	key := hex.EncodeToString(sum[:])
-	if c, ok := t.whoCache.get(key); ok {
+	// A cookie's identity can change under it (impersonation starts or
+	// ends on the same session), so only token identities are cached.
+	cacheable := cr.cookie == ""
+	if c, ok := t.whoCache.get(key); ok && cacheable {
 		c.cr = cr
 		return &c, nil
 	}
@@ -79,7 +82,9 @@ func (t *Tap) whoami(ctx context.Context, cr creds, sessionHash string) (*caller
 		c.Actor = &actor
 	}
 	t.dir.noteUser(me.User)
-	t.whoCache.put(key, c)
+	if cacheable {
+		t.whoCache.put(key, c)
+	}
 	c.cr = cr
 	return &c, nil
 }

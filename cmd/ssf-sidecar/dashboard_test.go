@@ -197,6 +197,25 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 	}
 
+	// click clicks once the element is there; a live update may replace
+	// the row between finding the node and clicking it, so that is retried.
+	click := func(sel string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			wctx, wcancel := context.WithTimeout(bctx, 20*time.Second)
+			err := chromedp.Do(wctx, chromedp.WaitVisible(chromedp.CSS(sel)), chromedp.Click(chromedp.CSS(sel)))
+			wcancel()
+			if err == nil {
+				return
+			}
+			if !strings.Contains(err.Error(), "node") || time.Now().After(deadline) {
+				shots.take(bctx, "failed-click")
+				t.Fatalf("click %s: %v", sel, err)
+			}
+		}
+	}
+
 	// 1. The page shows both streams, and the live connection is up.
 	if err := chromedp.Do(bctx, chromedp.Navigate(page)); err != nil {
 		t.Fatal(err)
@@ -206,9 +225,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	wait("live", `#live.live:not(.off)`)
 	// Select the good stream's timeline and mark the page so a reload
 	// would show.
-	if err := chromedp.Do(bctx,
-		chromedp.Click(chromedp.CSS(goodRow+` button[data-action="view"]`)),
-		chromedp.Evaluate[chromedp.Void](`window.__noReload = "kept"`)); err != nil {
+	click(goodRow + ` button[data-action="view"]`)
+	if err := chromedp.Do(bctx, chromedp.Evaluate[chromedp.Void](`window.__noReload = "kept"`)); err != nil {
 		t.Fatal(err)
 	}
 	wait("verification in timeline", `#timeline tr.set-row[data-event="verification"]`)
@@ -238,14 +256,9 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("subject should be masked by default, page shows %q", subject)
 	}
 	// Reveal on an explicit click.
-	if err := chromedp.Do(bctx,
-		chromedp.Click(chromedp.CSS(`#timeline tr.set-row[data-event="session-revoked"] button[data-action="claims"]`))); err != nil {
-		t.Fatal(err)
-	}
+	click(`#timeline tr.set-row[data-event="session-revoked"] button[data-action="claims"]`)
 	wait("claims", `#timeline tr.claims-row button[data-action="reveal"]`)
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#timeline tr.claims-row button[data-action="reveal"]`))); err != nil {
-		t.Fatal(err)
-	}
+	click(`#timeline tr.claims-row button[data-action="reveal"]`)
 	wait("revealed", `#timeline tr.claims-row button[data-action="reveal"]:disabled`)
 	claims, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#timeline tr.claims-row pre`)))
 	if err != nil {
@@ -257,11 +270,10 @@ func TestDashboardInBrowser(t *testing.T) {
 	shots.take(bctx, "2-logout-live")
 
 	// Search by user: alice's SETs stay, the verification SET goes.
-	if err := chromedp.Do(bctx,
-		chromedp.SetValue(chromedp.CSS("#q"), "ALICE@example"),
-		chromedp.Click(chromedp.CSS(`#search button[type="submit"]`))); err != nil {
+	if err := chromedp.Do(bctx, chromedp.SetValue(chromedp.CSS("#q"), "ALICE@example")); err != nil {
 		t.Fatal(err)
 	}
+	click(`#search button[type="submit"]`)
 	wait("search", `#page-info`)
 	pollCtx, pollCancel := context.WithTimeout(bctx, 15*time.Second)
 	err = chromedp.Do(pollCtx, chromedp.Poll[chromedp.Void](
@@ -273,33 +285,40 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("search by user: %v", err)
 	}
 	shots.take(bctx, "2b-search")
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#clear-search`))); err != nil {
-		t.Fatal(err)
-	}
+	click(`#clear-search`)
 	wait("search cleared", `#timeline tr.set-row[data-event="verification"]`)
 
 	// 3. Pause and resume through the buttons.
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(goodRow+` button[data-action="pause"]`))); err != nil {
-		t.Fatal(err)
-	}
+	click(goodRow + ` button[data-action="pause"]`)
 	wait("paused", goodRow+`[data-status="paused"]`)
 	if got := streamStatus(t, ctx, w, good); got != "paused" {
 		t.Errorf("after Pause the admin API says %q", got)
 	}
 	shots.take(bctx, "3-paused")
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(goodRow+` button[data-action="resume"]`))); err != nil {
-		t.Fatal(err)
-	}
+	click(goodRow + ` button[data-action="resume"]`)
 	wait("resumed", goodRow+`[data-status="enabled"]`)
 	if got := streamStatus(t, ctx, w, good); got != "enabled" {
 		t.Errorf("after Resume the admin API says %q", got)
 	}
+	// Verify queues a verification SET, which shows up live.
+	before := len(w.recv.received())
+	click(goodRow + ` button[data-action="verify"]`)
+	pollCtx, pollCancel = context.WithTimeout(bctx, 15*time.Second)
+	err = chromedp.Do(pollCtx, chromedp.Poll[chromedp.Void](
+		`document.querySelectorAll('#timeline tr.set-row[data-event="verification"][data-state="delivered"]').length >= 2`,
+		chromedp.WithPollingTimeout(15*time.Second)))
+	pollCancel()
+	if err != nil {
+		shots.take(bctx, "failed-verify")
+		t.Fatalf("verify: %v", err)
+	}
+	if after := len(w.recv.received()); after <= before {
+		t.Errorf("the receiver got no SET after Verify (%d before, %d after)", before, after)
+	}
 
 	// 4. The refusing receiver's SETs are in the dead letter; once it is
 	// healed, Replay all delivers them.
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(badRow+` button[data-action="view"]`))); err != nil {
-		t.Fatal(err)
-	}
+	click(badRow + ` button[data-action="view"]`)
 	wait("dead letter", `#dlq tr[data-dead]`)
 	var deadBefore []struct {
 		JTI string `json:"jti"`
@@ -310,9 +329,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	shots.take(bctx, "4-dead-letter")
 	bad.healed.Store(true)
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.CSS(`#replay-all`))); err != nil {
-		t.Fatal(err)
-	}
+	click(`#replay-all`)
 	wait("replayed", `#no-dlq:not([hidden])`)
 	wait("delivered after replay", fmt.Sprintf(`#timeline tr.set-row[data-jti=%q][data-state="delivered"]`, deadBefore[0].JTI))
 	var deadAfter []json.RawMessage

@@ -37,6 +37,31 @@
     return e;
   }
 
+  // reconcile updates a table body to show rows for items, keeping the
+  // existing row of an item whose data did not change. Rows are not
+  // rebuilt under the operator's pointer on every live update, so a click
+  // is never lost, and unchanged rows cost nothing.
+  function reconcile(tbody, items, build) {
+    const old = new Map();
+    for (const tr of tbody.children) old.set(tr.dataset.key, tr);
+    const rows = [];
+    for (const it of items) {
+      const ex = old.get(it.key);
+      if (ex && ex.dataset.sig === it.sig) {
+        rows.push(ex);
+        continue;
+      }
+      const tr = build(it);
+      tr.dataset.key = it.key;
+      tr.dataset.sig = it.sig;
+      rows.push(tr);
+    }
+    const cur = tbody.children;
+    let same = cur.length === rows.length;
+    for (let i = 0; same && i < rows.length; i++) same = cur[i] === rows[i];
+    if (!same) tbody.replaceChildren(...rows);
+  }
+
   function say(text, isError) {
     const m = $("#message");
     m.textContent = text || "";
@@ -105,7 +130,8 @@
 
   function renderStreams() {
     const tb = $("#streams tbody");
-    const rows = state.streams.map((s) => {
+    const items = state.streams.map((s) => ({ key: s.stream_id, sig: JSON.stringify([s, s.stream_id === state.selected]), s }));
+    reconcile(tb, items, ({ s }) => {
       const o = s.outbox || {};
       const status = el("td", {}, badge(s.status));
       if (s.reason) status.append(el("div", { class: "muted", text: s.reason }));
@@ -131,7 +157,6 @@
         lastError(o),
         actions);
     });
-    tb.replaceChildren(...rows);
     $("#no-streams").hidden = state.streams.length > 0;
   }
 
@@ -187,10 +212,11 @@
     for (const it of items) {
       const fresh = !firstLoad && !state.known.has(it.jti);
       state.known.add(it.jti);
-      rows.push(setRow(it, fresh));
-      if (state.open.has(it.jti)) rows.push(claimsRow(it.jti));
+      const open = state.open.has(it.jti);
+      rows.push({ key: "set:" + it.jti, sig: JSON.stringify([it, open]), build: () => setRow(it, fresh) });
+      if (open) rows.push({ key: "claims:" + it.jti, sig: "", build: () => { loadClaimsSoon(it.jti); return claimsRow(it.jti); } });
     }
-    $("#timeline tbody").replaceChildren(...rows);
+    reconcile($("#timeline tbody"), rows, (r) => r.build());
     $("#no-sets").hidden = items.length > 0;
     const from = items.length ? state.offset + 1 : 0;
     let info = from + "–" + (state.offset + items.length);
@@ -198,8 +224,10 @@
     $("#page-info").textContent = info;
     $("#newer").disabled = state.offset === 0;
     $("#older").disabled = !state.more;
-    for (const jti of state.open) loadClaims(jti, false);
   }
+
+  // A claims row is filled once it is in the table.
+  function loadClaimsSoon(jti) { setTimeout(() => loadClaims(jti, false), 0); }
 
   function attemptsCell(it) {
     const td = el("td", {});
@@ -267,18 +295,19 @@
     if (!id) return;
     const list = await api("GET", "/outbox/" + encodeURIComponent(id) + "/dlq?limit=100");
     if (id !== state.selected) return;
-    const rows = (list || []).map((d) => el("tr", { "data-dead": d.jti },
+    const items = (list || []).map((d) => ({ key: d.jti, sig: JSON.stringify(d), d }));
+    reconcile($("#dlq tbody"), items, ({ d }) => el("tr", { "data-dead": d.jti },
       el("td", { text: time(d.dead_at) }),
       el("td", { text: (d.event_type || "").split("/").pop() }),
       el("td", { class: "jti", text: d.jti }),
       el("td", { class: "error-text", text: d.reason }),
       el("td", { class: "num", text: d.attempt_count }),
       el("td", {}, el("button", { type: "button", class: "quiet", "data-action": "replay-one", text: "Replay", onclick: () => dlq("replay", [d.jti]) }))));
-    $("#dlq tbody").replaceChildren(...rows);
-    $("#no-dlq").hidden = rows.length > 0;
-    $("#dlq-count").textContent = rows.length ? "(" + rows.length + (rows.length === 100 ? "+" : "") + ")" : "";
-    $("#replay-all").disabled = rows.length === 0;
-    $("#purge-all").disabled = rows.length === 0;
+    const n = items.length;
+    $("#no-dlq").hidden = n > 0;
+    $("#dlq-count").textContent = n ? "(" + n + (n === 100 ? "+" : "") + ")" : "";
+    $("#replay-all").disabled = n === 0;
+    $("#purge-all").disabled = n === 0;
   }
 
   async function dlq(what, jtis) {

@@ -307,16 +307,20 @@ func (d *Dashboard) timeline(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	read := d.cfg.MaxTimeline
+	// One more than needed tells whether there is more.
+	read := d.cfg.MaxTimeline + 1
 	if q.text == "" {
-		read = min(offset+limit+1, d.cfg.MaxTimeline)
+		read = min(offset+limit+1, read)
 	}
 	recs, err := ob.History(ctx, st.ID, read)
 	if err != nil {
 		return err
 	}
-	out := timelineBody{Items: []TimelineItem{}, Scanned: len(recs), Offset: offset,
-		Truncated: q.text != "" && len(recs) >= d.cfg.MaxTimeline}
+	truncated := len(recs) > d.cfg.MaxTimeline
+	if truncated {
+		recs = recs[:d.cfg.MaxTimeline]
+	}
+	out := timelineBody{Items: []TimelineItem{}, Scanned: len(recs), Offset: offset, Truncated: truncated && q.text != ""}
 	matched := 0
 	for i := range recs {
 		r := &recs[i]

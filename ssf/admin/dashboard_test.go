@@ -327,8 +327,14 @@ func TestDashboardTimelineReadsOnlyWhatItShows(t *testing.T) {
 	}
 	w.ob.reads = 0
 	w.get(t, "/admin/dashboard/api/streams/s1/timeline?q=user1", &got)
-	if w.ob.reads != 120 || !got.Truncated || got.Scanned != 120 {
-		t.Errorf("search read %d, truncated %v scanned %d; want the 120 limit", w.ob.reads, got.Truncated, got.Scanned)
+	if w.ob.reads != 121 || !got.Truncated || got.Scanned != 120 {
+		t.Errorf("search read %d, truncated %v scanned %d; want the 120 limit (and one to know there is more)", w.ob.reads, got.Truncated, got.Scanned)
+	}
+	// Exactly the limit: nothing was left out.
+	w.ob.records["s1"] = w.ob.records["s1"][:120]
+	w.get(t, "/admin/dashboard/api/streams/s1/timeline?q=user1", &got)
+	if got.Truncated || got.Scanned != 120 {
+		t.Errorf("at exactly the limit: truncated %v scanned %d", got.Truncated, got.Scanned)
 	}
 	if code := w.get(t, "/admin/dashboard/api/streams/s1/timeline?offset=121", nil); code != 400 {
 		t.Errorf("offset past the limit: %d", code)

@@ -340,14 +340,27 @@
   }
 
   // ---- live updates ----------------------------------------------------
+  // A search or a deep page makes the server read up to its limit of
+  // SETs; while one is shown, live updates refresh it at most this often.
+  const heavyEvery = 3000;
+  let lastHeavy = 0;
+
   function scheduleRefresh(all) {
     if (state.refreshTimer) return;
     state.refreshTimer = setTimeout(async () => {
       state.refreshTimer = null;
       try {
         await loadOverview();
-        if (state.selected && (all || state.offset === 0)) {
+        if (!state.selected) return;
+        const heavy = state.offset > 0 || state.q !== "";
+        if (all || !heavy) {
           await Promise.all([loadTimeline(), loadDLQ()]);
+        } else if (Date.now() - lastHeavy > heavyEvery) {
+          lastHeavy = Date.now();
+          await Promise.all([loadTimeline(), loadDLQ()]);
+        } else {
+          await loadDLQ();
+          scheduleRefresh(false);
         }
       } catch (e) {
         say(e.message, true);

@@ -14,6 +14,9 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ssf-sidecar/ssf-sidecar/proxy"
@@ -21,8 +24,11 @@ import (
 
 // Options tunes a benchmark run. Zero values take the defaults.
 type Options struct {
-	// Duration of each measured run (default 5 s), after a Warmup (default 1 s).
+	// Duration of each measured run (default 3 s), after a Warmup (default 1 s).
 	Duration, Warmup time.Duration
+	// Rounds is how many times each target is measured, interleaved, to
+	// damp the noise of a shared machine (default 3; medians are shown).
+	Rounds int
 	// Connections for the saturating load (default 128).
 	Connections int
 	// BodySize is the upstream's response body size in bytes (default 512).
@@ -34,18 +40,26 @@ type Options struct {
 	// CompareTransport adds a "sidecar-transport" row: the proxy with its
 	// fast path off (every request through net/http's Transport).
 	CompareTransport bool
+	// ChildCommand, when set, is the command (argv) that runs Child with the
+	// arguments appended; the upstream and each sidecar then run in their
+	// own processes, which is fairer against nginx's own processes. Empty:
+	// everything runs in this process.
+	ChildCommand []string
 	// Rows limits the targets measured ("direct", "sidecar", "nginx"); empty means all.
 	Rows []string
 }
 
 func (o Options) withDefaults() Options {
 	if o.Duration <= 0 {
-		o.Duration = 5 * time.Second
+		o.Duration = 3 * time.Second
 	}
 	if o.Warmup < 0 {
 		o.Warmup = 0
 	} else if o.Warmup == 0 {
 		o.Warmup = time.Second
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = 3
 	}
 	if o.Connections <= 0 {
 		o.Connections = 128
@@ -81,28 +95,56 @@ func Run(ctx context.Context, opts Options, w io.Writer) error {
 		return err
 	}
 
-	up, err := startUpstream(opts.BodySize)
-	if err != nil {
-		return fmt.Errorf("bench: upstream: %w", err)
-	}
-	defer up.Close()
-	upURL := "http://" + up.Addr().String()
-
-	pctx, cancelProxy := context.WithCancel(ctx)
-	defer cancelProxy()
-	sidecarURL, proxyDone, err := startSidecar(pctx, upURL, false)
-	if err != nil {
-		return fmt.Errorf("bench: sidecar: %w", err)
-	}
-	defer func() { cancelProxy(); <-proxyDone }()
-	targets := []target{{"direct", upURL}, {"sidecar", sidecarURL}}
-	if opts.CompareTransport {
-		slowURL, slowDone, err := startSidecar(pctx, upURL, true)
+	var upURL, upAddr, sidecarURL, transportURL string
+	if len(opts.ChildCommand) > 0 {
+		up, err := startChild(ctx, opts.ChildCommand, "upstream", strconv.Itoa(opts.BodySize))
 		if err != nil {
-			return fmt.Errorf("bench: sidecar (transport only): %w", err)
+			return fmt.Errorf("bench: upstream: %w", err)
 		}
-		defer func() { cancelProxy(); <-slowDone }()
-		targets = append(targets, target{"sidecar-transport", slowURL})
+		defer up.stop()
+		upURL = up.url
+		sc, err := startChild(ctx, opts.ChildCommand, "sidecar", upURL)
+		if err != nil {
+			return fmt.Errorf("bench: sidecar: %w", err)
+		}
+		defer sc.stop()
+		sidecarURL = sc.url
+		if opts.CompareTransport {
+			st, err := startChild(ctx, opts.ChildCommand, "sidecar", upURL, "transport")
+			if err != nil {
+				return fmt.Errorf("bench: sidecar (transport only): %w", err)
+			}
+			defer st.stop()
+			transportURL = st.url
+		}
+	} else {
+		up, err := startUpstream(opts.BodySize)
+		if err != nil {
+			return fmt.Errorf("bench: upstream: %w", err)
+		}
+		defer up.Close()
+		upURL = "http://" + up.Addr().String()
+		pctx, cancelProxy := context.WithCancel(ctx)
+		defer cancelProxy()
+		u, done, err := startSidecar(pctx, upURL, false)
+		if err != nil {
+			return fmt.Errorf("bench: sidecar: %w", err)
+		}
+		defer func() { cancelProxy(); <-done }()
+		sidecarURL = u
+		if opts.CompareTransport {
+			u, done, err := startSidecar(pctx, upURL, true)
+			if err != nil {
+				return fmt.Errorf("bench: sidecar (transport only): %w", err)
+			}
+			defer func() { cancelProxy(); <-done }()
+			transportURL = u
+		}
+	}
+	upAddr = strings.TrimPrefix(upURL, "http://")
+	targets := []target{{"direct", upURL}, {"sidecar", sidecarURL}}
+	if transportURL != "" {
+		targets = append(targets, target{"sidecar-transport", transportURL})
 	}
 	nginxPath := opts.NginxPath
 	if nginxPath == "" {
@@ -111,7 +153,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) error {
 	if nginxPath == "" {
 		fmt.Fprintln(w, "nginx: not found on PATH — the nginx row is skipped (apt-get install nginx-light to add it)")
 	} else {
-		ng, err := startNginx(ctx, nginxPath, up.Addr().String())
+		ng, err := startNginx(ctx, nginxPath, upAddr)
 		if err != nil {
 			fmt.Fprintf(w, "nginx: could not start (%v) — the nginx row is skipped\n", err)
 		} else {
@@ -123,27 +165,59 @@ func Run(ctx context.Context, opts Options, w io.Writer) error {
 
 	fmt.Fprintf(w, "generator: %s; %s per run after %s warm-up; upstream body %d bytes\n",
 		gen.name(), opts.Duration, opts.Warmup, opts.BodySize)
+	if len(opts.ChildCommand) > 0 {
+		fmt.Fprintln(w, "upstream and sidecar each run in a process of their own")
+	} else {
+		fmt.Fprintln(w, "upstream and sidecar share this process (no ChildCommand given)")
+	}
+	fmt.Fprintf(w, "%d round(s), targets interleaved within each round; the median of the rounds is shown\n", opts.Rounds)
 	for _, load := range []int{opts.Connections, 1} {
-		var rows []Result
-		for _, t := range targets {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if opts.Warmup > 0 {
-				if _, err := gen.run(ctx, t.url, load, opts.Warmup); err != nil {
-					return fmt.Errorf("bench: warm-up %s: %w", t.name, err)
+		runs := make([][]Result, len(targets))
+		for round := 0; round < opts.Rounds; round++ {
+			for i, t := range targets {
+				if err := ctx.Err(); err != nil {
+					return err
 				}
+				if opts.Warmup > 0 {
+					if _, err := gen.run(ctx, t.url, load, opts.Warmup); err != nil {
+						return fmt.Errorf("bench: warm-up %s: %w", t.name, err)
+					}
+				}
+				r, err := gen.run(ctx, t.url, load, opts.Duration)
+				if err != nil {
+					return fmt.Errorf("bench: %s with %d connections: %w", t.name, load, err)
+				}
+				r.Target, r.Connections = t.name, load
+				runs[i] = append(runs[i], r)
 			}
-			r, err := gen.run(ctx, t.url, load, opts.Duration)
-			if err != nil {
-				return fmt.Errorf("bench: %s with %d connections: %w", t.name, load, err)
-			}
-			r.Target, r.Connections = t.name, load
-			rows = append(rows, r)
+		}
+		rows := make([]Result, len(targets))
+		for i := range targets {
+			rows[i] = median(runs[i])
 		}
 		printTable(w, load, rows)
 	}
 	return nil
+}
+
+// median takes each figure's median over the rounds independently, and sums
+// the errors.
+func median(rs []Result) Result {
+	out := rs[0]
+	n := len(rs)
+	rps := make([]float64, n)
+	p50 := make([]time.Duration, n)
+	p99 := make([]time.Duration, n)
+	out.Errors = 0
+	for i, r := range rs {
+		rps[i], p50[i], p99[i] = r.RPS, r.P50, r.P99
+		out.Errors += r.Errors
+	}
+	slices.Sort(rps)
+	slices.Sort(p50)
+	slices.Sort(p99)
+	out.RPS, out.P50, out.P99 = rps[n/2], p50[n/2], p99[n/2]
+	return out
 }
 
 func filterRows(ts []target, rows []string) []target {
@@ -162,7 +236,7 @@ func filterRows(ts []target, rows []string) []target {
 }
 
 func printTable(w io.Writer, conns int, rows []Result) {
-	fmt.Fprintf(w, "\n%d connection(s)\n%-18s %12s %10s %10s %8s\n", conns, "target", "req/s", "p50", "p99", "errors")
+	fmt.Fprintf(w, "\n%d connection(s); errors are socket errors, timeouts (over 2 s) and non-2xx answers\n%-18s %12s %10s %10s %8s\n", conns, "target", "req/s", "p50", "p99", "errors")
 	by := map[string]Result{}
 	for _, r := range rows {
 		by[r.Target] = r

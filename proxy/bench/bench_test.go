@@ -52,7 +52,7 @@ func TestRunSmoke(t *testing.T) {
 		t.Skip("load run in -short mode")
 	}
 	var out bytes.Buffer
-	err := Run(context.Background(), Options{Duration: 300 * time.Millisecond, Warmup: -1, Connections: 4,
+	err := Run(context.Background(), Options{Duration: 300 * time.Millisecond, Warmup: -1, Connections: 4, Rounds: 1,
 		Generator: "go", NginxPath: "/nonexistent/nginx", CompareTransport: true}, &out)
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, out.String())

@@ -417,7 +417,13 @@ func (d *Dashboard) setDetail(c echo.Context) error {
 		return err
 	}
 	jti := c.Param("jti")
-	r, err := d.find(ctx, ob, st.ID, jti)
+	// within: the page says how far back the SET is (its page's end), so
+	// a detail does not read the whole history.
+	within, err := intParam(c, "within", d.cfg.MaxTimeline, 1, d.cfg.MaxTimeline)
+	if err != nil {
+		return err
+	}
+	r, err := d.find(ctx, ob, st.ID, jti, within)
 	if err != nil {
 		return err
 	}
@@ -437,14 +443,21 @@ func (d *Dashboard) setDetail(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-func (d *Dashboard) find(ctx context.Context, ob Outbox, streamID, jti string) (*outbox.Record, error) {
-	recs, err := ob.History(ctx, streamID, d.cfg.MaxTimeline)
-	if err != nil {
-		return nil, err
-	}
-	for i := range recs {
-		if recs[i].JTI == jti {
-			return &recs[i], nil
+// find looks a SET up among the newest `within` of the stream, then, if
+// it is not there (newer SETs pushed it back), among all MaxTimeline.
+func (d *Dashboard) find(ctx context.Context, ob Outbox, streamID, jti string, within int) (*outbox.Record, error) {
+	for _, n := range []int{within, d.cfg.MaxTimeline} {
+		recs, err := ob.History(ctx, streamID, n)
+		if err != nil {
+			return nil, err
+		}
+		for i := range recs {
+			if recs[i].JTI == jti {
+				return &recs[i], nil
+			}
+		}
+		if n >= d.cfg.MaxTimeline {
+			break
 		}
 	}
 	return nil, echo.NewHTTPError(http.StatusNotFound, "no such SET in this stream's history")

@@ -341,6 +341,17 @@ func TestDashboardTimelineReadsOnlyWhatItShows(t *testing.T) {
 	}
 }
 
+func TestDashboardSetDetailReadsLittle(t *testing.T) {
+	w := newWorld(t, 500, nil, "")
+	w.ob.reads = 0
+	if code := w.get(t, "/admin/dashboard/api/streams/s1/sets/jti-00450?within=100", nil); code != 200 {
+		t.Fatalf("detail: %d", code)
+	}
+	if w.ob.reads != 100 {
+		t.Errorf("detail on the first page read %d records, want 100", w.ob.reads)
+	}
+}
+
 func TestDashboardNoTraceLinkWithoutTemplate(t *testing.T) {
 	w := newWorld(t, 1, nil, "")
 	var got timelineBody
@@ -364,6 +375,9 @@ func TestDashboardSetDetail(t *testing.T) {
 			[]string{"user2@example.com", "sess-2"}},
 		{"/admin/dashboard/api/streams/s1/sets/jti-00002?reveal=1", 200,
 			[]string{"user2@example.com", "sess-2", `"revealed":true`}, nil},
+		{"/admin/dashboard/api/streams/s1/sets/jti-00003?within=1", 200, []string{`"jti":"jti-00003"`}, nil},
+		{"/admin/dashboard/api/streams/s1/sets/jti-00001?within=1", 200, []string{`"jti":"jti-00001"`}, nil},
+		{"/admin/dashboard/api/streams/s1/sets/jti-00001?within=0", 400, nil, nil},
 		{"/admin/dashboard/api/streams/s1/sets/unknown", 404, nil, nil},
 		{"/admin/dashboard/api/streams/s9/sets/jti-00002", 404, nil, nil},
 		{"/admin/dashboard/api/streams/s1/sets/broken", 422, nil, nil},

@@ -277,7 +277,12 @@
     const row = document.querySelector('tr[data-claims="' + CSS.escape(jti) + '"]');
     if (!row) return;
     try {
-      const d = await api("GET", "/dashboard/api/streams/" + encodeURIComponent(state.selected) + "/sets/" + encodeURIComponent(jti) + (reveal ? "?reveal=1" : ""));
+      const qs = new URLSearchParams();
+      if (reveal) qs.set("reveal", "1");
+      // Without a search the SET is on the current page: tell the server
+      // how far back to look (with slack for SETs that arrived since).
+      if (!state.q) qs.set("within", String(state.offset + pageSize + 100));
+      const d = await api("GET", "/dashboard/api/streams/" + encodeURIComponent(state.selected) + "/sets/" + encodeURIComponent(jti) + "?" + qs);
       row.querySelector("pre").textContent = JSON.stringify(d.claims, null, 2);
       if (reveal) {
         const prev = row.previousElementSibling;

@@ -97,7 +97,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	}
 	if err := t.journalPut(ctx, in, t.dir.drain()...); err != nil {
 		t.stats.misses.Add(1)
-		t.log.Warn("tap: journal intent failed", "intent", in.ID, "err", err)
+		t.log.Warn("tap: journal intent failed", "intent", in.ID, "request_id", in.RequestID, "err", err)
 		return p // After may still queue it; a crash before then loses it (counted)
 	}
 	p.journaled = true
@@ -134,7 +134,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		s, err := t.fetchSession(ctx, lc, rt.id)
 		if err != nil {
 			t.stats.misses.Add(1)
-			t.log.Warn("tap: session look-up failed", "err", err)
+			t.log.Warn("tap: session look-up failed", "request_id", in.RequestID, "err", err)
 			return false
 		}
 		owner, err := t.userByPK(ctx, lc, s.User)
@@ -185,7 +185,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		u, err := t.fetchUser(ctx, lc, pk)
 		if err != nil {
 			t.stats.misses.Add(1)
-			t.log.Warn("tap: user look-up failed", "err", err)
+			t.log.Warn("tap: user look-up failed", "request_id", in.RequestID, "err", err)
 			if rt.op != opSetPassword {
 				return false // without the state before, the change cannot be told
 			}
@@ -203,7 +203,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		d, err := t.fetchDevice(ctx, c, rt.dtype, rt.id, rt.admin)
 		if err != nil {
 			t.stats.misses.Add(1)
-			t.log.Warn("tap: device look-up failed", "err", err)
+			t.log.Warn("tap: device look-up failed", "request_id", in.RequestID, "err", err)
 			return false
 		}
 		if d.Confirmed != nil && !*d.Confirmed {

@@ -656,8 +656,7 @@ func loginServer(t *testing.T, token string) *httptest.Server {
 	s.cfg.Logger = discardLogger()
 	e := echo.New()
 	e.HTTPErrorHandler = s.errorHandler
-	e.GET("/admin/login", s.loginPage)
-	e.POST("/admin/login", s.login)
+	s.mountLogin(e)
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
 	return srv
@@ -731,6 +730,14 @@ func TestDashboardLogin(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `name="token"`) || !strings.Contains(string(b), `type="password"`) {
 		t.Errorf("login page %d:\n%s", resp.StatusCode, b)
+	}
+	css, err := http.Get(srv.URL + "/admin/login.css")
+	if err != nil {
+		t.Fatal(err)
+	}
+	css.Body.Close()
+	if css.StatusCode != 200 || !strings.HasPrefix(css.Header.Get("Content-Type"), "text/css") {
+		t.Errorf("login stylesheet: %d %s", css.StatusCode, css.Header.Get("Content-Type"))
 	}
 	// Without a configured token the form only forwards to the page.
 	open := loginServer(t, "")

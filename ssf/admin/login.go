@@ -16,6 +16,24 @@ import (
 // two handlers sit outside the guard (they are how one gets past it) and
 // do its Host and Origin checks themselves.
 
+// mountLogin adds the login routes to the admin server, outside the
+// guard: GET and POST /admin/login and the form's stylesheet.
+func (s *server) mountLogin(e *echo.Echo) {
+	e.GET("/admin/login", s.loginPage)
+	e.POST("/admin/login", s.login)
+	e.GET("/admin/login.css", func(c echo.Context) error {
+		if err := s.loginChecks(c.Request()); err != nil {
+			return err
+		}
+		b, err := fs.ReadFile(webFS, "web/app.css")
+		if err != nil {
+			return err
+		}
+		securityHeaders(c.Response().Header())
+		return c.Blob(http.StatusOK, "text/css; charset=utf-8", b)
+	})
+}
+
 // loginPage serves the token form.
 func (s *server) loginPage(c echo.Context) error {
 	if err := s.loginChecks(c.Request()); err != nil {

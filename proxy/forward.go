@@ -82,19 +82,18 @@ func newTransport(cfg Config) *http.Transport {
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func (p *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var start time.Time
+	class, status := "proxy", 0
 	if p.cfg.OnRequest != nil {
-		start = p.cfg.Now()
+		start := p.cfg.Now()
+		// Deferred so that a response aborted half way is reported too.
+		defer func() { p.cfg.OnRequest(class, status, p.cfg.Now().Sub(start)) }()
 	}
-	class := "proxy"
-	status := p.serve(w, r, &class)
-	if p.cfg.OnRequest != nil {
-		p.cfg.OnRequest(class, status, p.cfg.Now().Sub(start))
-	}
+	status = p.serve(w, r, &class, &status)
 }
 
 // serve proxies one request and returns the status sent to the client.
-func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string) int {
+// status is set as soon as it is known, for a response aborted half way.
+func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string, status *int) int {
 	p.stats.proxied.Add(1)
 	out := p.outgoing(r)
 
@@ -118,14 +117,14 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string)
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		*class = "upgrade"
 		if obs != nil {
-			p.after(obs, out, resp)
+			p.after(obs, out, resp, false) // the body is the raw connection now
 		}
 		return p.upgrade(w, r, out, resp)
 	}
 	if obs != nil {
-		p.after(obs, out, resp)
+		p.after(obs, out, resp, true)
 	}
-	return p.respond(w, r, resp)
+	return p.respond(w, r, resp, status)
 }
 
 // outgoing turns the inbound request into the upstream request: same method,
@@ -200,7 +199,7 @@ func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, out *http.Reque
 }
 
 // respond writes the upstream's status, headers, body and trailers.
-func (p *forwarder) respond(w http.ResponseWriter, r *http.Request, resp *http.Response) int {
+func (p *forwarder) respond(w http.ResponseWriter, r *http.Request, resp *http.Response, status *int) int {
 	defer resp.Body.Close()
 	dst := w.Header()
 	for k, vv := range resp.Header {
@@ -215,6 +214,7 @@ func (p *forwarder) respond(w http.ResponseWriter, r *http.Request, resp *http.R
 		dst["Trailer"] = []string{strings.Join(keys, ", ")}
 	}
 	w.WriteHeader(resp.StatusCode)
+	*status = resp.StatusCode
 
 	flush := resp.ContentLength == -1 || isStreamingType(resp.Header)
 	bp := bufPool.Get().(*[]byte)

@@ -81,16 +81,19 @@ func (p *forwarder) before(out *http.Request) *observation {
 // with a reader that still yields all of it) and runs Observer.After,
 // together bounded by AfterTimeout; as in before, the capture takes at most
 // half the bound, so a streaming response is captured as far as it got.
-func (p *forwarder) after(obs *observation, out *http.Request, resp *http.Response) {
+func (p *forwarder) after(obs *observation, out *http.Request, resp *http.Response, captureBody bool) {
 	// The upstream has acted by now: the client leaving must not cut the
 	// observer short, so only the after-deadline bounds it.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(out.Context()), p.cfg.AfterTimeout)
 	defer cancel()
 
-	cctx, ccancel := context.WithTimeout(ctx, p.cfg.AfterTimeout/2)
-	c := capture(cctx, resp.Body, p.cfg.CaptureLimit, true)
-	ccancel()
-	resp.Body = c.rest
+	var c captured
+	if captureBody {
+		cctx, ccancel := context.WithTimeout(ctx, p.cfg.AfterTimeout/2)
+		c = capture(cctx, resp.Body, p.cfg.CaptureLimit, true)
+		ccancel()
+		resp.Body = c.rest
+	}
 	header := resp.Header.Clone()
 	status := resp.StatusCode
 

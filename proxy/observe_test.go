@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 )
 
 // recObserver records what the proxy hands it. Paths starting with /tapped
@@ -281,5 +283,71 @@ func TestObserverSlowStreams(t *testing.T) {
 	}
 	if len(after) != 1 || after[0].body != "data: got first;second\n\n" {
 		t.Errorf("after captured %+v", after)
+	}
+}
+
+// TestObservedWebSocket: an upgrade on a matched route still switches
+// protocols; After sees the 101 without a body.
+func TestObservedWebSocket(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		mt, msg, err := c.ReadMessage()
+		if err == nil {
+			c.WriteMessage(mt, msg)
+		}
+	}))
+	defer up.Close()
+	obs := newRecObserver()
+	_, base := startProxy(t, Config{Upstream: mustURL(t, up.URL), Observer: obs})
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(base, "http")+"/tapped/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.WriteMessage(websocket.TextMessage, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, msg, err := c.ReadMessage(); err != nil || string(msg) != "ping" {
+		t.Fatalf("echo %q %v", msg, err)
+	}
+	_, after, _ := obs.snapshot()
+	if len(after) != 1 || after[0].status != http.StatusSwitchingProtocols || after[0].body != "" {
+		t.Errorf("after %+v", after)
+	}
+}
+
+// TestResponseCutMidBody: an upstream that dies half way through a body
+// makes the client see a truncated response, not a complete one.
+func TestResponseCutMidBody(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		w.WriteHeader(200)
+		io.WriteString(w, "only part")
+		w.(http.Flusher).Flush()
+		conn, _, _ := http.NewResponseController(w).Hijack()
+		conn.Close()
+	}))
+	defer up.Close()
+	var mu sync.Mutex
+	var statuses []int
+	s, base := startProxy(t, Config{Upstream: mustURL(t, up.URL),
+		OnRequest: func(_ string, st int, _ time.Duration) { mu.Lock(); statuses = append(statuses, st); mu.Unlock() }})
+	// The client must see an error: either before the head (the part
+	// buffered with it is dropped) or while reading the body.
+	resp, err := http.Get(base + "/download")
+	if err == nil {
+		b, rerr := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if rerr == nil || len(b) == 100 {
+			t.Errorf("truncated body read as complete: %q", b)
+		}
+	}
+	waitFor(t, "request accounted", func() bool { mu.Lock(); defer mu.Unlock(); return len(statuses) == 1 })
+	if st := s.Stats(); st.UpstreamErrors != 1 || statuses[0] != 200 {
+		t.Errorf("stats %+v, statuses %v", st, statuses)
 	}
 }

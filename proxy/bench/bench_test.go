@@ -3,10 +3,28 @@ package bench
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"os/signal"
 	"strings"
 	"testing"
 	"time"
 )
+
+// TestMain lets the test binary act as a benchmark child process.
+func TestMain(m *testing.M) {
+	if os.Getenv("SSF_BENCH_TEST_CHILD") == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+		err := Child(ctx, os.Args[1:], os.Stdout)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
 
 const wrkSample = `Running 4s test @ http://127.0.0.1:40000/bench
   2 threads and 128 connections
@@ -66,5 +84,34 @@ func TestRunSmoke(t *testing.T) {
 	}
 	if strings.Contains(s, "\nnginx ") {
 		t.Errorf("nginx row printed though nginx is absent:\n%s", s)
+	}
+}
+
+// TestRunChildProcesses runs the upstream and the sidecars as child
+// processes (this test binary in its child role).
+func TestRunChildProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load run in -short mode")
+	}
+	t.Setenv("SSF_BENCH_TEST_CHILD", "1")
+	var out bytes.Buffer
+	err := Run(context.Background(), Options{Duration: 300 * time.Millisecond, Warmup: -1, Connections: 2, Rounds: 1,
+		Generator: "go", NginxPath: "/nonexistent/nginx", CompareTransport: true, ChildCommand: []string{os.Args[0]}}, &out)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	s := out.String()
+	for _, want := range []string{"each run in a process of their own", "2 connection(s)", "sidecar-transport "} {
+		if !strings.Contains(s, want) {
+			t.Errorf("output lacks %q:\n%s", want, s)
+		}
+	}
+}
+
+func TestChildRejectsBadArgs(t *testing.T) {
+	for _, args := range [][]string{nil, {"nope"}, {"upstream", "-1"}, {"sidecar"}, {"sidecar", "ftp://x"}} {
+		if err := Child(context.Background(), args, &bytes.Buffer{}); err == nil {
+			t.Errorf("Child(%q) accepted", args)
+		}
 	}
 }

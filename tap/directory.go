@@ -107,6 +107,19 @@ func (d *directory) putUser(u dirUser) {
 	d.pending[k] = Mark{Bucket: BucketDirectory, Key: []byte(k), Value: b}
 }
 
+// addUser records a user only if the directory does not know it yet (a
+// seed must not overwrite the state an earlier run persisted: comparing
+// against that state is how changes made while the sidecar was down show).
+func (d *directory) addUser(u akUser) {
+	d.mu.Lock()
+	_, known := d.users[u.PK]
+	full := len(d.users)+len(d.devices) >= d.max
+	d.mu.Unlock()
+	if !known && !full && u.PK > 0 {
+		d.noteUser(u)
+	}
+}
+
 func (d *directory) forgetUser(pk int64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

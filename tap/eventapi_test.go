@@ -133,3 +133,30 @@ func TestEventAPIOnlyDirect(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectorySeeded: the directory is seeded from authentik's user list
+// at start, so a change to a user the sidecar never looked up still shows;
+// the seed never overwrites a state persisted by an earlier run.
+func TestDirectorySeeded(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice") // created after the seed
+	bob := e.user("bob")
+	e.restart() // seeds alice and bob
+	if err := e.ak.SystemDisableUser(alice.PK); err != nil {
+		t.Fatal(err)
+	}
+	e.poll()
+	// bob is disabled while the sidecar is down: the persisted state (active)
+	// must survive the next seed for the change to show
+	e.stop()
+	e.stop = nil
+	if err := e.ak.SystemDisableUser(bob.PK); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	e.poll()
+	checkSignals(t, e.rec.signals(), []want{
+		{kind: KindAccountDisabled, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorSystem},
+		{kind: KindAccountDisabled, source: SourceEventAPI, subject: int64(bob.PK), initiator: InitiatorSystem},
+	})
+}

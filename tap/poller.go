@@ -70,12 +70,16 @@ func (t *Tap) runPoller(ctx context.Context) error {
 	}
 	failures := 0
 	wait := time.Duration(0)
+	seeded := false
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.cfg.After(wait):
 		case <-t.pollKick:
+		}
+		if !seeded {
+			seeded = t.seedDirectory(ctx) == nil
 		}
 		if err := t.pollOnce(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -269,4 +273,26 @@ func (t *Tap) poisoned(pk string) bool {
 	}
 	t.failCount++
 	return t.failCount >= maxEventAttempts
+}
+
+// seedDirectory adds the users authentik lists (up to half the directory's
+// bound) that the directory does not know yet, so that a model_updated for
+// a user the sidecar never looked up can still be compared.
+func (t *Tap) seedDirectory(ctx context.Context) error {
+	pages := max(1, t.cfg.CacheSize/2/t.cfg.PageSize)
+	sctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+	defer cancel()
+	users, err := listAll[akUser](sctx, t.api, t.api.tokenCreds(), "/core/users/",
+		url.Values{"page_size": {strconv.Itoa(t.cfg.PageSize)}, "include_groups": {"false"}, "ordering": {"pk"}}, pages)
+	if err != nil {
+		t.log.Info("tap: could not seed the user directory", "err", err)
+		return err
+	}
+	for _, u := range users {
+		t.dir.addUser(u)
+	}
+	if marks := t.dir.drain(); len(marks) > 0 {
+		return t.cfg.KV.Commit(ctx, marks)
+	}
+	return nil
 }

@@ -340,6 +340,24 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	shots.take(bctx, "5-replayed")
 
+	// Purge takes two clicks: a dead verification SET is gone after them.
+	bad.healed.Store(false)
+	click(badRow + ` button[data-action="verify"]`)
+	wait("dead again", `#dlq tr[data-dead]`)
+	click(`#purge-all`)
+	wait("purge armed", `#purge-all.armed`)
+	var deadArmed []json.RawMessage
+	adminJSON(t, ctx, w, "/admin/outbox/"+badStream.StreamID+"/dlq", &deadArmed)
+	if len(deadArmed) != 1 {
+		t.Errorf("one click on Purge all changed the dead letter: %d left, want 1", len(deadArmed))
+	}
+	click(`#purge-all.armed`)
+	wait("purged", `#no-dlq:not([hidden])`)
+	adminJSON(t, ctx, w, "/admin/outbox/"+badStream.StreamID+"/dlq", &deadAfter)
+	if len(deadAfter) != 0 {
+		t.Errorf("dead letter after purge: %d left", len(deadAfter))
+	}
+
 	// A stream with 10,000 SETs: the page shows one page of 100 at a time,
 	// pages on, and finds one user among them.
 	busy := fillStream(t, ctx, w, 10000)

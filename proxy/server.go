@@ -21,6 +21,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	echo     *echo.Echo
+	root     http.Handler
 	fwd      *forwarder
 	stats    counters
 	upgrades *connSet
@@ -68,16 +69,33 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.echo = e
+	s.root = http.HandlerFunc(s.serveRoot)
 	return s, nil
+}
+
+// serveRoot refuses CONNECT (the sidecar is no forward proxy: a tunnel
+// through it would bypass everything) and sends request targets that are
+// not paths ("OPTIONS *") straight to the proxy core; all else goes to echo.
+func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		w.Header()["Allow"] = []string{"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+		http.Error(w, "CONNECT is not supported", http.StatusMethodNotAllowed)
+		return
+	}
+	if p := r.URL.Path; p == "" || p[0] != '/' {
+		s.fwd.ServeHTTP(w, r)
+		return
+	}
+	s.echo.ServeHTTP(w, r)
 }
 
 type discard struct{}
 
 func (discard) Write(b []byte) (int, error) { return len(b), nil }
 
-// Handler returns the server's root handler (the echo instance), for use
-// with httptest.
-func (s *Server) Handler() http.Handler { return s.echo }
+// Handler returns the server's root handler (echo behind a CONNECT guard),
+// for use with httptest.
+func (s *Server) Handler() http.Handler { return s.root }
 
 // Ready is closed once Run is listening; Addr is valid from then on.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -103,7 +121,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("proxy: listen on %s: %w", s.cfg.Listen, err)
 	}
 	srv := &http.Server{
-		Handler:           s.echo,
+		Handler:           s.root,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,

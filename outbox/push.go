@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -262,14 +263,17 @@ func (o *Outbox) commitBatch(st *streamState, batch []*pending) error {
 		if err != nil || m == nil {
 			return err // stream deleted meanwhile: nothing to record
 		}
+		q := tx.Bucket(bktQueue)
 		for _, p := range tried {
-			r, err := getRecord(tx, p.rec.JTI)
-			if err != nil {
-				return err
+			if v := q.Get(seqKey(st.id, p.rec.Seq)); string(v) != p.rec.JTI {
+				continue // discarded meanwhile
 			}
-			if r == nil || r.State != StateQueued {
-				continue // discarded or acknowledged meanwhile
-			}
+			// The pipeline loaded the record after the previous outcomes
+			// were committed, so it is current; copy it because this
+			// function may run twice.
+			rc := *p.rec
+			rc.Attempts = slices.Clone(p.rec.Attempts)
+			r := &rc
 			r.addAttempt(attemptOf(p.res))
 			switch p.res.out {
 			case outDelivered:

@@ -45,7 +45,8 @@ type Config struct {
 	SecretKey string
 	// PollInterval is how often the event API is read (5s).
 	PollInterval time.Duration
-	// Backfill reaches back this far on a fresh data dir (0: start now).
+	// Backfill reaches back this far on a fresh data dir (0: start at
+	// authentik's newest event record, i.e. "now" on authentik's clock).
 	Backfill time.Duration
 
 	KV         KV

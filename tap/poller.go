@@ -55,6 +55,23 @@ func (t *Tap) loadCursor(ctx context.Context) (cursor, error) {
 		t.log.Warn("tap: unreadable poller cursor; starting at now")
 	}
 	c := cursor{Time: t.cfg.Clock().Add(-t.cfg.Backfill).UTC()}
+	if t.cfg.Backfill == 0 {
+		// "Now" in authentik's terms: its newest record, so a clock skew
+		// between the two hosts cannot hide the first events.
+		newest, err := t.newestEvents(ctx)
+		if err != nil {
+			return cursor{}, err
+		}
+		c = cursor{Time: time.Unix(0, 0).UTC()} // no records yet: everything to come is new
+		if len(newest) > 0 {
+			c = cursor{Time: newest[0].Created}
+			for _, e := range newest {
+				if e.Created.Equal(c.Time) {
+					c.IDs = append(c.IDs, e.PK)
+				}
+			}
+		}
+	}
 	if err := t.cfg.KV.Commit(ctx, []Mark{c.mark()}); err != nil {
 		return cursor{}, fmt.Errorf("tap: store cursor: %w", err)
 	}
@@ -295,4 +312,20 @@ func (t *Tap) seedDirectory(ctx context.Context) error {
 		return t.cfg.KV.Commit(ctx, marks)
 	}
 	return nil
+}
+
+// newestEvents reads the first page of the event list, newest first.
+func (t *Tap) newestEvents(ctx context.Context) ([]akEvent, error) {
+	q := url.Values{"ordering": {"-created"}, "page_size": {strconv.Itoa(t.cfg.PageSize)}, "page": {"1"}}
+	var raw json.RawMessage
+	pctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+	defer cancel()
+	if err := t.api.getJSON(pctx, t.api.tokenCreds(), "/events/events/", q, &raw); err != nil {
+		return nil, err
+	}
+	p, err := decodeEventPage(raw)
+	if err != nil {
+		return nil, err
+	}
+	return p.Events, nil
 }

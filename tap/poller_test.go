@@ -194,3 +194,28 @@ func TestPoisonEventSkipped(t *testing.T) {
 	}
 	checkSignals(t, rec.signals(), []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(good.PK), initiator: InitiatorUser}})
 }
+
+// TestFreshStartWithSkewedClocks: a fresh start takes "now" from
+// authentik's newest record, so authentik's clock running behind the
+// sidecar's hides nothing.
+func TestFreshStartWithSkewedClocks(t *testing.T) {
+	behind := func() time.Time { return time.Now().Add(-5 * time.Minute) }
+	for _, existing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("existing records %v", existing), func(t *testing.T) {
+			e := newEnv(t, envOpts{ak: authentiktest.Config{Clock: behind}, noToken: true})
+			alice := e.user("alice")
+			if existing {
+				if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: alice.PK, Created: behind().Add(-time.Minute)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.cfg.Token = e.ak.AdminToken()
+			e.restart()
+			if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "logout", UserPK: alice.PK}); err != nil {
+				t.Fatal(err)
+			}
+			e.poll()
+			checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}})
+		})
+	}
+}

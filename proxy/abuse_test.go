@@ -199,12 +199,13 @@ func TestSmugglingAndHeaderAbuse(t *testing.T) {
 		},
 		{name: "CONNECT tunnel refused", request: "CONNECT internal.example:22 HTTP/1.1\r\nHost: internal.example:22\r\n\r\n", status: 405},
 		{
-			name:    "asterisk-form OPTIONS is proxied",
+			// net/http answers "OPTIONS *" itself (so does authentik's own Go
+			// server); it never reaches a handler.
+			name:    "asterisk-form OPTIONS answered locally",
 			request: "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
 			status:  200,
 			check: func(t *testing.T, _ seen, raw string, _ *http.Response) {
-				// Go's server answers "OPTIONS *" itself, so check the wire.
-				if !strings.HasPrefix(raw, "OPTIONS * HTTP/1.1\r\n") {
+				if raw != "" {
 					t.Errorf("upstream read %q", raw)
 				}
 			},

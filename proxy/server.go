@@ -75,7 +75,8 @@ func New(cfg Config) (*Server, error) {
 
 // serveRoot refuses CONNECT (the sidecar is no forward proxy: a tunnel
 // through it would bypass everything) and sends request targets that are
-// not paths ("OPTIONS *") straight to the proxy core; all else goes to echo.
+// not paths straight to the proxy core; all else goes to echo. ("OPTIONS *"
+// never gets here: net/http answers it itself.)
 func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodConnect {
 		w.Header()["Allow"] = []string{"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}

@@ -196,6 +196,8 @@ type env struct {
 	front *httptest.Server
 	stop  func()
 	cfg   Config
+	// upstream is where authentik is reached (the simulator, or a wrapper)
+	upstream string
 }
 
 type envOpts struct {
@@ -203,6 +205,9 @@ type envOpts struct {
 	noToken   bool
 	secretKey bool
 	mutate    func(*Config)
+	// wrap, when set, puts a handler in front of the simulated authentik
+	// (the tap and the proxy then talk to it).
+	wrap func(http.Handler) http.Handler
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -213,9 +218,14 @@ func newEnv(t testing.TB, o envOpts) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ak.Close() })
-	e := &env{t: t, ak: ak, kv: newBoltKV(t)}
+	e := &env{t: t, ak: ak, kv: newBoltKV(t), upstream: ak.URL()}
+	if o.wrap != nil {
+		ws := httptest.NewServer(o.wrap(ak.Handler()))
+		t.Cleanup(ws.Close)
+		e.upstream = ws.URL
+	}
 	e.rec = &recorder{kv: e.kv}
-	u, _ := url.Parse(ak.URL())
+	u, _ := url.Parse(e.upstream)
 	e.cfg = Config{Upstream: u, KV: e.kv, Publisher: e.rec, PollInterval: time.Hour, FlowRefresh: time.Hour}
 	if !o.noToken {
 		e.cfg.Token = ak.AdminToken()
@@ -242,7 +252,7 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	e.tap = tp
-	u, _ := url.Parse(e.ak.URL())
+	u, _ := url.Parse(e.upstream)
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	if e.proxy == nil {
 		e.proxy = &testProxy{upstream: u, client: noRedirect}

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // pending is the state Before hands to After.
@@ -259,7 +260,7 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		}
 		return
 	}
-	in.Outcome, in.Done = outcomeCompleted, t.cfg.Clock().UTC()
+	in.Outcome, in.Done = outcomeCompleted, t.responseTime(header)
 	if err := t.journalPut(ctx, in); err != nil {
 		t.stats.misses.Add(1)
 		t.log.Warn("tap: journal outcome failed", "intent", in.ID, "err", err)
@@ -402,4 +403,19 @@ func (t *Tap) userSessions(ctx context.Context, cr creds, owner User) []sessionR
 		}
 	}
 	return out
+}
+
+// responseTime is when authentik answered, on authentik's clock when its
+// Date header says the two clocks differ by more than a couple of seconds:
+// de-duplication compares this time with the event API's `created`.
+func (t *Tap) responseTime(header http.Header) time.Time {
+	now := t.cfg.Clock().UTC()
+	d, err := http.ParseTime(header.Get("Date"))
+	if err != nil {
+		return now
+	}
+	if skew := now.Sub(d); skew > 2*time.Second && skew < 24*time.Hour || skew < -2*time.Second && skew > -24*time.Hour {
+		return d.UTC()
+	}
+	return now
 }

@@ -329,3 +329,22 @@ func TestImpersonation(t *testing.T) {
 		t.Errorf("actor = %+v, want the admin", s[0].Actor)
 	}
 }
+
+// TestClockSkewDedup: authentik's clock runs 5 minutes behind; the traffic
+// time follows authentik's Date header, so both sources still meet within
+// the de-duplication window.
+func TestClockSkewDedup(t *testing.T) {
+	behind := func() time.Time { return time.Now().Add(-5 * time.Minute) }
+	e := newEnv(t, envOpts{ak: authentiktest.Config{Clock: behind}, wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Date", behind().UTC().Format(http.TimeFormat)) // authentik's host clock
+			h.ServeHTTP(w, r)
+		})
+	}})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/", "", c, "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK),
+		initiator: InitiatorUser, sessionHash: HashSessionID(s.SID)}})
+}

@@ -115,6 +115,7 @@ func New(cfg Config) (http.Handler, error) {
 		cfg.Metrics.ServeHTTP(c.Response(), c.Request())
 		return nil
 	})
+	s.mountLogin(e)
 	g := e.Group("/admin", s.guard)
 	g.GET("/streams", s.listStreams)
 	g.GET("/streams/:id", s.showStream)
@@ -474,6 +475,9 @@ func (s *server) replay(c echo.Context) error {
 	if err := bind(c, &b); err != nil {
 		return err
 	}
+	if len(b.JTIs) == 0 {
+		b.JTIs = nil // an empty list means every dead letter of the stream
+	}
 	n, err := s.cfg.Outbox.Replay(c.Request().Context(), id, b.JTIs)
 	if err != nil {
 		return err
@@ -490,6 +494,9 @@ func (s *server) purge(c echo.Context) error {
 	var b jtiBody
 	if err := bind(c, &b); err != nil {
 		return err
+	}
+	if len(b.JTIs) == 0 {
+		b.JTIs = nil // an empty list means every dead letter of the stream
 	}
 	n, err := s.cfg.Outbox.Purge(c.Request().Context(), id, b.JTIs)
 	if err != nil {

@@ -86,8 +86,8 @@ func decodeEventPage(body []byte) (eventPage, error) {
 	}
 	var p eventPage
 	if raw.Pagination.Next != "" {
-		n, err := raw.Pagination.Next.Int64()
-		if err != nil || n < 0 || n > 1<<20 {
+		n, err := raw.Pagination.Next.Float64()
+		if err != nil || n < 0 || n > 1<<20 || n != float64(int(n)) {
 			return eventPage{}, errors.New("tap: event page: bad next page")
 		}
 		p.Next = int(n)

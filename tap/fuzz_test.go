@@ -95,6 +95,7 @@ func FuzzDecodeEventPage(f *testing.F) {
 	f.Add([]byte(`{"pagination":{"next":0},"results":[]}`))
 	f.Add([]byte(`{"results":[{"pk":"x","action":"login"}]}`))
 	f.Add([]byte(`{"pagination":{"next":1.5},"results":[]}`))
+	f.Add([]byte(`{"pagination":{"next":2.0},"results":[]}`))
 	f.Add([]byte(`{"results":[{"pk":"x","action":"login","created":"2026-01-01T00:00:00Z","user":"str","context":[1]}]}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		p, err := decodeEventPage(body)

@@ -249,3 +249,36 @@ func TestPollActionsFollowsAuthentik(t *testing.T) {
 		})
 	}
 }
+
+func TestDecodeEventPage(t *testing.T) {
+	cases := []struct {
+		name, body string
+		next, n    int
+		wantErr    bool
+	}{
+		{"authentik's envelope", `{"pagination":{"next":3,"previous":1,"count":250,"current":2,"total_pages":3,"start_index":101,"end_index":200},` +
+			`"results":[{"pk":"0C85FB30-59a1-4b9c-845b-ac75248a0cc2","user":{"pk":3},"action":"logout","app":"a","context":{},"created":"2026-11-26T16:53:10.303842Z"}],"autocomplete":{}}`, 3, 1, false},
+		{"last page", `{"pagination":{"next":0},"results":[]}`, 0, 0, false},
+		{"record without created", `{"results":[{"pk":"x","action":"logout"}]}`, 0, 0, true},
+		{"negative next", `{"pagination":{"next":-1},"results":[]}`, 0, 0, true},
+		{"not json", `<html>`, 0, 0, true},
+		{"odd user and context kept partial", `{"results":[{"pk":"x","action":"login","created":"2026-01-01T00:00:00Z","user":"?","context":7}]}`, 0, 1, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := decodeEventPage([]byte(tc.body))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil {
+				return
+			}
+			if p.Next != tc.next || len(p.Events) != tc.n {
+				t.Errorf("next %d events %d, want %d %d", p.Next, len(p.Events), tc.next, tc.n)
+			}
+			if tc.n > 0 && strings.ContainsAny(p.Events[0].PK, "-ABCDEF") {
+				t.Errorf("pk %q not normalised to authentik's hex form", p.Events[0].PK)
+			}
+		})
+	}
+}

@@ -261,6 +261,9 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		return
 	}
 	in.Outcome, in.Done = outcomeCompleted, t.responseTime(header)
+	if id := header.Get("X-Authentik-Id"); id != "" && len(id) <= 128 {
+		in.RequestID = id // authentik's own request id, as its event context and SETs name it
+	}
 	if err := t.journalPut(ctx, in); err != nil {
 		t.stats.misses.Add(1)
 		t.log.Warn("tap: journal outcome failed", "intent", in.ID, "err", err)

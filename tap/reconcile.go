@@ -122,7 +122,10 @@ func (t *Tap) reconcile(ctx context.Context, in *intent) error {
 		}
 		return t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
 	}
-	in.Outcome, in.Done = outcomeCompleted, t.cfg.Clock().UTC()
+	// The action happened while the request was in flight, right after the
+	// intent was written: that, not now, is its time (and what the event
+	// API's record of it will be compared with).
+	in.Outcome, in.Done = outcomeCompleted, in.Created
 	t.log.Info("tap: reconciled an intent left open", "intent", in.ID, "op", string(in.Op))
 	return t.process(ctx, in, SourceReconcile)
 }

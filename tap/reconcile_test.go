@@ -11,7 +11,10 @@ import (
 // completes the action, the sidecar dies before the outcome; the next start
 // reconciles against authentik and emits exactly once.
 func TestCrashBetweenForwardAndOutcome(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	var offset atomic.Int64 // the sidecar stays down for a while
+	e := newEnv(t, envOpts{mutate: func(c *Config) {
+		c.Clock = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+	}})
 	alice := e.user("alice")
 	s, _ := e.session(alice.PK)
 	bob := e.user("bob")
@@ -25,6 +28,7 @@ func TestCrashBetweenForwardAndOutcome(t *testing.T) {
 		t.Fatalf("journal holds %d intents before the crash, want 2", n)
 	}
 	e.proxy.skipAfter = false
+	offset.Store(int64(10 * time.Minute))
 	e.restart()
 	e.waitFor("reconciliation", func() bool { return e.kv.count(BucketJournal) == 0 })
 	e.settle()

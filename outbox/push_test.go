@@ -542,3 +542,55 @@ func TestCheckEndpointURL(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadPreemptsPipeline: a Head SET enqueued while a stream is busy
+// delivering its backlog goes out right after the attempt in flight.
+func TestHeadPreemptsPipeline(t *testing.T) {
+	inFirst := make(chan struct{})
+	release := make(chan struct{})
+	rc := newReceiver(t, func(n int, r *http.Request, w http.ResponseWriter) {
+		if n == 1 {
+			close(inFirst)
+			<-release
+		}
+		w.WriteHeader(202)
+	})
+	h := newHarness(t, nil, func(c *Config) { c.SweepInterval = noSweep })
+	h.pushStream("s", rc.srv.URL, "")
+	ids := jtis("e", 10)
+	var sets []SET
+	for _, id := range ids {
+		sets = append(sets, makeSET("s", id))
+	}
+	h.enqueue(sets...)
+	<-inFirst
+	head := makeSET("s", "head")
+	head.Head = true
+	h.enqueue(head)
+	close(release)
+	rc.waitFor(t, 11, 10*time.Second)
+	want := append([]string{ids[0], "head"}, ids[1:]...)
+	if got := rc.accepted(); !slices.Equal(got, want) {
+		t.Errorf("order = %v, want %v", got, want)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		v    string
+		want time.Duration
+	}{
+		{"", 0},
+		{"120", 2 * time.Minute},
+		{"-5", 0},
+		{"soon", 0},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
+	}
+	for _, tc := range tests {
+		if got := parseRetryAfter(tc.v, now); got != tc.want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.v, got, tc.want)
+		}
+	}
+}

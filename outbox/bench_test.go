@@ -191,8 +191,15 @@ func BenchmarkPipeline(b *testing.B) {
 }
 
 // BenchmarkLatency200 enqueues at 200 SETs/s and reports the latency from
-// the start of Enqueue to the receiver's 202.
+// the start of Enqueue to the receiver's 202, with signing on all cores
+// (the default) and on one core (leaving the other to the writer and HTTP).
 func BenchmarkLatency200(b *testing.B) {
+	for _, signers := range []int{runtime.GOMAXPROCS(0), 1} {
+		b.Run("signers="+strconv.Itoa(signers), func(b *testing.B) { latency200(b, signers) })
+	}
+}
+
+func latency200(b *testing.B, signers int) {
 	n := max(b.N, 400)
 	var mu sync.Mutex
 	started := make(map[string]time.Time, n)
@@ -203,7 +210,7 @@ func BenchmarkLatency200(b *testing.B) {
 		lat = append(lat, now.Sub(started[jti]))
 		mu.Unlock()
 	})
-	_, ob := benchOutbox(b, b.TempDir(), false, nil)
+	_, ob := benchOutbox(b, b.TempDir(), false, func(c *Config) { c.Signers = signers })
 	if err := ob.SetStream(context.Background(), StreamConfig{ID: "s", Method: MethodPush, Status: StatusEnabled, EndpointURL: srv.URL}); err != nil {
 		b.Fatal(err)
 	}

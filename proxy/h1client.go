@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +44,8 @@ type h1Conn struct {
 	bw       *bufio.Writer
 	lastUsed time.Time
 	reused   bool
+	// armed is the read deadline currently set on c (zero: none).
+	armed time.Time
 }
 
 // limitedConnReader caps how much the response head may take (the header
@@ -183,9 +186,7 @@ func (h *h1Client) try(out *http.Request) (resp *http.Response, retry bool, err 
 		}
 		return nil, false, err
 	}
-	if h.respHeaderTimeout > 0 {
-		_ = pc.c.SetReadDeadline(h.now().Add(h.respHeaderTimeout))
-	}
+	h.armHeaderDeadline(pc)
 	if err := out.Write(pc.bw); err != nil {
 		return fail(err)
 	}
@@ -213,8 +214,12 @@ func (h *h1Client) try(out *http.Request) (resp *http.Response, retry bool, err 
 		break
 	}
 	pc.lr.left = -1
-	if h.respHeaderTimeout > 0 {
+	// The header deadline must not cut the body short. When the whole body
+	// is already buffered no further read can hit it, and the next request
+	// on this connection re-arms it anyway, so the (costly) reset is skipped.
+	if !pc.armed.IsZero() && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
 		_ = pc.c.SetReadDeadline(time.Time{})
+		pc.armed = time.Time{}
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// Not asked for: the fast path never sends Upgrade.
@@ -229,6 +234,23 @@ func (h *h1Client) try(out *http.Request) (resp *http.Response, retry bool, err 
 	return resp, false, nil
 }
 
+// armHeaderDeadline makes sure a read deadline of about ResponseHeaderTimeout
+// is set before the request is written. Setting a deadline is one of the
+// larger costs per request, so one that is still within a small slack of the
+// wanted time (a tenth of the timeout, at most a second) is kept.
+func (h *h1Client) armHeaderDeadline(pc *h1Conn) {
+	if h.respHeaderTimeout <= 0 {
+		return
+	}
+	want := h.now().Add(h.respHeaderTimeout)
+	slack := min(time.Second, h.respHeaderTimeout/10)
+	if !pc.armed.IsZero() && want.Sub(pc.armed) <= slack {
+		return
+	}
+	_ = pc.c.SetReadDeadline(want)
+	pc.armed = want
+}
+
 // release returns pc to the pool when the exchange ended cleanly, or closes it.
 func (h *h1Client) release(pc *h1Conn, stop func() bool, keep bool) {
 	if stop() && keep {
@@ -239,8 +261,7 @@ func (h *h1Client) release(pc *h1Conn, stop func() bool, keep bool) {
 }
 
 func isConnReset(err error) bool {
-	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "read"
+	return errors.Is(err, syscall.ECONNRESET)
 }
 
 // h1Body hands the connection back once the response body was read to its

@@ -161,3 +161,48 @@ func TestFastPathResponseHeaderTimeout(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestFastPathHeaderTimeoutOnReusedConnection: the header deadline kept from
+// an earlier request on the same connection still yields 504 for a slow
+// answer, and a fast answer's body is never cut by it.
+func TestFastPathHeaderTimeoutOnReusedConnection(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	addr, conns, _ := scriptedUpstream(t, func(_, req int, _ *http.Request) string {
+		if req == 1 {
+			<-release
+			return ""
+		}
+		return okReply
+	})
+	_, base := startProxy(t, Config{Upstream: mustURL(t, "http://"+addr), ResponseHeaderTimeout: 200 * time.Millisecond})
+	if st, b := getBody(t, base+"/fast"); st != 200 || b != "ok" {
+		t.Fatalf("first: %d %q", st, b)
+	}
+	if st, _ := getBody(t, base+"/slow"); st != 504 {
+		t.Fatalf("second: %d", st)
+	}
+	if conns.Load() != 1 {
+		t.Errorf("the slow request did not reuse the connection (%d connections)", conns.Load())
+	}
+}
+
+// TestFastPathLongBodyNotCutByHeaderDeadline: a body that takes longer than
+// the header timeout to arrive still arrives whole.
+func TestFastPathLongBodyNotCutByHeaderDeadline(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		w.WriteHeader(200)
+		io.WriteString(w, "01234")
+		w.(http.Flusher).Flush()
+		time.Sleep(300 * time.Millisecond) // the upstream is slow mid-body, longer than the header timeout
+		io.WriteString(w, "56789")
+	}))
+	defer up.Close()
+	_, base := startProxy(t, Config{Upstream: mustURL(t, up.URL), ResponseHeaderTimeout: 100 * time.Millisecond})
+	for i := range 2 {
+		if st, b := getBody(t, base+"/dl"); st != 200 || b != "0123456789" {
+			t.Fatalf("round %d: %d %q", i, st, b)
+		}
+	}
+}

@@ -160,7 +160,9 @@ func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfi
 		}
 		batch, next, err := o.loadAfter(st.id, cursor, o.cfg.SignAhead)
 		if err != nil {
+			// Back off rather than spin on a store that cannot be read.
 			o.log.Error("outbox load queue", slog.String("stream_id", st.id), slog.Any("err", err))
+			o.fail(st, pushResult{out: outRetry, err: "load queue: " + err.Error(), at: o.now()})
 			return
 		}
 		if len(batch) == 0 {

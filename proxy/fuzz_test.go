@@ -1,14 +1,17 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // FuzzRemoveHopByHop feeds arbitrary Connection, Te and Upgrade values: no
@@ -101,3 +104,67 @@ func FuzzCapture(f *testing.F) {
 		}
 	})
 }
+
+// FuzzProxyRequest drives whole requests, parsed from arbitrary bytes as the
+// server would, through the handler with an in-memory upstream: no panic,
+// and what would go upstream carries the proxy's own X-Forwarded-For, the
+// original Host, and no hop-by-hop field.
+func FuzzProxyRequest(f *testing.F) {
+	f.Add([]byte("GET /a%2Fb?x=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\nConnection: X-Forwarded-For, keep-alive\r\n\r\n"))
+	f.Add([]byte("POST /api/v3/flows/executor/x/ HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nCookie: authentik_session=a\r\n\r\nhello"))
+	f.Add([]byte("GET /ws/client/ HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nTe: trailers, gzip\r\n\r\n"))
+	f.Add([]byte("PUT /tapped/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		if err != nil {
+			return
+		}
+		req.RemoteAddr = "192.0.2.7:4242"
+		var got *http.Request
+		s, err := New(Config{Listen: "127.0.0.1:0", Upstream: mustURL(t, "http://authentik:9000"),
+			Observer: matchAll{}, CaptureLimit: 8, BeforeTimeout: time.Second, AfterTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.fwd.fast = nil
+		s.fwd.roundTrip = func(out *http.Request) (*http.Response, error) {
+			got = out
+			if out.Body != nil {
+				io.Copy(io.Discard, out.Body)
+			}
+			return &http.Response{StatusCode: 200, Header: http.Header{"Connection": {"X-Drop"}, "X-Drop": {"1"}},
+				Body: io.NopCloser(strings.NewReader("ok")), ContentLength: 2}, nil
+		}
+		w := httptest.NewRecorder()
+		s.Handler().ServeHTTP(w, req)
+		if req.Method == http.MethodConnect {
+			return
+		}
+		if got == nil {
+			if w.Code == http.StatusOK {
+				t.Fatalf("200 without an upstream request")
+			}
+			return
+		}
+		if xff := got.Header["X-Forwarded-For"]; len(xff) != 1 || xff[0] != "192.0.2.7" {
+			t.Fatalf("X-Forwarded-For %q", xff)
+		}
+		if got.Host != req.Host {
+			t.Fatalf("host %q became %q", req.Host, got.Host)
+		}
+		for _, k := range []string{"Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Transfer-Encoding", "Trailer"} {
+			if _, ok := got.Header[k]; ok {
+				t.Fatalf("%s forwarded", k)
+			}
+		}
+		if w.Header().Get("X-Drop") != "" {
+			t.Fatal("response hop-by-hop field reached the client")
+		}
+	})
+}
+
+type matchAll struct{}
+
+func (matchAll) Match(*http.Request) bool                                            { return true }
+func (matchAll) Before(context.Context, *http.Request, []byte) any                   { return nil }
+func (matchAll) After(context.Context, any, *http.Request, int, http.Header, []byte) {}

@@ -31,7 +31,9 @@ type h1Client struct {
 	maxHeaderBytes    int64
 	maxIdle           int
 	idleTimeout       time.Duration
-	now               func() time.Time
+	// now is the clock for idle bookkeeping (tests move it); deadlines use
+	// the real clock, as the kernel does.
+	now func() time.Time
 
 	mu   sync.Mutex
 	idle []*h1Conn // LIFO: the most recently used connection is the warmest
@@ -94,6 +96,16 @@ func hostPort(host, defPort string) string {
 func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 	now := h.now()
 	h.mu.Lock()
+	// The bottom of the LIFO stack is the longest idle: drop one stale
+	// connection from there per call, so that a pool grown in a burst
+	// shrinks again instead of holding sockets the upstream has closed.
+	if n := len(h.idle); n > 1 && now.Sub(h.idle[0].lastUsed) >= h.idleTimeout {
+		stale := h.idle[0]
+		copy(h.idle, h.idle[1:])
+		h.idle[n-1] = nil
+		h.idle = h.idle[:n-1]
+		stale.c.Close()
+	}
 	for n := len(h.idle); n > 0; n = len(h.idle) {
 		pc := h.idle[n-1]
 		h.idle[n-1] = nil
@@ -242,7 +254,7 @@ func (h *h1Client) armHeaderDeadline(pc *h1Conn) {
 	if h.respHeaderTimeout <= 0 {
 		return
 	}
-	want := h.now().Add(h.respHeaderTimeout)
+	want := time.Now().Add(h.respHeaderTimeout)
 	slack := min(time.Second, h.respHeaderTimeout/10)
 	if !pc.armed.IsZero() && want.Sub(pc.armed) <= slack {
 		return

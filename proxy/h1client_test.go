@@ -206,3 +206,47 @@ func TestFastPathLongBodyNotCutByHeaderDeadline(t *testing.T) {
 		}
 	}
 }
+
+// TestFastPathPoolShrinks: connections idle past the idle timeout are
+// closed, from the bottom of the pool, as later requests come in.
+func TestFastPathPoolShrinks(t *testing.T) {
+	addr, _, _ := scriptedUpstream(t, func(_, _ int, _ *http.Request) string { return okReply })
+	cfg := Config{Upstream: mustURL(t, "http://"+addr)}.withDefaults()
+	h := newH1Client(cfg)
+	now := time.Unix(1000, 0)
+	h.now = func() time.Time { return now }
+	// Open three connections at once, then return them to the pool.
+	var conns []*h1Conn
+	for range 3 {
+		pc, err := h.get(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, pc)
+	}
+	for _, pc := range conns {
+		h.put(pc)
+	}
+	if len(h.idle) != 3 {
+		t.Fatalf("idle %d", len(h.idle))
+	}
+	now = now.Add(h.idleTimeout + time.Second)
+	req, _ := http.NewRequest("GET", "http://"+addr+"/x", nil)
+	for i := range 3 {
+		resp, err := h.roundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if i == 0 && len(h.idle) != 1 {
+			// one stale dropped from the bottom, the top one found stale and
+			// closed, a fresh one dialled and returned
+			t.Errorf("after first request: idle %d", len(h.idle))
+		}
+	}
+	h.closeIdle()
+	if len(h.idle) != 0 {
+		t.Errorf("idle after closeIdle: %d", len(h.idle))
+	}
+}

@@ -69,6 +69,10 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "proxy-child" {
+		// One role of the benchmark (upstream or sidecar) in a process of its own.
+		return bench.Child(ctx, args[1:], stdout)
+	}
 	if len(args) == 0 || args[0] != "proxy" {
 		fmt.Fprintln(stderr, "Usage: ssf-sidecar bench proxy [--duration 5s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
@@ -79,8 +83,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("bench proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var o bench.Options
-	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "measured time per row")
+	fs.DurationVar(&o.Duration, "duration", 3*time.Second, "measured time per row and round")
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "warm-up time per row")
+	fs.IntVar(&o.Rounds, "rounds", 3, "interleaved rounds per row (medians are shown)")
+	fs.BoolVar(&o.CompareTransport, "compare-transport", false, "add a row with the proxy's fast path off")
+	inProcess := fs.Bool("in-process", false, "run the upstream and the sidecar inside this process instead of their own")
 	fs.IntVar(&o.Connections, "connections", 128, "connections of the saturating load")
 	fs.IntVar(&o.BodySize, "body", 512, "upstream response body size in bytes")
 	fs.StringVar(&o.Generator, "generator", "", "load generator: wrk or go (default: wrk when installed)")
@@ -93,6 +100,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{err.Error()}
 	}
 	o.Rows = splitList(*rows)
+	if !*inProcess {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("bench: cannot find this program to start its children: %w", err)
+		}
+		o.ChildCommand = []string{exe, "bench", "proxy-child"}
+	}
 	return bench.Run(ctx, o, stdout)
 }
 

@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults applied by New to zero-valued Config fields.
@@ -87,6 +89,13 @@ type Config struct {
 	// OnObserverMiss, when set, is called when an observer step ("before" or
 	// "after") overran its bound.
 	OnObserverMiss func(step string)
+	// TracerProvider, when set, gives tapped and SSF requests a server span
+	// (a child of the client's traceparent), placed in the request context
+	// the Observer and the SSF handler see. Nil traces nothing, at no cost.
+	TracerProvider trace.TracerProvider
+	// TraceAllRoutes gives every proxied request a server span, not only
+	// tapped and SSF ones.
+	TraceAllRoutes bool
 }
 
 // Validate reports every problem with the configuration at once.

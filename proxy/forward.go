@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // forwarder is the proxy core: one http.Handler that sends a request to the
@@ -32,6 +34,8 @@ type forwarder struct {
 	// basePath is the upstream URL's path without a trailing slash ("" when
 	// the upstream is a bare host).
 	basePath, baseRawPath string
+	// tr starts server spans; nil when tracing is off.
+	tr *spanTracer
 }
 
 func newForwarder(cfg Config, stats *counters, upgrades *connSet) *forwarder {
@@ -46,6 +50,7 @@ func newForwarder(cfg Config, stats *counters, upgrades *connSet) *forwarder {
 		upgrades:    upgrades,
 		basePath:    base,
 		baseRawPath: baseRaw,
+		tr:          newSpanTracer(cfg),
 	}
 	f.roundTrip = f.transport.RoundTrip
 	if cfg.Upstream.Scheme == "http" && !cfg.DisableFastPath {
@@ -88,12 +93,20 @@ func (p *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Deferred so that a response aborted half way is reported too.
 		defer func() { p.cfg.OnRequest(class, status, p.cfg.Now().Sub(start)) }()
 	}
-	status = p.serve(w, r, &class, &status)
+	var span trace.Span
+	if p.tr != nil {
+		defer func() {
+			if span != nil {
+				endSpan(span, class, status)
+			}
+		}()
+	}
+	status = p.serve(w, r, &class, &status, &span)
 }
 
 // serve proxies one request and returns the status sent to the client.
 // status is set as soon as it is known, for a response aborted half way.
-func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string, status *int) int {
+func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string, status *int, span *trace.Span) int {
 	p.stats.proxied.Add(1)
 	out := p.outgoing(r)
 
@@ -101,7 +114,13 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 	if p.cfg.Observer != nil && p.cfg.Observer.Match(out) {
 		*class = "observed"
 		p.stats.observed.Add(1)
+		if p.tr != nil {
+			// The observer finds the server span in the request context.
+			out, *span = p.tr.start(out, *class)
+		}
 		obs = p.before(out)
+	} else if p.tr != nil && p.tr.all {
+		out, *span = p.tr.start(out, *class)
 	}
 
 	var resp *http.Response

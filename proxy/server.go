@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Server is the HTTP front: an echo server whose router tells the SSF
@@ -56,7 +57,15 @@ func New(cfg Config) (*Server, error) {
 		ssf := func(c echo.Context) error {
 			s.stats.ssf.Add(1)
 			var start = cfg.Now()
-			cfg.SSF.ServeHTTP(c.Response(), c.Request())
+			r := c.Request()
+			var span trace.Span
+			if s.fwd.tr != nil {
+				r, span = s.fwd.tr.start(r, "ssf")
+			}
+			cfg.SSF.ServeHTTP(c.Response(), r)
+			if span != nil {
+				endSpan(span, "ssf", c.Response().Status)
+			}
 			if cfg.OnRequest != nil {
 				cfg.OnRequest("ssf", c.Response().Status, cfg.Now().Sub(start))
 			}

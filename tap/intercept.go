@@ -86,7 +86,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	}
 	in := &intent{
 		ID: t.cfg.NewID(), Op: rt.op, Created: t.cfg.Clock().UTC(), RequestID: requestID(r),
-		TraceParent: r.Header.Get("Traceparent"), Caller: c.User, ObjectID: rt.id,
+		TraceParent: traceParentOf(ctx, r), Caller: c.User, ObjectID: rt.id,
 	}
 	if c.Actor != nil {
 		in.Caller = *c.Actor

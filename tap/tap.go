@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -154,9 +156,12 @@ func (t *Tap) process(ctx context.Context, in *intent, source Source) error {
 	if _, ok := t.processed.get(in.ID); ok {
 		return nil // both the queue and a rescan handed it over
 	}
+	ctx, span := startClassifySpan(ctx, in, source)
+	defer span.End()
 	cctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
 	sigs := t.classify(cctx, in, source)
 	cancel()
+	span.SetAttributes(attribute.Int("tap.signals", len(sigs)))
 	for i := range sigs {
 		var extra []Mark
 		if i == len(sigs)-1 {
@@ -185,12 +190,14 @@ func (t *Tap) emit(ctx context.Context, s Signal, extra []Mark) error {
 		return err
 	}
 	marks = append(append(marks, extra...), t.dir.drain()...)
+	trace.SpanFromContext(ctx).AddEvent("tap.signal", trace.WithAttributes(attribute.String("tap.signal.id", s.ID),
+		attribute.String("tap.kind", string(s.Kind)), attribute.Bool("tap.duplicate", dup)))
 	if dup {
 		if err := t.cfg.KV.Commit(ctx, marks); err != nil {
 			return fmt.Errorf("tap: commit duplicate %s: %w", s.ID, err)
 		}
 		t.stats.dedupDrops.Add(1)
-		t.log.Debug("tap: duplicate dropped", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source))
+		t.log.DebugContext(ctx, "tap: duplicate dropped", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source))
 		return nil
 	}
 	s.Marks = append(s.Marks, marks...)
@@ -198,7 +205,7 @@ func (t *Tap) emit(ctx context.Context, s Signal, extra []Mark) error {
 		return fmt.Errorf("tap: publish %s: %w", s.ID, err)
 	}
 	t.stats.signal(s.Kind, s.Source)
-	t.log.Info("tap: signal", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source),
+	t.log.InfoContext(ctx, "tap: signal", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source),
 		"request_id", s.RequestID)
 	return nil
 }

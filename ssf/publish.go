@@ -84,7 +84,7 @@ func (t *Transmitter) enqueueVerification(ctx context.Context, rec streamRecord,
 		return err
 	}
 	set.Labels = map[string]string{"source": "verification"}
-	if err := t.cfg.Queue.Enqueue(ctx, []outbox.SET{set}, nil); err != nil {
+	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue verification for %s: %w", rec.ID, err)
 	}
 	t.log.InfoContext(ctx, "verification queued", slog.String("stream_id", rec.ID), slog.String("jti", set.JTI))
@@ -102,7 +102,7 @@ func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord
 	}
 	set.Head = true
 	set.Labels = map[string]string{"source": "transmitter"}
-	if err := t.cfg.Queue.Enqueue(ctx, []outbox.SET{set}, nil); err != nil {
+	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue stream-updated for %s: %w", rec.ID, err)
 	}
 	t.log.InfoContext(ctx, "stream-updated queued", slog.String("stream_id", rec.ID), slog.String("jti", set.JTI),
@@ -170,13 +170,13 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 			if err != nil {
 				return err
 			}
-			set.TraceParent = traceParent
+			set.TraceParent = traceSET(ctx, set, traceParent)
 			set.Labels = map[string]string{"source": string(s.Source), "initiator": initiator(s), "kind": string(s.Kind)}
 			sets = append(sets, set)
 		}
 	}
 	span.SetAttributes(attribute.Int("ssf.sets", len(sets)))
-	if err := t.cfg.Queue.Enqueue(ctx, sets, marks); err != nil {
+	if err := t.enqueueTraced(ctx, sets, marks); err != nil {
 		return fmt.Errorf("enqueue SETs of signal %s: %w", s.ID, err)
 	}
 	for _, set := range sets {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 type subjectRequest struct {
@@ -182,6 +183,9 @@ func (t *Transmitter) verify(c echo.Context) error {
 	now := t.cfg.Clock()
 	if last := st.rec.LastVerification; !last.IsZero() {
 		if wait := last.Add(t.cfg.MinVerificationInterval).Sub(now); wait > 0 {
+			if h := t.cfg.OnVerificationRequest; h != nil {
+				h(st.rec.ID, false)
+			}
 			return &apiError{Status: http.StatusTooManyRequests, Code: "too_many_requests",
 				Desc:       "verification requested more often than min_verification_interval",
 				RetryAfter: int(math.Ceil(wait.Seconds()))}
@@ -195,6 +199,9 @@ func (t *Transmitter) verify(c echo.Context) error {
 	st.rec = rec
 	if err := t.enqueueVerification(ctx, rec, req.State); err != nil {
 		return err
+	}
+	if h := t.cfg.OnVerificationRequest; h != nil {
+		h(rec.ID, true)
 	}
 	noStore(c)
 	return c.NoContent(http.StatusNoContent)
@@ -224,8 +231,13 @@ func (t *Transmitter) poll(c echo.Context) error {
 	if err != nil {
 		return badRequest("%s", err.Error())
 	}
-	resp, err := t.cfg.Queue.Poll(c.Request().Context(), id, req)
+	pctx, span := startPollSpan(c.Request().Context(), id)
+	defer span.End()
+	resp, err := t.cfg.Queue.Poll(pctx, id, req)
+	span.SetAttributes(attribute.Int("ssf.poll.sets", len(resp.Sets)), attribute.Int("ssf.poll.acks", len(req.Ack)),
+		attribute.Bool("ssf.poll.return_immediately", req.ReturnImmediately))
 	if err != nil {
+		span.RecordError(err)
 		if errors.Is(err, outbox.ErrUnknownStream) || errors.Is(err, outbox.ErrNotPoll) {
 			return notFound()
 		}

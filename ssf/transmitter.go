@@ -70,6 +70,14 @@ type Config struct {
 	MaxSubjectsPerStream  int           // default 10000 (added + removed)
 	DescriptionLimit      int           // runes, default 256
 	OAuthRefetchInterval  time.Duration // least time between JWKS fetches on an unknown kid (default 30 s)
+
+	// OnSETIssued, when set, is called for each SET committed to the
+	// outbox, with its stream and event type (metrics).
+	OnSETIssued func(streamID, eventType string)
+	// OnVerificationRequest, when set, is called for each receiver
+	// verification request on an own stream: accepted, or refused as too
+	// frequent (metrics).
+	OnVerificationRequest func(streamID string, accepted bool)
 }
 
 // Validate reports every problem of the configuration at once.

@@ -189,14 +189,14 @@ func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, out *http.Reque
 	if cb := clientBodyOf(out.Body); cb != nil && cb.err != nil && r.Context().Err() == nil {
 		// The client's own body was malformed (bad chunking, short body).
 		p.stats.clientErrors.Add(1)
-		p.log.Info("client sent a malformed request body", "request_id", requestID(r), "path", r.URL.Path, "error", cb.err)
+		p.log.InfoContext(out.Context(), "client sent a malformed request body", "request_id", requestID(r), "path", r.URL.Path, "error", cb.err)
 		w.Header()["Connection"] = []string{"close"}
 		http.Error(w, "Bad Request", http.StatusBadRequest)
 		return http.StatusBadRequest
 	}
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		p.stats.clientGone.Add(1)
-		p.log.Debug("client went away before the upstream answered", "request_id", requestID(r), "path", r.URL.Path)
+		p.log.DebugContext(out.Context(), "client went away before the upstream answered", "request_id", requestID(r), "path", r.URL.Path)
 		return 499
 	}
 	status := http.StatusBadGateway
@@ -207,7 +207,7 @@ func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, out *http.Reque
 	} else {
 		p.stats.upstreamErrors.Add(1)
 	}
-	p.log.Warn("upstream request failed", "request_id", requestID(r), "method", r.Method,
+	p.log.WarnContext(out.Context(), "upstream request failed", "request_id", requestID(r), "method", r.Method,
 		"path", r.URL.Path, "status", status, "error", err)
 	h := w.Header()
 	h["Content-Type"] = []string{"text/plain; charset=utf-8"}

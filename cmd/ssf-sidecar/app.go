@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
@@ -41,6 +42,19 @@ type app struct {
 	// httpClient is used for look-ups against authentik and OAuth discovery.
 	httpClient *http.Client
 	clock      func() time.Time
+
+	// tracing is the trace pipeline (Provider nil: off); metrics feeds /metrics.
+	tracing *tracing
+	metrics *sidecarMetrics
+}
+
+// appOption adjusts how buildApp wires the sidecar (tests and the demo).
+type appOption func(*app)
+
+// withTracerProvider makes the app trace into tp instead of setting up the
+// SDK from the OTEL_* variables; the caller owns tp's shutdown.
+func withTracerProvider(tp trace.TracerProvider) appOption {
+	return func(a *app) { a.tracing = &tracing{Provider: tp} }
 }
 
 // storeKV adapts the outbox store to the tap's persistence interface.
@@ -81,9 +95,28 @@ func checkDeep(c Config) ([]ssf.Receiver, error) {
 }
 
 // buildApp opens the store and builds every component. Nothing listens yet.
-func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger *slog.Logger) (_ *app, err error) {
+func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger *slog.Logger, opts ...appOption) (_ *app, err error) {
 	a := &app{cfg: cfg, logger: logger, proxyReady: make(chan struct{}), clock: time.Now,
 		httpClient: &http.Client{Timeout: 10 * time.Second}}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.tracing == nil {
+		if a.tracing, err = setupTracing(ctx, buildVersion()); err != nil {
+			return nil, fmt.Errorf("tracing: %w", err)
+		}
+		if a.tracing.Provider != nil {
+			logger.Info("tracing on", "endpoint", redactEndpoint(a.tracing.Endpoint), "protocol", a.tracing.Protocol)
+		}
+	}
+	defer func() {
+		if err != nil {
+			_ = a.tracing.Shutdown(context.WithoutCancel(ctx))
+		}
+	}()
+	a.metrics = newSidecarMetrics()
+	a.metrics.version, a.metrics.log = buildVersion(), logger.With("component", "metrics")
+	deliveries := newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"))
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -108,7 +141,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	dashExtra, dashHooks := a.setupDashboard()
 	a.outbox, err = outbox.New(outbox.Config{
 		Store: a.store, Signer: a.keys, Reporter: rep, Logger: logger.With("component", "outbox"),
-		Hooks:                 combineHooks(dashHooks),
+		Hooks:                 combineHooks(dashHooks, a.metrics.hooks(), deliveries.hooks()),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
 		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention,
@@ -121,6 +154,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		DefaultSubjects: cfg.DefaultSubjects, AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		MaxBody: cfg.MaxBody, KV: a.store, Queue: a.outbox, Keys: a.keys,
 		Logger: logger.With("component", "ssf"), HTTPClient: a.httpClient,
+		OnSETIssued: a.metrics.onSETIssued, OnVerificationRequest: a.metrics.onVerification,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("transmitter: %w", err)
@@ -139,6 +173,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
 		SSF: a.tx.Handler(), SSFPrefixes: a.tx.Prefixes(), Observer: a.tap,
 		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"),
+		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
@@ -146,11 +181,12 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	a.adminHandler, err = admin.New(admin.Config{
 		Token: cfg.AdminToken, Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
 		Ready: a.ready, Health: a.healthChecks(up), Logger: logger.With("component", "admin"),
-		Extra: dashExtra,
+		Extra: dashExtra, Metrics: a.metrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
+	a.metrics.proxyStats, a.metrics.tapStats, a.metrics.outboxStats = a.proxy.Stats, a.tap.Stats, a.outbox.AllStats
 	return a, nil
 }
 
@@ -198,6 +234,9 @@ func (a *app) healthChecks(up *url.URL) []admin.Check {
 				return fmt.Errorf("authentik answered %d", resp.StatusCode)
 			}
 			return nil
+		}},
+		{Name: "poller", Run: func(context.Context) error {
+			return pollerHealth(a.cfg.AuthentikToken != "", a.tap.Stats(), a.cfg.PollInterval)
 		}},
 	}
 }
@@ -248,6 +287,12 @@ func (a *app) run(ctx context.Context) error {
 	if cerr := a.store.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
+	// Delivery has stopped: flush the spans it produced.
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if terr := a.tracing.Shutdown(fctx); terr != nil {
+		a.logger.Warn("tracing: flush at shutdown", "error", terr)
+	}
+	fcancel()
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}

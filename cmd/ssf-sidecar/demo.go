@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -42,6 +44,8 @@ type demoOptions struct {
 	pollInterval time.Duration
 	receivers    []ssf.Receiver // default: one push receiver with a static token
 	mutate       func(*Config)
+	// tracerProvider, when set, is traced into instead of the OTEL_* set-up.
+	tracerProvider trace.TracerProvider
 }
 
 const demoReceiverToken = "demo-receiver-token-0123456789abcdef"
@@ -99,7 +103,11 @@ func startDemoWorld(ctx context.Context, o demoOptions) (*demoWorld, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	w.app, err = buildApp(ctx, cfg, receivers, logger)
+	var appOpts []appOption
+	if o.tracerProvider != nil {
+		appOpts = append(appOpts, withTracerProvider(o.tracerProvider))
+	}
+	w.app, err = buildApp(ctx, cfg, receivers, logger, appOpts...)
 	if err != nil {
 		w.ak.Close()
 		return nil, err

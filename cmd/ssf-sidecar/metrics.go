@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"github.com/ssf-sidecar/ssf-sidecar/proxy"
+	"github.com/ssf-sidecar/ssf-sidecar/tap"
+)
+
+// Histogram bounds, in seconds.
+var (
+	requestBuckets  = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+	deliveryBuckets = []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600}
+)
+
+// sidecarMetrics is everything /metrics shows. Event counts arrive through
+// hooks (proxy.Config.OnRequest, the outbox's Hooks, the transmitter's
+// OnSETIssued); the rest is read from the components' statistics at scrape
+// time. Labels are route classes, status codes, kinds, sources, stream ids
+// and event types — never user data.
+type sidecarMetrics struct {
+	requests        *counterVec
+	requestDuration *histogramVec
+	observerMisses  *counterVec
+	setsIssued      *counterVec
+	deliveries      *counterVec
+	deliveryLatency *histogramVec
+	deadLettered    *counterVec
+	verifications   *counterVec
+	enqueueDropped  *counterVec
+
+	// sources read at scrape time; any may be nil.
+	proxyStats  func() proxy.Stats
+	tapStats    func() tap.Stats
+	outboxStats func(context.Context) ([]outbox.StreamStats, error)
+	version     string
+	log         *slog.Logger
+}
+
+func newSidecarMetrics() *sidecarMetrics {
+	return &sidecarMetrics{
+		requests: newCounterVec("ssf_sidecar_http_requests_total",
+			"Requests served on the proxy listener, by route class (proxy, observed, upgrade, ssf) and status code.", "route_class", "code"),
+		requestDuration: newHistogramVec("ssf_sidecar_http_request_duration_seconds",
+			"Time to serve a request on the proxy listener, by route class.", requestBuckets, "route_class"),
+		observerMisses: newCounterVec("ssf_sidecar_observer_misses_total",
+			"Tap steps (before, after) that overran their bound; the request went on unobserved.", "step"),
+		setsIssued: newCounterVec("ssf_sidecar_sets_issued_total",
+			"SETs committed to the outbox, by stream and event type.", "stream_id", "event_type"),
+		deliveries: newCounterVec("ssf_sidecar_deliveries_total",
+			"Push delivery attempts, by stream and outcome (delivered, retry, dead).", "stream_id", "outcome"),
+		deliveryLatency: newHistogramVec("ssf_sidecar_delivery_latency_seconds",
+			"Time from enqueue to the receiver's 2xx (push) or acknowledgement (poll), by stream.", deliveryBuckets, "stream_id"),
+		deadLettered: newCounterVec("ssf_sidecar_dead_lettered_total",
+			"SETs moved to the dead letter, by stream.", "stream_id"),
+		verifications: newCounterVec("ssf_sidecar_verification_requests_total",
+			"Receiver verification requests, by stream and result (accepted, rate_limited).", "stream_id", "result"),
+		enqueueDropped: newCounterVec("ssf_sidecar_outbox_enqueue_dropped_total",
+			"SETs not queued at enqueue (disabled stream, duplicate key), by stream.", "stream_id"),
+		log: slog.New(slog.DiscardHandler),
+	}
+}
+
+// onRequest is proxy.Config.OnRequest.
+func (m *sidecarMetrics) onRequest(class string, status int, d time.Duration) {
+	m.requests.add(1, class, strconv.Itoa(status))
+	m.requestDuration.observe(d, class)
+}
+
+// onObserverMiss is proxy.Config.OnObserverMiss.
+func (m *sidecarMetrics) onObserverMiss(step string) { m.observerMisses.add(1, step) }
+
+// onSETIssued is ssf.Config.OnSETIssued.
+func (m *sidecarMetrics) onSETIssued(streamID, eventType string) {
+	m.setsIssued.add(1, streamID, eventType)
+}
+
+// onVerification is ssf.Config.OnVerificationRequest.
+func (m *sidecarMetrics) onVerification(streamID string, accepted bool) {
+	r := "accepted"
+	if !accepted {
+		r = "rate_limited"
+	}
+	m.verifications.add(1, streamID, r)
+}
+
+// hooks are the outbox callbacks that feed the delivery metrics.
+func (m *sidecarMetrics) hooks() outbox.Hooks {
+	return outbox.Hooks{
+		OnEnqueue: func(streamID string, _, dropped int) {
+			if dropped > 0 {
+				m.enqueueDropped.add(uint64(dropped), streamID)
+			}
+		},
+		OnAttempt: func(streamID, _, _ string, a outbox.Attempt) {
+			m.deliveries.add(1, streamID, a.Outcome)
+		},
+		OnDelivered: func(streamID, _ string, since time.Duration) {
+			m.deliveryLatency.observe(since, streamID)
+		},
+		OnDeadLetter: func(streamID, _, _ string) { m.deadLettered.add(1, streamID) },
+	}
+}
+
+// families collects every metric, the scrape-time ones included.
+func (m *sidecarMetrics) families(ctx context.Context) []family {
+	fams := []family{
+		m.requests.family(), m.requestDuration.family(), m.observerMisses.family(), m.setsIssued.family(),
+		m.deliveries.family(), m.deliveryLatency.family(), m.deadLettered.family(), m.verifications.family(),
+		m.enqueueDropped.family(),
+		gauge("ssf_sidecar_build_info", "Always 1; the version is a label.", 1, "version", m.version),
+	}
+	if m.proxyStats != nil {
+		s := m.proxyStats()
+		fams = append(fams,
+			counter("ssf_sidecar_upstream_errors_total", "Requests answered 502 because authentik failed.", s.UpstreamErrors),
+			counter("ssf_sidecar_upstream_timeouts_total", "Requests answered 504 because authentik did not answer in time.", s.UpstreamTimeouts),
+			counter("ssf_sidecar_client_gone_total", "Requests the client abandoned before the end.", s.ClientGone))
+	}
+	if m.tapStats != nil {
+		s := m.tapStats()
+		sig := family{name: "ssf_sidecar_tap_signals_total", help: "Signals published by the tap, by kind and source (traffic, event_api, reconcile).", typ: "counter"}
+		for kind, bySrc := range s.Signals {
+			for src, n := range bySrc {
+				sig.samples = append(sig.samples, sample{labels: [][2]string{{"kind", string(kind)}, {"source", string(src)}}, value: float64(n)})
+			}
+		}
+		fams = append(fams, sig,
+			counter("ssf_sidecar_tap_dedup_drops_total", "Signals dropped because the other source already reported the action.", s.DedupDrops),
+			counter("ssf_sidecar_tap_misses_total", "Tapped requests whose look-up or journal write failed, and intents that could not be confirmed.", s.Misses),
+			counter("ssf_sidecar_tap_untrusted_total", "Tapped requests whose caller authentik did not confirm.", s.Untrusted),
+			counter("ssf_sidecar_tap_rate_limited_total", "Tapped requests not looked up because the client exceeded its rate.", s.RateLimited),
+			counter("ssf_sidecar_tap_queue_drops_total", "Completed observations dropped because the tap's queue was full (recovered from the journal).", s.QueueDrops),
+			counter("ssf_sidecar_poller_polls_total", "Completed reads of authentik's event API.", s.Polls),
+			counter("ssf_sidecar_poller_errors_total", "Failed reads of authentik's event API.", s.PollErrors),
+			gauge("ssf_sidecar_poller_lag_seconds", "How far behind now the event-API cursor was after the last successful poll.", s.PollLag.Seconds()))
+	}
+	if m.outboxStats != nil {
+		stats, err := m.outboxStats(ctx)
+		if err != nil {
+			m.log.WarnContext(ctx, "metrics: outbox statistics unavailable", slog.Any("error", err))
+		}
+		backlog := family{name: "ssf_sidecar_outbox_backlog", help: "SETs waiting for delivery, by stream.", typ: "gauge"}
+		oldest := family{name: "ssf_sidecar_outbox_oldest_age_seconds", help: "Age of the oldest SET waiting for delivery, by stream.", typ: "gauge"}
+		dead := family{name: "ssf_sidecar_outbox_dead_letter", help: "SETs in the dead letter, by stream.", typ: "gauge"}
+		for _, s := range stats {
+			l := [][2]string{{"stream_id", s.StreamID}}
+			backlog.samples = append(backlog.samples, sample{labels: l, value: float64(s.Backlog)})
+			oldest.samples = append(oldest.samples, sample{labels: l, value: s.OldestAge.Seconds()})
+			dead.samples = append(dead.samples, sample{labels: l, value: float64(s.Dead)})
+		}
+		fams = append(fams, backlog, oldest, dead)
+	}
+	return fams
+}
+
+func counter(name, help string, v uint64) family {
+	return family{name: name, help: help, typ: "counter", samples: []sample{{value: float64(v)}}}
+}
+
+func gauge(name, help string, v float64, labelPairs ...string) family {
+	var l [][2]string
+	for i := 0; i+1 < len(labelPairs); i += 2 {
+		l = append(l, [2]string{labelPairs[i], labelPairs[i+1]})
+	}
+	return family{name: name, help: help, typ: "gauge", samples: []sample{{labels: l, value: v}}}
+}
+
+// ServeHTTP writes the Prometheus text exposition.
+func (m *sidecarMetrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	fams := m.families(ctx)
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	if err := writeFamilies(w, fams); err != nil {
+		m.log.DebugContext(ctx, "metrics: write", slog.Any("error", err))
+	}
+}

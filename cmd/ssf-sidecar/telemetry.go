@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// tracing is the process's trace pipeline. With no OTLP endpoint configured
+// (or OTEL_SDK_DISABLED=true, or OTEL_TRACES_EXPORTER=none) it is off:
+// Provider is nil, nothing is installed globally, and the proxy starts no
+// spans at all.
+type tracing struct {
+	// Provider is the installed tracer provider, nil when tracing is off.
+	Provider trace.TracerProvider
+	// Endpoint and Protocol say where spans go (for the start-up log).
+	Endpoint, Protocol string
+	shutdown           func(context.Context) error
+}
+
+// Shutdown flushes spans still buffered and stops the exporter.
+func (t *tracing) Shutdown(ctx context.Context) error {
+	if t == nil || t.shutdown == nil {
+		return nil
+	}
+	return t.shutdown(ctx)
+}
+
+// setupTracing builds the SDK from the standard OTEL_* variables only:
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turns it
+// on; OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL picks http/protobuf (default) or
+// grpc; headers, timeout, compression and TLS are read by the exporter
+// itself, OTEL_TRACES_SAMPLER(_ARG) and OTEL_BSP_* by the SDK, and
+// OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES by the resource. It installs
+// the provider and the W3C trace-context propagator globally (package ssf
+// and tap use the global tracer).
+func setupTracing(ctx context.Context, version string) (*tracing, error) {
+	if strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true") {
+		return &tracing{}, nil
+	}
+	if exp := strings.TrimSpace(os.Getenv("OTEL_TRACES_EXPORTER")); exp != "" && exp != "otlp" {
+		if exp == "none" {
+			return &tracing{}, nil
+		}
+		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: only otlp and none are supported", exp)
+	}
+	endpoint := firstEnv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+	if endpoint == "" {
+		return &tracing{}, nil
+	}
+	protocol := firstEnv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+	if protocol == "" {
+		protocol = "http/protobuf"
+	}
+	var exporter sdktrace.SpanExporter
+	var err error
+	switch protocol {
+	case "http/protobuf":
+		exporter, err = otlptracehttp.New(ctx)
+	case "grpc":
+		exporter, err = otlptracegrpc.New(ctx)
+	default:
+		return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL=%q: use http/protobuf or grpc", protocol)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("OTLP trace exporter: %w", err)
+	}
+	res, err := resource.New(ctx,
+		resource.WithAttributes(attribute.String("service.name", "ssf-sidecar"), attribute.String("service.version", version)),
+		resource.WithFromEnv(), resource.WithTelemetrySDK())
+	if err != nil && res == nil {
+		// A partial resource (e.g. a malformed OTEL_RESOURCE_ATTRIBUTES
+		// entry) is still used; only a missing one is fatal.
+		_ = exporter.Shutdown(ctx)
+		return nil, fmt.Errorf("trace resource: %w", err)
+	}
+	// The sampler is read from OTEL_TRACES_SAMPLER(_ARG) by the SDK
+	// (default: parent-based, always on).
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	return &tracing{Provider: tp, Endpoint: endpoint, Protocol: protocol, shutdown: func(ctx context.Context) error {
+		return errors.Join(tp.ForceFlush(ctx), tp.Shutdown(ctx))
+	}}, nil
+}
+
+func firstEnv(names ...string) string {
+	for _, n := range names {
+		if v := strings.TrimSpace(os.Getenv(n)); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// redactEndpoint drops any user information from an endpoint URL before
+// it is logged.
+func redactEndpoint(e string) string {
+	u, err := url.Parse(e)
+	if err != nil || u.Host == "" {
+		return "(unparsed endpoint)"
+	}
+	return u.Redacted()
+}

@@ -136,11 +136,13 @@ func (t *Tap) pollOnce(ctx context.Context) error {
 	}
 	dirty := false
 	for _, e := range fresh {
-		ectx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+		sctx, span := startEventSpan(ctx, e.PK, e.Action)
+		ectx, cancel := context.WithTimeout(sctx, 4*t.cfg.LookupTimeout)
 		sigs, err := t.eventSignals(ectx, e)
 		cancel()
 		if err != nil {
 			if !t.poisoned(e.PK) {
+				endSpan(span, err)
 				return t.flushCursor(ctx, cur, dirty, fmt.Errorf("tap: event %s: %w", e.PK, err))
 			}
 			// The same record failed maxEventAttempts polls in a row: skip
@@ -155,10 +157,12 @@ func (t *Tap) pollOnce(ctx context.Context) error {
 			if i == len(sigs)-1 {
 				extra = []Mark{next.mark()}
 			}
-			if err := t.emit(ctx, sigs[i], extra); err != nil {
+			if err := t.emit(sctx, sigs[i], extra); err != nil {
+				endSpan(span, err)
 				return t.flushCursor(ctx, cur, dirty, err)
 			}
 		}
+		endSpan(span, nil)
 		dirty = len(sigs) == 0
 		cur = next
 	}

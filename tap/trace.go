@@ -6,6 +6,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -41,4 +42,21 @@ func startClassifySpan(ctx context.Context, in *intent, source Source) (context.
 	return tracer.Start(withTraceParent(ctx, in.TraceParent), "tap.classify", trace.WithAttributes(
 		attribute.String("tap.intent.id", in.ID), attribute.String("tap.op", string(in.Op)),
 		attribute.String("tap.source", string(source)), attribute.String("ssf_sidecar.request_id", in.RequestID)))
+}
+
+// startEventSpan starts the span of turning one event-API record into
+// signals: the root of the trace its SETs' deliveries join, as no request
+// of the proxy's caused it.
+func startEventSpan(ctx context.Context, pk, action string) (context.Context, trace.Span) {
+	return tracer.Start(ctx, "tap.event", trace.WithAttributes(attribute.String("tap.event.pk", pk),
+		attribute.String("tap.event.action", action)))
+}
+
+// endSpan ends a span, failed when err is set.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "failed")
+	}
+	span.End()
 }

@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+type nopObserver struct{}
+
+func (nopObserver) Match(r *http.Request) bool { return r.URL.Path == "/tapped" }
+func (nopObserver) Before(ctx context.Context, r *http.Request, body []byte) any {
+	return trace.SpanContextFromContext(ctx).IsValid()
+}
+func (nopObserver) After(context.Context, any, *http.Request, int, http.Header, []byte) {}
+
+type discardExporter struct{}
+
+func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardExporter) Shutdown(context.Context) error                             { return nil }
+
+// BenchmarkForwarderTracing runs the proxy handler in process (no network,
+// so the span cost is as large a share as it can be) on a mix of one
+// tapped request in ten, with no tracer provider (tracing off) and with the
+// SDK sampling every request into a batch processor.
+func BenchmarkForwarderTracing(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		tp   trace.TracerProvider
+	}{
+		{"off", nil},
+		{"sdk", sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardExporter{}))},
+	} {
+		if p, ok := tc.tp.(*sdktrace.TracerProvider); ok {
+			defer p.Shutdown(context.Background())
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			s, err := New(Config{Listen: "127.0.0.1:0", Upstream: mustURL(&testing.T{}, "http://authentik:9000"),
+				Observer: nopObserver{}, TracerProvider: tc.tp})
+			if err != nil {
+				b.Fatal(err)
+			}
+			h := s.Handler()
+			s.fwd.fast = nil
+			plain := httptest.NewRequest("GET", "/api/v3/core/users/me/", nil)
+			tapped := httptest.NewRequest("GET", "/tapped", nil)
+			tapped.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				req := plain
+				if i%10 == 0 {
+					req = tapped
+				}
+				i++
+				r := req.Clone(req.Context())
+				rt := fixedTransport{body: make([]byte, 512)}
+				s.fwd.roundTrip = rt.RoundTrip
+				w := discardWriter{h: http.Header{}}
+				h.ServeHTTP(&w, r)
+			}
+		})
+	}
+}

@@ -81,7 +81,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	c, err := t.authenticate(ctx, cookie, authz)
 	if err != nil {
 		t.stats.untrusted.Add(1)
-		t.log.Debug("tap: caller not authenticated", "op", string(rt.op), "err", err)
+		t.log.DebugContext(ctx, "tap: caller not authenticated", "op", string(rt.op), "err", err)
 		return nil
 	}
 	in := &intent{
@@ -98,7 +98,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	}
 	if err := t.journalPut(ctx, in, t.dir.drain()...); err != nil {
 		t.stats.misses.Add(1)
-		t.log.Warn("tap: journal intent failed", "intent", in.ID, "request_id", in.RequestID, "err", err)
+		t.log.WarnContext(ctx, "tap: journal intent failed", "intent", in.ID, "request_id", in.RequestID, "err", err)
 		return p // After may still queue it; a crash before then loses it (counted)
 	}
 	p.journaled = true
@@ -135,7 +135,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		s, err := t.fetchSession(ctx, lc, rt.id)
 		if err != nil {
 			t.stats.misses.Add(1)
-			t.log.Warn("tap: session look-up failed", "request_id", in.RequestID, "err", err)
+			t.log.WarnContext(ctx, "tap: session look-up failed", "request_id", in.RequestID, "err", err)
 			return false
 		}
 		owner, err := t.userByPK(ctx, lc, s.User)
@@ -186,7 +186,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		u, err := t.fetchUser(ctx, lc, pk)
 		if err != nil {
 			t.stats.misses.Add(1)
-			t.log.Warn("tap: user look-up failed", "request_id", in.RequestID, "err", err)
+			t.log.WarnContext(ctx, "tap: user look-up failed", "request_id", in.RequestID, "err", err)
 			if rt.op != opSetPassword {
 				return false // without the state before, the change cannot be told
 			}
@@ -204,7 +204,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		d, err := t.fetchDevice(ctx, c, rt.dtype, rt.id, rt.admin)
 		if err != nil {
 			t.stats.misses.Add(1)
-			t.log.Warn("tap: device look-up failed", "request_id", in.RequestID, "err", err)
+			t.log.WarnContext(ctx, "tap: device look-up failed", "request_id", in.RequestID, "err", err)
 			return false
 		}
 		if d.Confirmed != nil && !*d.Confirmed {
@@ -255,7 +255,7 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 	if !t.completed(p, status, header, body) {
 		if p.journaled {
 			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
-				t.log.Warn("tap: journal outcome failed", "intent", in.ID, "err", err)
+				t.log.WarnContext(ctx, "tap: journal outcome failed", "intent", in.ID, "err", err)
 			}
 		}
 		return
@@ -266,7 +266,7 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 	}
 	if err := t.journalPut(ctx, in); err != nil {
 		t.stats.misses.Add(1)
-		t.log.Warn("tap: journal outcome failed", "intent", in.ID, "err", err)
+		t.log.WarnContext(ctx, "tap: journal outcome failed", "intent", in.ID, "err", err)
 	}
 	t.enqueue(in)
 }

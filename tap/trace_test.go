@@ -62,3 +62,30 @@ func TestClassifySpanJoinsTheIntentsTrace(t *testing.T) {
 		})
 	}
 }
+
+// FuzzTraceParent feeds client-controlled traceparent values through the
+// intent's round trip: never a panic, and a value either yields a valid
+// span context that re-encodes to itself or leaves the context untouched.
+func FuzzTraceParent(f *testing.F) {
+	for _, s := range []string{"", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", "garbage", "00--"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, tp string) {
+		ctx := withTraceParent(context.Background(), tp)
+		sc := trace.SpanContextFromContext(ctx)
+		r, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+		got := traceParentOf(ctx, r)
+		if !sc.IsValid() {
+			if got != "" {
+				t.Fatalf("invalid %q still yields %q", tp, got)
+			}
+			return
+		}
+		back := trace.SpanContextFromContext(withTraceParent(context.Background(), got))
+		if back.TraceID() != sc.TraceID() || back.SpanID() != sc.SpanID() {
+			t.Fatalf("%q → %q does not round-trip", tp, got)
+		}
+	})
+}

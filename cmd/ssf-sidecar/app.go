@@ -173,7 +173,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
 		SSF: a.tx.Handler(), SSFPrefixes: a.tx.Prefixes(), Observer: a.tap,
 		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"),
-		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider,
+		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/proxy/bench"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
@@ -191,6 +192,12 @@ func waitForAttempt(ctx context.Context, c *adminClient, stream, state string, t
 			}
 		}
 		if time.Now().After(deadline) {
+			// The probe may wait behind earlier SETs of a failing stream:
+			// say what the stream's own last attempt met.
+			var st outbox.StreamStats
+			if err := c.do(ctx, "GET", "/admin/outbox/"+stream, nil, &st); err == nil && st.LastError != "" {
+				return outboxAttempt{}, fmt.Errorf("no attempt within %s; the stream is failing: %s", timeout, st.LastError)
+			}
 			return outboxAttempt{}, fmt.Errorf("no delivery attempt within %s (the stream may be paused or backing off)", timeout)
 		}
 		select {

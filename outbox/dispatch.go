@@ -14,6 +14,7 @@ type pending struct {
 	rec     *Record
 	compact string
 	signErr error
+	signed  chan struct{} // closed once compact or signErr is set
 	res     pushResult
 }
 
@@ -80,6 +81,10 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 	handled := false
 	for p := range ready {
 		handled = true
+		select {
+		case <-p.signed:
+		case <-pctx.Done():
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-pctx.Done():
@@ -178,7 +183,17 @@ func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfi
 			}
 		}
 		cursor = next
-		o.signAll(ctx, batch)
+		// Sign each SET on its own goroutine (bounded by the signer cap,
+		// whose waiters queue in order) and hand it over at once: the poster
+		// waits for each signature in order, so signing never stalls on a
+		// batch boundary.
+		for _, p := range batch {
+			p.signed = make(chan struct{})
+			go func() {
+				defer close(p.signed)
+				o.signOne(ctx, p)
+			}()
+		}
 		for _, p := range batch {
 			select {
 			case ready <- p:
@@ -222,23 +237,6 @@ func (o *Outbox) loadAfter(stream string, cursor []byte, n int) ([]*pending, []b
 		last = cursor
 	}
 	return out, last, err
-}
-
-// signAll signs a batch in parallel, bounded by the global signer cap.
-func (o *Outbox) signAll(ctx context.Context, batch []*pending) {
-	if len(batch) == 1 {
-		o.signOne(ctx, batch[0])
-		return
-	}
-	var wg sync.WaitGroup
-	for _, p := range batch {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			o.signOne(ctx, p)
-		}()
-	}
-	wg.Wait()
 }
 
 func (o *Outbox) signOne(ctx context.Context, p *pending) {

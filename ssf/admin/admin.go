@@ -130,8 +130,8 @@ func New(cfg Config) (http.Handler, error) {
 	g.GET("/outbox/:id", s.stats)
 	g.GET("/outbox/:id/dlq", s.deadLetters)
 	g.GET("/outbox/:id/history", s.history)
-	g.POST("/outbox/:id/replay", s.replay)
-	g.POST("/outbox/:id/purge", s.purge)
+	g.POST("/outbox/:id/replay", s.deadLetterAction("replay", "replayed", cfg.Outbox.Replay))
+	g.POST("/outbox/:id/purge", s.deadLetterAction("purge", "purged", cfg.Outbox.Purge))
 	if cfg.Extra != nil {
 		cfg.Extra(g)
 	}
@@ -466,42 +466,26 @@ type jtiBody struct {
 	JTIs []string `json:"jtis"`
 }
 
-func (s *server) replay(c echo.Context) error {
-	id, err := s.stream(c)
-	if err != nil {
-		return err
+// deadLetterAction applies replay or purge to the jtis named in the body; an
+// empty list means every dead letter of the stream.
+func (s *server) deadLetterAction(verb, done string, act func(ctx context.Context, id string, jtis []string) (int, error)) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		id, err := s.stream(c)
+		if err != nil {
+			return err
+		}
+		var b jtiBody
+		if err := bind(c, &b); err != nil {
+			return err
+		}
+		if len(b.JTIs) == 0 {
+			b.JTIs = nil
+		}
+		n, err := act(c.Request().Context(), id, b.JTIs)
+		if err != nil {
+			return err
+		}
+		s.cfg.Logger.Info("dead letters "+done+" by operator", "stream_id", id, "action", verb, "count", n)
+		return c.JSON(http.StatusOK, map[string]int{done: n})
 	}
-	var b jtiBody
-	if err := bind(c, &b); err != nil {
-		return err
-	}
-	if len(b.JTIs) == 0 {
-		b.JTIs = nil // an empty list means every dead letter of the stream
-	}
-	n, err := s.cfg.Outbox.Replay(c.Request().Context(), id, b.JTIs)
-	if err != nil {
-		return err
-	}
-	s.cfg.Logger.Info("dead letters replayed by operator", "stream_id", id, "count", n)
-	return c.JSON(http.StatusOK, map[string]int{"replayed": n})
-}
-
-func (s *server) purge(c echo.Context) error {
-	id, err := s.stream(c)
-	if err != nil {
-		return err
-	}
-	var b jtiBody
-	if err := bind(c, &b); err != nil {
-		return err
-	}
-	if len(b.JTIs) == 0 {
-		b.JTIs = nil // an empty list means every dead letter of the stream
-	}
-	n, err := s.cfg.Outbox.Purge(c.Request().Context(), id, b.JTIs)
-	if err != nil {
-		return err
-	}
-	s.cfg.Logger.Info("dead letters purged by operator", "stream_id", id, "count", n)
-	return c.JSON(http.StatusOK, map[string]int{"purged": n})
 }

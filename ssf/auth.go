@@ -69,6 +69,11 @@ func (t *Transmitter) authenticate(c echo.Context, scope string) (principal, err
 	if !p.can(scope) {
 		return principal{}, forbidden(scope)
 	}
+	if scope != scopePoll {
+		if ok, wait := t.calls.allow(p.receiver.Name); !ok {
+			return principal{}, tooManyCalls(wait)
+		}
+	}
 	return p, nil
 }
 

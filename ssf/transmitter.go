@@ -71,6 +71,13 @@ type Config struct {
 	DescriptionLimit      int           // runes, default 256
 	OAuthRefetchInterval  time.Duration // least time between JWKS fetches on an unknown kid (default 30 s)
 
+	// ManagementBurst and ManagementInterval limit each receiver's
+	// management calls (everything but poll): a burst of ManagementBurst
+	// calls, then one per ManagementInterval; beyond that 429 with
+	// Retry-After. Defaults 60 and 1 s; a negative burst turns the limit off.
+	ManagementBurst    int
+	ManagementInterval time.Duration
+
 	// OnSETIssued, when set, is called for each SET committed to the
 	// outbox, with its stream and event type (metrics).
 	OnSETIssued func(streamID, eventType string)
@@ -104,6 +111,9 @@ func (c Config) Validate() error {
 	}
 	if c.MinVerificationInterval < 0 {
 		add("min verification interval must not be negative")
+	}
+	if c.ManagementInterval < 0 {
+		add("management interval must not be negative")
 	}
 	if c.KV == nil && c.Store == nil {
 		add("a store (KV) is required")
@@ -167,6 +177,12 @@ func (c *Config) defaults() {
 	if c.OAuthRefetchInterval == 0 {
 		c.OAuthRefetchInterval = DefaultOAuthRefetchInterval
 	}
+	if c.ManagementBurst == 0 {
+		c.ManagementBurst = DefaultManagementBurst
+	}
+	if c.ManagementInterval == 0 {
+		c.ManagementInterval = DefaultManagementInterval
+	}
 }
 
 // randomID returns 128 random bits, base64url (RFC 3986 unreserved).
@@ -203,6 +219,7 @@ type Transmitter struct {
 	receivers map[string]*Receiver
 	tokens    []tokenEntry
 	oauth     *oauthVerifier
+	calls     *callLimiter
 
 	mu      sync.RWMutex
 	streams map[string]*streamState
@@ -222,6 +239,7 @@ func New(cfg Config) (*Transmitter, error) {
 	cfg.defaults()
 	t := &Transmitter{cfg: cfg, log: orDiscard(cfg.Logger), store: cfg.Store,
 		receivers: map[string]*Receiver{}, streams: map[string]*streamState{}}
+	t.calls = newCallLimiter(cfg.ManagementBurst, cfg.ManagementInterval, cfg.Clock)
 	t.issuerURL, _ = url.Parse(cfg.Issuer)
 	p := strings.TrimSuffix(t.issuerURL.Path, "/")
 	t.discoveryPath = "/.well-known/ssf-configuration" + p

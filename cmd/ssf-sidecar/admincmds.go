@@ -33,7 +33,11 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	c := af.client()
+	c, done, err := af.connect(ctx, "streams "+verb)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if verb == "list" {
 		if len(pos) != 0 {
 			return usageError{"streams list takes no arguments"}
@@ -124,7 +128,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if len(pos) != 0 {
 		return usageError{"keys " + verb + " takes no arguments"}
 	}
-	c := af.client()
+	c, done, err := af.connect(ctx, "keys "+verb)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if verb == "rotate" {
 		var k ssf.KeyInfo
 		if err := c.do(ctx, http.MethodPost, "/admin/keys/rotate", struct{}{}, &k); err != nil {
@@ -168,7 +176,11 @@ func runOutbox(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	c := af.client()
+	c, done, err := af.connect(ctx, "outbox "+verb)
+	if err != nil {
+		return err
+	}
+	defer done()
 	switch verb {
 	case "stats":
 		var stats []outbox.StreamStats

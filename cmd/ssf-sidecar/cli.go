@@ -25,9 +25,10 @@ type adminClient struct {
 
 // adminFlags are shared by every admin subcommand.
 type adminFlags struct {
-	url   string
-	token string
-	json  bool
+	url     string
+	token   string
+	json    bool
+	dataDir string
 }
 
 func (a *adminFlags) bind(fs *flag.FlagSet) {
@@ -38,6 +39,16 @@ func (a *adminFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&a.url, "admin-url", def, "admin API base URL (env SSF_ADMIN_URL; default from SSF_ADMIN_LISTEN)")
 	fs.StringVar(&a.token, "admin-token", os.Getenv("SSF_ADMIN_TOKEN"), "admin bearer token (env SSF_ADMIN_TOKEN)")
 	fs.BoolVar(&a.json, "json", false, "print JSON instead of a table")
+	fs.StringVar(&a.dataDir, "data-dir", "", "work directly on a STOPPED sidecar's data dir instead of the admin API (read-only commands, replay and purge)")
+}
+
+// connect returns a client of the running sidecar's admin API, or, with
+// --data-dir, of the same API served in process on a stopped data dir.
+func (a adminFlags) connect(ctx context.Context, command string) (*adminClient, func(), error) {
+	if a.dataDir != "" {
+		return offlineClient(ctx, command, a.dataDir)
+	}
+	return a.client(), func() {}, nil
 }
 
 func envOr(k, def string) string {

@@ -156,3 +156,47 @@ func TestReceiversCheckProbe(t *testing.T) {
 		t.Fatalf("invalid file: exit %d %s", code, errs)
 	}
 }
+
+// TestCLIOnStoppedDataDir reads a stopped sidecar's data dir directly, and
+// refuses to while the sidecar holds it or for commands that issue SETs.
+func TestCLIOnStoppedDataDir(t *testing.T) {
+	dir := t.TempDir()
+	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: dir, receivers: systemReceivers()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := w.createPushStream(context.Background(), []string{ssf.EventSessionRevoked})
+	if err != nil {
+		w.Close()
+		t.Fatal(err)
+	}
+	if err := w.recv.waitFor(context.Background(), 1, 10*time.Second); err != nil {
+		w.Close()
+		t.Fatal(err)
+	}
+	t.Setenv("SSF_ISSUER", w.front+"/ssf")
+	// While the sidecar runs, the file is held: the CLI says to use the API.
+	code, _, errs := cli(t, "streams", "list", "--data-dir", dir)
+	if code == exitOK || !strings.Contains(errs, "still running") {
+		t.Errorf("opening a held data dir: exit %d %s", code, errs)
+	}
+	w.Close()
+
+	code, out, errs := cli(t, "streams", "list", "--data-dir", dir)
+	if code != exitOK || !strings.Contains(out, id) {
+		t.Fatalf("offline streams list: %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = cli(t, "outbox", "stats", "--json", "--data-dir", dir)
+	if code != exitOK || !strings.Contains(out, `"delivered": 1`) {
+		t.Fatalf("offline outbox stats: %d\n%s", code, out)
+	}
+	if code, out, _ = cli(t, "keys", "list", "--data-dir", dir); code != exitOK || !strings.Contains(out, "RS256") {
+		t.Fatalf("offline keys list: %d %s", code, out)
+	}
+	if code, _, errs = cli(t, "streams", "pause", id, "--data-dir", dir); code != exitUsage || !strings.Contains(errs, "running sidecar") {
+		t.Errorf("offline pause must be refused: exit %d %s", code, errs)
+	}
+	if code, _, _ = cli(t, "streams", "list", "--data-dir", t.TempDir()); code != exitNotFound {
+		t.Errorf("empty data dir: exit %d, want %d", code, exitNotFound)
+	}
+}

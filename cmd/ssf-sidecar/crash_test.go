@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -38,6 +40,17 @@ const crashChildEnv = "SSF_CRASH_TEST_CHILD"
 func TestCrashChildProcess(t *testing.T) {
 	if os.Getenv(crashChildEnv) != "1" {
 		return
+	}
+	if v := os.Getenv("SSF_CRASH_TEST_FSIZE"); v != "" {
+		// A full disk, as the process sees it: writes past this size fail
+		// with EFBIG (Go ignores SIGXFSZ).
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: n, Max: n}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	code := run(ctx, []string{"serve"}, os.Stdout, os.Stderr)
@@ -109,13 +122,22 @@ func (r *crashRig) kill() {
 	<-r.child.done
 }
 
-func (r *crashRig) stop() {
-	_ = r.child.cmd.Process.Signal(syscall.SIGTERM)
+// stop ends the child with SIGTERM, or SIGKILL after 15 s; it reports
+// whether the child stopped on its own. A second call does nothing.
+func (r *crashRig) stop() bool {
+	if r.child == nil {
+		return true
+	}
+	c := r.child
+	r.child = nil
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-r.child.done:
+	case <-c.done:
+		return true
 	case <-time.After(15 * time.Second):
-		_ = r.child.cmd.Process.Kill()
-		<-r.child.done
+		_ = c.cmd.Process.Kill()
+		<-c.done
+		return false
 	}
 }
 
@@ -228,11 +250,7 @@ func TestCrashKillUnderLoad(t *testing.T) {
 		"SSF_POLL_INTERVAL=200ms", "SSF_RECEIVERS="+rxFile, "SSF_MAX_BACKOFF=1s",
 		"SSF_TRUSTED_PROXIES=127.0.0.1/32", "SSF_LOG_FORMAT=text", "SSF_LOG_LEVEL=warn", "OTEL_TRACES_EXPORTER=none")
 	rig.start()
-	defer func() {
-		if rig.child != nil {
-			rig.stop()
-		}
-	}()
+	defer rig.stop()
 
 	events := []string{"https://schemas.openid.net/secevent/caep/event-type/session-revoked",
 		"https://schemas.openid.net/secevent/caep/event-type/credential-change"}

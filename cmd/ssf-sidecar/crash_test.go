@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -141,10 +142,9 @@ func (r *crashRig) stop() bool {
 	}
 }
 
-// misses reads the counters of tapped actions the sidecar knowingly did not
-// turn into signals — the tap's misses and rate-limited requests and the
-// observer's misses — from /metrics (0 when the sidecar cannot be reached).
-func (r *crashRig) misses() float64 {
+// metric sums the samples of the named metric on /metrics (0 when the
+// sidecar cannot be reached).
+func (r *crashRig) metric(names ...string) float64 {
 	resp, err := r.client.Get(r.admin + "/metrics")
 	if err != nil {
 		return 0
@@ -153,15 +153,24 @@ func (r *crashRig) misses() float64 {
 	var n float64
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "ssf_sidecar_tap_misses_total") || strings.HasPrefix(line, "ssf_sidecar_tap_rate_limited_total") ||
-			strings.HasPrefix(line, "ssf_sidecar_observer_misses_total") {
-			f := strings.Fields(line)
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(f[0], "{")
+		if slices.Contains(names, name) {
 			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
 			n += v
 		}
 	}
 	return n
+}
+
+// misses reads the counters of tapped actions the sidecar knowingly did not
+// turn into signals — the tap's misses and rate-limited requests and the
+// observer's misses — from /metrics (0 when the sidecar cannot be reached).
+func (r *crashRig) misses() float64 {
+	return r.metric("ssf_sidecar_tap_misses_total", "ssf_sidecar_tap_rate_limited_total", "ssf_sidecar_observer_misses_total")
 }
 
 // ssf calls the SSF API through the sidecar's front.
@@ -270,9 +279,14 @@ func TestCrashKillUnderLoad(t *testing.T) {
 	}
 	_ = json.Unmarshal(body, &pollStream)
 	pollPath := strings.TrimPrefix(pollStream.Delivery.EndpointURL, rig.front)
-	// Let the poller take its first look so its cursor is set before any
+	// Let the poller complete a read so its cursor is set before any
 	// password change (a fresh data dir starts at "now").
-	time.Sleep(500 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); rig.metric("ssf_sidecar_poller_polls_total") < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the event-API poller never completed a read")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	// The poll receiver: polls and acknowledges what it got on the next call.
 	var pollMu sync.Mutex

@@ -42,12 +42,48 @@ type StreamStore interface {
 }
 
 // kvStreamStore is the StreamStore on a KV.
-type kvStreamStore struct{ kv KV }
+type kvStreamStore struct {
+	kv   KV
+	seal *sealer // nil: secrets stored as they are (tests)
+}
 
 // NewStreamStore returns the StreamStore kept in kv's buckets.
 func NewStreamStore(kv KV) StreamStore { return kvStreamStore{kv: kv} }
 
+// NewSealedStreamStore is NewStreamStore with each push stream's
+// authorization_header sealed under key (see LoadOrCreateSealKey).
+func NewSealedStreamStore(kv KV, key []byte) (StreamStore, error) {
+	s, err := newSealer(key)
+	if err != nil {
+		return nil, err
+	}
+	return kvStreamStore{kv: kv, seal: s}, nil
+}
+
+// decode reads a stored stream, opening its sealed secret.
+func (s kvStreamStore) decode(id string, b []byte) (streamRecord, error) {
+	var r streamRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("decode stream %s: %w", id, err)
+	}
+	if s.seal != nil {
+		h, err := s.seal.open(r.AuthorizationHeader, r.ID)
+		if err != nil {
+			return r, fmt.Errorf("stream %s: %w", id, err)
+		}
+		r.AuthorizationHeader = h
+	}
+	return r, nil
+}
+
 func (s kvStreamStore) PutStream(ctx context.Context, r streamRecord) error {
+	if s.seal != nil {
+		h, err := s.seal.seal(r.AuthorizationHeader, r.ID)
+		if err != nil {
+			return fmt.Errorf("seal stream %s: %w", r.ID, err)
+		}
+		r.AuthorizationHeader = h
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode stream: %w", err)
@@ -63,9 +99,9 @@ func (s kvStreamStore) GetStream(_ context.Context, id string) (streamRecord, bo
 	if err != nil || b == nil {
 		return streamRecord{}, false, err
 	}
-	var r streamRecord
-	if err := json.Unmarshal(b, &r); err != nil {
-		return r, false, fmt.Errorf("decode stream %s: %w", id, err)
+	r, err := s.decode(id, b)
+	if err != nil {
+		return r, false, err
 	}
 	return r, true, nil
 }
@@ -73,9 +109,9 @@ func (s kvStreamStore) GetStream(_ context.Context, id string) (streamRecord, bo
 func (s kvStreamStore) ListStreams(context.Context) ([]streamRecord, error) {
 	var out []streamRecord
 	err := s.kv.Scan(BucketStreams, nil, func(k, v []byte) error {
-		var r streamRecord
-		if err := json.Unmarshal(v, &r); err != nil {
-			return fmt.Errorf("decode stream %s: %w", k, err)
+		r, err := s.decode(string(k), v)
+		if err != nil {
+			return err
 		}
 		out = append(out, r)
 		return nil

@@ -2,7 +2,9 @@ package ssf
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,6 +30,68 @@ func backends(t *testing.T) []storeBackend {
 			}
 			return NewStreamStore(st), func() { _ = st.Close() }
 		}},
+		{"bbolt, sealed", func(t *testing.T) (StreamStore, func()) {
+			st, err := outbox.Open(filepath.Join(dir, "sealed.db"), outbox.StoreOptions{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			key, err := LoadOrCreateSealKey(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := NewSealedStreamStore(st, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s, func() { _ = st.Close() }
+		}},
+	}
+}
+
+// TestSealedSecretsNotInTheDatabase: the push authorization_header survives
+// a reopen, yet the database holds only its sealed form, which another data
+// dir's key cannot open.
+func TestSealedSecretsNotInTheDatabase(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	kv := newMemKV()
+	key, err := LoadOrCreateSealKey(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := LoadOrCreateSealKey(dir); string(again) != string(key) {
+		t.Fatal("the key is not reused")
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, SecretKeyFile)); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v", fi.Mode().Perm())
+	}
+	s, _ := NewSealedStreamStore(kv, key)
+	secret := "Bearer receiver-push-secret-123"
+	if err := s.PutStream(ctx, streamRecord{ID: "a", AuthorizationHeader: secret}); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := kv.Get(BucketStreams, []byte("a"))
+	if strings.Contains(string(raw), "receiver-push-secret") || !strings.Contains(string(raw), sealedPrefix) {
+		t.Fatalf("stored form: %s", raw)
+	}
+	r, ok, err := s.GetStream(ctx, "a")
+	if !ok || err != nil || r.AuthorizationHeader != secret {
+		t.Fatalf("round trip: %v %v %q", ok, err, r.AuthorizationHeader)
+	}
+	// Moved to another stream id, the sealed value does not open.
+	kv.Commit(ctx, []outbox.Mark{{Bucket: BucketStreams, Key: []byte("b"), Value: []byte(strings.Replace(string(raw), `"a"`, `"b"`, 1))}})
+	if _, _, err := s.GetStream(ctx, "b"); err == nil {
+		t.Fatal("a sealed value moved to another stream opened")
+	}
+	other, _ := LoadOrCreateSealKey(t.TempDir())
+	s2, _ := NewSealedStreamStore(kv, other)
+	if _, _, err := s2.GetStream(ctx, "a"); err == nil || !strings.Contains(err.Error(), SecretKeyFile) {
+		t.Fatalf("another key opened it: %v", err)
+	}
+	// A value stored before sealing is read as it is.
+	kv.Commit(ctx, []outbox.Mark{{Bucket: BucketStreams, Key: []byte("old"), Value: []byte(`{"id":"old","authorization_header":"Bearer legacy"}`)}})
+	if r, _, err := s.GetStream(ctx, "old"); err != nil || r.AuthorizationHeader != "Bearer legacy" {
+		t.Fatalf("legacy value: %q %v", r.AuthorizationHeader, err)
 	}
 }
 

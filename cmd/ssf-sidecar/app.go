@@ -149,7 +149,16 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	if err != nil {
 		return nil, fmt.Errorf("outbox: %w", err)
 	}
+	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("stream secrets key: %w", err)
+	}
+	streams, err := ssf.NewSealedStreamStore(a.store, sealKey)
+	if err != nil {
+		return nil, err
+	}
 	a.tx, err = ssf.New(ssf.Config{
+		Store:  streams,
 		Issuer: cfg.Issuer, Receivers: receivers, OAuthIssuer: cfg.OAuthIssuer,
 		DefaultSubjects: cfg.DefaultSubjects, AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		MaxBody: cfg.MaxBody, KV: a.store, Queue: a.outbox, Keys: a.keys,

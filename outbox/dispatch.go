@@ -27,12 +27,14 @@ func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
 		st.mu.Lock()
 		cfg, until := st.cfg, st.until
 		st.mu.Unlock()
-		if cfg.Method != MethodPush || cfg.Status != StatusEnabled {
-			o.sleep(ctx, wake, nil)
+		if now := o.now(); cfg.Method == MethodPush && until.After(now) {
+			o.sleep(ctx, wake, o.cfg.After(until.Sub(now)))
 			continue
 		}
-		if now := o.now(); until.After(now) {
-			o.sleep(ctx, wake, o.cfg.After(until.Sub(now)))
+		if cfg.Method != MethodPush || cfg.Status != StatusEnabled {
+			if cfg.Method != MethodPush || !o.pushAnnouncement(ctx, st, cfg) {
+				o.sleep(ctx, wake, nil)
+			}
 			continue
 		}
 		st.headPending.Store(false)
@@ -40,6 +42,39 @@ func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
 			o.sleep(ctx, wake, nil)
 		}
 	}
+}
+
+// pushAnnouncement delivers the Announce SET at the head of a stream that
+// is no longer enabled (one attempt). It reports whether it made an
+// attempt: the dispatcher then loops, backing off after a failure.
+func (o *Outbox) pushAnnouncement(ctx context.Context, st *streamState, cfg StreamConfig) bool {
+	batch, _, err := o.loadAfter(st.id, nil, 1)
+	if err != nil || len(batch) == 0 || !batch[0].rec.Announce {
+		return false
+	}
+	p := batch[0]
+	o.signOne(ctx, p)
+	if p.signErr != nil {
+		p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
+	} else {
+		p.res = o.post(ctx, cfg, p.compact)
+	}
+	if p.res.out == outRetry && ctx.Err() != nil {
+		return false // shutting down: it stays queued
+	}
+	if h := o.cfg.Hooks.OnAttempt; h != nil {
+		h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
+	}
+	if p.res.out == outRetry {
+		o.fail(st, p.res)
+	} else {
+		o.succeed(st, p.res)
+	}
+	if err := o.commitBatch(st, []*pending{p}); err != nil {
+		o.log.Error("outbox record delivery", slog.String("stream_id", st.id), slog.Any("err", err))
+		return false
+	}
+	return true
 }
 
 func (o *Outbox) sleep(ctx context.Context, wake <-chan struct{}, timer <-chan time.Time) {

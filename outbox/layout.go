@@ -65,8 +65,11 @@ type Record struct {
 	Claims      json.RawMessage   `json:"claims"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	TraceParent string            `json:"traceparent,omitempty"`
-	State       State             `json:"state"`
-	EnqueuedAt  time.Time         `json:"enqueued_at"`
+	// Announce: delivered even while the stream is paused or disabled
+	// (SET.Announce).
+	Announce   bool      `json:"announce,omitempty"`
+	State      State     `json:"state"`
+	EnqueuedAt time.Time `json:"enqueued_at"`
 	// QueuedAt is when the SET last entered the queue (enqueue or replay);
 	// retention counts from it.
 	QueuedAt    time.Time `json:"queued_at"`

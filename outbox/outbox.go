@@ -213,7 +213,7 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 				m.Tail++
 			}
 			r := &Record{JTI: s.JTI, StreamID: s.StreamID, Seq: seq, EventType: s.EventType,
-				Claims: s.Claims, Labels: s.Labels, TraceParent: s.TraceParent,
+				Claims: s.Claims, Labels: s.Labels, TraceParent: s.TraceParent, Announce: s.Announce,
 				State: StateQueued, EnqueuedAt: now, QueuedAt: now}
 			if err := o.queueRecord(tx, r); err != nil {
 				return err
@@ -332,7 +332,7 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	if cfg.Status == StatusDisabled {
 		// New SETs are dropped from now on; the queue goes in chunks so a
 		// large backlog never makes one huge transaction.
-		if err := o.discardChunks(ctx, cfg.ID, []byte(bktQueue), true); err != nil {
+		if err := o.discardChunks(ctx, cfg.ID, []byte(bktQueue), true, true); err != nil {
 			return err
 		}
 	}
@@ -386,7 +386,7 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 		return err
 	}
 	for _, b := range [][]byte{bktQueue, bktHist, bktDead} {
-		if err := o.discardChunks(ctx, id, b, false); err != nil {
+		if err := o.discardChunks(ctx, id, b, false, false); err != nil {
 			return err
 		}
 	}
@@ -415,8 +415,10 @@ const discardChunk = 5000
 
 // discardChunks removes a stream's entries from an index bucket (queue,
 // hist or dead) and their records, discardChunk per transaction. For the
-// queue, countDropped moves the counters from queued to dropped.
-func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, countDropped bool) error {
+// queue, countDropped moves the counters from queued to dropped, and
+// keepAnnounce leaves Announce SETs in place (a disable keeps its own
+// announcement).
+func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, countDropped, keepAnnounce bool) error {
 	p := streamPrefix(id)
 	for {
 		n := 0
@@ -431,6 +433,21 @@ func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, co
 				r, err := getRecord(tx, string(v))
 				if err != nil {
 					return err
+				}
+				if keepAnnounce && r != nil && r.Announce {
+					// Skip the kept ones (they sit at the head); the next
+					// key to remove is the first after them.
+					for k != nil && hasPrefix(k, p) && r != nil && r.Announce {
+						if k, v = c.Next(); k == nil || !hasPrefix(k, p) {
+							break
+						}
+						if r, err = getRecord(tx, string(v)); err != nil {
+							return err
+						}
+					}
+					if k == nil || !hasPrefix(k, p) {
+						break
+					}
 				}
 				if r != nil {
 					if err := dropRecord(tx, r); err != nil {

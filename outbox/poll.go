@@ -223,9 +223,9 @@ func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (Po
 func (o *Outbox) lease(st *streamState, limit int) (picked []*Record, more bool, nextLease time.Time, err error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.cfg.Status != StatusEnabled {
-		return nil, false, time.Time{}, nil
-	}
+	// A stream no longer enabled hands out only the Announce SETs at its
+	// head (the stream-updated SET of the pause or disable).
+	onlyAnnounce := st.cfg.Status != StatusEnabled
 	now := o.now()
 	err = o.store.view(func(tx *bolt.Tx) error {
 		p := streamPrefix(st.id)
@@ -237,13 +237,16 @@ func (o *Outbox) lease(st *streamState, limit int) (picked []*Record, more bool,
 				}
 				continue
 			}
-			if len(picked) == limit || len(st.leases)+len(picked) >= maxLeases {
-				more = true
-				return nil
-			}
 			r, err := getRecord(tx, string(v))
 			if err != nil {
 				return err
+			}
+			if onlyAnnounce && (r == nil || !r.Announce) {
+				return nil
+			}
+			if len(picked) == limit || len(st.leases)+len(picked) >= maxLeases {
+				more = true
+				return nil
 			}
 			if r != nil {
 				picked = append(picked, r)

@@ -42,6 +42,12 @@ type SET struct {
 	// Head queues the SET before everything already queued on its stream
 	// (used for the stream-updated SET that explains an automatic pause).
 	Head bool
+	// Announce marks the stream-updated SET that announces a pause or a
+	// disable (queue it with Head): it is still delivered — pushed, or
+	// handed out to a poll — once the stream is no longer enabled, and
+	// disabling the stream does not discard it, so the receiver hears of
+	// the change before delivery stops (SSF 1.0 §8.1.5).
+	Announce bool
 	// TraceParent is the W3C traceparent of the cause, so a delivery
 	// attempt hours later links to the request that produced it.
 	TraceParent string

@@ -101,6 +101,9 @@ func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord
 		return err
 	}
 	set.Head = true
+	// A pause or disable is announced before delivery stops (SSF 1.0
+	// §8.1.5): the outbox delivers this one SET past its status gate.
+	set.Announce = rec.Status != StatusEnabled
 	set.Labels = map[string]string{"source": "transmitter"}
 	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue stream-updated for %s: %w", rec.ID, err)

@@ -506,8 +506,16 @@ func TestAdminOperations(t *testing.T) {
 	if _, err := h.tr.AdminSetStatus(t.Context(), w.StreamID, "bogus", ""); err == nil {
 		t.Error("bogus status accepted")
 	}
-	if sets := h.pollAll(acmeTok, w); len(sets) != 0 {
-		t.Errorf("paused stream handed out %d SETs", len(sets))
+	// Paused: only the announcement of the pause is handed out (SSF 1.0
+	// §8.1.5), nothing else.
+	sets := h.pollAll(acmeTok, w)
+	if len(sets) != 1 {
+		t.Errorf("paused stream handed out %d SETs, want only its stream-updated", len(sets))
+	}
+	for _, s := range sets {
+		if d := h.checkSET(s, acmeAud); d.Type != EventStreamUpdated || d.Event["status"] != "paused" {
+			t.Errorf("paused stream handed out %s %v", d.Type, d.Event)
+		}
 	}
 	if _, err := h.tr.AdminSetStatus(t.Context(), w.StreamID, StatusEnabled, ""); err != nil {
 		t.Fatal(err)

@@ -298,3 +298,95 @@ func TestSystemAuthentikDownSlowRestarting(t *testing.T) {
 		t.Errorf("after down/slow/restart: %d credential-change (want 2), %d session-revoked for the slow delete (want 1)", creds, revoked)
 	}
 }
+
+// streamUpdates lists the statuses of the stream-updated SETs received, in
+// order.
+func streamUpdates(sets []receivedSET) []string {
+	var out []string
+	for _, s := range sets {
+		if s.Event != "stream-updated" {
+			continue
+		}
+		ev, _ := s.Claims["events"].(map[string]any)
+		for _, b := range ev {
+			m, _ := b.(map[string]any)
+			st, _ := m["status"].(string)
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// TestSystemPauseAnnouncedBeforeHold: an operator pauses a push stream
+// through the admin API; the receiver hears of it at once while the session
+// revoked meanwhile is held; on resume it gets the held SET and the
+// announcement of the resume; a disable is announced too.
+func TestSystemPauseAnnouncedBeforeHold(t *testing.T) {
+	w := newSystem(t)
+	ctx := context.Background()
+	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "hana", Email: "hana@example.com", Password: "hana-password-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := func(action string) {
+		t.Helper()
+		resp, err := http.Post(w.adminURL+"/admin/streams/"+id+"/"+action, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("admin %s: %d", action, resp.StatusCode)
+		}
+	}
+	waitUpdates := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !slices.Equal(streamUpdates(w.recv.received()), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("stream-updated statuses %v, want %v", streamUpdates(w.recv.received()), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	admin("pause")
+	waitUpdates("paused")
+	held, code := revokeThroughProxy(t, w, u.PK)
+	if code != http.StatusNoContent {
+		t.Fatalf("delete: %d", code)
+	}
+	// The revocation is queued and held: it shows in the backlog, not at
+	// the receiver.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := w.app.outbox.Stats(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Backlog == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backlog %d, want the held revocation", st.Backlog)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := sessionOrder(w.recv.received()); len(got) != 0 {
+		t.Fatalf("paused stream delivered %v", got)
+	}
+	admin("resume")
+	waitUpdates("paused", "enabled")
+	deadline = time.Now().Add(10 * time.Second)
+	for !slices.Equal(sessionOrder(w.recv.received()), []string{held}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after resume: %v, want the held revocation", sessionOrder(w.recv.received()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	admin("disable")
+	waitUpdates("paused", "enabled", "disabled")
+}

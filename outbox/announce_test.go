@@ -1,7 +1,9 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -82,5 +84,32 @@ func TestAnnounceBeforeDeliveryStops(t *testing.T) {
 	resp, _ = h.ob.Poll(ctx, "poll", PollRequest{ReturnImmediately: true})
 	if !slices.Equal(sortedKeys(resp.Sets), []string{"p-held"}) {
 		t.Errorf("enabled poll = %v", sortedKeys(resp.Sets))
+	}
+}
+
+// TestAuthorizationHeaderNotStored: a push stream's authorization header is
+// used for delivery but never written to the bbolt file; after a restart
+// the stream's owner registers it again.
+func TestAuthorizationHeaderNotStored(t *testing.T) {
+	const secret = "Bearer never-on-disk-7f3a91c2"
+	rc := newReceiver(t, nil)
+	h := newHarness(t, nil, func(c *Config) { c.SweepInterval = noSweep })
+	h.pushStream("s", rc.srv.URL, secret)
+	h.enqueue(makeSET("s", "one"))
+	got := rc.waitFor(t, 1, 10*time.Second)
+	if a := got[0].Header.Get("Authorization"); a != secret {
+		t.Fatalf("Authorization %q, want the configured header", a)
+	}
+	path := h.path
+	h.close()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte("never-on-disk-7f3a91c2")) {
+		t.Error("the bbolt file holds the authorization header")
+	}
+	if !bytes.Contains(raw, []byte(rc.srv.URL)) {
+		t.Error("the bbolt file does not even hold the endpoint: the scan proves nothing")
 	}
 }

@@ -88,8 +88,10 @@ type StreamConfig struct {
 	// EndpointURL is the push destination (push streams only).
 	EndpointURL string
 	// AuthorizationHeader is sent verbatim as the Authorization header of
-	// every push when not empty. It is a secret: never logged.
-	AuthorizationHeader string
+	// every push when not empty. It is a secret: never logged, and never
+	// written to the store — the owner of the streams (which keeps it
+	// sealed) registers each stream again with SetStream on start.
+	AuthorizationHeader string `json:"-"`
 }
 
 // FailureReporter is told when a push stream has failed continuously for the

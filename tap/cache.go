@@ -84,6 +84,15 @@ func newRateLimiter(rate float64, burst, max int, clock func() time.Time) *rateL
 	return &rateLimiter{rate: rate, burst: float64(burst), max: max, clock: clock, buckets: map[string]*bucket{}}
 }
 
+// refund gives back the token allow took.
+func (l *rateLimiter) refund(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b, ok := l.buckets[key]; ok {
+		b.tokens = min(l.burst, b.tokens+1)
+	}
+}
+
 func (l *rateLimiter) allow(key string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()

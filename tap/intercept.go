@@ -74,11 +74,18 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 			return nil
 		}
 	}
-	if !t.limiter.allow(clientIP(r)) {
+	ip := clientIP(r)
+	if !t.limiter.allow(ip) {
 		t.stats.rateLimited.Add(1)
 		return nil
 	}
 	c, err := t.authenticate(ctx, cookie, authz)
+	if err == nil {
+		// Only callers authentik does not vouch for spend the per-IP
+		// budget: a confirmed admin revoking sessions quickly must not lose
+		// SETs the event API could never recover.
+		t.limiter.refund(ip)
+	}
 	if err != nil {
 		t.stats.untrusted.Add(1)
 		t.log.DebugContext(ctx, "tap: caller not authenticated", "op", string(rt.op), "err", err)

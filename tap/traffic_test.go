@@ -184,15 +184,30 @@ func TestSecretKeyVerification(t *testing.T) {
 func TestRateLimitPerIP(t *testing.T) {
 	e := newEnv(t, envOpts{mutate: func(c *Config) { c.RateBurst = 2; c.RatePerIP = 0.0001 }})
 	alice := e.user("alice")
+	// Callers authentik does not confirm spend the client IP's budget: of
+	// four, two are looked up and two are refused without a look-up.
+	before := e.ak.Requests("/api/v3/core/users/me/")
 	for range 4 {
-		e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"Adm1n-set"}`, "", e.ak.AdminToken())
+		e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"x"}`, "", "not-a-token")
 	}
-	e.waitFor("the journal to drain", func() bool { return e.kv.count(BucketJournal) == 0 && len(e.tap.queue) == 0 })
 	if got := e.tap.Stats().RateLimited; got != 2 {
 		t.Errorf("rate limited %d, want 2", got)
 	}
-	if n := len(e.rec.signals()); n != 2 {
-		t.Errorf("%d signals, want 2", n)
+	if n := e.ak.Requests("/api/v3/core/users/me/") - before; n != 2 {
+		t.Errorf("%d look-ups for unconfirmed callers, want 2", n)
+	}
+	// A confirmed admin is never limited: every action becomes a signal.
+	e2 := newEnv(t, envOpts{mutate: func(c *Config) { c.RateBurst = 2; c.RatePerIP = 0.0001 }})
+	bob := e2.user("bob")
+	for range 5 {
+		e2.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", bob.PK), `{"password":"Adm1n-set"}`, "", e2.ak.AdminToken())
+	}
+	e2.waitFor("the journal to drain", func() bool { return e2.kv.count(BucketJournal) == 0 && len(e2.tap.queue) == 0 })
+	if got := e2.tap.Stats().RateLimited; got != 0 {
+		t.Errorf("a confirmed caller was rate limited %d times", got)
+	}
+	if n := len(e2.rec.signals()); n != 5 {
+		t.Errorf("%d signals, want 5", n)
 	}
 }
 

@@ -194,13 +194,17 @@
   }
 
   // ---- timeline ------------------------------------------------------
+  // Answers can arrive out of order (a live refresh of the first page
+  // racing a click on Older): only the newest request's answer is shown.
+  let timelineSeq = 0;
   async function loadTimeline() {
     const id = state.selected;
     if (!id) return;
+    const seq = ++timelineSeq;
     const qs = new URLSearchParams({ limit: String(pageSize), offset: String(state.offset) });
     if (state.q) qs.set("q", state.q);
     const data = await api("GET", "/dashboard/api/streams/" + encodeURIComponent(id) + "/timeline?" + qs);
-    if (id !== state.selected) return;
+    if (id !== state.selected || seq !== timelineSeq) return;
     state.more = data.more;
     renderTimeline(data);
   }

@@ -35,6 +35,26 @@ func (t *Transmitter) routes() *echo.Echo {
 }
 
 // readBody reads the request body, up to MaxBody (413 beyond).
+// authenticatedRequest is every management handler's start: the caller
+// with the scope, the body within the size limit, decoded (400 naming the
+// problem otherwise).
+func authenticatedRequest[T any](t *Transmitter, c echo.Context, scope string, decode func([]byte) (T, error)) (principal, T, error) {
+	var zero T
+	p, err := t.authenticate(c, scope)
+	if err != nil {
+		return p, zero, err
+	}
+	body, err := t.readBody(c)
+	if err != nil {
+		return p, zero, err
+	}
+	req, err := decode(body)
+	if err != nil {
+		return p, zero, badRequest("%s", err.Error())
+	}
+	return p, req, nil
+}
+
 func (t *Transmitter) readBody(c echo.Context) ([]byte, error) {
 	r := c.Request()
 	if r.ContentLength > t.cfg.MaxBody {
@@ -93,17 +113,9 @@ func (t *Transmitter) ownStream(p principal, id string) (*streamState, error) {
 }
 
 func (t *Transmitter) createStream(c echo.Context) error {
-	p, err := t.authenticate(c, ScopeManage)
+	p, req, err := authenticatedRequest(t, c, ScopeManage, decodeStreamRequest)
 	if err != nil {
 		return err
-	}
-	body, err := t.readBody(c)
-	if err != nil {
-		return err
-	}
-	req, err := decodeStreamRequest(body)
-	if err != nil {
-		return badRequest("%s", err.Error())
 	}
 	ctx := c.Request().Context()
 	t.mu.Lock()
@@ -249,17 +261,9 @@ func (t *Transmitter) replaceStream(c echo.Context) error { return t.changeStrea
 
 // changeStream is PATCH (replace false) and PUT (replace true).
 func (t *Transmitter) changeStream(c echo.Context, replace bool) error {
-	p, err := t.authenticate(c, ScopeManage)
+	p, req, err := authenticatedRequest(t, c, ScopeManage, decodeStreamRequest)
 	if err != nil {
 		return err
-	}
-	body, err := t.readBody(c)
-	if err != nil {
-		return err
-	}
-	req, err := decodeStreamRequest(body)
-	if err != nil {
-		return badRequest("%s", err.Error())
 	}
 	if req.StreamID == "" {
 		return badRequest("stream_id is required in the body")
@@ -379,17 +383,9 @@ func decodeStatusRequest(body []byte) (statusWire, error) {
 }
 
 func (t *Transmitter) postStatus(c echo.Context) error {
-	p, err := t.authenticate(c, ScopeManage)
+	p, req, err := authenticatedRequest(t, c, ScopeManage, decodeStatusRequest)
 	if err != nil {
 		return err
-	}
-	body, err := t.readBody(c)
-	if err != nil {
-		return err
-	}
-	req, err := decodeStatusRequest(body)
-	if err != nil {
-		return badRequest("%s", err.Error())
 	}
 	if q := c.QueryParam("stream_id"); q != "" {
 		if req.StreamID != "" && req.StreamID != q {

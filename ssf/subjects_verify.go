@@ -53,17 +53,9 @@ func (t *Transmitter) removeSubject(c echo.Context) error { return t.changeSubje
 // changeSubject answers the same whether or not the subject is known to the
 // transmitter, so it reveals nothing about who exists.
 func (t *Transmitter) changeSubject(c echo.Context, add bool) error {
-	p, err := t.authenticate(c, ScopeManage)
+	p, req, err := authenticatedRequest(t, c, ScopeManage, decodeSubjectRequest)
 	if err != nil {
 		return err
-	}
-	body, err := t.readBody(c)
-	if err != nil {
-		return err
-	}
-	req, err := decodeSubjectRequest(body)
-	if err != nil {
-		return badRequest("%s", err.Error())
 	}
 	ctx := c.Request().Context()
 	t.mu.Lock()
@@ -161,17 +153,9 @@ func decodeVerifyRequest(body []byte) (verifyRequest, error) {
 }
 
 func (t *Transmitter) verify(c echo.Context) error {
-	p, err := t.authenticate(c, ScopeManage)
+	p, req, err := authenticatedRequest(t, c, ScopeManage, decodeVerifyRequest)
 	if err != nil {
 		return err
-	}
-	body, err := t.readBody(c)
-	if err != nil {
-		return err
-	}
-	req, err := decodeVerifyRequest(body)
-	if err != nil {
-		return badRequest("%s", err.Error())
 	}
 	ctx := c.Request().Context()
 	t.mu.Lock()

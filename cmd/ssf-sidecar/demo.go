@@ -125,6 +125,19 @@ func startDemoWorld(ctx context.Context, o demoOptions) (*demoWorld, error) {
 		w.Close()
 		return nil, errors.New("sidecar did not start within 10 s")
 	}
+	// A fresh data dir starts reading authentik's event API at its newest
+	// record: act only once that first read is done, or an early action
+	// would fall before the starting point.
+	if cfg.AuthentikToken != "" {
+		deadline := time.Now().Add(10 * time.Second)
+		for w.app.tap.Stats().Polls == 0 {
+			if time.Now().After(deadline) {
+				w.Close()
+				return nil, errors.New("the event-API poller did not complete its first read within 10 s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	w.recv, err = startDemoReceiver(w.front+"/ssf/jwks.json", cfg.Issuer)
 	if err != nil {
 		w.Close()

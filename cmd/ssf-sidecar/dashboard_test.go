@@ -234,13 +234,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	shots.take(bctx, "1-streams")
 
 	// 2. alice logs in and out through the proxy; the SETs appear live.
-	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, "alice", "alice-password-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
-		t.Fatal(err)
-	}
+	w.logInAndOut(t, "alice", "alice-password-1")
 	wait("logout in timeline", `#timeline tr.set-row[data-event="session-revoked"][data-state="delivered"]`)
 	kept, err := chromedp.Run(bctx, chromedp.Evaluate[string](`window.__noReload || ""`))
 	if err != nil {

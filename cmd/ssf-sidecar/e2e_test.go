@@ -106,6 +106,23 @@ func (w *demoWorld) settle(t *testing.T) {
 	}
 }
 
+// logInAndOut logs a user in and out through the sidecar — the proxy and
+// the event API both see the logout — and returns the session cookie the
+// browser held.
+func (w *demoWorld) logInAndOut(t *testing.T, username, password string) string {
+	t.Helper()
+	ctx := context.Background()
+	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, username, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie := authentiktest.CookieValue(browser, w.front, "authentik_session")
+	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
+		t.Fatal(err)
+	}
+	return cookie
+}
+
 // got describes a SET for comparison: event, initiator, subject summary.
 type got struct {
 	event, initiator, subject string
@@ -215,13 +232,7 @@ func TestSystemEachActionExactlyOnce(t *testing.T) {
 		users[name] = u
 	}
 	// alice logs in and out: the proxy and the event API both see the logout.
-	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, "alice", "alice-password-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
-		t.Fatal(err)
-	}
+	w.logInAndOut(t, "alice", "alice-password-1")
 	// An admin sets bob's password (both sources) and revokes bob's session
 	// (only the traffic: authentik logs nothing for it).
 	resp, _, err := w.adminDo(ctx, http.MethodPost, fmt.Sprintf("/api/v3/core/users/%d/set_password/", users["bob"].PK), `{"password":"Admin-set-1"}`)
@@ -392,13 +403,7 @@ func TestSystemStreamsGetOnlyWhatTheyAskFor(t *testing.T) {
 		if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"}); err != nil {
 			t.Fatal(err)
 		}
-		browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, name, name+"-password-1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
-			t.Fatal(err)
-		}
+		w.logInAndOut(t, name, name+"-password-1")
 	}
 	w.settle(t)
 	// The push stream asked for credential changes only: just its verification.

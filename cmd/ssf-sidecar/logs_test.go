@@ -79,16 +79,9 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "carol", Email: "carol@example.com", Password: "planted-password-carol-9"}); err != nil {
 		t.Fatal(err)
 	}
-	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, "carol", "planted-password-carol-9")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cookie := authentiktest.CookieValue(browser, w.front, "authentik_session")
+	cookie := w.logInAndOut(t, "carol", "planted-password-carol-9")
 	if len(cookie) < 16 {
 		t.Fatalf("session cookie %q", cookie)
-	}
-	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
-		t.Fatal(err)
 	}
 	// verification of the new push stream, then the logout on both push
 	// streams that reach the receiver

@@ -131,13 +131,7 @@ func TestOTLPExportOverTheWire(t *testing.T) {
 	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "bob", Email: "bob@example.com", Password: "pw-bob-1"}); err != nil {
 		t.Fatal(err)
 	}
-	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, "bob", "pw-bob-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
-		t.Fatal(err)
-	}
+	w.logInAndOut(t, "bob", "pw-bob-1")
 	if err := w.recv.waitFor(ctx, 2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}

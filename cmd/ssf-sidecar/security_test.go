@@ -79,14 +79,7 @@ func TestSecretsNeverStoredOrServed(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := len(w.recv.received())
-	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, "dave", password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cookie := authentiktest.CookieValue(browser, w.front, "authentik_session")
-	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
-		t.Fatal(err)
-	}
+	cookie := w.logInAndOut(t, "dave", password)
 	// verification of the new stream, the logout on both push streams
 	if err := w.recv.waitFor(ctx, n+3, 10*time.Second); err != nil {
 		t.Fatal(err)

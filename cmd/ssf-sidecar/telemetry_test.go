@@ -113,13 +113,7 @@ func TestLogoutTrace(t *testing.T) {
 	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw-alice-1"}); err != nil {
 		t.Fatal(err)
 	}
-	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, "alice", "pw-alice-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
-		t.Fatal(err)
-	}
+	w.logInAndOut(t, "alice", "pw-alice-1")
 	if err := w.recv.waitFor(ctx, 2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}

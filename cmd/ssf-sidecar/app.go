@@ -44,8 +44,16 @@ type app struct {
 	clock      func() time.Time
 
 	// tracing is the trace pipeline (Provider nil: off); metrics feeds /metrics.
-	tracing *tracing
-	metrics *sidecarMetrics
+	tracing    *tracing
+	metrics    *sidecarMetrics
+	deliveries *deliveryTracer
+
+	// degradedOK lets buildApp start without the store (serve); degraded
+	// is set when it did. parent is the front app a late-built core
+	// belongs to (its listeners answer readiness).
+	degradedOK bool
+	degraded   *degraded
+	parent     *app
 }
 
 // appOption adjusts how buildApp wires the sidecar (tests and the demo).
@@ -56,6 +64,10 @@ type appOption func(*app)
 func withTracerProvider(tp trace.TracerProvider) appOption {
 	return func(a *app) { a.tracing = &tracing{Provider: tp} }
 }
+
+// withDegradedStart lets buildApp start degraded when the data dir or the
+// store cannot be opened, instead of failing (serve).
+func withDegradedStart() appOption { return func(a *app) { a.degradedOK = true } }
 
 // storeKV adapts the outbox store to the tap's persistence interface.
 type storeKV struct{ s *outbox.Store }
@@ -95,6 +107,10 @@ func checkDeep(c Config) ([]ssf.Receiver, error) {
 }
 
 // buildApp opens the store and builds every component. Nothing listens yet.
+//
+// With withDegradedStart, a data dir or store that cannot be opened does not
+// fail the build: the app starts degraded (see degraded.go), proxying
+// authentik without observing it, and opens the store later.
 func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger *slog.Logger, opts ...appOption) (_ *app, err error) {
 	a := &app{cfg: cfg, logger: logger, proxyReady: make(chan struct{}), clock: time.Now,
 		httpClient: &http.Client{Timeout: 10 * time.Second}}
@@ -116,46 +132,116 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	}()
 	a.metrics = newSidecarMetrics()
 	a.metrics.version, a.metrics.log = buildVersion(), logger.With("component", "metrics")
-	deliveries := newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"))
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
+	a.deliveries = newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"))
+	up, _ := url.Parse(cfg.Upstream)
+
+	var ssfHandler http.Handler
+	var ssfPrefixes []string
+	var observer proxy.Observer
+	if err := a.buildCore(ctx, receivers); err != nil {
+		var se *storeError
+		if !a.degradedOK || !errors.As(err, &se) {
+			return nil, err
+		}
+		if a.degraded, err = newDegraded(a, receivers, se); err != nil {
+			return nil, err
+		}
+		ssfHandler, ssfPrefixes, observer = a.degraded.ssf, ssfPrefixesFor(cfg.Issuer), a.degraded.observer
+	} else {
+		defer func() {
+			if err != nil {
+				a.store.Close()
+			}
+		}()
+		ssfHandler, ssfPrefixes, observer = a.tx.Handler(), a.tx.Prefixes(), a.tap
 	}
-	_ = os.Chmod(cfg.DataDir, 0o700)
-	a.store, err = outbox.Open(filepath.Join(cfg.DataDir, "ssf-sidecar.db"), outbox.StoreOptions{})
+	a.proxy, err = proxy.New(proxy.Config{
+		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
+		SSF: ssfHandler, SSFPrefixes: ssfPrefixes, Observer: observer,
+		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"),
+		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	a.metrics.proxyStats = a.proxy.Stats
+	if a.degraded != nil {
+		a.adminHandler = a.degraded.admin
+		a.metrics.tapStats, a.metrics.outboxStats = a.degraded.tapStats, a.degraded.outboxStats
+	} else {
+		a.metrics.tapStats, a.metrics.outboxStats = a.tap.Stats, a.outbox.AllStats
+	}
+	return a, nil
+}
+
+// storeError is a failure to create or open the data dir or the store in
+// it: the one start-up failure that degrades instead of exiting.
+type storeError struct {
+	Path string
+	Err  error
+}
+
+func (e *storeError) Error() string { return fmt.Sprintf("store %s: %v", e.Path, e.Err) }
+func (e *storeError) Unwrap() error { return e.Err }
+
+// buildCore opens the store and builds everything that needs it: keys,
+// outbox, transmitter, tap and the admin handler. It sets a's fields only;
+// on failure whatever it opened is closed again.
+func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err error) {
+	cfg, logger := a.cfg, a.logger
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return &storeError{Path: cfg.DataDir, Err: fmt.Errorf("create data dir: %w", err)}
+	}
+	// Tighten, never widen: a data dir an operator made read-only stays so.
+	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
+		_ = os.Chmod(cfg.DataDir, st.Mode().Perm()&0o700)
+	}
+	dbPath := filepath.Join(cfg.DataDir, "ssf-sidecar.db")
+	store, err := outbox.Open(dbPath, outbox.StoreOptions{})
+	if err != nil {
+		return &storeError{Path: dbPath, Err: err}
 	}
 	defer func() {
 		if err != nil {
-			a.store.Close()
+			store.Close()
 		}
 	}()
-	a.keys, err = ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: a.store,
+	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store,
 		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
-		return nil, fmt.Errorf("signing keys: %w", err)
+		if isDiskError(err) {
+			return &storeError{Path: cfg.DataDir, Err: fmt.Errorf("signing keys: %w", err)}
+		}
+		return fmt.Errorf("signing keys: %w", err)
 	}
+	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
+	if err != nil {
+		return &storeError{Path: cfg.DataDir, Err: fmt.Errorf("stream secrets key: %w", err)}
+	}
+	// From here on the fields are set: the dashboard looks them up lazily.
+	a.store, a.keys = store, keys
+	defer func() {
+		if err != nil {
+			a.store, a.keys, a.outbox, a.tx, a.tap, a.adminHandler = nil, nil, nil, nil, nil, nil
+		}
+	}()
 	// The transmitter and the outbox refer to each other (the outbox reports
 	// failing streams, the transmitter enqueues); reporter breaks the knot.
 	rep := &reporter{}
 	dashExtra, dashHooks := a.setupDashboard()
 	a.outbox, err = outbox.New(outbox.Config{
 		Store: a.store, Signer: a.keys, Reporter: rep, Logger: logger.With("component", "outbox"),
-		Hooks:                 combineHooks(dashHooks, a.metrics.hooks(), deliveries.hooks()),
+		Hooks:                 combineHooks(dashHooks, a.metrics.hooks(), a.deliveries.hooks()),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
 		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("outbox: %w", err)
-	}
-	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("stream secrets key: %w", err)
+		return fmt.Errorf("outbox: %w", err)
 	}
 	streams, err := ssf.NewSealedStreamStore(a.store, sealKey)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.tx, err = ssf.New(ssf.Config{
 		Store:  streams,
@@ -166,7 +252,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		OnSETIssued: a.metrics.onSETIssued, OnVerificationRequest: a.metrics.onVerification,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("transmitter: %w", err)
+		return fmt.Errorf("transmitter: %w", err)
 	}
 	rep.tx = a.tx
 	up, _ := url.Parse(cfg.Upstream)
@@ -176,16 +262,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger.With("component", "tap"),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("tap: %w", err)
-	}
-	a.proxy, err = proxy.New(proxy.Config{
-		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
-		SSF: a.tx.Handler(), SSFPrefixes: a.tx.Prefixes(), Observer: a.tap,
-		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"),
-		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
+		return fmt.Errorf("tap: %w", err)
 	}
 	a.adminHandler, err = admin.New(admin.Config{
 		Token: cfg.AdminToken, Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
@@ -193,10 +270,9 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		Extra: dashExtra, Metrics: a.metrics,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("admin: %w", err)
+		return fmt.Errorf("admin: %w", err)
 	}
-	a.metrics.proxyStats, a.metrics.tapStats, a.metrics.outboxStats = a.proxy.Stats, a.tap.Stats, a.outbox.AllStats
-	return a, nil
+	return nil
 }
 
 // reporter forwards the outbox's failing-stream reports to the transmitter.
@@ -209,6 +285,9 @@ func (r *reporter) StreamFailing(ctx context.Context, id string, since time.Time
 }
 
 func (a *app) ready() error {
+	if a.parent != nil {
+		return a.parent.ready()
+	}
 	select {
 	case <-a.proxyReady:
 	default:
@@ -229,25 +308,28 @@ func (a *app) healthChecks(up *url.URL) []admin.Check {
 			}
 			return nil
 		}},
-		{Name: "upstream", Run: func(ctx context.Context) error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.String(), nil)
-			if err != nil {
-				return err
-			}
-			resp, err := a.httpClient.Do(req)
-			if err != nil {
-				return fmt.Errorf("authentik unreachable: %w", err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode >= 500 {
-				return fmt.Errorf("authentik answered %d", resp.StatusCode)
-			}
-			return nil
-		}},
+		{Name: "upstream", Run: func(ctx context.Context) error { return upstreamHealth(ctx, a.httpClient, up) }},
 		{Name: "poller", Run: func(context.Context) error {
 			return pollerHealth(a.cfg.AuthentikToken != "", a.tap.Stats(), a.cfg.PollInterval)
 		}},
 	}
+}
+
+// upstreamHealth is the upstream check of /healthz: authentik answers below 500.
+func upstreamHealth(ctx context.Context, client *http.Client, up *url.URL) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, up.String(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("authentik unreachable: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("authentik answered %d", resp.StatusCode)
+	}
+	return nil
 }
 
 // run starts every component and blocks until ctx ends, then shuts down in
@@ -267,8 +349,20 @@ func (a *app) run(ctx context.Context) error {
 	defer stopDelivery()
 	defer stopTap()
 
-	g.Go(func() error { return a.outbox.Run(deliveryCtx) })
-	g.Go(func() error { return a.tap.Run(tapCtx) })
+	if a.degraded == nil {
+		g.Go(func() error { return a.outbox.Run(deliveryCtx) })
+		g.Go(func() error { return a.tap.Run(tapCtx) })
+	} else {
+		// Started without the store: keep trying to open it; once it opens,
+		// its delivery and tap run under the same contexts and shutdown order.
+		g.Go(func() error {
+			a.degraded.run(gctx, func(live *app) {
+				g.Go(func() error { return live.outbox.Run(deliveryCtx) })
+				g.Go(func() error { return live.tap.Run(tapCtx) })
+			})
+			return nil
+		})
+	}
 	g.Go(func() error {
 		close(a.proxyReady)
 		err := a.proxy.Run(gctx)
@@ -292,9 +386,21 @@ func (a *app) run(ctx context.Context) error {
 	})
 	a.logger.Info("ssf-sidecar started", "listen", a.cfg.Listen, "admin", ln.Addr().String(),
 		"upstream", a.cfg.Upstream, "issuer", a.cfg.Issuer, "version", buildVersion())
+	if a.degraded != nil {
+		a.degraded.logStart()
+	}
 	err = g.Wait()
-	if cerr := a.store.Close(); cerr != nil && err == nil {
-		err = cerr
+	store := a.store
+	if a.degraded != nil {
+		store = nil
+		if live := a.degraded.live.Load(); live != nil {
+			store = live.store
+		}
+	}
+	if store != nil {
+		if cerr := store.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
 	}
 	// Delivery has stopped: flush the spans it produced.
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -65,7 +65,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	if len(receivers) == 0 {
 		logger.Warn("no receivers configured (--receivers): nobody can create streams yet")
 	}
-	a, err := buildApp(ctx, cfg, receivers, logger)
+	// A data dir or store that cannot be opened degrades the start instead
+	// of failing it: the sidecar is the only way in to authentik.
+	a, err := buildApp(ctx, cfg, receivers, logger, withDegradedStart())
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,7 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return exitError{exitConfig, fmt.Errorf("%s has problems:\n  - %s", *file, strings.ReplaceAll(err.Error(), "\n", "\n  - "))}
 	}
-	if af.json && !*probe {
+	if af.json {
 		type row struct {
 			Name          string `json:"name"`
 			Tokens        int    `json:"tokens"`
@@ -55,7 +55,15 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		for _, r := range recv {
 			out = append(out, row{r.Name, len(r.Tokens), len(r.OAuthClientIDs), r.Audience, r.SubjectFormat, r.Profile})
 		}
-		return printJSON(stdout, out)
+		if !*probe {
+			return printJSON(stdout, out)
+		}
+		// One JSON document: the receivers and what the probe met.
+		results, err := probeReceivers(ctx, af.client(), recv, *timeout)
+		if perr := printJSON(stdout, map[string]any{"receivers": out, "probe": results}); perr != nil {
+			return perr
+		}
+		return err
 	}
 	rows := make([][]string, 0, len(recv))
 	for _, r := range recv {
@@ -66,7 +74,9 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if !*probe {
 		return nil
 	}
-	return probeReceivers(ctx, af.client(), recv, *timeout, af.json, stdout)
+	results, err := probeReceivers(ctx, af.client(), recv, *timeout)
+	printProbeResults(stdout, results)
+	return err
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -111,75 +121,138 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return bench.Run(ctx, o, stdout)
 }
 
+// probeResult is what the probe met on one push stream.
+type probeResult struct {
+	Stream   string `json:"stream_id"`
+	Receiver string `json:"receiver"`
+	Endpoint string `json:"endpoint"`
+	// Outcome is the outbox's outcome of the probe's attempt (delivered,
+	// retry, dead); or failing (the stream's newest attempt, at an earlier
+	// SET, failed); refused (the sidecar will not connect to that
+	// destination); not sent; no answer.
+	Outcome string `json:"outcome"`
+	Status  int    `json:"status_code,omitempty"`
+	Latency string `json:"latency,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Probe outcomes besides the outbox's own.
+const (
+	probeRefused  = "refused"
+	probeFailing  = "failing"
+	probeNotSent  = "not sent"
+	probeNoAnswer = "no answer"
+)
+
 // probeReceivers asks the running sidecar to send a verification SET to each
 // push stream of the given receivers, then waits for the outbox to record the
 // first delivery attempt of that SET. The sidecar's outbox makes the
 // connection, so its destination checks (no private addresses unless
-// allowed, no environment proxies, no redirects) apply to the probe too.
-func probeReceivers(ctx context.Context, c *adminClient, recv []ssf.Receiver, timeout time.Duration, asJSON bool, stdout io.Writer) error {
+// allowed, no environment proxies, no redirects) apply to the probe too: a
+// stream whose destination the outbox refuses is reported as refused at
+// once, with the outbox's reason, instead of waiting out the timeout.
+// The error is non-nil unless every stream's SET was delivered.
+func probeReceivers(ctx context.Context, c *adminClient, recv []ssf.Receiver, timeout time.Duration) ([]probeResult, error) {
 	names := map[string]bool{}
 	for _, r := range recv {
 		names[r.Name] = true
 	}
 	var streams []ssf.Stream
 	if err := c.do(ctx, "GET", "/admin/streams", nil, &streams); err != nil {
-		return err
+		return nil, err
 	}
-	type result struct {
-		Stream   string `json:"stream_id"`
-		Receiver string `json:"receiver"`
-		Endpoint string `json:"endpoint"`
-		Outcome  string `json:"outcome"`
-		Status   int    `json:"status_code,omitempty"`
-		Latency  string `json:"latency,omitempty"`
-		Error    string `json:"error,omitempty"`
-	}
-	var results []result
-	failed := 0
+	results := []probeResult{}
+	failed, refused := 0, 0
 	for _, s := range streams {
 		if !names[s.Receiver] || methodName(s.DeliveryMethod) != "push" {
 			continue
 		}
-		res := result{Stream: s.ID, Receiver: s.Receiver, Endpoint: endpointHost(s.EndpointURL)}
+		res := probeResult{Stream: s.ID, Receiver: s.Receiver, Endpoint: endpointHost(s.EndpointURL)}
 		state := fmt.Sprintf("probe-%d", time.Now().UnixNano())
+		// What the stream's last failure was before this probe: a later one
+		// is the endpoint's answer now, even while the probe's own SET
+		// waits behind the stream's earlier ones.
+		var before outbox.StreamStats
+		_ = c.do(ctx, "GET", "/admin/outbox/"+s.ID, nil, &before)
 		if err := c.do(ctx, "POST", "/admin/streams/"+s.ID+"/verify", map[string]string{"state": state}, nil); err != nil {
-			res.Outcome, res.Error = "not sent", err.Error()
-		} else if a, err := waitForAttempt(ctx, c, s.ID, state, timeout); err != nil {
-			res.Outcome, res.Error = "no answer", err.Error()
+			res.Outcome, res.Error = probeNotSent, err.Error()
+		} else if a, err := waitForAttempt(ctx, c, s.ID, state, before.LastErrorAt, timeout); err != nil {
+			res.Outcome, res.Error = probeNoAnswer, err.Error()
+			var f streamFailure
+			if errors.As(err, &f) {
+				res.Outcome, res.Error = probeFailing, explainPushError(f.lastErr)
+				if isRefusal(f.lastErr) {
+					res.Outcome = probeRefused
+				}
+			}
 		} else {
-			res.Outcome, res.Status, res.Latency, res.Error = a.Outcome, a.StatusCode, a.Latency.Round(time.Millisecond).String(), a.Error
+			res.Outcome, res.Status, res.Latency, res.Error = a.Outcome, a.StatusCode, a.Latency.Round(time.Millisecond).String(), explainPushError(a.Error)
+			if isRefusal(a.Error) {
+				res.Outcome = probeRefused
+			}
+		}
+		if res.Outcome == probeRefused {
+			refused++
 		}
 		if res.Outcome != "delivered" {
 			failed++
 		}
 		results = append(results, res)
 	}
-	if asJSON {
-		if err := printJSON(stdout, results); err != nil {
-			return err
-		}
-	} else {
-		rows := make([][]string, 0, len(results))
-		for _, r := range results {
-			code := "-"
-			if r.Status != 0 {
-				code = strconv.Itoa(r.Status)
-			}
-			rows = append(rows, []string{r.Receiver, r.Stream, r.Endpoint, r.Outcome, code, orDash(r.Latency), orDash(r.Error)})
-		}
-		fmt.Fprintln(stdout)
-		table(stdout, []string{"RECEIVER", "STREAM", "ENDPOINT", "OUTCOME", "STATUS", "LATENCY", "ERROR"}, rows)
-		if len(results) == 0 {
-			fmt.Fprintln(stdout, "no push streams of these receivers to probe")
-		}
+	if failed == 0 {
+		return results, nil
 	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d push endpoint(s) did not accept the verification SET", failed, len(results))
+	err := fmt.Errorf("%d of %d push endpoint(s) did not accept the verification SET", failed, len(results))
+	if refused > 0 {
+		err = fmt.Errorf("%w; %d refused: the sidecar does not connect to private, loopback, link-local, CGNAT, unspecified or NAT64 addresses unless --allow-private-endpoints", err, refused)
 	}
-	return nil
+	return results, err
 }
 
-func waitForAttempt(ctx context.Context, c *adminClient, stream, state string, timeout time.Duration) (outboxAttempt, error) {
+// printProbeResults writes one line per probed stream.
+func printProbeResults(stdout io.Writer, results []probeResult) {
+	rows := make([][]string, 0, len(results))
+	for _, r := range results {
+		code := "-"
+		if r.Status != 0 {
+			code = strconv.Itoa(r.Status)
+		}
+		rows = append(rows, []string{r.Receiver, r.Stream, r.Endpoint, r.Outcome, code, orDash(r.Latency), orDash(r.Error)})
+	}
+	fmt.Fprintln(stdout)
+	table(stdout, []string{"RECEIVER", "STREAM", "ENDPOINT", "OUTCOME", "STATUS", "LATENCY", "ERROR"}, rows)
+	if len(results) == 0 {
+		fmt.Fprintln(stdout, "no push streams of these receivers to probe")
+	}
+}
+
+// streamFailure says the stream's newest attempt failed; the probe's own
+// SET waits behind the stream's earlier ones.
+type streamFailure struct{ lastErr string }
+
+func (e streamFailure) Error() string { return "the stream is failing: " + e.lastErr }
+
+// isRefusal reports whether an attempt's error is the outbox refusing the
+// destination (as opposed to the destination failing).
+func isRefusal(msg string) bool {
+	return msg != "" && strings.Contains(msg, outbox.ErrForbiddenDestination.Error())
+}
+
+// explainPushError says what a redirect answer means for a push.
+func explainPushError(msg string) string {
+	if len(msg) >= 3 && msg[0] == '3' && msg[1] >= '0' && msg[1] <= '9' && msg[2] >= '0' && msg[2] <= '9' {
+		return msg + " (redirect not followed: pushes never follow redirects)"
+	}
+	return msg
+}
+
+// waitForAttempt waits for the first delivery attempt of the verification
+// SET carrying state. The probe's SET waits behind the stream's earlier
+// ones, so a failed attempt newer than prevErrAt (the stream's last failure
+// before the probe was sent) ends the wait at once with a streamFailure:
+// it is the endpoint's answer now. So does a stream failing because the
+// outbox refuses its destination: waiting would not change that answer.
+func waitForAttempt(ctx context.Context, c *adminClient, stream, state string, prevErrAt time.Time, timeout time.Duration) (outboxAttempt, error) {
 	deadline := time.Now().Add(timeout)
 	for {
 		var recs []outboxRecord
@@ -191,11 +264,15 @@ func waitForAttempt(ctx context.Context, c *adminClient, stream, state string, t
 				return r.Attempts[len(r.Attempts)-1], nil
 			}
 		}
+		var st outbox.StreamStats
+		stErr := c.do(ctx, "GET", "/admin/outbox/"+stream, nil, &st)
+		if stErr == nil && !st.FailingSince.IsZero() && st.LastError != "" &&
+			(!st.LastErrorAt.Equal(prevErrAt) || isRefusal(st.LastError)) {
+			return outboxAttempt{}, streamFailure{st.LastError}
+		}
 		if time.Now().After(deadline) {
-			// The probe may wait behind earlier SETs of a failing stream:
-			// say what the stream's own last attempt met.
-			var st outbox.StreamStats
-			if err := c.do(ctx, "GET", "/admin/outbox/"+stream, nil, &st); err == nil && st.LastError != "" {
+			// Say what the stream's own last attempt met.
+			if stErr == nil && st.LastError != "" {
 				return outboxAttempt{}, fmt.Errorf("no attempt within %s; the stream is failing: %s", timeout, st.LastError)
 			}
 			return outboxAttempt{}, fmt.Errorf("no delivery attempt within %s (the stream may be paused or backing off)", timeout)

@@ -2,7 +2,9 @@ package outbox
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
@@ -63,6 +65,16 @@ type Config struct {
 	// destination checks then belong to it).
 	Transport http.RoundTripper
 
+	// HolderID names this replica as a lease holder (default: random per
+	// Outbox). Replicas sharing a store must have distinct ids.
+	HolderID string
+	// LeaseTTL is how long a stream's dispatch lease lasts unrenewed
+	// (default the larger of 30s and 3×PushTimeout). A working dispatcher
+	// renews it every LeaseTTL/3; among replicas sharing a store only the
+	// holder delivers the stream, and every delivery outcome it writes
+	// carries the lease's fencing token.
+	LeaseTTL time.Duration
+
 	Hooks Hooks
 }
 
@@ -80,6 +92,9 @@ type Hooks struct {
 	OnDeadLetter func(streamID, jti, reason string)
 	// OnBackoff is called when a push stream starts waiting.
 	OnBackoff func(streamID string, until time.Time, lastErr string)
+	// OnFenced is called when a delivery outcome (or a pause report) of a
+	// dispatcher that lost its stream's lease is refused.
+	OnFenced func(streamID string, token, current uint64)
 }
 
 // Validate reports every problem of the configuration at once.
@@ -105,6 +120,10 @@ func (c Config) Validate() error {
 	neg("LeaseTimeout", c.LeaseTimeout)
 	neg("MaxLongPoll", c.MaxLongPoll)
 	neg("SweepInterval", c.SweepInterval)
+	neg("LeaseTTL", c.LeaseTTL)
+	if c.LeaseTTL > 0 && c.LeaseTTL < 3*time.Millisecond {
+		errs = append(errs, errors.New("outbox: LeaseTTL must be at least 3ms"))
+	}
 	if c.MaxBackoff > 0 && c.MaxBackoff < time.Second {
 		errs = append(errs, errors.New("outbox: MaxBackoff must be at least 1s"))
 	}
@@ -132,6 +151,7 @@ func (c *Config) defaults() {
 	def(&c.LeaseTimeout, 60*time.Second)
 	def(&c.MaxLongPoll, 30*time.Second)
 	def(&c.SweepInterval, time.Minute)
+	def(&c.LeaseTTL, max(30*time.Second, 3*c.PushTimeout))
 	defN := func(n *int, v int) {
 		if *n == 0 {
 			*n = v
@@ -154,6 +174,16 @@ func (c *Config) defaults() {
 	if c.Notifier == nil {
 		c.Notifier = NewLocalNotifier()
 	}
+	if c.HolderID == "" {
+		c.HolderID = randomHolderID()
+	}
+}
+
+// randomHolderID names a lease holder: 12 random bytes, hex.
+func randomHolderID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // LocalNotifier is the in-process Notifier: one channel per stream, closed

@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ type pending struct {
 // Notifier), for the end of a backoff, or for a status change, and runs
 // the stream's pipeline while there is work.
 func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
+	defer o.releaseLease(st)
 	for ctx.Err() == nil {
 		wake := o.cfg.Notifier.Wait(st.id)
 		st.mu.Lock()
@@ -35,6 +37,9 @@ func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
 			if cfg.Method != MethodPush || !o.pushAnnouncement(ctx, st, cfg) {
 				o.sleep(ctx, wake, nil)
 			}
+			continue
+		}
+		if !o.holdLease(ctx, st) {
 			continue
 		}
 		st.headPending.Store(false)
@@ -52,6 +57,10 @@ func (o *Outbox) pushAnnouncement(ctx context.Context, st *streamState, cfg Stre
 	if err != nil || len(batch) == 0 || !batch[0].rec.Announce {
 		return false
 	}
+	if !o.holdLease(ctx, st) {
+		return true // waited; look again
+	}
+	token := st.lease.Token
 	p := batch[0]
 	o.signOne(ctx, p)
 	if p.signErr != nil {
@@ -70,7 +79,11 @@ func (o *Outbox) pushAnnouncement(ctx context.Context, st *streamState, cfg Stre
 	} else {
 		o.succeed(st, p.res)
 	}
-	if err := o.commitBatch(st, []*pending{p}); err != nil {
+	if err := o.commitBatch(st, token, []*pending{p}); err != nil {
+		if errors.Is(err, ErrFenced) {
+			o.refused(st, err)
+			return true
+		}
 		o.log.Error("outbox record delivery", slog.String("stream_id", st.id), slog.Any("err", err))
 		return false
 	}
@@ -100,9 +113,10 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 
 	results := make(chan *pending, 4*o.cfg.SignAhead)
 	committed := make(chan struct{})
+	token := st.lease.Token
 	go func() {
 		defer close(committed)
-		o.commitLoop(st, results)
+		o.commitLoop(st, token, results, cancel)
 	}()
 	defer func() {
 		close(results)
@@ -127,7 +141,7 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 		mu.Lock()
 		halt := stop
 		mu.Unlock()
-		if halt || pctx.Err() != nil || !o.stillCurrent(st, cfg) {
+		if halt || pctx.Err() != nil || !o.stillCurrent(st, cfg) || !o.leaseCurrent(pctx, st) {
 			break
 		}
 		select {
@@ -285,8 +299,11 @@ func (o *Outbox) signOne(ctx context.Context, p *pending) {
 	p.compact, p.signErr = o.cfg.Signer.Sign(ctx, p.rec.Claims)
 }
 
-// commitLoop records outcomes as they come, each group in one transaction.
-func (o *Outbox) commitLoop(st *streamState, results <-chan *pending) {
+// commitLoop records outcomes as they come, each group in one transaction
+// fenced by the dispatch lease's token. A refused group means the lease
+// moved on: the pipeline is stopped (stop); outcomes still in flight are
+// refused the same way, and the new holder delivers those SETs again.
+func (o *Outbox) commitLoop(st *streamState, token uint64, results <-chan *pending, stop func()) {
 	for p := range results {
 		batch := []*pending{p}
 	more:
@@ -301,7 +318,12 @@ func (o *Outbox) commitLoop(st *streamState, results <-chan *pending) {
 				break more
 			}
 		}
-		if err := o.commitBatch(st, batch); err != nil {
+		if err := o.commitBatch(st, token, batch); err != nil {
+			if errors.Is(err, ErrFenced) {
+				o.refused(st, err)
+				stop()
+				continue
+			}
 			o.log.Error("outbox record delivery", slog.String("stream_id", st.id), slog.Any("err", err))
 		}
 	}

@@ -39,6 +39,9 @@ type Outbox struct {
 	wg      sync.WaitGroup
 
 	droppedUnknown atomic.Int64
+
+	leases Leases       // the dispatch leases (StoreLeases on store)
+	fenced atomic.Int64 // delivery outcomes refused for a stale token
 }
 
 // streamState is the in-memory side of a stream: its configuration and the
@@ -58,6 +61,14 @@ type streamState struct {
 	leases       map[string]time.Time // poll: jti → lease end
 	cancel       context.CancelFunc   // dispatcher
 	headPending  atomic.Bool          // a Head SET arrived: restart the batch
+
+	// The dispatch lease: lease and renewAt belong to the dispatcher
+	// goroutine; token mirrors lease.Token for the other goroutines (0:
+	// none), and lost is set when a fenced write was refused.
+	lease   Lease
+	renewAt time.Time
+	token   atomic.Uint64
+	lost    atomic.Bool
 }
 
 // New opens the outbox on the store; Run starts delivery.
@@ -75,6 +86,7 @@ func New(cfg Config) (*Outbox, error) {
 		signers: make(chan struct{}, cfg.Signers),
 		streams: make(map[string]*streamState),
 	}
+	o.leases = &StoreLeases{store: cfg.Store, now: cfg.Clock, log: cfg.Logger}
 	o.client = o.newClient()
 	if err := o.store.update(context.Background(), ensureBuckets); err != nil {
 		return nil, err

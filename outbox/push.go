@@ -210,8 +210,21 @@ func (o *Outbox) fail(st *streamState, r pushResult) {
 	}
 	if report {
 		// Asynchronously: the transmitter calls back into SetStream and
-		// Enqueue, which must not wait on this dispatcher.
-		go o.cfg.Reporter.StreamFailing(context.WithoutCancel(o.runCtxOrBackground()), st.id, since, lastErr)
+		// Enqueue, which must not wait on this dispatcher. Only the holder
+		// of the stream's dispatch lease reports (fenced like an outcome).
+		token := st.token.Load()
+		go func() {
+			if err := o.store.Fence(dispatchLeaseName(st.id), token); err != nil {
+				if errors.Is(err, ErrFenced) {
+					o.refused(st, err)
+					return
+				}
+				// The store cannot be read: report anyway rather than
+				// leave a failing stream unreported.
+				o.log.Error("outbox pause report: lease check", slog.String("stream_id", st.id), slog.Any("err", err))
+			}
+			o.cfg.Reporter.StreamFailing(context.WithoutCancel(o.runCtxOrBackground()), st.id, since, lastErr)
+		}()
 	}
 }
 
@@ -252,8 +265,10 @@ func attemptOf(r pushResult) Attempt {
 }
 
 // commitBatch records the attempts of a batch in one transaction:
-// delivered and dead-lettered SETs leave the queue.
-func (o *Outbox) commitBatch(st *streamState, batch []*pending) error {
+// delivered and dead-lettered SETs leave the queue. token is the dispatch
+// lease's fencing token: a stale one is refused with a *FenceError and
+// nothing is recorded.
+func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) error {
 	tried := batch
 	now := o.now()
 	var delivered, dead []*Record
@@ -262,6 +277,9 @@ func (o *Outbox) commitBatch(st *streamState, batch []*pending) error {
 		m, err := getMeta(tx, st.id)
 		if err != nil || m == nil {
 			return err // stream deleted meanwhile: nothing to record
+		}
+		if err := checkFence(tx, dispatchLeaseName(st.id), token); err != nil {
+			return err
 		}
 		q := tx.Bucket(bktQueue)
 		for _, p := range tried {

@@ -47,6 +47,10 @@ type Store struct {
 
 	mu      sync.Mutex
 	lastErr error
+
+	// epoch counts the opens of the file, this one included: leases taken
+	// under an earlier open have no live holder (see StoreLeases).
+	epoch uint64
 }
 
 // writeReq is one queued write: fn runs inside the shared transaction.
@@ -86,7 +90,13 @@ func Open(path string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: open %s: %w", path, err)
 	}
+	epoch, err := bumpEpoch(db)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	s := &Store{
+		epoch:   epoch,
 		db:      db,
 		opts:    opts,
 		log:     opts.Logger,
@@ -247,7 +257,13 @@ func (s *Store) commit(batch []*writeReq) {
 		}
 		return
 	}
-	if failed < 0 || len(batch) == 1 {
+	if failed >= 0 && len(batch) == 1 {
+		// The caller's own function refused (a stale fencing token, an
+		// unknown stream): its error, the store is fine.
+		batch[0].done <- err
+		return
+	}
+	if failed < 0 {
 		// The commit itself failed (disk full, I/O error): everyone fails.
 		s.setErr(err)
 		s.log.Error("outbox store commit failed", slog.Any("err", err), slog.Int("batch", len(batch)))

@@ -177,11 +177,11 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 // storeError is a failure to create or open the data dir or the store in
 // it: the one start-up failure that degrades instead of exiting.
 type storeError struct {
-	Path string
-	Err  error
+	Dir string // the data dir
+	Err error
 }
 
-func (e *storeError) Error() string { return fmt.Sprintf("store %s: %v", e.Path, e.Err) }
+func (e *storeError) Error() string { return fmt.Sprintf("open store in %s: %v", e.Dir, e.Err) }
 func (e *storeError) Unwrap() error { return e.Err }
 
 // buildCore opens the store and builds everything that needs it: keys,
@@ -190,7 +190,7 @@ func (e *storeError) Unwrap() error { return e.Err }
 func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err error) {
 	cfg, logger := a.cfg, a.logger
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return &storeError{Path: cfg.DataDir, Err: fmt.Errorf("create data dir: %w", err)}
+		return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("create data dir: %w", err)}
 	}
 	// Tighten, never widen: a data dir an operator made read-only stays so.
 	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
@@ -199,7 +199,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	dbPath := filepath.Join(cfg.DataDir, "ssf-sidecar.db")
 	store, err := outbox.Open(dbPath, outbox.StoreOptions{})
 	if err != nil {
-		return &storeError{Path: dbPath, Err: err}
+		return &storeError{Dir: cfg.DataDir, Err: err}
 	}
 	defer func() {
 		if err != nil {
@@ -210,13 +210,13 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
-			return &storeError{Path: cfg.DataDir, Err: fmt.Errorf("signing keys: %w", err)}
+			return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("signing keys: %w", err)}
 		}
 		return fmt.Errorf("signing keys: %w", err)
 	}
 	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
 	if err != nil {
-		return &storeError{Path: cfg.DataDir, Err: fmt.Errorf("stream secrets key: %w", err)}
+		return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("stream secrets key: %w", err)}
 	}
 	// From here on the fields are set: the dashboard looks them up lazily.
 	a.store, a.keys = store, keys

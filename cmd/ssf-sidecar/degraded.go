@@ -127,17 +127,17 @@ func ssfPrefixesFor(issuer string) []string {
 // detail is the /healthz store detail: what failed, and what to do.
 func (d *degraded) detail() string {
 	c := d.cause.Load()
-	return fmt.Sprintf("cannot open the store (%v) since %s: SETs are not issued and tapped requests are counted as misses. "+
+	return fmt.Sprintf("%v (since %s): no SETs are issued and tapped requests are counted as misses. "+
 		"Make the data dir %s writable by this process (uid %d), or give --data-dir a writable volume; "+
 		"the sidecar retries on its own (next within %s) and recovers without a restart",
-		c, d.since.UTC().Format(time.RFC3339), d.front.cfg.DataDir, os.Geteuid(), time.Duration(d.retryIn.Load()))
+		c, d.since.UTC().Format(time.RFC3339), c.Dir, os.Geteuid(), time.Duration(d.retryIn.Load()))
 }
 
 // logStart says once, at error level, why the sidecar runs degraded.
 func (d *degraded) logStart() {
 	c := d.cause.Load()
 	d.front.logger.Error("store unavailable: serving authentik WITHOUT observing it until the store opens",
-		slog.String("path", c.Path), slog.Any("error", c.Err), slog.String("data_dir", d.front.cfg.DataDir),
+		slog.String("data_dir", c.Dir), slog.Any("error", c.Err),
 		slog.Int("uid", os.Geteuid()),
 		slog.String("fix", "make the data dir writable by this process or mount a writable volume; retried automatically"))
 }
@@ -211,12 +211,12 @@ func (d *degraded) run(ctx context.Context, start func(live *app)) {
 		}
 		var se *storeError
 		if !errors.As(err, &se) {
-			se = &storeError{Path: d.front.cfg.DataDir, Err: err}
+			se = &storeError{Dir: d.front.cfg.DataDir, Err: err}
 		}
 		if prev := d.cause.Swap(se); prev == nil || prev.Error() != se.Error() {
-			d.front.logger.Error("store still unavailable", slog.String("path", se.Path), slog.Any("error", se.Err))
+			d.front.logger.Error("store still unavailable", slog.String("data_dir", se.Dir), slog.Any("error", se.Err))
 		} else {
-			d.front.logger.Debug("store still unavailable", slog.String("path", se.Path), slog.Any("error", se.Err))
+			d.front.logger.Debug("store still unavailable", slog.String("data_dir", se.Dir), slog.Any("error", se.Err))
 		}
 		delay = min(delay*2, d.max)
 	}

@@ -42,7 +42,11 @@ func newRORunner(t *testing.T) *roRunner {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &roRunner{t: t, base: base, bin: os.Args[0]}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &roRunner{t: t, base: base, bin: exe}
 	t.Cleanup(func() {
 		// Undo any read-only modes first, or the removal fails for a non-root user.
 		_ = filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
@@ -59,7 +63,7 @@ func newRORunner(t *testing.T) *roRunner {
 	if os.Geteuid() == 0 {
 		r.cred = &syscall.Credential{Uid: nobodyID, Gid: nobodyID}
 		r.bin = filepath.Join(base, "ssf-sidecar.test")
-		if err := copyExecutable(os.Args[0], r.bin); err != nil {
+		if err := copyExecutable(exe, r.bin); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -192,14 +196,6 @@ func roGet(t *testing.T, client *http.Client, method, url, token string) (int, h
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, resp.Header, b
-}
-
-type roHealth struct {
-	Status string `json:"status"`
-	Checks map[string]struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-	} `json:"checks"`
 }
 
 // TestReadOnlyDataDir starts the sidecar on a data dir it cannot write —

@@ -77,6 +77,9 @@ type Config struct {
 	// Retry-After. Defaults 60 and 1 s; a negative burst turns the limit off.
 	ManagementBurst    int
 	ManagementInterval time.Duration
+	// Limits keeps the management-call buckets (default: NewKVLimitStore
+	// over KV, so a restart does not refill them).
+	Limits LimitStore
 
 	// OnSETIssued, when set, is called for each SET committed to the
 	// outbox, with its stream and event type (metrics).
@@ -239,7 +242,10 @@ func New(cfg Config) (*Transmitter, error) {
 	cfg.defaults()
 	t := &Transmitter{cfg: cfg, log: orDiscard(cfg.Logger), store: cfg.Store,
 		receivers: map[string]*Receiver{}, streams: map[string]*streamState{}}
-	t.calls = newCallLimiter(cfg.ManagementBurst, cfg.ManagementInterval, cfg.Clock)
+	if cfg.Limits == nil {
+		cfg.Limits = NewKVLimitStore(cfg.KV)
+	}
+	t.calls = newCallLimiter(cfg.ManagementBurst, cfg.ManagementInterval, cfg.Clock, cfg.Limits, t.log)
 	t.issuerURL, _ = url.Parse(cfg.Issuer)
 	p := strings.TrimSuffix(t.issuerURL.Path, "/")
 	t.discoveryPath = "/.well-known/ssf-configuration" + p

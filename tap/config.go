@@ -93,6 +93,19 @@ type Config struct {
 	MaxBackoff time.Duration
 	// Actions, when set, replaces the event-API actions the poller asks for.
 	Actions []string
+
+	// PollerLease, when set, lets only its holder among replicas sharing a
+	// store read the event API; the others stand by, retrying every
+	// PollInterval, and the one that takes over goes on from the committed
+	// cursor. nil: always poll (one replica).
+	PollerLease PollerLease
+	// LeaseHolder names this replica as the lease's holder (default: random
+	// per Tap). Replicas must have distinct names.
+	LeaseHolder string
+	// PollerLeaseTTL is how long the poller lease lasts unrenewed (default
+	// the larger of 30s and 3×PollInterval); the holder renews it every
+	// PollerLeaseTTL/3, before a poll and between the events of one.
+	PollerLeaseTTL time.Duration
 }
 
 // Validate reports every problem with the configuration at once.
@@ -113,6 +126,7 @@ func (c Config) Validate() error {
 		"PollInterval": c.PollInterval, "Backfill": c.Backfill, "LookupTimeout": c.LookupTimeout,
 		"CacheTTL": c.CacheTTL, "FlowRefresh": c.FlowRefresh, "FlowRefreshMinGap": c.FlowRefreshMinGap, "DedupWindow": c.DedupWindow,
 		"DedupRetention": c.DedupRetention, "IntentMaxAge": c.IntentMaxAge, "MaxBackoff": c.MaxBackoff,
+		"PollerLeaseTTL": c.PollerLeaseTTL,
 	} {
 		if d < 0 {
 			errs = append(errs, errors.New("tap: "+name+" must not be negative"))
@@ -145,6 +159,7 @@ func (c *Config) setDefaults() {
 	def(&c.DedupRetention, 24*time.Hour)
 	def(&c.IntentMaxAge, 24*time.Hour)
 	def(&c.MaxBackoff, 5*time.Minute)
+	def(&c.PollerLeaseTTL, max(30*time.Second, 3*c.PollInterval))
 	if c.CacheSize == 0 {
 		c.CacheSize = 4096
 	}
@@ -171,6 +186,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.NewID == nil {
 		c.NewID = randomID
+	}
+	if c.LeaseHolder == "" {
+		c.LeaseHolder = randomID()
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -3,6 +3,7 @@ package tap
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -85,6 +86,8 @@ func (t *Tap) runPoller(ctx context.Context) error {
 		t.log.Warn("tap: no authentik token: event-API poller is off; only traffic is observed")
 		return nil
 	}
+	lease := t.newPollerLease()
+	defer lease.release()
 	failures := 0
 	wait := time.Duration(0)
 	seeded := false
@@ -95,12 +98,31 @@ func (t *Tap) runPoller(ctx context.Context) error {
 		case <-t.cfg.After(wait):
 		case <-t.pollKick:
 		}
+		held, err := lease.hold(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			failures++
+			t.stats.pollErrors.Add(1)
+			wait = backoff(t.cfg.PollInterval, failures, t.cfg.MaxBackoff)
+			t.log.Warn("tap: event-API poller lease", "err", err, "retry_in", wait)
+			continue
+		}
+		if !held {
+			wait = t.cfg.PollInterval // standing by: try again
+			continue
+		}
 		if !seeded {
 			seeded = t.seedDirectory(ctx) == nil
 		}
-		if err := t.pollOnce(ctx); err != nil {
+		if err := t.pollWith(ctx, lease); err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if errors.Is(err, errLeaseLost) {
+				wait = t.cfg.PollInterval
+				continue
 			}
 			failures++
 			t.stats.pollErrors.Add(1)
@@ -122,10 +144,15 @@ func (t *Tap) PollNow() {
 	}
 }
 
-// pollOnce pages back, newest first, to the cursor, then processes what is
+// pollOnce polls once without a lease.
+func (t *Tap) pollOnce(ctx context.Context) error { return t.pollWith(ctx, nil) }
+
+// pollWith pages back, newest first, to the cursor, then processes what is
 // new oldest first. Each signal commits the cursor moved past its event;
-// events that map to nothing move it in one commit at the end.
-func (t *Tap) pollOnce(ctx context.Context) error {
+// events that map to nothing move it in one commit at the end. With a
+// lease, it stops (errLeaseLost, leaving the cursor to the new holder)
+// when the lease cannot be kept between two events.
+func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 	cur, err := t.loadCursor(ctx)
 	if err != nil {
 		return err
@@ -136,6 +163,9 @@ func (t *Tap) pollOnce(ctx context.Context) error {
 	}
 	dirty := false
 	for _, e := range fresh {
+		if !lease.keep(ctx) {
+			return errLeaseLost
+		}
 		sctx, span := startEventSpan(ctx, e.PK, e.Action)
 		ectx, cancel := context.WithTimeout(sctx, 4*t.cfg.LookupTimeout)
 		sigs, err := t.eventSignals(ectx, e)

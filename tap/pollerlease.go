@@ -1,0 +1,110 @@
+package tap
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// PollerLease is the single-holder lease that lets one replica among
+// several sharing a store read authentik's event API; the others stand by
+// and take over, from the committed cursor, when the holder stops or its
+// lease runs out. cmd adapts the outbox's store leases to it.
+type PollerLease interface {
+	// Acquire takes the named lease for holder for ttl, or extends it when
+	// holder already has it. held is false (with a nil error) when another
+	// holder has an unexpired lease; token is the lease's fencing token,
+	// which grows with every change of holder.
+	Acquire(ctx context.Context, name, holder string, ttl time.Duration) (token uint64, held bool, err error)
+	// Release gives the lease up so a standby can take it at once.
+	Release(ctx context.Context, name, holder string, token uint64) error
+}
+
+// PollerLeaseName is the lease the event-API poller holds.
+const PollerLeaseName = "tap/event-poller"
+
+// errLeaseLost stops a poll whose lease went to another replica.
+var errLeaseLost = errors.New("tap: event-API poller lease lost to another replica")
+
+// pollerLease is the poller goroutine's view of its lease. A nil
+// *pollerLease (no PollerLease configured) always holds.
+type pollerLease struct {
+	t        *Tap
+	held     bool
+	token    uint64
+	renewAt  time.Time
+	standing bool // "standing by" was logged
+}
+
+func (t *Tap) newPollerLease() *pollerLease {
+	if t.cfg.PollerLease == nil {
+		return nil
+	}
+	return &pollerLease{t: t}
+}
+
+// hold takes or renews the lease when LeaseTTL/3 has passed since the last
+// time, and reports whether this replica may poll. A change of holder is
+// logged; on taking over, the directory is reloaded from the store, where
+// the previous holder kept it current.
+func (l *pollerLease) hold(ctx context.Context) (bool, error) {
+	if l == nil {
+		return true, nil
+	}
+	t := l.t
+	now := t.cfg.Clock()
+	if l.held && now.Before(l.renewAt) {
+		return true, nil
+	}
+	token, held, err := t.cfg.PollerLease.Acquire(ctx, PollerLeaseName, t.cfg.LeaseHolder, t.cfg.PollerLeaseTTL)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case held && (!l.held || token != l.token):
+		t.log.Info("tap: event-API poller lease taken; polling from the committed cursor",
+			"holder", t.cfg.LeaseHolder, "token", token)
+		if err := t.dir.load(t.cfg.KV); err != nil {
+			t.log.Warn("tap: reload the user directory after taking the poller lease", "err", err)
+		}
+	case !held && l.held:
+		t.log.Warn("tap: event-API poller lease lost; standing by", "holder", t.cfg.LeaseHolder, "token", l.token)
+		l.standing = true
+	case !held && !l.standing:
+		t.log.Info("tap: event-API poller lease held by another replica; standing by", "holder", t.cfg.LeaseHolder)
+		l.standing = true
+	}
+	l.held = held
+	if held {
+		l.token, l.renewAt, l.standing = token, now.Add(t.cfg.PollerLeaseTTL/3), false
+	}
+	return held, nil
+}
+
+// keep is checked between events of a poll: false stops the poll (the
+// lease is gone, or cannot be renewed).
+func (l *pollerLease) keep(ctx context.Context) bool {
+	if l == nil {
+		return true
+	}
+	held, err := l.hold(ctx)
+	if err != nil {
+		l.t.log.Warn("tap: renew the event-API poller lease", "err", err)
+		l.held = false
+		return false
+	}
+	return held
+}
+
+// release gives the lease up when the poller stops.
+func (l *pollerLease) release() {
+	if l == nil || !l.held {
+		return
+	}
+	l.held = false
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.t.cfg.PollerLease.Release(ctx, PollerLeaseName, l.t.cfg.LeaseHolder, l.token); err != nil {
+		l.t.log.Info("tap: release the event-API poller lease", "err", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -498,3 +499,30 @@ func TestDegradedListenerInUse(t *testing.T) {
 
 var _ proxy.Observer = (*swapObserver)(nil)
 var _ proxy.Observer = storeDownObserver{}
+
+// BenchmarkObserverMatch compares the tap's Match called directly (a
+// normal start) with the same call through the swappable observer a
+// degraded start keeps for its whole life, on an untapped request (the
+// per-request cost every proxied request pays).
+func BenchmarkObserverMatch(b *testing.B) {
+	up, _ := url.Parse("http://127.0.0.1:1")
+	tp, err := tap.New(tap.Config{Upstream: up, KV: unavailableKV{}, Publisher: tap.PublisherFunc(
+		func(context.Context, tap.Signal) error { return nil })})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := httptest.NewRequest(http.MethodGet, "/api/v3/core/applications/", nil)
+	for _, c := range []struct {
+		name string
+		obs  proxy.Observer
+	}{{"direct", tp}, {"swapped", newSwapObserver(tp)}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if c.obs.Match(r) {
+					b.Fatal("matched an untapped request")
+				}
+			}
+		})
+	}
+}

@@ -323,22 +323,30 @@ func putLease(b *bolt.Bucket, name string, rec *leaseRecord) error {
 // epochKey in bktLeases counts the opens of the file (big-endian uint64).
 var epochKey = []byte("\x00epoch")
 
-// bumpEpoch counts this open of the file and returns the new count.
+// bumpEpoch counts this open of the file and returns the new count. When
+// the count cannot be written (a full disk), it still returns one more
+// than the stored count, with the error: this open's leases are then told
+// from the earlier ones all the same.
 func bumpEpoch(db *bolt.DB) (uint64, error) {
 	var epoch uint64
+	_ = db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bktLeases); b != nil {
+			if v := b.Get(epochKey); len(v) == 8 {
+				epoch = binary.BigEndian.Uint64(v)
+			}
+		}
+		return nil
+	})
+	epoch++
 	err := db.Update(func(tx *bolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bktLeases)
 		if err != nil {
 			return err
 		}
-		if v := b.Get(epochKey); len(v) == 8 {
-			epoch = binary.BigEndian.Uint64(v)
-		}
-		epoch++
 		return b.Put(epochKey, binary.BigEndian.AppendUint64(nil, epoch))
 	})
 	if err != nil {
-		return 0, fmt.Errorf("outbox: count store open: %w", err)
+		return epoch, fmt.Errorf("outbox: count store open: %w", err)
 	}
 	return epoch, nil
 }

@@ -92,8 +92,9 @@ func Open(path string, opts StoreOptions) (*Store, error) {
 	}
 	epoch, err := bumpEpoch(db)
 	if err != nil {
-		_ = db.Close()
-		return nil, err
+		// Not fatal: the store opens as before and its writes report the
+		// failure; only a later open may wait out this one's leases.
+		opts.Logger.Warn("outbox store: could not record this open", slog.Any("err", err))
 	}
 	s := &Store{
 		epoch:   epoch,

@@ -14,7 +14,10 @@ import (
 type Observer interface {
 	// Match reports whether the exchange is interesting. r is the request as
 	// it will be sent upstream (X-Forwarded-* already set). It must not block,
-	// read the body or keep r.
+	// read the body or keep r. For the bodyless GET and HEAD requests the
+	// proxy's own HTTP/1.1 lane reads, r carries only Method, URL.Path,
+	// Host, RemoteAddr and the protocol version (no header map): matching is
+	// by route.
 	Match(r *http.Request) bool
 	// Before runs before forwarding. r is a read-only view of the request as it will be sent
 	// upstream (headers after X-Forwarded-* processing, so the first X-Forwarded-For entry is the

@@ -156,17 +156,33 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 	s.log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", s.cfg.Upstream.Redacted(), "tls", tlsOn)
 
-	errc := make(chan error, 1)
-	go func() {
-		if tlsOn {
-			errc <- srv.ServeTLS(ln, "", "")
-		} else {
-			errc <- srv.Serve(ln)
-		}
-	}()
+	errc := make(chan error, 2)
+	var ln2 *lane
+	switch {
+	case tlsOn:
+		go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	case s.laneOn():
+		// The lane reads every connection first and hands net/http those it
+		// does not carry itself.
+		handoff := newChanListener(ln.Addr())
+		ln2 = newLane(s.fwd, &s.stats, handoff)
+		go func() { errc <- srv.Serve(handoff) }()
+		go func() {
+			if err := ln2.serve(ln); err != nil {
+				errc <- err
+			}
+		}()
+	default:
+		go func() { errc <- srv.Serve(ln) }()
+	}
 
 	select {
 	case err := <-errc:
+		ln.Close()
+		if ln2 != nil {
+			ln2.beginShutdown()
+		}
+		srv.Close()
 		s.upgrades.closeAll()
 		return fmt.Errorf("proxy: serve: %w", err)
 	case <-ctx.Done():
@@ -175,7 +191,14 @@ func (s *Server) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
 	s.log.Info("proxy draining", "timeout", s.cfg.ShutdownTimeout)
+	if ln2 != nil {
+		ln.Close()
+		ln2.beginShutdown()
+	}
 	err = srv.Shutdown(sctx)
+	if ln2 != nil {
+		err = errors.Join(err, ln2.wait(sctx))
+	}
 	n := s.upgrades.closeAll()
 	if err != nil {
 		srv.Close()
@@ -186,4 +209,11 @@ func (s *Server) Run(ctx context.Context) error {
 	<-errc
 	s.log.Info("proxy stopped", "upgraded_conns_closed", n)
 	return nil
+}
+
+// laneOn reports whether the proxy's own HTTP/1.1 lane serves the
+// listener: plain HTTP to clients and upstream, the fast path not turned
+// off, and no span wanted for every proxied request.
+func (s *Server) laneOn() bool {
+	return s.fwd.fast != nil && (s.fwd.tr == nil || !s.fwd.tr.all)
 }

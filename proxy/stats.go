@@ -22,6 +22,10 @@ type Stats struct {
 	ClientErrors uint64
 	// Upgrades counts connections switched to another protocol (WebSocket).
 	Upgrades uint64
+	// Lane counts the proxied requests the proxy's own HTTP/1.1 lane carried
+	// (bodyless GET and HEAD on plain-HTTP listeners); the rest went through
+	// net/http.
+	Lane uint64
 }
 
 type counters struct {
@@ -29,6 +33,7 @@ type counters struct {
 	beforeMisses, afterMisses          atomic.Uint64
 	upstreamErrors, upstreamTimeouts   atomic.Uint64
 	clientGone, upgrades, clientErrors atomic.Uint64
+	lane                               atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -39,5 +44,6 @@ func (s *Server) Stats() Stats {
 		BeforeMisses: c.beforeMisses.Load(), AfterMisses: c.afterMisses.Load(),
 		UpstreamErrors: c.upstreamErrors.Load(), UpstreamTimeouts: c.upstreamTimeouts.Load(),
 		ClientGone: c.clientGone.Load(), ClientErrors: c.clientErrors.Load(), Upgrades: c.upgrades.Load(),
+		Lane: c.lane.Load(),
 	}
 }

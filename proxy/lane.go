@@ -1,0 +1,362 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// lane is the proxy's own HTTP/1.1 server for the bulk of authentik's
+// traffic: GET and HEAD requests without a body on plain-HTTP listeners
+// (static assets, API reads, the UI's polling). It reads each request head
+// itself and, when the request is of the narrow form parseRequestHead
+// accepts and no SSF route or observer claims it, writes it to a pooled
+// upstream connection and streams the answer back, all on the client
+// connection's own goroutine. This skips what net/http's server does per
+// request (request and response objects, header maps, a background reader,
+// a context) on both sides of the proxy.
+//
+// The first request the lane does not carry — any other method, a body, an
+// upgrade, an unusual header, a claimed route — hands the connection, with
+// the bytes already read, to the net/http server, which serves it (and the
+// rest of the connection) exactly as it would have without the lane. So the
+// lane never answers a malformed request itself: it only passes on what it
+// understands completely.
+type lane struct {
+	fwd     *forwarder
+	stats   *counters
+	handoff *chanListener
+	ssf     [][]byte // SSF route bases, without a trailing slash
+	obs     Observer
+
+	mu      sync.Mutex
+	conns   map[*laneConn]struct{}
+	closing bool
+	wg      sync.WaitGroup
+}
+
+// watchDelay is how long an upstream may take before the lane starts
+// watching the client for a disconnect (fast answers never pay for it).
+const watchDelay = 100 * time.Millisecond
+
+func newLane(f *forwarder, stats *counters, handoff *chanListener) *lane {
+	l := &lane{fwd: f, stats: stats, handoff: handoff, obs: f.cfg.Observer, conns: map[*laneConn]struct{}{}}
+	if f.cfg.SSF != nil {
+		for _, p := range f.cfg.SSFPrefixes {
+			l.ssf = append(l.ssf, bytes.TrimSuffix([]byte(p), []byte("/")))
+		}
+	}
+	return l
+}
+
+// laneConn is one client connection served by the lane.
+type laneConn struct {
+	c       net.Conn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	ip      string
+	remote  string // RemoteAddr, for the observer's view
+	trusted bool
+	idle    bool // waiting for a request (guarded by lane.mu)
+
+	// armed is the read deadline set on c (zero: none or unknown).
+	armed time.Time
+
+	hbuf  []byte // the request head, copied out of br
+	req   reqHead
+	resp  respHead
+	rbuf  []byte   // the upstream response head
+	names [][]byte // Connection-named response fields
+	mreq  http.Request
+	murl  url.URL
+
+	// Client watch while the upstream works (see watch).
+	timer     *time.Timer
+	watched   net.Conn
+	stopWatch atomic.Bool
+	gone      atomic.Bool
+	watchDone chan struct{}
+}
+
+// serve accepts from ln until it is closed.
+func (l *lane) serve(ln net.Listener) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			l.mu.Lock()
+			closing := l.closing
+			l.mu.Unlock()
+			if closing || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of file descriptors and the like: wait, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.fwd.log.Warn("proxy: accept failed; retrying", "error", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		lc := &laneConn{c: c}
+		if !l.track(lc) {
+			c.Close()
+			continue
+		}
+		go l.serveConn(lc)
+	}
+}
+
+func (l *lane) track(lc *laneConn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing {
+		return false
+	}
+	l.conns[lc] = struct{}{}
+	l.wg.Add(1)
+	return true
+}
+
+func (l *lane) untrack(lc *laneConn) {
+	l.mu.Lock()
+	delete(l.conns, lc)
+	l.mu.Unlock()
+	l.wg.Done()
+}
+
+// setIdle marks lc idle (shutdown may close it) or busy; it reports whether
+// the lane is shutting down.
+func (l *lane) setIdle(lc *laneConn, idle bool) (closing bool) {
+	l.mu.Lock()
+	lc.idle = idle
+	closing = l.closing
+	l.mu.Unlock()
+	return closing
+}
+
+// beginShutdown stops the lane taking new requests: idle connections are
+// closed now, busy ones after their current exchange.
+func (l *lane) beginShutdown() {
+	l.mu.Lock()
+	l.closing = true
+	for lc := range l.conns {
+		if lc.idle {
+			lc.c.Close()
+		}
+	}
+	l.mu.Unlock()
+}
+
+// wait waits for the lane's connections to finish their exchanges; when ctx
+// ends first, the rest are closed.
+func (l *lane) wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	for lc := range l.conns {
+		lc.c.Close()
+	}
+	l.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+func (l *lane) serveConn(lc *laneConn) {
+	defer l.untrack(lc)
+	lc.br = bufio.NewReaderSize(lc.c, 4<<10)
+	lc.bw = bufio.NewWriterSize(lc.c, 4<<10)
+	lc.remote = lc.c.RemoteAddr().String()
+	lc.ip = peerIP(lc.remote)
+	lc.trusted = l.fwd.fwd.isTrusted(lc.ip)
+	lc.watchDone = make(chan struct{}, 1)
+	cfg := &l.fwd.cfg
+	for {
+		if lc.br.Buffered() == 0 {
+			lc.armRead(time.Now().Add(cfg.IdleTimeout))
+			if l.setIdle(lc, true) {
+				lc.c.Close()
+				return
+			}
+			_, err := lc.br.Peek(1)
+			closing := l.setIdle(lc, false)
+			if err != nil || closing && lc.br.Buffered() == 0 {
+				lc.c.Close()
+				return
+			}
+		}
+		head, ok, err := lc.readHead(cfg.ReadHeaderTimeout)
+		if err != nil {
+			lc.c.Close() // timeout or the client left half way: as net/http, just close
+			return
+		}
+		if ok {
+			// A copy: the reader's buffer moves under the client watch.
+			lc.hbuf = append(lc.hbuf[:0], head...)
+		}
+		if !ok || !parseRequestHead(lc.hbuf, &lc.req) || l.claimed(lc) {
+			l.handOff(lc)
+			return
+		}
+		_, _ = lc.br.Discard(len(head))
+		keep := l.forward(lc)
+		l.mu.Lock()
+		closing := l.closing
+		l.mu.Unlock()
+		if !keep || lc.req.close || closing {
+			lc.c.Close()
+			return
+		}
+	}
+}
+
+// armRead sets the client read deadline to about t, skipping the (costly)
+// call when the one in place is within a second of it.
+func (lc *laneConn) armRead(t time.Time) {
+	if !lc.armed.IsZero() {
+		if d := t.Sub(lc.armed); d > -time.Second && d < time.Second {
+			return
+		}
+	}
+	_ = lc.c.SetReadDeadline(t)
+	lc.armed = t
+}
+
+// readHead waits until the buffer holds a whole request head and returns it
+// (not consumed). ok is false when the head is not of the lane's form as far
+// as framing goes (bare LF line ends, larger than the buffer).
+func (lc *laneConn) readHead(timeout time.Duration) (head []byte, ok bool, err error) {
+	armed := false
+	for {
+		b, _ := lc.br.Peek(lc.br.Buffered())
+		if i := bytes.Index(b, []byte("\r\n\r\n")); i >= 0 {
+			b = b[:i+4]
+			return b, bareLF(b) < 0, nil
+		}
+		if bareLF(b) >= 0 || len(b) >= lc.br.Size() {
+			return nil, false, nil
+		}
+		if !armed {
+			// The rest of the head is late: from now on it has ReadHeaderTimeout.
+			lc.armRead(time.Now().Add(timeout))
+			armed = true
+		}
+		if _, err := lc.br.Peek(len(b) + 1); err != nil {
+			return nil, false, err
+		}
+	}
+}
+
+// bareLF returns the index of a LF not preceded by CR, or -1.
+func bareLF(b []byte) int {
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		if i+j == 0 || b[i+j-1] != '\r' {
+			return i + j
+		}
+		i += j + 1
+	}
+}
+
+// claimed reports whether an SSF route or the observer wants the request:
+// those go through net/http and the forwarder's full path.
+func (l *lane) claimed(lc *laneConn) bool {
+	path := lc.req.path
+	for _, base := range l.ssf {
+		if bytes.HasPrefix(path, base) && (len(path) == len(base) || path[len(base)] == '/') {
+			return true
+		}
+	}
+	if l.obs == nil {
+		return false
+	}
+	lc.murl = url.URL{Path: string(path)}
+	lc.mreq = http.Request{Method: http.MethodGet, URL: &lc.murl, Host: string(lc.req.host),
+		RemoteAddr: lc.remote, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+	if lc.req.head {
+		lc.mreq.Method = http.MethodHead
+	}
+	return l.obs.Match(&lc.mreq)
+}
+
+// handOff gives the connection and what was read of it to net/http.
+func (l *lane) handOff(lc *laneConn) {
+	lc.armed = time.Time{}
+	_ = lc.c.SetReadDeadline(time.Time{}) // net/http sets its own
+	l.handoff.deliver(&handoffConn{Conn: lc.c, br: lc.br})
+}
+
+// handoffConn is a client connection whose first bytes sit in br.
+type handoffConn struct {
+	net.Conn
+	br *bufio.Reader
+}
+
+func (c *handoffConn) Read(p []byte) (int, error) {
+	if c.br != nil {
+		if c.br.Buffered() > 0 {
+			return c.br.Read(p)
+		}
+		c.br = nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite lets net/http half-close the connection as it does its own.
+func (c *handoffConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// chanListener is the listener net/http serves: it yields the connections
+// the lane hands over.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) deliver(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

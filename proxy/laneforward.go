@@ -1,0 +1,519 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// forward carries one parsed request to the upstream and the answer back.
+// It reports whether the client connection may serve another request.
+func (l *lane) forward(lc *laneConn) (keep bool) {
+	p := l.fwd
+	var start time.Time
+	if p.cfg.OnRequest != nil {
+		start = p.cfg.Now()
+	}
+	p.stats.proxied.Add(1)
+	p.stats.lane.Add(1)
+	status, keep := l.exchange(lc)
+	if p.cfg.OnRequest != nil {
+		p.cfg.OnRequest("proxy", status, p.cfg.Now().Sub(start))
+	}
+	return keep
+}
+
+func (l *lane) exchange(lc *laneConn) (status int, keep bool) {
+	h := l.fwd.fast
+	var pc *h1Conn
+	for attempt := 0; ; attempt++ {
+		var err error
+		pc, err = h.get(context.Background())
+		if err != nil {
+			return l.fail(lc, err)
+		}
+		h.armHeaderDeadline(pc)
+		l.writeRequest(pc.bw, lc)
+		if err = pc.bw.Flush(); err != nil {
+			pc.c.Close()
+			if pc.reused && attempt == 0 {
+				continue // the upstream closed the idle connection: GET and HEAD may be sent again
+			}
+			return l.fail(lc, err)
+		}
+		lc.watch(pc.c)
+		pc.lr.left = h.maxHeaderBytes
+		err = readResponseHead(pc.br, &lc.rbuf, &lc.resp)
+		pc.lr.left = -1
+		if lc.unwatch() {
+			pc.c.Close()
+			l.stats.clientGone.Add(1)
+			l.fwd.log.Debug("client went away before the upstream answered", "path", string(lc.req.path))
+			return 499, false
+		}
+		if err != nil {
+			pc.c.Close()
+			stale := pc.reused && attempt == 0 && len(lc.rbuf) == 0 &&
+				(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err))
+			if stale {
+				continue
+			}
+			return l.fail(lc, err)
+		}
+		break
+	}
+	resp := &lc.resp
+	noBody := lc.req.head || resp.status == http.StatusNoContent || resp.status == http.StatusNotModified
+	framed := noBody || resp.chunked || resp.contentLength >= 0
+	// The header deadline must not cut a body short; it is left in place
+	// when the body is already buffered (the next request re-arms it).
+	if !pc.armed.IsZero() && !noBody && (!framed || resp.contentLength < 0 || int64(pc.br.Buffered()) < resp.contentLength) {
+		_ = pc.c.SetReadDeadline(time.Time{})
+		pc.armed = time.Time{}
+	}
+	l.writeResponseHead(lc, noBody, framed)
+
+	var err error
+	switch {
+	case noBody:
+	case resp.chunked:
+		err = copyChunked(lc.bw, pc.br)
+	case resp.contentLength >= 0:
+		err = copyLength(lc.bw, pc.br, resp.contentLength, isStreaming(resp.fields))
+	default:
+		err = copyUntilClose(lc.bw, pc.br)
+	}
+	if err == nil {
+		err = lc.bw.Flush()
+		if err != nil {
+			err = errors.Join(errClientWrite, err)
+		}
+	}
+	if err != nil {
+		pc.c.Close()
+		if errors.Is(err, errClientWrite) {
+			l.stats.clientGone.Add(1)
+			l.fwd.log.Debug("client went away during the response", "path", string(lc.req.path))
+		} else {
+			l.stats.upstreamErrors.Add(1)
+			l.fwd.log.Warn("upstream response body failed", "path", string(lc.req.path), "error", err)
+			_ = lc.bw.Flush() // what did arrive, then the cut
+		}
+		// The status line is out: closing the connection is the only way to
+		// tell the client the message is incomplete.
+		return resp.status, false
+	}
+	if framed && !resp.close {
+		h.put(pc)
+	} else {
+		pc.c.Close()
+	}
+	return resp.status, true
+}
+
+// writeRequest writes the request head for the upstream: the client's
+// request line and fields as they came (Connection removed), with
+// X-Forwarded-* set as forwarded.apply does for net/http's path.
+func (l *lane) writeRequest(bw *bufio.Writer, lc *laneConn) {
+	r := &lc.req
+	if r.head {
+		bw.WriteString("HEAD ")
+	} else {
+		bw.WriteString("GET ")
+	}
+	bw.WriteString(l.fwd.baseRawPath)
+	bw.Write(r.target)
+	bw.WriteString(" HTTP/1.1\r\n")
+	var hadProto, hadHost bool
+	for _, f := range r.fields {
+		switch f.kind {
+		case fConnection, fXFF:
+			continue
+		case fXFProto, fXFHost, fForwarded:
+			if !lc.trusted {
+				continue
+			}
+			hadProto = hadProto || f.kind == fXFProto
+			hadHost = hadHost || f.kind == fXFHost
+		}
+		bw.Write(f.name)
+		bw.WriteString(": ")
+		bw.Write(f.value)
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("X-Forwarded-For: ")
+	if lc.trusted {
+		n := 0
+		for _, f := range r.fields {
+			if f.kind == fXFF {
+				if n > 0 {
+					bw.WriteString(", ")
+				}
+				bw.Write(f.value)
+				n++
+			}
+		}
+		if n > 0 {
+			bw.WriteString(", ")
+		}
+	}
+	bw.WriteString(lc.ip)
+	bw.WriteString("\r\n")
+	if !hadProto {
+		bw.WriteString("X-Forwarded-Proto: http\r\n")
+	}
+	if !hadHost {
+		bw.WriteString("X-Forwarded-Host: ")
+		bw.Write(r.host)
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// readResponseHead reads a response head into *buf and parses it, skipping
+// interim (1xx) responses. A 101 is an error: the lane never asks for one.
+func readResponseHead(br *bufio.Reader, buf *[]byte, h *respHead) error {
+	for {
+		*buf = (*buf)[:0]
+		for {
+			line, err := br.ReadSlice('\n')
+			*buf = append(*buf, line...)
+			if err == bufio.ErrBufferFull {
+				continue
+			}
+			if err != nil {
+				if err == io.EOF && len(*buf) > 0 {
+					err = io.ErrUnexpectedEOF
+				}
+				return err
+			}
+			if len(line) == 1 || len(line) == 2 && line[0] == '\r' {
+				if len(*buf) > len(line) {
+					break
+				}
+				return errBadResponse // a blank line where the status line belongs
+			}
+		}
+		if err := parseResponseHead(*buf, h); err != nil {
+			return err
+		}
+		switch {
+		case h.status == http.StatusSwitchingProtocols:
+			return errors.New("proxy: unexpected 101 from upstream")
+		case h.status < 200:
+			continue // 100 Continue, 103 Early Hints: read the final answer
+		}
+		return nil
+	}
+}
+
+// writeResponseHead writes the upstream's status and fields to the client,
+// hop-by-hop fields removed and the framing re-declared.
+func (l *lane) writeResponseHead(lc *laneConn, noBody, framed bool) {
+	resp, bw := &lc.resp, lc.bw
+	bw.WriteString("HTTP/1.1 ")
+	var code [3]byte
+	code[0], code[1], code[2] = byte('0'+resp.status/100), byte('0'+resp.status/10%10), byte('0'+resp.status%10)
+	bw.Write(code[:])
+	bw.WriteByte(' ')
+	bw.Write(resp.reason)
+	bw.WriteString("\r\n")
+	lc.names = connectionNames(resp.fields, lc.names[:0])
+	wroteLength := false
+	for _, f := range resp.fields {
+		switch f.kind {
+		case fConnection, fTransferEncoding:
+			continue
+		case fHop:
+			// Trailer announces the trailers a chunked body passes on.
+			if !(resp.chunked && !noBody && asciiEqualFold(f.name, "trailer")) {
+				continue
+			}
+		case fContentLength:
+			if resp.chunked || wroteLength {
+				continue
+			}
+			wroteLength = true
+		case fOther:
+			if named(lc.names, f.name) {
+				continue
+			}
+		}
+		bw.Write(f.name)
+		bw.WriteString(": ")
+		bw.Write(f.value)
+		bw.WriteString("\r\n")
+	}
+	if !noBody && (resp.chunked || !framed) {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+func named(names [][]byte, name []byte) bool {
+	for _, n := range names {
+		if bytes.EqualFold(n, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// isStreaming reports an event stream, which is flushed as it arrives even
+// with a Content-Length.
+func isStreaming(fields []field) bool {
+	for _, f := range fields {
+		if len(f.name) == 12 && asciiEqualFold(f.name, "content-type") {
+			const es = "text/event-stream"
+			return len(f.value) >= len(es) && asciiEqualFold(f.value[:len(es)], es)
+		}
+	}
+	return false
+}
+
+// copyLength copies exactly n body bytes, passing on whatever has arrived
+// (flushed at once when flush is set) rather than waiting for full buffers.
+func copyLength(w *bufio.Writer, r *bufio.Reader, n int64, flush bool) error {
+	for n > 0 {
+		if r.Buffered() == 0 {
+			if _, err := r.Peek(1); err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return err
+			}
+		}
+		b, _ := r.Peek(int(min(n, int64(r.Buffered()))))
+		if _, werr := w.Write(b); werr != nil {
+			return errors.Join(errClientWrite, werr)
+		}
+		_, _ = r.Discard(len(b))
+		n -= int64(len(b))
+		if flush {
+			if werr := w.Flush(); werr != nil {
+				return errors.Join(errClientWrite, werr)
+			}
+		}
+	}
+	return nil
+}
+
+var errBadChunk = errors.New("proxy: malformed chunked body from upstream")
+
+// copyChunked passes a chunked body on as it is, chunk by chunk, flushing
+// after each, and checks every size line and delimiter so that nothing the
+// upstream sends can end the message early or run into the next one.
+func copyChunked(w *bufio.Writer, r *bufio.Reader) error {
+	for {
+		line, err := readBoundedLine(r)
+		if err != nil {
+			return err
+		}
+		size, ok := chunkSize(line)
+		if !ok {
+			return errBadChunk
+		}
+		if _, err := w.Write(line); err != nil {
+			return errors.Join(errClientWrite, err)
+		}
+		if size == 0 {
+			break
+		}
+		if err := copyLength(w, r, size, false); err != nil {
+			return err
+		}
+		end, err := readBoundedLine(r)
+		if err != nil {
+			return err
+		}
+		if len(end) != 2 || end[0] != '\r' {
+			return errBadChunk
+		}
+		if _, err := w.Write(end); err != nil {
+			return errors.Join(errClientWrite, err)
+		}
+		if err := w.Flush(); err != nil {
+			return errors.Join(errClientWrite, err)
+		}
+	}
+	// Trailer fields, then the empty line.
+	for n := 0; ; n++ {
+		line, err := readBoundedLine(r)
+		if err != nil {
+			return err
+		}
+		if len(line) < 2 || line[len(line)-2] != '\r' || n > 64 {
+			return errBadChunk
+		}
+		body := line[:len(line)-2]
+		if len(body) > 0 {
+			colon := bytes.IndexByte(body, ':')
+			if colon <= 0 || !validValue(body[colon+1:]) {
+				return errBadChunk
+			}
+			for _, c := range body[:colon] {
+				if !tchar[c] {
+					return errBadChunk
+				}
+			}
+		}
+		if _, err := w.Write(line); err != nil {
+			return errors.Join(errClientWrite, err)
+		}
+		if len(body) == 0 {
+			return nil
+		}
+	}
+}
+
+// readBoundedLine returns the next line with its CRLF (valid until the next
+// read), refusing lines longer than the reader's buffer.
+func readBoundedLine(r *bufio.Reader) ([]byte, error) {
+	line, err := r.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		return nil, errBadChunk
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return line, err
+}
+
+// chunkSize parses a chunk-size line ("1a;ext=v\r\n").
+func chunkSize(line []byte) (int64, bool) {
+	if len(line) < 3 || line[len(line)-2] != '\r' {
+		return 0, false
+	}
+	line = line[:len(line)-2]
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		if !validValue(line[i:]) {
+			return 0, false
+		}
+		line = line[:i]
+	}
+	line = trimOWS(line)
+	if len(line) == 0 || len(line) > 15 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range line {
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		case 'A' <= c && c <= 'F':
+			d = c - 'A' + 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | int64(d)
+	}
+	return n, true
+}
+
+// copyUntilClose passes on a body delimited by the upstream closing the
+// connection, as chunks, so the client connection stays usable.
+func copyUntilClose(w *bufio.Writer, r *bufio.Reader) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			w.WriteString(strconv.FormatInt(int64(n), 16))
+			w.WriteString("\r\n")
+			w.Write(buf[:n])
+			w.WriteString("\r\n")
+			if ferr := w.Flush(); ferr != nil {
+				return errors.Join(errClientWrite, ferr)
+			}
+		}
+		if err == io.EOF {
+			_, _ = w.WriteString("0\r\n\r\n")
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// fail answers the client 502 or 504 for an upstream that could not be
+// reached or did not answer in time.
+func (l *lane) fail(lc *laneConn, err error) (int, bool) {
+	status := http.StatusBadGateway
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		status = http.StatusGatewayTimeout
+		l.stats.upstreamTimeouts.Add(1)
+	} else {
+		l.stats.upstreamErrors.Add(1)
+	}
+	method := http.MethodGet
+	if lc.req.head {
+		method = http.MethodHead
+	}
+	l.fwd.log.Warn("upstream request failed", "method", method, "path", string(lc.req.path), "status", status, "error", err)
+	text := http.StatusText(status)
+	bw := lc.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(status))
+	bw.WriteString(" " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(text) + 1))
+	bw.WriteString("\r\n\r\n")
+	if !lc.req.head {
+		bw.WriteString(text + "\n")
+	}
+	if bw.Flush() != nil {
+		return status, false
+	}
+	return status, true
+}
+
+// watch starts a timer that, when the upstream takes longer than
+// watchDelay, watches the client connection for a disconnect and then
+// aborts the upstream exchange (as net/http's request context would).
+func (lc *laneConn) watch(upstream net.Conn) {
+	lc.watched = upstream
+	lc.stopWatch.Store(false)
+	lc.gone.Store(false)
+	if lc.timer == nil {
+		lc.timer = time.AfterFunc(watchDelay, lc.watchClient)
+	} else {
+		lc.timer.Reset(watchDelay)
+	}
+}
+
+func (lc *laneConn) watchClient() {
+	defer func() { lc.watchDone <- struct{}{} }()
+	if lc.stopWatch.Load() {
+		return
+	}
+	_, err := lc.br.Peek(1)
+	var ne net.Error
+	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+		lc.gone.Store(true)
+		_ = lc.watched.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// unwatch ends the watch and reports whether the client went away.
+func (lc *laneConn) unwatch() (gone bool) {
+	if lc.timer.Stop() {
+		return false
+	}
+	lc.stopWatch.Store(true)
+	_ = lc.c.SetReadDeadline(aLongTimeAgo)
+	<-lc.watchDone
+	lc.armed = time.Time{} // the idle deadline is set again before the next read
+	_ = lc.c.SetReadDeadline(time.Time{})
+	return lc.gone.Load()
+}

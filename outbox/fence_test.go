@@ -390,3 +390,48 @@ func TestLeaseWritesPerTTL(t *testing.T) {
 		t.Errorf("%d delivered", len(got))
 	}
 }
+
+// TestRestartTakesLeaseAtOnce: with one replica on bbolt the lease is
+// always ours — a restarted outbox (a new holder id) delivers at once
+// instead of waiting out the lease a crashed process left, and takes a
+// higher token.
+func TestRestartTakesLeaseAtOnce(t *testing.T) {
+	clock := newFakeClock()
+	rc := newReceiver(t, nil)
+	h := newHarness(t, clock, func(c *Config) { c.SweepInterval = noSweep })
+	h.pushStream("s", rc.srv.URL, "")
+	h.enqueue(makeSET("s", "before"))
+	rc.waitFor(t, 1, 5*time.Second)
+	eventually(t, 5*time.Second, "the delivery recorded", func() bool {
+		s, err := h.ob.Stats(context.Background(), "s")
+		return err == nil && s.Delivered == 1
+	})
+	before, err := h.ob.DispatchLease("s")
+	if err != nil || before.Token == 0 || !before.Expires.After(clock.Now()) {
+		t.Fatalf("lease before restart = %+v, %v", before, err)
+	}
+	// A process takes the lease and dies holding it (no release).
+	h.close()
+	crashed, err := Open(h.path, StoreOptions{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, err := (&StoreLeases{store: crashed, now: clock.Now}).Acquire(context.Background(), dispatchLeaseName("s"), "crashed", time.Hour)
+	if err != nil || dead.Token <= before.Token {
+		t.Fatalf("crashed process's lease = %+v, %v", dead, err)
+	}
+	if err := crashed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before = dead
+	h.open(func(c *Config) { c.SweepInterval = noSweep })
+	h.pushStream("s", rc.srv.URL, "")
+	h.enqueue(makeSET("s", "after"))
+	if got := rc.waitFor(t, 1, 5*time.Second); got[0].JTI != "after" {
+		t.Errorf("delivered %q after restart", got[0].JTI)
+	}
+	after, err := h.ob.DispatchLease("s")
+	if err != nil || after.Token <= before.Token || after.Holder == before.Holder {
+		t.Errorf("lease after restart = %+v (before %+v), %v", after, before, err)
+	}
+}

@@ -164,7 +164,9 @@ func (l *StoreLeases) Acquire(ctx context.Context, name, holder string, ttl time
 		return Lease{}, err
 	}
 	var got Lease
+	var from string // the holder of an expired lease taken over
 	err := l.store.update(ctx, func(tx *bolt.Tx) error {
+		from = ""
 		b, err := tx.CreateBucketIfNotExists(bktLeases)
 		if err != nil {
 			return err
@@ -181,6 +183,9 @@ func (l *StoreLeases) Acquire(ctx context.Context, name, holder string, ttl time
 		case rec != nil && rec.Holder != "" && rec.Epoch == l.store.epoch && now.Before(rec.Expires):
 			return &HeldError{Name: name, Holder: rec.Holder, Expires: rec.Expires}
 		default:
+			if rec != nil {
+				from = rec.Holder
+			}
 			tok, err := b.NextSequence()
 			if err != nil {
 				return err
@@ -193,6 +198,10 @@ func (l *StoreLeases) Acquire(ctx context.Context, name, holder string, ttl time
 	})
 	if err != nil {
 		return Lease{}, err
+	}
+	if from != "" && from != holder {
+		l.log.Info("outbox lease taken over", slog.String("lease", name), slog.String("from", from),
+			slog.String("holder", holder), slog.Uint64("token", got.Token))
 	}
 	return got, nil
 }

@@ -118,6 +118,10 @@ func TestDispatchLeaseFencing(t *testing.T) {
 	}
 	// B joins while A holds the lease: it waits. A stalls past the lease.
 	stream(b, "Bearer b")
+	eventually(t, 5*time.Second, "B standing by", func() bool {
+		d, ok := clock.pendingBelow(time.Hour)
+		return ok && d > 0
+	})
 	clock.Advance(31 * time.Second)
 	rc.waitFor(t, len(want), 5*time.Second) // B's five; A's post is still stalled
 	eventually(t, 5*time.Second, "B's outcomes recorded", func() bool {

@@ -28,8 +28,11 @@ import (
 // authentik. While degraded it proxies everything unchanged, counts every
 // tapped request as a miss (nothing is acknowledged that is not stored),
 // answers the SSF routes 503, reports the store on /healthz, and keeps
-// trying to open the store. Once it opens, the full sidecar is built and
-// swapped in behind the running listeners.
+// trying to open the store: 1 s doubling to 30 s, sooner (but at most once
+// a second) when someone looks at /healthz, so an operator who fixed the
+// disk sees the result at once. Once it opens, the full sidecar is built
+// and swapped in behind the running listeners: no listener restarts, no
+// dropped connections.
 
 // Retry policy for opening the store while degraded.
 const (

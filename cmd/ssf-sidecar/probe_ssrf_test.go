@@ -354,7 +354,9 @@ type probeChild struct {
 	admin string
 	log   string
 	cmd   *exec.Cmd
-	done  chan error
+	// exited is closed once the child has exited; err is then its end.
+	exited chan struct{}
+	err    error
 }
 
 func startProbeChild(t *testing.T, env []string) *probeChild {
@@ -368,7 +370,7 @@ func startProbeChild(t *testing.T, env []string) *probeChild {
 		t.Fatal(err)
 	}
 	c := &probeChild{t: t, front: "http://" + listen, admin: "http://" + adminListen,
-		log: filepath.Join(t.TempDir(), "child.log"), done: make(chan error, 1)}
+		log: filepath.Join(t.TempDir(), "child.log"), exited: make(chan struct{})}
 	logf, err := os.Create(c.log)
 	if err != nil {
 		t.Fatal(err)
@@ -392,14 +394,14 @@ func startProbeChild(t *testing.T, env []string) *probeChild {
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { c.done <- c.cmd.Wait(); logf.Close() }()
+	go func() { c.err = c.cmd.Wait(); logf.Close(); close(c.exited) }()
 	t.Cleanup(c.stop)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		select {
-		case err := <-c.done:
+		case <-c.exited:
 			out, _ := os.ReadFile(c.log)
-			t.Fatalf("the sidecar exited at start: %v\n%s", err, out)
+			t.Fatalf("the sidecar exited at start: %v\n%s", c.err, out)
 		default:
 		}
 		if resp, err := http.Get(c.admin + "/readyz"); err == nil {
@@ -423,10 +425,10 @@ func (c *probeChild) stop() {
 	}
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-c.done:
+	case <-c.exited:
 	case <-time.After(15 * time.Second):
 		_ = c.cmd.Process.Kill()
-		<-c.done
+		<-c.exited
 	}
 	c.cmd = nil
 	if c.t.Failed() {

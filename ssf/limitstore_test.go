@@ -337,3 +337,41 @@ func FuzzDecodeBucketState(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkLimitTake: one management call's take, with the bucket in
+// memory only, in the bbolt store without and with fsync; and a refused
+// take (an empty bucket), which writes nothing.
+func BenchmarkLimitTake(b *testing.B) {
+	open := func(b *testing.B, noSync bool) KV {
+		st, err := outbox.Open(filepath.Join(b.TempDir(), "bench.db"), outbox.StoreOptions{NoSync: noSync})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { st.Close() })
+		return st
+	}
+	cases := []struct {
+		name  string
+		kv    func(b *testing.B) KV
+		burst int
+	}{
+		{"memory", func(*testing.B) KV { return nil }, 1 << 30},
+		{"bbolt-nosync", func(b *testing.B) KV { return open(b, true) }, 1 << 30},
+		{"bbolt-fsync", func(b *testing.B) KV { return open(b, false) }, 1 << 30},
+		{"bbolt-fsync-refused", func(b *testing.B) KV { return open(b, false) }, 1},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			s := NewKVLimitStore(c.kv(b))
+			now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+			bucket := LimitBucket{Burst: c.burst, Interval: time.Hour}
+			ctx := context.Background()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, _, err := s.Take(ctx, "acme", now, bucket); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -282,6 +282,18 @@ func New(cfg Config) (*Transmitter, error) {
 				slog.String("stream_id", r.ID), slog.String("receiver", r.Receiver))
 		}
 		t.streams[r.ID] = &streamState{rec: r, added: added, removed: removed}
+		if r.push() {
+			if err := outbox.CheckEndpointURL(r.EndpointURL, cfg.AllowPrivateEndpoints); err != nil {
+				// Accepted under --allow-private-endpoints, which is off now.
+				// Refusing to start would take the only way into authentik
+				// down. The queue keeps the stream as it last knew it, and
+				// its connection checks refuse the private address, until
+				// the receiver points the stream at an allowed endpoint.
+				t.log.Warn("stream's push endpoint is not allowed with the current settings: the stream is kept, its deliveries are refused until the receiver changes the endpoint",
+					slog.String("stream_id", r.ID), slog.String("receiver", r.Receiver), slog.String("error", err.Error()))
+				continue
+			}
+		}
 		if err := cfg.Queue.SetStream(ctx, r.outboxConfig()); err != nil {
 			return nil, fmt.Errorf("register stream %s with the queue: %w", r.ID, err)
 		}

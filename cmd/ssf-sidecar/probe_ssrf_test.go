@@ -55,6 +55,7 @@ const (
 	probeHostsEnv   = "SSF_PROBE_SSRF_TEST_HOSTS" // name=addr[,addr];name=...
 	probeRxToken    = "probe-receiver-token-0123456789abcdef"
 	redirectRxToken = "redirect-receiver-token-0123456789ab"
+	storedRxToken   = "stored-receiver-token-0123456789abcd"
 )
 
 // TestProbeSSRFChild is the child side of TestProbeRefusesPrivateDestinations.
@@ -465,7 +466,7 @@ type probeOutput struct {
 
 func writeReceivers(t *testing.T, names ...string) string {
 	t.Helper()
-	tokens := map[string]string{"probe-rx": probeRxToken, "redirect-rx": redirectRxToken}
+	tokens := map[string]string{"probe-rx": probeRxToken, "redirect-rx": redirectRxToken, "stored-rx": storedRxToken}
 	var b strings.Builder
 	b.WriteString("receivers:\n")
 	for _, n := range names {
@@ -525,7 +526,7 @@ func TestProbeRefusesPrivateDestinations(t *testing.T) {
 		hostList = append(hostList, "public.ssrf.test="+public.String())
 	}
 	env := []string{
-		"SSF_UPSTREAM=" + ak.URL(), "SSF_RECEIVERS=" + writeReceivers(t, "probe-rx", "redirect-rx"),
+		"SSF_UPSTREAM=" + ak.URL(), "SSF_RECEIVERS=" + writeReceivers(t, "probe-rx", "redirect-rx", "stored-rx"),
 		"SSL_CERT_FILE=" + pki.caFile, "HTTPS_PROXY=" + proxyURL, "HTTP_PROXY=" + proxyURL,
 		"https_proxy=" + proxyURL, "http_proxy=" + proxyURL, probeHostsEnv + "=" + strings.Join(hostList, ";"),
 	}
@@ -757,6 +758,65 @@ func TestProbeRefusesPrivateDestinations(t *testing.T) {
 		}
 		if n := sink.conns.Load(); n != 0 {
 			t.Errorf("the redirect was followed: its target accepted %d connection(s)", n)
+		}
+		if n := proxyConns.Load(); n != 0 {
+			t.Errorf("the environment proxy accepted %d connection(s)", n)
+		}
+	})
+	t.Run("stored before the flag was turned off", func(t *testing.T) {
+		// Streams accepted while private endpoints were allowed: they are
+		// reached then (the probe delivers), and after a restart without
+		// the flag the sidecar still starts, and the probe reports each
+		// refused while their listeners see nothing more.
+		dir := t.TempDir()
+		plain := startTarget(t, "127.0.0.1:0", nil, accept)
+		tls6 := startTarget(t, "[::1]:0", &pki.cert, accept)
+		endpoints := []string{
+			"http://127.0.0.1:" + plain.port + "/",
+			"http://localhost:" + plain.port + "/",
+			"http://good.ssrf.test:" + plain.port + "/",
+			"http://[::ffff:127.0.0.1]:" + plain.port + "/",
+			"https://[::1]:" + tls6.port + "/",
+		}
+		file := writeReceivers(t, "stored-rx")
+		probe := func(c *probeChild) (int, []probeResult, string) {
+			t.Helper()
+			code, out, errs := cli(t, "receivers", "check", "--receivers", file, "--probe", "--json", "--timeout", "20s", "--admin-url", c.admin)
+			var po probeOutput
+			if err := json.Unmarshal([]byte(out), &po); err != nil {
+				t.Fatalf("probe --json: %v\n%s%s", err, out, errs)
+			}
+			return code, po.Probe, out + errs
+		}
+		before := startProbeChild(t, append([]string{"SSF_DATA_DIR=" + dir, "SSF_ALLOW_PRIVATE_ENDPOINTS=true"}, env...))
+		for _, u := range endpoints {
+			if code, _, body := before.createPush(storedRxToken, u); code != http.StatusCreated {
+				t.Fatalf("create %s with the flag on: %d %s", u, code, body)
+			}
+		}
+		code, res, out := probe(before)
+		if code != exitOK || len(res) != len(endpoints) {
+			t.Fatalf("with the flag on the stored endpoints should probe fine: exit %d\n%s", code, out)
+		}
+		before.stop()
+		n4, n6 := plain.conns.Load(), tls6.conns.Load()
+		if n4 == 0 || n6 == 0 {
+			t.Fatalf("the listeners were not reached with the flag on (%d, %d): the check below proves nothing", n4, n6)
+		}
+
+		after := startProbeChild(t, append([]string{"SSF_DATA_DIR=" + dir, "SSF_ALLOW_PRIVATE_ENDPOINTS=false"}, env...))
+		code, res, out = probe(after)
+		if code == exitOK || len(res) != len(endpoints) {
+			t.Errorf("after the restart without the flag: exit %d, %d results\n%s", code, len(res), out)
+		}
+		for _, r := range res {
+			if r.Outcome != probeRefused || !strings.Contains(r.Error, "not allowed") {
+				t.Errorf("%s: probe says %s %q, want refused", r.Endpoint, r.Outcome, r.Error)
+			}
+		}
+		if plain.conns.Load() != n4 || tls6.conns.Load() != n6 {
+			t.Errorf("after the restart without the flag the listeners accepted %d and %d more connection(s)",
+				plain.conns.Load()-n4, tls6.conns.Load()-n6)
 		}
 		if n := proxyConns.Load(); n != 0 {
 			t.Errorf("the environment proxy accepted %d connection(s)", n)

@@ -263,8 +263,9 @@ func (d *degraded) serveSSF(w http.ResponseWriter, r *http.Request) {
 }
 
 // adminHandler serves the admin listener while degraded: ready (the
-// listeners are up and authentik is reachable through them), unhealthy with
-// the store's detail, metrics, and 503 for the admin API.
+// listeners are up and authentik is reachable through them), a /healthz
+// of status "degraded" (200, as ever) with the store's detail, metrics, and
+// 503 for the admin API.
 func (d *degraded) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -289,11 +290,14 @@ func (d *degraded) adminHandler() http.Handler {
 		} else {
 			checks["upstream"] = result{Status: "ok"}
 		}
-		writeJSON(w, http.StatusServiceUnavailable, struct {
+		// 200, as the full sidecar's /healthz: the process is alive and
+		// serving authentik, and a liveness probe restarting it would take
+		// the only way in to authentik down. The body says what is wrong.
+		writeJSON(w, http.StatusOK, struct {
 			Status string            `json:"status"`
 			Mode   string            `json:"mode"`
 			Checks map[string]result `json:"checks"`
-		}{Status: "unhealthy", Mode: "degraded", Checks: checks})
+		}{Status: "degraded", Mode: "degraded", Checks: checks})
 	})
 	mux.Handle("GET /metrics", d.front.metrics)
 	mux.HandleFunc("/admin/", func(w http.ResponseWriter, r *http.Request) {

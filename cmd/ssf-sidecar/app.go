@@ -168,8 +168,10 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	if a.degraded != nil {
 		a.adminHandler = a.degraded.admin
 		a.metrics.tapStats, a.metrics.outboxStats = a.degraded.tapStats, a.degraded.outboxStats
+		a.metrics.limitFailures = a.degraded.limitFailures
 	} else {
 		a.metrics.tapStats, a.metrics.outboxStats = a.tap.Stats, a.outbox.AllStats
+		a.metrics.limitFailures = a.tx.ManagementLimitFailures
 	}
 	return a, nil
 }

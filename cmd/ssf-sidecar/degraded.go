@@ -166,6 +166,14 @@ func (d *degraded) tapStats() tap.Stats {
 	return s
 }
 
+// limitFailures feeds /metrics: nothing until the store is open.
+func (d *degraded) limitFailures() int64 {
+	if l := d.live.Load(); l != nil {
+		return l.tx.ManagementLimitFailures()
+	}
+	return 0
+}
+
 // outboxStats feeds /metrics: nothing until the store is open.
 func (d *degraded) outboxStats(ctx context.Context) ([]outbox.StreamStats, error) {
 	if l := d.live.Load(); l != nil {

@@ -38,8 +38,11 @@ type sidecarMetrics struct {
 	proxyStats  func() proxy.Stats
 	tapStats    func() tap.Stats
 	outboxStats func(context.Context) ([]outbox.StreamStats, error)
-	version     string
-	log         *slog.Logger
+	// limitFailures counts management calls served because the store could
+	// not keep their rate-limit state.
+	limitFailures func() int64
+	version       string
+	log           *slog.Logger
 }
 
 func newSidecarMetrics() *sidecarMetrics {
@@ -120,7 +123,12 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 		fams = append(fams,
 			counter("ssf_sidecar_upstream_errors_total", "Requests answered 502 because authentik failed.", s.UpstreamErrors),
 			counter("ssf_sidecar_upstream_timeouts_total", "Requests answered 504 because authentik did not answer in time.", s.UpstreamTimeouts),
-			counter("ssf_sidecar_client_gone_total", "Requests the client abandoned before the end.", s.ClientGone))
+			counter("ssf_sidecar_client_gone_total", "Requests the client abandoned before the end.", s.ClientGone),
+			counter("ssf_sidecar_proxy_lane_requests_total", "Proxied requests carried by the proxy's own HTTP/1.1 lane (bodyless GET and HEAD); the rest went through net/http.", s.Lane))
+	}
+	if m.limitFailures != nil {
+		fams = append(fams, counter("ssf_sidecar_management_limit_store_failures_total",
+			"Management calls served without their rate-limit state stored, because the store failed (the limit held in memory).", uint64(max(m.limitFailures(), 0))))
 	}
 	if m.tapStats != nil {
 		s := m.tapStats()

@@ -187,6 +187,12 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	if v := sumOf(m, "ssf_sidecar_http_requests_total", `route_class="ssf"`); v != float64(ps.SSF) {
 		t.Errorf("SSF requests %v, proxy counted %d", v, ps.SSF)
 	}
+	if v, ok := m["ssf_sidecar_proxy_lane_requests_total"]; !ok || v != float64(ps.Lane) || ps.Lane > ps.Proxied {
+		t.Errorf("lane requests %v (present %v), proxy counted %d of %d", v, ok, ps.Lane, ps.Proxied)
+	}
+	if v, ok := m["ssf_sidecar_management_limit_store_failures_total"]; !ok || v != 0 {
+		t.Errorf("management limit store failures %v (present %v), want 0", v, ok)
+	}
 	if v := sumOf(m, "ssf_sidecar_http_request_duration_seconds_count"); v != sumOf(m, "ssf_sidecar_http_requests_total") {
 		t.Errorf("duration observations %v != requests %v", v, sumOf(m, "ssf_sidecar_http_requests_total"))
 	}

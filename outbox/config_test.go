@@ -11,17 +11,45 @@ import (
 )
 
 func TestConfigValidate(t *testing.T) {
-	err := Config{PushTimeout: -1, MaxBackoff: time.Millisecond, Workers: -2}.Validate()
+	err := Config{PushTimeout: -1, MaxBackoff: time.Millisecond, Workers: -2, LeaseTTL: -time.Second}.Validate()
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"Store", "Signer", "PushTimeout", "MaxBackoff", "Workers"} {
+	for _, want := range []string{"Store", "Signer", "PushTimeout", "MaxBackoff", "Workers", "LeaseTTL"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate does not report %s: %v", want, err)
 		}
 	}
 	if _, err := New(Config{}); err == nil {
 		t.Error("New accepted an empty config")
+	}
+	if err := (Config{LeaseTTL: time.Microsecond}).Validate(); err == nil || !strings.Contains(err.Error(), "LeaseTTL") {
+		t.Errorf("a LeaseTTL too short to renew at a third of it: %v", err)
+	}
+}
+
+// TestLeaseDefaults: the dispatch lease outlasts a push attempt and its
+// renewal period, and each Outbox is its own holder.
+func TestLeaseDefaults(t *testing.T) {
+	tests := []struct {
+		push, ttl, want time.Duration
+	}{
+		{0, 0, 30 * time.Second},
+		{20 * time.Second, 0, 60 * time.Second},
+		{0, 5 * time.Second, 5 * time.Second},
+	}
+	for _, tc := range tests {
+		c := Config{PushTimeout: tc.push, LeaseTTL: tc.ttl}
+		c.defaults()
+		if c.LeaseTTL != tc.want {
+			t.Errorf("PushTimeout %v, LeaseTTL %v: default %v, want %v", tc.push, tc.ttl, c.LeaseTTL, tc.want)
+		}
+	}
+	a, b := Config{}, Config{}
+	a.defaults()
+	b.defaults()
+	if a.HolderID == "" || a.HolderID == b.HolderID {
+		t.Errorf("holder ids %q and %q, want distinct", a.HolderID, b.HolderID)
 	}
 }
 

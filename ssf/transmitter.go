@@ -188,11 +188,18 @@ func (c *Config) defaults() {
 	}
 }
 
-// randomID returns 128 random bits, base64url (RFC 3986 unreserved).
+// randomID returns 128 random bits, base64url (RFC 3986 unreserved). It
+// never starts with "-" or "_", so that an id pasted on a command line
+// ("ssf-sidecar streams show ID") is never read as a flag.
 func randomID() string {
 	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	for {
+		_, _ = rand.Read(b[:])
+		id := base64.RawURLEncoding.EncodeToString(b[:])
+		if id[0] != '-' && id[0] != '_' {
+			return id
+		}
+	}
 }
 
 // streamState is a stream with its subjects, kept in memory.

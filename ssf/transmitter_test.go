@@ -671,3 +671,19 @@ func TestPollSetErrs(t *testing.T) {
 		t.Errorf("rejected SET handed out again: %d", len(again))
 	}
 }
+
+// TestRandomIDShape: ids are 22 base64url characters, unique, and never
+// start with a character a command line would read as a flag.
+func TestRandomIDShape(t *testing.T) {
+	seen := map[string]bool{}
+	for range 20000 {
+		id := randomID()
+		if len(id) != 22 || id[0] == '-' || id[0] == '_' || strings.Trim(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") != "" {
+			t.Fatalf("id %q", id)
+		}
+		if seen[id] {
+			t.Fatalf("id %q twice", id)
+		}
+		seen[id] = true
+	}
+}

@@ -258,9 +258,13 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	}
 	rep.tx = a.tx
 	up, _ := url.Parse(cfg.Upstream)
+	leases, err := outbox.NewStoreLeases(outbox.LeaseConfig{Store: a.store, Clock: a.clock})
+	if err != nil {
+		return fmt.Errorf("leases: %w", err)
+	}
 	a.tap, err = tap.New(tap.Config{
 		Upstream: up, Token: cfg.AuthentikToken, SecretKey: cfg.AuthentikSecretKey,
-		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill,
+		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases},
 		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger.With("component", "tap"),
 	})
 	if err != nil {

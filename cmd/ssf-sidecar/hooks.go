@@ -57,6 +57,15 @@ func combineHooks(all ...outbox.Hooks) outbox.Hooks {
 				f(s, u, e)
 			}
 		}
+		if f := x.OnFenced; f != nil {
+			prev := h.OnFenced
+			h.OnFenced = func(s string, tok, cur uint64) {
+				if prev != nil {
+					prev(s, tok, cur)
+				}
+				f(s, tok, cur)
+			}
+		}
 	}
 	return h
 }

@@ -33,6 +33,7 @@ type sidecarMetrics struct {
 	deadLettered    *counterVec
 	verifications   *counterVec
 	enqueueDropped  *counterVec
+	fenced          *counterVec
 
 	// sources read at scrape time; any may be nil.
 	proxyStats  func() proxy.Stats
@@ -61,6 +62,8 @@ func newSidecarMetrics() *sidecarMetrics {
 			"Time from enqueue to the receiver's 2xx (push) or acknowledgement (poll), by stream.", deliveryBuckets, "stream_id"),
 		deadLettered: newCounterVec("ssf_sidecar_dead_lettered_total",
 			"SETs moved to the dead letter, by stream.", "stream_id"),
+		fenced: newCounterVec("ssf_sidecar_outbox_fenced_total",
+			"Delivery outcomes refused because the dispatcher had lost its stream's lease to a newer holder, by stream.", "stream_id"),
 		verifications: newCounterVec("ssf_sidecar_verification_requests_total",
 			"Receiver verification requests, by stream and result (accepted, rate_limited).", "stream_id", "result"),
 		enqueueDropped: newCounterVec("ssf_sidecar_outbox_enqueue_dropped_total",
@@ -107,6 +110,7 @@ func (m *sidecarMetrics) hooks() outbox.Hooks {
 			m.deliveryLatency.observe(since, streamID)
 		},
 		OnDeadLetter: func(streamID, _, _ string) { m.deadLettered.add(1, streamID) },
+		OnFenced:     func(streamID string, _, _ uint64) { m.fenced.add(1, streamID) },
 	}
 }
 
@@ -115,7 +119,7 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 	fams := []family{
 		m.requests.family(), m.requestDuration.family(), m.observerMisses.family(), m.setsIssued.family(),
 		m.deliveries.family(), m.deliveryLatency.family(), m.deadLettered.family(), m.verifications.family(),
-		m.enqueueDropped.family(),
+		m.enqueueDropped.family(), m.fenced.family(),
 		gauge("ssf_sidecar_build_info", "Always 1; the version is a label.", 1, "version", m.version),
 	}
 	if m.proxyStats != nil {

@@ -110,7 +110,9 @@ func (t *Tap) runPoller(ctx context.Context) error {
 			continue
 		}
 		if !held {
-			wait = t.cfg.PollInterval // standing by: try again
+			// Standing by: keeping up is the holder's job, not ours.
+			t.stats.caughtUp.Store(t.cfg.Clock().UnixNano())
+			wait = t.cfg.PollInterval
 			continue
 		}
 		if !seeded {
@@ -153,6 +155,7 @@ func (t *Tap) pollOnce(ctx context.Context) error { return t.pollWith(ctx, nil) 
 // lease, it stops (errLeaseLost, leaving the cursor to the new holder)
 // when the lease cannot be kept between two events.
 func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
+	started := t.cfg.Clock()
 	cur, err := t.loadCursor(ctx)
 	if err != nil {
 		return err
@@ -196,8 +199,12 @@ func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 		dirty = len(sigs) == 0
 		cur = next
 	}
-	t.stats.pollLag.Store(int64(t.cfg.Clock().Sub(cur.Time)))
-	return t.flushCursor(ctx, cur, dirty, nil)
+	if err := t.flushCursor(ctx, cur, dirty, nil); err != nil {
+		return err
+	}
+	// Everything authentik had recorded when this poll began is read.
+	t.stats.caughtUp.Store(started.UnixNano())
+	return nil
 }
 
 // flushCursor commits a cursor moved past events without signals.

@@ -219,3 +219,40 @@ func TestFreshStartWithSkewedClocks(t *testing.T) {
 		})
 	}
 }
+
+// TestPollLagMeasuresCatchingUp: the poller's lag is how long ago it last
+// had read everything authentik had recorded. An empty or quiet event log
+// is no lag; a poller that cannot read is, and it grows until it reads again.
+func TestPollLagMeasuresCatchingUp(t *testing.T) {
+	var now atomic.Int64
+	now.Store(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	e := newEnv(t, envOpts{mutate: func(c *Config) {
+		c.Clock, c.PollInterval, c.MaxBackoff = clock, time.Hour, time.Hour
+	}})
+	e.poll() // an empty event log
+	if lag := e.tap.Stats().PollLag; lag != 0 {
+		t.Fatalf("lag after reading an empty log: %s", lag)
+	}
+	now.Add(int64(2 * time.Hour)) // authentik stays quiet
+	if lag := e.tap.Stats().PollLag; lag != 2*time.Hour {
+		t.Fatalf("lag two hours after the last poll: %s", lag)
+	}
+	e.poll()
+	if lag := e.tap.Stats().PollLag; lag != 0 {
+		t.Fatalf("lag after a poll of a quiet log: %s", lag)
+	}
+	e.ak.SetFailMode(authentiktest.Fail503)
+	now.Add(int64(time.Hour))
+	errs := e.tap.Stats().PollErrors
+	e.tap.PollNow()
+	e.waitFor("a failed poll", func() bool { return e.tap.Stats().PollErrors > errs })
+	if lag := e.tap.Stats().PollLag; lag != time.Hour {
+		t.Fatalf("lag while authentik fails: %s, want 1h", lag)
+	}
+	e.ak.SetFailMode(authentiktest.FailNone)
+	e.poll()
+	if lag := e.tap.Stats().PollLag; lag != 0 {
+		t.Fatalf("lag after catching up: %s", lag)
+	}
+}

@@ -79,6 +79,7 @@ func New(cfg Config) (*Tap, error) {
 	if err := t.dir.load(cfg.KV); err != nil {
 		return nil, fmt.Errorf("tap: load directory: %w", err)
 	}
+	t.stats.caughtUp.Store(cfg.Clock().UnixNano())
 	return t, nil
 }
 
@@ -225,8 +226,11 @@ type Stats struct {
 	Anonymous   uint64
 	RateLimited uint64
 	QueueDrops  uint64
-	// PollErrors counts failed polls; PollLag is how far behind now the
-	// cursor was after the last successful poll.
+	// PollErrors counts failed polls. PollLag is how long ago the poller
+	// last had read everything authentik had recorded (the start of its
+	// last successful poll; the tap's start before the first). A quiet
+	// authentik is no lag; a poller that keeps failing, or is stuck, is.
+	// It stays 0 while another replica holds the poller lease.
 	PollErrors uint64
 	// Polls counts completed polls of the event API.
 	Polls      uint64
@@ -242,7 +246,7 @@ type counters struct {
 	dedupDrops, misses, untrusted, anonymous atomic.Uint64
 	rateLimited, queueDrops, pollErrors      atomic.Uint64
 	flowErrors, reconciled, polls            atomic.Uint64
-	pollLag                                  atomic.Int64
+	caughtUp                                 atomic.Int64 // unix nanos; see Stats.PollLag
 }
 
 func (c *counters) signal(k Kind, s Source) {
@@ -263,7 +267,7 @@ func (t *Tap) Stats() Stats {
 		Signals: map[Kind]map[Source]uint64{}, DedupDrops: t.stats.dedupDrops.Load(), Misses: t.stats.misses.Load(),
 		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), RateLimited: t.stats.rateLimited.Load(),
 		QueueDrops: t.stats.queueDrops.Load(), PollErrors: t.stats.pollErrors.Load(), Polls: t.stats.polls.Load(),
-		PollLag: time.Duration(t.stats.pollLag.Load()), FlowErrors: t.stats.flowErrors.Load(),
+		PollLag: max(0, t.cfg.Clock().Sub(time.Unix(0, t.stats.caughtUp.Load()))), FlowErrors: t.stats.flowErrors.Load(),
 		Reconciled: t.stats.reconciled.Load(),
 	}
 	t.stats.mu.Lock()

@@ -150,7 +150,7 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 			counter("ssf_sidecar_tap_queue_drops_total", "Completed observations dropped because the tap's queue was full (recovered from the journal).", s.QueueDrops),
 			counter("ssf_sidecar_poller_polls_total", "Completed reads of authentik's event API.", s.Polls),
 			counter("ssf_sidecar_poller_errors_total", "Failed reads of authentik's event API.", s.PollErrors),
-			gauge("ssf_sidecar_poller_lag_seconds", "How far behind now the event-API cursor was after the last successful poll.", s.PollLag.Seconds()))
+			gauge("ssf_sidecar_poller_lag_seconds", "Seconds since the event-API poller last had read everything authentik had recorded (0 while another replica holds the poller lease).", s.PollLag.Seconds()))
 	}
 	if m.outboxStats != nil {
 		stats, err := m.outboxStats(ctx)

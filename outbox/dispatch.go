@@ -303,21 +303,72 @@ func (o *Outbox) signOne(ctx context.Context, p *pending) {
 // fenced by the dispatch lease's token. A refused group means the lease
 // moved on: the pipeline is stopped (stop); outcomes still in flight are
 // refused the same way, and the new holder delivers those SETs again.
-func (o *Outbox) commitLoop(st *streamState, token uint64, results <-chan *pending, stop func()) {
-	for p := range results {
-		batch := []*pending{p}
-	more:
-		for len(batch) < 1024 {
-			select {
-			case q, ok := <-results:
-				if !ok {
-					break more
-				}
-				batch = append(batch, q)
-			default:
+// commitLinger is how long the committer waits for more outcomes once
+// they come faster than it commits, up to commitLingerBatch of them: a
+// backlog then costs one fsync per several SETs instead of one per one or
+// two. At a trickle outcomes are committed at once.
+const commitLinger = 2 * time.Millisecond
+
+const commitLingerBatch = 32
+
+// gatherer collects the outcomes one commit records.
+type gatherer struct {
+	linger time.Duration
+	timer  *time.Timer
+	busy   bool // the last batch held more than one outcome
+}
+
+func newGatherer(linger time.Duration) *gatherer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &gatherer{linger: linger, timer: t}
+}
+
+// gather returns first and every outcome already waiting; after a batch of
+// more than one it also waits up to the linger for more, to at most
+// commitLingerBatch (or until results is closed).
+func (g *gatherer) gather(first *pending, results <-chan *pending) []*pending {
+	batch := []*pending{first}
+	lingering, expired := false, false
+more:
+	for len(batch) < 1024 {
+		select {
+		case q, ok := <-results:
+			if !ok {
 				break more
 			}
+			batch = append(batch, q)
+			continue
+		default:
 		}
+		if !g.busy || expired || len(batch) >= commitLingerBatch || g.linger <= 0 {
+			break
+		}
+		if !lingering {
+			lingering = true
+			g.timer.Reset(g.linger)
+		}
+		select {
+		case q, ok := <-results:
+			if !ok {
+				break more
+			}
+			batch = append(batch, q)
+		case <-g.timer.C:
+			expired = true
+		}
+	}
+	if lingering && !expired {
+		g.timer.Stop()
+	}
+	g.busy = len(batch) > 1
+	return batch
+}
+
+func (o *Outbox) commitLoop(st *streamState, token uint64, results <-chan *pending, stop func()) {
+	g := newGatherer(commitLinger)
+	for p := range results {
+		batch := g.gather(p, results)
 		if err := o.commitBatch(st, token, batch); err != nil {
 			if errors.Is(err, ErrFenced) {
 				o.refused(st, err)

@@ -94,10 +94,12 @@ func decodeEventPage(body []byte) (eventPage, error) {
 	}
 	for i := range raw.Results {
 		e := raw.Results[i]
+		// The pk is a UUID, dashes or not: compare it without them, and
+		// check it only then (a pk of dashes alone is no pk).
+		e.PK = strings.ReplaceAll(strings.ToLower(e.PK), "-", "")
 		if e.PK == "" || e.Action == "" || e.Created.IsZero() {
 			return eventPage{}, fmt.Errorf("tap: event page: record %d lacks pk, action or created", i)
 		}
-		e.PK = strings.ReplaceAll(strings.ToLower(e.PK), "-", "")
 		_ = json.Unmarshal(e.RawUser, &e.User)
 		_ = json.Unmarshal(e.RawCtx, &e.Context)
 		e.RawUser, e.RawCtx = nil, nil

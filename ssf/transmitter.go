@@ -256,10 +256,7 @@ func New(cfg Config) (*Transmitter, error) {
 	t.issuerURL, _ = url.Parse(cfg.Issuer)
 	p := strings.TrimSuffix(t.issuerURL.Path, "/")
 	t.discoveryPath = "/.well-known/ssf-configuration" + p
-	t.base = p
-	if t.base == "" {
-		t.base = "/ssf"
-	}
+	t.base = basePath(t.issuerURL)
 	for i := range cfg.Receivers {
 		r := &cfg.Receivers[i]
 		t.receivers[r.Name] = r
@@ -313,8 +310,30 @@ func New(cfg Config) (*Transmitter, error) {
 func (t *Transmitter) Handler() http.Handler { return t.echo }
 
 // Prefixes lists the path prefixes Handler answers.
-func (t *Transmitter) Prefixes() []string {
-	return []string{"/.well-known/ssf-configuration", t.base + "/"}
+func (t *Transmitter) Prefixes() []string { return prefixes(t.base) }
+
+// PrefixesFor lists the path prefixes a transmitter for issuer answers,
+// without building one (a sidecar that cannot open its store yet still
+// routes these paths away from authentik).
+func PrefixesFor(issuer string) []string {
+	u, err := url.Parse(issuer)
+	if err != nil {
+		u = &url.URL{}
+	}
+	return prefixes(basePath(u))
+}
+
+func prefixes(base string) []string {
+	return []string{"/.well-known/ssf-configuration", base + "/"}
+}
+
+// basePath is where the SSF endpoints live: the issuer's path, or /ssf
+// when it has none.
+func basePath(issuer *url.URL) string {
+	if p := strings.TrimSuffix(issuer.Path, "/"); p != "" {
+		return p
+	}
+	return "/ssf"
 }
 
 // endpoint returns the absolute URL of an endpoint under the base path.

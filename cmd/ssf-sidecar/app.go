@@ -146,7 +146,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		if a.degraded, err = newDegraded(a, receivers, se); err != nil {
 			return nil, err
 		}
-		ssfHandler, ssfPrefixes, observer = a.degraded.ssf, ssfPrefixesFor(cfg.Issuer), a.degraded.observer
+		ssfHandler, ssfPrefixes, observer = a.degraded.ssf, ssf.PrefixesFor(cfg.Issuer), a.degraded.observer
 	} else {
 		defer func() {
 			if err != nil {

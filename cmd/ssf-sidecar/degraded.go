@@ -114,19 +114,6 @@ func isDiskError(err error) bool {
 		errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EIO)
 }
 
-// ssfPrefixesFor is what ssf.Transmitter.Prefixes answers for the issuer,
-// computed without a store: discovery, and everything under the issuer's
-// path (/ssf when it has none).
-func ssfPrefixesFor(issuer string) []string {
-	base := "/ssf"
-	if u, err := url.Parse(issuer); err == nil {
-		if p := strings.TrimSuffix(u.Path, "/"); p != "" {
-			base = p
-		}
-	}
-	return []string{"/.well-known/ssf-configuration", base + "/"}
-}
-
 // detail is the /healthz store detail: what failed, and what to do.
 func (d *degraded) detail() string {
 	c := d.cause.Load()

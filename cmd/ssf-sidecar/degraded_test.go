@@ -174,7 +174,8 @@ func TestLogLimiter(t *testing.T) {
 }
 
 // TestSSFPrefixesForMatchesTransmitter holds the degraded proxy's SSF
-// prefixes to what the transmitter answers for the same issuer.
+// prefixes (ssf.PrefixesFor) to what a built transmitter answers for the
+// same issuer.
 func TestSSFPrefixesForMatchesTransmitter(t *testing.T) {
 	for _, issuer := range []string{"http://127.0.0.1:9080/ssf", "https://auth.example/", "https://auth.example/a/b/", "https://auth.example"} {
 		cfg := degradedTestConfig(t, "http://127.0.0.1:1", t.TempDir())
@@ -185,8 +186,8 @@ func TestSSFPrefixesForMatchesTransmitter(t *testing.T) {
 		}
 		want := a.tx.Prefixes()
 		a.store.Close()
-		if got := ssfPrefixesFor(issuer); !slices.Equal(got, want) {
-			t.Errorf("%s: ssfPrefixesFor = %v, transmitter %v", issuer, got, want)
+		if got := ssf.PrefixesFor(issuer); !slices.Equal(got, want) {
+			t.Errorf("%s: ssf.PrefixesFor = %v, transmitter %v", issuer, got, want)
 		}
 	}
 }

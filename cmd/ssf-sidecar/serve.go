@@ -42,19 +42,30 @@ func validateAll(cfg Config, parseErr error) ([]ssf.Receiver, error) {
 	return receivers, nil
 }
 
-func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
-	cfg, _, rest, perr := loadConfig("serve", args, stderr)
+// loadValid is the start of serve and config check: parse the flags
+// (help and usage errors returned as they are), refuse stray arguments,
+// and run every configuration check.
+func loadValid(name string, args []string, stderr io.Writer) (Config, map[string]rawValue, []ssf.Receiver, error) {
+	cfg, raw, rest, perr := loadConfig(name, args, stderr)
 	if errors.Is(perr, flag.ErrHelp) {
-		return perr
+		return Config{}, nil, nil, perr
 	}
 	var ue usageError
 	if errors.As(perr, &ue) {
-		return perr
+		return Config{}, nil, nil, perr
 	}
 	if len(rest) > 0 {
-		return usageError{fmt.Sprintf("serve takes no arguments, got %q", rest)}
+		return Config{}, nil, nil, usageError{fmt.Sprintf("%s takes no arguments, got %q", name, rest)}
 	}
 	receivers, err := validateAll(cfg, perr)
+	if err != nil {
+		return Config{}, nil, nil, err
+	}
+	return cfg, raw, receivers, nil
+}
+
+func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
+	cfg, _, receivers, err := loadValid("serve", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -82,18 +93,7 @@ func runConfig(_ context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return usageError{"usage: ssf-sidecar config check [serve flags]"}
 	}
-	cfg, raw, rest, perr := loadConfig("config check", args[1:], stderr)
-	if errors.Is(perr, flag.ErrHelp) {
-		return perr
-	}
-	var ue usageError
-	if errors.As(perr, &ue) {
-		return perr
-	}
-	if len(rest) > 0 {
-		return usageError{fmt.Sprintf("config check takes no arguments, got %q", rest)}
-	}
-	receivers, err := validateAll(cfg, perr)
+	_, raw, receivers, err := loadValid("config check", args[1:], stderr)
 	if err != nil {
 		return err
 	}

@@ -28,7 +28,14 @@ type StoreOptions struct {
 	MaxBatch int
 	// Logger receives write failures (default: discard).
 	Logger *slog.Logger
+	// Clock dates write failures for Healthy (default time.Now).
+	Clock func() time.Time
 }
+
+// failingHold is how long a failed commit keeps Healthy failing although
+// later commits succeed: a full disk still takes the small writes that
+// reuse freed pages, and must not look healthy because of them.
+const failingHold = time.Minute
 
 // ErrStoreClosed is returned by writes after Close.
 var ErrStoreClosed = errors.New("outbox: store closed")
@@ -45,8 +52,9 @@ type Store struct {
 	done    chan struct{}
 	once    sync.Once
 
-	mu      sync.Mutex
-	lastErr error
+	mu        sync.Mutex
+	lastErr   error
+	lastErrAt time.Time
 
 	// epoch counts the opens of the file, this one included: leases taken
 	// under an earlier open have no live holder (see StoreLeases).
@@ -72,6 +80,9 @@ func Open(path string, opts StoreOptions) (*Store, error) {
 	}
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 4096
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -167,8 +178,8 @@ func (s *Store) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) e
 	})
 }
 
-// Healthy reports whether the last write succeeded (for /healthz), with the
-// error if not.
+// Healthy reports the last commit failure (for /healthz), until a commit
+// succeeds at least failingHold after it; nil when writes work.
 func (s *Store) Healthy() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -278,10 +289,18 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 }
 
+// setErr records a commit's outcome for Healthy: a failure at once, a
+// success only once failingHold has passed since the last failure.
 func (s *Store) setErr(err error) {
+	now := s.opts.Clock()
 	s.mu.Lock()
-	s.lastErr = err
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	switch {
+	case err != nil:
+		s.lastErr, s.lastErrAt = err, now
+	case s.lastErr != nil && now.Sub(s.lastErrAt) >= failingHold:
+		s.lastErr = nil
+	}
 }
 
 func validateMarks(marks []Mark) error {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestStoreBehaviour is the store's behaviour suite: each step reopens the
@@ -208,5 +209,35 @@ func TestEnqueueAtomicIdempotent(t *testing.T) {
 	order := []string{hist[2].JTI, hist[1].JTI, hist[0].JTI} // History is newest (highest seq) first
 	if fmt.Sprint(order) != "[head j1 j2]" {
 		t.Errorf("queue order = %v, want [head j1 j2]", order)
+	}
+}
+
+// TestStoreHealthHoldsFailure: a failed commit keeps the store failing
+// while later commits succeed, for failingHold (a full disk still takes
+// writes that reuse freed pages); a success after that clears it.
+func TestStoreHealthHoldsFailure(t *testing.T) {
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	s, err := Open(filepath.Join(t.TempDir(), "h.db"), StoreOptions{NoSync: true, Clock: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	commit := func() {
+		t.Helper()
+		if err := s.Commit(context.Background(), []Mark{{Bucket: "b", Key: []byte("k"), Value: []byte("v")}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full := errors.New("write h.db: file too large")
+	s.setErr(full)
+	now = now.Add(10 * time.Second)
+	commit()
+	if err := s.Healthy(); !errors.Is(err, full) {
+		t.Fatalf("a success 10 s after a failure: Healthy = %v, want the failure", err)
+	}
+	now = now.Add(failingHold)
+	commit()
+	if err := s.Healthy(); err != nil {
+		t.Fatalf("a success past the hold: Healthy = %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -239,5 +240,60 @@ func TestStoreHealthHoldsFailure(t *testing.T) {
 	commit()
 	if err := s.Healthy(); err != nil {
 		t.Fatalf("a success past the hold: Healthy = %v", err)
+	}
+}
+
+// TestGroupCommitUnderLoad checks that concurrent writers share
+// transactions when the processor is busy: with one P, the writers a commit
+// releases are queued behind the writer goroutine, and without yielding to
+// them it would commit each arrival on its own. A lone caller gets a
+// transaction per write.
+func TestGroupCommitUnderLoad(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	s, err := Open(filepath.Join(t.TempDir(), "g.db"), StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	write := func(w, i int) {
+		key := []byte(fmt.Sprintf("w%03d-%04d", w, i))
+		if err := s.Commit(context.Background(), []Mark{{Bucket: "g", Key: key, Value: key}}); err != nil {
+			t.Error(err)
+		}
+	}
+	const lone = 20
+	before := s.Stats()
+	for i := range lone {
+		write(0, i)
+	}
+	after := s.Stats()
+	if txns, writes := after.Transactions-before.Transactions, after.Writes-before.Writes; txns != lone || writes != lone {
+		t.Fatalf("a lone caller: %d writes in %d transactions, want %d in %d", writes, txns, lone, lone)
+	}
+
+	const writers, each = 32, 40
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				write(w+1, i)
+			}
+		}()
+	}
+	wg.Wait()
+	st := s.Stats()
+	txns, writes := st.Transactions-after.Transactions, st.Writes-after.Writes
+	if writes != writers*each {
+		t.Fatalf("Writes counted %d, want %d", writes, writers*each)
+	}
+	t.Logf("%.1f writes per transaction", float64(writes)/float64(txns))
+	if per := float64(writes) / float64(txns); per < writers/4 {
+		t.Fatalf("%d concurrent writers on one P: %.1f writes per transaction (%d transactions), want at least %d", writers, per, txns, writers/4)
+	}
+	n := 0
+	if err := s.Scan("g", nil, func(k, v []byte) error { n++; return nil }); err != nil || n != lone+writers*each {
+		t.Fatalf("scan: %d keys, err %v; want %d", n, err, lone+writers*each)
 	}
 }

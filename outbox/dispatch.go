@@ -128,6 +128,30 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 	var mu sync.Mutex
 	stop := false
 	handled := false
+	// attempt posts one SET and passes its outcome to the committer.
+	attempt := func(p *pending) {
+		if p.signErr != nil {
+			p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
+		} else {
+			p.res = o.post(pctx, cfg, p.compact)
+		}
+		if p.res.out == outRetry && pctx.Err() != nil {
+			return // aborted (shutdown, or a sibling failed): it stays queued
+		}
+		if h := o.cfg.Hooks.OnAttempt; h != nil {
+			h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
+		}
+		if p.res.out == outRetry {
+			mu.Lock()
+			stop = true
+			mu.Unlock()
+			o.fail(st, p.res)
+			cancel()
+		} else {
+			o.succeed(st, p.res)
+		}
+		results <- p
+	}
 	for p := range ready {
 		handled = true
 		select {
@@ -151,36 +175,20 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 		if pctx.Err() != nil {
 			break
 		}
+		if o.cfg.StreamConcurrency == 1 {
+			// Strict order: one attempt at a time, on this goroutine.
+			attempt(p)
+			<-o.workers
+			<-slots
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
 			defer func() { <-o.workers }()
-			if p.signErr != nil {
-				p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
-			} else {
-				p.res = o.post(pctx, cfg, p.compact)
-			}
-			if p.res.out == outRetry && pctx.Err() != nil {
-				return // aborted (shutdown, or a sibling failed): it stays queued
-			}
-			if h := o.cfg.Hooks.OnAttempt; h != nil {
-				h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
-			}
-			if p.res.out == outRetry {
-				mu.Lock()
-				stop = true
-				mu.Unlock()
-				o.fail(st, p.res)
-				cancel()
-			} else {
-				o.succeed(st, p.res)
-			}
-			results <- p
+			attempt(p)
 		}()
-		if o.cfg.StreamConcurrency == 1 {
-			wg.Wait()
-		}
 	}
 	cancel()
 	wg.Wait()

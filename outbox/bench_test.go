@@ -125,7 +125,7 @@ func signCeilingCPU(b *testing.B, n int) (wall, cpu float64) {
 }
 
 // countingReceiver answers 202 and counts; onJTI sees each arrival.
-func countingReceiver(b *testing.B, onJTI func(jti string)) (*httptest.Server, *atomic.Int64) {
+func countingReceiver(b testing.TB, onJTI func(jti string)) (*httptest.Server, *atomic.Int64) {
 	var n atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)

@@ -13,7 +13,7 @@ import (
 var (
 	bktStreams = []byte("outbox.streams") // stream id → streamMeta (JSON)
 	bktQueue   = []byte("outbox.queue")   // stream id 0x00 seq → jti (undelivered, in order)
-	bktSets    = []byte("outbox.sets")    // jti → Record (JSON)
+	bktSets    = []byte("outbox.sets")    // jti → Record (record.go)
 	bktHist    = []byte("outbox.hist")    // stream id 0x00 seq → jti (every kept record)
 	bktDead    = []byte("outbox.dead")    // stream id 0x00 seq → jti (dead letter)
 	bktKeys    = []byte("outbox.keys")    // idempotency key → expiry (unix nanos)
@@ -154,19 +154,15 @@ func getRecord(tx *bolt.Tx, jti string) (*Record, error) {
 	if v == nil {
 		return nil, nil
 	}
-	var r Record
-	if err := json.Unmarshal(v, &r); err != nil {
+	r, err := decodeRecord(v)
+	if err != nil {
 		return nil, fmt.Errorf("outbox: record %q: %w", jti, err)
 	}
-	return &r, nil
+	return r, nil
 }
 
 func putRecord(tx *bolt.Tx, r *Record) error {
-	v, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bktSets).Put([]byte(r.JTI), v)
+	return tx.Bucket(bktSets).Put([]byte(r.JTI), encodeRecord(nil, r))
 }
 
 func ensureBuckets(tx *bolt.Tx) error {

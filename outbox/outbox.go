@@ -225,7 +225,7 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 				m.Tail++
 			}
 			r := &Record{JTI: s.JTI, StreamID: s.StreamID, Seq: seq, EventType: s.EventType,
-				Claims: s.Claims, Labels: s.Labels, TraceParent: s.TraceParent, Announce: s.Announce,
+				Claims: compactJSON(s.Claims), Labels: s.Labels, TraceParent: s.TraceParent, Announce: s.Announce,
 				State: StateQueued, EnqueuedAt: now, QueuedAt: now}
 			if err := o.queueRecord(tx, r); err != nil {
 				return err

@@ -49,6 +49,36 @@ func runOutbox(b *testing.B, ob *Outbox) {
 	b.Cleanup(func() { cancel(); <-done })
 }
 
+// produce enqueues SETs for stream s, one per call, from producers
+// goroutines, numbering them after next up to upto (jti prefix+number),
+// and returns once all are durable.
+func produce(b *testing.B, ob *Outbox, s string, producers int, next *atomic.Int64, upto int64, prefix string) {
+	set := makeSET(s, "x")
+	var wg sync.WaitGroup
+	for range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Load()
+				if i >= upto {
+					return
+				}
+				if !next.CompareAndSwap(i, i+1) {
+					continue
+				}
+				one := set
+				one.JTI, one.Key = prefix+strconv.FormatInt(i+1, 10), ""
+				if err := ob.Enqueue(context.Background(), []SET{one}, nil); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 // BenchmarkEnqueue measures durable (fsync) enqueue throughput of one SET
 // per call with 1, 64 and 256 concurrent producers.
 func BenchmarkEnqueue(b *testing.B) {
@@ -58,31 +88,10 @@ func BenchmarkEnqueue(b *testing.B) {
 			if err := ob.SetStream(context.Background(), StreamConfig{ID: "s", Method: MethodPoll, Status: StatusPaused}); err != nil {
 				b.Fatal(err)
 			}
-			set := makeSET("s", "x")
 			var next atomic.Int64
-			var wg sync.WaitGroup
 			b.ResetTimer()
 			start := time.Now()
-			for range producers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							return
-						}
-						s := set
-						s.JTI = "j" + strconv.FormatInt(i, 10)
-						s.Key = ""
-						if err := ob.Enqueue(context.Background(), []SET{s}, nil); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
+			produce(b, ob, "s", producers, &next, int64(b.N), "j")
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "SETs/s")
 		})
 	}
@@ -160,38 +169,14 @@ func BenchmarkPipeline(b *testing.B) {
 		b.Fatal(err)
 	}
 	runOutbox(b, ob)
-	set := makeSET("s", "x")
 	var next atomic.Int64
 	stats0 := st.Stats()
 	pipeline := func(upto int64) (wall, cpu float64) {
 		start, cpu0 := time.Now(), cpuTime()
-		var wg sync.WaitGroup
-		for range 64 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					i := next.Load()
-					if i >= upto {
-						return
-					}
-					if !next.CompareAndSwap(i, i+1) {
-						continue
-					}
-					i++
-					s := set
-					s.JTI, s.Key = "p"+strconv.FormatInt(i, 10), ""
-					if err := ob.Enqueue(context.Background(), []SET{s}, nil); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			}()
-		}
+		produce(b, ob, "s", 64, &next, upto, "p")
 		for got.Load() < upto {
 			time.Sleep(time.Millisecond)
 		}
-		wg.Wait()
 		n := float64(per)
 		return n / time.Since(start).Seconds(), n / (cpuTime() - cpu0).Seconds()
 	}
@@ -424,30 +409,10 @@ func BenchmarkPipelineOverhead(b *testing.B) {
 		b.Fatal(err)
 	}
 	runOutbox(b, ob)
-	set := makeSET("s", "x")
 	var next atomic.Int64
 	b.ResetTimer()
 	start, cpu0 := time.Now(), cpuTime()
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1)
-				if i > int64(b.N) {
-					return
-				}
-				s := set
-				s.JTI, s.Key = "o"+strconv.FormatInt(i, 10), ""
-				if err := ob.Enqueue(context.Background(), []SET{s}, nil); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	produce(b, ob, "s", 64, &next, int64(b.N), "o")
 	for got.Load() < int64(b.N) {
 		time.Sleep(100 * time.Microsecond)
 	}

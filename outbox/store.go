@@ -240,12 +240,13 @@ func (s *Store) writer() {
 			}
 		}
 		batch = s.fill(append(batch[:0], first))
-		// With several writers about (this batch, or one of the last few,
+		// With several writers about (this batch, or one of the last eight,
 		// held more than one write), let the callers the last transaction
 		// released run before committing. They are runnable, but queued
 		// behind this goroutine; on a busy machine each would otherwise get
 		// a transaction, and two fsyncs, of its own. Stop as soon as a yield
-		// brings nothing new. A lone caller never waits.
+		// brings nothing new. A caller that has been writing alone for eight
+		// transactions is committed without yielding.
 		if len(batch) > 1 {
 			shared = sharedMemory
 		}
@@ -261,8 +262,7 @@ func (s *Store) writer() {
 		} else if shared > 0 {
 			shared--
 		}
-		last := len(batch)
-		s.writes.Add(uint64(last))
+		s.writes.Add(uint64(len(batch)))
 		s.commit(batch)
 		clear(batch)
 	}

@@ -191,13 +191,13 @@ func (d *recordDecoder) bytes() []byte {
 func (d *recordDecoder) str() string { return string(d.bytes()) }
 
 // count reads an element count, refusing one that the rest of the record
-// cannot hold (each element takes at least min bytes).
-func (d *recordDecoder) count(min int) int {
+// cannot hold (each element takes at least each bytes).
+func (d *recordDecoder) count(each int) int {
 	n := d.uvarint()
 	if d.err != nil {
 		return 0
 	}
-	if n > uint64(len(d.b)/min) {
+	if n > uint64(len(d.b)/each) {
 		d.fail(fmt.Errorf("count %d larger than the record", n))
 		return 0
 	}

@@ -198,14 +198,7 @@ func TestPollerLeaseOneHolderAndTakeover(t *testing.T) {
 	if got := reads.since(mark); len(got) == 0 || slices.ContainsFunc(got, func(s string) bool { return s != "B" }) {
 		t.Errorf("event-API reads after takeover: %v; want B's only", got)
 	}
-	var wants []want
-	for _, u := range users {
-		wants = append(wants, want{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(u.PK), initiator: InitiatorUser})
-	}
-	checkSignals(t, e.rec.signals(), wants)
-	if e.rec.calls != len(users) {
-		t.Errorf("published %d times for %d events", e.rec.calls, len(users))
-	}
+	checkRevokedOnceEach(t, e, users)
 }
 
 // TestPollerStopsWhenLeaseLost: a poller whose lease goes to another
@@ -258,14 +251,7 @@ func TestPollerStopsWhenLeaseLost(t *testing.T) {
 	lease.expires = time.Now()
 	lease.mu.Unlock()
 	e.poll()
-	var wants []want
-	for _, u := range users {
-		wants = append(wants, want{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(u.PK), initiator: InitiatorUser})
-	}
-	checkSignals(t, e.rec.signals(), wants)
-	if e.rec.calls != len(users) {
-		t.Errorf("published %d times for %d events", e.rec.calls, len(users))
-	}
+	checkRevokedOnceEach(t, e, users)
 }
 
 // TestPollerLeaseConfig: the lease settings are validated and defaulted.
@@ -306,5 +292,19 @@ func TestPollerLeaseConfig(t *testing.T) {
 	b, _ := New(e.cfg)
 	if a.cfg.LeaseHolder == b.cfg.LeaseHolder {
 		t.Errorf("two taps got the same default holder %q", a.cfg.LeaseHolder)
+	}
+}
+
+// checkRevokedOnceEach checks that each user's logout, read from the event
+// API, was published once as a session revocation.
+func checkRevokedOnceEach(t *testing.T, e *env, users []authentiktest.User) {
+	t.Helper()
+	var wants []want
+	for _, u := range users {
+		wants = append(wants, want{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(u.PK), initiator: InitiatorUser})
+	}
+	checkSignals(t, e.rec.signals(), wants)
+	if e.rec.calls != len(users) {
+		t.Errorf("published %d times for %d events", e.rec.calls, len(users))
 	}
 }

@@ -229,8 +229,7 @@ func TestCrashKillUnderLoad(t *testing.T) {
 		}
 		users = append(users, u)
 	}
-	listen, _ := freeAddr()
-	adminListen, _ := freeAddr()
+	listen, adminListen := listenAddrs(t)
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
 	rig := &crashRig{t: t, logDir: dir, front: "http://" + listen, admin: "http://" + adminListen,
@@ -532,4 +531,18 @@ func userEmailOf(claims map[string]any) string {
 	}
 	e, _ := sub["email"].(string)
 	return e
+}
+
+// listenAddrs returns two free loopback addresses, for a sidecar's proxy
+// and admin listeners.
+func listenAddrs(t *testing.T) (listen, admin string) {
+	t.Helper()
+	listen, err := freeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if admin, err = freeAddr(); err != nil {
+		t.Fatal(err)
+	}
+	return listen, admin
 }

@@ -203,14 +203,7 @@ type roHealth struct {
 
 func degradedTestConfig(t *testing.T, upstream, dataDir string) Config {
 	t.Helper()
-	listen, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	adminListen, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
+	listen, adminListen := listenAddrs(t)
 	return Config{
 		Listen: listen, AdminListen: adminListen, Upstream: upstream, Issuer: "http://" + listen + "/ssf",
 		DataDir: dataDir, AllowPrivateEndpoints: true, PollInterval: time.Second, DefaultSubjects: "ALL",

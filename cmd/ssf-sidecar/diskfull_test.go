@@ -32,8 +32,7 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listen, _ := freeAddr()
-	adminListen, _ := freeAddr()
+	listen, adminListen := listenAddrs(t)
 	dir := t.TempDir()
 	rig := &crashRig{t: t, logDir: dir, front: "http://" + listen, admin: "http://" + adminListen,
 		client: &http.Client{Timeout: 10 * time.Second}}

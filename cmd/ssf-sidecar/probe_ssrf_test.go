@@ -362,14 +362,7 @@ type probeChild struct {
 
 func startProbeChild(t *testing.T, env []string) *probeChild {
 	t.Helper()
-	listen, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	adminListen, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
+	listen, adminListen := listenAddrs(t)
 	c := &probeChild{t: t, front: "http://" + listen, admin: "http://" + adminListen,
 		log: filepath.Join(t.TempDir(), "child.log"), exited: make(chan struct{})}
 	logf, err := os.Create(c.log)

@@ -235,8 +235,7 @@ func testReadOnlyDataDir(t *testing.T, existing bool) {
 		t.Fatal(err)
 	}
 	runner := newRORunner(t)
-	listen, _ := freeAddr()
-	adminListen, _ := freeAddr()
+	listen, adminListen := listenAddrs(t)
 	logDir := t.TempDir()
 	rig := &crashRig{t: t, logDir: logDir, front: "http://" + listen, admin: "http://" + adminListen,
 		client: &http.Client{Timeout: 10 * time.Second}}

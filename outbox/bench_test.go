@@ -170,7 +170,7 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 	runOutbox(b, ob)
 	var next atomic.Int64
-	stats0 := st.Stats()
+	stats0 := st.stats()
 	pipeline := func(upto int64) (wall, cpu float64) {
 		start, cpu0 := time.Now(), cpuTime()
 		produce(b, ob, "s", 64, &next, upto, "p")
@@ -192,7 +192,7 @@ func BenchmarkPipeline(b *testing.B) {
 		cw, cc = cw2, cc2
 	}
 	b.StopTimer()
-	stats := st.Stats()
+	stats := st.stats()
 	b.ReportMetric(float64(stats.Writes-stats0.Writes)/float64(stats.Transactions-stats0.Transactions), "writes/txn")
 	b.ReportMetric(median(ratios), "ratio")
 	b.ReportMetric(slices.Min(ratios), "ratio_min")

@@ -58,7 +58,7 @@ type Store struct {
 	lastErr   error
 	lastErrAt time.Time
 
-	txns, writes atomic.Uint64 // Stats
+	txns, writes atomic.Uint64 // stats
 
 	// epoch counts the opens of the file, this one included: leases taken
 	// under an earlier open have no live holder (see StoreLeases).
@@ -288,8 +288,8 @@ func (s *Store) fill(batch []*writeReq) []*writeReq {
 	return batch
 }
 
-// StoreStats counts the store's transactions since it was opened.
-type StoreStats struct {
+// storeStats counts the store's transactions since it was opened.
+type storeStats struct {
 	// Transactions is how many write transactions were attempted (a
 	// batch with a refused write is retried one write per transaction);
 	// Writes how many callers' writes were taken. Writes per transaction
@@ -298,9 +298,9 @@ type StoreStats struct {
 	Writes       uint64
 }
 
-// Stats returns the store's counters.
-func (s *Store) Stats() StoreStats {
-	return StoreStats{Transactions: s.txns.Load(), Writes: s.writes.Load()}
+// stats returns the store's counters.
+func (s *Store) stats() storeStats {
+	return storeStats{Transactions: s.txns.Load(), Writes: s.writes.Load()}
 }
 
 // commit runs the batch in one transaction. When one function fails, the

@@ -262,11 +262,11 @@ func TestGroupCommitUnderLoad(t *testing.T) {
 		}
 	}
 	const lone = 20
-	before := s.Stats()
+	before := s.stats()
 	for i := range lone {
 		write(0, i)
 	}
-	after := s.Stats()
+	after := s.stats()
 	if txns, writes := after.Transactions-before.Transactions, after.Writes-before.Writes; txns != lone || writes != lone {
 		t.Fatalf("a lone caller: %d writes in %d transactions, want %d in %d", writes, txns, lone, lone)
 	}
@@ -283,7 +283,7 @@ func TestGroupCommitUnderLoad(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	st := s.Stats()
+	st := s.stats()
 	txns, writes := st.Transactions-after.Transactions, st.Writes-after.Writes
 	if writes != writers*each {
 		t.Fatalf("Writes counted %d, want %d", writes, writers*each)

@@ -399,6 +399,7 @@ func TestChartRefuses(t *testing.T) {
 		{"issuer=https://sso.example.com/ssf/", "must not end with a slash"},
 		{"upstream=", "upstream (authentik's base URL) is required"},
 		{"serviceMonitor.enabled=true,admin.service.enabled=false", "needs admin.service.enabled"},
+		{"receivers.list[0].name=acme,receivers.list[0].tokens[0]=s3cr3t-token-value", `receiver "acme" has tokens`},
 	} {
 		out, err := helm(t, "template", "ssf-sidecar", chart, "--set", tc.set)
 		if err == nil {

@@ -35,6 +35,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if hasSuffix "/" .Values.issuer -}}
 {{- fail "issuer must not end with a slash" -}}
 {{- end -}}
+{{- range .Values.receivers.list -}}
+{{- if hasKey . "tokens" -}}
+{{- fail (printf "receivers.list: receiver %q has tokens, which would land in a ConfigMap: keep a receivers file with static tokens in a Secret (receivers.existingSecret)" (.name | default "?")) -}}
+{{- end -}}
+{{- end -}}
 {{- if not .Values.upstream -}}
 {{- fail "upstream (authentik's base URL) is required" -}}
 {{- end -}}

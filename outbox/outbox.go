@@ -217,8 +217,7 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 			}
 			var seq uint64
 			if s.Head {
-				seq = m.Head
-				m.Head--
+				seq = m.nextHead(tx, s.StreamID)
 				heads = append(heads, s.StreamID)
 			} else {
 				seq = m.Tail

@@ -249,7 +249,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		Store:  streams,
 		Issuer: cfg.Issuer, Receivers: receivers, OAuthIssuer: cfg.OAuthIssuer,
 		DefaultSubjects: cfg.DefaultSubjects, AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
-		MaxBody: cfg.MaxBody, KV: a.store, Queue: a.outbox, Keys: a.keys,
+		MaxBody: cfg.MaxBody, MinVerificationInterval: cfg.MinVerification, KV: a.store, Queue: a.outbox, Keys: a.keys,
 		Logger: logger.With("component", "ssf"), HTTPClient: a.httpClient,
 		OnSETIssued: a.metrics.onSETIssued, OnVerificationRequest: a.metrics.onVerification,
 	})

@@ -101,6 +101,9 @@ type streamMeta struct {
 	// sorts before every tail SET (see nextHead).
 	HeadNext uint64 `json:"head_next,omitempty"`
 	HeadEnd  uint64 `json:"head_end,omitempty"`
+	// Superseding is the jti of the latest Supersede SET of each event
+	// type (SET.Supersede).
+	Superseding map[string]string `json:"superseding,omitempty"`
 	// Counters.
 	Queued      int64     `json:"queued"`
 	Delivered   int64     `json:"delivered"`

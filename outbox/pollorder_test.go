@@ -145,3 +145,43 @@ func TestHeadSETsKeepTheirOrder(t *testing.T) {
 		t.Fatalf("second round %v %v, want %v", resp.Order, err, want)
 	}
 }
+
+// TestSupersedeReplacesUnsentSET: a Supersede SET drops the previous one of
+// its event type on the stream while that one was never handed out; one
+// under a poll lease stays (the receiver has it and may acknowledge it).
+// The replaced SET is counted as dropped, and the rule survives a restart.
+func TestSupersedeReplacesUnsentSET(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	h := newHarness(t, clock, func(c *Config) { c.SweepInterval = noSweep; c.LeaseTimeout = time.Minute })
+	h.pollStream("p")
+	sup := func(jti string) SET {
+		s := makeSET("p", jti)
+		s.Supersede = true
+		return s
+	}
+	h.enqueue(sup("v1"))
+	resp, err := h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
+	if err != nil || !slices.Equal(resp.Order, []string{"v1"}) {
+		t.Fatalf("first poll %v %v", resp.Order, err)
+	}
+	h.enqueue(sup("v2"))             // v1 is leased: it stays
+	h.enqueue(makeSET("p", "plain")) // not a Supersede SET: untouched
+	h.reopen(func(c *Config) { c.SweepInterval = noSweep; c.LeaseTimeout = time.Minute })
+	h.enqueue(sup("v3")) // v2 was never handed out: replaced
+	clock.Advance(time.Minute)
+	resp, err = h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
+	if want := []string{"v1", "plain", "v3"}; err != nil || !slices.Equal(resp.Order, want) {
+		t.Fatalf("after supersede %v %v, want %v", resp.Order, err, want)
+	}
+	if _, err := h.ob.Poll(ctx, "p", PollRequest{Ack: resp.Order, MaxEvents: intp(0)}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.ob.Stats(ctx, "p")
+	if err != nil || st.Backlog != 0 || st.Delivered != 3 {
+		t.Errorf("stats %+v %v, want backlog 0, delivered 3", st, err)
+	}
+	if st.Dropped != 1 {
+		t.Errorf("dropped %d, want the superseded SET", st.Dropped)
+	}
+}

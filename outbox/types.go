@@ -48,6 +48,12 @@ type SET struct {
 	// disabling the stream does not discard it, so the receiver hears of
 	// the change before delivery stops (SSF 1.0 §8.1.5).
 	Announce bool
+	// Supersede replaces the stream's previous Supersede SET of the same
+	// EventType while that one is still queued and was never handed out
+	// (not under a poll lease): it is dropped (counted) and only the new one
+	// is delivered. For a verification the receiver asked for again, where
+	// only the answer to its latest request matters.
+	Supersede bool
 	// TraceParent is the W3C traceparent of the cause, so a delivery
 	// attempt hours later links to the request that produced it.
 	TraceParent string

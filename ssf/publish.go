@@ -93,6 +93,10 @@ func (t *Transmitter) enqueueVerification(ctx context.Context, rec streamRecord,
 		return err
 	}
 	set.Labels = map[string]string{"source": "verification"}
+	// A verification still waiting to be handed out when the receiver asks
+	// again is replaced: receivers (and the conformance suite) take the
+	// first verification they read as the answer to their latest request.
+	set.Supersede = true
 	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue verification for %s: %w", rec.ID, err)
 	}

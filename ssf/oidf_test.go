@@ -295,6 +295,13 @@ func TestOIDFStreamControlHappyPath(t *testing.T) {
 			var read map[string]any
 			h.suite("GET", "/ssf/streams?stream_id="+id, auth, "").requireJSON(t, "read", &read)
 			h.checkStreamConfig("read", read)
+			// The clean up's read without stream_id lists the same.
+			var list []map[string]any
+			h.suite("GET", "/ssf/streams", auth, "").requireJSON(t, "list", &list)
+			if len(list) != 1 {
+				t.Fatalf("list has %d streams", len(list))
+			}
+			h.checkStreamConfig("list", list[0])
 
 			for _, m := range []struct{ method, description string }{
 				{"PATCH", "Updated Stream for Receiver OIDF Conformance Test-Suite"},

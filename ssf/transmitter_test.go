@@ -628,9 +628,10 @@ func TestRoutingErrorsAreSSFJSON(t *testing.T) {
 	}
 }
 
-// TestPollSetErrs is the conformance suite's set-errs module: a poll that
-// only reports errors (maxEvents 0, Content-Language) answers 200 with no
-// SETs, and the rejected SET is not handed out again.
+// TestPollSetErrs: an RFC 8936 poll that only reports errors (maxEvents 0,
+// Content-Language) answers 200 with no SETs, and the rejected SET is not
+// handed out again. (Neither version of the OpenID suite sends setErrs;
+// its modules are the TestOIDF tests, see oidf_test.go.)
 func TestPollSetErrs(t *testing.T) {
 	h := newHarness(t)
 	w := h.create(acmeTok, map[string]any{})

@@ -115,8 +115,10 @@ func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord
 	}
 	set.Head = true
 	// A pause or disable is announced before delivery stops (SSF 1.0
-	// §8.1.5): the outbox delivers this one SET past its status gate.
-	set.Announce = rec.Status != StatusEnabled
+	// §8.1.5): the outbox delivers announcements past its status gate, in
+	// the order they were made, ahead of the SETs the stream holds. So is
+	// a resume, which is queued while the stream is still paused.
+	set.Announce = true
 	set.Labels = map[string]string{"source": "transmitter"}
 	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue stream-updated for %s: %w", rec.ID, err)

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sgnl-ai/caep.dev/secevent/pkg/parser"
 )
 
 // The conformance suite's checks that the whole sidecar answers (the
@@ -144,6 +146,47 @@ func TestOIDFTLSVersions(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `"keys"`) {
 		t.Errorf("jwks over TLS: %d %s", resp.StatusCode, b)
+	}
+	// poll-only over TLS: create, trigger, one poll holding the answer.
+	call := func(method, url, body string) (int, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(method, url, strings.NewReader(body))
+		req.Header.Set("Authorization", "bearer "+pollReceiverToken)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	code, body := call("POST", urls["configuration_endpoint"], `{"description":"Stream for OIDF Conformance Test-Suite","delivery":{"method":"urn:ietf:rfc:8936"}}`)
+	var s struct {
+		StreamID string `json:"stream_id"`
+		Delivery struct {
+			EndpointURL string `json:"endpoint_url"`
+		} `json:"delivery"`
+	}
+	if err := json.Unmarshal(body, &s); err != nil || code != 201 || !strings.HasPrefix(s.Delivery.EndpointURL, "https://") {
+		t.Fatalf("create over TLS: %d %s", code, body)
+	}
+	if code, body := call("POST", urls["verification_endpoint"], `{"stream_id":"`+s.StreamID+`","state":"tls-state"}`); code != 204 {
+		t.Fatalf("verify over TLS: %d %s", code, body)
+	}
+	code, body = call("POST", s.Delivery.EndpointURL, `{"maxEvents":10,"returnImmediately":true}`)
+	var pr struct {
+		Sets map[string]string `json:"sets"`
+	}
+	if err := json.Unmarshal(body, &pr); err != nil || code != 200 || len(pr.Sets) != 1 {
+		t.Fatalf("poll over TLS: %d %s", code, body)
+	}
+	verifier := parser.NewParser(parser.WithJWKSJSON(b), parser.WithExpectedIssuer(base+"/ssf"), parser.WithExpectedAudience("poll-rx"))
+	for _, compact := range pr.Sets {
+		if _, err := verifier.ParseSecEvent(compact); err != nil {
+			t.Errorf("independent verifier refused the SET polled over TLS: %v", err)
+		}
 	}
 }
 

@@ -160,6 +160,9 @@ func (p *forwarder) outgoing(r *http.Request) *http.Request {
 	out := new(http.Request)
 	*out = *r
 	u := *r.URL
+	// Only Path and RawPath name the resource (refuseRequest keeps opaque
+	// targets out; this is the second lock).
+	u.Opaque, u.User = "", nil
 	u.Scheme = p.cfg.Upstream.Scheme
 	u.Host = p.cfg.Upstream.Host
 	if p.basePath != "" {

@@ -83,8 +83,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 // serveRoot refuses CONNECT (the sidecar is no forward proxy: a tunnel
-// through it would bypass everything) and sends request targets that are
-// not paths straight to the proxy core; all else goes to echo. ("OPTIONS *"
+// through it would bypass everything) and every request the forwarding
+// policy refuses (see refuseRequest); all else goes to echo. ("OPTIONS *"
 // never gets here: net/http answers it itself.)
 func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodConnect {
@@ -92,8 +92,8 @@ func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "CONNECT is not supported", http.StatusMethodNotAllowed)
 		return
 	}
-	if p := r.URL.Path; p == "" || p[0] != '/' {
-		s.fwd.ServeHTTP(w, r)
+	if reason := refuseRequest(r); reason != "" {
+		s.refuse(w, r, reason)
 		return
 	}
 	s.echo.ServeHTTP(w, r)

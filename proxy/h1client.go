@@ -112,6 +112,13 @@ func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 		h.idle = h.idle[:n-1]
 		if now.Sub(pc.lastUsed) < h.idleTimeout {
 			h.mu.Unlock()
+			// Bytes that arrived while the connection sat idle (a body
+			// past its framing, sent late) belong to no request: drop it.
+			if hasUnreadBytes(pc.c) {
+				pc.c.Close()
+				h.mu.Lock()
+				continue
+			}
 			pc.reused = true
 			return pc, nil
 		}
@@ -129,7 +136,14 @@ func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 	return pc, nil
 }
 
+// put pools pc after a complete exchange, unless bytes beyond the message
+// are already buffered: those would be read as the next client's answer
+// (net/http and nginx close such a connection too).
 func (h *h1Client) put(pc *h1Conn) {
+	if pc.br.Buffered() > 0 {
+		pc.c.Close()
+		return
+	}
 	pc.lastUsed = h.now()
 	h.mu.Lock()
 	if len(h.idle) < h.maxIdle {

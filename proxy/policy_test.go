@@ -63,8 +63,8 @@ func TestRequestTargetForms(t *testing.T) {
 			}
 			allowed := map[string]string{
 				"DELETE /api/v3/core/authenticated_sessions/x/ HTTP/1.1": "DELETE /api/v3/core/authenticated_sessions/x/",
-				"GET http://" + addr + "/api/v3/a?b=c HTTP/1.1":           "GET /api/v3/a?b=c",
-				"GET https://other.example HTTP/1.1":                      "GET /",
+				"GET http://" + addr + "/api/v3/a?b=c HTTP/1.1":          "GET /api/v3/a?b=c",
+				"GET https://other.example HTTP/1.1":                     "GET /",
 			}
 			for line, want := range allowed {
 				resp, _ := rawRoundTrip(t, addr, line+"\r\nHost: "+addr+"\r\n\r\n")

@@ -1,13 +1,10 @@
 package proxy
 
 import (
-	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -34,7 +31,13 @@ func TestPooledConnectionWithUnreadBytesNotReused(t *testing.T) {
 				name = path + "/net-http"
 			}
 			t.Run(name, func(t *testing.T) {
-				addr := partsUpstream(t, modes)
+				addr, _, _ := scriptedUpstream(t, func(_, _ int, r *http.Request) string {
+					if parts, ok := modes[r.URL.Path]; ok {
+						return strings.Join(parts, pauseMark)
+					}
+					b := "ok " + r.URL.Path
+					return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b), b)
+				})
 				_, base := startProxy(t, Config{Upstream: mustURL(t, "http://"+addr)})
 				client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
 				do := func(method, p string) (*http.Response, string) {
@@ -68,51 +71,3 @@ func TestPooledConnectionWithUnreadBytesNotReused(t *testing.T) {
 	}
 }
 
-// partsUpstream answers each request with the parts modes names for its
-// path, written 20 ms apart, and anything else with "ok <path>".
-func partsUpstream(t *testing.T, modes map[string][]string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					io.Copy(io.Discard, r.Body)
-					parts, ok := modes[r.URL.Path]
-					if !ok {
-						b := "ok " + r.URL.Path
-						parts = []string{fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b), b)}
-					}
-					for i, part := range parts {
-						if i > 0 {
-							time.Sleep(20 * time.Millisecond)
-						}
-						if _, err := io.WriteString(c, part); err != nil {
-							return
-						}
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}

@@ -70,4 +70,3 @@ func TestPooledConnectionWithUnreadBytesNotReused(t *testing.T) {
 		}
 	}
 }
-

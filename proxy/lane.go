@@ -276,6 +276,9 @@ func bareLF(b []byte) int {
 // those go through net/http and the forwarder's full path.
 func (l *lane) claimed(lc *laneConn) bool {
 	path := lc.req.path
+	if nonCanonical(path) {
+		return true // net/http's path checks whether it shadows an SSF or tapped route
+	}
 	for _, base := range l.ssf {
 		if bytes.HasPrefix(path, base) && (len(path) == len(base) || path[len(base)] == '/') {
 			return true

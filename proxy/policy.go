@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"net/http"
+	"path"
+	"strings"
 )
 
 // This file is the forwarding policy the net/http path applies before a
@@ -54,4 +56,74 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, reason string) {
 	if s.cfg.OnRequest != nil {
 		s.cfg.OnRequest("proxy", http.StatusBadRequest, 0)
 	}
+}
+
+// nonCanonical reports whether a path has an empty, "." or ".." segment
+// (a doubled slash, "/./", "/../", or such a segment at the end): the SSF
+// router, the observer and authentik's router may each read such a path
+// as another one.
+func nonCanonical[T string | []byte](p T) bool {
+	for i := 0; i < len(p); i++ {
+		if p[i] != '/' {
+			continue
+		}
+		rest := p[i+1:]
+		switch {
+		case len(rest) > 0 && rest[0] == '/':
+			return true
+		case len(rest) > 0 && rest[0] == '.' && (len(rest) == 1 || rest[1] == '/'):
+			return true
+		case len(rest) > 1 && rest[0] == '.' && rest[1] == '.' && (len(rest) == 2 || rest[2] == '/'):
+			return true
+		}
+	}
+	return false
+}
+
+// canonicalPath is the decoded path with empty, "." and ".." segments
+// resolved, a trailing slash (or a trailing dot segment, which names the
+// directory) kept.
+func canonicalPath(p string) string {
+	c := path.Clean(p)
+	if c != "/" && (strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")) {
+		c += "/"
+	}
+	return c
+}
+
+// shadowsClaimedRoute reports whether r's path is spelled other than in its
+// canonical form while the canonical form is an SSF route (doubled slashes,
+// dot segments, escapes) or one the observer watches (doubled slashes, dot
+// segments: the observer sees escapes decoded, as authentik does). Such a request is refused: forwarded as it is, it would carry a
+// receiver's token to authentik, or run a tapped action past the tap,
+// wherever authentik's router cleans the path.
+func (s *Server) shadowsClaimedRoute(r *http.Request) bool {
+	if r.URL.RawPath == "" && !nonCanonical(r.URL.Path) {
+		return false // the common case, without allocating
+	}
+	c := canonicalPath(r.URL.Path)
+	if r.URL.EscapedPath() == c {
+		return false
+	}
+	if s.underSSF(c) {
+		return true // the SSF router matches the raw path: any other spelling would be proxied
+	}
+	if s.cfg.Observer == nil || !nonCanonical(r.URL.Path) {
+		return false // the observer matches the decoded path, as authentik acts on it
+	}
+	u := *r.URL
+	u.Path, u.RawPath = c, ""
+	view := *r
+	view.URL = &u
+	return s.cfg.Observer.Match(&view)
+}
+
+func (s *Server) underSSF(p string) bool {
+	for _, pre := range s.cfg.SSFPrefixes {
+		base := strings.TrimSuffix(pre, "/")
+		if strings.HasPrefix(p, base) && (len(p) == len(base) || p[len(base)] == '/') {
+			return true
+		}
+	}
+	return false
 }

@@ -86,3 +86,49 @@ func TestRequestTargetForms(t *testing.T) {
 		})
 	}
 }
+
+// TestNonCanonicalPathsOfClaimedRoutesRefused: a path that cleans to an SSF
+// route or a tapped one, spelled otherwise, is refused before it reaches
+// the upstream (a receiver's token would go to authentik, a tapped action
+// past the tap); other non-canonical paths pass as before.
+func TestNonCanonicalPathsOfClaimedRoutesRefused(t *testing.T) {
+	for _, lane := range []bool{true, false} {
+		t.Run(map[bool]string{true: "lane", false: "net-http"}[lane], func(t *testing.T) {
+			up, got := countingUpstream(t)
+			ssf := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
+			obs := &recordingObserver{match: func(r *http.Request) bool {
+				return r.URL.Path == "/api/v3/core/authenticated_sessions/x/"
+			}}
+			s, _ := startProxy(t, Config{Upstream: mustURL(t, up.URL), DisableFastPath: !lane,
+				SSF: ssf, SSFPrefixes: []string{"/ssf/"}, Observer: obs})
+			addr := s.Addr().String()
+			for _, target := range []string{
+				"//ssf/streams", "/./ssf/streams", "/ssf//streams", "/x/../ssf/streams", "/%73sf/streams",
+				"/ssf%2Fstreams", "/ssf/./streams", "/ssf/streams/.",
+				"//api/v3/core/authenticated_sessions/x/", "/api/v3/core/./authenticated_sessions/x/",
+				"/api/v3/core//authenticated_sessions/x/", "/api/v3/core/authenticated_sessions/x/.",
+			} {
+				for _, method := range []string{"GET", "POST", "DELETE"} {
+					resp, _ := rawRoundTrip(t, addr, method+" "+target+" HTTP/1.1\r\nHost: "+addr+
+						"\r\nAuthorization: Bearer receiver-token\r\nContent-Length: 0\r\n\r\n")
+					if resp.StatusCode != http.StatusBadRequest {
+						t.Errorf("%s %s: status %d, want 400", method, target, resp.StatusCode)
+					}
+				}
+			}
+			if g := got(); len(g) != 0 {
+				t.Fatalf("upstream received: %q", g)
+			}
+			for _, target := range []string{"//static/dist/a.js", "/static/./a.js", "/api/v3/%78/",
+				"/api/v3/core/authenticated_sessions/%78/"} { // escapes reach the observer decoded
+				resp, _ := rawRoundTrip(t, addr, "GET "+target+" HTTP/1.1\r\nHost: "+addr+"\r\n\r\n")
+				if resp.StatusCode != http.StatusNoContent {
+					t.Errorf("GET %s: status %d, want it proxied", target, resp.StatusCode)
+				}
+			}
+			if resp, _ := rawRoundTrip(t, addr, "GET /ssf/streams HTTP/1.1\r\nHost: "+addr+"\r\n\r\n"); resp.StatusCode != http.StatusTeapot {
+				t.Errorf("canonical SSF path: %d", resp.StatusCode)
+			}
+		})
+	}
+}

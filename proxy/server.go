@@ -96,6 +96,10 @@ func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, reason)
 		return
 	}
+	if s.shadowsClaimedRoute(r) {
+		s.refuse(w, r, "non-canonical path of an SSF or tapped route")
+		return
+	}
 	s.echo.ServeHTTP(w, r)
 }
 

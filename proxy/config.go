@@ -26,6 +26,7 @@ const (
 	DefaultMaxHeaderBytes        = 1 << 20
 	DefaultMaxIdleConnsPerHost   = 1024
 	DefaultDialTimeout           = 5 * time.Second
+	DefaultBodyTimeout           = 10 * time.Second
 )
 
 // Config configures a Server. The zero value of every duration and limit
@@ -52,8 +53,13 @@ type Config struct {
 	// Observer.Before (default 2 s); AfterTimeout bounds the capture of the
 	// response body plus Observer.After (default 1 s).
 	BeforeTimeout, AfterTimeout time.Duration
-	// CaptureLimit is how many body bytes the observer is shown (default 64 KiB).
+	// CaptureLimit is how many response body bytes the observer is shown,
+	// and the largest request body an observed route accepts (default
+	// 64 KiB; larger ones are refused with 413).
 	CaptureLimit int
+	// BodyTimeout bounds reading an observed request's whole body before it
+	// is forwarded (default 10 s; past it the client gets 408).
+	BodyTimeout time.Duration
 	// ResponseHeaderTimeout is how long to wait for the upstream's response
 	// headers once the request is written; past it the client gets 504.
 	ResponseHeaderTimeout time.Duration
@@ -141,6 +147,7 @@ func (c Config) Validate() error {
 		{"BeforeTimeout", c.BeforeTimeout}, {"AfterTimeout", c.AfterTimeout},
 		{"ResponseHeaderTimeout", c.ResponseHeaderTimeout}, {"ShutdownTimeout", c.ShutdownTimeout},
 		{"ReadHeaderTimeout", c.ReadHeaderTimeout}, {"IdleTimeout", c.IdleTimeout},
+		{"BodyTimeout", c.BodyTimeout},
 	} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("proxy: %s is negative", d.name))
@@ -173,6 +180,7 @@ func (c Config) withDefaults() Config {
 	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	def(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	def(&c.IdleTimeout, DefaultIdleTimeout)
+	def(&c.BodyTimeout, DefaultBodyTimeout)
 	if c.CaptureLimit == 0 {
 		c.CaptureLimit = DefaultCaptureLimit
 	}

@@ -118,7 +118,11 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 			// The observer finds the server span in the request context.
 			out, *span = p.tr.start(out, *class)
 		}
-		obs = p.before(out)
+		body, status, err := p.readObservedBody(w, out)
+		if status != 0 {
+			return p.refuseBody(w, r, status, err)
+		}
+		obs = p.before(out, body)
 	} else if p.tr != nil && p.tr.all {
 		out, *span = p.tr.start(out, *class)
 	}
@@ -184,6 +188,17 @@ func (p *forwarder) outgoing(r *http.Request) *http.Request {
 		out.Header["User-Agent"] = nil
 	}
 	return out
+}
+
+// refuseBody answers an observed request whose body could not be read
+// whole within its limits; nothing was forwarded. The connection is closed:
+// the rest of the body may still be on its way.
+func (p *forwarder) refuseBody(w http.ResponseWriter, r *http.Request, status int, err error) int {
+	p.stats.clientErrors.Add(1)
+	p.log.Info("observed request body refused", "request_id", requestID(r), "path", r.URL.Path, "status", status, "error", err)
+	w.Header()["Connection"] = []string{"close"}
+	http.Error(w, http.StatusText(status), status)
+	return status
 }
 
 // fail maps a transport error to the client's status: 504 for an upstream

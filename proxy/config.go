@@ -21,8 +21,9 @@ const (
 	DefaultCaptureLimit          = 64 << 10
 	DefaultResponseHeaderTimeout = 60 * time.Second
 	DefaultShutdownTimeout       = 15 * time.Second
-	DefaultReadHeaderTimeout     = 30 * time.Second
-	DefaultIdleTimeout           = 120 * time.Second
+	DefaultReadHeaderTimeout     = 10 * time.Second
+	DefaultIdleTimeout           = 60 * time.Second
+	DefaultMaxConns              = 10000
 	DefaultMaxHeaderBytes        = 1 << 20
 	DefaultMaxIdleConnsPerHost   = 1024
 	DefaultDialTimeout           = 5 * time.Second
@@ -69,12 +70,17 @@ type Config struct {
 	// ShutdownTimeout bounds the drain of in-flight requests once Run's
 	// context is done (default 15 s).
 	ShutdownTimeout time.Duration
-	// ReadHeaderTimeout bounds reading a client's request headers (slow
-	// client defence; default 30 s). No write timeout is set, so long streams
-	// and WebSockets are never cut.
+	// ReadHeaderTimeout bounds reading a client's request headers, and
+	// the wait for a new connection's first byte (slow client defence;
+	// default 10 s). No write timeout is set, so long streams and WebSockets
+	// are never cut.
 	ReadHeaderTimeout time.Duration
-	// IdleTimeout closes idle client keep-alive connections (default 120 s).
+	// IdleTimeout closes client keep-alive connections idle between
+	// requests (default 60 s).
 	IdleTimeout time.Duration
+	// MaxConns caps the client connections open at once (default 10 000);
+	// over it a new connection is closed at once and counted.
+	MaxConns int
 	// MaxHeaderBytes caps request headers from clients and response headers
 	// from the upstream (default 1 MiB; authentik's cookies and JWTs are large).
 	MaxHeaderBytes int
@@ -158,7 +164,7 @@ func (c Config) Validate() error {
 		v    int
 	}{
 		{"CaptureLimit", c.CaptureLimit}, {"MaxHeaderBytes", c.MaxHeaderBytes},
-		{"MaxIdleConnsPerHost", c.MaxIdleConnsPerHost},
+		{"MaxIdleConnsPerHost", c.MaxIdleConnsPerHost}, {"MaxConns", c.MaxConns},
 	} {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("proxy: %s is negative", n.name))
@@ -186,6 +192,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxHeaderBytes == 0 {
 		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
 	}
 	if c.MaxIdleConnsPerHost == 0 {
 		c.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost

@@ -182,9 +182,16 @@ func (l *lane) serveConn(lc *laneConn) {
 	lc.trusted = l.fwd.fwd.isTrusted(lc.ip)
 	lc.watchDone = make(chan struct{}, 1)
 	cfg := &l.fwd.cfg
-	for {
+	// A new connection has ReadHeaderTimeout for its first byte, as
+	// net/http gives it; the longer IdleTimeout is for waits between
+	// requests.
+	wait := cfg.ReadHeaderTimeout
+	for first := true; ; first = false {
+		if !first {
+			wait = cfg.IdleTimeout
+		}
 		if lc.br.Buffered() == 0 {
-			lc.armRead(time.Now().Add(cfg.IdleTimeout))
+			lc.armRead(time.Now().Add(wait))
 			if l.setIdle(lc, true) {
 				lc.c.Close()
 				return

@@ -130,10 +130,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("proxy: Run called twice")
 	}
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	tcpLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("proxy: listen on %s: %w", s.cfg.Listen, err)
 	}
+	var ln net.Listener = newLimitListener(tcpLn, s.cfg.MaxConns, &s.stats.connsRefused)
 	srv := &http.Server{
 		Handler:           s.root,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,

@@ -213,6 +213,10 @@ func (l *lane) serveConn(lc *laneConn) {
 			lc.hbuf = append(lc.hbuf[:0], head...)
 		}
 		if !ok || !parseRequestHead(lc.hbuf, &lc.req) || l.claimed(lc) {
+			if b, _ := lc.br.Peek(lc.br.Buffered()); ambiguousFraming(b) {
+				l.refuseFraming(lc)
+				return
+			}
 			l.handOff(lc)
 			return
 		}

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // countingUpstream records the request targets it received.
@@ -130,5 +133,38 @@ func TestNonCanonicalPathsOfClaimedRoutesRefused(t *testing.T) {
 				t.Errorf("canonical SSF path: %d", resp.StatusCode)
 			}
 		})
+	}
+}
+
+// TestAmbiguousFramingRefused: a request declaring its body both by
+// Content-Length and Transfer-Encoding, or with an obs-folded
+// Content-Length or Transfer-Encoding, is answered 400 and the connection
+// closed; neither it nor a request pipelined after it reaches the upstream.
+func TestAmbiguousFramingRefused(t *testing.T) {
+	up, got := countingUpstream(t)
+	s, _ := startProxy(t, Config{Upstream: mustURL(t, up.URL)})
+	addr := s.Addr().String()
+	const smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+	for _, req := range []string{
+		"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled,
+		"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\n" + smuggled,
+		"POST /a HTTP/1.1\nHost: x\nContent-Length: 5\nTransfer-Encoding: chunked\n\n0\r\n\r\n" + smuggled,
+		"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n 3\r\n\r\nabc" + smuggled,
+		"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n" + smuggled,
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, req)
+		all, _ := io.ReadAll(c) // returns once the proxy closes
+		c.Close()
+		if !strings.HasPrefix(string(all), "HTTP/1.1 400 ") || strings.Count(string(all), "HTTP/1.1 ") != 1 {
+			t.Errorf("%q: answered %q, want one 400 and a close", req, all)
+		}
+	}
+	if g := got(); len(g) != 0 {
+		t.Errorf("upstream received %q", g)
 	}
 }

@@ -28,8 +28,7 @@ type forwarder struct {
 	upgrades  *connSet
 	// roundTrip is transport.RoundTrip; benchmarks replace it.
 	roundTrip func(*http.Request) (*http.Response, error)
-	// fast, when set, carries bodyless GET, HEAD, OPTIONS and TRACE requests
-	// that ask for no upgrade (see h1Client).
+	// fast, when set, is the lane's upstream client (see h1Client and lane).
 	fast *h1Client
 	// basePath is the upstream URL's path without a trailing slash ("" when
 	// the upstream is a bare host).
@@ -127,13 +126,9 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 		out, *span = p.tr.start(out, *class)
 	}
 
-	var resp *http.Response
-	var err error
-	if p.fast != nil && out.Body == nil && idempotent(out.Method) && out.Header["Upgrade"] == nil {
-		resp, err = p.fast.roundTrip(out)
-	} else {
-		resp, err = p.roundTrip(out)
-	}
+	// Every request net/http serves goes through http.Transport; the
+	// hand-written client carries only what the lane reads itself.
+	resp, err := p.roundTrip(out)
 	if err != nil {
 		return p.fail(w, r, out, err)
 	}

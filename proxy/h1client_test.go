@@ -239,14 +239,12 @@ func TestFastPathPoolShrinks(t *testing.T) {
 		t.Fatalf("idle %d", len(h.idle))
 	}
 	now = now.Add(h.idleTimeout + time.Second)
-	req, _ := http.NewRequest("GET", "http://"+addr+"/x", nil)
 	for i := range 3 {
-		resp, err := h.roundTrip(req)
+		pc, err := h.get(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		h.put(pc)
 		if i == 0 && len(h.idle) != 1 {
 			// one stale dropped from the bottom, the top one found stale and
 			// closed, a fresh one dialled and returned

@@ -35,6 +35,10 @@ type lane struct {
 	handoff *chanListener
 	ssf     [][]byte // SSF route bases, without a trailing slash
 	obs     Observer
+	// carry is false when every request is to go to net/http (fast path
+	// off, or a span wanted for every request): the lane then only checks
+	// each connection's first head.
+	carry bool
 
 	mu      sync.Mutex
 	conns   map[*laneConn]struct{}
@@ -286,6 +290,9 @@ func bareLF(b []byte) int {
 // claimed reports whether an SSF route or the observer wants the request:
 // those go through net/http and the forwarder's full path.
 func (l *lane) claimed(lc *laneConn) bool {
+	if !l.carry {
+		return true
+	}
 	path := lc.req.path
 	if nonCanonical(path) {
 		return true // net/http's path checks whether it shadows an SSF or tapped route

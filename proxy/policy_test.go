@@ -141,8 +141,14 @@ func TestNonCanonicalPathsOfClaimedRoutesRefused(t *testing.T) {
 // Content-Length or Transfer-Encoding, is answered 400 and the connection
 // closed; neither it nor a request pipelined after it reaches the upstream.
 func TestAmbiguousFramingRefused(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		t.Run(map[bool]string{true: "lane", false: "net-http"}[fast], func(t *testing.T) { testAmbiguousFraming(t, fast) })
+	}
+}
+
+func testAmbiguousFraming(t *testing.T, fast bool) {
 	up, got := countingUpstream(t)
-	s, _ := startProxy(t, Config{Upstream: mustURL(t, up.URL)})
+	s, _ := startProxy(t, Config{Upstream: mustURL(t, up.URL), DisableFastPath: !fast})
 	addr := s.Addr().String()
 	const smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 	for _, req := range []string{

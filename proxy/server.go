@@ -166,19 +166,19 @@ func (s *Server) Run(ctx context.Context) error {
 	switch {
 	case tlsOn:
 		go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	case s.laneOn():
-		// The lane reads every connection first and hands net/http those it
-		// does not carry itself.
+	default:
+		// The lane reads every plain-HTTP connection first (and checks its
+		// first head's framing) and hands net/http those it does not carry
+		// itself; with the fast path off it carries none.
 		handoff := newChanListener(ln.Addr())
 		ln2 = newLane(s.fwd, &s.stats, handoff)
+		ln2.carry = s.laneOn()
 		go func() { errc <- srv.Serve(handoff) }()
 		go func() {
 			if err := ln2.serve(ln); err != nil {
 				errc <- err
 			}
 		}()
-	default:
-		go func() { errc <- srv.Serve(ln) }()
 	}
 
 	select {

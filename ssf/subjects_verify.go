@@ -215,6 +215,13 @@ func (t *Transmitter) poll(c echo.Context) error {
 	if err != nil {
 		return badRequest("%s", err.Error())
 	}
+	if !req.ReturnImmediately {
+		if t.longPolls.acquire(p.receiver.Name) {
+			defer t.longPolls.release(p.receiver.Name)
+		} else {
+			req.ReturnImmediately = true // over the receiver's long-poll cap: answer now
+		}
+	}
 	pctx, span := startPollSpan(c.Request().Context(), id)
 	defer span.End()
 	resp, err := t.cfg.Queue.Poll(pctx, id, req)

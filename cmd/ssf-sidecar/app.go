@@ -158,7 +158,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	a.proxy, err = proxy.New(proxy.Config{
 		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
 		SSF: ssfHandler, SSFPrefixes: ssfPrefixes, Observer: observer,
-		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"),
+		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"), MaxConns: cfg.MaxConnections,
 		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes,
 	})
 	if err != nil {

@@ -46,6 +46,7 @@ type Config struct {
 	MaxBody               int64
 	TraceURL              string
 	TraceAllRoutes        bool
+	MaxConnections        int
 	ConfigFile            string
 }
 
@@ -150,6 +151,14 @@ var options = []option{
 		return nil
 	}},
 	{name: "trace-url", env: "SSF_TRACE_URL", usage: "link template of your tracing UI with {trace_id}, e.g. https://tempo.example/trace/{trace_id} (dashboard links)", apply: str(func(c *Config) *string { return &c.TraceURL })},
+	{name: "max-connections", env: "SSF_MAX_CONNECTIONS", def: "10000", usage: "most client connections open at once on --listen; more are closed at once", apply: func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 {
+			return fmt.Errorf("%q is not a positive number", v)
+		}
+		c.MaxConnections = n
+		return nil
+	}},
 	{name: "trace-all-routes", env: "SSF_TRACE_ALL_ROUTES", def: "false", usage: "trace every proxied request, not only tapped and SSF routes (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TraceAllRoutes })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
 }

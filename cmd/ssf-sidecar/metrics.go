@@ -133,7 +133,8 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 			counter("ssf_sidecar_upstream_errors_total", "Requests answered 502 because authentik failed.", s.UpstreamErrors),
 			counter("ssf_sidecar_upstream_timeouts_total", "Requests answered 504 because authentik did not answer in time.", s.UpstreamTimeouts),
 			counter("ssf_sidecar_client_gone_total", "Requests the client abandoned before the end.", s.ClientGone),
-			counter("ssf_sidecar_proxy_lane_requests_total", "Proxied requests carried by the proxy's own HTTP/1.1 lane (bodyless GET and HEAD); the rest went through net/http.", s.Lane))
+			counter("ssf_sidecar_proxy_lane_requests_total", "Proxied requests carried by the proxy's own HTTP/1.1 lane (bodyless GET and HEAD); the rest went through net/http.", s.Lane),
+			counter("ssf_sidecar_proxy_connections_refused_total", "Client connections closed at once because --max-connections were open.", s.ConnsRefused))
 	}
 	if m.limitFailures != nil {
 		fams = append(fams, counter("ssf_sidecar_management_limit_store_failures_total",

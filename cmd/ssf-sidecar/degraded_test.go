@@ -401,6 +401,10 @@ func TestDegradedStartRecovers(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(dataDir, "ssf-sidecar.db")); err != nil || st.Size() == 0 {
 		t.Errorf("no store in the data dir after recovery: %v", err)
 	}
+	// The recovery is logged just after the switch-over the loop above saw.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(logs.String(), "store opened") && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	out := logs.String()
 	if n := strings.Count(out, "store unavailable: serving authentik WITHOUT observing it"); n != 1 {
 		t.Errorf("the start error is logged %d times, want once:\n%s", n, out)

@@ -379,7 +379,7 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	if cfg.Status == StatusDisabled {
 		// New SETs are dropped from now on; the queue goes in chunks so a
 		// large backlog never makes one huge transaction.
-		if err := o.discardChunks(ctx, cfg.ID, []byte(bktQueue), true, true); err != nil {
+		if err := o.discardChunks(ctx, cfg.ID, bktQueue, true, true); err != nil {
 			return err
 		}
 	}

@@ -67,7 +67,7 @@ func (o *Outbox) sweep(ctx context.Context) (sweepCounts, error) {
 				switch kind {
 				case expKey:
 					v := tx.Bucket(bktKeys).Get([]byte(id))
-					if v != nil && len(v) == 8 && binary.BigEndian.Uint64(v) <= limit {
+					if len(v) == 8 && binary.BigEndian.Uint64(v) <= limit {
 						if err := tx.Bucket(bktKeys).Delete([]byte(id)); err != nil {
 							return err
 						}

@@ -290,7 +290,7 @@ func copyBody(w http.ResponseWriter, src interface{ Read([]byte) (int, error) },
 			}
 		}
 		if rerr != nil {
-			if rerr == io.EOF {
+			if errors.Is(rerr, io.EOF) {
 				return nil
 			}
 			return rerr

@@ -184,7 +184,7 @@ func readResponseHead(br *bufio.Reader, buf *[]byte, h *respHead) error {
 		for {
 			line, err := br.ReadSlice('\n')
 			*buf = append(*buf, line...)
-			if err == bufio.ErrBufferFull {
+			if errors.Is(err, bufio.ErrBufferFull) {
 				continue
 			}
 			if err != nil {
@@ -376,10 +376,10 @@ func copyChunked(w *bufio.Writer, r *bufio.Reader) error {
 // read), refusing lines longer than the reader's buffer.
 func readBoundedLine(r *bufio.Reader) ([]byte, error) {
 	line, err := r.ReadSlice('\n')
-	if err == bufio.ErrBufferFull {
+	if errors.Is(err, bufio.ErrBufferFull) {
 		return nil, errBadChunk
 	}
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		err = io.ErrUnexpectedEOF
 	}
 	return line, err

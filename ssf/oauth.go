@@ -196,8 +196,8 @@ func parseJWK(raw []byte) (string, any, error) {
 		if err1 != nil || err2 != nil || len(x) != 32 || len(y) != 32 {
 			return "", nil, errors.New("bad EC key")
 		}
-		pub := &ecdsa.PublicKey{Curve: elliptic.P256(), X: new(big.Int).SetBytes(x), Y: new(big.Int).SetBytes(y)}
-		if _, err := pub.ECDH(); err != nil {
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+		if err != nil {
 			return "", nil, errors.New("EC point not on curve")
 		}
 		return j.Kid, pub, nil

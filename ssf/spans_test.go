@@ -56,7 +56,7 @@ func TestSETSpansAndHooks(t *testing.T) {
 	setSpan := byName["ssf.set"][0]
 	attrs := map[string]string{}
 	for _, a := range setSpan.Attributes() {
-		attrs[string(a.Key)] = a.Value.Emit()
+		attrs[string(a.Key)] = a.Value.String()
 	}
 	if attrs[attrStreamID] != id || attrs[attrJTI] != sets[0].JTI || attrs[attrEventType] != EventSessionRevoked {
 		t.Errorf("ssf.set attributes %v", attrs)

@@ -175,7 +175,7 @@ func checkSimple(s Subject) error {
 		}
 	case "did":
 		if !strings.HasPrefix(f["url"], "did:") {
-			return errors.New("did subject: url must start with did:")
+			return errors.New(`did subject: url must start with "did:"`)
 		}
 	case "iss_sub", "jwt_id":
 		if u, err := url.Parse(f["iss"]); err != nil || u.Scheme == "" {

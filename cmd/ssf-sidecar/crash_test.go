@@ -66,15 +66,14 @@ type crashChild struct {
 }
 
 type crashRig struct {
-	t        *testing.T
-	env      []string
-	logDir   string
-	front    string
-	admin    string
-	lives    int
-	child    *crashChild
-	client   *http.Client
-	adminTok string
+	t      *testing.T
+	env    []string
+	logDir string
+	front  string
+	admin  string
+	lives  int
+	child  *crashChild
+	client *http.Client
 }
 
 func (r *crashRig) start() {

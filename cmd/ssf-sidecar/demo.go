@@ -370,8 +370,11 @@ func runDemoScript(ctx context.Context, w *demoWorld, out io.Writer, timeout tim
 					UUID string `json:"uuid"`
 				} `json:"results"`
 			}
-			if err := json.Unmarshal(data, &list); err != nil || len(list.Results) == 0 {
-				return fmt.Errorf("no session of alice to revoke (%v)", err)
+			if err := json.Unmarshal(data, &list); err != nil {
+				return fmt.Errorf("sessions of alice: %w", err)
+			}
+			if len(list.Results) == 0 {
+				return errors.New("no session of alice to revoke")
 			}
 			resp, _, err := w.adminDo(ctx, http.MethodDelete, "/api/v3/core/authenticated_sessions/"+list.Results[0].UUID+"/", "")
 			if err == nil && resp.StatusCode != http.StatusNoContent {

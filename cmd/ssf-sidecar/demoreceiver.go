@@ -55,7 +55,7 @@ func startDemoReceiver(jwksURL, issuer string) (*demoReceiver, error) {
 	}
 	r := &demoReceiver{ln: ln, jwksURL: jwksURL, issuer: issuer, out: io.Discard, keys: map[string]any{}, signal: make(chan struct{}, 1)}
 	r.srv = &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
-	go r.srv.Serve(ln)
+	go func() { _ = r.srv.Serve(ln) }() // ErrServerClosed once Close stops it
 	return r, nil
 }
 
@@ -92,7 +92,7 @@ func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		fmt.Fprintf(r.output(), "  ✗ rejected a SET: %v\n", err)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusBadRequest)
-		json.NewEncoder(w).Encode(map[string]string{"err": "invalid_request", "description": err.Error()})
+		_ = json.NewEncoder(w).Encode(map[string]string{"err": "invalid_request", "description": err.Error()})
 		return
 	}
 	r.mu.Lock()
@@ -247,7 +247,10 @@ func jwkPublicKey(j map[string]string) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}, nil
+		if x.BitLen() > 256 || y.BitLen() > 256 {
+			return nil, errors.New("EC coordinates too long for P-256")
+		}
+		return ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x.FillBytes(make([]byte, 32))...), y.FillBytes(make([]byte, 32))...))
 	}
 	return nil, fmt.Errorf("unsupported kty %q", j["kty"])
 }

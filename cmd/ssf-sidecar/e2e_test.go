@@ -123,11 +123,6 @@ func (w *demoWorld) logInAndOut(t *testing.T, username, password string) string 
 	return cookie
 }
 
-// got describes a SET for comparison: event, initiator, subject summary.
-type got struct {
-	event, initiator, subject string
-}
-
 func summarize(sets []receivedSET) []string {
 	var out []string
 	for _, s := range sets {

@@ -265,14 +265,3 @@ func (s *Server) writePage(w http.ResponseWriter, r *http.Request, items []any) 
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"pagination": info.body, "results": results, "autocomplete": map[string]any{}})
 }
-
-// queryBool parses DRF boolean filters; ok is false when absent or invalid.
-func queryBool(r *http.Request, name string) (val, ok bool) {
-	switch strings.ToLower(r.URL.Query().Get(name)) {
-	case "true", "1":
-		return true, true
-	case "false", "0":
-		return false, true
-	}
-	return false, false
-}

@@ -23,12 +23,17 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		"delete": "delete a stream and its queued SETs: delete <stream-id>",
 		"verify": "send a verification SET: verify <stream-id> [--state …]",
 	}
-	verb, fs, af, err := subcommand("streams", verbs, args, stderr)
+	verb, fs, af, err := subcommand("streams", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
-	reason := fs.String("reason", "", "reason shown to the receiver (pause, resume)")
-	state := fs.String("state", "", "state echoed in the verification SET (verify)")
+	reason, state := new(string), new(string)
+	switch verb {
+	case "pause", "resume":
+		reason = fs.String("reason", "", "reason shown to the receiver")
+	case "verify":
+		state = fs.String("state", "", "state echoed in the verification SET")
+	}
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
 		return err
@@ -117,7 +122,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		"list":   "list the signing keys the JWKS publishes",
 		"rotate": "make a newly generated key current; the old one stays published for --key-overlap",
 	}
-	verb, fs, af, err := subcommand("keys", verbs, args, stderr)
+	verb, fs, af, err := subcommand("keys", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -166,12 +171,18 @@ func runOutbox(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"replay": "put dead letters back in the queue with the same jti: replay <stream-id> [jti …]",
 		"purge":  "delete dead letters: purge <stream-id> [jti …]",
 	}
-	verb, fs, af, err := subcommand("outbox", verbs, args, stderr)
+	verb, fs, af, err := subcommand("outbox", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
-	limit := fs.Int("limit", 100, "how many dead letters to list (dlq)")
-	all := fs.Bool("all", false, "replay or purge every dead letter of the stream")
+	limit, all := new(int), new(bool)
+	*limit = 100
+	switch verb {
+	case "dlq":
+		limit = fs.Int("limit", 100, "how many dead letters to list")
+	case "replay", "purge":
+		all = fs.Bool("all", false, "every dead letter of the stream")
+	}
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
 		return err
@@ -241,7 +252,8 @@ func runOutbox(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func replayOrPurge(ctx context.Context, c *adminClient, verb, stream string, jtis []string, asJSON bool, stdout, stderr io.Writer) error {
 	path := "/admin/outbox/" + url.PathEscape(stream) + "/" + verb
 	key := map[string]string{"replay": "replayed", "purge": "purged"}[verb]
-	if len(jtis) == 0 {
+	named := len(jtis) > 0
+	if !named {
 		// Everything: list the dead letter first so progress can be shown.
 		var dl []outbox.DeadLetter
 		if err := c.do(ctx, http.MethodGet, "/admin/outbox/"+url.PathEscape(stream)+"/dlq?limit=100000", nil, &dl); err != nil {
@@ -266,9 +278,15 @@ func replayOrPurge(ctx context.Context, c *adminClient, verb, stream string, jti
 	}
 	bar.finish()
 	if asJSON {
-		return printJSON(stdout, map[string]int{key: done})
+		if err := printJSON(stdout, map[string]int{key: done}); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(stdout, "%s %d dead letter(s) of stream %s\n", key, done, stream)
 	}
-	fmt.Fprintf(stdout, "%s %d dead letter(s) of stream %s\n", key, done, stream)
+	if named && done < len(jtis) {
+		return exitError{exitNotFound, fmt.Errorf("%d of the %d named jti(s) are not in stream %s's dead letter", len(jtis)-done, len(jtis), stream)}
+	}
 	return nil
 }
 

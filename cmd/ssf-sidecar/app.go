@@ -198,16 +198,25 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
 		_ = os.Chmod(cfg.DataDir, st.Mode().Perm()&0o700)
 	}
-	dbPath := filepath.Join(cfg.DataDir, "ssf-sidecar.db")
+	dbPath := filepath.Join(cfg.DataDir, dbFile)
 	store, err := outbox.Open(dbPath, outbox.StoreOptions{})
 	if err != nil {
-		return &storeError{Dir: cfg.DataDir, Err: err}
+		return &storeError{Dir: cfg.DataDir, Err: explainOpenError(dbPath, err)}
 	}
 	defer func() {
 		if err != nil {
 			store.Close()
 		}
 	}()
+	// A restore that brought back the store without its key files is found
+	// before anything is generated next to sealed data.
+	problems, err := ssf.CheckRestore(store, cfg.DataDir, len(cfg.SigningKeys) > 0, cfg.KeyOverlap, a.clock())
+	if err != nil {
+		return fmt.Errorf("check data dir: %w", err)
+	}
+	if !problems.OK() {
+		return &storeError{Dir: cfg.DataDir, Err: &restoreError{dir: cfg.DataDir, problems: problems}}
+	}
 	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store,
 		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {

@@ -18,7 +18,7 @@ import (
 
 func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	verbs := map[string]string{"check": "validate a receivers file: check [--receivers FILE] [--probe]"}
-	verb, fs, af, err := subcommand("receivers", verbs, args, stderr)
+	verb, fs, af, err := subcommand("receivers", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -70,7 +70,16 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		rows = append(rows, []string{r.Name, strconv.Itoa(len(r.Tokens)), orDash(strings.Join(r.OAuthClientIDs, ",")), r.Audience, r.SubjectFormat, r.Profile})
 	}
 	table(stdout, []string{"RECEIVER", "TOKENS", "OAUTH CLIENTS", "AUDIENCE", "SUBJECTS", "PROFILE"}, rows)
-	fmt.Fprintf(stdout, "\n%s is valid: %d receiver(s)\n", *file, len(recv))
+	warnings := ssf.ReceiverWarnings(recv)
+	for _, r := range recv {
+		if len(r.OAuthClientIDs) > 0 && os.Getenv("SSF_OAUTH_ISSUER") == "" {
+			warnings = append(warnings, fmt.Sprintf("receiver %q lists oauth_client_ids: serve needs --oauth-issuer (SSF_OAUTH_ISSUER) to accept its OAuth tokens", r.Name))
+		}
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
+	fmt.Fprintf(stdout, "\n%s is valid: %d receiver(s), %d warning(s)\n", *file, len(recv), len(warnings))
 	if !*probe {
 		return nil
 	}

@@ -148,7 +148,7 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 			if st.rec.Status == StatusDisabled || !slices.Contains(delivered(st.rec.EventsRequested), eventType) {
 				continue
 			}
-			r, ok := t.receivers[st.rec.Receiver]
+			r, ok := t.receiver(st.rec.Receiver)
 			if !ok {
 				continue
 			}

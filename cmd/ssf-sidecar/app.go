@@ -54,7 +54,13 @@ type app struct {
 	degradedOK bool
 	degraded   *degraded
 	parent     *app
+
+	// live holds what a reload changes: receivers and the admin token.
+	live *live
 }
+
+// withLive makes the app follow reloads of l (serve).
+func withLive(l *live) appOption { return func(a *app) { a.live = l } }
 
 // appOption adjusts how buildApp wires the sidecar (tests and the demo).
 type appOption func(*app)
@@ -116,6 +122,9 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		httpClient: &http.Client{Timeout: 10 * time.Second}}
 	for _, o := range opts {
 		o(a)
+	}
+	if a.live == nil {
+		a.live = newLive(cfg, nil, receivers, logger)
 	}
 	if a.tracing == nil {
 		if a.tracing, err = setupTracing(ctx, buildVersion()); err != nil {
@@ -266,6 +275,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("transmitter: %w", err)
 	}
 	rep.tx = a.tx
+	a.live.setApply(a.tx.SetReceivers)
 	up, _ := url.Parse(cfg.Upstream)
 	leases, err := outbox.NewStoreLeases(outbox.LeaseConfig{Store: a.store, Clock: a.clock})
 	if err != nil {
@@ -280,7 +290,8 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("tap: %w", err)
 	}
 	a.adminHandler, err = admin.New(admin.Config{
-		Token: cfg.AdminToken, Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
+		TokenFunc: a.live.adminToken, AllowedHosts: adminHosts(cfg), Reload: a.reloadFunc(),
+		Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
 		Ready: a.ready, Health: a.healthChecks(up), Logger: logger.With("component", "admin"),
 		Extra: dashExtra, Metrics: a.metrics,
 	})
@@ -288,6 +299,25 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("admin: %w", err)
 	}
 	return nil
+}
+
+// adminHosts are the Host names the admin API accepts besides the built-in
+// ones: --admin-hosts and the name in --admin-listen.
+func adminHosts(cfg Config) []string {
+	hosts := append([]string(nil), cfg.AdminHosts...)
+	if h, _, err := net.SplitHostPort(cfg.AdminListen); err == nil && h != "" {
+		hosts = append(hosts, h)
+	}
+	return hosts
+}
+
+// reloadFunc is the admin API's POST /admin/reload (nil: reload is off,
+// as in the demo and the offline CLI).
+func (a *app) reloadFunc() func(context.Context) (any, error) {
+	if a.live.flags == nil {
+		return nil
+	}
+	return func(context.Context) (any, error) { return a.live.reload("admin API") }
 }
 
 // reporter forwards the outbox's failing-stream reports to the transmitter.
@@ -377,6 +407,9 @@ func (a *app) run(ctx context.Context) error {
 			})
 			return nil
 		})
+	}
+	if a.live.flags != nil {
+		g.Go(func() error { a.live.watch(gctx); return nil })
 	}
 	g.Go(func() error {
 		close(a.proxyReady)

@@ -39,6 +39,8 @@ type Config struct {
 	LogFormat, LogLevel   string
 	AuthentikSecretKey    string
 	AdminToken            string
+	AdminTokenFile        string
+	AdminHosts            []string
 	DefaultSubjects       string
 	Retention             time.Duration
 	DeliveredRetention    time.Duration
@@ -51,6 +53,9 @@ type Config struct {
 	TraceAllRoutes        bool
 	ConfigFile            string
 
+	// flagValues are the command line's raw values (a reload resolves
+	// them again with the environment and the config file).
+	flagValues map[string]string
 	// badValue names the options whose value did not parse: Validate does
 	// not report them a second time.
 	badValue map[string]bool
@@ -138,6 +143,11 @@ var options = []option{
 	{name: "log-level", env: "SSF_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", apply: str(func(c *Config) *string { return &c.LogLevel })},
 	{name: "authentik-secret-key", env: "SSF_AUTHENTIK_SECRET_KEY", secret: true, usage: "authentik's SECRET_KEY: verify session cookies locally instead of by a look-up", apply: str(func(c *Config) *string { return &c.AuthentikSecretKey })},
 	{name: "admin-token", env: "SSF_ADMIN_TOKEN", secret: true, usage: "bearer token for the admin API and dashboard (without it they answer only on loopback)", apply: str(func(c *Config) *string { return &c.AdminToken })},
+	{name: "admin-token-file", env: "SSF_ADMIN_TOKEN_FILE", usage: "file holding the admin token instead of --admin-token (re-read on reload: rotate the token without a restart)", apply: str(func(c *Config) *string { return &c.AdminTokenFile })},
+	{name: "admin-hosts", env: "SSF_ADMIN_HOSTS", usage: "comma-separated extra Host names the admin API answers to (e.g. an Ingress name); IP literals, localhost and Kubernetes Service names are always accepted", apply: func(c *Config, v string) error {
+		c.AdminHosts = splitList(v)
+		return nil
+	}},
 	{name: "default-subjects", env: "SSF_DEFAULT_SUBJECTS", def: "ALL", usage: "ALL or NONE: which subjects a new stream includes", apply: func(c *Config, v string) error {
 		c.DefaultSubjects = strings.ToUpper(strings.TrimSpace(v))
 		return nil
@@ -327,7 +337,16 @@ func resolve(fromFlags map[string]string, getenv func(string) string) (Config, m
 			badValue[o.name] = true
 		}
 	}
-	c.badValue = badValue
+	if c.AdminTokenFile != "" {
+		if c.AdminToken != "" {
+			errs = append(errs, errors.New("--admin-token and --admin-token-file both give the admin token: use one"))
+		} else if tok, err := readTokenFile(c.AdminTokenFile); err != nil {
+			errs = append(errs, fmt.Errorf("--admin-token-file: %w", err))
+		} else {
+			c.AdminToken = tok
+		}
+	}
+	c.badValue, c.flagValues = badValue, fromFlags
 	return c, raw, errors.Join(errs...)
 }
 

@@ -189,8 +189,8 @@ func (d *degraded) run(ctx context.Context, start func(live *app)) {
 		}
 		live := &app{cfg: d.front.cfg, logger: d.front.logger, proxyReady: d.front.proxyReady, clock: d.front.clock,
 			httpClient: d.front.httpClient, tracing: d.front.tracing, metrics: d.front.metrics,
-			deliveries: d.front.deliveries, parent: d.front}
-		err := live.buildCore(ctx, d.receivers)
+			deliveries: d.front.deliveries, parent: d.front, live: d.front.live}
+		err := live.buildCore(ctx, d.front.live.currentReceivers())
 		if err == nil {
 			if ctx.Err() != nil {
 				live.store.Close()

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -17,12 +18,17 @@ import (
 )
 
 func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	verbs := map[string]string{"check": "validate a receivers file: check [--receivers FILE] [--probe]"}
+	verbs := map[string]string{
+		"check":  "validate a receivers file: check [--receivers FILE] [--probe]",
+		"reload": "make the running sidecar re-read its receivers file and admin token (as SIGHUP does)",
+	}
 	verb, fs, af, err := subcommand("receivers", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
-	_ = verb
+	if verb == "reload" {
+		return reloadReceivers(ctx, fs, af, args[1:], stdout)
+	}
 	file := fs.String("receivers", os.Getenv("SSF_RECEIVERS"), "receivers file (env SSF_RECEIVERS)")
 	probe := fs.Bool("probe", false, "also send a verification SET to each of these receivers' push streams through the running sidecar and report the answer")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long --probe waits for each answer")
@@ -292,4 +298,43 @@ func waitForAttempt(ctx context.Context, c *adminClient, stream, state string, p
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// reloadReceivers asks the running sidecar to reload (POST /admin/reload).
+func reloadReceivers(ctx context.Context, fs *flag.FlagSet, af *adminFlags, args []string, stdout io.Writer) error {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{"receivers reload takes no arguments: the sidecar re-reads the files it was started with"}
+	}
+	c, done, err := af.connect(ctx, "receivers reload")
+	if err != nil {
+		return err
+	}
+	defer done()
+	var res reloadResult
+	if err := c.do(ctx, http.MethodPost, "/admin/reload", map[string]string{}, &res); err != nil {
+		return err
+	}
+	if af.json {
+		return printJSON(stdout, res)
+	}
+	fmt.Fprintf(stdout, "reloaded: %d receiver(s); added %s, removed %s, changed %s; admin token %s\n", res.Receivers,
+		listOrNone(res.Changes.Added), listOrNone(res.Changes.Removed), listOrNone(res.Changes.Changed), res.AdminToken)
+	for _, w := range res.Warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
+	if len(res.NeedsRestart) > 0 {
+		fmt.Fprintf(stdout, "needs a restart to take effect: %s\n", strings.Join(res.NeedsRestart, ", "))
+	}
+	return nil
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
 }

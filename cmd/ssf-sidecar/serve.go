@@ -73,7 +73,7 @@ func runServe(ctx context.Context, args []string, stdout io.Writer, stderr io.Wr
 	}
 	// A data dir or store that cannot be opened degrades the start instead
 	// of failing it: the sidecar is the only way in to authentik.
-	a, err := buildApp(ctx, cfg, receivers, logger, withDegradedStart())
+	a, err := buildApp(ctx, cfg, receivers, logger, withDegradedStart(), withLive(newLive(cfg, raw, receivers, logger)))
 	if err != nil {
 		return err
 	}

@@ -132,7 +132,6 @@ func (d *Dashboard) Routes(g *echo.Group) {
 	g.GET("/dashboard/api/streams/:id/timeline", d.timeline)
 	g.GET("/dashboard/api/streams/:id/sets/:jti", d.setDetail)
 	g.GET("/dashboard/events", d.events)
-	g.POST("/dashboard/logout", d.logout)
 }
 
 // pagePolicy keeps the page to its own origin: no inline script, no
@@ -144,7 +143,10 @@ func securityHeaders(h http.Header) {
 	h.Set("Content-Security-Policy", pagePolicy)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: under no-referrer a browser sends
+	// "Origin: null" with the login form's POST, which the Origin check
+	// must refuse. Other sites get no referrer either way.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 }
 
@@ -186,6 +188,10 @@ type overviewBody struct {
 	TraceURL  string       `json:"trace_url,omitempty"`
 	LivePages int          `json:"live_pages"`
 	Now       time.Time    `json:"now"`
+	// Auth is how this page got in: session (logged in with the form),
+	// bearer, or loopback (no admin token configured). The page offers
+	// "Log out" only for a session.
+	Auth string `json:"auth"`
 }
 
 func endpointHost(raw string) string {
@@ -218,7 +224,7 @@ func (d *Dashboard) overview(c echo.Context) error {
 		byID[s.StreamID] = s
 	}
 	out := overviewBody{Streams: make([]StreamView, 0, len(streams)), TraceURL: d.cfg.TraceURL,
-		LivePages: d.live.count(), Now: d.cfg.Clock().UTC()}
+		LivePages: d.live.count(), Now: d.cfg.Clock().UTC(), Auth: authOf(c)}
 	for _, s := range streams {
 		out.Streams = append(out.Streams, viewOf(s, byID[s.ID]))
 	}
@@ -461,11 +467,4 @@ func (d *Dashboard) find(ctx context.Context, ob Outbox, streamID, jti string, w
 		}
 	}
 	return nil, echo.NewHTTPError(http.StatusNotFound, "no such SET in this stream's history")
-}
-
-// logout clears the dashboard's session cookie.
-func (d *Dashboard) logout(c echo.Context) error {
-	c.SetCookie(&http.Cookie{Name: SessionCookie, Value: "", Path: "/admin", MaxAge: -1,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: c.Request().TLS != nil})
-	return c.NoContent(http.StatusNoContent)
 }

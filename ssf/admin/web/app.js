@@ -120,6 +120,7 @@
     const data = await api("GET", "/dashboard/api/overview");
     state.streams = data.streams || [];
     state.traceURL = data.trace_url || "";
+    $("#logout").hidden = data.auth !== "session";
     renderStreams();
     if (!state.selected && state.streams.length) select(state.streams[0].stream_id);
     if (state.selected && !state.streams.some((s) => s.stream_id === state.selected)) {

@@ -86,7 +86,7 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			{"default subjects", s.DefaultSubjects}, {"created", fmtTime(s.Created)},
 			{"backlog", strconv.FormatInt(o.Backlog, 10)}, {"oldest", o.OldestAge.Round(time.Second).String()},
 			{"delivered", strconv.FormatInt(o.Delivered, 10)}, {"dead letter", strconv.FormatInt(o.Dead, 10)},
-			{"last success", fmtTime(o.LastSuccess)}, {"last error", orDash(o.LastError)},
+			{"last success", fmtTime(o.LastSuccess)}, {"last error", lastErrorText(o)},
 			{"backing off until", fmtTime(o.BackingOffUntil)},
 		})
 		return nil
@@ -105,11 +105,26 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err := c.do(ctx, http.MethodDelete, "/admin/streams/"+id, nil, nil); err != nil {
 			return err
 		}
+		if af.json {
+			return printJSON(stdout, map[string]any{"stream_id": pos[0], "deleted": true})
+		}
 		fmt.Fprintf(stdout, "stream %s deleted\n", pos[0])
 		return nil
 	case "verify":
+		var s ssf.Stream
+		if err := c.do(ctx, http.MethodGet, "/admin/streams/"+id, nil, &s); err != nil {
+			return err
+		}
 		if err := c.do(ctx, http.MethodPost, "/admin/streams/"+id+"/verify", map[string]string{"state": *state}, nil); err != nil {
 			return err
+		}
+		held := s.Status == ssf.StatusPaused
+		if af.json {
+			return printJSON(stdout, map[string]any{"stream_id": pos[0], "queued": true, "status": s.Status, "held_until_resume": held})
+		}
+		if held {
+			fmt.Fprintf(stdout, "verification SET queued for stream %s; the stream is paused, so it is held and goes out when the stream is resumed\n", pos[0])
+			return nil
 		}
 		fmt.Fprintf(stdout, "verification SET queued for stream %s\n", pos[0])
 		return nil
@@ -214,7 +229,7 @@ func runOutbox(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		for _, s := range stats {
 			rows = append(rows, []string{s.StreamID, string(s.Method), string(s.Status), strconv.FormatInt(s.Backlog, 10),
 				s.OldestAge.Round(time.Second).String(), strconv.FormatInt(s.Delivered, 10), strconv.FormatInt(s.Dead, 10),
-				fmtTime(s.LastSuccess), orDash(s.LastError)})
+				fmtTime(s.LastSuccess), lastErrorText(s)})
 		}
 		table(stdout, []string{"STREAM", "METHOD", "STATUS", "BACKLOG", "OLDEST", "DELIVERED", "DEAD", "LAST SUCCESS", "LAST ERROR"}, rows)
 		return nil
@@ -316,6 +331,22 @@ func (p *progress) finish() {
 	if p.shown {
 		fmt.Fprintln(p.w)
 	}
+}
+
+// lastErrorText is a stream's last error with its time, marked when a
+// success came after it.
+func lastErrorText(s outbox.StreamStats) string {
+	if s.LastError == "" {
+		return "-"
+	}
+	out := s.LastError
+	if !s.LastErrorAt.IsZero() {
+		out += " at " + fmtTime(s.LastErrorAt)
+		if s.LastSuccess.After(s.LastErrorAt) {
+			out += " (delivered since)"
+		}
+	}
+	return out
 }
 
 func statusText(status, reason string) string {

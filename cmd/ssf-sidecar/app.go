@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -171,7 +172,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
+		return nil, prefixed("proxy", err)
 	}
 	a.metrics.proxyStats = a.proxy.Stats
 	if a.degraded != nil {
@@ -183,6 +184,14 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		a.metrics.limitFailures = a.tx.ManagementLimitFailures
 	}
 	return a, nil
+}
+
+// prefixed wraps err with "what: " unless its message says so already.
+func prefixed(what string, err error) error {
+	if strings.HasPrefix(err.Error(), what+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // storeError is a failure to create or open the data dir or the store in
@@ -230,9 +239,9 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
-			return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("signing keys: %w", err)}
+			return &storeError{Dir: cfg.DataDir, Err: prefixed("signing keys", err)}
 		}
-		return fmt.Errorf("signing keys: %w", err)
+		return prefixed("signing keys", err)
 	}
 	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
 	if err != nil {
@@ -284,7 +293,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	a.tap, err = tap.New(tap.Config{
 		Upstream: up, Token: cfg.AuthentikToken, SecretKey: cfg.AuthentikSecretKey,
 		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases},
-		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger.With("component", "tap"),
+		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger, // the tap names itself
 	})
 	if err != nil {
 		return fmt.Errorf("tap: %w", err)
@@ -432,11 +441,25 @@ func (a *app) run(ctx context.Context) error {
 		defer cancel()
 		return adminSrv.Shutdown(sctx)
 	})
-	a.logger.Info("ssf-sidecar started", "listen", a.cfg.Listen, "admin", ln.Addr().String(),
-		"upstream", a.cfg.Upstream, "issuer", a.cfg.Issuer, "version", buildVersion())
-	if a.degraded != nil {
-		a.degraded.logStart()
-	}
+	// "started" only once both listeners are bound: a port in use fails
+	// the start without claiming it.
+	g.Go(func() error {
+		select {
+		case <-a.proxy.Ready():
+		case <-gctx.Done():
+			return nil
+		}
+		listen := a.cfg.Listen
+		if addr := a.proxy.Addr(); addr != nil {
+			listen = addr.String()
+		}
+		a.logger.Info("ssf-sidecar started", "listen", listen, "admin", ln.Addr().String(),
+			"upstream", a.cfg.Upstream, "issuer", a.cfg.Issuer, "version", buildVersion())
+		if a.degraded != nil {
+			a.degraded.logStart()
+		}
+		return nil
+	})
 	err = g.Wait()
 	store := a.store
 	if a.degraded != nil {

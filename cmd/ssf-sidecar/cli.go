@@ -138,7 +138,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, body any, out
 		}
 		err := fmt.Errorf("admin API answered %d: %s", resp.StatusCode, msg)
 		switch {
-		case !isAdmin && (resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed):
+		case !isAdmin && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusServiceUnavailable:
 			return exitError{exitNoServer, fmt.Errorf("%s is not the admin API (it answered %d to %s): the admin API is on the sidecar's --admin-listen address (default http://127.0.0.1:9090), not on --listen", c.base, resp.StatusCode, path)}
 		case resp.StatusCode == http.StatusNotFound:
 			return exitError{exitNotFound, err}
@@ -153,7 +153,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, body any, out
 	}
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("admin API answered something that is not the expected JSON: %w", err)
+			return exitError{exitNoServer, fmt.Errorf("%s is not the admin API (its answer to %s is not the admin API's JSON): the admin API is on the sidecar's --admin-listen address (default http://127.0.0.1:9090), not on --listen", c.base, path)}
 		}
 	}
 	return nil

@@ -56,7 +56,8 @@ func (d *deliveryTracer) hooks() outbox.Hooks {
 		},
 		OnDeadLetter: func(streamID, jti, reason string) {
 			d.forget(jti)
-			d.log.Warn("SET dead-lettered", slog.String("stream_id", streamID), slog.String("jti", jti),
+			// The outbox logs the dead letter at WARN; this is its trace side.
+			d.log.Debug("SET dead-lettered", slog.String("stream_id", streamID), slog.String("jti", jti),
 				slog.String("reason", reason))
 		},
 	}

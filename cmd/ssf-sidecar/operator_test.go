@@ -3,11 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
 // runCLI runs the command line in process with the environment env (the
@@ -307,5 +312,135 @@ func TestConfigCheckAgreesWithServe(t *testing.T) {
 	code, out, errs := runCLI(t, nil, "config", "check", "--json", "--upstream", "http://ak:9000", "--issuer", "https://sso.example.com/ssf")
 	if code != exitOK || !strings.Contains(out, `"valid": true`) {
 		t.Errorf("config check --json: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// TestCLIConsistency: exit codes, auth errors that say where the token
+// comes from, --admin-url mistakes explained, health following
+// SSF_ADMIN_URL, --json where the README promises it, and a resumed
+// stream without its pause reason.
+func TestCLIConsistency(t *testing.T) {
+	const token = "cli-admin-token-0123456789abcdef"
+	s := startServe(t, map[string]string{"SSF_ADMIN_TOKEN": token}, "--data-dir", t.TempDir())
+	admin := []string{"--admin-url", s.admin}
+
+	t.Setenv("SSF_ADMIN_TOKEN", "")
+	code, _, errs := cli(t, append([]string{"streams", "list"}, admin...)...)
+	if code != exitAuth || !strings.Contains(errs, "no admin token given (set --admin-token or SSF_ADMIN_TOKEN") {
+		t.Errorf("no token: exit %d %s", code, errs)
+	}
+	code, _, errs = cli(t, append([]string{"streams", "list", "--admin-token", "wrong"}, admin...)...)
+	if code != exitAuth || !strings.Contains(errs, "the admin token from --admin-token is not the sidecar's") {
+		t.Errorf("wrong flag token: exit %d %s", code, errs)
+	}
+	t.Setenv("SSF_ADMIN_TOKEN", "wrong-too")
+	code, _, errs = cli(t, append([]string{"streams", "list"}, admin...)...)
+	if code != exitAuth || !strings.Contains(errs, "the admin token from SSF_ADMIN_TOKEN is not the sidecar's") {
+		t.Errorf("wrong env token: exit %d %s", code, errs)
+	}
+	t.Setenv("SSF_ADMIN_TOKEN", token)
+	code, _, errs = cli(t, "streams", "list", "--admin-url", s.front)
+	if code != exitNoServer || !strings.Contains(errs, "is not the admin API") {
+		t.Errorf("proxy port as admin URL: exit %d %s", code, errs)
+	}
+	code, _, errs = cli(t, "streams", "list", "--admin-url", "127.0.0.1:9090")
+	if code != exitUsage || !strings.Contains(errs, "use http://127.0.0.1:9090") {
+		t.Errorf("admin URL without scheme: exit %d %s", code, errs)
+	}
+	if code, _, errs = cli(t, "streams", "list", "--help"); code != exitOK || strings.Contains(errs, token) {
+		t.Errorf("help: exit %d %s", code, errs)
+	}
+	_, help, _ := cli(t, "streams", "list", "--help")
+	if strings.Contains(help, token) || strings.Contains(help, "--reason") || strings.Contains(help, "--state") {
+		t.Errorf("streams list --help shows the token or flags of other commands:\n%s", help)
+	}
+
+	// health follows SSF_ADMIN_URL over SSF_ADMIN_LISTEN, and ends its line.
+	t.Setenv("SSF_ADMIN_LISTEN", "127.0.0.1:1")
+	t.Setenv("SSF_ADMIN_URL", s.admin)
+	code, out, errs := cli(t, "health")
+	if code != exitOK || !strings.HasSuffix(out, "}\n") {
+		t.Errorf("health with SSF_ADMIN_URL: exit %d %q %s", code, out, errs)
+	}
+	if code, _, _ = cli(t, "health", "--admin-url", "http://127.0.0.1:1"); code != exitNoServer {
+		t.Errorf("health --admin-url: exit %d", code)
+	}
+	t.Setenv("SSF_ADMIN_URL", "")
+	t.Setenv("SSF_ADMIN_LISTEN", "")
+
+	code, out, _ = cli(t, append([]string{"outbox", "purge", "no-such-stream", "no-such-jti"}, admin...)...)
+	if code != exitNotFound {
+		t.Errorf("purge of an unknown jti: exit %d %s", code, out)
+	}
+}
+
+// TestResumeClearsReason: after a pause with a reason and a resume, no
+// view shows the old reason; verify on a paused stream says it is held.
+func TestResumeClearsReason(t *testing.T) {
+	w := newSystem(t)
+	ctx := context.Background()
+	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := []string{"--admin-url", w.adminURL}
+	if code, out, errs := cli(t, append([]string{"streams", "pause", id, "--reason", "maintenance window"}, admin...)...); code != exitOK {
+		t.Fatalf("pause: %d %s%s", code, out, errs)
+	}
+	code, out, _ := cli(t, append([]string{"streams", "verify", id}, admin...)...)
+	if code != exitOK || !strings.Contains(out, "held and goes out when the stream is resumed") {
+		t.Errorf("verify on a paused stream: %d %s", code, out)
+	}
+	code, out, _ = cli(t, append([]string{"streams", "verify", id, "--json"}, admin...)...)
+	if code != exitOK || !strings.Contains(out, `"held_until_resume": true`) {
+		t.Errorf("verify --json: %d %s", code, out)
+	}
+	if code, _, _ := cli(t, append([]string{"streams", "resume", id}, admin...)...); code != exitOK {
+		t.Fatal("resume")
+	}
+	_, show, _ := cli(t, append([]string{"streams", "show", id}, admin...)...)
+	_, list, _ := cli(t, append([]string{"streams", "list", "--json"}, admin...)...)
+	status, body := w.call(t, demoReceiverToken, http.MethodGet, "/ssf/status?stream_id="+id, nil)
+	_, dash := getBody(t, w.adminURL+"/admin/dashboard/api/overview")
+	for name, text := range map[string]string{"streams show": show, "streams list --json": list, "GET /ssf/status": string(body), "dashboard": dash} {
+		if strings.Contains(text, "maintenance window") || strings.Contains(text, "set by the transmitter's operator") {
+			t.Errorf("%s still shows the pause reason after resume:\n%s", name, text)
+		}
+	}
+	if status != http.StatusOK || !strings.Contains(string(body), `"enabled"`) {
+		t.Errorf("status: %d %s", status, body)
+	}
+}
+
+func getBody(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestPortInUseIsNotStarted: a taken port fails the start without a
+// "started" line before it, and the message names the port once.
+func TestPortInUseIsNotStarted(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	_, admin := listenAddrs(t)
+	code, _, errs := runCLI(t, nil, "serve", "--upstream", "http://127.0.0.1:1", "--data-dir", t.TempDir(),
+		"--listen", taken.Addr().String(), "--admin-listen", admin, "--issuer", "http://127.0.0.1/ssf", "--log-format", "text")
+	if code != exitFailure || !strings.Contains(errs, "address already in use") {
+		t.Fatalf("exit %d:\n%s", code, errs)
+	}
+	if strings.Contains(errs, "ssf-sidecar started") {
+		t.Fatalf("started was logged before the bind failed:\n%s", errs)
+	}
+	if strings.Contains(errs, "proxy: proxy:") || strings.Count(errs, "listen on") != 1 {
+		t.Fatalf("doubled prefix:\n%s", errs)
 	}
 }

@@ -403,7 +403,9 @@ func (s *server) setStatus(status string) echo.HandlerFunc {
 		if err := bind(c, &b); err != nil {
 			return err
 		}
-		if b.Reason == "" {
+		if b.Reason == "" && status != "enabled" {
+			// Enabled needs no reason: the pause's reason must not stay
+			// shown on a stream that runs again.
 			b.Reason = "set by the transmitter's operator"
 		}
 		st, err := s.cfg.Transmitter.AdminSetStatus(c.Request().Context(), c.Param("id"), status, b.Reason)

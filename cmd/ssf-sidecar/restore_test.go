@@ -125,13 +125,7 @@ func (s *servingSidecar) stop() {
 
 func (s *servingSidecar) get(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return getBody(t, url)
 }
 
 // health returns /healthz's status and the store check's text.

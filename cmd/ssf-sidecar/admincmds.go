@@ -356,15 +356,7 @@ func statusText(status, reason string) string {
 	return status
 }
 
-func methodName(m string) string {
-	switch m {
-	case ssf.MethodPushURN, ssf.MethodRISCPush, "push":
-		return "push"
-	case ssf.MethodPollURN, "poll":
-		return "poll"
-	}
-	return m
-}
+func methodName(m string) string { return ssf.MethodName(m) }
 
 func endpointHost(raw string) string {
 	u, err := url.Parse(raw)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,15 +239,8 @@ func viewOf(s ssf.Stream, st outbox.StreamStats) StreamView {
 	}
 	// Only the host of the endpoint: its path or query may carry a secret.
 	return StreamView{ID: s.ID, Receiver: s.Receiver, Audience: s.Audience, Status: s.Status, Reason: s.Reason,
-		Method: shortMethod(s.DeliveryMethod), EndpointHost: endpointHost(s.EndpointURL),
+		Method: ssf.MethodName(s.DeliveryMethod), EndpointHost: endpointHost(s.EndpointURL),
 		Description: s.Description, Events: ev, Outbox: st}
-}
-
-func shortMethod(m string) string {
-	if i := strings.LastIndexAny(m, ":/"); i >= 0 {
-		return m[i+1:]
-	}
-	return m
 }
 
 // TimelineItem is one SET in a stream's timeline, subject masked.
@@ -326,6 +320,9 @@ func (d *Dashboard) timeline(c echo.Context) error {
 	if truncated {
 		recs = recs[:d.cfg.MaxTimeline]
 	}
+	// Newest issued first. The queue's order is not time order: a
+	// stream-updated announcement goes in at the head of the queue.
+	sort.SliceStable(recs, func(i, j int) bool { return recs[i].EnqueuedAt.After(recs[j].EnqueuedAt) })
 	out := timelineBody{Items: []TimelineItem{}, Scanned: len(recs), Offset: offset, Truncated: truncated && q.text != ""}
 	matched := 0
 	for i := range recs {
@@ -381,6 +378,10 @@ func (d *Dashboard) item(r *outbox.Record, claims map[string]any) TimelineItem {
 	it.TraceID = traceID(r.TraceParent)
 	if it.TraceID != "" && d.cfg.TraceURL != "" {
 		it.TraceLink = strings.ReplaceAll(d.cfg.TraceURL, "{trace_id}", it.TraceID)
+	}
+	if it.EventType == ssf.EventVerification || it.EventType == ssf.EventStreamUpdated {
+		// Their subject is the stream itself, not a person: nothing to mask.
+		it.Subject = subjectSummary(claims["sub_id"], true)
 	}
 	return it
 }

@@ -223,10 +223,10 @@ func TestDashboardOverview(t *testing.T) {
 		t.Fatalf("streams: %+v", got.Streams)
 	}
 	s1, s2 := got.Streams[0], got.Streams[1]
-	if s1.EndpointHost != "hooks.acme.example" || s1.Method != "8935" || s1.Outbox.Delivered != 7 || s1.Outbox.Backlog != 2 || s1.Outbox.LastError != "503" {
+	if s1.EndpointHost != "hooks.acme.example" || s1.Method != "push" || s1.Outbox.Delivered != 7 || s1.Outbox.Backlog != 2 || s1.Outbox.LastError != "503" {
 		t.Errorf("s1 = %+v", s1)
 	}
-	if s2.Status != "paused" || s2.Reason != "maintenance" || s2.Method != "8936" || s2.EndpointHost != "" {
+	if s2.Status != "paused" || s2.Reason != "maintenance" || s2.Method != "poll" || s2.EndpointHost != "" {
 		t.Errorf("s2 = %+v", s2)
 	}
 	if got.TraceURL != "https://tempo.example/trace/{trace_id}" || !got.Now.Equal(testNow) {

@@ -1,9 +1,13 @@
 package admin
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+
+	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -103,5 +107,50 @@ func TestSessionsFollowTheToken(t *testing.T) {
 	now = now.Add(sessionTTL)
 	if st.valid(id, "t") {
 		t.Fatal("session outlived its time")
+	}
+}
+
+// TestTimelineInTimeOrder: a SET queued at the head (a stream-updated
+// announcement) is shown by when it was issued, not by queue position.
+func TestTimelineInTimeOrder(t *testing.T) {
+	w := newWorld(t, 0, nil, "")
+	mk := func(seq int, age time.Duration) outbox.Record {
+		r := record("s1", seq, "a@example.com")
+		r.EnqueuedAt = testNow.Add(-age)
+		return r
+	}
+	// History answers newest queue position first: 3, 2, then the head 1.
+	w.ob.records["s1"] = []outbox.Record{mk(3, 3*time.Minute), mk(2, 2*time.Minute), mk(1, 0)}
+	var body struct {
+		Items []struct {
+			JTI string `json:"jti"`
+		} `json:"items"`
+	}
+	w.get(t, "/admin/dashboard/api/streams/s1/timeline", &body)
+	var got []string
+	for _, it := range body.Items {
+		got = append(got, it.JTI)
+	}
+	if strings.Join(got, ",") != "jti-00001,jti-00002,jti-00003" {
+		t.Fatalf("timeline order %v, want newest issued first", got)
+	}
+}
+
+// TestVerificationSubjectNotMasked: a verification SET's subject is the
+// stream id, not personal data, and is shown as it is.
+func TestVerificationSubjectNotMasked(t *testing.T) {
+	w := newWorld(t, 0, nil, "")
+	r := record("s1", 1, "a@example.com")
+	r.EventType = ssf.EventVerification
+	r.Claims = json.RawMessage(`{"iat":1,"jti":"jti-00001","sub_id":{"format":"opaque","id":"stream-s1-id"},"events":{"` + ssf.EventVerification + `":{}}}`)
+	w.ob.records["s1"] = []outbox.Record{r, record("s1", 2, "bob@example.com")}
+	var body struct {
+		Items []struct {
+			Subject string `json:"subject"`
+		} `json:"items"`
+	}
+	w.get(t, "/admin/dashboard/api/streams/s1/timeline", &body)
+	if len(body.Items) != 2 || body.Items[0].Subject != "opaque stream-s1-id" || strings.Contains(body.Items[1].Subject, "bob@") {
+		t.Fatalf("subjects %+v", body.Items)
 	}
 }

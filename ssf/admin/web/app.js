@@ -111,7 +111,8 @@
   function time(iso) {
     if (!iso) return "—";
     const d = new Date(iso);
-    return isNaN(d) ? "—" : d.toLocaleString();
+    // With the zone: a bare local time is ambiguous next to UTC logs.
+    return isNaN(d) ? "—" : d.toLocaleString(undefined, { timeZoneName: "short" });
   }
   function badge(s) { return el("span", { class: "badge s-" + s, text: s }); }
 

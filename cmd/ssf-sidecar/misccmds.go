@@ -100,7 +100,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return bench.Child(ctx, args[1:], stdout)
 	}
 	if len(args) == 0 || args[0] != "proxy" {
-		fmt.Fprintln(stderr, "Usage: ssf-sidecar bench proxy [--duration 5s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]")
+		fmt.Fprintln(stderr, "Usage: ssf-sidecar bench proxy [--duration 3s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return flag.ErrHelp
 		}

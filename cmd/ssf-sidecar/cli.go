@@ -237,6 +237,9 @@ func table(w io.Writer, header []string, rows [][]string) {
 	for _, r := range rows {
 		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}
+	if len(rows) == 0 {
+		fmt.Fprintln(tw, "(none)")
+	}
 	tw.Flush()
 }
 

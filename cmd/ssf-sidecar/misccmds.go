@@ -99,15 +99,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// One role of the benchmark (upstream or sidecar) in a process of its own.
 		return bench.Child(ctx, args[1:], stdout)
 	}
+	const usage = "Usage: ssf-sidecar bench proxy [--duration 3s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]"
 	if len(args) == 0 || args[0] != "proxy" {
-		fmt.Fprintln(stderr, "Usage: ssf-sidecar bench proxy [--duration 3s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(stdout, usage)
 			return flag.ErrHelp
 		}
-		return usageError{"bench: name what to measure (proxy)"}
+		return usageError{"bench: name what to measure: " + strings.TrimPrefix(usage, "Usage: ")}
 	}
 	fs := flag.NewFlagSet("bench proxy", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var o bench.Options
 	fs.DurationVar(&o.Duration, "duration", 3*time.Second, "measured time per row and round")
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "warm-up time per row")
@@ -119,11 +119,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.Generator, "generator", "", "load generator: wrk or go (default: wrk when installed)")
 	fs.StringVar(&o.NginxPath, "nginx", "", "nginx binary (default: nginx on PATH; the row is skipped when absent)")
 	rows := fs.String("rows", "", "comma-separated rows to measure: direct,sidecar,nginx (default all)")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err.Error()}
+	help := func() {
+		fmt.Fprintf(stdout, "%s\n\nMeasures the proxy against the upstream directly (and nginx when installed), side by side.\n\nFlags:\n", usage)
+		printFlags(stdout, fs)
+	}
+	if err := parseFlags(fs, args[1:], help); err != nil {
+		return err
 	}
 	o.Rows = splitList(*rows)
 	if !*inProcess {
@@ -147,8 +148,9 @@ type probeResult struct {
 	// destination); not sent; no answer.
 	Outcome string `json:"outcome"`
 	Status  int    `json:"status_code,omitempty"`
-	Latency string `json:"latency,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// Latency is in nanoseconds, as every duration in the admin API's JSON.
+	Latency time.Duration `json:"latency,omitempty"`
+	Error   string        `json:"error,omitempty"`
 }
 
 // Probe outcomes besides the outbox's own.
@@ -201,7 +203,7 @@ func probeReceivers(ctx context.Context, c *adminClient, recv []ssf.Receiver, ti
 				}
 			}
 		} else {
-			res.Outcome, res.Status, res.Latency, res.Error = a.Outcome, a.StatusCode, a.Latency.Round(time.Millisecond).String(), explainPushError(a.Error)
+			res.Outcome, res.Status, res.Latency, res.Error = a.Outcome, a.StatusCode, a.Latency, explainPushError(a.Error)
 			if isRefusal(a.Error) {
 				res.Outcome = probeRefused
 			}
@@ -232,7 +234,11 @@ func printProbeResults(stdout io.Writer, results []probeResult) {
 		if r.Status != 0 {
 			code = strconv.Itoa(r.Status)
 		}
-		rows = append(rows, []string{r.Receiver, r.Stream, r.Endpoint, r.Outcome, code, orDash(r.Latency), orDash(r.Error)})
+		lat := "-"
+		if r.Latency > 0 {
+			lat = r.Latency.Round(time.Millisecond).String()
+		}
+		rows = append(rows, []string{r.Receiver, r.Stream, r.Endpoint, r.Outcome, code, lat, orDash(r.Error)})
 	}
 	fmt.Fprintln(stdout)
 	table(stdout, []string{"RECEIVER", "STREAM", "ENDPOINT", "OUTCOME", "STATUS", "LATENCY", "ERROR"}, rows)

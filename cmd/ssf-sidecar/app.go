@@ -458,6 +458,15 @@ func (a *app) run(ctx context.Context) error {
 		if a.degraded != nil {
 			a.degraded.logStart()
 		}
+		// Say at once when authentik cannot be reached, not only at the
+		// first 502.
+		uctx, ucancel := context.WithTimeout(gctx, 5*time.Second)
+		defer ucancel()
+		up, _ := url.Parse(a.cfg.Upstream)
+		if err := upstreamHealth(uctx, a.httpClient, up); err != nil && gctx.Err() == nil {
+			a.logger.Warn("authentik is not answering yet: requests get 502 until it does (see /healthz)",
+				slog.String("upstream", a.cfg.Upstream), slog.String("error", err.Error()))
+		}
 		return nil
 	})
 	err = g.Wait()

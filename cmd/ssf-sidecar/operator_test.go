@@ -443,4 +443,14 @@ func TestPortInUseIsNotStarted(t *testing.T) {
 	if strings.Contains(errs, "proxy: proxy:") || strings.Count(errs, "listen on") != 1 {
 		t.Fatalf("doubled prefix:\n%s", errs)
 	}
+	// With the ports free, it starts, and says that authentik is not there.
+	taken.Close()
+	s := startServe(t, nil, "--upstream", "http://127.0.0.1:1", "--data-dir", t.TempDir())
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(s.logs.String(), "authentik is not answering yet") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about an unreachable authentik:\n%s", s.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -423,7 +423,7 @@
       try { await api("POST", "/dashboard/logout", {}); } catch (e) { /* ignore */ }
       window.location.assign(base + "/login");
     });
-    loadOverview().catch((e) => say(e.message, true));
+    loadOverview().then(() => { if ($("#message").textContent === "Loading…") say(""); }).catch((e) => say(e.message, true));
     connect();
   }
 

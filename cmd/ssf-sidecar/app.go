@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -97,7 +98,14 @@ func (k storeKV) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) 
 // the receivers file. It reports every problem at once.
 func checkDeep(c Config) ([]ssf.Receiver, error) {
 	var errs []error
-	if len(c.SigningKeys) > 0 {
+	pasted := slices.ContainsFunc(c.SigningKeys, func(f string) bool {
+		return strings.Contains(f, "-----BEGIN") || strings.ContainsAny(f, "\n\r")
+	})
+	switch {
+	case pasted:
+		// The key itself was given: never quote it back.
+		errs = append(errs, errors.New("--signing-key takes the paths of PEM files, not the key itself: write the key to a file (mode 0600) and give its path"))
+	case len(c.SigningKeys) > 0:
 		if err := (ssf.KeyConfig{Files: c.SigningKeys, DataDir: c.DataDir}).Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("--signing-key: %w", err))
 		}

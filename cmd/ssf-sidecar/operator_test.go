@@ -56,7 +56,8 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 	const admin = "s3cr3t-admin-token-must-not-leak-0003"
 	const ak = "s3cr3t-authentik-token-must-not-leak-0004"
 	const key = "s3cr3t-authentik-secret-key-must-not-leak-0005"
-	secrets := []string{tok, tok2, admin, ak, key, "s3cr3t"}
+	const pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7s3cr3tk3y\n-----END PRIVATE KEY-----"
+	secrets := []string{tok, tok2, admin, ak, key, "s3cr3t", "MIIEvQIBADANBg"}
 
 	recvFile := writeFile(t, dir, "receivers.yaml", "receivers:\n  - name: acme-hr\n    tokens: [\""+tok+"\"]\n")
 	inline := writeFile(t, dir, "inline.yaml", "upstream: http://127.0.0.1:9000\nreceivers:\n  - name: acme-hr\n    tokens: [\""+tok+"\"]\n")
@@ -83,6 +84,8 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 		{"receivers file with type errors", nil, []string{"receivers", "check", typeErr}},
 		{"receivers file with type errors via config", nil, []string{"config", "check", "--upstream", "http://ak:9000", "--receivers", typeErr}},
 		{"duplicate tokens and typos", nil, []string{"receivers", "check", "--json", dupTok}},
+		{"a signing key pasted instead of its path", map[string]string{"SSF_SIGNING_KEY": pem}, []string{"config", "check", "--upstream", "http://ak:9000"}},
+		{"a signing key pasted in the config file", nil, []string{"serve", "--config", writeFile(t, dir, "pem.yaml", "upstream: http://ak:9000\nsigning-key: |\n  "+strings.ReplaceAll(pem, "\n", "\n  ")+"\n")}},
 		{"secrets by flag", nil, []string{"config", "check", "--upstream", "http://ak:9000", "--data-dir", data,
 			"--admin-token", admin, "--authentik-token", ak, "--authentik-secret-key", key, "--receivers", recvFile}},
 		{"secrets by flag, json", nil, []string{"config", "check", "--json", "--upstream", "http://ak:9000", "--data-dir", data,

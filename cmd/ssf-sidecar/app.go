@@ -111,7 +111,9 @@ func checkDeep(c Config) ([]ssf.Receiver, error) {
 		}
 	}
 	var receivers []ssf.Receiver
-	if c.Receivers != "" {
+	if c.Receivers != "" && secretLike(c.Receivers) {
+		errs = append(errs, errors.New("--receivers takes the path of a receivers file; the value given does not look like one (it is not shown)"))
+	} else if c.Receivers != "" {
 		r, err := ssf.LoadReceivers(c.Receivers)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("--receivers: %w", err))

@@ -357,6 +357,9 @@ var listOptions = map[string]bool{"signing-key": true, "trusted-proxies": true}
 // from the file is ever quoted in an error: a receivers list or a token
 // pasted into the wrong file must not end up in a log.
 func readConfigFile(path string, known map[string]option) (map[string]string, error) {
+	if secretLike(path) {
+		return nil, errors.New("--config takes the path of a YAML file; the value given does not look like one (it is not shown)")
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("--config: cannot read %s: %w", path, err)
@@ -473,6 +476,10 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("--tls-cert and --tls-key go together: give both or neither"))
 	}
 	for _, f := range []struct{ flag, path string }{{"tls-cert", c.TLSCert}, {"tls-key", c.TLSKey}} {
+		if f.path != "" && secretLike(f.path) {
+			errs = append(errs, fmt.Errorf("--%s takes the path of a PEM file, not its contents (the value given is not shown)", f.flag))
+			continue
+		}
 		if f.path != "" {
 			if _, err := os.Stat(f.path); err != nil {
 				errs = append(errs, fmt.Errorf("--%s: %w", f.flag, err))
@@ -595,6 +602,12 @@ func shown(v string) string {
 		}
 	}
 	return fmt.Sprintf("(a value of %d characters, not shown)", len(v))
+}
+
+// secretLike reports whether a value given as a path looks like a secret
+// pasted in its place; such a value is never put in a message.
+func secretLike(v string) bool {
+	return strings.Contains(v, "-----BEGIN") || strings.HasPrefix(shown(v), "(a value")
 }
 
 // shownURL quotes a URL for an error message without its password.

@@ -84,6 +84,8 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 		{"receivers file with type errors", nil, []string{"receivers", "check", typeErr}},
 		{"receivers file with type errors via config", nil, []string{"config", "check", "--upstream", "http://ak:9000", "--receivers", typeErr}},
 		{"duplicate tokens and typos", nil, []string{"receivers", "check", "--json", dupTok}},
+		{"tokens where paths belong", map[string]string{"SSF_ADMIN_TOKEN_FILE": admin, "SSF_RECEIVERS": tok, "SSF_TLS_CERT": tok2, "SSF_TLS_KEY": pem}, []string{"config", "check", "--upstream", "http://ak:9000"}},
+		{"a token as the config file", nil, []string{"serve", "--config", ak}},
 		{"a signing key pasted instead of its path", map[string]string{"SSF_SIGNING_KEY": pem}, []string{"config", "check", "--upstream", "http://ak:9000"}},
 		{"a signing key pasted in the config file", nil, []string{"serve", "--config", writeFile(t, dir, "pem.yaml", "upstream: http://ak:9000\nsigning-key: |\n  "+strings.ReplaceAll(pem, "\n", "\n  ")+"\n")}},
 		{"secrets by flag", nil, []string{"config", "check", "--upstream", "http://ak:9000", "--data-dir", data,

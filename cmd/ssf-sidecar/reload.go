@@ -208,6 +208,9 @@ func (l *live) watch(ctx context.Context) {
 
 // readTokenFile reads an admin token file; the token is never quoted.
 func readTokenFile(path string) (string, error) {
+	if secretLike(path) {
+		return "", errors.New("the value given as the admin token file's path looks like a token itself (it is not shown): give the path of a file holding the token")
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("cannot read the admin token file %s: %w", path, errors.Unwrap(err))

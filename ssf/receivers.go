@@ -81,6 +81,10 @@ type Receiver struct {
 	SubjectIss string
 	// Profile is ssf (default) or legacy.
 	Profile string
+	// MaxStreams caps the receiver's streams (0: the transmitter's
+	// Config.MaxStreamsPerReceiver). 1 gives one stream per receiver: a
+	// second create answers 409 naming the stream that exists.
+	MaxStreams int
 }
 
 type receiverFile struct {
@@ -96,6 +100,7 @@ type receiverEntry struct {
 	SubjectFormat  string   `yaml:"subject_format"`
 	SubjectIss     string   `yaml:"subject_iss"`
 	Profile        string   `yaml:"profile"`
+	MaxStreams     *int     `yaml:"max_streams"`
 }
 
 // LoadReceivers reads and parses a receivers file (see ParseReceivers).
@@ -208,6 +213,12 @@ func ParseReceivers(data []byte) ([]Receiver, error) {
 				add("%s: subject_iss %q is not an absolute URL", label, r.SubjectIss)
 			}
 		}
+		if e.MaxStreams != nil {
+			if *e.MaxStreams < 1 {
+				add("%s: max_streams %d must be at least 1 (leave it out for the transmitter's default)", label, *e.MaxStreams)
+			}
+			r.MaxStreams = *e.MaxStreams
+		}
 		switch r.Profile {
 		case ProfileSSF, ProfileLegacy:
 		default:
@@ -294,7 +305,7 @@ var (
 )
 
 // receiverKeys are the keys a receivers file knows.
-var receiverKeys = []string{"receivers", "name", "tokens", "value", "scopes", "oauth_client_ids", "require_scopes", "audience", "subject_format", "subject_iss", "profile"}
+var receiverKeys = []string{"receivers", "name", "tokens", "value", "scopes", "oauth_client_ids", "require_scopes", "audience", "subject_format", "subject_iss", "profile", "max_streams"}
 
 // closestKey returns the receivers-file key k is a typo of, or "".
 func closestKey(k string) string {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -77,10 +78,15 @@ func storeFix(se *storeError) string {
 // explainOpenError turns a lock timeout into a lockedError naming the
 // holder; other errors are returned as they are.
 func explainOpenError(path string, err error) error {
-	if !errors.Is(err, bolterrors.ErrTimeout) {
-		return err
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return &lockedError{path: path, holder: lockHolder(path)}
 	}
-	return &lockedError{path: path, holder: lockHolder(path)}
+	// "outbox: open P: open P: permission denied" says the path twice.
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Path == path {
+		return fmt.Errorf("cannot %s %s: %w", pe.Op, pe.Path, pe.Err)
+	}
+	return err
 }
 
 // lockHolder names the process holding a lock on path, from /proc/locks

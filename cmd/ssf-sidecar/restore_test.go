@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -300,5 +303,16 @@ func TestLockHolderNamed(t *testing.T) {
 	e := explainOpenError(path, bolterrors.ErrTimeout)
 	if !strings.Contains(e.Error(), "locked by another process ("+want) {
 		t.Fatalf("error: %v", e)
+	}
+}
+
+// TestOpenErrorNamesThePathOnce: the store's open error says the path once
+// and still counts as a disk error (it degrades the start).
+func TestOpenErrorNamesThePathOnce(t *testing.T) {
+	path := "/data/" + dbFile
+	inner := &fs.PathError{Op: "open", Path: path, Err: syscall.EACCES}
+	err := explainOpenError(path, fmt.Errorf("outbox: open %s: %w", path, inner))
+	if strings.Count(err.Error(), path) != 1 || !strings.Contains(err.Error(), "permission denied") || !isDiskError(err) {
+		t.Fatalf("%v (disk error %v)", err, isDiskError(err))
 	}
 }

@@ -213,6 +213,21 @@ func RepairRestore(ctx context.Context, kv KV, dataDir string, p RestoreProblems
 			return nil, fmt.Errorf("repair: %w", err)
 		}
 	}
+	keyPath := filepath.Join(dataDir, SecretKeyFile)
+	if dropSecrets && p.SealKeyWrong {
+		// A key file that is not a key at all cannot open anything:
+		// keep it aside and start a new one.
+		if b, err := os.ReadFile(keyPath); err == nil {
+			if _, serr := newSealer(b); serr != nil {
+				aside := keyPath + ".unusable-" + now.UTC().Format("20060102T150405Z")
+				if err := os.Rename(keyPath, aside); err != nil {
+					return done, fmt.Errorf("move the unusable %s aside: %w", SecretKeyFile, err)
+				}
+				done = append(done, "moved the unusable "+SecretKeyFile+" to "+filepath.Base(aside))
+				p.SealKeyMissing = true
+			}
+		}
+	}
 	if dropSecrets && p.SealKeyMissing {
 		if _, err := LoadOrCreateSealKey(dataDir); err != nil {
 			return done, err

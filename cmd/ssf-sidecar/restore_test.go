@@ -237,6 +237,20 @@ func TestPartialRestoreKeepsProxying(t *testing.T) {
 		}
 	})
 
+	t.Run("stream-secrets.key damaged", func(t *testing.T) {
+		dir := restoreOnly(t, src, dbFile, "signing-key-*.pem")
+		os.WriteFile(filepath.Join(dir, ssf.SecretKeyFile), []byte("short"), 0o600)
+		s := startServe(t, nil, "--data-dir", dir)
+		if _, detail := s.health(t); !strings.Contains(detail, "does not open the push secrets") || !strings.Contains(detail, id) {
+			t.Fatalf("healthz: %s", detail)
+		}
+		code, out, errs := runCLI(t, nil, "repair", "--data-dir", dir, "--drop-lost-secrets")
+		if code != exitOK || !strings.Contains(out, "moved the unusable") || !strings.Contains(out, "created a new") {
+			t.Fatalf("repair: exit %d\n%s%s", code, out, errs)
+		}
+		s.waitHealthy(t)
+	})
+
 	t.Run("signing keys lost, forgotten offline", func(t *testing.T) {
 		dir := restoreOnly(t, src, dbFile, ssf.SecretKeyFile)
 		code, out, _ := runCLI(t, nil, "repair", "--data-dir", dir, "--json")

@@ -132,7 +132,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	}()
 	a.metrics = newSidecarMetrics()
 	a.metrics.version, a.metrics.log = buildVersion(), logger.With("component", "metrics")
-	a.deliveries = newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"))
+	a.deliveries = newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"), cfg.TracePropagation)
 	up, _ := url.Parse(cfg.Upstream)
 
 	var ssfHandler http.Handler

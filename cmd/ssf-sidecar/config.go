@@ -45,6 +45,7 @@ type Config struct {
 	MaxBody               int64
 	TraceURL              string
 	TraceAllRoutes        bool
+	TracePropagation      bool
 	ConfigFile            string
 }
 
@@ -148,6 +149,7 @@ var options = []option{
 		return nil
 	}},
 	{name: "trace-url", env: "SSF_TRACE_URL", usage: "link template of your tracing UI with {trace_id}, e.g. https://tempo.example/trace/{trace_id} (dashboard links)", apply: str(func(c *Config) *string { return &c.TraceURL })},
+	{name: "trace-propagation", env: "SSF_TRACE_PROPAGATION", def: "true", usage: "send W3C traceparent with each push, and to authentik when the sidecar starts the trace (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TracePropagation })},
 	{name: "trace-all-routes", env: "SSF_TRACE_ALL_ROUTES", def: "false", usage: "trace every proxied request, not only tapped and SSF routes (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TraceAllRoutes })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
 }

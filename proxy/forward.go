@@ -116,11 +116,15 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 		p.stats.observed.Add(1)
 		if p.tr != nil {
 			// The observer finds the server span in the request context.
+			sent := out.Header["Traceparent"] != nil
 			out, *span = p.tr.start(out, *class)
+			p.tr.propagateTo(out, sent)
 		}
 		obs = p.before(out)
 	} else if p.tr != nil && p.tr.all {
+		sent := out.Header["Traceparent"] != nil
 		out, *span = p.tr.start(out, *class)
+		p.tr.propagateTo(out, sent)
 	}
 
 	var resp *http.Response

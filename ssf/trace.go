@@ -3,6 +3,9 @@ package ssf
 import (
 	"context"
 	"slices"
+	"strings"
+
+	"github.com/labstack/echo/v4"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"go.opentelemetry.io/otel"
@@ -74,6 +77,38 @@ func (t *Transmitter) enqueueTraced(ctx context.Context, sets []outbox.SET, mark
 		}
 	}
 	return nil
+}
+
+// nameServerSpan names the proxy's server span of an SSF request by its
+// route template ("POST /ssf/streams", "POST /ssf/poll/{stream_id}") and
+// sets http.route, which only the router knows.
+func nameServerSpan(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if span := trace.SpanFromContext(c.Request().Context()); span.IsRecording() {
+			if route := routeTemplate(c.Path()); route != "" && route != "/*" {
+				span.SetName(c.Request().Method + " " + route)
+				span.SetAttributes(attribute.String("http.route", route))
+			}
+		}
+		return next(c)
+	}
+}
+
+// routeTemplate turns an echo path ("/ssf/poll/:id", `/ssf/subjects\:add`)
+// into the template the HTTP conventions use ("/ssf/poll/{stream_id}",
+// "/ssf/subjects:add").
+func routeTemplate(p string) string {
+	p = strings.ReplaceAll(p, `\:`, "\x00")
+	parts := strings.Split(p, "/")
+	for i, s := range parts {
+		if name, ok := strings.CutPrefix(s, ":"); ok {
+			if name == "id" {
+				name = "stream_id"
+			}
+			parts[i] = "{" + name + "}"
+		}
+	}
+	return strings.ReplaceAll(strings.Join(parts, "/"), "\x00", ":")
 }
 
 // maxJTIsOnSpan bounds the jtis listed on one enqueue or poll span.

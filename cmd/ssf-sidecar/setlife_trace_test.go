@@ -223,6 +223,14 @@ func TestSETLifeInOneTrace(t *testing.T) {
 		}
 	}
 
+	// SSF server spans are named by their route template.
+	for _, name := range []string{"POST /ssf/streams", "POST /ssf/poll/{stream_id}"} {
+		ss := spansNamed(spans, name, map[string]any{"http.route": strings.TrimPrefix(name, "POST ")})
+		if len(ss) == 0 || ss[0].SpanKind() != trace.SpanKindServer {
+			t.Errorf("no server span %q", name)
+		}
+	}
+
 	// No secret in any span.
 	for _, s := range spans {
 		var texts []string

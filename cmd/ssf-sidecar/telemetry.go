@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
+	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -94,6 +98,45 @@ func setupTracing(ctx context.Context, version string) (*tracing, error) {
 	return &tracing{Provider: tp, Endpoint: endpoint, Protocol: protocol, shutdown: func(ctx context.Context) error {
 		return errors.Join(tp.ForceFlush(ctx), tp.Shutdown(ctx))
 	}}, nil
+}
+
+// otelErrorLog sends the SDK's own errors (an unreachable collector, a
+// full export queue) to the structured log instead of the plain log
+// package, at most one record per interval; the rest are counted in the
+// next record's "suppressed".
+type otelErrorLog struct {
+	log      *slog.Logger
+	interval time.Duration
+	now      func() time.Time
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func newOTelErrorLog(log *slog.Logger, interval time.Duration) *otelErrorLog {
+	return &otelErrorLog{log: log, interval: interval, now: time.Now}
+}
+
+// userInfo matches the user information of a URL in an error text.
+var userInfo = regexp.MustCompile(`//[^/@\s"]+@`)
+
+func (h *otelErrorLog) Handle(err error) {
+	if err == nil {
+		return
+	}
+	h.mu.Lock()
+	now := h.now()
+	if !h.last.IsZero() && now.Sub(h.last) < h.interval {
+		h.suppressed++
+		h.mu.Unlock()
+		return
+	}
+	n := h.suppressed
+	h.last, h.suppressed = now, 0
+	h.mu.Unlock()
+	h.log.Warn("tracing: export failed", slog.String("error", userInfo.ReplaceAllString(err.Error(), "//***@")),
+		slog.Int("suppressed", n))
 }
 
 func firstEnv(names ...string) string {

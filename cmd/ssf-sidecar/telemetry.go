@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,9 +83,12 @@ func setupTracing(ctx context.Context, version string) (*tracing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("OTLP trace exporter: %w", err)
 	}
+	// service.instance.id tells replicas apart (OTEL_RESOURCE_ATTRIBUTES
+	// may set its own); host.name says where each runs.
 	res, err := resource.New(ctx,
-		resource.WithAttributes(attribute.String("service.name", "ssf-sidecar"), attribute.String("service.version", version)),
-		resource.WithFromEnv(), resource.WithTelemetrySDK())
+		resource.WithAttributes(attribute.String("service.name", "ssf-sidecar"), attribute.String("service.version", version),
+			attribute.String("service.instance.id", newInstanceID())),
+		resource.WithHost(), resource.WithFromEnv(), resource.WithTelemetrySDK())
 	if err != nil && res == nil {
 		// A partial resource (e.g. a malformed OTEL_RESOURCE_ATTRIBUTES
 		// entry) is still used; only a missing one is fatal.
@@ -137,6 +142,13 @@ func (h *otelErrorLog) Handle(err error) {
 	h.mu.Unlock()
 	h.log.Warn("tracing: export failed", slog.String("error", userInfo.ReplaceAllString(err.Error(), "//***@")),
 		slog.Int("suppressed", n))
+}
+
+// newInstanceID is a random id for this process's service.instance.id.
+func newInstanceID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func firstEnv(names ...string) string {

@@ -41,15 +41,16 @@ type jaegerReceiver struct {
 }
 
 type jaegerPush struct {
-	jti, traceparent, authorization string
-	status                          int
+	jti, event, traceparent, authorization string
+	status                                 int
 }
 
 func newJaegerReceiver(t *testing.T) *jaegerReceiver {
 	r := &jaegerReceiver{}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)
-		p := jaegerPush{jti: jtiOf(string(body)), traceparent: req.Header.Get("Traceparent"),
+		jti, event := claimsOf(string(body))
+		p := jaegerPush{jti: jti, event: event, traceparent: req.Header.Get("Traceparent"),
 			authorization: req.Header.Get("Authorization"), status: http.StatusServiceUnavailable}
 		if r.healthy.Load() {
 			p.status = http.StatusAccepted
@@ -69,22 +70,27 @@ func (r *jaegerReceiver) pushes() []jaegerPush {
 	return slices.Clone(r.got)
 }
 
-// jtiOf reads the jti of a compact SET without verifying it (the other
-// tests verify signatures; here only the identity matters).
-func jtiOf(compact string) string {
+// claimsOf reads the jti and event type of a compact SET without
+// verifying it (the other tests verify signatures; here only the identity
+// matters).
+func claimsOf(compact string) (jti, event string) {
 	parts := strings.Split(compact, ".")
 	if len(parts) != 3 {
-		return ""
+		return "", ""
 	}
 	b, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	var c struct {
-		JTI string `json:"jti"`
+		JTI    string                     `json:"jti"`
+		Events map[string]json.RawMessage `json:"events"`
 	}
 	_ = json.Unmarshal(b, &c)
-	return c.JTI
+	for e := range c.Events {
+		event = e
+	}
+	return c.JTI, event
 }
 
 // Jaeger's query API (the JSON the UI reads).
@@ -246,12 +252,11 @@ func TestJaeger(t *testing.T) {
 	var pushLogout, pushVerify string
 	for deadline := time.Now().Add(30 * time.Second); pushLogout == ""; {
 		for _, p := range rx.pushes() {
-			if p.status == http.StatusAccepted && p.jti != "" {
-				if pushVerify == "" {
-					pushVerify = p.jti // the verification SET heads the queue
-				} else if p.jti != pushVerify {
-					pushLogout = p.jti
-				}
+			if p.status == http.StatusAccepted && p.event == ssf.EventVerification {
+				pushVerify = p.jti
+			}
+			if p.status == http.StatusAccepted && p.event == ssf.EventSessionRevoked {
+				pushLogout = p.jti
 			}
 		}
 		if time.Now().After(deadline) {
@@ -338,7 +343,11 @@ func TestJaeger(t *testing.T) {
 		}
 	}
 	if !root {
-		t.Errorf("the push logout's trace does not start at the tapped request")
+		for _, tr := range traces {
+			if tr.TraceID == logout[0].TraceID {
+				t.Errorf("the push logout's trace does not start at the tapped request: %v", names(tr.Spans))
+			}
+		}
 	}
 	// The verification SET: every attempt before and after the restart in
 	// its trace, numbered 1, 2, … with no restart at 1.

@@ -2,6 +2,8 @@ package ssf
 
 import (
 	"context"
+	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/ssf-sidecar/ssf-sidecar/tap"
@@ -125,5 +127,30 @@ func TestPublishSaysWhyAStreamGotNothing(t *testing.T) {
 	}
 	if _, ok := got[all]; ok || len(got) != len(want) {
 		t.Errorf("events %v", got)
+	}
+}
+
+// TestSSFServerSpanNames: the proxy's server span of an SSF request is
+// renamed by the router's template, with http.route.
+func TestSSFServerSpanNames(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	prov := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	tr, q := unitTransmitter(t)
+	id := unitCreate(t, tr, q, acmeTok, `{}`)
+	for path, want := range map[string]string{
+		"/ssf/subjects:add": "POST /ssf/subjects:add",
+		"/ssf/poll/" + id:   "POST /ssf/poll/{stream_id}",
+		"/ssf/streams":      "POST /ssf/streams",
+	} {
+		ctx, span := prov.Tracer("t").Start(context.Background(), "POST")
+		r := httptest.NewRequest("POST", path, strings.NewReader(`{}`)).WithContext(ctx)
+		r.Header.Set("Authorization", "Bearer "+acmeTok)
+		tr.Handler().ServeHTTP(httptest.NewRecorder(), r)
+		span.End()
+		ended := rec.Ended()
+		got := ended[len(ended)-1]
+		if got.Name() != want || spanAttrs(got)["http.route"] != strings.TrimPrefix(want, "POST ") {
+			t.Errorf("%s: span %q attributes %v, want %q", path, got.Name(), spanAttrs(got), want)
+		}
 	}
 }

@@ -214,3 +214,29 @@ func httptestServer(t *testing.T, seen func(*http.Request)) string {
 	t.Cleanup(srv.Close)
 	return srv.URL
 }
+
+// FuzzClientAddress: whatever X-Forwarded-For a trusted peer sends, the
+// server span's client.address is the peer or an address from the header
+// that is not a trusted proxy, and reading it never panics.
+func FuzzClientAddress(f *testing.F) {
+	f.Add("203.0.113.7", true)
+	f.Add("198.51.100.9, 127.0.0.2", true)
+	f.Add("fe80::1%eth0, 10.0.0.1", true)
+	f.Add(",,, ", false)
+	t := &spanTracer{fwd: forwarded{trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}}
+	f.Fuzz(func(tt *testing.T, xff string, trusted bool) {
+		r, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+		r.Header.Set("X-Forwarded-For", xff)
+		got := t.clientAddress(r, "127.0.0.1", trusted)
+		if got == "127.0.0.1" {
+			return
+		}
+		if !trusted {
+			tt.Fatalf("untrusted peer: client.address %q from its header", got)
+		}
+		a, err := netip.ParseAddr(got)
+		if err != nil || t.fwd.isTrusted(got) || !strings.Contains(xff, got) || a.Zone() != "" {
+			tt.Fatalf("client.address %q from %q", got, xff)
+		}
+	})
+}

@@ -131,7 +131,8 @@ func TestPublishSaysWhyAStreamGotNothing(t *testing.T) {
 }
 
 // TestSSFServerSpanNames: the proxy's server span of an SSF request is
-// renamed by the router's template, with http.route.
+// renamed by the router's template, with http.route, and names the
+// authenticated receiver.
 func TestSSFServerSpanNames(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	prov := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
@@ -149,7 +150,7 @@ func TestSSFServerSpanNames(t *testing.T) {
 		span.End()
 		ended := rec.Ended()
 		got := ended[len(ended)-1]
-		if got.Name() != want || spanAttrs(got)["http.route"] != strings.TrimPrefix(want, "POST ") {
+		if a := spanAttrs(got); got.Name() != want || a["http.route"] != strings.TrimPrefix(want, "POST ") || a[attrReceiver] != "acme" {
 			t.Errorf("%s: span %q attributes %v, want %q", path, got.Name(), spanAttrs(got), want)
 		}
 	}

@@ -94,6 +94,14 @@ func nameServerSpan(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// tagServerSpan names the authenticated receiver on the request's server
+// span (the name from the receivers file, not a secret).
+func tagServerSpan(c echo.Context, receiver string) {
+	if span := trace.SpanFromContext(c.Request().Context()); span.IsRecording() {
+		span.SetAttributes(attribute.String(attrReceiver, receiver))
+	}
+}
+
 // routeTemplate turns an echo path ("/ssf/poll/:id", `/ssf/subjects\:add`)
 // into the template the HTTP conventions use ("/ssf/poll/{stream_id}",
 // "/ssf/subjects:add").

@@ -53,6 +53,7 @@ type Config struct {
 	TraceURL              string
 	TraceAllRoutes        bool
 	MaxConnections        int
+	TracePropagation      bool
 	ConfigFile            string
 
 	// flagValues are the command line's raw values (a reload resolves
@@ -178,6 +179,7 @@ var options = []option{
 		c.MaxConnections = n
 		return nil
 	}},
+	{name: "trace-propagation", env: "SSF_TRACE_PROPAGATION", def: "true", isBool: true, usage: "send W3C traceparent with each push, and to authentik when the sidecar starts the trace (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TracePropagation })},
 	{name: "trace-all-routes", env: "SSF_TRACE_ALL_ROUTES", def: "false", isBool: true, usage: "trace every proxied request, not only tapped and SSF routes (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TraceAllRoutes })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
 }
@@ -227,7 +229,7 @@ func bindFlags(fs *flag.FlagSet) map[string]string {
 	set := map[string]string{}
 	for _, o := range options {
 		usage := o.usage + " (env " + o.env
-		if o.def != "" && !o.isBool {
+		if o.def != "" && (!o.isBool || o.def == "true") {
 			usage += ", default " + o.def
 		}
 		usage += ")"

@@ -160,6 +160,8 @@ func TestBooleanFlagsBareValuedEnvFile(t *testing.T) {
 					return c.AllowPrivateEndpoints
 				case "trace-all-routes":
 					return c.TraceAllRoutes
+				case "trace-propagation":
+					return c.TracePropagation
 				}
 				t.Fatalf("test does not know option %s", o.name)
 				return false

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -459,5 +460,24 @@ func TestPortInUseIsNotStarted(t *testing.T) {
 			t.Fatalf("no warning about an unreachable authentik:\n%s", s.logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestLastErrorAndEmptyTables: a last error carries its time and says when
+// a delivery succeeded after it; an empty table says so.
+func TestLastErrorAndEmptyTables(t *testing.T) {
+	at := time.Date(2026, 12, 2, 0, 46, 0, 0, time.UTC)
+	s := outbox.StreamStats{LastError: "500 Internal Server Error", LastErrorAt: at, LastSuccess: at.Add(time.Minute)}
+	if got := lastErrorText(s); got != "500 Internal Server Error at 2026-12-02T00:46:00Z (delivered since)" {
+		t.Errorf("lastErrorText = %q", got)
+	}
+	s.LastSuccess = at.Add(-time.Minute)
+	if got := lastErrorText(s); strings.Contains(got, "delivered since") {
+		t.Errorf("lastErrorText = %q", got)
+	}
+	var b bytes.Buffer
+	table(&b, []string{"JTI", "EVENT"}, nil)
+	if !strings.Contains(b.String(), "(none)") {
+		t.Errorf("empty table:\n%s", b.String())
 	}
 }

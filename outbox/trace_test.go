@@ -99,7 +99,7 @@ func TestPushTraced(t *testing.T) {
 	h.enqueue(tracedSET("s", "a"), tracedSET("s", "b"), tracedSET("s", "c"))
 	first := rc.waitFor(t, 1, 5*time.Second)[0]
 	waitBackoff(t, clock)
-	starts, ends, sent, holds := tr.snapshot()
+	starts, _, sent, _ := tr.snapshot()
 	if first.Header.Get("Traceparent") != sent[0] {
 		t.Errorf("receiver got traceparent %q, tracer chose %q", first.Header.Get("Traceparent"), sent[0])
 	}
@@ -108,7 +108,7 @@ func TestPushTraced(t *testing.T) {
 		t.Errorf("first attempt %+v", d)
 	}
 	eventually(t, 5*time.Second, "the first attempt's end", func() bool { _, e, _, _ := tr.snapshot(); return len(e) == 1 })
-	_, ends, _, holds = tr.snapshot()
+	_, ends, _, holds := tr.snapshot()
 	if ends[0].Outcome != "retry" || ends[0].StatusCode != 503 {
 		t.Errorf("first outcome %+v", ends[0])
 	}

@@ -245,11 +245,11 @@ func TestSETLifeInOneTrace(t *testing.T) {
 		var texts []string
 		texts = append(texts, s.Name(), s.Status().Description)
 		for _, a := range s.Attributes() {
-			texts = append(texts, a.Value.Emit())
+			texts = append(texts, a.Value.String())
 		}
 		for _, e := range s.Events() {
 			for _, a := range e.Attributes {
-				texts = append(texts, a.Value.Emit())
+				texts = append(texts, a.Value.String())
 			}
 		}
 		for _, txt := range texts {

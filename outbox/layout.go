@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // Buckets owned by the outbox. Other packages must use other names.
@@ -129,7 +129,7 @@ func expiryKey(at time.Time, kind byte, id string) []byte {
 	return append(k, id...)
 }
 
-func getMeta(tx *bolt.Tx, stream string) (*streamMeta, error) {
+func getMeta(tx kv.Tx, stream string) (*streamMeta, error) {
 	v := tx.Bucket(bktStreams).Get([]byte(stream))
 	if v == nil {
 		return nil, nil
@@ -141,7 +141,7 @@ func getMeta(tx *bolt.Tx, stream string) (*streamMeta, error) {
 	return &m, nil
 }
 
-func putMeta(tx *bolt.Tx, m *streamMeta) error {
+func putMeta(tx kv.Tx, m *streamMeta) error {
 	v, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -149,7 +149,7 @@ func putMeta(tx *bolt.Tx, m *streamMeta) error {
 	return tx.Bucket(bktStreams).Put([]byte(m.Config.ID), v)
 }
 
-func getRecord(tx *bolt.Tx, jti string) (*Record, error) {
+func getRecord(tx kv.Tx, jti string) (*Record, error) {
 	v := tx.Bucket(bktSets).Get([]byte(jti))
 	if v == nil {
 		return nil, nil
@@ -161,11 +161,11 @@ func getRecord(tx *bolt.Tx, jti string) (*Record, error) {
 	return r, nil
 }
 
-func putRecord(tx *bolt.Tx, r *Record) error {
+func putRecord(tx kv.Tx, r *Record) error {
 	return tx.Bucket(bktSets).Put([]byte(r.JTI), encodeRecord(nil, r))
 }
 
-func ensureBuckets(tx *bolt.Tx) error {
+func ensureBuckets(tx kv.Tx) error {
 	for _, b := range allBuckets {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return fmt.Errorf("outbox: bucket %s: %w", b, err)

@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // Errors returned to callers that map them to HTTP answers.
@@ -91,7 +91,7 @@ func New(cfg Config) (*Outbox, error) {
 	if err := o.store.update(context.Background(), ensureBuckets); err != nil {
 		return nil, err
 	}
-	err := o.store.view(func(tx *bolt.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		return tx.Bucket(bktStreams).ForEach(func(k, v []byte) error {
 			var m streamMeta
 			if err := json.Unmarshal(v, &m); err != nil {
@@ -175,7 +175,11 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 	type tally struct{ queued, dropped int }
 	var counts map[string]*tally
 	var heads []string
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
+		// A refused condition refuses the SETs too.
+		if err := checkMarks(tx, marks); err != nil {
+			return err
+		}
 		counts = map[string]*tally{}
 		heads = heads[:0]
 		metas := map[string]*streamMeta{}
@@ -265,7 +269,7 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 }
 
 // queueRecord stores r as queued at r.Seq with its indexes.
-func (o *Outbox) queueRecord(tx *bolt.Tx, r *Record) error {
+func (o *Outbox) queueRecord(tx kv.Tx, r *Record) error {
 	k := seqKey(r.StreamID, r.Seq)
 	if err := tx.Bucket(bktQueue).Put(k, []byte(r.JTI)); err != nil {
 		return err
@@ -327,7 +331,7 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("outbox: stream config: %w", err)
 	}
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
 		m, err := getMeta(tx, cfg.ID)
 		if err != nil {
 			return err
@@ -386,7 +390,7 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 	}
 	// First stop accepting SETs, then remove everything in chunks, then
 	// forget the stream.
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
 		m, err := getMeta(tx, id)
 		if err != nil || m == nil {
 			return err
@@ -402,7 +406,7 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	if err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	if err := o.store.update(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bktStreams).Delete([]byte(id))
 	}); err != nil {
 		return err
@@ -434,7 +438,7 @@ func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, co
 	p := streamPrefix(id)
 	for {
 		n := 0
-		err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		err := o.store.update(ctx, func(tx kv.Tx) error {
 			n = 0
 			m, err := getMeta(tx, id)
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore"
 	"github.com/ssf-sidecar/ssf-sidecar/proxy"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf/admin"
@@ -198,27 +199,22 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
 		_ = os.Chmod(cfg.DataDir, st.Mode().Perm()&0o700)
 	}
-	dbPath := filepath.Join(cfg.DataDir, "ssf-sidecar.db")
-	store, err := outbox.Open(dbPath, outbox.StoreOptions{})
+	store, notifier, sealKey, keySeal, err := a.openStore(ctx)
 	if err != nil {
-		return &storeError{Dir: cfg.DataDir, Err: err}
+		return err
 	}
 	defer func() {
 		if err != nil {
 			store.Close()
 		}
 	}()
-	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store,
+	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: keySeal,
 		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
 			return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("signing keys: %w", err)}
 		}
 		return fmt.Errorf("signing keys: %w", err)
-	}
-	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
-	if err != nil {
-		return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("stream secrets key: %w", err)}
 	}
 	// From here on the fields are set: the dashboard looks them up lazily.
 	a.store, a.keys = store, keys
@@ -232,7 +228,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	rep := &reporter{}
 	dashExtra, dashHooks := a.setupDashboard()
 	a.outbox, err = outbox.New(outbox.Config{
-		Store: a.store, Signer: a.keys, Reporter: rep, Logger: logger.With("component", "outbox"),
+		Store: a.store, Signer: a.keys, Reporter: rep, Notifier: notifier, Logger: logger.With("component", "outbox"),
 		Hooks:                 combineHooks(dashHooks, a.metrics.hooks(), a.deliveries.hooks()),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
@@ -279,6 +275,47 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("admin: %w", err)
 	}
 	return nil
+}
+
+// keyRefresh is how often replicas sharing a database read the signing
+// keys again, so a rotation on one is used by all.
+const keyRefresh = 5 * time.Second
+
+// openStore opens the backend the configuration names: PostgreSQL with
+// --database-url (its notifier wakes the other replicas; the stream-secret
+// and signing-key seal keys are derived from the operator's encryption
+// key), else the bbolt file and the seal key file in the data dir (and
+// generated signing keys stay files there: keySeal nil). A nil notifier
+// means the in-process one.
+func (a *app) openStore(ctx context.Context) (store *outbox.Store, notifier outbox.Notifier, sealKey, keySeal []byte, err error) {
+	cfg := a.cfg
+	if cfg.DatabaseURL != "" {
+		encKey, err := cfg.encryptionKey()
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		octx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		db, err := pgstore.Open(octx, pgstore.Options{URL: cfg.DatabaseURL, Schema: cfg.DatabaseSchema,
+			Logger: a.logger.With("component", "database")})
+		if err != nil {
+			return nil, nil, nil, nil, &storeError{Dir: "database schema " + cfg.DatabaseSchema, Err: err}
+		}
+		store := outbox.NewStore(db, outbox.StoreOptions{Logger: a.logger.With("component", "store")})
+		return store, db.Notifier(), deriveKey(encKey, "ssf-sidecar stream secrets v1"),
+			deriveKey(encKey, "ssf-sidecar signing keys v1"), nil
+	}
+	dbPath := filepath.Join(cfg.DataDir, "ssf-sidecar.db")
+	store, err = outbox.Open(dbPath, outbox.StoreOptions{})
+	if err != nil {
+		return nil, nil, nil, nil, &storeError{Dir: cfg.DataDir, Err: err}
+	}
+	sealKey, err = ssf.LoadOrCreateSealKey(cfg.DataDir)
+	if err != nil {
+		store.Close()
+		return nil, nil, nil, nil, &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("stream secrets key: %w", err)}
+	}
+	return store, nil, sealKey, nil, nil
 }
 
 // reporter forwards the outbox's failing-stream reports to the transmitter.
@@ -358,6 +395,7 @@ func (a *app) run(ctx context.Context) error {
 	if a.degraded == nil {
 		g.Go(func() error { return a.outbox.Run(deliveryCtx) })
 		g.Go(func() error { return a.tap.Run(tapCtx) })
+		g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, keyRefresh) })
 	} else {
 		// Started without the store: keep trying to open it; once it opens,
 		// its delivery and tap run under the same contexts and shutdown order.
@@ -365,6 +403,7 @@ func (a *app) run(ctx context.Context) error {
 			a.degraded.run(gctx, func(live *app) {
 				g.Go(func() error { return live.outbox.Run(deliveryCtx) })
 				g.Go(func() error { return live.tap.Run(tapCtx) })
+				g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, keyRefresh) })
 			})
 			return nil
 		})

@@ -46,17 +46,24 @@ type Config struct {
 	TraceURL              string
 	TraceAllRoutes        bool
 	ConfigFile            string
+	// DatabaseURL selects PostgreSQL (several replicas) instead of bbolt.
+	DatabaseURL       string
+	DatabaseSchema    string
+	EncryptionKeyFile string
+	// EncryptionKey is the key's text from SSF_ENCRYPTION_KEY.
+	EncryptionKey string
 }
 
 // option is one configuration key: its flag, its environment variable and
 // the key a config file uses (the flag name).
 type option struct {
-	name   string // flag name, also the config-file key
-	env    string
-	def    string
-	usage  string
-	secret bool // never printed back
-	apply  func(c *Config, v string) error
+	name    string // flag name, also the config-file key
+	env     string
+	def     string
+	usage   string
+	secret  bool // never printed back
+	envOnly bool // no flag: a secret that must not show in the process list
+	apply   func(c *Config, v string) error
 }
 
 func str(p func(*Config) *string) func(*Config, string) error {
@@ -150,6 +157,10 @@ var options = []option{
 	{name: "trace-url", env: "SSF_TRACE_URL", usage: "link template of your tracing UI with {trace_id}, e.g. https://tempo.example/trace/{trace_id} (dashboard links)", apply: str(func(c *Config) *string { return &c.TraceURL })},
 	{name: "trace-all-routes", env: "SSF_TRACE_ALL_ROUTES", def: "false", usage: "trace every proxied request, not only tapped and SSF routes (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TraceAllRoutes })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
+	{name: "database-url", env: "SSF_DATABASE_URL", secret: true, usage: "PostgreSQL URL or key=value DSN: keep the state there, shared by several replicas (default: bbolt in --data-dir)", apply: str(func(c *Config) *string { return &c.DatabaseURL })},
+	{name: "database-schema", env: "SSF_DATABASE_SCHEMA", def: "ssf_sidecar", usage: "schema the sidecar owns in that database", apply: str(func(c *Config) *string { return &c.DatabaseSchema })},
+	{name: "encryption-key-file", env: "SSF_ENCRYPTION_KEY_FILE", usage: "file holding the key that seals secrets kept in the database: at least 32 random bytes as hex or base64 (required with --database-url)", apply: str(func(c *Config) *string { return &c.EncryptionKeyFile })},
+	{name: "encryption-key", env: "SSF_ENCRYPTION_KEY", secret: true, envOnly: true, usage: "the --encryption-key-file text itself, from the environment only", apply: func(c *Config, v string) error { c.EncryptionKey = v; return nil }},
 }
 
 func splitList(v string) []string {
@@ -196,6 +207,9 @@ func bindFlags(fs *flag.FlagSet) map[string]string {
 	set := map[string]string{}
 	for _, o := range options {
 		o := o
+		if o.envOnly {
+			continue
+		}
 		usage := o.usage + " (env " + o.env
 		if o.def != "" {
 			usage += ", default " + o.def
@@ -350,6 +364,13 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be greater than zero", d.flag))
 		}
+	}
+	if c.DatabaseURL != "" {
+		if _, err := c.encryptionKey(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.EncryptionKeyFile != "" || c.EncryptionKey != "" {
+		errs = append(errs, errors.New("--encryption-key-file / SSF_ENCRYPTION_KEY is only used with --database-url"))
 	}
 	if c.Listen == c.AdminListen {
 		errs = append(errs, fmt.Errorf("--listen and --admin-listen are both %q: the admin API must have its own address", c.Listen))

@@ -158,3 +158,22 @@ func checkSchemaName(s string) error {
 	}
 	return nil
 }
+
+// MigrateURL connects to the database url names, brings schema up to date
+// and disconnects (ssf-sidecar migrate).
+func MigrateURL(ctx context.Context, url, schema string) (MigrateResult, error) {
+	if schema == "" {
+		schema = DefaultSchema
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return MigrateResult{}, errors.New("pgstore: the database URL is not a valid PostgreSQL URL or DSN")
+	}
+	cfg.MaxConns = 2
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return MigrateResult{}, fmt.Errorf("pgstore: connect: %w", err)
+	}
+	defer pool.Close()
+	return Migrate(ctx, pool, schema)
+}

@@ -32,7 +32,15 @@ type Notifier struct {
 	done   sync.WaitGroup
 }
 
-// NewNotifier starts the replica's listener and sender; Close stops them.
+// Notifier returns the notifier of this replica, started on first use and
+// stopped by Close.
+func (d *DB) Notifier() *Notifier {
+	d.notifyOnce.Do(func() { d.notifier = NewNotifier(d) })
+	return d.notifier
+}
+
+// NewNotifier starts a listener and sender on db; Close stops them (before
+// db is closed).
 func NewNotifier(db *DB) *Notifier {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Notifier{db: db, log: db.log, waiters: map[string]chan struct{}{}, queued: map[string]bool{},

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -46,6 +47,10 @@ type DB struct {
 	pool   *pgxpool.Pool
 	schema string
 	log    *slog.Logger
+
+	notifyOnce sync.Once
+	notifier   *Notifier
+	closeOnce  sync.Once
 }
 
 var _ kv.Backend = (*DB)(nil)
@@ -119,7 +124,13 @@ func (d *DB) Epoch() uint64 { return 0 }
 
 // Close implements kv.Backend.
 func (d *DB) Close() error {
-	d.pool.Close()
+	d.closeOnce.Do(func() {
+		d.notifyOnce.Do(func() {}) // no notifier from now on
+		if d.notifier != nil {
+			d.notifier.Close()
+		}
+		d.pool.Close()
+	})
 	return nil
 }
 

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
+	"github.com/ssf-sidecar/ssf-sidecar/ssf"
+	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
+)
+
+const testEncryptionKey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+// TestSystemOnPostgreSQL serves with --database-url: a receiver creates a
+// push stream, a user logs out through the sidecar, and the receiver gets
+// the session-revoked SET; the state is in the database schema, not in a
+// bbolt file.
+func TestSystemOnPostgreSQL(t *testing.T) {
+	url, schema := pgtest.Schema(t)
+	dir := t.TempDir()
+	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: dir, receivers: systemReceivers(),
+		pollInterval: 100 * time.Millisecond, mutate: func(c *Config) {
+			c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	ctx := context.Background()
+	if _, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil { // the verification SET
+		t.Fatal(err)
+	}
+	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
+		t.Fatal(err)
+	}
+	w.logInAndOut(t, "alice", "alice-password-1")
+	if err := w.recv.waitFor(ctx, 2, 20*time.Second); err != nil {
+		t.Fatalf("%v: got %v", err, summarize(w.recv.received()))
+	}
+	w.settle(t)
+	got := summarize(w.recv.received())
+	want := "session-revoked/user/session=* user=alice@example.com"
+	n := 0
+	for _, g := range got {
+		if g == want {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("receiver got %v, want %q exactly once", got, want)
+	}
+	for _, s := range w.recv.received() {
+		if s.Event == "session-revoked" {
+			w.independentVerify(t, s.Compact, "https://push.rx.example/")
+		}
+	}
+	for _, name := range []string{"ssf-sidecar.db", ssf.SecretKeyFile} {
+		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s was created in the data dir with --database-url: %v", name, err)
+		}
+	}
+	if pems, _ := filepath.Glob(filepath.Join(dir, "*.pem")); len(pems) != 0 {
+		t.Errorf("signing key files in the data dir with --database-url: %v", pems)
+	}
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var sets int
+	q := "SELECT count(*) FROM " + pgx.Identifier{schema, "kv"}.Sanitize() + " WHERE bucket = $1"
+	if err := conn.QueryRow(ctx, q, []byte("outbox.sets")).Scan(&sets); err != nil || sets < 2 {
+		t.Fatalf("%d SET records in the database (%v), want the verification and the logout", sets, err)
+	}
+	var streams int
+	if err := conn.QueryRow(ctx, q, []byte(ssf.BucketStreams)).Scan(&streams); err != nil || streams != 1 {
+		t.Fatalf("%d stream records in the database (%v), want 1", streams, err)
+	}
+	// Nothing secret in clear: the signing key is sealed.
+	var clear int
+	cq := "SELECT count(*) FROM " + pgx.Identifier{schema, "kv"}.Sanitize() + " WHERE position($1::bytea in value) > 0"
+	if err := conn.QueryRow(ctx, cq, []byte("PRIVATE KEY")).Scan(&clear); err != nil || clear != 0 {
+		t.Fatalf("%d records hold a private key in clear (%v)", clear, err)
+	}
+	var sealed int
+	if err := conn.QueryRow(ctx, q, []byte(ssf.BucketKeys)).Scan(&sealed); err != nil || sealed != 1 {
+		t.Fatalf("%d signing key records (%v), want 1", sealed, err)
+	}
+}
+
+// TestServeRefusesDatabaseWithoutKey: --database-url without an
+// encryption key (or with a short one) is a configuration error that says
+// what is missing and never prints the key.
+func TestServeRefusesDatabaseWithoutKey(t *testing.T) {
+	base := []string{"--upstream", "http://127.0.0.1:1", "--database-url", "postgres://u:pw-secret@127.0.0.1:1/db"}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"missing", nil, nil, "needs an encryption key"},
+		{"short", map[string]string{"SSF_ENCRYPTION_KEY": "abcdef0123456789"}, nil, "at least 32"},
+		{"not a key", map[string]string{"SSF_ENCRYPTION_KEY": "!!not-a-key-at-all-but-long-enough-to-matter!!"}, nil, "neither hex digits nor base64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			var out, errb strings.Builder
+			code := run(context.Background(), append([]string{"config", "check"}, append(base, tc.args...)...), &out, &errb)
+			if code != exitConfig || !strings.Contains(errb.String(), tc.want) {
+				t.Fatalf("exit %d, stderr %q; want %d mentioning %q", code, errb.String(), exitConfig, tc.want)
+			}
+			for _, secret := range []string{"pw-secret", "abcdef0123456789", "not-a-key-at-all"} {
+				if strings.Contains(errb.String()+out.String(), secret) {
+					t.Errorf("output shows a secret %q: %s", secret, errb.String())
+				}
+			}
+		})
+	}
+}
+
+func TestParseEncryptionKey(t *testing.T) {
+	raw := make([]byte, 32)
+	for i := range raw {
+		raw[i] = byte(i * 7)
+	}
+	for _, text := range []string{
+		testEncryptionKey,
+		"  " + strings.ToUpper(testEncryptionKey[:32]) + "\n" + testEncryptionKey[32:] + "\n",
+		"ABEiM0RVZneImaq7zN3u/wARIjNEVWZ3iJmqu8zd7v8=",
+		"ABEiM0RVZneImaq7zN3u_wARIjNEVWZ3iJmqu8zd7v8",
+	} {
+		k, err := parseEncryptionKey(text)
+		if err != nil || len(k) != 32 || k[1] != 0x11 {
+			t.Errorf("parseEncryptionKey(%q) = %x, %v", text, k, err)
+		}
+	}
+	for _, text := range []string{"", "   ", testEncryptionKey[:62], "zz!" + testEncryptionKey, "AAECAwQFBgcICQoLDA0ODw=="} {
+		if k, err := parseEncryptionKey(text); err == nil {
+			t.Errorf("parseEncryptionKey(%q) = %x, want an error", text, k)
+		}
+	}
+}
+
+// TestMigrateCommand: migrate applies the schema once and says so, and
+// refuses to run without a database.
+func TestMigrateCommand(t *testing.T) {
+	url, schema := pgtest.Schema(t)
+	for i, want := range []string{"migrated from version 0 to", "is up to date"} {
+		var out, errb strings.Builder
+		code := run(context.Background(), []string{"migrate", "--database-url", url, "--database-schema", schema}, &out, &errb)
+		if code != exitOK || !strings.Contains(out.String(), want) {
+			t.Fatalf("run %d: exit %d, out %q, err %q; want %q", i, code, out.String(), errb.String(), want)
+		}
+	}
+	var errb strings.Builder
+	if code := run(context.Background(), []string{"migrate"}, &strings.Builder{}, &errb); code != exitConfig || !strings.Contains(errb.String(), "--database-url") {
+		t.Fatalf("migrate without a database: exit %d, %q", code, errb.String())
+	}
+}

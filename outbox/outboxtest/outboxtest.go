@@ -52,6 +52,7 @@ func (s Suite) Run(t *testing.T) {
 	if s.Shared {
 		t.Run("ReplicasEnqueue", s.testReplicasEnqueue)
 		t.Run("ReplicasLease", s.testReplicasLease)
+		t.Run("ReplicasDispatch", s.testReplicasDispatch)
 	}
 }
 

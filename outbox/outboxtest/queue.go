@@ -381,3 +381,109 @@ func (s Suite) testReplicasLease(t *testing.T) {
 		t.Fatal("a stale holder's fenced write landed through another replica")
 	}
 }
+
+// testReplicasDispatch: replicas that both know a push stream deliver it
+// one at a time — never two attempts in flight, each SET once, in order —
+// the stream waits out the lease of a holder that died and goes on with
+// whichever replica takes it, and a replica that stops hands it over.
+func (s Suite) testReplicasDispatch(t *testing.T) {
+	open := s.New(t)
+	a, b := backend(t, open), backend(t, open)
+	na, nb := s.notifiers(t, a, b)
+	sa, sb := outbox.NewStore(a, outbox.StoreOptions{}), outbox.NewStore(b, outbox.StoreOptions{})
+	t.Cleanup(func() { _ = sa.Close(); _ = sb.Close() })
+
+	var mu sync.Mutex
+	inflight, overlaps := 0, 0
+	var got []string
+	more := make(chan struct{}, 1000)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		inflight++
+		if inflight > 1 {
+			overlaps++
+		}
+		mu.Unlock()
+		time.Sleep(2 * time.Millisecond)
+		mu.Lock()
+		inflight--
+		got = append(got, jtiOf(t, string(body)))
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+		more <- struct{}{}
+	}))
+	t.Cleanup(srv.Close)
+	wait := func(n int) []string {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for {
+			mu.Lock()
+			g := slices.Clone(got)
+			mu.Unlock()
+			if len(g) >= n {
+				return g
+			}
+			select {
+			case <-more:
+			case <-deadline:
+				t.Fatalf("receiver got %d SETs, want %d", len(g), n)
+			}
+		}
+	}
+
+	// A replica that died holding the stream's lease.
+	ghost, err := leasesOn(t, sa).Acquire(ctx, "dispatch/push", "ghost", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = time.Second
+	oa := newOutbox(t, sa, func(c *outbox.Config) { c.Notifier, c.HolderID, c.LeaseTTL = na, "A", ttl })
+	ob := newOutbox(t, sb, func(c *outbox.Config) { c.Notifier, c.HolderID, c.LeaseTTL = nb, "B", ttl })
+	cfg := outbox.StreamConfig{ID: "push", Method: outbox.MethodPush, Status: outbox.StatusEnabled, EndpointURL: srv.URL}
+	for _, o := range []*outbox.Outbox{oa, ob} {
+		if err := o.SetStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	actx, stopA := context.WithCancel(context.Background())
+	aDone := make(chan struct{})
+	go func() { defer close(aDone); _ = oa.Run(actx) }()
+	t.Cleanup(func() { stopA(); <-aDone })
+	run(t, ob)
+
+	var want []string
+	enqueue := func(from, to int) {
+		for i := from; i < to; i++ {
+			jti := fmt.Sprintf("d%03d", i)
+			want = append(want, jti)
+			o := oa
+			if i%2 == 1 {
+				o = ob
+			}
+			if err := o.Enqueue(ctx, []outbox.SET{makeSET("push", jti)}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	enqueue(0, 20)
+	if g := wait(20); fmt.Sprint(g) != fmt.Sprint(want) {
+		t.Fatalf("delivered %v, want %v once each in order", g, want)
+	}
+	if cur, _ := leasesOn(t, sa).Current("dispatch/push"); cur.Token <= ghost.Token || cur.Holder == "ghost" {
+		t.Fatalf("lease after delivery = %+v, want taken over from the dead holder", cur)
+	}
+	// The replica that holds the stream stops; the other goes on.
+	stopA()
+	<-aDone
+	enqueue(20, 30)
+	if g := wait(30); fmt.Sprint(g) != fmt.Sprint(want) {
+		t.Fatalf("after one replica stopped: delivered %v, want %v", g, want)
+	}
+	time.Sleep(100 * time.Millisecond) // nothing more may come
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 30 || overlaps != 0 {
+		t.Fatalf("%d deliveries, %d times two in flight at once", len(got), overlaps)
+	}
+}

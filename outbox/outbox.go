@@ -175,7 +175,16 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 	type tally struct{ queued, dropped int }
 	var counts map[string]*tally
 	var heads []string
-	err := o.store.update(ctx, func(tx kv.Tx) error {
+	prefetch := make([]kv.BucketKey, 0, 3*len(sets))
+	for _, s := range sets {
+		key := s.Key
+		if key == "" {
+			key = s.JTI
+		}
+		prefetch = append(prefetch, kv.BucketKey{Bucket: bktKeys, Key: []byte(key)},
+			kv.BucketKey{Bucket: bktSets, Key: []byte(s.JTI)}, kv.BucketKey{Bucket: bktStreams, Key: []byte(s.StreamID)})
+	}
+	err := o.store.updatePrefetch(ctx, prefetch, func(tx kv.Tx) error {
 		// A refused condition refuses the SETs too.
 		if err := checkMarks(tx, marks); err != nil {
 			return err

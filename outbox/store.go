@@ -77,6 +77,9 @@ type Store struct {
 type writeReq struct {
 	fn   func(tx kv.Tx) error
 	done chan error
+	// prefetch names keys fn will read, fetched for the whole batch at
+	// once by backends whose reads are round trips (kv.Prefetcher).
+	prefetch []kv.BucketKey
 }
 
 // Open opens (creating if needed) the bbolt file at path (outbox/boltstore)
@@ -198,7 +201,12 @@ func (s *Store) view(fn func(tx kv.Tx) error) error {
 // update queues fn for the writer and waits until its transaction is
 // durable. Cancelling ctx abandons the wait, not the write.
 func (s *Store) update(ctx context.Context, fn func(tx kv.Tx) error) error {
-	req := &writeReq{fn: fn, done: make(chan error, 1)}
+	return s.updatePrefetch(ctx, nil, fn)
+}
+
+// updatePrefetch is update with the keys fn is going to read.
+func (s *Store) updatePrefetch(ctx context.Context, prefetch []kv.BucketKey, fn func(tx kv.Tx) error) error {
+	req := &writeReq{fn: fn, done: make(chan error, 1), prefetch: prefetch}
 	select {
 	case <-s.closing:
 		return ErrStoreClosed
@@ -315,6 +323,13 @@ func (s *Store) commit(batch []*writeReq) {
 		s.txns.Add(1)
 		failed = -1
 		err = s.db.Update(context.Background(), func(tx kv.Tx) error {
+			if p, ok := tx.(kv.Prefetcher); ok {
+				var keys []kv.BucketKey
+				for _, r := range batch {
+					keys = append(keys, r.prefetch...)
+				}
+				p.Prefetch(keys)
+			}
 			for i, r := range batch {
 				if err := r.fn(tx); err != nil {
 					failed = i

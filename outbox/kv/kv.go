@@ -88,3 +88,16 @@ var ErrConflict = errors.New("kv: transaction conflicts with a concurrent one")
 
 // ErrClosed is returned by transactions on a closed backend.
 var ErrClosed = errors.New("kv: store closed")
+
+// BucketKey names one key of one bucket.
+type BucketKey struct {
+	Bucket, Key []byte
+}
+
+// Prefetcher is an optional Tx capability of a backend whose reads are
+// round trips: Prefetch reads the named keys at once, so the Gets that
+// follow in the transaction are answered without another trip. It is only
+// a hint; a backend without it is read key by key.
+type Prefetcher interface {
+	Prefetch(keys []BucketKey)
+}

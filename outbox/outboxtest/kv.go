@@ -320,3 +320,54 @@ func (s Suite) testConcurrentUpdates(t *testing.T) {
 		return nil
 	})
 }
+
+// testPrefetch: a backend's prefetch hint never changes what Gets see,
+// before or after writes in the same transaction.
+func (s Suite) testPrefetch(t *testing.T) {
+	b := backend(t, s.New(t))
+	err := b.Update(ctx, func(tx kv.Tx) error {
+		bk, _ := tx.CreateBucketIfNotExists([]byte("p"))
+		_ = bk.Put([]byte("a"), []byte("1"))
+		return bk.Put([]byte("e"), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Update(ctx, func(tx kv.Tx) error {
+		p, ok := tx.(kv.Prefetcher)
+		if !ok {
+			t.Skip("the backend does not prefetch")
+		}
+		bk := tx.Bucket([]byte("p"))
+		name := []byte("p")
+		p.Prefetch([]kv.BucketKey{{Bucket: name, Key: []byte("a")}, {Bucket: name, Key: []byte("b")}, {Bucket: name, Key: []byte("e")}, {Bucket: []byte("q"), Key: []byte("a")}})
+		if v := bk.Get([]byte("a")); string(v) != "1" {
+			t.Errorf("prefetched a = %q", v)
+		}
+		if v := bk.Get([]byte("b")); v != nil {
+			t.Errorf("prefetched absent b = %q", v)
+		}
+		if v := bk.Get([]byte("e")); v == nil || len(v) != 0 {
+			t.Errorf("prefetched empty e = %#v", v)
+		}
+		if v := tx.Bucket([]byte("q")).Get([]byte("a")); v != nil {
+			t.Errorf("another bucket's a = %q", v)
+		}
+		_ = bk.Put([]byte("b"), []byte("2"))
+		_ = bk.Delete([]byte("a"))
+		if k, _ := bk.Cursor().First(); string(k) != "b" { // flushes the writes
+			t.Errorf("First = %q", k)
+		}
+		p.Prefetch([]kv.BucketKey{{Bucket: name, Key: []byte("a")}, {Bucket: name, Key: []byte("b")}})
+		if v := bk.Get([]byte("b")); string(v) != "2" {
+			t.Errorf("b after Put = %q", v)
+		}
+		if v := bk.Get([]byte("a")); v != nil {
+			t.Errorf("a after Delete = %q", v)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -40,6 +40,7 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("KV", s.testKV)
 	t.Run("Cursor", s.testCursor)
 	t.Run("Rollback", s.testRollback)
+	t.Run("Prefetch", s.testPrefetch)
 	t.Run("Sequence", s.testSequence)
 	t.Run("ConcurrentUpdates", s.testConcurrentUpdates)
 	t.Run("MarkConditions", s.testMarkConditions)

@@ -202,8 +202,55 @@ type tx struct {
 	pending []*write
 	gen     uint64
 
+	// fetched holds prefetched values (nil: absent), keyed like overlay;
+	// a write drops its key from it.
+	fetched map[string][]byte
+
 	now    time.Time
 	hasNow bool
+}
+
+// Prefetch implements kv.Prefetcher: one round trip for all keys not
+// already known in this transaction.
+func (t *tx) Prefetch(keys []kv.BucketKey) {
+	if t.err != nil || len(keys) == 0 {
+		return
+	}
+	if t.fetched == nil {
+		t.fetched = map[string][]byte{}
+	}
+	var bs, ks [][]byte
+	for _, k := range keys {
+		ok := overlayKey(k.Bucket, k.Key)
+		if _, known := t.fetched[ok]; known || t.overlay[ok] != nil {
+			continue
+		}
+		t.fetched[ok] = nil // absent unless the query finds it
+		bs, ks = append(bs, k.Bucket), append(ks, k.Key)
+	}
+	if len(bs) == 0 {
+		return
+	}
+	t.flush()
+	rows, err := t.tx.Query(t.ctx, `SELECT kv.bucket, kv.key, kv.value FROM kv
+		JOIN unnest($1::bytea[], $2::bytea[]) AS p(bucket, key) ON kv.bucket = p.bucket AND kv.key = p.key`, bs, ks)
+	if err != nil {
+		t.fail(err)
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var b, k, v []byte
+		if err := rows.Scan(&b, &k, &v); err != nil {
+			t.fail(err)
+			return
+		}
+		if v == nil {
+			v = []byte{}
+		}
+		t.fetched[overlayKey(b, k)] = v
+	}
+	t.fail(rows.Err())
 }
 
 type write struct {
@@ -276,6 +323,7 @@ func (t *tx) put(bucket, key, value []byte, del bool) error {
 	}
 	t.gen++
 	ok := overlayKey(bucket, key)
+	delete(t.fetched, ok)
 	if w := t.overlay[ok]; w != nil {
 		w.value, w.del = append([]byte{}, value...), del
 		return nil
@@ -296,11 +344,15 @@ func (b *bucket) Get(key []byte) []byte {
 	if t.err != nil {
 		return nil
 	}
-	if w := t.overlay[overlayKey(b.name, key)]; w != nil {
+	ok := overlayKey(b.name, key)
+	if w := t.overlay[ok]; w != nil {
 		if w.del {
 			return nil
 		}
 		return w.value
+	}
+	if v, known := t.fetched[ok]; known {
+		return v
 	}
 	var v []byte
 	err := t.tx.QueryRow(t.ctx, "SELECT value FROM kv WHERE bucket = $1 AND key = $2", b.name, key).Scan(&v)

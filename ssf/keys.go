@@ -291,18 +291,8 @@ func (k *Keys) RunRefresh(ctx context.Context, every time.Duration) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			if err := k.Refresh(ctx); err != nil && ctx.Err() == nil {
-				k.log.WarnContext(ctx, "signing keys: refresh from the store", slog.Any("error", err))
-			}
-		}
-	}
+	repeat(ctx, every, k.log, "signing keys: refresh from the store", k.Refresh)
+	return nil
 }
 
 func (k *Keys) putCurrentFirst(cur *signingKey) {

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -231,8 +230,11 @@ type Transmitter struct {
 	oauth     *oauthVerifier
 	calls     *callLimiter
 
-	mu      sync.RWMutex
+	mu      streamsLock
 	streams map[string]*streamState
+	// syncHook runs in SyncStreams between reading the store and applying
+	// (tests).
+	syncHook func()
 
 	echo *echo.Echo
 }

@@ -277,9 +277,10 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	return nil
 }
 
-// keyRefresh is how often replicas sharing a database read the signing
-// keys again, so a rotation on one is used by all.
-const keyRefresh = 5 * time.Second
+// sharedRefresh is how often replicas sharing a database read the signing
+// keys and the streams again, so a rotation or a stream change made on one
+// is used by all.
+const sharedRefresh = 5 * time.Second
 
 // openStore opens the backend the configuration names: PostgreSQL with
 // --database-url (its notifier wakes the other replicas; the stream-secret
@@ -395,7 +396,10 @@ func (a *app) run(ctx context.Context) error {
 	if a.degraded == nil {
 		g.Go(func() error { return a.outbox.Run(deliveryCtx) })
 		g.Go(func() error { return a.tap.Run(tapCtx) })
-		g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, keyRefresh) })
+		if a.cfg.DatabaseURL != "" {
+			g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, sharedRefresh) })
+			g.Go(func() error { return a.tx.RunSync(deliveryCtx, sharedRefresh) })
+		}
 	} else {
 		// Started without the store: keep trying to open it; once it opens,
 		// its delivery and tap run under the same contexts and shutdown order.
@@ -403,7 +407,10 @@ func (a *app) run(ctx context.Context) error {
 			a.degraded.run(gctx, func(live *app) {
 				g.Go(func() error { return live.outbox.Run(deliveryCtx) })
 				g.Go(func() error { return live.tap.Run(tapCtx) })
-				g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, keyRefresh) })
+				if live.cfg.DatabaseURL != "" {
+					g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, sharedRefresh) })
+					g.Go(func() error { return live.tx.RunSync(deliveryCtx, sharedRefresh) })
+				}
 			})
 			return nil
 		})

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -167,5 +169,99 @@ func TestMigrateCommand(t *testing.T) {
 	var errb strings.Builder
 	if code := run(context.Background(), []string{"migrate"}, &strings.Builder{}, &errb); code != exitConfig || !strings.Contains(errb.String(), "--database-url") {
 		t.Fatalf("migrate without a database: exit %d, %q", code, errb.String())
+	}
+}
+
+// TestSystemTwoReplicasOnPostgreSQL: two sidecars on one database schema
+// in front of one authentik. A stream created on the first is served by
+// the second, both sign with the same key, and a logout through the
+// second — seen by its traffic and by whichever replica polls authentik's
+// event API — reaches the receiver exactly once.
+func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
+	url, schema := pgtest.Schema(t)
+	mutate := func(c *Config) { c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey }
+	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
+		pollInterval: 100 * time.Millisecond, mutate: mutate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	ctx := context.Background()
+
+	cfg2 := w.app.cfg
+	cfg2.DataDir = t.TempDir()
+	for _, p := range []*string{&cfg2.Listen, &cfg2.AdminListen} {
+		if *p, err = freeAddr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a2, err := buildApp(ctx, cfg2, systemReceivers(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a2.run(rctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	select {
+	case <-a2.proxy.Ready():
+	case err := <-done:
+		t.Fatalf("second replica stopped: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("second replica did not start")
+	}
+	front2 := "http://" + cfg2.Listen
+
+	if w.app.keys.CurrentKID() != a2.keys.CurrentKID() {
+		t.Fatalf("replicas sign with different keys: %s and %s", w.app.keys.CurrentKID(), a2.keys.CurrentKID())
+	}
+	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil { // the verification SET
+		t.Fatal(err)
+	}
+	// The second replica serves the stream once it has synced (every 5 s).
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, front2+"/ssf/streams?stream_id="+id, nil)
+		req.Header.Set("Authorization", "Bearer "+demoReceiverToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second replica answers %d for the stream created on the first", resp.StatusCode)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
+		t.Fatal(err)
+	}
+	browser, err := authentiktest.Login(ctx, front2, w.ak.Flows().Authentication, "alice", "alice-password-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := authentiktest.RunFlow(ctx, browser, front2, w.ak.Flows().Invalidation, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.recv.waitFor(ctx, 2, 20*time.Second); err != nil {
+		t.Fatalf("%v: got %v", err, summarize(w.recv.received()))
+	}
+	// Both sources have had many polls' time to add a duplicate.
+	time.Sleep(2 * time.Second)
+	got := summarize(w.recv.received())
+	want := []string{"session-revoked/user/session=* user=alice@example.com"} // verification SETs are left out
+	if strings.Join(got, "\n") != strings.Join(want, "\n") || len(w.recv.received()) != 2 {
+		t.Fatalf("receiver got %v (%d SETs with the verification), want %v once", got, len(w.recv.received()), want)
+	}
+	for _, s := range w.recv.received() {
+		w.independentVerify(t, s.Compact, "https://push.rx.example/")
 	}
 }

@@ -15,6 +15,7 @@ type pending struct {
 	in        *intent
 	component string // the stage component the request answered
 	journaled bool
+	budgetKey string // charged when authentik refuses the action
 }
 
 // maxBulkUsers bounds how many users of one bulk_delete are looked up.
@@ -74,18 +75,10 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 			return nil
 		}
 	}
-	ip := clientIP(r)
-	if !t.limiter.allow(ip) {
-		t.stats.rateLimited.Add(1)
-		return nil
-	}
-	c, err := t.authenticate(ctx, cookie, authz)
-	if err == nil {
-		// Only callers authentik does not vouch for spend the per-IP
-		// budget: a confirmed admin revoking sessions quickly must not lose
-		// SETs the event API could never recover.
-		t.limiter.refund(ip)
-	}
+	// Authenticate first: a look-up is charged to the client IP only when
+	// authentik refuses the credentials (see budget.go), so junk from an
+	// address never costs a confirmed caller there their observation.
+	c, err := t.authenticate(withBudgetKey(ctx, clientIP(r)), cookie, authz)
 	if err != nil {
 		t.stats.untrusted.Add(1)
 		t.log.DebugContext(ctx, "tap: caller not authenticated", "op", string(rt.op), "err", err)
@@ -98,9 +91,19 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	if c.Actor != nil {
 		in.Caller = *c.Actor
 	}
-	p := &pending{in: in}
+	p := &pending{in: in, budgetKey: userBudgetKey(c.User.PK)}
 	t.sessionSeen(c)
-	if !t.prepare(ctx, p, rt, c, r, body) {
+	// A confirmed caller whose tapped actions authentik keeps refusing
+	// (a low-privilege user trying admin routes) has the look-ups made on
+	// its behalf held once its budget is spent.
+	release, err := t.admitLookup(ctx, p.budgetKey)
+	if err != nil {
+		t.stats.misses.Add(1)
+		return nil
+	}
+	ok = t.prepare(ctx, p, rt, c, r, body)
+	release()
+	if !ok {
 		return nil
 	}
 	if err := t.journalPut(ctx, in, t.dir.drain()...); err != nil {
@@ -259,6 +262,9 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		return
 	}
 	in := p.in
+	if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
+		t.limiter.spend(p.budgetKey) // refused by authentik: the caller pays for the look-ups
+	}
 	if !t.completed(p, status, header, body) {
 		if p.journaled {
 			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {

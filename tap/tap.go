@@ -31,6 +31,8 @@ type Tap struct {
 	processed    *cache[string, struct{}] // intent ids already published
 	unknownSlugs *cache[string, struct{}] // executor slugs that were neither role
 	limiter      *rateLimiter
+	badCreds     *cache[string, struct{}] // credentials authentik refused recently
+	overBudget   chan struct{}            // the one slot for over-budget look-ups
 
 	queue    chan *intent
 	learn    chan func(context.Context)
@@ -71,6 +73,8 @@ func New(cfg Config) (*Tap, error) {
 		unknownSlugs: newCache[string, struct{}](256, cfg.FlowRefresh, cfg.Clock),
 		hints:        newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
 		limiter:      newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
+		badCreds:     newCache[string, struct{}](cfg.CacheSize, time.Minute, cfg.Clock),
+		overBudget:   make(chan struct{}, 1),
 		queue:        make(chan *intent, cfg.QueueSize),
 		learn:        make(chan func(context.Context), 64),
 		flowKick:     make(chan struct{}, 1),

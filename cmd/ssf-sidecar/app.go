@@ -55,6 +55,9 @@ type app struct {
 	degradedOK bool
 	degraded   *degraded
 	parent     *app
+
+	// dbWatch watches a shared database while running (nil with bbolt).
+	dbWatch *dbWatch
 }
 
 // appOption adjusts how buildApp wires the sidecar (tests and the demo).
@@ -154,7 +157,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 				a.store.Close()
 			}
 		}()
-		ssfHandler, ssfPrefixes, observer = a.tx.Handler(), a.tx.Prefixes(), a.tap
+		ssfHandler, ssfPrefixes, observer = a.ssfHandler(), a.tx.Prefixes(), a.tap
 	}
 	a.proxy, err = proxy.New(proxy.Config{
 		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
@@ -205,9 +208,13 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if err != nil {
 		return err
 	}
+	if p, ok := store.Backend().(interface{ Ping(context.Context) error }); ok && cfg.DatabaseURL != "" {
+		a.dbWatch = newDBWatch(p.Ping, dbCheckEvery, logger.With("component", "database"))
+	}
 	defer func() {
 		if err != nil {
 			store.Close()
+			a.dbWatch = nil
 		}
 	}()
 	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: keySeal,
@@ -279,6 +286,18 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	return nil
 }
 
+// dbCheckEvery is how often a shared database is pinged while running.
+const dbCheckEvery = 2 * time.Second
+
+// ssfHandler is the transmitter's handler, answering 503 while a shared
+// database is unreachable.
+func (a *app) ssfHandler() http.Handler {
+	if a.dbWatch != nil {
+		return a.dbWatch.guard(a.tx.Handler())
+	}
+	return a.tx.Handler()
+}
+
 // sharedRefresh is how often replicas sharing a database read the signing
 // keys and the streams again, so a rotation or a stream change made on one
 // is used by all.
@@ -347,7 +366,14 @@ func (a *app) ready() error {
 
 func (a *app) healthChecks(up *url.URL) []admin.Check {
 	return []admin.Check{
-		{Name: "store", Run: func(context.Context) error { return a.store.Healthy() }},
+		{Name: "store", Run: func(context.Context) error {
+			if a.dbWatch != nil {
+				if err := a.dbWatch.err(); err != nil {
+					return err
+				}
+			}
+			return a.store.Healthy()
+		}},
 		{Name: "keys", Run: func(ctx context.Context) error {
 			if len(a.keys.List()) == 0 {
 				return errors.New("no signing key")
@@ -402,6 +428,9 @@ func (a *app) run(ctx context.Context) error {
 			g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, sharedRefresh) })
 			g.Go(func() error { return a.tx.RunSync(deliveryCtx, sharedRefresh) })
 		}
+		if a.dbWatch != nil {
+			g.Go(func() error { return a.dbWatch.run(deliveryCtx) })
+		}
 	} else {
 		// Started without the store: keep trying to open it; once it opens,
 		// its delivery and tap run under the same contexts and shutdown order.
@@ -412,6 +441,9 @@ func (a *app) run(ctx context.Context) error {
 				if live.cfg.DatabaseURL != "" {
 					g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, sharedRefresh) })
 					g.Go(func() error { return live.tx.RunSync(deliveryCtx, sharedRefresh) })
+				}
+				if live.dbWatch != nil {
+					g.Go(func() error { return live.dbWatch.run(deliveryCtx) })
 				}
 			})
 			return nil

@@ -204,17 +204,9 @@ func (k *Keys) loadGenerated(ctx context.Context) error {
 // published, the current one, the current-key pointer and the expired
 // ones to drop. It changes nothing.
 func (k *Keys) readGenerated() (keys []*signingKey, current *signingKey, pointer []byte, drop []keyMeta, err error) {
-	var metas []keyMeta
-	err = k.cfg.KV.Scan(BucketKeys, nil, func(_, v []byte) error {
-		var m keyMeta
-		if err := json.Unmarshal(v, &m); err != nil {
-			return fmt.Errorf("decode key metadata: %w", err)
-		}
-		metas = append(metas, m)
-		return nil
-	})
+	metas, err := loadKeyMetas(k.cfg.KV)
 	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("signing keys: %w", err)
+		return nil, nil, nil, nil, err
 	}
 	if k.sealer != nil {
 		if pointer, err = k.cfg.KV.Get(BucketKeyCurrent, currentKey); err != nil {
@@ -294,6 +286,23 @@ func (k *Keys) RunRefresh(ctx context.Context, every time.Duration) error {
 	}
 	repeat(ctx, every, k.log, "signing keys: refresh from the store", k.Refresh)
 	return nil
+}
+
+// loadKeyMetas reads the records of the generated keys.
+func loadKeyMetas(kv KV) ([]keyMeta, error) {
+	var metas []keyMeta
+	err := kv.Scan(BucketKeys, nil, func(_, v []byte) error {
+		var m keyMeta
+		if err := json.Unmarshal(v, &m); err != nil {
+			return fmt.Errorf("decode key metadata: %w", err)
+		}
+		metas = append(metas, m)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
+	return metas, nil
 }
 
 func (k *Keys) putCurrentFirst(cur *signingKey) {

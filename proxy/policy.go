@@ -112,11 +112,7 @@ func (s *Server) shadowsClaimedRoute(r *http.Request) bool {
 	if s.cfg.Observer == nil || !nonCanonical(r.URL.Path) {
 		return false // the observer matches the decoded path, as authentik acts on it
 	}
-	u := *r.URL
-	u.Path, u.RawPath = c, ""
-	view := *r
-	view.URL = &u
-	return s.cfg.Observer.Match(&view)
+	return s.cfg.Observer.Match(r.Method, r.Host, c)
 }
 
 func (s *Server) underSSF(p string) bool {

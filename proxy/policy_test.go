@@ -99,8 +99,8 @@ func TestNonCanonicalPathsOfClaimedRoutesRefused(t *testing.T) {
 		t.Run(map[bool]string{true: "lane", false: "net-http"}[lane], func(t *testing.T) {
 			up, got := countingUpstream(t)
 			ssf := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-			obs := &recordingObserver{match: func(r *http.Request) bool {
-				return r.URL.Path == "/api/v3/core/authenticated_sessions/x/"
+			obs := &recordingObserver{match: func(_, _, path string) bool {
+				return path == "/api/v3/core/authenticated_sessions/x/"
 			}}
 			s, _ := startProxy(t, Config{Upstream: mustURL(t, up.URL), DisableFastPath: !lane,
 				SSF: ssf, SSFPrefixes: []string{"/ssf/"}, Observer: obs})

@@ -165,7 +165,7 @@ func FuzzProxyRequest(f *testing.F) {
 
 type matchAll struct{}
 
-func (matchAll) Match(string, string, string) bool                                  { return true }
+func (matchAll) Match(string, string, string) bool                                   { return true }
 func (matchAll) Before(context.Context, *http.Request, []byte) any                   { return nil }
 func (matchAll) After(context.Context, any, *http.Request, int, http.Header, []byte) {}
 

@@ -166,7 +166,7 @@ func (t *Transmitter) verify(c echo.Context) error {
 	}
 	now := t.cfg.Clock()
 	if last := st.rec.LastVerification; !last.IsZero() {
-		if wait := last.Add(t.cfg.MinVerificationInterval).Sub(now); wait > 0 {
+		if wait := last.Add(t.cfg.MinVerificationInterval - VerificationSlack).Sub(now); wait > 0 {
 			if h := t.cfg.OnVerificationRequest; h != nil {
 				h(st.rec.ID, false)
 			}

@@ -30,11 +30,15 @@ type Queue interface {
 // Defaults and limits.
 const (
 	DefaultMaxBody                 = 64 << 10
-	DefaultMinVerificationInterval = 30 * time.Second
-	DefaultMaxStreamsPerReceiver   = 25
-	DefaultMaxSubjectsPerStream    = 10000
-	DefaultDescriptionLimit        = 256
-	DefaultOAuthRefetchInterval    = 30 * time.Second
+	DefaultMinVerificationInterval = 5 * time.Second
+	// VerificationSlack is how much earlier than min_verification_interval
+	// a verification request is still accepted, for the receiver's clock
+	// and the network.
+	VerificationSlack            = time.Second
+	DefaultMaxStreamsPerReceiver = 25
+	DefaultMaxSubjectsPerStream  = 10000
+	DefaultDescriptionLimit      = 256
+	DefaultOAuthRefetchInterval  = 30 * time.Second
 )
 
 // Config configures the Transmitter.
@@ -51,8 +55,9 @@ type Config struct {
 	AllowPrivateEndpoints bool
 	// MaxBody bounds management and poll request bodies (default 64 KiB).
 	MaxBody int64
-	// MinVerificationInterval is advertised and enforced per stream
-	// (default 30 s).
+	// MinVerificationInterval is advertised (in whole seconds, rounded up)
+	// in every stream configuration and enforced per stream, less
+	// VerificationSlack (default 5 s).
 	MinVerificationInterval time.Duration
 
 	KV    KV

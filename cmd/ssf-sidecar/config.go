@@ -42,6 +42,7 @@ type Config struct {
 	MaxBackoff            time.Duration
 	PauseAfter            time.Duration
 	KeyOverlap            time.Duration
+	MinVerification       time.Duration
 	MaxBody               int64
 	TraceURL              string
 	TraceAllRoutes        bool
@@ -140,6 +141,7 @@ var options = []option{
 	{name: "max-backoff", env: "SSF_MAX_BACKOFF", def: "10m", usage: "cap on the wait between attempts on a failing stream", apply: dur(func(c *Config) *time.Duration { return &c.MaxBackoff })},
 	{name: "pause-after", env: "SSF_PAUSE_AFTER", def: "72h", usage: "a stream failing this long is paused by the transmitter", apply: dur(func(c *Config) *time.Duration { return &c.PauseAfter })},
 	{name: "key-overlap", env: "SSF_KEY_OVERLAP", def: "168h", usage: "how long a retired signing key stays in the JWKS", apply: dur(func(c *Config) *time.Duration { return &c.KeyOverlap })},
+	{name: "min-verification-interval", env: "SSF_MIN_VERIFICATION_INTERVAL", def: "5s", usage: "least time between a receiver's verification requests on one stream (advertised as min_verification_interval; enforced with 1s of slack)", apply: dur(func(c *Config) *time.Duration { return &c.MinVerification })},
 	{name: "max-body", env: "SSF_MAX_BODY", def: "64KiB", usage: "largest SSF management or poll request body (e.g. 64KiB, 1MiB)", apply: func(c *Config, v string) error {
 		n, err := parseSize(v)
 		if err != nil {
@@ -359,6 +361,9 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be greater than zero", d.flag))
 		}
+	}
+	if c.MinVerification != 0 && (c.MinVerification < time.Second || c.MinVerification > 2*time.Minute) {
+		errs = append(errs, fmt.Errorf("--min-verification-interval %s: use 1s to 2m (the OpenID conformance suite waits at most 2m)", c.MinVerification))
 	}
 	if c.Listen == c.AdminListen {
 		errs = append(errs, fmt.Errorf("--listen and --admin-listen are both %q: the admin API must have its own address", c.Listen))

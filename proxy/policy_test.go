@@ -174,3 +174,31 @@ func testAmbiguousFraming(t *testing.T, fast bool) {
 		t.Errorf("upstream received %q", g)
 	}
 }
+
+// TestFieldPolicyOneTable: the lane's field classes and net/http's
+// hop-by-hop and protected fields are the ones fieldPolicy names, and no
+// other field is special to either.
+func TestFieldPolicyOneTable(t *testing.T) {
+	hop := map[string]bool{}
+	for _, k := range hopHeaders {
+		hop[k] = true
+	}
+	for _, f := range fieldPolicy {
+		for _, spelling := range []string{f.name, strings.ToLower(f.name), strings.ToUpper(f.name)} {
+			if got := classify([]byte(spelling)); got != f.kind {
+				t.Errorf("lane classifies %s as %d, policy says %d", spelling, got, f.kind)
+			}
+		}
+		if hop[f.name] != f.hop {
+			t.Errorf("net/http removes %s: %v, policy says %v", f.name, hop[f.name], f.hop)
+		}
+		if protectedHeader(f.name) != f.protected {
+			t.Errorf("net/http protects %s: %v, policy says %v", f.name, protectedHeader(f.name), f.protected)
+		}
+	}
+	for _, other := range []string{"Cookie", "Authorization", "X-Forwarded-Port", "Content-Type", "Tee", "Hosts"} {
+		if classify([]byte(other)) != fOther || protectedHeader(other) || hop[other] {
+			t.Errorf("%s is special to one path but not in the policy", other)
+		}
+	}
+}

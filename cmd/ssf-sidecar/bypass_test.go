@@ -133,6 +133,23 @@ func TestTapBypassTable(t *testing.T) {
 				header: []string{admin}, body: `{"password":"Admin-set-1"}`}
 			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.PasswordChangeDate.Equal(before) }, []string{"credential-change"}
 		}},
+		{"log out through the invalidation flow", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			s, cookie, err := w.ak.IssueSession(u.PK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "GET", target: target("/api/v3/flows/executor/" + w.ak.Flows().Invalidation + "/?query="),
+				header: []string{"Cookie: authentik_session=" + cookie}}
+			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+		}},
+		{"delete an MFA device", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			d, err := w.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: u.PK})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "DELETE", target: target(fmt.Sprintf("/api/v3/authenticators/admin/totp/%d/", d.PK)), header: []string{admin}}
+			return req, func() bool { _, ok := w.ak.Device(authentiktest.DeviceTOTP, d.PK); return !ok }, []string{"credential-change"}
+		}},
 		{"deactivate a user", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			// authentik ends the user's sessions too, without a trace of its own.
 			if _, _, err := w.ak.IssueSession(u.PK); err != nil {

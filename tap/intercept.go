@@ -53,6 +53,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	if !ok {
 		return nil
 	}
+	nameServerSpan(ctx, r, rt)
 	var cookie string
 	if c, err := r.Cookie(SessionCookieName); err == nil {
 		cookie = c.Value

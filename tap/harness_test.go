@@ -157,7 +157,7 @@ func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.Header = r.Header.Clone()
 	out.Header.Set("X-Forwarded-For", "203.0.113.7")
 	var state any
-	tapped := !p.noTap && p.tap.Match(r)
+	tapped := !p.noTap && p.tap.Match(r.Method, r.Host, r.URL.Path)
 	if tapped {
 		view := out.Clone(r.Context())
 		view.Body = nil

@@ -81,6 +81,13 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	// address never costs a confirmed caller there their observation.
 	c, err := t.authenticate(withBudgetKey(ctx, clientIP(r)), cookie, authz)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Held past the before-bound (an over-budget look-up, or a slow
+			// authentik): not a verdict on the caller, so counted as a miss.
+			t.stats.misses.Add(1)
+			t.log.WarnContext(ctx, "tap: caller look-up did not finish within the before-bound", "op", string(rt.op))
+			return nil
+		}
 		t.stats.untrusted.Add(1)
 		t.log.DebugContext(ctx, "tap: caller not authenticated", "op", string(rt.op), "err", err)
 		return nil

@@ -127,11 +127,8 @@ func isDigits(s string) bool {
 }
 
 // Match reports whether the request is one the tap watches. It is cheap:
-// method and path only.
-func (t *Tap) Match(r *http.Request) bool {
-	if r == nil || r.URL == nil {
-		return false
-	}
-	_, ok := t.parseRoute(r.Method, r.URL.Path)
+// method and decoded path only.
+func (t *Tap) Match(method, _, path string) bool {
+	_, ok := t.parseRoute(method, path)
 	return ok
 }

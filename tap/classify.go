@@ -38,11 +38,23 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 		}
 		return []Signal{s}
 	case opFlowStage:
+		// A prompt may write the email too (user-settings flows).
+		var out []Signal
+		if in.After.Email != "" {
+			out = userChangeSignals(in.Before, in.After, func(suffix string, kind Kind) Signal {
+				return base(suffix, kind, in.Subject)
+			})
+			if len(out) > 0 {
+				t.dir.noteEmail(in.Subject.PK, in.After.Email)
+			}
+		}
 		switch in.Stage {
 		case stagePassword:
 			s := base("", KindPasswordChanged, in.Subject)
 			s.ReasonAdmin, s.ReasonUser = "User changed their password", "You changed your password"
-			return []Signal{s}
+			return append([]Signal{s}, out...)
+		case stageEmail:
+			return out
 		case stageMFA:
 			s := base("", KindMFAAdded, in.Subject)
 			s.Device = t.enrolledDevice(ctx, in)

@@ -183,6 +183,11 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 	c := e.Context
 	switch e.Action {
 	case "logout", "login":
+		if isAnonymous(self) {
+			// logout() runs for anonymous callers too (a stale cookie on
+			// the invalidation flow): no session of anyone ended.
+			return nil, nil
+		}
 		subj, err := resolve(self)
 		if err != nil {
 			return nil, err
@@ -194,6 +199,22 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		}
 		s := mk("", KindSessionRevoked, subj)
 		s.ReasonAdmin, s.ReasonUser = "User logged out", "You logged out"
+		before, known := t.dir.userState(subj.PK)
+		if u, err := t.fetchUser(ctx, cr, subj.PK); err == nil && u.IsActive != nil && !*u.IsActive {
+			// From 2025.4 authentik's session middleware logs out a user
+			// it finds inactive on their next request: the deactivation
+			// ended the session, not the user.
+			s.Actor, s.Initiator = nil, InitiatorSystem
+			s.ReasonAdmin, s.ReasonUser = "Session of a deactivated user ended", "Your session ended because the account was disabled"
+			if known && before.IsActive != nil && *before.IsActive {
+				// a background deactivation (LDAP sync) the directory had
+				// not seen yet: this logout is its first trace
+				d := mk("/disabled", KindAccountDisabled, u.user())
+				d.Actor, d.Initiator = nil, InitiatorSystem
+				d.ReasonAdmin, d.ReasonUser = "Account disabled", "Your account was disabled"
+				return []Signal{d, s}, nil
+			}
+		}
 		return []Signal{s}, nil
 	case "password_set":
 		if c.Origin == "source_sync" || (c.SyncedFrom != nil && *c.SyncedFrom) {
@@ -248,6 +269,11 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		}
 	}
 	return nil, nil
+}
+
+// isAnonymous reports whether an event's user is Django's AnonymousUser.
+func isAnonymous(u akEventUser) bool {
+	return u.PK <= 0 || u.Username == "AnonymousUser"
 }
 
 // deviceEvent handles model_* records of device models. authentik names the

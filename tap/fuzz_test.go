@@ -40,13 +40,17 @@ func FuzzParseStageRequest(f *testing.F) {
 	f.Add([]byte(`{"component":"ak-stage-authenticator-validate"}`))
 	f.Add([]byte(`{"component":1}`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"component":"ak-stage-prompt","email":" new@example.com ","username":"x"}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		kind, _, dtype, err := parseStageRequest(body)
-		if err != nil && (kind != "" || dtype != "") {
-			t.Fatalf("error with result %q %q", kind, dtype)
+		a, err := parseStageRequest(body)
+		if err != nil && (a.kind != "" || a.dtype != "" || a.email != "") {
+			t.Fatalf("error with result %+v", a)
 		}
-		if kind == stageMFA && !deviceTypes[dtype] {
-			t.Fatalf("unknown device type %q", dtype)
+		if a.kind == stageMFA && !deviceTypes[a.dtype] {
+			t.Fatalf("unknown device type %q", a.dtype)
+		}
+		if a.kind == stageEmail && a.email == "" {
+			t.Fatal("email stage without an email")
 		}
 	})
 }

@@ -2,6 +2,8 @@ package tap
 
 import (
 	"context"
+
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,6 +17,7 @@ type pending struct {
 	in        *intent
 	component string // the stage component the request answered
 	journaled bool
+	follow    bool // the follow-up GET of a stage answered with a 302
 }
 
 // maxBulkUsers bounds how many users of one bulk_delete are looked up.
@@ -52,9 +55,9 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	if !ok {
 		return nil
 	}
-	var cookie string
-	if c, err := r.Cookie(SessionCookieName); err == nil {
-		cookie = c.Value
+	cookie := sessionCookie(r)
+	if rt.op == opFlowFollow {
+		return t.followStage(r, rt, cookie)
 	}
 	authz := r.Header.Get("Authorization")
 	if cookie == "" && authz == "" {
@@ -69,8 +72,8 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	}
 	if rt.op == opFlowStage {
 		// Most stage answers are not tapped (identification, prompts
-		// without a password); decide before spending a look-up.
-		if _, _, _, err := parseStageRequest(body); err != nil {
+		// without a password or email); decide before spending a look-up.
+		if _, err := parseStageRequest(body); err != nil {
 			return nil
 		}
 	}
@@ -129,14 +132,25 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 			}
 		}
 	case opFlowStage:
-		kind, component, dtype, err := parseStageRequest(body)
+		a, err := parseStageRequest(body)
 		if err != nil {
 			return false
 		}
-		in.Subject, in.Stage, in.SessionHash = c.User, kind, c.SessionHash
-		p.component = component
-		if kind == stageMFA {
-			in.Device = &Device{Type: dtype}
+		in.Subject, in.Stage, in.SessionHash = c.User, a.kind, c.SessionHash
+		in.ObjectID = rt.slug
+		p.component = a.component
+		if a.kind == stageMFA {
+			in.Device = &Device{Type: a.dtype}
+		}
+		if a.email != "" {
+			old := c.User.Email
+			if t.cfg.Token != "" {
+				if u, err := t.fetchUser(ctx, lc, c.User.PK); err == nil {
+					old = u.Email
+				}
+			}
+			in.Before = userState{Email: old}
+			in.After = userState{Email: a.email}
 		}
 	case opSessionDelete:
 		s, err := t.fetchSession(ctx, lc, rt.id)
@@ -160,8 +174,8 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 			if i >= maxBulkUsers {
 				break
 			}
-			pk, err := strconv.ParseInt(s, 10, 64)
-			if err != nil || pk <= 0 {
+			pk, ok := djparse.Int(s)
+			if !ok || pk <= 0 {
 				continue
 			}
 			owner, err := t.userByPK(ctx, lc, pk)
@@ -259,6 +273,22 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		return
 	}
 	in := p.in
+	if in.Op == opFlowStage && !p.follow && in.Stage != stageMFA && redirectsToSelf(status, header, r.URL.Path) {
+		// The prompt was accepted; the user_write stage runs on the
+		// browser's follow-up GET. Hold the intent in memory until then
+		// (a crash in between leaves the change to the event API).
+		if in.SessionHash != "" {
+			t.stagePending.put(in.SessionHash+"\x00"+in.ObjectID, p)
+		} else {
+			t.stats.misses.Add(1)
+		}
+		if p.journaled {
+			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
+				t.log.WarnContext(ctx, "tap: journal outcome failed", "intent", in.ID, "err", err)
+			}
+		}
+		return
+	}
 	if !t.completed(p, status, header, body) {
 		if p.journaled {
 			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
@@ -286,6 +316,12 @@ func (t *Tap) completed(p *pending, status int, header http.Header, body []byte)
 	case opLogout:
 		return (status/100 == 2 || status/100 == 3) && sessionEnded(header, in.SessionHash, t.cfg.SecretKey, t.cfg.Clock())
 	case opFlowStage:
+		if p.follow && status == http.StatusFound {
+			return true // user_write ran and more stages follow
+		}
+		if in.Stage == stageMFA && status == http.StatusFound {
+			return true // the setup stage saved the device; more stages follow
+		}
 		return stageCompleted(status, p.component, body)
 	case opSessionDelete, opUserDelete:
 		return status == http.StatusNoContent || status == http.StatusOK
@@ -321,6 +357,39 @@ func (t *Tap) completed(p *pending, status int, header http.Header, body []byte)
 		return confirmed
 	}
 	return false
+}
+
+// sessionCookie is the request's authentik_session cookie value. Django's
+// parse_cookie keeps the last of several cookies of one name, so the tap
+// does too.
+func sessionCookie(r *http.Request) string {
+	var v string
+	for _, c := range r.Cookies() {
+		if c.Name == SessionCookieName {
+			v = c.Value
+		}
+	}
+	return v
+}
+
+// followStage picks up an intent whose prompt was answered with a 302 to
+// the executor: the browser's GET that follows (same session, same flow)
+// runs the user_write stage, and its answer tells whether it worked.
+func (t *Tap) followStage(r *http.Request, rt route, cookie string) any {
+	if cookie == "" {
+		return nil
+	}
+	claims, _, err := DecodeSessionCookie(cookie, "")
+	if err != nil {
+		return nil
+	}
+	key := claims.SessionHash() + "\x00" + rt.slug
+	p, ok := t.stagePending.get(key)
+	if !ok {
+		return nil
+	}
+	t.stagePending.del(key)
+	return &pending{in: p.in, component: p.component, follow: true}
 }
 
 // sessionSeen remembers that this caller's session cookie was seen, so a

@@ -28,6 +28,12 @@ type Tap struct {
 	seenHashes   *cache[string, struct{}]
 	sessionHash  *cache[string, string] // AuthenticatedSession uuid → sha256(sid)
 	hints        *cache[string, logoutHint]
+	stagePending *cache[string, *pending] // session hash + flow slug → stage awaiting its follow-up GET
+	// recheck is the directory re-check's position (poller goroutine only).
+	recheck struct {
+		page int // next page of the pass under way; 0 between passes
+		next time.Time
+	}
 	processed    *cache[string, struct{}] // intent ids already published
 	unknownSlugs *cache[string, struct{}] // executor slugs that were neither role
 	limiter      *rateLimiter
@@ -70,6 +76,7 @@ func New(cfg Config) (*Tap, error) {
 		processed:    newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
 		unknownSlugs: newCache[string, struct{}](256, cfg.FlowRefresh, cfg.Clock),
 		hints:        newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
+		stagePending: newCache[string, *pending](cfg.CacheSize, 10*time.Minute, cfg.Clock),
 		limiter:      newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
 		queue:        make(chan *intent, cfg.QueueSize),
 		learn:        make(chan func(context.Context), 64),

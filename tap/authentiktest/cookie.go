@@ -103,11 +103,18 @@ func (s *Server) setSessionCookies(w http.ResponseWriter, se *session) {
 // sessionFromRequest returns the session the request's cookie names, if the
 // cookie verifies and the session still exists.
 func (s *Server) sessionFromRequest(r *http.Request) *session {
-	ck, err := r.Cookie(SessionCookieName)
-	if err != nil {
+	// Django's parse_cookie keeps the last of several cookies of one name.
+	var value string
+	found := false
+	for _, ck := range r.Cookies() {
+		if ck.Name == SessionCookieName {
+			value, found = ck.Value, true
+		}
+	}
+	if !found {
 		return nil
 	}
-	claims, err := ParseSessionCookie(s.cfg.SecretKey, ck.Value)
+	claims, err := ParseSessionCookie(s.cfg.SecretKey, value)
 	if err != nil {
 		return nil
 	}

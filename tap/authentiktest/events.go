@@ -36,7 +36,9 @@ func httpContext(r *http.Request) map[string]any {
 		}
 	}
 	ctx := map[string]any{"args": args, "path": r.URL.Path, "method": r.Method, "user_agent": r.UserAgent()}
-	if id := r.Header.Get("X-Request-Id"); id != "" {
+	// authentik generates its own id per request (uuid4 hex) and ignores
+	// any id the client sent; the response carries it as X-authentik-id.
+	if id, ok := r.Context().Value(requestIDKey{}).(string); ok && id != "" {
 		ctx["request_id"] = id
 	}
 	return ctx
@@ -95,6 +97,12 @@ func (s *Server) recordDeviceModel(action string, actor *user, d *device, r *htt
 
 func (s *Server) newer() bool { return s.cfg.Version == Version2026_8 }
 
+// versionOrder ranks the imitated releases.
+var versionOrder = map[Version]int{Version2025_2: 1, Version2025_4: 2, Version2025_8: 3, Version2026_2: 4, Version2026_8: 5}
+
+// atLeast reports whether the imitated release is v or newer.
+func (s *Server) atLeast(v Version) bool { return versionOrder[s.cfg.Version] >= versionOrder[v] }
+
 // recordMFA writes the 2026.8 mfa_device_added/removed actions.
 func (s *Server) recordMFA(action string, actor *user, d *device, r *http.Request) {
 	if !s.newer() {
@@ -115,12 +123,10 @@ func (s *Server) recordPasswordSet(target *user, origin string, r *http.Request)
 		ctx["origin"] = origin
 		ctx["synced_from_source"] = origin == "source_sync"
 	}
-	// authentik ≤2026.2 records password_set without the request.
-	var req *http.Request
-	if s.newer() {
-		req = r
-	}
-	s.record("password_set", appSignals, eventUser(target), ctx, req)
+	// Since 2025.2 on_password_changed records from_http(request, user):
+	// the request context, and under impersonation user = the impersonating
+	// admin with on_behalf_of (record applies that rewrite).
+	s.record("password_set", appSignals, eventUser(target), ctx, r)
 }
 
 // ---- exported ----
@@ -220,15 +226,13 @@ func (s *Server) RecordEvent(spec EventSpec) (string, error) {
 	return ev.pk, nil
 }
 
-// SystemDisableUser deactivates a user as authentik's own background would
-// (no HTTP request the proxy could see): is_active becomes false, the user's
-// sessions are deleted (no event for those), and a model_updated record
-// names the anonymous user as actor and carries no http_request.
-//
-// That record is the simulator's convention for a system-initiated change:
-// authentik's audit middleware itself logs model changes only inside HTTP
-// requests (where an unauthenticated actor is AnonymousUser), so a purely
-// background change may leave no event at all in a real deployment.
+// SystemDisableUser deactivates a user as authentik's own background work
+// does (LDAP or SCIM source sync in the worker, no HTTP request the proxy
+// could see): is_active becomes false and nothing else happens. authentik's
+// audit middleware logs model changes only inside HTTP requests, so there is
+// no event, and the user's sessions are not deleted; from 2025.4 the
+// session middleware logs such a user out on their next request (a logout
+// event), before that their sessions just stop authenticating.
 func (s *Server) SystemDisableUser(pk int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -238,8 +242,6 @@ func (s *Server) SystemDisableUser(pk int) error {
 	}
 	u.isActive = false
 	u.lastUpdated = s.now()
-	s.deleteUserSessions(pk)
-	s.recordUserModel("model_updated", nil, u, nil)
 	return nil
 }
 
@@ -277,7 +279,7 @@ func (s *Server) handleEventList(w http.ResponseWriter, r *http.Request) {
 	var list []*event
 	if c.admin() { // RBAC: others hold no view_event permission and see nothing
 		for _, e := range s.state.events {
-			if eventMatches(e, q) {
+			if eventMatches(e, q, s.atLeast(Version2025_8)) {
 				list = append(list, e)
 			}
 		}
@@ -314,14 +316,16 @@ func (s *Server) handleEventList(w http.ResponseWriter, r *http.Request) {
 	s.writePage(w, r, items)
 }
 
-func eventMatches(e *event, q map[string][]string) bool {
+// eventMatches applies the list filters; withActions is false below 2025.8,
+// where django-filter ignores the unknown actions= parameter.
+func eventMatches(e *event, q map[string][]string, withActions bool) bool {
 	get := func(k string) string {
 		if v := q[k]; len(v) > 0 {
 			return v[len(v)-1]
 		}
 		return ""
 	}
-	if acts := q["actions"]; len(acts) > 0 && !slices.Contains(acts, e.action) {
+	if acts := q["actions"]; withActions && len(acts) > 0 && !slices.Contains(acts, e.action) {
 		return false
 	}
 	if a := get("action"); a != "" && !containsFold(e.action, a) {

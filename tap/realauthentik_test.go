@@ -1,0 +1,203 @@
+package tap
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
+)
+
+// These tests hold the tap to authentik's real behaviour as the simulator
+// now imitates it, for every release profile where they apply.
+
+// releases are the simulator's authentik profiles a test runs against.
+var releases = []authentiktest.Version{
+	authentiktest.Version2025_2, authentiktest.Version2025_4, authentiktest.Version2025_8, authentiktest.Version2026_2,
+}
+
+// forReleases runs fn once per authentik profile.
+func forReleases(t *testing.T, fn func(t *testing.T, v authentiktest.Version)) {
+	for _, v := range releases {
+		t.Run("authentik-"+string(v), func(t *testing.T) { fn(t, v) })
+	}
+}
+
+// doHeader sends a request through the proxy with the given headers.
+func (e *env) doHeader(method, path string, h http.Header) *http.Response {
+	e.t.Helper()
+	req, _ := http.NewRequest(method, e.front.URL+path, nil)
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	return e.send(req)
+}
+
+// TestSelfServiceFlowsFromTrafficAlone: without an API token, the default
+// password-change flow (prompt POST answered 302, user_write on the GET)
+// and the user-settings flow's email change produce their signals from the
+// traffic alone.
+func TestSelfServiceFlowsFromTrafficAlone(t *testing.T) {
+	forReleases(t, func(t *testing.T, v authentiktest.Version) {
+		e := newEnv(t, envOpts{ak: authentiktest.Config{Version: v}, noToken: true})
+		alice := e.user("alice")
+		_, c := e.session(alice.PK)
+		if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, c); st != http.StatusOK {
+			t.Fatalf("password flow answered %d", st)
+		}
+		if st := e.flow("default-user-settings-flow", `{"component":"ak-stage-prompt","username":"alice","email":"a2@example.com"}`, c); st != http.StatusOK {
+			t.Fatalf("settings flow answered %d", st)
+		}
+		if u, _ := e.ak.User(alice.PK); u.Email != "a2@example.com" {
+			t.Fatalf("authentik did not change the email: %+v", u)
+		}
+		e.settle()
+		a := int64(alice.PK)
+		checkSignals(t, e.rec.signals(), []want{
+			{kind: KindPasswordChanged, source: SourceTraffic, subject: a, initiator: InitiatorUser},
+			{kind: KindEmailChanged, source: SourceTraffic, subject: a, initiator: InitiatorUser, oldEmail: "alice@example.com", newEmail: "a2@example.com"},
+		})
+	})
+}
+
+// TestHeadOnInvalidationFlowLogsOut: Django runs GET for HEAD, so HEAD on
+// the invalidation flow's executor logs the user out; the tap sees it.
+func TestHeadOnInvalidationFlowLogsOut(t *testing.T) {
+	e := newEnv(t, envOpts{noToken: true})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	resp := e.doHeader("HEAD", "/api/v3/flows/executor/default-invalidation-flow/?query=",
+		http.Header{"Cookie": {SessionCookieName + "=" + c}})
+	if resp.StatusCode != http.StatusOK || len(e.ak.Sessions(alice.PK)) != 0 {
+		t.Fatalf("HEAD answered %d; sessions left %d", resp.StatusCode, len(e.ak.Sessions(alice.PK)))
+	}
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK),
+		initiator: InitiatorUser, sessionHash: HashSessionID(s.SID)}})
+}
+
+// TestDuplicateSessionCookiesLastWins: Django keeps the last of two
+// authentik_session cookies; a junk first one must not hide the logout.
+func TestDuplicateSessionCookiesLastWins(t *testing.T) {
+	e := newEnv(t, envOpts{noToken: true})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	e.doHeader("GET", "/api/v3/flows/executor/default-invalidation-flow/?query=",
+		http.Header{"Cookie": {SessionCookieName + "=junk; " + SessionCookieName + "=" + c}})
+	if len(e.ak.Sessions(alice.PK)) != 0 {
+		t.Fatal("authentik did not log the session out")
+	}
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK),
+		initiator: InitiatorUser, sessionHash: HashSessionID(s.SID)}})
+}
+
+// TestIDsReadAsPythonDoes: authentik reads a pk with int(), so a path with
+// Arabic-Indic digits, a space or an underscore names the same user.
+func TestIDsReadAsPythonDoes(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	arabic := strings.Map(func(r rune) rune { return r - '0' + 0x0660 }, fmt.Sprint(alice.PK))
+	if resp := e.do("POST", "/api/v3/core/users/"+url.PathEscape(arabic)+"/set_password/", `{"password":"Adm1n-set"}`, "", e.ak.AdminToken()); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("set_password answered %d", resp.StatusCode)
+	}
+	bob := e.user("bob")
+	e.session(bob.PK)
+	if resp := e.do("DELETE", "/api/v3/core/authenticated_sessions/bulk_delete/?user_pks="+url.QueryEscape(" "+fmt.Sprint(bob.PK)), "", "", e.ak.AdminToken()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("bulk_delete answered %d", resp.StatusCode)
+	}
+	e.settle()
+	got := e.rec.signals()
+	var pw, revoked int
+	for _, s := range got {
+		switch {
+		case s.Kind == KindPasswordChanged && s.Source == SourceTraffic && s.Subject.PK == int64(alice.PK) && s.Initiator == InitiatorAdmin:
+			pw++
+		case s.Kind == KindSessionRevoked && s.Source == SourceTraffic && s.Subject.PK == int64(bob.PK):
+			revoked++
+		}
+	}
+	if pw != 1 || revoked != 1 {
+		t.Fatalf("password signals %d, revocations %d; all: %+v", pw, revoked, got)
+	}
+}
+
+// TestStringBooleanDeactivation: DRF accepts "is_active": "false"; the
+// user's sessions go with it and must be reported.
+func TestStringBooleanDeactivation(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	s, _ := e.session(alice.PK)
+	if resp := e.do("PATCH", fmt.Sprintf("/api/v3/core/users/%d/", alice.PK), `{"is_active":"false"}`, "", e.ak.AdminToken()); resp.StatusCode != http.StatusOK {
+		t.Fatalf("PATCH answered %d", resp.StatusCode)
+	}
+	e.settle()
+	a := int64(alice.PK)
+	checkSignals(t, e.rec.signals(), []want{
+		{kind: KindAccountDisabled, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+		{kind: KindSessionRevoked, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, sessionUUID: s.UUID},
+	})
+}
+
+// TestInactiveUserLoggedOutByMiddleware: from 2025.4 authentik logs out a
+// user it finds inactive on their next request. That logout was caused by
+// the deactivation (here a background one without any event), so it is
+// system-initiated, and it is the first trace of the disable.
+func TestInactiveUserLoggedOutByMiddleware(t *testing.T) {
+	forReleases(t, func(t *testing.T, v authentiktest.Version) {
+		e := newEnv(t, envOpts{ak: authentiktest.Config{Version: v}, mutate: func(c *Config) { c.DirectoryRecheck = -1 }})
+		alice := e.user("alice")
+		_, c := e.session(alice.PK)
+		if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.ak.SystemDisableUser(alice.PK); err != nil {
+			t.Fatal(err)
+		}
+		e.direct("GET", "/api/v3/core/users/me/", "", c, "")
+		e.settle()
+		var wants []want
+		if v != authentiktest.Version2025_2 {
+			a := int64(alice.PK)
+			wants = []want{
+				{kind: KindAccountDisabled, source: SourceEventAPI, subject: a, initiator: InitiatorSystem},
+				{kind: KindSessionRevoked, source: SourceEventAPI, subject: a, initiator: InitiatorSystem},
+			}
+		}
+		checkSignals(t, e.rec.signals(), wants)
+	})
+}
+
+// TestBackgroundDisableSeenByRecheck: an LDAP-sync style disable leaves no
+// event at all; the paged directory re-check reports it once.
+func TestBackgroundDisableSeenByRecheck(t *testing.T) {
+	e := newEnv(t, envOpts{ak: authentiktest.Config{PageSize: 2}, mutate: func(c *Config) {
+		c.DirectoryRecheck = time.Nanosecond
+		c.PageSize = 2
+	}})
+	var users []authentiktest.User
+	for _, n := range []string{"u1", "u2", "u3", "u4", "u5"} {
+		users = append(users, e.user(n))
+	}
+	for _, u := range users {
+		if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(u.PK)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := users[len(users)-1] // on the last page
+	if err := e.ak.SystemDisableUser(last.PK); err != nil {
+		t.Fatal(err)
+	}
+	e.ak.ResetRequestCounts()
+	for range 5 { // seven users (admin, anonymous, five) at two a page: four polls read them all
+		e.poll()
+	}
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindAccountDisabled, source: SourceEventAPI, subject: int64(last.PK), initiator: InitiatorSystem}})
+	if n := e.ak.Requests("/api/v3/core/users/"); n > 7 {
+		t.Errorf("re-check read %d pages in 6 polls: one page per poll expected", n)
+	}
+}

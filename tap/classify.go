@@ -2,7 +2,10 @@ package tap
 
 import (
 	"context"
+	"encoding/json"
+	"net/url"
 	"strconv"
+	"strings"
 )
 
 // initiator says who started an action on subject.
@@ -30,6 +33,9 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 	}
 	switch in.Op {
 	case opLogout:
+		if in.Unconfirmed && !t.logoutRecorded(ctx, in) {
+			return nil // a stale cookie: authentik logged out AnonymousUser
+		}
 		s := base("", KindSessionRevoked, in.Subject)
 		s.SessionHash = in.SessionHash
 		s.ReasonAdmin, s.ReasonUser = "User logged out", "You logged out"
@@ -107,6 +113,36 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 		return []Signal{s}
 	}
 	return nil
+}
+
+// logoutRecorded reports whether authentik's event log holds a logout of
+// the intent's user made by the request authentik answered (its
+// X-authentik-id). A cookie whose session had already ended runs the logout
+// stage as AnonymousUser, and its logout names AnonymousUser. When there is
+// no request id to look for, or the event API cannot be read, the logout
+// counts (a real logout lost is worse than a repeated one).
+func (t *Tap) logoutRecorded(ctx context.Context, in *intent) bool {
+	if in.AuthentikID == "" || in.Subject.Username == "" {
+		return true
+	}
+	q := url.Values{"action": {"logout"}, "username": {in.Subject.Username}, "ordering": {"-created"}, "page_size": {"20"}}
+	var raw json.RawMessage
+	if err := t.api.getJSON(ctx, t.api.tokenCreds(), "/events/events/", q, &raw); err != nil {
+		t.log.InfoContext(ctx, "tap: could not confirm a logout", "request_id", in.AuthentikID, "err", err)
+		return true
+	}
+	page, err := decodeEventPage(raw)
+	if err != nil {
+		return true
+	}
+	for _, e := range page.Events {
+		if e.Action == "logout" && e.User.PK == in.Subject.PK && e.Context.HTTPRequest != nil &&
+			strings.ReplaceAll(e.Context.HTTPRequest.RequestID, "-", "") == strings.ReplaceAll(in.AuthentikID, "-", "") {
+			return true
+		}
+	}
+	t.stats.staleLogouts.Add(1)
+	return false
 }
 
 // userChangeSignals compares a user's state before and after a change.

@@ -26,6 +26,11 @@ type creds struct {
 	bearer string // the sidecar's token
 	cookie string // the caller's authentik_session value
 	authz  string // the caller's Authorization header value
+	// clientIP and userAgent are the caller's, sent along with the caller's
+	// own credentials: authentik's session binding compares the client IP
+	// (X-Forwarded-For from a trusted proxy) with the session's, and logs
+	// the session out when they differ.
+	clientIP, userAgent string
 }
 
 func (c creds) empty() bool { return c.bearer == "" && c.cookie == "" && c.authz == "" }
@@ -64,6 +69,14 @@ func (c *client) doJSON(ctx context.Context, method string, cr creds, path strin
 	}
 	if cr.cookie != "" {
 		req.AddCookie(&http.Cookie{Name: SessionCookieName, Value: cr.cookie})
+	}
+	if cr.bearer == "" {
+		if cr.clientIP != "" {
+			req.Header.Set("X-Forwarded-For", cr.clientIP)
+		}
+		if cr.userAgent != "" {
+			req.Header.Set("User-Agent", cr.userAgent)
+		}
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {

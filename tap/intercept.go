@@ -82,7 +82,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 		t.stats.rateLimited.Add(1)
 		return nil
 	}
-	c, err := t.authenticate(ctx, cookie, authz)
+	c, err := t.authenticate(ctx, cookie, authz, creds{clientIP: ip, userAgent: r.UserAgent()})
 	if err == nil {
 		// Only callers authentik does not vouch for spend the per-IP
 		// budget: a confirmed admin revoking sessions quickly must not lose
@@ -124,7 +124,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		if c.SessionHash == "" {
 			return false // only a browser session logs out
 		}
-		in.Subject, in.SessionHash = c.User, c.SessionHash
+		in.Subject, in.SessionHash, in.Unconfirmed = c.User, c.SessionHash, c.local
 		if h, ok := t.hints.get(c.SessionHash); ok {
 			in.Via = h.via
 			if in.RequestID == "" {
@@ -300,6 +300,7 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 	in.Outcome, in.Done = outcomeCompleted, t.responseTime(header)
 	if id := header.Get("X-Authentik-Id"); id != "" && len(id) <= 128 {
 		in.RequestID = id // authentik's own request id, as its event context and SETs name it
+		in.AuthentikID = id
 	}
 	if err := t.journalPut(ctx, in); err != nil {
 		t.stats.misses.Add(1)
@@ -397,16 +398,16 @@ func (t *Tap) followStage(r *http.Request, rt route, cookie string) any {
 // AuthenticatedSession uuid is learnt by asking authentik, with the
 // caller's own credentials, which of the user's sessions is `current`.
 func (t *Tap) sessionSeen(c *caller) {
-	if c.SessionHash == "" || c.cr.cookie == "" {
-		return
+	if c.SessionHash == "" || c.cr.cookie == "" || t.localCookies() {
+		return // with local verification the cookie is never replayed
 	}
 	if _, ok := t.seenHashes.get(c.SessionHash); ok {
 		return
 	}
 	t.seenHashes.put(c.SessionHash, struct{}{})
-	cr := creds{cookie: c.cr.cookie}
+	cr := creds{cookie: c.cr.cookie, clientIP: c.cr.clientIP, userAgent: c.cr.userAgent}
 	hash := c.SessionHash
-	q := url.Values{"user__username": {c.User.Username}}
+	q := url.Values{"user__username": {c.User.Username}, "page_size": {"100"}} // the default page is 20
 	select {
 	case t.learn <- func(ctx context.Context) {
 		var page akPage[struct {

@@ -201,3 +201,79 @@ func TestBackgroundDisableSeenByRecheck(t *testing.T) {
 		t.Errorf("re-check read %d pages in 6 polls: one page per poll expected", n)
 	}
 }
+
+// TestSessionBindingSurvivesTappedActions: with a User Login stage binding
+// sessions to the client's network, the sidecar's own look-ups must not
+// look like the cookie being used from elsewhere: with the secret key the
+// cookie is never replayed, without it the caller's X-Forwarded-For and
+// User-Agent go along. The user's session stays alive and nothing the user
+// did not cause is reported.
+func TestSessionBindingSurvivesTappedActions(t *testing.T) {
+	modes := []struct {
+		name string
+		o    envOpts
+	}{
+		{"secret key and token", envOpts{secretKey: true}},
+		{"token, cookies confirmed by look-up", envOpts{}},
+		{"no token", envOpts{noToken: true}},
+	}
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			m.o.ak.SessionBinding = true
+			e := newEnv(t, m.o)
+			alice := e.user("alice")
+			// the test proxy presents every client as 203.0.113.7
+			_, c, err := e.ak.IssueSessionFrom(alice.PK, "203.0.113.7")
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, _ := e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: alice.PK})
+			if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, c); st != http.StatusOK {
+				t.Fatalf("password flow answered %d", st)
+			}
+			if resp := e.do("DELETE", fmt.Sprintf("/api/v3/authenticators/totp/%d/", d.PK), "", c, ""); resp.StatusCode != http.StatusNoContent {
+				t.Fatalf("device delete answered %d", resp.StatusCode)
+			}
+			e.settle()
+			if n := e.ak.BindingBreaks(); n != 0 {
+				t.Fatalf("the sidecar's look-ups broke %d session bindings", n)
+			}
+			if len(e.ak.Sessions(alice.PK)) != 1 {
+				t.Fatal("alice's session is gone")
+			}
+			a := int64(alice.PK)
+			checkSignals(t, e.rec.signals(), []want{
+				{kind: KindPasswordChanged, source: SourceTraffic, subject: a, initiator: InitiatorUser},
+				{kind: KindMFARemoved, source: SourceTraffic, subject: a, initiator: InitiatorUser, device: "totp"},
+			})
+		})
+	}
+}
+
+// TestStaleCookieLogoutNoSET: with the secret key a cookie verifies for
+// ever (it has no exp). Logging out with one whose session authentik had
+// already ended is a logout of AnonymousUser, not of the cookie's user.
+func TestStaleCookieLogoutNoSET(t *testing.T) {
+	e := newEnv(t, envOpts{secretKey: true})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	// the directory knows alice (any earlier look-up does that)
+	if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.direct("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken()); st != http.StatusNoContent {
+		t.Fatalf("direct session delete answered %d", st)
+	}
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/?query=", "", c, "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), nil)
+	if e.tap.Stats().StaleLogouts != 1 {
+		t.Errorf("stale logouts counted %d", e.tap.Stats().StaleLogouts)
+	}
+	// a live session's logout still counts
+	s2, c2 := e.session(alice.PK)
+	e.do("GET", "/api/v3/flows/executor/default-invalidation-flow/?query=", "", c2, "")
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK),
+		initiator: InitiatorUser, sessionHash: HashSessionID(s2.SID)}})
+}

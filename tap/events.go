@@ -1,10 +1,13 @@
 package tap
 
 import (
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
+
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -291,12 +294,22 @@ func (t *Tap) deviceEvent(ctx context.Context, e akEvent, dtype string, mk func(
 			t.dir.forgetDevice(dtype, pk)
 			return nil, nil
 		}
+		hr := e.Context.HTTPRequest
+		if hr != nil && isUserDelete(hr.Method, hr.Path) {
+			// Deleting a user cascades to their devices, each logged as
+			// model_deleted by the acting admin: the account-purged of
+			// the user says it all.
+			t.dir.forgetDevice(dtype, pk)
+			return nil, nil
+		}
 		owner := known.Owner
 		if !wasKnown {
-			// authentik names the actor. Through the user's own endpoints
-			// the actor is the owner; through the admin endpoints it may be
-			// anyone, and a wrong subject is worse than none.
-			if hr := e.Context.HTTPRequest; hr == nil || strings.Contains(hr.Path, "/authenticators/admin/") || e.User.PK <= 0 {
+			// authentik names the actor. Through the user's own endpoint
+			// for this very device the actor is the owner; through the
+			// admin endpoints, or as a cascade of deleting something else
+			// (an SMS, Email or Duo stage), it may be anyone, and a wrong
+			// subject is worse than none.
+			if hr == nil || !isOwnDeviceDelete(hr.Method, hr.Path, dtype, pk) || e.User.PK <= 0 {
 				t.stats.misses.Add(1)
 				t.log.Warn("tap: device deleted, owner unknown; not reported", "event", e.PK, "device_type", dtype)
 				return nil, nil
@@ -344,6 +357,26 @@ func (t *Tap) deviceEvent(ctx context.Context, e akEvent, dtype string, mk func(
 	s.Device = deviceFrom(dtype, d)
 	s.ReasonAdmin, s.ReasonUser = "Authenticator added", "An authenticator was added to your account"
 	return []Signal{s}, nil
+}
+
+// isUserDelete reports whether a request was DELETE /api/v3/core/users/{pk}/.
+func isUserDelete(method, path string) bool {
+	rest, ok := strings.CutPrefix(path, apiPrefix+"core/users/")
+	if method != http.MethodDelete || !ok {
+		return false
+	}
+	id, ok := strings.CutSuffix(rest, "/")
+	if !ok {
+		return false
+	}
+	_, ok = djparse.Int(id)
+	return ok
+}
+
+// isOwnDeviceDelete reports whether a request was the user endpoint's
+// DELETE /api/v3/authenticators/{type}/{pk}/ of exactly this device.
+func isOwnDeviceDelete(method, path, dtype, pk string) bool {
+	return method == http.MethodDelete && path == apiPrefix+"authenticators/"+dtype+"/"+pk+"/"
 }
 
 // deviceConfirmed reads `confirmed` from the owner's device list when the

@@ -277,3 +277,46 @@ func TestStaleCookieLogoutNoSET(t *testing.T) {
 	checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(alice.PK),
 		initiator: InitiatorUser, sessionHash: HashSessionID(s2.SID)}})
 }
+
+// TestCascadedDeviceDeletions: deleting a user (or an SMS, Email or Duo
+// stage) makes authentik log model_deleted for every cascaded device with
+// the acting admin as user. That is neither the admin's authenticator nor,
+// for a deleted user, anything beyond account-purged.
+func TestCascadedDeviceDeletions(t *testing.T) {
+	for _, through := range []string{"proxy", "direct"} {
+		t.Run(through, func(t *testing.T) {
+			e := newEnv(t, envOpts{})
+			alice := e.user("alice")
+			s, _ := e.session(alice.PK)
+			known, _ := e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: alice.PK})
+			e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceWebAuthn, UserPK: alice.PK})
+			e.tap.dir.putDevice("totp", fmt.Sprint(known.PK), dirDevice{Owner: int64(alice.PK), Confirmed: true})
+			if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
+				t.Fatal(err)
+			}
+			path := fmt.Sprintf("/api/v3/core/users/%d/", alice.PK)
+			a := int64(alice.PK)
+			var wants []want
+			if through == "proxy" {
+				e.do("DELETE", path, "", "", e.ak.AdminToken())
+				wants = []want{
+					{kind: KindAccountDeleted, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+					{kind: KindSessionRevoked, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, sessionUUID: s.UUID},
+				}
+			} else {
+				e.direct("DELETE", path, "", "", e.ak.AdminToken())
+				wants = []want{{kind: KindAccountDeleted, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin}}
+			}
+			// an SMS stage deleted by the admin takes a device the sidecar never saw
+			if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "model_deleted", App: "authentik.events.middleware", UserPK: 1,
+				Context: map[string]any{
+					"model":        map[string]any{"app": "authentik_stages_authenticator_sms", "model_name": "smsdevice", "pk": 77, "name": "phone"},
+					"http_request": map[string]any{"path": "/api/v3/stages/authenticator/sms/0b9e1c4e0a3f4b1e9c1d2e3f4a5b6c7d/", "method": "DELETE"},
+				}}); err != nil {
+				t.Fatal(err)
+			}
+			e.settle()
+			checkSignals(t, e.rec.signals(), wants)
+		})
+	}
+}

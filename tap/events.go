@@ -2,6 +2,7 @@ package tap
 
 import (
 	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
+	"net/url"
 
 	"context"
 	"encoding/json"
@@ -16,7 +17,7 @@ import (
 // defaultActions are the event-API actions the poller asks for.
 var defaultActions = []string{
 	"logout", "login", "password_set", "model_created", "model_updated", "model_deleted",
-	"mfa_device_added", "mfa_device_removed", "user_created",
+	"mfa_device_added", "mfa_device_removed", "user_created", "user_lockdown_triggered",
 }
 
 // akEventUser is an event's `user` (or context `subject`) object.
@@ -38,12 +39,16 @@ type akModel struct {
 
 // akEventContext is the part of an event's context the tap reads.
 type akEventContext struct {
-	Model       *akModel     `json:"model"`
-	Subject     *akEventUser `json:"subject"`
-	MFADevice   *akModel     `json:"mfa_device"`
-	Origin      string       `json:"origin"`
-	SyncedFrom  *bool        `json:"synced_from_source"`
-	HTTPRequest *struct {
+	Model     *akModel     `json:"model"`
+	Subject   *akEventUser `json:"subject"`
+	MFADevice *akModel     `json:"mfa_device"`
+	Origin    string       `json:"origin"`
+	// AffectedUser names the user of an account lockdown (a username);
+	// AffectedUserPK the owner in one stored shape of mfa_device_*.
+	AffectedUser   string          `json:"affected_user"`
+	AffectedUserPK json.RawMessage `json:"affected_user_pk"`
+	SyncedFrom     *bool           `json:"synced_from_source"`
+	HTTPRequest    *struct {
 		Path      string `json:"path"`
 		Method    string `json:"method"`
 		RequestID string `json:"request_id"`
@@ -240,10 +245,20 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		s.ReasonAdmin, s.ReasonUser = "Password set", "Your password was changed"
 		return []Signal{s}, nil
 	case "mfa_device_added", "mfa_device_removed":
-		if c.Subject == nil || c.MFADevice == nil {
+		// The owner is context.subject, or affected_user_pk in the other
+		// shape these records have been stored in.
+		owner := c.Subject
+		if owner == nil {
+			if pk, ok := rawInt(c.AffectedUserPK); ok && pk > 0 {
+				owner = &akEventUser{PK: pk}
+			}
+		}
+		if owner == nil || c.MFADevice == nil {
+			t.stats.misses.Add(1)
+			t.log.Warn("tap: MFA event without owner or device; not reported", "event", e.PK, "action", e.Action)
 			return nil, nil
 		}
-		subj, err := resolve(*c.Subject)
+		subj, err := resolve(*owner)
 		if err != nil {
 			return nil, err
 		}
@@ -266,12 +281,77 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		if isUserModel(c.Model) {
 			return t.userEvent(ctx, e, mk)
 		}
+	case "user_lockdown_triggered":
+		return t.lockdownSignals(ctx, e, mk)
 	case "user_created":
 		if c.Subject != nil {
 			_, _ = t.fetchUser(ctx, cr, c.Subject.PK) // seed the directory
 		}
 	}
 	return nil, nil
+}
+
+// rawInt reads a pk stored as a JSON number or string.
+func rawInt(raw json.RawMessage) (int64, bool) {
+	if len(raw) == 0 {
+		return 0, false
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return djparse.Int(s)
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) != nil {
+		return 0, false
+	}
+	v, err := n.Int64()
+	return v, err == nil
+}
+
+// lockdownSignals maps an account lockdown (user_lockdown_triggered, with
+// context.affected_user = the username): the stage deactivated the user,
+// made their password unusable (Django's set_unusable_password, so no
+// password_set) and deleted their sessions and tokens.
+func (t *Tap) lockdownSignals(ctx context.Context, e akEvent, mk func(string, Kind, User) Signal) ([]Signal, error) {
+	name := e.Context.AffectedUser
+	if name == "" {
+		t.stats.misses.Add(1)
+		t.log.Warn("tap: lockdown event without affected_user; not reported", "event", e.PK)
+		return nil, nil
+	}
+	var page akPage[akUser]
+	if err := t.api.getJSON(ctx, t.api.tokenCreds(), "/core/users/", url.Values{"username": {name}, "include_groups": {"false"}}, &page); err != nil {
+		return nil, err
+	}
+	var u akUser
+	for _, c := range page.Results {
+		if c.Username == name {
+			u = c
+		}
+	}
+	if u.PK <= 0 {
+		t.stats.misses.Add(1)
+		t.log.Warn("tap: lockdown of a user authentik no longer lists; not reported", "event", e.PK)
+		return nil, nil
+	}
+	// The stage saved the user first: its model_updated, compared with the
+	// directory, may have reported the disable already.
+	before, known := t.dir.userState(u.PK)
+	reported := known && before.IsActive != nil && !*before.IsActive
+	t.dir.noteUser(u) // inactive from now on: a later model_updated changes nothing
+	subj := u.user()
+	var out []Signal
+	if !reported {
+		d := mk("/disabled", KindAccountDisabled, subj)
+		d.ReasonAdmin, d.ReasonUser = "Account locked down", "Your account was locked"
+		out = append(out, d)
+	}
+	p := mk("/password", KindPasswordChanged, subj)
+	p.Revoked = true
+	p.ReasonAdmin, p.ReasonUser = "Password made unusable by an account lockdown", "Your password was revoked when your account was locked"
+	s := mk("/sessions", KindSessionRevoked, subj)
+	s.ReasonAdmin, s.ReasonUser = "All sessions ended by an account lockdown", "Your sessions were ended when your account was locked"
+	return append(out, p, s), nil
 }
 
 // isAnonymous reports whether an event's user is Django's AnonymousUser.

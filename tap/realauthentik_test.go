@@ -320,3 +320,58 @@ func TestCascadedDeviceDeletions(t *testing.T) {
 		})
 	}
 }
+
+// TestAccountLockdown: the lockdown stage leaves user_lockdown_triggered
+// (the user by username in affected_user); it disabled the account, made
+// the password unusable and ended every session.
+func TestAccountLockdown(t *testing.T) {
+	e := newEnv(t, envOpts{ak: authentiktest.Config{Version: authentiktest.Version2026_8}})
+	alice := e.user("alice")
+	e.session(alice.PK)
+	if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ak.LockdownUser(alice.PK, 1, "compromised"); err != nil {
+		t.Fatal(err)
+	}
+	e.settle()
+	a := int64(alice.PK)
+	sigs := e.rec.signals()
+	checkSignals(t, sigs, []want{
+		{kind: KindAccountDisabled, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin},
+		{kind: KindPasswordChanged, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin},
+		{kind: KindSessionRevoked, source: SourceEventAPI, subject: a, initiator: InitiatorAdmin},
+	})
+	for _, s := range sigs {
+		if s.Kind == KindPasswordChanged && !s.Revoked {
+			t.Errorf("lockdown password signal is not a revocation: %+v", s)
+		}
+	}
+}
+
+// TestMFAEventOwnerShapes: mfa_device_* name the owner in context.subject
+// or in affected_user_pk; a record with neither is counted, not guessed.
+func TestMFAEventOwnerShapes(t *testing.T) {
+	e := newEnv(t, envOpts{ak: authentiktest.Config{Version: authentiktest.Version2026_8}})
+	alice := e.user("alice")
+	dev := map[string]any{"type": "totpdevice", "name": "phone", "pk": 5}
+	for _, ctx := range []map[string]any{
+		{"affected_user_pk": alice.PK, "mfa_device": dev},
+		{"affected_user_pk": fmt.Sprint(alice.PK), "mfa_device": map[string]any{"type": "webauthndevice", "name": "key", "pk": 6}},
+		{"mfa_device": map[string]any{"type": "smsdevice", "name": "sms", "pk": 7}},
+	} {
+		if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "mfa_device_added", UserPK: alice.PK, Context: ctx}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	misses := e.tap.Stats().Misses
+	e.settle()
+	a := int64(alice.PK)
+	checkSignals(t, e.rec.signals(), []want{
+		{kind: KindMFAAdded, source: SourceEventAPI, subject: a, initiator: InitiatorUser, device: "totp"},
+		{kind: KindMFAAdded, source: SourceEventAPI, subject: a, initiator: InitiatorUser, device: "webauthn"},
+	})
+	if e.tap.Stats().Misses != misses+1 {
+		t.Errorf("misses %d → %d, want one more", misses, e.tap.Stats().Misses)
+	}
+}

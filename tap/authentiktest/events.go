@@ -399,3 +399,66 @@ func (s *Server) purgeUserEvents(pk int) {
 	}
 	s.state.events = kept
 }
+
+// LockdownUser runs an Account Lockdown stage (enterprise, newer than
+// 2026.2; Version2026_8 only) on user pk, started by actorPK: the user is
+// deactivated, their password made unusable (Django's set_unusable_password,
+// which sends no password_changed, so no password_set), their sessions and
+// tokens deleted, and user_lockdown_triggered recorded with the reason and
+// affected_user = the username, besides the user's model_updated.
+func (s *Server) LockdownUser(pk, actorPK int, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.newer() {
+		return fmt.Errorf("authentiktest: lockdown: no account lockdown stage in %s", s.cfg.Version)
+	}
+	u, actor := s.state.users[pk], s.state.users[actorPK]
+	if u == nil || actor == nil {
+		return fmt.Errorf("authentiktest: lockdown: no user %d or %d", pk, actorPK)
+	}
+	u.isActive = false
+	u.password = ""
+	u.passwordGen++
+	u.lastUpdated = s.now()
+	s.deleteUserSessions(pk)
+	for k, owner := range s.state.tokens {
+		if owner == pk {
+			delete(s.state.tokens, k)
+		}
+	}
+	s.recordUserModel("model_updated", actor, u, nil)
+	s.record("user_lockdown_triggered", appSignals, eventUser(actor), map[string]any{"reason": reason, "affected_user": u.username}, nil)
+	return nil
+}
+
+// eventActions is authentik's EventAction enum as of 2025.2–2026.2.
+var eventActions = []string{
+	"login", "login_failed", "logout", "user_write", "suspicious_request", "password_set", "secret_view",
+	"secret_rotate", "invitation_used", "authorize_application", "source_linked", "impersonation_started",
+	"impersonation_ended", "flow_execution", "policy_execution", "policy_exception", "property_mapping_exception",
+	"system_task_execution", "system_task_exception", "system_exception", "configuration_error", "model_created",
+	"model_updated", "model_deleted", "email_sent", "update_available", "custom_",
+}
+
+// eventActions2026_8 are the actions newer releases add.
+var eventActions2026_8 = []string{"user_created", "mfa_device_added", "mfa_device_removed", "login_blocked", "user_lockdown_triggered"}
+
+// handleEventActions serves /events/events/actions/: {name, component} per
+// action of the release's enum.
+func (s *Server) handleEventActions(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	c := s.authAPI(w, r)
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	acts := eventActions
+	if s.newer() {
+		acts = append(slices.Clone(acts), eventActions2026_8...)
+	}
+	out := make([]map[string]string, 0, len(acts))
+	for _, a := range acts {
+		out = append(out, map[string]string{"name": strings.ReplaceAll(a, "_", " "), "component": a})
+	}
+	writeJSON(w, http.StatusOK, out)
+}

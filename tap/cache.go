@@ -121,3 +121,10 @@ func (l *rateLimiter) allow(key string) bool {
 	b.tokens--
 	return true
 }
+
+// len is the number of entries, expired ones included.
+func (c *cache[K, V]) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
+}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // maxAPIBody bounds what the tap reads from one authentik API response.
@@ -118,6 +119,8 @@ type akUser struct {
 	Username string `json:"username"`
 	Email    string `json:"email"`
 	IsActive *bool  `json:"is_active"`
+	// PasswordChangeDate is set on the full User (not on UserSelf).
+	PasswordChangeDate *time.Time `json:"password_change_date"`
 }
 
 func (u akUser) user() User { return User{PK: u.PK, UID: u.UID, Username: u.Username, Email: u.Email} }

@@ -229,9 +229,15 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 			return nil, nil // a cached hash from LDAP/Kerberos, not a change
 		}
 		target := e.User
-		if c.Subject != nil {
+		switch {
+		case c.Subject != nil:
 			target = *c.Subject
-		} else {
+		case e.User.OnBehalfOf != nil && e.User.OnBehalfOf.PK > 0:
+			// From 2025.2 password_set is recorded from the request, and
+			// under impersonation `user` is the impersonating admin with
+			// on_behalf_of the impersonated user; the actor is the admin.
+			target = t.passwordOwner(ctx, e)
+		default:
 			actor = User{} // ≤2026.2: `user` is the target, the actor is unknown
 		}
 		subj, err := resolve(target)
@@ -289,6 +295,29 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		}
 	}
 	return nil, nil
+}
+
+// passwordOwner tells whose password an impersonated password_set changed:
+// the one of `user` (the admin) and `user.on_behalf_of` whose
+// password_change_date is closest to the event, within a few seconds;
+// on_behalf_of when neither says (a self-service change while
+// impersonating is the usual case).
+func (t *Tap) passwordOwner(ctx context.Context, e akEvent) akEventUser {
+	best, bestGap := *e.User.OnBehalfOf, 5*time.Second
+	for _, cand := range []akEventUser{*e.User.OnBehalfOf, e.User} {
+		u, err := t.fetchUser(ctx, t.api.tokenCreds(), cand.PK)
+		if err != nil || u.PasswordChangeDate == nil {
+			continue
+		}
+		gap := u.PasswordChangeDate.Sub(e.Created)
+		if gap < 0 {
+			gap = -gap
+		}
+		if gap < bestGap {
+			best, bestGap = cand, gap
+		}
+	}
+	return best
 }
 
 // rawInt reads a pk stored as a JSON number or string.

@@ -94,6 +94,15 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 		t.log.DebugContext(ctx, "tap: caller not authenticated", "op", string(rt.op), "err", err)
 		return nil
 	}
+	if rt.op == opImpersonate || rt.op == opImpersonEnd {
+		// Not an action to report: remember who really holds a session
+		// that impersonates (with local cookie verification the cookie's
+		// sub becomes the impersonated user).
+		if c.SessionHash == "" {
+			return nil
+		}
+		return &pending{in: &intent{Op: rt.op, Caller: c.User, SessionHash: c.SessionHash}}
+	}
 	in := &intent{
 		ID: t.cfg.NewID(), Op: rt.op, Created: t.cfg.Clock().UTC(), RequestID: requestID(r),
 		TraceParent: traceParentOf(ctx, r), Caller: c.User, ObjectID: rt.id,
@@ -273,6 +282,18 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		return
 	}
 	in := p.in
+	switch in.Op {
+	case opImpersonate:
+		if status == http.StatusNoContent || status == http.StatusOK {
+			t.impersonators.put(in.SessionHash, in.Caller)
+		}
+		return
+	case opImpersonEnd:
+		if status/100 == 2 {
+			t.impersonators.del(in.SessionHash)
+		}
+		return
+	}
 	if in.Op == opFlowStage && !p.follow && in.Stage != stageMFA && redirectsToSelf(status, header, r.URL.Path) {
 		// The prompt was accepted; the user_write stage runs on the
 		// browser's follow-up GET. Hold the intent in memory until then

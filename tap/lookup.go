@@ -64,7 +64,13 @@ func (t *Tap) authenticateCookie(ctx context.Context, cookie string, from creds)
 				return nil, errUnauthorized
 			}
 		}
-		return &caller{User: u, SessionHash: claims.SessionHash(), local: true, cr: creds{cookie: cookie}}, nil
+		c := &caller{User: u, SessionHash: claims.SessionHash(), local: true, cr: creds{cookie: cookie}}
+		if admin, ok := t.impersonators.get(c.SessionHash); ok && admin.PK != u.PK {
+			// the session impersonates: sub is the impersonated user, the
+			// admin who started it acts
+			c.Actor = &admin
+		}
+		return c, nil
 	}
 	claims, _, err := DecodeSessionCookie(cookie, "")
 	if err != nil {

@@ -375,3 +375,80 @@ func TestMFAEventOwnerShapes(t *testing.T) {
 		t.Errorf("misses %d → %d, want one more", misses, e.tap.Stats().Misses)
 	}
 }
+
+// sessionCookieOf returns the authentik_session a response set, or old.
+func sessionCookieOf(resp *http.Response, old string) string {
+	for _, c := range resp.Cookies() {
+		if c.Name == SessionCookieName && c.Value != "" {
+			return c.Value
+		}
+	}
+	return old
+}
+
+// TestImpersonationReal: an admin impersonating alice removes her device
+// and changes her password. authentik re-mints the cookie with alice's uid
+// as sub, and from 2025.2 records password_set naming the admin with
+// on_behalf_of alice. Both actions are the admin's, on alice.
+func TestImpersonationReal(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		o    envOpts
+	}{{"secret key", envOpts{secretKey: true}}, {"look-ups", envOpts{}}} {
+		t.Run(mode.name, func(t *testing.T) {
+			e := newEnv(t, mode.o)
+			alice := e.user("alice")
+			d, _ := e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: alice.PK})
+			_, ac := e.session(1)
+			resp := e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/impersonate/", alice.PK), `{"reason":"ticket 7"}`, ac, "")
+			if resp.StatusCode != http.StatusNoContent {
+				t.Fatalf("impersonate: %d", resp.StatusCode)
+			}
+			ac = sessionCookieOf(resp, ac)
+			if claims, _, _ := DecodeSessionCookie(ac, ""); claims.Subject != alice.UID {
+				t.Fatalf("cookie sub %q, want alice's uid", claims.Subject)
+			}
+			if resp := e.do("DELETE", fmt.Sprintf("/api/v3/authenticators/totp/%d/", d.PK), "", ac, ""); resp.StatusCode != http.StatusNoContent {
+				t.Fatalf("device delete: %d", resp.StatusCode)
+			}
+			if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, ac); st != http.StatusOK {
+				t.Fatalf("password flow: %d", st)
+			}
+			ac = sessionCookieOf(e.do("GET", "/api/v3/core/users/impersonate_end/", "", ac, ""), ac)
+			e.settle()
+			a := int64(alice.PK)
+			sigs := e.rec.signals()
+			checkSignals(t, sigs, []want{
+				{kind: KindMFARemoved, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, device: "totp"},
+				{kind: KindPasswordChanged, source: SourceTraffic, subject: a, initiator: InitiatorAdmin},
+			})
+			for _, s := range sigs {
+				if s.Actor == nil || s.Actor.PK != 1 {
+					t.Errorf("%s: actor %+v, want the admin", s.Kind, s.Actor)
+				}
+			}
+			if e.tap.impersonators.len() != 0 {
+				t.Error("impersonation end not noticed")
+			}
+		})
+	}
+}
+
+// TestImpersonatedPasswordSetEventAPI: the event API alone (the change did
+// not cross the proxy) must name alice, not the impersonating admin.
+func TestImpersonatedPasswordSetEventAPI(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	_, ac := e.session(1)
+	if st := e.direct("POST", fmt.Sprintf("/api/v3/core/users/%d/impersonate/", alice.PK), `{"reason":"ticket 7"}`, ac, ""); st != http.StatusNoContent {
+		t.Fatalf("impersonate: %d", st)
+	}
+	c := authentiktest.NewBrowser()
+	u, _ := url.Parse(e.ak.URL())
+	c.Jar.SetCookies(u, []*http.Cookie{{Name: SessionCookieName, Value: ac, Path: "/"}})
+	if _, err := authentiktest.RunFlow(t.Context(), c, e.ak.URL(), "default-password-change", map[string]any{"component": "ak-stage-prompt", "password": "n3w-pass", "password_repeat": "n3w-pass"}); err != nil {
+		t.Fatal(err)
+	}
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindPasswordChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorAdmin}})
+}

@@ -12,17 +12,19 @@ import (
 type op string
 
 const (
-	opLogout        op = "logout"         // invalidation flow executor
-	opFlowStage     op = "flow_stage"     // stage_configuration flow executor POST
-	opFlowFollow    op = "flow_follow"    // the GET after a stage answered 302 (never journaled)
-	opSessionDelete op = "session_delete" // DELETE authenticated_sessions/{uuid}/
-	opSessionBulk   op = "session_bulk"   // DELETE authenticated_sessions/bulk_delete/
-	opSetPassword   op = "set_password"   // POST users/{id}/set_password/
-	opUserUpdate    op = "user_update"    // PATCH/PUT users/{id}/
-	opUserDelete    op = "user_delete"    // DELETE users/{id}/
-	opDeviceDelete  op = "device_delete"  // DELETE authenticators/[admin/]{type}/{id}/
-	opDeviceCreate  op = "device_create"  // POST authenticators/admin/{type}/
-	opLogoutHint    op = "logout_hint"    // end-session, default invalidation, outpost sign-out
+	opLogout        op = "logout"          // invalidation flow executor
+	opFlowStage     op = "flow_stage"      // stage_configuration flow executor POST
+	opFlowFollow    op = "flow_follow"     // the GET after a stage answered 302 (never journaled)
+	opSessionDelete op = "session_delete"  // DELETE authenticated_sessions/{uuid}/
+	opSessionBulk   op = "session_bulk"    // DELETE authenticated_sessions/bulk_delete/
+	opSetPassword   op = "set_password"    // POST users/{id}/set_password/
+	opUserUpdate    op = "user_update"     // PATCH/PUT users/{id}/
+	opUserDelete    op = "user_delete"     // DELETE users/{id}/
+	opDeviceDelete  op = "device_delete"   // DELETE authenticators/[admin/]{type}/{id}/
+	opDeviceCreate  op = "device_create"   // POST authenticators/admin/{type}/
+	opLogoutHint    op = "logout_hint"     // end-session, default invalidation, outpost sign-out
+	opImpersonate   op = "impersonate"     // POST users/{id}/impersonate/ (never journaled)
+	opImpersonEnd   op = "impersonate_end" // GET users/impersonate_end/ (never journaled)
 )
 
 // route is what Match understood of a request path.
@@ -86,6 +88,15 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 			return route{op: opSessionBulk}, true
 		}
 		return route{op: opSessionDelete, id: parts[2]}, true
+	case len(parts) == 3 && parts[0] == "core" && parts[1] == "users" && parts[2] == "impersonate_end" &&
+		(method == http.MethodGet || method == http.MethodHead):
+		return route{op: opImpersonEnd}, true
+	case len(parts) == 4 && parts[0] == "core" && parts[1] == "users" && parts[3] == "impersonate" && method == http.MethodPost:
+		pk, ok := djparse.Int(parts[2])
+		if !ok || pk <= 0 {
+			return route{}, false
+		}
+		return route{op: opImpersonate, id: strconv.FormatInt(pk, 10)}, true
 	case len(parts) == 3 && parts[0] == "core" && parts[1] == "users" &&
 		(method == http.MethodPatch || method == http.MethodPut || method == http.MethodDelete):
 		pk, ok := djparse.Int(parts[2])

@@ -30,6 +30,9 @@ type Tap struct {
 	hints        *cache[string, logoutHint]
 	stagePending *cache[string, *pending] // session hash + flow slug → stage awaiting its follow-up GET
 	uidMisses    *cache[string, struct{}] // cookie uids recently looked for in vain
+	// impersonators maps the session hash of a session that impersonates
+	// to the admin who started it (seen on the impersonate call).
+	impersonators *cache[string, User]
 	// recheck is the directory re-check's position (poller goroutine only).
 	recheck struct {
 		page int // next page of the pass under way; 0 between passes
@@ -66,24 +69,25 @@ func New(cfg Config) (*Tap, error) {
 	}
 	cfg.setDefaults()
 	t := &Tap{
-		cfg:          cfg,
-		log:          cfg.Logger.With("component", "tap"),
-		api:          &client{base: cfg.Upstream, http: cfg.HTTPClient, token: cfg.Token},
-		flows:        newFlows(),
-		dir:          newDirectory(cfg.CacheSize),
-		whoCache:     newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
-		seenHashes:   newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
-		sessionHash:  newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
-		processed:    newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
-		unknownSlugs: newCache[string, struct{}](256, cfg.FlowRefresh, cfg.Clock),
-		hints:        newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
-		stagePending: newCache[string, *pending](cfg.CacheSize, 10*time.Minute, cfg.Clock),
-		uidMisses:    newCache[string, struct{}](256, cfg.CacheTTL, cfg.Clock),
-		limiter:      newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
-		queue:        make(chan *intent, cfg.QueueSize),
-		learn:        make(chan func(context.Context), 64),
-		flowKick:     make(chan struct{}, 1),
-		pollKick:     make(chan struct{}, 1),
+		cfg:           cfg,
+		log:           cfg.Logger.With("component", "tap"),
+		api:           &client{base: cfg.Upstream, http: cfg.HTTPClient, token: cfg.Token},
+		flows:         newFlows(),
+		dir:           newDirectory(cfg.CacheSize),
+		whoCache:      newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
+		seenHashes:    newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
+		sessionHash:   newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		processed:     newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
+		unknownSlugs:  newCache[string, struct{}](256, cfg.FlowRefresh, cfg.Clock),
+		hints:         newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
+		stagePending:  newCache[string, *pending](cfg.CacheSize, 10*time.Minute, cfg.Clock),
+		uidMisses:     newCache[string, struct{}](256, cfg.CacheTTL, cfg.Clock),
+		impersonators: newCache[string, User](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		limiter:       newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
+		queue:         make(chan *intent, cfg.QueueSize),
+		learn:         make(chan func(context.Context), 64),
+		flowKick:      make(chan struct{}, 1),
+		pollKick:      make(chan struct{}, 1),
 	}
 	if err := t.dir.load(cfg.KV); err != nil {
 		return nil, fmt.Errorf("tap: load directory: %w", err)

@@ -83,7 +83,12 @@ func ParseSessionCookie(secret, value string) (SessionClaims, error) {
 func (s *Server) cookieFor(se *session) (string, error) {
 	sub := "anonymous"
 	if se.authenticated {
+		// encode_session(session_key, request.user): while impersonating,
+		// request.user is the impersonated user.
 		sub = s.uid(se.userPK)
+		if se.impersonating != 0 {
+			sub = s.uid(se.impersonating)
+		}
 	}
 	return MintSessionCookie(s.cfg.SecretKey, SessionClaims{SID: se.sid, Issuer: "authentik", Subject: sub,
 		Authenticated: se.authenticated, ACR: SessionACR})

@@ -93,6 +93,7 @@ func (s *Server) handleImpersonate(w http.ResponseWriter, r *http.Request) {
 	}
 	c.session.impersonating = u.pk
 	s.record("impersonation_started", appSignals, eventUser(u), map[string]any{"reason": *in.Reason}, r)
+	s.setSessionCookies(w, c.session) // the cookie's sub is now the impersonated user's uid
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -108,6 +109,7 @@ func (s *Server) handleImpersonateEnd(w http.ResponseWriter, r *http.Request) {
 	if se := c.session; se != nil && se.impersonating != 0 {
 		se.impersonating = 0
 		s.record("impersonation_ended", appSignals, eventUser(s.state.users[se.userPK]), nil, r)
+		s.setSessionCookies(w, se)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -120,3 +120,15 @@ func FuzzDecodeEventPage(f *testing.F) {
 		}
 	})
 }
+
+func FuzzParseAKVersion(f *testing.F) {
+	for _, s := range []string{"2026.2.2", "2025.8.0-rc1", "2024.12", "", "x.y", "2026.13.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := parseAKVersion(s)
+		if err == nil && (v.year < 2000 || v.month < 1 || v.month > 12) {
+			t.Fatalf("%q accepted as %+v", s, v)
+		}
+	})
+}

@@ -86,6 +86,7 @@ func (t *Tap) runPoller(ctx context.Context) error {
 		t.log.Warn("tap: no authentik token: event-API poller is off; only traffic is observed")
 		return nil
 	}
+	t.readVersion(ctx)
 	lease := t.newPollerLease()
 	defer lease.release()
 	failures := 0
@@ -289,8 +290,10 @@ func (t *Tap) fetchSince(ctx context.Context, cur cursor) ([]akEvent, error) {
 	seen := map[string]bool{}
 	var fresh []akEvent
 	q := url.Values{"ordering": {"-created"}, "page_size": {strconv.Itoa(t.cfg.PageSize)}}
-	for _, a := range t.pollActions(ctx) {
-		q.Add("actions", a)
+	if !t.noActionsFilter.Load() {
+		for _, a := range t.pollActions(ctx) {
+			q.Add("actions", a)
+		}
 	}
 	for page := 1; page <= t.cfg.MaxPages; page++ {
 		q.Set("page", strconv.Itoa(page))

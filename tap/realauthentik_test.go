@@ -2,9 +2,11 @@ package tap
 
 import (
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -451,4 +453,53 @@ func TestImpersonatedPasswordSetEventAPI(t *testing.T) {
 	}
 	e.settle()
 	checkSignals(t, e.rec.signals(), []want{{kind: KindPasswordChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorAdmin}})
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestVersionFloors: the tap reads authentik's release at start, says once
+// what does not work on it, and where the events API would ignore the
+// actions= filter it filters itself; the event API still delivers.
+func TestVersionFloors(t *testing.T) {
+	forReleases(t, func(t *testing.T, v authentiktest.Version) {
+		logs := &syncBuffer{}
+		e := newEnv(t, envOpts{ak: authentiktest.Config{Version: v}, mutate: func(c *Config) {
+			c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		}})
+		if got := e.tap.Stats().AuthentikVersion; !strings.HasPrefix(got, string(v)+".") {
+			t.Fatalf("version %q, want %s.x", got, v)
+		}
+		old := v == authentiktest.Version2025_2 || v == authentiktest.Version2025_4
+		if strings.Contains(logs.String(), "no actions= filter") != old || e.tap.noActionsFilter.Load() != old {
+			t.Errorf("actions= fallback: logged %v, on %v, want %v", strings.Contains(logs.String(), "no actions= filter"), e.tap.noActionsFilter.Load(), old)
+		}
+		if n := strings.Count(logs.String(), "older authentik"); (n > 0) != (v != authentiktest.Version2026_2) {
+			t.Errorf("%d version warnings:\n%s", n, logs.String())
+		}
+		alice := e.user("alice")
+		// noise the filter would have kept away, then a logout only authentik saw
+		for range 3 {
+			e.direct("PATCH", fmt.Sprintf("/api/v3/core/users/%d/", alice.PK), `{"name":"A"}`, "", e.ak.AdminToken())
+		}
+		_, c := e.session(alice.PK)
+		e.direct("GET", "/api/v3/flows/executor/default-invalidation-flow/?query=", "", c, "")
+		e.settle()
+		checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}})
+	})
 }

@@ -33,6 +33,10 @@ type Tap struct {
 	// impersonators maps the session hash of a session that impersonates
 	// to the admin who started it (seen on the impersonate call).
 	impersonators *cache[string, User]
+	// akVersion is authentik's release as /admin/version/ said; the events
+	// API ignores actions= below 2025.8 (noActionsFilter).
+	akVersion       atomic.Value // string
+	noActionsFilter atomic.Bool
 	// recheck is the directory re-check's position (poller goroutine only).
 	recheck struct {
 		page int // next page of the pass under way; 0 between passes
@@ -241,6 +245,8 @@ type Stats struct {
 	Untrusted uint64
 	// Anonymous counts tapped requests without credentials.
 	Anonymous uint64
+	// AuthentikVersion is the release authentik reported ("" unknown).
+	AuthentikVersion string
 	// StaleLogouts counts logouts with a locally verified cookie that
 	// authentik recorded for AnonymousUser (the session had ended before).
 	StaleLogouts uint64
@@ -286,7 +292,7 @@ func (c *counters) signal(k Kind, s Source) {
 func (t *Tap) Stats() Stats {
 	s := Stats{
 		Signals: map[Kind]map[Source]uint64{}, DedupDrops: t.stats.dedupDrops.Load(), Misses: t.stats.misses.Load(),
-		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), StaleLogouts: t.stats.staleLogouts.Load(), RateLimited: t.stats.rateLimited.Load(),
+		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), StaleLogouts: t.stats.staleLogouts.Load(), AuthentikVersion: t.authentikVersion(), RateLimited: t.stats.rateLimited.Load(),
 		QueueDrops: t.stats.queueDrops.Load(), PollErrors: t.stats.pollErrors.Load(), Polls: t.stats.polls.Load(),
 		PollLag: max(0, t.cfg.Clock().Sub(time.Unix(0, t.stats.caughtUp.Load()))), FlowErrors: t.stats.flowErrors.Load(),
 		Reconciled: t.stats.reconciled.Load(),
@@ -300,4 +306,9 @@ func (t *Tap) Stats() Stats {
 		}
 	}
 	return s
+}
+
+func (t *Tap) authentikVersion() string {
+	v, _ := t.akVersion.Load().(string)
+	return v
 }

@@ -290,3 +290,23 @@ func TestDecodeEventPage(t *testing.T) {
 		})
 	}
 }
+
+func TestParseAKVersion(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		y, m  int
+		ok    bool
+		notes int
+	}{
+		{"2026.2.2", 2026, 2, true, 0}, {"2025.8.0-rc1", 2025, 8, true, 1}, {"2025.2.4", 2025, 2, true, 3},
+		{"2024.12.3", 2024, 12, true, 4}, {"2026", 0, 0, false, 0}, {"2026.0.1", 0, 0, false, 0}, {"v2026.2", 0, 0, false, 0},
+	} {
+		v, err := parseAKVersion(tc.in)
+		if (err == nil) != tc.ok || v.year != tc.y || v.month != tc.m {
+			t.Errorf("parseAKVersion(%q) = %+v, %v", tc.in, v, err)
+		}
+		if err == nil && len(versionNotes(v)) != tc.notes {
+			t.Errorf("%s: notes %q", tc.in, versionNotes(v))
+		}
+	}
+}

@@ -53,6 +53,7 @@ func (s *Server) routes() http.Handler {
 	// events
 	mux.HandleFunc("GET /api/v3/events/events/{$}", s.handleEventList)
 	mux.HandleFunc("GET /api/v3/events/events/actions/{$}", s.handleEventActions)
+	mux.HandleFunc("GET /api/v3/admin/version/{$}", s.handleVersion)
 	mux.HandleFunc("GET /api/v3/events/events/{uuid}/{$}", s.handleEventGet)
 	// OAuth2 / OpenID
 	mux.HandleFunc("POST /application/o/token/{$}", s.handleToken)

@@ -458,3 +458,27 @@ func (s *Server) BindingBreaks() int {
 	defer s.mu.Unlock()
 	return s.state.bindingBreaks
 }
+
+// releases maps each profile to the release /admin/version/ reports.
+var releases = map[Version]string{
+	Version2025_2: "2025.2.4", Version2025_4: "2025.4.3", Version2025_8: "2025.8.4",
+	Version2026_2: "2026.2.2", Version2026_8: "2026.8.0",
+}
+
+// handleVersion serves /api/v3/admin/version/ (admins only, as authentik's
+// RBAC has it).
+func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	c := s.authAPI(w, r)
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if !c.admin() {
+		writeDetail(w, http.StatusForbidden, msgForbidden)
+		return
+	}
+	v := releases[s.cfg.Version]
+	writeJSON(w, http.StatusOK, map[string]any{"version_current": v, "version_latest": v, "version_latest_valid": true,
+		"build_hash": "", "outdated": false, "outpost_outdated": false})
+}

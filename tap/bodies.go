@@ -154,40 +154,6 @@ func parseUserBody(body []byte) (akUser, error) {
 	return u, nil
 }
 
-// parseDeviceBody reads a device from an admin create response.
-func parseDeviceBody(body []byte) (akDevice, error) {
-	var d akDevice
-	if err := json.Unmarshal(body, &d); err != nil {
-		return akDevice{}, fmt.Errorf("tap: device body: %w", err)
-	}
-	if d.pk() == "" {
-		return akDevice{}, errors.New("tap: device body: no pk")
-	}
-	return d, nil
-}
-
-// parseDeviceRequest reads the owner pk from an admin device create body.
-func parseDeviceRequest(body []byte) (int64, error) {
-	var r struct {
-		User json.RawMessage `json:"user"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return 0, fmt.Errorf("tap: device request: %w", err)
-	}
-	var pk int64
-	if err := json.Unmarshal(r.User, &pk); err != nil {
-		var u akUser
-		if err2 := json.Unmarshal(r.User, &u); err2 != nil || u.PK <= 0 {
-			return 0, fmt.Errorf("tap: device request: user: %w", err)
-		}
-		pk = u.PK
-	}
-	if pk <= 0 {
-		return 0, errors.New("tap: device request: no user")
-	}
-	return pk, nil
-}
-
 // parseBulkDeleted reads {"deleted": n} from a bulk_delete response.
 func parseBulkDeleted(body []byte) (int, error) {
 	var r struct {

@@ -106,11 +106,6 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 		s.Device = in.Device
 		s.ReasonAdmin, s.ReasonUser = "Authenticator removed", "An authenticator was removed from your account"
 		return []Signal{s}
-	case opDeviceCreate:
-		s := base("", KindMFAAdded, in.Subject)
-		s.Device = in.Device
-		s.ReasonAdmin, s.ReasonUser = "Authenticator added by an administrator", "An authenticator was added to your account"
-		return []Signal{s}
 	}
 	return nil
 }
@@ -203,6 +198,10 @@ func (t *Tap) enrolledDevice(ctx context.Context, in *intent) *Device {
 // "authentik_stages_authenticator_totp.TOTPDevice" or "totp") with a short
 // device type.
 func deviceTypeMatches(long, short string) bool {
+	if short == "endpoint" {
+		// authentik_stages_authenticator_endpoint_gdtc.EndpointDevice
+		return long == short || containsFold(long, "authenticator_endpoint_gdtc.")
+	}
 	return long == short || containsFold(long, "authenticator_"+short+".")
 }
 

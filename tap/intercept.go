@@ -257,17 +257,6 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		// Keep the owner known after the device is gone: authentik's
 		// model_deleted names the actor, not the owner.
 		t.dir.putDevice(rt.dtype, in.Device.PK, dirDevice{Owner: in.Subject.PK, Confirmed: true, Name: d.Name})
-	case opDeviceCreate:
-		pk, err := parseDeviceRequest(body)
-		if err != nil {
-			return false
-		}
-		owner, err := t.userByPK(ctx, lc, pk)
-		if err != nil {
-			t.stats.misses.Add(1)
-		}
-		in.Subject = owner
-		in.Device = &Device{Type: rt.dtype}
 	default:
 		return false
 	}
@@ -365,18 +354,6 @@ func (t *Tap) completed(p *pending, status int, header http.Header, body []byte)
 		return true
 	case opDeviceDelete:
 		return status == http.StatusNoContent || status == http.StatusOK
-	case opDeviceCreate:
-		if status != http.StatusCreated && status != http.StatusOK {
-			return false
-		}
-		d, err := parseDeviceBody(body)
-		if err != nil {
-			return false
-		}
-		in.Device = deviceFrom(in.Device.Type, d)
-		confirmed := d.Confirmed == nil || *d.Confirmed
-		t.dir.putDevice(in.Device.Type, in.Device.PK, dirDevice{Owner: in.Subject.PK, Confirmed: confirmed, Name: d.Name})
-		return confirmed
 	}
 	return false
 }

@@ -21,7 +21,6 @@ const (
 	opUserUpdate    op = "user_update"     // PATCH/PUT users/{id}/
 	opUserDelete    op = "user_delete"     // DELETE users/{id}/
 	opDeviceDelete  op = "device_delete"   // DELETE authenticators/[admin/]{type}/{id}/
-	opDeviceCreate  op = "device_create"   // POST authenticators/admin/{type}/
 	opLogoutHint    op = "logout_hint"     // end-session, default invalidation, outpost sign-out
 	opImpersonate   op = "impersonate"     // POST users/{id}/impersonate/ (never journaled)
 	opImpersonEnd   op = "impersonate_end" // GET users/impersonate_end/ (never journaled)
@@ -115,12 +114,11 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 			return route{}, false
 		}
 		return route{op: opSetPassword, id: strconv.FormatInt(pk, 10)}, true
-	case len(parts) == 3 && parts[0] == "authenticators" && deviceTypes[parts[1]] && method == http.MethodDelete:
+	case len(parts) == 3 && parts[0] == "authenticators" && deviceTypes[parts[1]] && parts[1] != "endpoint" && method == http.MethodDelete:
+		// (the user endpoint of endpoint devices is read-only)
 		return route{op: opDeviceDelete, dtype: parts[1], id: parts[2]}, true
 	case len(parts) == 4 && parts[0] == "authenticators" && parts[1] == "admin" && deviceTypes[parts[2]] && method == http.MethodDelete:
 		return route{op: opDeviceDelete, dtype: parts[2], id: parts[3], admin: true}, true
-	case len(parts) == 3 && parts[0] == "authenticators" && parts[1] == "admin" && deviceTypes[parts[2]] && method == http.MethodPost:
-		return route{op: opDeviceCreate, dtype: parts[2], admin: true}, true
 	}
 	return route{}, false
 }

@@ -101,7 +101,8 @@ func TestParseRoute(t *testing.T) {
 		{"DELETE", "/api/v3/authenticators/totp/3/", opDeviceDelete, true},
 		{"DELETE", "/api/v3/authenticators/admin/webauthn/3/", opDeviceDelete, true},
 		{"DELETE", "/api/v3/authenticators/admin/endpoint/5f0e/", opDeviceDelete, true},
-		{"POST", "/api/v3/authenticators/admin/sms/", opDeviceCreate, true},
+		{"DELETE", "/api/v3/authenticators/endpoint/5f0e/", "", false}, // read-only for users
+		{"POST", "/api/v3/authenticators/admin/sms/", "", false},       // user is read-only: the create cannot succeed
 		{"POST", "/api/v3/authenticators/totp/", "", false},
 		{"DELETE", "/api/v3/authenticators/foo/3/", "", false},
 		{"GET", "/application/o/app/end-session/", opLogoutHint, true},
@@ -307,6 +308,23 @@ func TestParseAKVersion(t *testing.T) {
 		}
 		if err == nil && len(versionNotes(v)) != tc.notes {
 			t.Errorf("%s: notes %q", tc.in, versionNotes(v))
+		}
+	}
+}
+
+func TestDeviceTypeMatches(t *testing.T) {
+	for _, tc := range []struct {
+		long, short string
+		want        bool
+	}{
+		{"authentik_stages_authenticator_totp.TOTPDevice", "totp", true},
+		{"authentik_stages_authenticator_endpoint_gdtc.EndpointDevice", "endpoint", true},
+		{"authentik_stages_authenticator_totp.TOTPDevice", "endpoint", false},
+		{"endpoint", "endpoint", true},
+		{"authentik_stages_authenticator_sms.SMSDevice", "static", false},
+	} {
+		if got := deviceTypeMatches(tc.long, tc.short); got != tc.want {
+			t.Errorf("deviceTypeMatches(%q, %q) = %v", tc.long, tc.short, got)
 		}
 	}
 }

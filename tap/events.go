@@ -517,7 +517,8 @@ func (t *Tap) userEvent(ctx context.Context, e akEvent, mk func(string, Kind, Us
 	before, known := t.dir.userState(pk)
 	switch e.Action {
 	case "model_deleted":
-		subj := User{PK: pk, Username: e.Context.Model.Name}
+		// context.model.name is the display name, not the username
+		subj := User{PK: pk}
 		if known {
 			subj = User{PK: pk, UID: before.UID, Username: before.Username, Email: before.Email}
 		}

@@ -503,3 +503,22 @@ func TestVersionFloors(t *testing.T) {
 		checkSignals(t, e.rec.signals(), []want{{kind: KindSessionRevoked, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}})
 	})
 }
+
+// TestMFAEnrolmentNotLastStage: a setup stage followed by another stage
+// saves the device on the POST and answers 302; that is the enrolment.
+func TestMFAEnrolmentNotLastStage(t *testing.T) {
+	forReleases(t, func(t *testing.T, v authentiktest.Version) {
+		e := newEnv(t, envOpts{ak: authentiktest.Config{Version: v, TOTPSetupNotLast: true}, noToken: true})
+		alice := e.user("alice")
+		_, c := e.session(alice.PK)
+		e.do("GET", "/api/v3/flows/executor/default-authenticator-totp-setup/?query=", "", c, "")
+		if st := e.flow("default-authenticator-totp-setup", `{"component":"ak-stage-authenticator-totp","code":"123456"}`, c); st != http.StatusOK {
+			t.Fatalf("setup flow answered %d", st)
+		}
+		if devs := e.ak.Devices(alice.PK); len(devs) != 1 {
+			t.Fatalf("devices %+v", devs)
+		}
+		e.settle()
+		checkSignals(t, e.rec.signals(), []want{{kind: KindMFAAdded, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser, device: "totp"}})
+	})
+}

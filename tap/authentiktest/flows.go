@@ -237,7 +237,7 @@ func (s *Server) handleExecutor(w http.ResponseWriter, r *http.Request) {
 	case kindPasswordChange:
 		out = s.execPasswordChange(w, r, f, se, u, body)
 	case kindTOTPSetup:
-		out = s.execTOTPSetup(r, f, se, u, body)
+		out = s.execTOTPSetup(w, r, f, se, u, body)
 	case kindUserSettings:
 		out = s.execUserSettings(w, r, f, se, u, body)
 	}
@@ -452,36 +452,38 @@ func (s *Server) execUserSettings(w http.ResponseWriter, r *http.Request, f *flo
 	return stayOnExecutor(w, r)
 }
 
-// execTOTPSetup runs an authenticator setup stage: the first request creates
-// the device unconfirmed (model_created), a POST with the right code
-// confirms it (model_updated; mfa_device_added under 2026.8).
-func (s *Server) execTOTPSetup(r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
+// execTOTPSetup runs an authenticator setup stage as authentik does: the
+// device is kept unsaved in the flow while the user scans the code, and a
+// POST with the right code saves it once, already confirmed (model_created;
+// mfa_device_added under 2026.8). With Config.TOTPSetupNotLast another stage
+// follows, so the accepted code is answered with a 302 to the executor.
+func (s *Server) execTOTPSetup(w http.ResponseWriter, r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
 	if u == nil {
 		return s.accessDenied(f)
 	}
-	d := s.state.devices[DeviceTOTP][se.pendingDevice]
-	if d == nil || d.confirmed || d.userPK != u.pk {
-		d = s.newDevice(DeviceTOTP, u.pk, "TOTP Device")
-		d.confirmed = false
-		se.pendingDevice = d.pk
-		s.recordDeviceModel("model_created", u, d, r)
-		return s.totpChallenge(f, u, d, nil)
+	if se.pendingWrite != nil && se.pendingWrite.flow == f.slug && r.Method != http.MethodPost {
+		se.pendingWrite = nil // the stage after the setup stage
+		return redirectChallenge()
 	}
-	if r.Method == http.MethodGet {
-		return s.totpChallenge(f, u, d, nil)
+	if r.Method != http.MethodPost || se.pendingTOTP != u.pk {
+		se.pendingTOTP = u.pk
+		return s.totpChallenge(f, u, nil)
 	}
 	if b.Code != s.cfg.TOTPCode {
-		return s.totpChallenge(f, u, d, respErrors("code", "Code does not match"))
+		return s.totpChallenge(f, u, respErrors("code", "Code does not match"))
 	}
-	d.confirmed = true
-	d.lastUpdated = s.now()
-	se.pendingDevice = 0
-	s.recordDeviceModel("model_updated", u, d, r)
+	se.pendingTOTP = 0
+	d := s.newDevice(DeviceTOTP, u.pk, "TOTP Device")
+	s.recordDeviceModel("model_created", u, d, r)
 	s.recordMFA("mfa_device_added", u, d, r)
+	if s.cfg.TOTPSetupNotLast {
+		se.pendingWrite = &pendingWrite{flow: f.slug}
+		return stayOnExecutor(w, r)
+	}
 	return redirectChallenge()
 }
 
-func (s *Server) totpChallenge(f *flow, u *user, d *device, errs any) map[string]any {
+func (s *Server) totpChallenge(f *flow, u *user, errs any) map[string]any {
 	cfgURL := "otpauth://totp/authentik:" + url.PathEscape(u.username) + "?secret=JBSWY3DPEHPK3PXP&algorithm=SHA1&digits=6&period=30&issuer=authentik"
 	out := map[string]any{"component": "ak-stage-authenticator-totp", "flow_info": s.flowInfo(f),
 		"config_url": cfgURL, "pending_user": u.username, "pending_user_avatar": s.avatar(u)}

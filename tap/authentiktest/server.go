@@ -93,6 +93,10 @@ type Config struct {
 	AdminUsername, AdminEmail, AdminPassword, AdminToken string
 	// TOTPCode is the code a TOTP setup stage accepts; default "123456".
 	TOTPCode string
+	// TOTPSetupNotLast adds a stage after the TOTP setup stage, so an
+	// accepted code is answered with a 302 to the executor, as authentik
+	// does for any stage that is not its flow's last.
+	TOTPSetupNotLast bool
 	// PageSize is the default page size of list endpoints; default 100.
 	PageSize int
 	// KeepEventsOfDeletedUsers turns off authentik's gdpr_compliance purge of

@@ -43,9 +43,9 @@ type session struct {
 	lastUsed      time.Time
 	expires       time.Time
 	// flow state
-	pendingUser   int
-	pendingDevice int // TOTP device being set up
-	authGen       int // the user's passwordGen when the session was authenticated
+	pendingUser int
+	pendingTOTP int // user pk a TOTP setup stage showed its code to (device not saved yet)
+	authGen     int // the user's passwordGen when the session was authenticated
 	// impersonating is the pk of the user an admin session impersonates
 	// (userPK stays the admin), 0 when not impersonating.
 	impersonating int

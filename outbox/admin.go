@@ -20,7 +20,10 @@ type StreamStats struct {
 	Backlog   int64  `json:"backlog"`
 	Delivered int64  `json:"delivered"`
 	Dead      int64  `json:"dead"`
-	Dropped   int64  `json:"dropped"`
+	// Dropped counts SETs left undelivered on purpose: those enqueued while
+	// the stream was disabled, and those a newer Supersede SET replaced
+	// before they were handed out.
+	Dropped int64 `json:"dropped"`
 	// Non202 counts deliveries the receiver accepted with a 2xx other than
 	// 202.
 	Non202          int64         `json:"non_202"`

@@ -92,9 +92,18 @@ func (r *Record) addAttempt(a Attempt) {
 // streamMeta is the persisted state of a stream.
 type streamMeta struct {
 	Config StreamConfig `json:"config"`
-	// Tail is the next tail sequence; Head the next head sequence.
+	// Tail is the next tail sequence; Head is the highest sequence below
+	// every one used so far (where the next block of head sequences ends).
 	Tail uint64 `json:"tail"`
 	Head uint64 `json:"head"`
+	// HeadNext and HeadEnd are the current block of head sequences:
+	// [HeadNext, HeadEnd) is still free, and every head SET of the block
+	// sorts before every tail SET (see nextHead).
+	HeadNext uint64 `json:"head_next,omitempty"`
+	HeadEnd  uint64 `json:"head_end,omitempty"`
+	// Superseding is the jti of the latest Supersede SET of each event
+	// type (SET.Supersede).
+	Superseding map[string]string `json:"superseding,omitempty"`
 	// Counters.
 	Queued      int64     `json:"queued"`
 	Delivered   int64     `json:"delivered"`
@@ -102,6 +111,37 @@ type streamMeta struct {
 	Dropped     int64     `json:"dropped"`
 	Non202      int64     `json:"non_202"`
 	LastSuccess time.Time `json:"last_success,omitzero"`
+}
+
+// headBlock is how many head sequences one block holds.
+const headBlock = 1 << 20
+
+// nextHead returns the sequence of a new head SET on the stream: ahead of
+// every tail SET, and behind the head SETs still queued, so that head SETs
+// keep the order they were queued in (a pause announced, then the resume,
+// then another pause reach the receiver in that order, before the SETs the
+// pause held). While head SETs are queued they take increasing sequences
+// from the current block; the first head SET after the queue's head ran
+// empty starts a new block below every sequence used before, so no key of
+// the history is ever reused. A stream whose heads were queued before
+// blocks existed falls back to the sequence below everything.
+func (m *streamMeta) nextHead(tx *bolt.Tx, stream string) uint64 {
+	k, _ := tx.Bucket(bktQueue).Cursor().Seek(streamPrefix(stream))
+	headsQueued := k != nil && hasPrefix(k, streamPrefix(stream)) && seqOf(k) < seqOrigin
+	if headsQueued && m.HeadNext != 0 && m.HeadNext < m.HeadEnd {
+		seq := m.HeadNext
+		m.HeadNext++
+		return seq
+	}
+	if headsQueued || m.Head < headBlock {
+		seq := m.Head
+		m.Head--
+		return seq
+	}
+	start := m.Head + 1 - headBlock
+	m.HeadNext, m.HeadEnd = start+1, m.Head+1
+	m.Head = start - 1
+	return start
 }
 
 func seqKey(stream string, seq uint64) []byte {

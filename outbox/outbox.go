@@ -215,10 +215,18 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 				}
 				continue
 			}
+			if s.Supersede {
+				if err := o.supersede(tx, m, s.StreamID, m.Superseding[s.EventType]); err != nil {
+					return err
+				}
+				if m.Superseding == nil {
+					m.Superseding = map[string]string{}
+				}
+				m.Superseding[s.EventType] = s.JTI
+			}
 			var seq uint64
 			if s.Head {
-				seq = m.Head
-				m.Head--
+				seq = m.nextHead(tx, s.StreamID)
 				heads = append(heads, s.StreamID)
 			} else {
 				seq = m.Tail
@@ -261,6 +269,33 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 			o.cfg.Hooks.OnEnqueue(id, t.queued, t.dropped)
 		}
 	}
+	return nil
+}
+
+// supersede drops the stream's queued SET jti if it was never handed out
+// (SET.Supersede). A SET under a poll lease stays: the receiver has it and
+// may acknowledge it.
+func (o *Outbox) supersede(tx *bolt.Tx, m *streamMeta, stream, jti string) error {
+	if jti == "" {
+		return nil
+	}
+	r, err := getRecord(tx, jti)
+	if err != nil || r == nil || r.StreamID != stream || r.State != StateQueued {
+		return err
+	}
+	if st := o.stream(stream); st != nil {
+		st.mu.Lock()
+		_, leased := st.leases[jti]
+		st.mu.Unlock()
+		if leased {
+			return nil
+		}
+	}
+	if err := dropRecord(tx, r); err != nil {
+		return err
+	}
+	m.Queued--
+	m.Dropped++
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,9 +36,73 @@ type SetErr struct {
 }
 
 // PollResponse is the RFC 8936 poll response; Sets is keyed by jti.
+//
+// Receivers read the members of "sets" in document order and take the
+// first as the oldest, so the JSON form writes them in Order (queue order,
+// oldest first) followed by any jti of Sets that Order does not list, in
+// sorted order. moreAvailable is written only when true (RFC 8936 §2.4
+// lets it be omitted when false, and some receivers fail to decode a
+// false one).
 type PollResponse struct {
 	Sets          map[string]string `json:"sets"`
-	MoreAvailable bool              `json:"moreAvailable"`
+	MoreAvailable bool              `json:"moreAvailable,omitempty"`
+	// Order lists the jtis of Sets in queue order, oldest first.
+	Order []string `json:"-"`
+}
+
+// MarshalJSON writes sets in queue order (see PollResponse).
+func (r PollResponse) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteString(`{"sets":{`)
+	n := 0
+	write := func(jti string) error {
+		k, err := json.Marshal(jti)
+		if err != nil {
+			return err
+		}
+		v, err := json.Marshal(r.Sets[jti])
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			b.WriteByte(',')
+		}
+		n++
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(v)
+		return nil
+	}
+	seen := make(map[string]bool, len(r.Order))
+	for _, jti := range r.Order {
+		if _, ok := r.Sets[jti]; !ok || seen[jti] {
+			continue
+		}
+		seen[jti] = true
+		if err := write(jti); err != nil {
+			return nil, err
+		}
+	}
+	if len(seen) < len(r.Sets) {
+		rest := make([]string, 0, len(r.Sets)-len(seen))
+		for jti := range r.Sets {
+			if !seen[jti] {
+				rest = append(rest, jti)
+			}
+		}
+		slices.Sort(rest)
+		for _, jti := range rest {
+			if err := write(jti); err != nil {
+				return nil, err
+			}
+		}
+	}
+	b.WriteByte('}')
+	if r.MoreAvailable {
+		b.WriteString(`,"moreAvailable":true`)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
 }
 
 // PollRequestError is a malformed poll request (HTTP 400); Field names the
@@ -289,6 +354,7 @@ func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record,
 			continue
 		}
 		resp.Sets[r.JTI] = compact[i]
+		resp.Order = append(resp.Order, r.JTI)
 	}
 	st.mu.Unlock()
 	if len(resp.Sets) == 0 && failed != nil {

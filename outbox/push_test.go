@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -524,11 +525,16 @@ func TestCheckEndpointURL(t *testing.T) {
 		{"https://[fd00::1]/", false, false},
 		{"https://[64:ff9b::a00:1]/", false, false},
 		{"https://[::ffff:10.0.0.1]/", false, false},
-		{"https://2130706433/", false, false}, // 127.0.0.1 decimal
-		{"https://0x7f000001/", false, false}, // hex
-		{"https://0177.0.0.1/", false, false}, // octal
-		{"https://0x7f.1/", false, false},     // two-part
-		{"https://10.1/", false, false},       // 10.0.0.1
+		{"https://[::1%25lo]:31600/ssrf", false, false}, // zone ids hide the address from prefix checks
+		{"https://[::1%251]:31600/ssrf2", false, false},
+		{"https://[fe80::fc:ff:fe00:1%25eth0]:31600/", false, false},
+		{"https://[::ffff:7f00:1%25lo]:31600/", false, false},
+		{"https://[2606:4700::1111%25eth0]/", false, false}, // a zone is never a public destination
+		{"https://2130706433/", false, false},               // 127.0.0.1 decimal
+		{"https://0x7f000001/", false, false},               // hex
+		{"https://0177.0.0.1/", false, false},               // octal
+		{"https://0x7f.1/", false, false},                   // two-part
+		{"https://10.1/", false, false},                     // 10.0.0.1
 		{"https://localhost/", false, false},
 		{"https://api.localhost./", false, false},
 		{"https://8.8.8.8/", false, true},
@@ -592,5 +598,24 @@ func TestParseRetryAfter(t *testing.T) {
 		if got := parseRetryAfter(tc.v, now); got != tc.want {
 			t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.v, got, tc.want)
 		}
+	}
+}
+
+// TestZonedAddressesForbidden: the connect-time checks (the dialer's
+// Control and the resolved-address loop) judge an address through
+// forbiddenAddr; a zone id must not hide a loopback or link-local address
+// from it.
+func TestZonedAddressesForbidden(t *testing.T) {
+	for _, s := range []string{"::1%lo", "::1%1", "fe80::fc:ff:fe00:1%eth0", "::ffff:127.0.0.1%lo", "fd00::1%x"} {
+		if !forbiddenAddr(netip.MustParseAddr(s)) {
+			t.Errorf("forbiddenAddr(%s) = false", s)
+		}
+		ap := netip.AddrPortFrom(netip.MustParseAddr(s), 443)
+		if !forbiddenAddr(ap.Addr()) {
+			t.Errorf("forbiddenAddr(%s) = false", ap)
+		}
+	}
+	if forbiddenAddr(netip.MustParseAddr("2606:4700::1111")) {
+		t.Error("a public address is forbidden")
 	}
 }

@@ -50,9 +50,11 @@ var forbiddenPrefixes = func() []netip.Prefix {
 }()
 
 // forbiddenAddr reports whether a is a destination pushes must not reach.
-// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry,
+// and a zone id is dropped first: netip.Prefix.Contains never matches a
+// zoned address, so [::1%lo] would otherwise pass as public.
 func forbiddenAddr(a netip.Addr) bool {
-	a = a.Unmap()
+	a = a.Unmap().WithZone("")
 	if !a.IsValid() {
 		return true
 	}
@@ -103,6 +105,10 @@ func CheckEndpointURL(raw string, allowPrivate bool) error {
 	}
 	if allowPrivate {
 		return nil
+	}
+	if strings.Contains(host, "%") {
+		// An IPv6 zone id names a local interface: never a receiver's address.
+		return fmt.Errorf("%w: %s", ErrForbiddenDestination, host)
 	}
 	if a, ok := parseHostAddr(host); ok && forbiddenAddr(a) {
 		return fmt.Errorf("%w: %s", ErrForbiddenDestination, host)

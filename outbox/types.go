@@ -39,15 +39,22 @@ type SET struct {
 	EventType string
 	// Claims is the SET's JSON claims set.
 	Claims json.RawMessage
-	// Head queues the SET before everything already queued on its stream
-	// (used for the stream-updated SET that explains an automatic pause).
+	// Head queues the SET before every SET queued without Head on its
+	// stream, behind the Head SETs still queued (used for the stream-updated
+	// SETs that announce a status change, which keep their order).
 	Head bool
-	// Announce marks the stream-updated SET that announces a pause or a
-	// disable (queue it with Head): it is still delivered — pushed, or
+	// Announce marks a stream-updated SET that announces a status change
+	// (queue it with Head): it is still delivered — pushed, or
 	// handed out to a poll — once the stream is no longer enabled, and
 	// disabling the stream does not discard it, so the receiver hears of
 	// the change before delivery stops (SSF 1.0 §8.1.5).
 	Announce bool
+	// Supersede replaces the stream's previous Supersede SET of the same
+	// EventType while that one is still queued and was never handed out
+	// (not under a poll lease): it is dropped (counted) and only the new one
+	// is delivered. For a verification the receiver asked for again, where
+	// only the answer to its latest request matters.
+	Supersede bool
 	// TraceParent is the W3C traceparent of the cause, so a delivery
 	// attempt hours later links to the request that produced it.
 	TraceParent string

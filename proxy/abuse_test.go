@@ -90,22 +90,19 @@ func TestSmugglingAndHeaderAbuse(t *testing.T) {
 		check  func(t *testing.T, s seen, raw string, resp *http.Response)
 	}{
 		{
+			// Refused like nginx does (RFC 9112 section 6.1), not forwarded at all.
 			name:    "content-length and chunked together",
 			request: "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-			status:  200,
-			check: func(t *testing.T, s seen, raw string, _ *http.Response) {
-				head := strings.ToLower(raw[:strings.Index(raw, "\r\n\r\n")])
-				if strings.Contains(head, "content-length") && strings.Contains(head, "transfer-encoding") {
-					t.Errorf("upstream got both framings:\n%s", head)
-				}
-				if s.Body != "hello" {
-					t.Errorf("upstream body %q", s.Body)
-				}
-			},
+			status:  400,
+		},
+		{
+			name:    "smuggled request in a chunked body with a content-length is refused",
+			request: "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2e\r\nGET /admin HTTP/1.1\r\nHost: h\r\nX-Pad: aaaaa\r\n\r\n\r\n0\r\n\r\n",
+			status:  400,
 		},
 		{
 			name:    "smuggled request in a chunked body stays body",
-			request: "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2e\r\nGET /admin HTTP/1.1\r\nHost: h\r\nX-Pad: aaaaa\r\n\r\n\r\n0\r\n\r\n",
+			request: "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2e\r\nGET /admin HTTP/1.1\r\nHost: h\r\nX-Pad: aaaaa\r\n\r\n\r\n0\r\n\r\n",
 			status:  200,
 			check: func(t *testing.T, s seen, raw string, _ *http.Response) {
 				if strings.Count(raw, "HTTP/1.1\r\n") != 2 || !strings.Contains(s.Body, "GET /admin") {

@@ -21,11 +21,13 @@ const (
 	DefaultCaptureLimit          = 64 << 10
 	DefaultResponseHeaderTimeout = 60 * time.Second
 	DefaultShutdownTimeout       = 15 * time.Second
-	DefaultReadHeaderTimeout     = 30 * time.Second
-	DefaultIdleTimeout           = 120 * time.Second
+	DefaultReadHeaderTimeout     = 10 * time.Second
+	DefaultIdleTimeout           = 60 * time.Second
+	DefaultMaxConns              = 10000
 	DefaultMaxHeaderBytes        = 1 << 20
 	DefaultMaxIdleConnsPerHost   = 1024
 	DefaultDialTimeout           = 5 * time.Second
+	DefaultBodyTimeout           = 10 * time.Second
 )
 
 // Config configures a Server. The zero value of every duration and limit
@@ -52,8 +54,13 @@ type Config struct {
 	// Observer.Before (default 2 s); AfterTimeout bounds the capture of the
 	// response body plus Observer.After (default 1 s).
 	BeforeTimeout, AfterTimeout time.Duration
-	// CaptureLimit is how many body bytes the observer is shown (default 64 KiB).
+	// CaptureLimit is how many response body bytes the observer is shown,
+	// and the largest request body an observed route accepts (default
+	// 64 KiB; larger ones are refused with 413).
 	CaptureLimit int
+	// BodyTimeout bounds reading an observed request's whole body before it
+	// is forwarded (default 10 s; past it the client gets 408).
+	BodyTimeout time.Duration
 	// ResponseHeaderTimeout is how long to wait for the upstream's response
 	// headers once the request is written; past it the client gets 504.
 	ResponseHeaderTimeout time.Duration
@@ -63,12 +70,17 @@ type Config struct {
 	// ShutdownTimeout bounds the drain of in-flight requests once Run's
 	// context is done (default 15 s).
 	ShutdownTimeout time.Duration
-	// ReadHeaderTimeout bounds reading a client's request headers (slow
-	// client defence; default 30 s). No write timeout is set, so long streams
-	// and WebSockets are never cut.
+	// ReadHeaderTimeout bounds reading a client's request headers, and
+	// the wait for a new connection's first byte (slow client defence;
+	// default 10 s). No write timeout is set, so long streams and WebSockets
+	// are never cut.
 	ReadHeaderTimeout time.Duration
-	// IdleTimeout closes idle client keep-alive connections (default 120 s).
+	// IdleTimeout closes client keep-alive connections idle between
+	// requests (default 60 s).
 	IdleTimeout time.Duration
+	// MaxConns caps the client connections open at once (default 10 000);
+	// over it a new connection is closed at once and counted.
+	MaxConns int
 	// MaxHeaderBytes caps request headers from clients and response headers
 	// from the upstream (default 1 MiB; authentik's cookies and JWTs are large).
 	MaxHeaderBytes int
@@ -141,6 +153,7 @@ func (c Config) Validate() error {
 		{"BeforeTimeout", c.BeforeTimeout}, {"AfterTimeout", c.AfterTimeout},
 		{"ResponseHeaderTimeout", c.ResponseHeaderTimeout}, {"ShutdownTimeout", c.ShutdownTimeout},
 		{"ReadHeaderTimeout", c.ReadHeaderTimeout}, {"IdleTimeout", c.IdleTimeout},
+		{"BodyTimeout", c.BodyTimeout},
 	} {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("proxy: %s is negative", d.name))
@@ -151,7 +164,7 @@ func (c Config) Validate() error {
 		v    int
 	}{
 		{"CaptureLimit", c.CaptureLimit}, {"MaxHeaderBytes", c.MaxHeaderBytes},
-		{"MaxIdleConnsPerHost", c.MaxIdleConnsPerHost},
+		{"MaxIdleConnsPerHost", c.MaxIdleConnsPerHost}, {"MaxConns", c.MaxConns},
 	} {
 		if n.v < 0 {
 			errs = append(errs, fmt.Errorf("proxy: %s is negative", n.name))
@@ -173,11 +186,15 @@ func (c Config) withDefaults() Config {
 	def(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	def(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	def(&c.IdleTimeout, DefaultIdleTimeout)
+	def(&c.BodyTimeout, DefaultBodyTimeout)
 	if c.CaptureLimit == 0 {
 		c.CaptureLimit = DefaultCaptureLimit
 	}
 	if c.MaxHeaderBytes == 0 {
 		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
 	}
 	if c.MaxIdleConnsPerHost == 0 {
 		c.MaxIdleConnsPerHost = DefaultMaxIdleConnsPerHost

@@ -28,8 +28,7 @@ type forwarder struct {
 	upgrades  *connSet
 	// roundTrip is transport.RoundTrip; benchmarks replace it.
 	roundTrip func(*http.Request) (*http.Response, error)
-	// fast, when set, carries bodyless GET, HEAD, OPTIONS and TRACE requests
-	// that ask for no upgrade (see h1Client).
+	// fast, when set, is the lane's upstream client (see h1Client and lane).
 	fast *h1Client
 	// basePath is the upstream URL's path without a trailing slash ("" when
 	// the upstream is a bare host).
@@ -118,18 +117,18 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 			// The observer finds the server span in the request context.
 			out, *span = p.tr.start(out, *class)
 		}
-		obs = p.before(out)
+		body, status, err := p.readObservedBody(w, out)
+		if status != 0 {
+			return p.refuseBody(w, r, status, err)
+		}
+		obs = p.before(out, body)
 	} else if p.tr != nil && p.tr.all {
 		out, *span = p.tr.start(out, *class)
 	}
 
-	var resp *http.Response
-	var err error
-	if p.fast != nil && out.Body == nil && idempotent(out.Method) && out.Header["Upgrade"] == nil {
-		resp, err = p.fast.roundTrip(out)
-	} else {
-		resp, err = p.roundTrip(out)
-	}
+	// Every request net/http serves goes through http.Transport; the
+	// hand-written client carries only what the lane reads itself.
+	resp, err := p.roundTrip(out)
 	if err != nil {
 		return p.fail(w, r, out, err)
 	}
@@ -160,6 +159,9 @@ func (p *forwarder) outgoing(r *http.Request) *http.Request {
 	out := new(http.Request)
 	*out = *r
 	u := *r.URL
+	// Only Path and RawPath name the resource (refuseRequest keeps opaque
+	// targets out; this is the second lock).
+	u.Opaque, u.User = "", nil
 	u.Scheme = p.cfg.Upstream.Scheme
 	u.Host = p.cfg.Upstream.Host
 	if p.basePath != "" {
@@ -181,6 +183,17 @@ func (p *forwarder) outgoing(r *http.Request) *http.Request {
 		out.Header["User-Agent"] = nil
 	}
 	return out
+}
+
+// refuseBody answers an observed request whose body could not be read
+// whole within its limits; nothing was forwarded. The connection is closed:
+// the rest of the body may still be on its way.
+func (p *forwarder) refuseBody(w http.ResponseWriter, r *http.Request, status int, err error) int {
+	p.stats.clientErrors.Add(1)
+	p.log.Info("observed request body refused", "request_id", requestID(r), "path", r.URL.Path, "status", status, "error", err)
+	w.Header()["Connection"] = []string{"close"}
+	http.Error(w, http.StatusText(status), status)
+	return status
 }
 
 // fail maps a transport error to the client's status: 504 for an upstream

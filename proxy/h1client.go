@@ -4,26 +4,22 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"sync"
 	"syscall"
 	"time"
 )
 
-// h1Client is the hot path for the common case: an idempotent request (GET,
-// HEAD, OPTIONS, TRACE) without a body or protocol switch to a plain-HTTP
-// upstream — static assets, API reads, the UI's polling. The handler goroutine writes the
-// request and reads the response on a pooled keep-alive connection itself,
-// with no hand-off to per-connection reader and writer goroutines as
-// http.Transport does; on a small machine those hand-offs are a large part of
-// a proxied request's cost. Without a reader goroutine it cannot notice an
-// idle connection closed by the upstream before reusing it, so it carries
-// only requests that are safe to retry on a fresh connection when that
-// happens. Everything else (bodies, other methods, upgrades, https
-// upstreams) goes through http.Transport.
+// h1Client is the lane's pool of keep-alive connections to a plain-HTTP
+// upstream. The lane writes each request and reads the response on the
+// client connection's own goroutine, with no hand-off to per-connection
+// reader and writer goroutines as http.Transport does; on a small machine
+// those hand-offs are a large part of a proxied request's cost. Without a
+// reader goroutine it cannot notice an idle connection closed by the
+// upstream before reusing it, so the lane carries only GET and HEAD, which
+// are safe to send again on a fresh connection when that happens (and an
+// idle connection is peeked at before reuse, see hasUnreadBytes).
+// Everything net/http serves goes through http.Transport.
 type h1Client struct {
 	addr              string
 	dialer            net.Dialer
@@ -112,6 +108,13 @@ func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 		h.idle = h.idle[:n-1]
 		if now.Sub(pc.lastUsed) < h.idleTimeout {
 			h.mu.Unlock()
+			// Bytes that arrived while the connection sat idle (a body
+			// past its framing, sent late) belong to no request: drop it.
+			if hasUnreadBytes(pc.c) {
+				pc.c.Close()
+				h.mu.Lock()
+				continue
+			}
 			pc.reused = true
 			return pc, nil
 		}
@@ -129,7 +132,14 @@ func (h *h1Client) get(ctx context.Context) (*h1Conn, error) {
 	return pc, nil
 }
 
+// put pools pc after a complete exchange, unless bytes beyond the message
+// are already buffered: those would be read as the next client's answer
+// (net/http and nginx close such a connection too).
 func (h *h1Client) put(pc *h1Conn) {
+	if pc.br.Buffered() > 0 {
+		pc.c.Close()
+		return
+	}
 	pc.lastUsed = h.now()
 	h.mu.Lock()
 	if len(h.idle) < h.maxIdle {
@@ -154,98 +164,6 @@ func (h *h1Client) closeIdle() {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
-// roundTrip sends a bodyless idempotent request. One that fails on a reused
-// connection the upstream had already closed is retried once on a fresh
-// connection, as http.Transport does for these methods.
-func (h *h1Client) roundTrip(out *http.Request) (*http.Response, error) {
-	for attempt := 0; ; attempt++ {
-		resp, retry, err := h.try(out)
-		if err == nil || !retry || attempt > 0 || !idempotent(out.Method) {
-			return resp, err
-		}
-	}
-}
-
-func idempotent(m string) bool {
-	switch m {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	return false
-}
-
-// errTimeoutHeaders reports the response-header timeout; it is a net.Error
-// with Timeout() so that the caller answers 504.
-type timeoutError struct{ msg string }
-
-func (e timeoutError) Error() string   { return e.msg }
-func (e timeoutError) Timeout() bool   { return true }
-func (e timeoutError) Temporary() bool { return true }
-
-func (h *h1Client) try(out *http.Request) (resp *http.Response, retry bool, err error) {
-	ctx := out.Context()
-	pc, err := h.get(ctx)
-	if err != nil {
-		return nil, false, err
-	}
-	// A departed client aborts the exchange by poisoning the deadline.
-	stop := context.AfterFunc(ctx, func() { _ = pc.c.SetDeadline(aLongTimeAgo) })
-	fail := func(err error) (*http.Response, bool, error) {
-		stop()
-		pc.c.Close()
-		if ctxErr := ctx.Err(); ctxErr != nil {
-			return nil, false, ctxErr
-		}
-		return nil, false, err
-	}
-	h.armHeaderDeadline(pc)
-	if err := out.Write(pc.bw); err != nil {
-		return fail(err)
-	}
-	if err := pc.bw.Flush(); err != nil {
-		r, _, e := fail(err)
-		return r, pc.reused && ctx.Err() == nil, e
-	}
-	pc.lr.left = h.maxHeaderBytes
-	for {
-		resp, err = http.ReadResponse(pc.br, out)
-		if err != nil {
-			stale := pc.reused && ctx.Err() == nil && pc.br.Buffered() == 0 &&
-				(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err))
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
-				err = timeoutError{"proxy: timeout awaiting upstream response headers"}
-			}
-			r, _, e := fail(err)
-			return r, stale, e
-		}
-		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-			resp.Body.Close()
-			continue // interim response (100 Continue, 103 Early Hints): read the final one
-		}
-		break
-	}
-	pc.lr.left = -1
-	// The header deadline must not cut the body short. When the whole body
-	// is already buffered no further read can hit it, and the next request
-	// on this connection re-arms it anyway, so the (costly) reset is skipped.
-	if !pc.armed.IsZero() && (resp.ContentLength < 0 || int64(pc.br.Buffered()) < resp.ContentLength) {
-		_ = pc.c.SetReadDeadline(time.Time{})
-		pc.armed = time.Time{}
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		// Not asked for: the fast path never sends Upgrade.
-		resp.Body.Close()
-		return fail(fmt.Errorf("proxy: unexpected 101 from upstream"))
-	}
-	if resp.Body == http.NoBody {
-		h.release(pc, stop, !resp.Close)
-		return resp, false, nil
-	}
-	resp.Body = &h1Body{rc: resp.Body, pc: pc, h: h, stop: stop, keep: !resp.Close}
-	return resp, false, nil
-}
-
 // armHeaderDeadline makes sure a read deadline of about ResponseHeaderTimeout
 // is set before the request is written. Setting a deadline is one of the
 // larger costs per request, so one that is still within a small slack of the
@@ -263,48 +181,6 @@ func (h *h1Client) armHeaderDeadline(pc *h1Conn) {
 	pc.armed = want
 }
 
-// release returns pc to the pool when the exchange ended cleanly, or closes it.
-func (h *h1Client) release(pc *h1Conn, stop func() bool, keep bool) {
-	if stop() && keep {
-		h.put(pc)
-		return
-	}
-	pc.c.Close()
-}
-
 func isConnReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET)
-}
-
-// h1Body hands the connection back once the response body was read to its
-// end, and closes it if the body is abandoned half way.
-type h1Body struct {
-	rc   io.ReadCloser
-	pc   *h1Conn
-	h    *h1Client
-	stop func() bool
-	keep bool
-	eof  bool
-	done bool
-}
-
-func (b *h1Body) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
-	}
-	n, err := b.rc.Read(p)
-	if err == io.EOF {
-		b.eof = true
-	}
-	return n, err
-}
-
-func (b *h1Body) Close() error {
-	if b.done {
-		return nil
-	}
-	b.done = true
-	err := b.rc.Close()
-	b.h.release(b.pc, b.stop, b.keep && b.eof)
-	return err
 }

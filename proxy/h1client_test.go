@@ -15,7 +15,8 @@ import (
 
 // scriptedUpstream accepts connections and answers each request read on
 // them with the reply chosen by reply(connIndex, requestIndexOnConn); a reply
-// of "" closes the connection without answering.
+// of "" closes the connection without answering, and pauseMark in a reply
+// makes it wait 20 ms there.
 func scriptedUpstream(t *testing.T, reply func(conn, req int, r *http.Request) string) (addr string, conns *atomic.Int32, reqs *atomic.Int32) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -50,8 +51,13 @@ func scriptedUpstream(t *testing.T, reply func(conn, req int, r *http.Request) s
 					if out == "" {
 						return
 					}
-					if _, err := io.WriteString(c, out); err != nil {
-						return
+					for i, part := range strings.Split(out, pauseMark) {
+						if i > 0 {
+							time.Sleep(20 * time.Millisecond)
+						}
+						if _, err := io.WriteString(c, part); err != nil {
+							return
+						}
 					}
 					if strings.HasPrefix(out, "HTTP/1.0") {
 						return // close-delimited body
@@ -62,6 +68,8 @@ func scriptedUpstream(t *testing.T, reply func(conn, req int, r *http.Request) s
 	}()
 	return ln.Addr().String(), conns, reqs
 }
+
+const pauseMark = "\x00pause\x00"
 
 const okReply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
@@ -231,14 +239,12 @@ func TestFastPathPoolShrinks(t *testing.T) {
 		t.Fatalf("idle %d", len(h.idle))
 	}
 	now = now.Add(h.idleTimeout + time.Second)
-	req, _ := http.NewRequest("GET", "http://"+addr+"/x", nil)
 	for i := range 3 {
-		resp, err := h.roundTrip(req)
+		pc, err := h.get(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		h.put(pc)
 		if i == 0 && len(h.idle) != 1 {
 			// one stale dropped from the bottom, the top one found stale and
 			// closed, a fresh one dialled and returned

@@ -35,6 +35,10 @@ type lane struct {
 	handoff *chanListener
 	ssf     [][]byte // SSF route bases, without a trailing slash
 	obs     Observer
+	// carry is false when every request is to go to net/http (fast path
+	// off, or a span wanted for every request): the lane then only checks
+	// each connection's first head.
+	carry bool
 
 	mu      sync.Mutex
 	conns   map[*laneConn]struct{}
@@ -182,9 +186,16 @@ func (l *lane) serveConn(lc *laneConn) {
 	lc.trusted = l.fwd.fwd.isTrusted(lc.ip)
 	lc.watchDone = make(chan struct{}, 1)
 	cfg := &l.fwd.cfg
-	for {
+	// A new connection has ReadHeaderTimeout for its first byte, as
+	// net/http gives it; the longer IdleTimeout is for waits between
+	// requests.
+	wait := cfg.ReadHeaderTimeout
+	for first := true; ; first = false {
+		if !first {
+			wait = cfg.IdleTimeout
+		}
 		if lc.br.Buffered() == 0 {
-			lc.armRead(time.Now().Add(cfg.IdleTimeout))
+			lc.armRead(time.Now().Add(wait))
 			if l.setIdle(lc, true) {
 				lc.c.Close()
 				return
@@ -206,6 +217,10 @@ func (l *lane) serveConn(lc *laneConn) {
 			lc.hbuf = append(lc.hbuf[:0], head...)
 		}
 		if !ok || !parseRequestHead(lc.hbuf, &lc.req) || l.claimed(lc) {
+			if b, _ := lc.br.Peek(lc.br.Buffered()); ambiguousFraming(b) {
+				l.refuseFraming(lc)
+				return
+			}
 			l.handOff(lc)
 			return
 		}
@@ -275,7 +290,13 @@ func bareLF(b []byte) int {
 // claimed reports whether an SSF route or the observer wants the request:
 // those go through net/http and the forwarder's full path.
 func (l *lane) claimed(lc *laneConn) bool {
+	if !l.carry {
+		return true
+	}
 	path := lc.req.path
+	if nonCanonical(path) {
+		return true // net/http's path checks whether it shadows an SSF or tapped route
+	}
 	for _, base := range l.ssf {
 		if bytes.HasPrefix(path, base) && (len(path) == len(base) || path[len(base)] == '/') {
 			return true

@@ -1,8 +1,13 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
+	"net"
 	"net/http"
+	"time"
 )
 
 // Observer is supplied by the caller (tap). Match is called on every proxied
@@ -39,22 +44,44 @@ type observation struct {
 	state any
 }
 
-// before captures the request body (replacing out.Body with a reader that
-// still yields all of it) and runs Observer.Before, together bounded by
-// BeforeTimeout. The capture waits at most half the bound for a slow
-// client's bytes, so Before always has at least the other half. An overrun
-// counts as a miss; a panic in Before is logged and treated as a nil state.
-func (p *forwarder) before(out *http.Request) *observation {
+// readObservedBody reads an observed request's whole body before anything
+// is forwarded, so the observer decides on what authentik will act on: a
+// slow body cannot be cut at the observer's bound, nor a long one at the
+// capture limit. It is bounded by BodyTimeout and CaptureLimit; past them
+// the request is refused (408, 413) and nothing is forwarded. out.Body is
+// replaced by the bytes read.
+func (p *forwarder) readObservedBody(w http.ResponseWriter, out *http.Request) ([]byte, int, error) {
+	if out.Body == nil || out.Body == http.NoBody {
+		return nil, 0, nil
+	}
+	rc := http.NewResponseController(w)
+	deadlineSet := rc.SetReadDeadline(time.Now().Add(p.cfg.BodyTimeout)) == nil
+	body, err := io.ReadAll(io.LimitReader(out.Body, int64(p.cfg.CaptureLimit)+1))
+	if deadlineSet {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	var ne net.Error
+	switch {
+	case err != nil && errors.As(err, &ne) && ne.Timeout():
+		return nil, http.StatusRequestTimeout, err
+	case err != nil:
+		return nil, http.StatusBadRequest, err
+	case len(body) > p.cfg.CaptureLimit:
+		return nil, http.StatusRequestEntityTooLarge, errors.New("proxy: observed request body over the capture limit")
+	}
+	out.Body = &clientBody{ReadCloser: io.NopCloser(bytes.NewReader(body))}
+	out.ContentLength = int64(len(body))
+	out.TransferEncoding = nil
+	return body, 0, nil
+}
+
+// before runs Observer.Before on the whole request body, bounded by
+// BeforeTimeout. An overrun counts as a miss; a panic in Before is logged
+// and treated as a nil state.
+func (p *forwarder) before(out *http.Request, body []byte) *observation {
 	ctx, cancel := context.WithTimeout(out.Context(), p.cfg.BeforeTimeout)
 	defer cancel()
 
-	var body []byte
-	if out.Body != nil && out.Body != http.NoBody {
-		cctx, ccancel := context.WithTimeout(ctx, p.cfg.BeforeTimeout/2)
-		c := capture(cctx, out.Body, p.cfg.CaptureLimit, false)
-		ccancel()
-		body, out.Body = c.prefix, c.rest
-	}
 	view := out.Clone(ctx)
 	view.Body = nil
 	view.GetBody = nil

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -90,7 +91,8 @@ func (o *recObserver) snapshot() ([]beforeCall, []afterCall, int) {
 }
 
 func TestObserverStepsAndCaptures(t *testing.T) {
-	const limit = 16
+	const limit = 48
+	const respBody = `{"component":"xak-flow-redirect","to":"/","padding":"longer than the limit"}`
 	var upBody string
 	var mu sync.Mutex
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -101,7 +103,7 @@ func TestObserverStepsAndCaptures(t *testing.T) {
 		http.SetCookie(w, &http.Cookie{Name: "authentik_session", Value: "", MaxAge: -1})
 		w.Header().Add("Set-Cookie", "authentik_csrf=new")
 		w.WriteHeader(http.StatusOK)
-		io.WriteString(w, `{"component":"xak-flow-redirect","to":"/"}`)
+		io.WriteString(w, respBody)
 	}))
 	defer up.Close()
 	obs := newRecObserver()
@@ -119,7 +121,7 @@ func TestObserverStepsAndCaptures(t *testing.T) {
 	}
 	got, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if string(got) != `{"component":"xak-flow-redirect","to":"/"}` {
+	if string(got) != respBody {
 		t.Errorf("client got %q", got)
 	}
 	mu.Lock()
@@ -143,8 +145,8 @@ func TestObserverStepsAndCaptures(t *testing.T) {
 	if b.method != "POST" || b.uri != "/tapped/api/v3/flows/executor/default-invalidation/?query=x%3D1" || b.host != "auth.example.test" {
 		t.Errorf("before saw %s %s host %s", b.method, b.uri, b.host)
 	}
-	if b.body != reqBody[:limit] || b.hasBody || !b.deadline {
-		t.Errorf("before body %q (want %q), view has body %v, deadline %v", b.body, reqBody[:limit], b.hasBody, b.deadline)
+	if b.body != reqBody || b.hasBody || !b.deadline {
+		t.Errorf("before body %q (want %q), view has body %v, deadline %v", b.body, reqBody, b.hasBody, b.deadline)
 	}
 	if b.header.Get("Cookie") != "authentik_session=jwt; authentik_csrf=c" || b.header.Get("Authorization") != "Bearer tok" ||
 		b.header.Get("X-Forwarded-For") != "127.0.0.1" {
@@ -154,7 +156,7 @@ func TestObserverStepsAndCaptures(t *testing.T) {
 	if a.state != "state:/tapped/api/v3/flows/executor/default-invalidation/" || a.status != 200 {
 		t.Errorf("after state %v status %d", a.state, a.status)
 	}
-	if len(a.header["Set-Cookie"]) != 2 || a.body != `{"component":"xak-flow-redirect","to":"/"}`[:limit] {
+	if len(a.header["Set-Cookie"]) != 2 || a.body != respBody[:limit] {
 		t.Errorf("after headers %v body %q", a.header, a.body)
 	}
 	if st := s.Stats(); st.Observed != 1 || st.BeforeMisses != 0 || st.AfterMisses != 0 || st.Proxied != 2 {
@@ -257,7 +259,8 @@ func TestObserverSlowStreams(t *testing.T) {
 		respc <- resp
 	}()
 	io.WriteString(pw, "first;")
-	<-obs.beforeSeen // Before ran with only the first part
+	// Longer than the before-bound: the observer still gets the whole body.
+	time.Sleep(300 * time.Millisecond)
 	io.WriteString(pw, "second")
 	pw.Close()
 	var resp *http.Response
@@ -278,7 +281,7 @@ func TestObserverSlowStreams(t *testing.T) {
 		t.Errorf("rest %q", rest)
 	}
 	before, after, _ := obs.snapshot()
-	if len(before) != 1 || before[0].body != "first;" {
+	if len(before) != 1 || before[0].body != "first;second" {
 		t.Errorf("before captured %+v", before)
 	}
 	if len(after) != 1 || after[0].body != "data: got first;second\n\n" {
@@ -349,5 +352,55 @@ func TestResponseCutMidBody(t *testing.T) {
 	waitFor(t, "request accounted", func() bool { mu.Lock(); defer mu.Unlock(); return len(statuses) == 1 })
 	if st := s.Stats(); st.UpstreamErrors != 1 || statuses[0] != 200 {
 		t.Errorf("stats %+v, statuses %v", st, statuses)
+	}
+}
+
+// TestObservedBodyLimits: an observed request whose body is longer than the
+// capture limit (the observer would decide on a prefix) or slower than
+// BodyTimeout is refused, and nothing reaches the upstream; unobserved
+// routes are not affected.
+func TestObservedBodyLimits(t *testing.T) {
+	up, got := countingUpstream(t)
+	obs := newRecObserver()
+	s, base := startProxy(t, Config{Upstream: mustURL(t, up.URL), Observer: obs, CaptureLimit: 32,
+		BodyTimeout: 300 * time.Millisecond})
+	long := `{"padding":"` + strings.Repeat("x", 64) + `","is_active":false}`
+	resp, err := http.Post(base+"/tapped/users/3/", "application/json", strings.NewReader(long))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("long body: %d, want 413", resp.StatusCode)
+	}
+	// A body that stops half way.
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "PATCH /tapped/users/3/ HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n{\"is_")
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	r, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.StatusCode != http.StatusRequestTimeout {
+		t.Errorf("stalled body: %d, want 408", r.StatusCode)
+	}
+	if g := got(); len(g) != 0 {
+		t.Errorf("upstream received %q", g)
+	}
+	if before, _, _ := obs.snapshot(); len(before) != 0 {
+		t.Errorf("the observer was shown a partial body: %+v", before)
+	}
+	// Unobserved routes take long bodies as before.
+	resp, err = http.Post(base+"/other/", "application/json", strings.NewReader(long))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Errorf("unobserved long body: %d", resp.StatusCode)
 	}
 }

@@ -83,8 +83,8 @@ func New(cfg Config) (*Server, error) {
 }
 
 // serveRoot refuses CONNECT (the sidecar is no forward proxy: a tunnel
-// through it would bypass everything) and sends request targets that are
-// not paths straight to the proxy core; all else goes to echo. ("OPTIONS *"
+// through it would bypass everything) and every request the forwarding
+// policy refuses (see refuseRequest); all else goes to echo. ("OPTIONS *"
 // never gets here: net/http answers it itself.)
 func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodConnect {
@@ -92,8 +92,12 @@ func (s *Server) serveRoot(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "CONNECT is not supported", http.StatusMethodNotAllowed)
 		return
 	}
-	if p := r.URL.Path; p == "" || p[0] != '/' {
-		s.fwd.ServeHTTP(w, r)
+	if reason := refuseRequest(r); reason != "" {
+		s.refuse(w, r, reason)
+		return
+	}
+	if s.shadowsClaimedRoute(r) {
+		s.refuse(w, r, "non-canonical path of an SSF or tapped route")
 		return
 	}
 	s.echo.ServeHTTP(w, r)
@@ -126,10 +130,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("proxy: Run called twice")
 	}
-	ln, err := net.Listen("tcp", s.cfg.Listen)
+	tcpLn, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("proxy: listen on %s: %w", s.cfg.Listen, err)
 	}
+	var ln net.Listener = newLimitListener(tcpLn, s.cfg.MaxConns, &s.stats.connsRefused)
 	srv := &http.Server{
 		Handler:           s.root,
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
@@ -161,19 +166,19 @@ func (s *Server) Run(ctx context.Context) error {
 	switch {
 	case tlsOn:
 		go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	case s.laneOn():
-		// The lane reads every connection first and hands net/http those it
-		// does not carry itself.
+	default:
+		// The lane reads every plain-HTTP connection first (and checks its
+		// first head's framing) and hands net/http those it does not carry
+		// itself; with the fast path off it carries none.
 		handoff := newChanListener(ln.Addr())
 		ln2 = newLane(s.fwd, &s.stats, handoff)
+		ln2.carry = s.laneOn()
 		go func() { errc <- srv.Serve(handoff) }()
 		go func() {
 			if err := ln2.serve(ln); err != nil {
 				errc <- err
 			}
 		}()
-	default:
-		go func() { errc <- srv.Serve(ln) }()
 	}
 
 	select {

@@ -26,6 +26,9 @@ type Stats struct {
 	// (bodyless GET and HEAD on plain-HTTP listeners); the rest went through
 	// net/http.
 	Lane uint64
+	// ConnsRefused counts client connections closed at once because
+	// MaxConns were open.
+	ConnsRefused uint64
 }
 
 type counters struct {
@@ -33,7 +36,7 @@ type counters struct {
 	beforeMisses, afterMisses          atomic.Uint64
 	upstreamErrors, upstreamTimeouts   atomic.Uint64
 	clientGone, upgrades, clientErrors atomic.Uint64
-	lane                               atomic.Uint64
+	lane, connsRefused                 atomic.Uint64
 }
 
 // Stats returns the current counters.
@@ -44,6 +47,6 @@ func (s *Server) Stats() Stats {
 		BeforeMisses: c.beforeMisses.Load(), AfterMisses: c.afterMisses.Load(),
 		UpstreamErrors: c.upstreamErrors.Load(), UpstreamTimeouts: c.upstreamTimeouts.Load(),
 		ClientGone: c.clientGone.Load(), ClientErrors: c.clientErrors.Load(), Upgrades: c.upgrades.Load(),
-		Lane: c.lane.Load(),
+		Lane: c.lane.Load(), ConnsRefused: c.connsRefused.Load(),
 	}
 }

@@ -11,15 +11,25 @@
 //
 //   - description is truncated to 256 characters (Config.DescriptionLimit);
 //     a status reason to the same limit.
-//   - A receiver may hold 25 streams (Config.MaxStreamsPerReceiver; more is
-//     409) and a stream may list 10000 added or removed subjects
-//     (Config.MaxSubjectsPerStream; more is 429).
+//   - A receiver may hold 25 streams (Config.MaxStreamsPerReceiver, or its
+//     own max_streams; more is 409) and a stream may list 10000 added or
+//     removed subjects (Config.MaxSubjectsPerStream; more is 429). A create
+//     identical to a stream the receiver has (delivery method and push
+//     endpoint, events_requested in any order, aud, description) is 409
+//     naming that stream.
 //   - A create request without events_requested asks for every supported
 //     event; a replace (PUT) without it asks for none. Unknown event types
 //     are ignored. A replace must carry delivery.
-//   - min_verification_interval is 30 s (Config.MinVerificationInterval),
-//     enforced with 429 and Retry-After; the unsolicited verification sent
-//     when a stream is created does not count against it.
+//   - min_verification_interval is 5 s (Config.MinVerificationInterval),
+//     in every stream configuration, enforced per stream with a second of
+//     slack by 429 and Retry-After. Only push streams get an unsolicited
+//     verification at creation (it proves the endpoint; on a poll stream it
+//     would be polled ahead of the one the receiver asks for); it does not
+//     count against the interval.
+//   - iat is the time a SET is signed (at each push attempt or poll), so a
+//     backlog delivered after an outage passes a receiver's maximum SET
+//     age; toe and event_timestamp carry the event's time; the jti never
+//     changes.
 //   - credential_type: password → password; TOTP, Duo, static recovery
 //     codes, email one-time codes and authentik endpoint devices → app
 //     (CAEP has no value for recovery or emailed codes; the device name goes
@@ -29,7 +39,8 @@
 //     them in order once enabled, for as long as the outbox retention
 //     (--retention, default 720h) allows; disabled streams keep nothing.
 //   - A status change the transmitter or the operator makes is announced
-//     with a stream-updated SET; changes the receiver asks for are not.
+//     with a stream-updated SET; changes the receiver asks for are not. On
+//     resume the announcement goes out before the SETs the pause held.
 //   - Subject matching follows SSF §8.1.3.1: a member missing on either side
 //     of a complex subject matches anything, so a subject naming only a
 //     session also matches events that carry no session.

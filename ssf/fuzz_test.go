@@ -100,6 +100,8 @@ func FuzzParseReceivers(f *testing.F) {
 	f.Add([]byte(`{"receivers":[{"name":"a","tokens":["t"]}]}`))
 	f.Add([]byte("receivers:\n  - name: a\n    tokens: [{value: v, scopes: [ssf.read]}]\n"))
 	f.Add([]byte("receivers: {}"))
+	f.Add([]byte("receivers:\n  - name: a\n    tokens: [t]\n    max_streams: 1\n"))
+	f.Add([]byte("receivers:\n  - name: a\n    tokens: [t]\n    max_streams: -3\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rs, err := ParseReceivers(b)
 		if err != nil {
@@ -109,6 +111,9 @@ func FuzzParseReceivers(f *testing.F) {
 		for _, r := range rs {
 			if r.Name == "" || r.Audience == "" {
 				t.Fatalf("receiver without name or audience accepted: %+v", r)
+			}
+			if r.MaxStreams < 0 {
+				t.Fatalf("negative max_streams accepted: %d", r.MaxStreams)
 			}
 			for _, tk := range r.Tokens {
 				if tk.Value == "" || seen[tk.Value] || strings.ContainsAny(tk.Value, " \t\r\n") {

@@ -120,16 +120,6 @@ func (t *Transmitter) createStream(c echo.Context) error {
 	ctx := c.Request().Context()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	n := 0
-	for _, st := range t.streams {
-		if st.rec.Receiver == p.receiver.Name {
-			n++
-		}
-	}
-	if n >= t.cfg.MaxStreamsPerReceiver {
-		return &apiError{Status: http.StatusConflict, Code: "too_many_streams",
-			Desc: fmt.Sprintf("a receiver may have at most %d streams", t.cfg.MaxStreamsPerReceiver)}
-	}
 	now := t.cfg.Clock()
 	rec := streamRecord{ID: t.cfg.NewID(), Receiver: p.receiver.Name, Audience: p.receiver.Audience,
 		Status: StatusEnabled, DefaultSubjects: t.cfg.DefaultSubjects, Created: now, Updated: now}
@@ -143,19 +133,77 @@ func (t *Transmitter) createStream(c echo.Context) error {
 	if err := t.applyDelivery(&rec, req.Delivery, p.receiver, true, false); err != nil {
 		return err
 	}
+	if err := t.checkCreateAllowed(p.receiver, rec); err != nil {
+		return err
+	}
 	if err := t.saveStream(ctx, rec); err != nil {
 		return err
 	}
 	t.streams[rec.ID] = &streamState{rec: rec}
 	t.log.InfoContext(ctx, "stream created", slog.String("stream_id", rec.ID), slog.String("receiver", rec.Receiver),
 		slog.String("method", rec.Method), slog.String("request_id", requestID(c)))
-	// Unsolicited verification (no state) so the receiver can check the
-	// path end to end.
-	if err := t.enqueueVerification(ctx, rec, nil); err != nil {
-		t.log.WarnContext(ctx, "cannot queue the initial verification", slog.String("stream_id", rec.ID), slog.Any("error", err))
+	// An unsolicited verification (no state) proves a push endpoint end to
+	// end. A poll receiver reaches the transmitter itself, and one queued
+	// ahead of the verification it asks for would be the first SET it
+	// polls, which receivers (and the OpenID conformance suite) take for
+	// the answer to their request: poll streams get none.
+	if rec.push() {
+		if err := t.enqueueVerification(ctx, rec, nil); err != nil {
+			t.log.WarnContext(ctx, "cannot queue the initial verification", slog.String("stream_id", rec.ID), slog.Any("error", err))
+		}
 	}
 	noStore(c)
 	return c.JSON(http.StatusCreated, t.wire(rec))
+}
+
+// checkCreateAllowed refuses a create with 409 when the receiver already
+// has a stream identical to rec (same delivery method and endpoint, events
+// requested, aud and description), or has as many streams as it may. The
+// description names the stream that exists (the identical one, or with a
+// cap of one the receiver's only stream), so a receiver can carry on with
+// it. Callers hold t.mu.
+func (t *Transmitter) checkCreateAllowed(r *Receiver, rec streamRecord) error {
+	limit := t.cfg.MaxStreamsPerReceiver
+	if r.MaxStreams > 0 {
+		limit = r.MaxStreams
+	}
+	var own []streamRecord
+	for _, st := range t.sortedStreams() {
+		if st.rec.Receiver == r.Name {
+			own = append(own, st.rec)
+		}
+	}
+	for _, o := range own {
+		if sameStreamConfig(o, rec) {
+			return &apiError{Status: http.StatusConflict, Code: "stream_exists",
+				Desc: fmt.Sprintf("an identical stream exists: stream_id %s", o.ID)}
+		}
+	}
+	if len(own) >= limit {
+		desc := fmt.Sprintf("a receiver may have at most %d streams", limit)
+		if limit == 1 {
+			desc = fmt.Sprintf("this receiver may have one stream, and has it: stream_id %s", own[0].ID)
+		}
+		return &apiError{Status: http.StatusConflict, Code: "too_many_streams", Desc: desc}
+	}
+	return nil
+}
+
+// sameStreamConfig reports whether a create asking for b would make a
+// stream identical to a: same delivery method and (for push) endpoint,
+// same events requested (in any order), same aud and description. A poll
+// stream's endpoint is the transmitter's own, so the method decides.
+func sameStreamConfig(a, b streamRecord) bool {
+	if a.Method != b.Method || a.Audience != b.Audience || a.Description != b.Description {
+		return false
+	}
+	if a.push() && a.EndpointURL != b.EndpointURL {
+		return false
+	}
+	x, y := slices.Clone(a.EventsRequested), slices.Clone(b.EventsRequested)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(slices.Compact(x), slices.Compact(y))
 }
 
 // applyDelivery validates and applies a delivery request. On create a
@@ -411,13 +459,20 @@ func (t *Transmitter) postStatus(c echo.Context) error {
 }
 
 // setStatusLocked changes a stream's status. announce queues a
-// stream-updated SET (status changes the transmitter makes on its own): at
-// the head of the queue, before the queue stops, when leaving enabled, and
-// after the queue restarts, when becoming enabled.
+// stream-updated SET (status changes the transmitter or an operator makes):
+// at the head of the queue, behind any earlier announcement still queued,
+// and ahead of everything the stream holds. Leaving enabled, it is queued
+// before the queue stops (an announcement still goes out while paused or
+// disabled). Resuming a paused stream, it is queued while the stream is
+// still paused, so the queue starts again with it and the held SETs follow
+// it in order. Re-enabling a disabled stream (whose queue was discarded,
+// and which takes no SETs) it is queued once the stream is enabled.
 func (t *Transmitter) setStatusLocked(ctx context.Context, st *streamState, status, reason string, announce bool) (streamRecord, error) {
 	rec := st.rec
+	prev := rec.Status
 	rec.Status, rec.Reason, rec.Updated = status, reason, t.cfg.Clock()
-	if announce && status != StatusEnabled {
+	early := announce && (status != StatusEnabled || prev == StatusPaused)
+	if early {
 		if err := t.enqueueStreamUpdated(ctx, rec); err != nil {
 			return rec, err
 		}
@@ -426,7 +481,7 @@ func (t *Transmitter) setStatusLocked(ctx context.Context, st *streamState, stat
 		return rec, err
 	}
 	st.rec = rec
-	if announce && status == StatusEnabled {
+	if announce && !early {
 		if err := t.enqueueStreamUpdated(ctx, rec); err != nil {
 			return rec, err
 		}

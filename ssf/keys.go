@@ -19,6 +19,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -291,6 +292,10 @@ func (k *Keys) expired(sk *signingKey, now time.Time) bool {
 // Sign signs the claims with the current key as a compact JWS with header
 // typ secevent+jwt, alg and kid.
 func (k *Keys) Sign(_ context.Context, claims []byte) (string, error) {
+	claims, err := stampIat(claims, k.cfg.Clock())
+	if err != nil {
+		return "", err
+	}
 	k.mu.RLock()
 	sk := k.keys[0]
 	k.mu.RUnlock()
@@ -301,6 +306,19 @@ func (k *Keys) Sign(_ context.Context, claims []byte) (string, error) {
 		return "", fmt.Errorf("sign SET: %w", err)
 	}
 	return signing + "." + b64(sig), nil
+}
+
+// stampIat sets the iat claim to the signing time: a SET is signed when it
+// is handed out (each push attempt, each poll), and its iat says when it
+// was issued in that form. The time of the event stays in toe and, for
+// CAEP, event_timestamp; the jti never changes.
+func stampIat(claims []byte, now time.Time) ([]byte, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(claims, &m); err != nil || m == nil {
+		return nil, errors.New("sign SET: claims are not a JSON object")
+	}
+	m["iat"] = json.RawMessage(strconv.FormatInt(now.Unix(), 10))
+	return json.Marshal(m)
 }
 
 // CurrentKID returns the kid of the signing key.

@@ -12,9 +12,9 @@ import (
 // together (429 beyond; re-adding a listed subject is not a new one).
 func TestStreamAndSubjectLimits(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.MaxStreamsPerReceiver, c.MaxSubjectsPerStream = 2, 3 })
-	a := h.create(acmeTok, map[string]any{})
-	h.create(acmeTok, map[string]any{})
-	r := h.do("POST", "/ssf/streams", acmeTok, map[string]any{})
+	a := h.create(acmeTok, map[string]any{"description": "one"})
+	h.create(acmeTok, map[string]any{"description": "two"})
+	r := h.do("POST", "/ssf/streams", acmeTok, map[string]any{"description": "three"})
 	var e struct{ Err string }
 	r.json(t, &e)
 	if r.status != http.StatusConflict || e.Err != "too_many_streams" {

@@ -44,11 +44,16 @@ func startPublishSpan(ctx context.Context, s tap.Signal) (context.Context, trace
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
 // setClaims is the claims set of every SET this transmitter builds: never
-// sub, never exp, exactly one event.
+// sub, never exp, exactly one event. iat is when the SET was signed: the
+// outbox signs at hand-out, and Keys.Sign sets it then, so a SET retried
+// after a long outage is not refused as old by a receiver with a maximum
+// SET age; the value written here at enqueue is replaced. toe (RFC 8417
+// §2.2) is when the event happened and never changes, like the jti.
 type setClaims struct {
 	Iss    string                    `json:"iss"`
 	Aud    string                    `json:"aud"`
 	Iat    int64                     `json:"iat"`
+	Toe    int64                     `json:"toe,omitempty"`
 	Jti    string                    `json:"jti"`
 	Txn    string                    `json:"txn,omitempty"`
 	SubID  Subject                   `json:"sub_id"`
@@ -56,16 +61,20 @@ type setClaims struct {
 }
 
 // buildSET builds one SET for a stream. key is the idempotency key (empty:
-// the jti).
-func (t *Transmitter) buildSET(rec streamRecord, eventType string, body map[string]any, subj Subject, txn, key string) (outbox.SET, error) {
+// the jti); toe is when the event happened (zero: now).
+func (t *Transmitter) buildSET(rec streamRecord, eventType string, body map[string]any, subj Subject, txn, key string, toe time.Time) (outbox.SET, error) {
 	jti := t.cfg.NewID()
+	now := t.cfg.Clock()
+	if toe.IsZero() {
+		toe = now
+	}
 	if txn == "" {
 		txn = jti
 	}
 	if body == nil {
 		body = map[string]any{}
 	}
-	claims := setClaims{Iss: t.cfg.Issuer, Aud: rec.Audience, Iat: t.cfg.Clock().Unix(), Jti: jti, Txn: txn,
+	claims := setClaims{Iss: t.cfg.Issuer, Aud: rec.Audience, Iat: now.Unix(), Toe: toe.Unix(), Jti: jti, Txn: txn,
 		SubID: subj, Events: map[string]map[string]any{eventType: body}}
 	b, err := json.Marshal(claims)
 	if err != nil {
@@ -79,11 +88,15 @@ func (t *Transmitter) enqueueVerification(ctx context.Context, rec streamRecord,
 	if state != nil {
 		body["state"] = *state
 	}
-	set, err := t.buildSET(rec, EventVerification, body, OpaqueSubject(rec.ID), "", "")
+	set, err := t.buildSET(rec, EventVerification, body, OpaqueSubject(rec.ID), "", "", time.Time{})
 	if err != nil {
 		return err
 	}
 	set.Labels = map[string]string{"source": "verification"}
+	// A verification still waiting to be handed out when the receiver asks
+	// again is replaced: receivers (and the conformance suite) take the
+	// first verification they read as the answer to their latest request.
+	set.Supersede = true
 	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue verification for %s: %w", rec.ID, err)
 	}
@@ -96,14 +109,16 @@ func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord
 	if rec.Reason != "" {
 		body["reason"] = rec.Reason
 	}
-	set, err := t.buildSET(rec, EventStreamUpdated, body, OpaqueSubject(rec.ID), "", "")
+	set, err := t.buildSET(rec, EventStreamUpdated, body, OpaqueSubject(rec.ID), "", "", time.Time{})
 	if err != nil {
 		return err
 	}
 	set.Head = true
 	// A pause or disable is announced before delivery stops (SSF 1.0
-	// §8.1.5): the outbox delivers this one SET past its status gate.
-	set.Announce = rec.Status != StatusEnabled
+	// §8.1.5): the outbox delivers announcements past its status gate, in
+	// the order they were made, ahead of the SETs the stream holds. So is
+	// a resume, which is queued while the stream is still paused.
+	set.Announce = true
 	set.Labels = map[string]string{"source": "transmitter"}
 	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue stream-updated for %s: %w", rec.ID, err)
@@ -169,7 +184,7 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 				}
 				b["subject"] = subj
 			}
-			set, err := t.buildSET(st.rec, eventType, b, subj, txn, s.ID+"/"+st.rec.ID)
+			set, err := t.buildSET(st.rec, eventType, b, subj, txn, s.ID+"/"+st.rec.ID, s.Time)
 			if err != nil {
 				return err
 			}

@@ -208,9 +208,9 @@ func TestPublishChoosesStreams(t *testing.T) {
 	tr, q := unitTransmitter(t)
 	all := unitCreate(t, tr, q, acmeTok, `{}`)
 	onlyCred := unitCreate(t, tr, q, acmeTok, `{"events_requested":["`+EventCredentialChange+`"]}`)
-	disabled := unitCreate(t, tr, q, acmeTok, `{}`)
-	paused := unitCreate(t, tr, q, acmeTok, `{}`)
-	removed := unitCreate(t, tr, q, acmeTok, `{}`)
+	disabled := unitCreate(t, tr, q, acmeTok, `{"description":"disabled"}`)
+	paused := unitCreate(t, tr, q, acmeTok, `{"description":"paused"}`)
+	removed := unitCreate(t, tr, q, acmeTok, `{"description":"removed"}`)
 	for id, status := range map[string]string{disabled: "disabled", paused: "paused"} {
 		if rec := serve(tr, "POST", "/ssf/status", acmeTok, `{"stream_id":"`+id+`","status":"`+status+`"}`); rec.Code != 200 {
 			t.Fatal(rec.Body)
@@ -221,8 +221,8 @@ func TestPublishChoosesStreams(t *testing.T) {
 	}
 	trNone, qNone := unitTransmitter(t, func(c *Config) { c.DefaultSubjects = "NONE" })
 	noneEmpty := unitCreate(t, trNone, qNone, acmeTok, `{}`)
-	noneAdded := unitCreate(t, trNone, qNone, acmeTok, `{}`)
-	noneComplex := unitCreate(t, trNone, qNone, acmeTok, `{}`)
+	noneAdded := unitCreate(t, trNone, qNone, acmeTok, `{"description":"added"}`)
+	noneComplex := unitCreate(t, trNone, qNone, acmeTok, `{"description":"complex"}`)
 	if rec := serve(trNone, "POST", "/ssf/subjects:add", acmeTok, `{"stream_id":"`+noneAdded+`","subject":{"format":"email","email":"alice@example.com"}}`); rec.Code != 200 {
 		t.Fatal(rec.Body)
 	}

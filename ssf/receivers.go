@@ -79,6 +79,10 @@ type Receiver struct {
 	SubjectIss string
 	// Profile is ssf (default) or legacy.
 	Profile string
+	// MaxStreams caps the receiver's streams (0: the transmitter's
+	// Config.MaxStreamsPerReceiver). 1 gives one stream per receiver: a
+	// second create answers 409 naming the stream that exists.
+	MaxStreams int
 }
 
 type receiverFile struct {
@@ -94,6 +98,7 @@ type receiverEntry struct {
 	SubjectFormat  string   `yaml:"subject_format"`
 	SubjectIss     string   `yaml:"subject_iss"`
 	Profile        string   `yaml:"profile"`
+	MaxStreams     *int     `yaml:"max_streams"`
 }
 
 // LoadReceivers reads and parses a receivers file (see ParseReceivers).
@@ -205,6 +210,12 @@ func ParseReceivers(data []byte) ([]Receiver, error) {
 			if u, err := url.Parse(r.SubjectIss); err != nil || !u.IsAbs() {
 				add("%s: subject_iss %q is not an absolute URL", label, r.SubjectIss)
 			}
+		}
+		if e.MaxStreams != nil {
+			if *e.MaxStreams < 1 {
+				add("%s: max_streams %d must be at least 1 (leave it out for the transmitter's default)", label, *e.MaxStreams)
+			}
+			r.MaxStreams = *e.MaxStreams
 		}
 		switch r.Profile {
 		case ProfileSSF, ProfileLegacy:

@@ -70,7 +70,7 @@ type streamWire struct {
 	EventsRequested         []string     `json:"events_requested"`
 	EventsDelivered         []string     `json:"events_delivered"`
 	Delivery                deliveryWire `json:"delivery"`
-	MinVerificationInterval int64        `json:"min_verification_interval,omitempty"`
+	MinVerificationInterval int64        `json:"min_verification_interval"`
 	Description             string       `json:"description,omitempty"`
 }
 
@@ -88,7 +88,7 @@ func (t *Transmitter) wire(r streamRecord) streamWire {
 		StreamID: r.ID, Iss: t.cfg.Issuer, Aud: r.Audience,
 		EventsSupported: SupportedEvents, EventsRequested: req, EventsDelivered: delivered(r.EventsRequested),
 		Delivery:                deliveryWire{Method: r.Method, EndpointURL: r.EndpointURL},
-		MinVerificationInterval: int64(t.cfg.MinVerificationInterval / time.Second),
+		MinVerificationInterval: int64((t.cfg.MinVerificationInterval + time.Second - 1) / time.Second),
 		Description:             r.Description,
 	}
 }

@@ -166,7 +166,7 @@ func (t *Transmitter) verify(c echo.Context) error {
 	}
 	now := t.cfg.Clock()
 	if last := st.rec.LastVerification; !last.IsZero() {
-		if wait := last.Add(t.cfg.MinVerificationInterval).Sub(now); wait > 0 {
+		if wait := last.Add(t.cfg.MinVerificationInterval - VerificationSlack).Sub(now); wait > 0 {
 			if h := t.cfg.OnVerificationRequest; h != nil {
 				h(st.rec.ID, false)
 			}
@@ -214,6 +214,13 @@ func (t *Transmitter) poll(c echo.Context) error {
 	req, err := outbox.DecodePollRequest(bytesReader(body), t.cfg.MaxBody)
 	if err != nil {
 		return badRequest("%s", err.Error())
+	}
+	if !req.ReturnImmediately {
+		if t.longPolls.acquire(p.receiver.Name) {
+			defer t.longPolls.release(p.receiver.Name)
+		} else {
+			req.ReturnImmediately = true // over the receiver's long-poll cap: answer now
+		}
 	}
 	pctx, span := startPollSpan(c.Request().Context(), id)
 	defer span.End()

@@ -30,11 +30,15 @@ type Queue interface {
 // Defaults and limits.
 const (
 	DefaultMaxBody                 = 64 << 10
-	DefaultMinVerificationInterval = 30 * time.Second
-	DefaultMaxStreamsPerReceiver   = 25
-	DefaultMaxSubjectsPerStream    = 10000
-	DefaultDescriptionLimit        = 256
-	DefaultOAuthRefetchInterval    = 30 * time.Second
+	DefaultMinVerificationInterval = 5 * time.Second
+	// VerificationSlack is how much earlier than min_verification_interval
+	// a verification request is still accepted, for the receiver's clock
+	// and the network.
+	VerificationSlack            = time.Second
+	DefaultMaxStreamsPerReceiver = 25
+	DefaultMaxSubjectsPerStream  = 10000
+	DefaultDescriptionLimit      = 256
+	DefaultOAuthRefetchInterval  = 30 * time.Second
 )
 
 // Config configures the Transmitter.
@@ -51,8 +55,9 @@ type Config struct {
 	AllowPrivateEndpoints bool
 	// MaxBody bounds management and poll request bodies (default 64 KiB).
 	MaxBody int64
-	// MinVerificationInterval is advertised and enforced per stream
-	// (default 30 s).
+	// MinVerificationInterval is advertised (in whole seconds, rounded up)
+	// in every stream configuration and enforced per stream, less
+	// VerificationSlack (default 5 s).
 	MinVerificationInterval time.Duration
 
 	KV    KV
@@ -66,10 +71,13 @@ type Config struct {
 	// NewID returns random URL-safe ids for streams and jtis.
 	NewID func() string
 
-	MaxStreamsPerReceiver int           // default 25
-	MaxSubjectsPerStream  int           // default 10000 (added + removed)
-	DescriptionLimit      int           // runes, default 256
-	OAuthRefetchInterval  time.Duration // least time between JWKS fetches on an unknown kid (default 30 s)
+	MaxStreamsPerReceiver int // default 25
+	// MaxLongPollsPerReceiver caps a receiver's long polls waiting at once;
+	// more are answered at once (default 8).
+	MaxLongPollsPerReceiver int
+	MaxSubjectsPerStream    int           // default 10000 (added + removed)
+	DescriptionLimit        int           // runes, default 256
+	OAuthRefetchInterval    time.Duration // least time between JWKS fetches on an unknown kid (default 30 s)
 
 	// ManagementBurst and ManagementInterval limit each receiver's
 	// management calls (everything but poll): a burst of ManagementBurst
@@ -171,6 +179,9 @@ func (c *Config) defaults() {
 	if c.MaxStreamsPerReceiver == 0 {
 		c.MaxStreamsPerReceiver = DefaultMaxStreamsPerReceiver
 	}
+	if c.MaxLongPollsPerReceiver <= 0 {
+		c.MaxLongPollsPerReceiver = DefaultMaxLongPollsPerReceiver
+	}
 	if c.MaxSubjectsPerStream == 0 {
 		c.MaxSubjectsPerStream = DefaultMaxSubjectsPerStream
 	}
@@ -230,6 +241,7 @@ type Transmitter struct {
 	tokens    []tokenEntry
 	oauth     *oauthVerifier
 	calls     *callLimiter
+	longPolls longPolls
 
 	mu      sync.RWMutex
 	streams map[string]*streamState
@@ -253,6 +265,7 @@ func New(cfg Config) (*Transmitter, error) {
 		cfg.Limits = NewKVLimitStore(cfg.KV)
 	}
 	t.calls = newCallLimiter(cfg.ManagementBurst, cfg.ManagementInterval, cfg.Clock, cfg.Limits, t.log)
+	t.longPolls.max = cfg.MaxLongPollsPerReceiver
 	t.issuerURL, _ = url.Parse(cfg.Issuer)
 	p := strings.TrimSuffix(t.issuerURL.Path, "/")
 	t.discoveryPath = "/.well-known/ssf-configuration" + p

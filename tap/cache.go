@@ -65,7 +65,8 @@ func (c *cache[K, V]) del(k K) {
 	delete(c.m, k)
 }
 
-// rateLimiter is a token bucket per key (client IP), bounded in size.
+// rateLimiter is a token bucket per key (a client IP, or a confirmed
+// caller), bounded in size.
 type rateLimiter struct {
 	mu      sync.Mutex
 	rate    float64
@@ -84,18 +85,9 @@ func newRateLimiter(rate float64, burst, max int, clock func() time.Time) *rateL
 	return &rateLimiter{rate: rate, burst: float64(burst), max: max, clock: clock, buckets: map[string]*bucket{}}
 }
 
-// refund gives back the token allow took.
-func (l *rateLimiter) refund(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if b, ok := l.buckets[key]; ok {
-		b.tokens = min(l.burst, b.tokens+1)
-	}
-}
-
-func (l *rateLimiter) allow(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// bucketLocked returns key's bucket, refilled to now; nil when the map is
+// full of buckets that still carry state. l.mu is held.
+func (l *rateLimiter) bucketLocked(key string) *bucket {
 	now := l.clock()
 	b, ok := l.buckets[key]
 	if !ok {
@@ -107,7 +99,7 @@ func (l *rateLimiter) allow(key string) bool {
 				}
 			}
 			if len(l.buckets) >= l.max {
-				return false
+				return nil
 			}
 		}
 		b = &bucket{tokens: l.burst, last: now}
@@ -115,7 +107,33 @@ func (l *rateLimiter) allow(key string) bool {
 	}
 	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
 	b.last = now
-	if b.tokens < 1 {
+	return b
+}
+
+// has reports whether key has a token left, without taking it.
+func (l *rateLimiter) has(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.bucketLocked(key)
+	return b != nil && b.tokens >= 1
+}
+
+// spend takes a token from key after the fact (a failure it is charged
+// for), down to an empty bucket.
+func (l *rateLimiter) spend(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.bucketLocked(key); b != nil {
+		b.tokens = max(0, b.tokens-1)
+	}
+}
+
+// allow takes a token from key, reporting false when there is none.
+func (l *rateLimiter) allow(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.bucketLocked(key)
+	if b == nil || b.tokens < 1 {
 		return false
 	}
 	b.tokens--

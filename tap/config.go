@@ -69,8 +69,9 @@ type Config struct {
 	// FlowRefreshMinGap spaces early refreshes triggered by unknown
 	// executor slugs (5s).
 	FlowRefreshMinGap time.Duration
-	// RatePerIP and RateBurst limit tapped observations per client IP
-	// (5 per second, burst 20).
+	// RatePerIP and RateBurst budget the look-ups authentik refuses, per
+	// client IP and per confirmed caller whose tapped actions it refuses
+	// (5 per second, burst 20); over budget, look-ups are held (budget.go).
 	RatePerIP float64
 	RateBurst int
 	// DedupWindow is the widest gap between the traffic's time and

@@ -17,7 +17,8 @@ type pending struct {
 	in        *intent
 	component string // the stage component the request answered
 	journaled bool
-	follow    bool // the follow-up GET of a stage answered with a 302
+	follow    bool   // the follow-up GET of a stage answered with a 302
+	budgetKey string // charged when authentik refuses the action
 }
 
 // maxBulkUsers bounds how many users of one bulk_delete are looked up.
@@ -77,18 +78,11 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 			return nil
 		}
 	}
+	// Authenticate first: a look-up is charged to the client IP only when
+	// authentik refuses the credentials (see budget.go), so junk from an
+	// address never costs a confirmed caller there their observation.
 	ip := clientIP(r)
-	if !t.limiter.allow(ip) {
-		t.stats.rateLimited.Add(1)
-		return nil
-	}
-	c, err := t.authenticate(ctx, cookie, authz, creds{clientIP: ip, userAgent: r.UserAgent()})
-	if err == nil {
-		// Only callers authentik does not vouch for spend the per-IP
-		// budget: a confirmed admin revoking sessions quickly must not lose
-		// SETs the event API could never recover.
-		t.limiter.refund(ip)
-	}
+	c, err := t.authenticate(withBudgetKey(ctx, ip), cookie, authz, creds{clientIP: ip, userAgent: r.UserAgent()})
 	if err != nil {
 		t.stats.untrusted.Add(1)
 		t.log.DebugContext(ctx, "tap: caller not authenticated", "op", string(rt.op), "err", err)
@@ -101,7 +95,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 		if c.SessionHash == "" {
 			return nil
 		}
-		return &pending{in: &intent{Op: rt.op, Caller: c.User, SessionHash: c.SessionHash}}
+		return &pending{in: &intent{Op: rt.op, Caller: c.User, SessionHash: c.SessionHash}, budgetKey: userBudgetKey(c.User.PK)}
 	}
 	in := &intent{
 		ID: t.cfg.NewID(), Op: rt.op, Created: t.cfg.Clock().UTC(), RequestID: requestID(r),
@@ -110,9 +104,19 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	if c.Actor != nil {
 		in.Caller = *c.Actor
 	}
-	p := &pending{in: in}
+	p := &pending{in: in, budgetKey: userBudgetKey(c.User.PK)}
 	t.sessionSeen(c)
-	if !t.prepare(ctx, p, rt, c, r, body) {
+	// A confirmed caller whose tapped actions authentik keeps refusing
+	// (a low-privilege user trying admin routes) has the look-ups made on
+	// its behalf held once its budget is spent.
+	release, err := t.admitLookup(ctx, p.budgetKey)
+	if err != nil {
+		t.stats.misses.Add(1)
+		return nil
+	}
+	ok = t.prepare(ctx, p, rt, c, r, body)
+	release()
+	if !ok {
 		return nil
 	}
 	if err := t.journalPut(ctx, in, t.dir.drain()...); err != nil {
@@ -271,6 +275,9 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		return
 	}
 	in := p.in
+	if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
+		t.limiter.spend(p.budgetKey) // refused by authentik: the caller pays for the look-ups
+	}
 	switch in.Op {
 	case opImpersonate:
 		if status == http.StatusNoContent || status == http.StatusOK {
@@ -388,7 +395,7 @@ func (t *Tap) followStage(r *http.Request, rt route, cookie string) any {
 		return nil
 	}
 	t.stagePending.del(key)
-	return &pending{in: p.in, component: p.component, follow: true}
+	return &pending{in: p.in, component: p.component, follow: true, budgetKey: p.budgetKey}
 }
 
 // sessionSeen remembers that this caller's session cookie was seen, so a

@@ -112,11 +112,28 @@ func (t *Tap) whoami(ctx context.Context, cr creds, sessionHash string) (*caller
 		c.cr = cr
 		return &c, nil
 	}
+	if _, bad := t.badCreds.get(key); bad {
+		return nil, errUnauthorized // refused a moment ago: no second look-up
+	}
+	budget := budgetKeyOf(ctx)
+	release, err := t.admitLookup(ctx, budget)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	refused := func() {
+		t.badCreds.put(key, struct{}{})
+		t.limiter.spend(budget)
+	}
 	var me akSessionUser
 	if err := t.api.getJSON(ctx, cr, "/core/users/me/", nil, &me); err != nil {
+		if errors.Is(err, errUnauthorized) {
+			refused()
+		}
 		return nil, err
 	}
 	if me.User.PK <= 0 || me.User.Username == "" || me.User.Username == "AnonymousUser" {
+		refused()
 		return nil, errUnauthorized
 	}
 	c := caller{User: me.User.user(), SessionHash: sessionHash}

@@ -45,6 +45,8 @@ type Tap struct {
 	processed    *cache[string, struct{}] // intent ids already published
 	unknownSlugs *cache[string, struct{}] // executor slugs that were neither role
 	limiter      *rateLimiter
+	badCreds     *cache[string, struct{}] // credentials authentik refused recently
+	overBudget   chan struct{}            // the one slot for over-budget look-ups
 
 	queue    chan *intent
 	learn    chan func(context.Context)
@@ -88,6 +90,8 @@ func New(cfg Config) (*Tap, error) {
 		uidMisses:     newCache[string, struct{}](256, cfg.CacheTTL, cfg.Clock),
 		impersonators: newCache[string, User](cfg.CacheSize, 24*time.Hour, cfg.Clock),
 		limiter:       newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
+		badCreds:      newCache[string, struct{}](cfg.CacheSize, time.Minute, cfg.Clock),
+		overBudget:    make(chan struct{}, 1),
 		queue:         make(chan *intent, cfg.QueueSize),
 		learn:         make(chan func(context.Context), 64),
 		flowKick:      make(chan struct{}, 1),

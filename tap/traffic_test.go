@@ -200,17 +200,26 @@ func TestSecretKeyVerification(t *testing.T) {
 func TestRateLimitPerIP(t *testing.T) {
 	e := newEnv(t, envOpts{mutate: func(c *Config) { c.RateBurst = 2; c.RatePerIP = 0.0001 }})
 	alice := e.user("alice")
-	// Callers authentik does not confirm spend the client IP's budget: of
-	// four, two are looked up and two are refused without a look-up.
+	// Credentials authentik refuses spend the client IP's budget: of four
+	// different ones, the two over the budget are held (one look-up at a
+	// time across all over-budget addresses) and counted, not dropped.
 	before := e.ak.Requests("/api/v3/core/users/me/")
-	for range 4 {
-		e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"x"}`, "", "not-a-token")
+	for i := range 4 {
+		e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"x"}`, "", fmt.Sprintf("not-a-token-%d", i))
 	}
 	if got := e.tap.Stats().RateLimited; got != 2 {
 		t.Errorf("rate limited %d, want 2", got)
 	}
-	if n := e.ak.Requests("/api/v3/core/users/me/") - before; n != 2 {
-		t.Errorf("%d look-ups for unconfirmed callers, want 2", n)
+	if n := e.ak.Requests("/api/v3/core/users/me/") - before; n != 4 {
+		t.Errorf("%d look-ups for unconfirmed callers, want 4", n)
+	}
+	// A credential refused a moment ago costs no second look-up.
+	before = e.ak.Requests("/api/v3/core/users/me/")
+	for range 3 {
+		e.do("POST", fmt.Sprintf("/api/v3/core/users/%d/set_password/", alice.PK), `{"password":"x"}`, "", "not-a-token-0")
+	}
+	if n := e.ak.Requests("/api/v3/core/users/me/") - before; n != 0 {
+		t.Errorf("%d look-ups for a refused credential, want 0", n)
 	}
 	// A confirmed admin is never limited: every action becomes a signal.
 	e2 := newEnv(t, envOpts{mutate: func(c *Config) { c.RateBurst = 2; c.RatePerIP = 0.0001 }})

@@ -158,7 +158,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	a.proxy, err = proxy.New(proxy.Config{
 		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
 		SSF: ssfHandler, SSFPrefixes: ssfPrefixes, Observer: observer,
-		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"),
+		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"), MaxConns: cfg.MaxConnections,
 		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes,
 	})
 	if err != nil {
@@ -169,9 +169,11 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		a.adminHandler = a.degraded.admin
 		a.metrics.tapStats, a.metrics.outboxStats = a.degraded.tapStats, a.degraded.outboxStats
 		a.metrics.limitFailures = a.degraded.limitFailures
+		a.metrics.storeHealthy, a.metrics.signingKeys = a.degraded.storeHealthy, a.degraded.signingKeys
 	} else {
 		a.metrics.tapStats, a.metrics.outboxStats = a.tap.Stats, a.outbox.AllStats
 		a.metrics.limitFailures = a.tx.ManagementLimitFailures
+		a.metrics.storeHealthy, a.metrics.signingKeys = a.store.Healthy, a.keys.List
 	}
 	return a, nil
 }
@@ -249,7 +251,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		Store:  streams,
 		Issuer: cfg.Issuer, Receivers: receivers, OAuthIssuer: cfg.OAuthIssuer,
 		DefaultSubjects: cfg.DefaultSubjects, AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
-		MaxBody: cfg.MaxBody, KV: a.store, Queue: a.outbox, Keys: a.keys,
+		MaxBody: cfg.MaxBody, MinVerificationInterval: cfg.MinVerification, KV: a.store, Queue: a.outbox, Keys: a.keys,
 		Logger: logger.With("component", "ssf"), HTTPClient: a.httpClient,
 		OnSETIssued: a.metrics.onSETIssued, OnVerificationRequest: a.metrics.onVerification,
 	})

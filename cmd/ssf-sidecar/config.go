@@ -42,9 +42,11 @@ type Config struct {
 	MaxBackoff            time.Duration
 	PauseAfter            time.Duration
 	KeyOverlap            time.Duration
+	MinVerification       time.Duration
 	MaxBody               int64
 	TraceURL              string
 	TraceAllRoutes        bool
+	MaxConnections        int
 	ConfigFile            string
 }
 
@@ -139,6 +141,7 @@ var options = []option{
 	{name: "max-backoff", env: "SSF_MAX_BACKOFF", def: "10m", usage: "cap on the wait between attempts on a failing stream", apply: dur(func(c *Config) *time.Duration { return &c.MaxBackoff })},
 	{name: "pause-after", env: "SSF_PAUSE_AFTER", def: "72h", usage: "a stream failing this long is paused by the transmitter", apply: dur(func(c *Config) *time.Duration { return &c.PauseAfter })},
 	{name: "key-overlap", env: "SSF_KEY_OVERLAP", def: "168h", usage: "how long a retired signing key stays in the JWKS", apply: dur(func(c *Config) *time.Duration { return &c.KeyOverlap })},
+	{name: "min-verification-interval", env: "SSF_MIN_VERIFICATION_INTERVAL", def: "5s", usage: "least time between a receiver's verification requests on one stream (advertised as min_verification_interval; enforced with 1s of slack)", apply: dur(func(c *Config) *time.Duration { return &c.MinVerification })},
 	{name: "max-body", env: "SSF_MAX_BODY", def: "64KiB", usage: "largest SSF management or poll request body (e.g. 64KiB, 1MiB)", apply: func(c *Config, v string) error {
 		n, err := parseSize(v)
 		if err != nil {
@@ -148,6 +151,14 @@ var options = []option{
 		return nil
 	}},
 	{name: "trace-url", env: "SSF_TRACE_URL", usage: "link template of your tracing UI with {trace_id}, e.g. https://tempo.example/trace/{trace_id} (dashboard links)", apply: str(func(c *Config) *string { return &c.TraceURL })},
+	{name: "max-connections", env: "SSF_MAX_CONNECTIONS", def: "10000", usage: "most client connections open at once on --listen; more are closed at once", apply: func(c *Config, v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 {
+			return fmt.Errorf("%q is not a positive number", v)
+		}
+		c.MaxConnections = n
+		return nil
+	}},
 	{name: "trace-all-routes", env: "SSF_TRACE_ALL_ROUTES", def: "false", usage: "trace every proxied request, not only tapped and SSF routes (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TraceAllRoutes })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
 }
@@ -350,6 +361,9 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be greater than zero", d.flag))
 		}
+	}
+	if c.MinVerification != 0 && (c.MinVerification < time.Second || c.MinVerification > 2*time.Minute) {
+		errs = append(errs, fmt.Errorf("--min-verification-interval %s: use 1s to 2m (the OpenID conformance suite waits at most 2m)", c.MinVerification))
 	}
 	if c.Listen == c.AdminListen {
 		errs = append(errs, fmt.Errorf("--listen and --admin-listen are both %q: the admin API must have its own address", c.Listen))

@@ -161,6 +161,23 @@ func (d *degraded) limitFailures() int64 {
 	return 0
 }
 
+// storeHealthy feeds /metrics: unavailable until the store is open.
+func (d *degraded) storeHealthy() error {
+	if l := d.live.Load(); l != nil {
+		return l.store.Healthy()
+	}
+	return errStoreUnavailable
+}
+
+// signingKeys feeds /metrics: none until the store (and with it the
+// generated keys) is open.
+func (d *degraded) signingKeys() []ssf.KeyInfo {
+	if l := d.live.Load(); l != nil {
+		return l.keys.List()
+	}
+	return nil
+}
+
 // outboxStats feeds /metrics: nothing until the store is open.
 func (d *degraded) outboxStats(ctx context.Context) ([]outbox.StreamStats, error) {
 	if l := d.live.Load(); l != nil {

@@ -353,8 +353,9 @@ func TestDegradedStartRecovers(t *testing.T) {
 			t.Fatalf("tapped delete while degraded: %d", code)
 		}
 	}
-	if code, _, body := do(http.MethodGet, admin+"/metrics", nil); code != 200 || !strings.Contains(body, "ssf_sidecar_tap_misses_total 3\n") {
-		t.Errorf("/metrics while degraded does not count 3 misses: %d\n%s", code, body)
+	if code, _, body := do(http.MethodGet, admin+"/metrics", nil); code != 200 || !strings.Contains(body, "ssf_sidecar_tap_misses_total 3\n") ||
+		!strings.Contains(body, "\nssf_sidecar_store_up 0\n") {
+		t.Errorf("/metrics while degraded does not count 3 misses or show the store down: %d\n%s", code, body)
 	}
 
 	// Backoff: 1 s, then 2 s, then 4 s (1 s gap + the rest, or a /healthz
@@ -393,8 +394,9 @@ func TestDegradedStartRecovers(t *testing.T) {
 	if code, _, body := do(http.MethodGet, admin+"/healthz", nil); code != 200 || !strings.Contains(body, `"status":"ok"`) {
 		t.Errorf("/healthz after recovery: %d %s", code, body)
 	}
-	if code, _, body := do(http.MethodGet, admin+"/metrics", nil); code != 200 || !strings.Contains(body, "ssf_sidecar_tap_misses_total 3\n") {
-		t.Errorf("/metrics after recovery lost the degraded misses:\n%s", body)
+	if code, _, body := do(http.MethodGet, admin+"/metrics", nil); code != 200 || !strings.Contains(body, "ssf_sidecar_tap_misses_total 3\n") ||
+		!strings.Contains(body, "\nssf_sidecar_store_up 1\n") || !strings.Contains(body, `ssf_sidecar_signing_keys{kid="`) {
+		t.Errorf("/metrics after recovery lost the degraded misses, or does not show the store up and its key:\n%s", body)
 	}
 	if st, err := os.Stat(filepath.Join(dataDir, "ssf-sidecar.db")); err != nil || st.Size() == 0 {
 		t.Errorf("no store in the data dir after recovery: %v", err)

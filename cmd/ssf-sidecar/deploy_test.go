@@ -24,6 +24,12 @@ const deployDir = "../../deploy"
 
 var knownEnv = func() map[string]bool {
 	m := map[string]bool{"SSF_ADMIN_URL": true} // read by the admin CLI
+	// The PostgreSQL backend's settings (DESIGN.md's configuration table):
+	// the Helm chart's database value uses them, documented as needing a
+	// release with that backend.
+	for _, name := range []string{"SSF_DATABASE_URL", "SSF_DATABASE_SCHEMA", "SSF_ENCRYPTION_KEY"} {
+		m[name] = true
+	}
 	for _, o := range options {
 		m[o.env] = true
 	}
@@ -94,9 +100,18 @@ func TestDeployEnvNamesExist(t *testing.T) {
 	}
 }
 
+// isHelmTemplate tells the chart's templates (Go templates, not YAML until
+// rendered; deploy/helm/chartcheck renders and checks them) from plain files.
+func isHelmTemplate(path string) bool {
+	return strings.Contains(filepath.ToSlash(path), "/helm/ssf-sidecar/templates/")
+}
+
 func TestDeployYAMLParses(t *testing.T) {
 	n := 0
 	for _, f := range deployFiles(t) {
+		if isHelmTemplate(f) {
+			continue
+		}
 		if strings.HasSuffix(f, ".yaml") || strings.HasSuffix(f, ".yml") {
 			if len(yamlDocs(t, f)) == 0 {
 				t.Errorf("%s: no YAML document", f)
@@ -210,10 +225,70 @@ func TestDeployKubernetesAgrees(t *testing.T) {
 			}
 		}
 	}
-	np := yamlDocs(t, filepath.Join(dir, "networkpolicy.yaml"))[0]
-	if get(np, "spec", "ingress", 0, "from", 0, "podSelector", "matchLabels", "app.kubernetes.io/name") != "ssf-sidecar" {
-		t.Errorf("network policy must admit only the sidecar")
+	if get(pod, "automountServiceAccountToken") != false {
+		t.Errorf("the pod must not mount a service-account token: the sidecar never calls the Kubernetes API")
 	}
+	image, _ := get(c, "image").(string)
+	if image == "" || !strings.Contains(image, "/") || strings.HasSuffix(image, ":latest") || !strings.Contains(image, ":") {
+		t.Errorf("image %q: want a registry reference with a versioned tag (see deploy/kubernetes/README.md)", image)
+	}
+	if get(c, "imagePullPolicy") != "IfNotPresent" {
+		t.Errorf("imagePullPolicy = %v, want IfNotPresent", get(c, "imagePullPolicy"))
+	}
+	if !strings.Contains(readFile(t, filepath.Join(dir, "README.md")), "docker push "+image) {
+		t.Errorf("deploy/kubernetes/README.md must say how to build and push %s", image)
+	}
+
+	// `kubectl apply -f deploy/kubernetes/` applies every file there: no
+	// Secret with example values may be among them.
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".yaml") {
+			continue
+		}
+		for _, doc := range yamlDocs(t, filepath.Join(dir, e.Name())) {
+			if doc["kind"] == "Secret" {
+				t.Errorf("%s holds a Secret: kubectl apply -f deploy/kubernetes/ would overwrite the real one", e.Name())
+			}
+		}
+	}
+
+	// The receiver in the ConfigMap presents OAuth tokens: the issuer they
+	// come from must be configured.
+	if strings.Contains(cm["receivers.yaml"].(string), "oauth_client_ids") && cm["SSF_OAUTH_ISSUER"] == nil {
+		t.Errorf("the ConfigMap's receiver uses oauth_client_ids but SSF_OAUTH_ISSUER is not set")
+	}
+
+	// The NetworkPolicy: authentik's http ports only from the sidecar, its
+	// metrics port left open.
+	np := yamlDocs(t, filepath.Join(dir, "networkpolicy.yaml"))[0]
+	open := map[string]string{} // port -> who may reach it
+	for _, rule := range get(np, "spec", "ingress").([]any) {
+		who := "anyone"
+		if from := get(rule, "from"); from != nil {
+			who, _ = get(from, 0, "podSelector", "matchLabels", "app.kubernetes.io/name").(string)
+			if len(from.([]any)) != 1 {
+				who = "several"
+			}
+		}
+		for _, p := range get(rule, "ports").([]any) {
+			open[yamlScalar(get(p, "port"))] = who
+		}
+	}
+	for port, want := range map[string]string{"9000\n": "ssf-sidecar", "9443\n": "ssf-sidecar", "9300\n": "anyone"} {
+		if open[port] != want {
+			t.Errorf("network policy: port %s reachable by %q, want %q (rules: %v)", strings.TrimSpace(port), open[port], want, open)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func yamlScalar(v any) string {
@@ -247,8 +322,56 @@ func TestDeployComposeAgrees(t *testing.T) {
 	if get(doc, "volumes", "ssf-data") == nil || !strings.HasPrefix(get(sc, "volumes", 0).(string), "ssf-data:/data") {
 		t.Errorf("the data dir must be on a named volume")
 	}
-	if get(sc, "env_file") == nil {
-		t.Errorf("secrets must come from an env file")
+	// The sidecar gets only its own settings: no env_file that would hand it
+	// the whole deploy/.env (the database password among it).
+	if get(sc, "env_file") != nil {
+		t.Errorf("the sidecar must not load the whole env file: list its variables")
+	}
+	for name, v := range env {
+		if !strings.HasPrefix(name, "SSF_") {
+			t.Errorf("the sidecar gets %s, which is not one of its settings", name)
+		}
+		if s, _ := v.(string); strings.Contains(s, "PG_PASS") {
+			t.Errorf("%s carries the database password", name)
+		}
+	}
+	if got, _ := env["SSF_AUTHENTIK_SECRET_KEY"].(string); !strings.HasPrefix(got, "${AUTHENTIK_SECRET_KEY") {
+		t.Errorf("SSF_AUTHENTIK_SECRET_KEY = %q: want it taken from AUTHENTIK_SECRET_KEY, so the two cannot drift", got)
+	}
+	// The admin listener is published, on the host's loopback only, at the
+	// port SSF_ADMIN_LISTEN names.
+	adminPort := portOf(t, env["SSF_ADMIN_LISTEN"].(string))
+	published := false
+	for _, p := range get(sc, "ports").([]any) {
+		m := p.(string)
+		if strings.HasSuffix(m, ":"+adminPort) {
+			published = true
+			if !strings.HasPrefix(m, "127.0.0.1:") {
+				t.Errorf("admin port published as %q: bind it to the host's loopback", m)
+			}
+		}
+	}
+	if !published {
+		t.Errorf("the admin listener (%s) is not published, though the env file says how to reach it", env["SSF_ADMIN_LISTEN"])
+	}
+	envExample := readFile(t, filepath.Join(deployDir, "ssf-sidecar.env.example"))
+	if !strings.Contains(envExample, "http://127.0.0.1:9090/admin/dashboard/") || !strings.Contains(envExample, "compose -f deploy/docker-compose.yml exec ssf-sidecar") {
+		t.Errorf("the env example must say how to reach the dashboard and the CLI")
+	}
+}
+
+// The files an operator fills with secrets stay out of git and out of the
+// image's build context.
+func TestDeploySecretsStayOut(t *testing.T) {
+	gitignore := readFile(t, "../../.gitignore")
+	if !strings.Contains(gitignore, "/deploy/.env\n") {
+		t.Errorf(".gitignore must list /deploy/.env")
+	}
+	dockerignore := readFile(t, "../../.dockerignore")
+	for _, want := range []string{".git\n", "**/.env\n", "/data/\n"} {
+		if !strings.Contains(dockerignore, want) {
+			t.Errorf(".dockerignore must list %q", strings.TrimSpace(want))
+		}
 	}
 }
 

@@ -17,12 +17,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
+// version is set at build time with -ldflags "-X main.version=…"; empty,
+// the binary reports its release (see version.go).
 var version = ""
 
 // Exit codes that mean something to scripts.
@@ -136,27 +136,6 @@ func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "ssf-sidecar %s\n", buildVersion())
 	return nil
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		v := bi.Main.Version
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				if v == "" || v == "(devel)" {
-					v = "devel"
-				}
-				v += "+" + s.Value[:12]
-			}
-		}
-		if v != "" {
-			return v
-		}
-	}
-	return "devel"
 }
 
 // newLogger builds the process logger from --log-format and --log-level.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/proxy"
+	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap"
 )
 
@@ -42,8 +43,12 @@ type sidecarMetrics struct {
 	// limitFailures counts management calls served because the store could
 	// not keep their rate-limit state.
 	limitFailures func() int64
-	version       string
-	log           *slog.Logger
+	// storeHealthy reports whether the store is open and writable (nil).
+	storeHealthy func() error
+	// signingKeys lists the signing keys the JWKS publishes.
+	signingKeys func() []ssf.KeyInfo
+	version     string
+	log         *slog.Logger
 }
 
 func newSidecarMetrics() *sidecarMetrics {
@@ -128,11 +133,36 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 			counter("ssf_sidecar_upstream_errors_total", "Requests answered 502 because authentik failed.", s.UpstreamErrors),
 			counter("ssf_sidecar_upstream_timeouts_total", "Requests answered 504 because authentik did not answer in time.", s.UpstreamTimeouts),
 			counter("ssf_sidecar_client_gone_total", "Requests the client abandoned before the end.", s.ClientGone),
-			counter("ssf_sidecar_proxy_lane_requests_total", "Proxied requests carried by the proxy's own HTTP/1.1 lane (bodyless GET and HEAD); the rest went through net/http.", s.Lane))
+			counter("ssf_sidecar_proxy_lane_requests_total", "Proxied requests carried by the proxy's own HTTP/1.1 lane (bodyless GET and HEAD); the rest went through net/http.", s.Lane),
+			counter("ssf_sidecar_proxy_connections_refused_total", "Client connections closed at once because --max-connections were open.", s.ConnsRefused))
 	}
 	if m.limitFailures != nil {
 		fams = append(fams, counter("ssf_sidecar_management_limit_store_failures_total",
 			"Management calls served without their rate-limit state stored, because the store failed (the limit held in memory).", uint64(max(m.limitFailures(), 0))))
+	}
+	if m.storeHealthy != nil {
+		up := 1.0
+		if m.storeHealthy() != nil {
+			up = 0
+		}
+		fams = append(fams, gauge("ssf_sidecar_store_up",
+			"1 while the store is open and writable; 0 while the sidecar proxies authentik unobserved (degraded, see /healthz).", up))
+	}
+	if m.signingKeys != nil {
+		published := family{name: "ssf_sidecar_signing_keys", help: "Signing keys the JWKS publishes, by kid and state (current, retired).", typ: "gauge"}
+		leaves := family{name: "ssf_sidecar_signing_key_leaves_jwks_timestamp_seconds",
+			help: "When a retired generated signing key stops being published (its --key-overlap ends), as a Unix time, by kid.", typ: "gauge"}
+		for _, k := range m.signingKeys() {
+			state := "retired"
+			if k.Current {
+				state = "current"
+			}
+			published.samples = append(published.samples, sample{labels: [][2]string{{"kid", k.KID}, {"state", state}}, value: 1})
+			if !k.LeavesJWKSAt.IsZero() {
+				leaves.samples = append(leaves.samples, sample{labels: [][2]string{{"kid", k.KID}}, value: float64(k.LeavesJWKSAt.UnixMilli()) / 1000})
+			}
+		}
+		fams = append(fams, published, leaves)
 	}
 	if m.tapStats != nil {
 		s := m.tapStats()

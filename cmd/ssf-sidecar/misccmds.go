@@ -50,10 +50,11 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			Audience      string `json:"audience"`
 			SubjectFormat string `json:"subject_format"`
 			Profile       string `json:"profile"`
+			MaxStreams    int    `json:"max_streams,omitempty"` // 0: the transmitter's default
 		}
 		out := make([]row, 0, len(recv))
 		for _, r := range recv {
-			out = append(out, row{r.Name, len(r.Tokens), len(r.OAuthClientIDs), r.Audience, r.SubjectFormat, r.Profile})
+			out = append(out, row{r.Name, len(r.Tokens), len(r.OAuthClientIDs), r.Audience, r.SubjectFormat, r.Profile, r.MaxStreams})
 		}
 		if !*probe {
 			return printJSON(stdout, out)
@@ -67,9 +68,13 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	rows := make([][]string, 0, len(recv))
 	for _, r := range recv {
-		rows = append(rows, []string{r.Name, strconv.Itoa(len(r.Tokens)), orDash(strings.Join(r.OAuthClientIDs, ",")), r.Audience, r.SubjectFormat, r.Profile})
+		maxStreams := "default"
+		if r.MaxStreams > 0 {
+			maxStreams = strconv.Itoa(r.MaxStreams)
+		}
+		rows = append(rows, []string{r.Name, strconv.Itoa(len(r.Tokens)), orDash(strings.Join(r.OAuthClientIDs, ",")), r.Audience, r.SubjectFormat, r.Profile, maxStreams})
 	}
-	table(stdout, []string{"RECEIVER", "TOKENS", "OAUTH CLIENTS", "AUDIENCE", "SUBJECTS", "PROFILE"}, rows)
+	table(stdout, []string{"RECEIVER", "TOKENS", "OAUTH CLIENTS", "AUDIENCE", "SUBJECTS", "PROFILE", "MAX STREAMS"}, rows)
 	fmt.Fprintf(stdout, "\n%s is valid: %d receiver(s)\n", *file, len(recv))
 	if !*probe {
 		return nil

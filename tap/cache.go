@@ -65,6 +65,17 @@ func (c *cache[K, V]) del(k K) {
 	delete(c.m, k)
 }
 
+// delWhere removes every entry whose value matches.
+func (c *cache[K, V]) delWhere(match func(V) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.m {
+		if match(e.v) {
+			delete(c.m, k)
+		}
+	}
+}
+
 // rateLimiter is a token bucket per key (a client IP, or a confirmed
 // caller), bounded in size.
 type rateLimiter struct {

@@ -17,7 +17,7 @@ import (
 // defaultActions are the event-API actions the poller asks for.
 var defaultActions = []string{
 	"logout", "login", "password_set", "model_created", "model_updated", "model_deleted",
-	"mfa_device_added", "mfa_device_removed", "user_created", "user_lockdown_triggered",
+	"mfa_device_added", "mfa_device_removed", "user_created", "user_lockdown_triggered", "impersonation_ended",
 }
 
 // akEventUser is an event's `user` (or context `subject`) object.
@@ -289,6 +289,15 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		}
 	case "user_lockdown_triggered":
 		return t.lockdownSignals(ctx, e, mk)
+	case "impersonation_ended":
+		// However it ended (the impersonate_end call, or the session),
+		// that admin's sessions impersonate no longer. `user` is the
+		// admin, with on_behalf_of the user while the session still
+		// impersonated.
+		if e.User.PK > 0 {
+			t.impersonators.delWhere(func(u User) bool { return u.PK == e.User.PK })
+		}
+		return nil, nil
 	case "user_created":
 		if c.Subject != nil {
 			_, _ = t.fetchUser(ctx, cr, c.Subject.PK) // seed the directory

@@ -522,3 +522,22 @@ func TestMFAEnrolmentNotLastStage(t *testing.T) {
 		checkSignals(t, e.rec.signals(), []want{{kind: KindMFAAdded, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser, device: "totp"}})
 	})
 }
+
+// TestImpersonationEndedEvent: the event API's impersonation_ended clears
+// what the tap remembered of that admin's impersonating sessions.
+func TestImpersonationEndedEvent(t *testing.T) {
+	e := newEnv(t, envOpts{secretKey: true})
+	admin, _ := e.ak.User(1)
+	e.tap.impersonators.put("session-hash", User{PK: int64(admin.PK), Username: admin.Username})
+	e.tap.impersonators.put("other-admin-session", User{PK: 99})
+	if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "impersonation_ended", UserPK: admin.PK}); err != nil {
+		t.Fatal(err)
+	}
+	e.settle()
+	if _, ok := e.tap.impersonators.get("session-hash"); ok {
+		t.Error("impersonation of the admin still remembered")
+	}
+	if _, ok := e.tap.impersonators.get("other-admin-session"); !ok {
+		t.Error("another admin's impersonation forgotten")
+	}
+}

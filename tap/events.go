@@ -228,6 +228,14 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		if c.Origin == "source_sync" || (c.SyncedFrom != nil && *c.SyncedFrom) {
 			return nil, nil // a cached hash from LDAP/Kerberos, not a change
 		}
+		if hr := c.HTTPRequest; hr != nil && hr.Method == http.MethodPost && strings.HasPrefix(hr.Path, apiPrefix+"flows/executor/") {
+			// Up to 2026.2 the only password_set made by a flow executor
+			// POST is an LDAP or Kerberos source caching the hash while the
+			// password stage authenticates: user_write, which changes
+			// passwords in flows, always runs on the GET that follows a
+			// stage's redirect.
+			return nil, nil
+		}
 		target := e.User
 		switch {
 		case c.Subject != nil:

@@ -541,3 +541,21 @@ func TestImpersonationEndedEvent(t *testing.T) {
 		t.Error("another admin's impersonation forgotten")
 	}
 }
+
+// TestSourceHashCachingAtLoginSkipped: on authentik up to 2026.2 an LDAP or
+// Kerberos source caching the password at login writes an ordinary
+// password_set from the password stage's POST; user_write sets passwords
+// only on a flow's GET.
+func TestSourceHashCachingAtLoginSkipped(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	for _, method := range []string{"POST", "GET"} {
+		if _, err := e.ak.RecordEvent(authentiktest.EventSpec{Action: "password_set", UserPK: alice.PK, Context: map[string]any{
+			"http_request": map[string]any{"path": "/api/v3/flows/executor/default-authentication-flow/", "method": method, "request_id": "r-" + method},
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.settle()
+	checkSignals(t, e.rec.signals(), []want{{kind: KindPasswordChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}})
+}

@@ -65,6 +65,18 @@ func (c *cache[K, V]) del(k K) {
 	delete(c.m, k)
 }
 
+// rewrite replaces, in place, every value fn changes (ok true).
+func (c *cache[K, V]) rewrite(fn func(V) (V, bool)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.m {
+		if v, ok := fn(e.v); ok {
+			e.v = v
+			c.m[k] = e
+		}
+	}
+}
+
 // delWhere removes every entry whose value matches.
 func (c *cache[K, V]) delWhere(match func(V) bool) {
 	c.mu.Lock()

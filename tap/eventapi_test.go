@@ -59,7 +59,7 @@ func TestEventAPIOnly(t *testing.T) {
 			}
 			// the prompt POST is a 302; user_write runs on the GET. The
 			// traffic sees it, the event API's model_updated is its duplicate.
-			e.flow("default-user-settings-flow", `{"component":"ak-stage-prompt","email":"a2@example.com"}`, c)
+			e.flow("default-user-settings-flow", `{"component":"ak-stage-prompt","email":"a2@example.com"}`, &c)
 			return []want{{kind: KindEmailChanged, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser,
 				oldEmail: "alice@example.com", newEmail: "a2@example.com"}}
 		}},

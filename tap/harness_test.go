@@ -358,12 +358,14 @@ func (e *env) send(req *http.Request) *http.Response {
 
 // flow answers a flow stage through the proxy as a browser does: the POST,
 // then, when authentik answers 302 to the executor itself (a stage that is
-// not the flow's last), the GET on which the next stage runs. It returns the
-// last answer's status.
-func (e *env) flow(slug, body, cookie string) int {
+// not the flow's last), the GET on which the next stage runs. Like a
+// browser it keeps the session cookie authentik sets (a password change
+// cycles the session key). It returns the last answer's status.
+func (e *env) flow(slug, body string, cookie *string) int {
 	e.t.Helper()
 	path := "/api/v3/flows/executor/" + slug + "/?query="
-	resp := e.do("POST", path, body, cookie, "")
+	resp := e.do("POST", path, body, *cookie, "")
+	*cookie = sessionCookieOf(resp, *cookie)
 	if resp.StatusCode != http.StatusFound {
 		return resp.StatusCode
 	}
@@ -371,7 +373,19 @@ func (e *env) flow(slug, body, cookie string) int {
 	if err != nil || loc.Path != "/api/v3/flows/executor/"+slug+"/" {
 		e.t.Fatalf("flow %s: redirect to %q", slug, resp.Header.Get("Location"))
 	}
-	return e.do("GET", loc.RequestURI(), "", cookie, "").StatusCode
+	resp = e.do("GET", loc.RequestURI(), "", *cookie, "")
+	*cookie = sessionCookieOf(resp, *cookie)
+	return resp.StatusCode
+}
+
+// sessionCookieOf returns the authentik_session a response set, or old.
+func sessionCookieOf(resp *http.Response, old string) string {
+	for _, c := range resp.Cookies() {
+		if c.Name == SessionCookieName && c.Value != "" {
+			return c.Value
+		}
+	}
+	return old
 }
 
 func (e *env) user(name string) authentiktest.User {

@@ -314,6 +314,9 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		}
 		return
 	}
+	if in.Op == opFlowStage && in.Stage == stagePassword && in.SessionHash != "" {
+		t.followCycledSession(in.SessionHash, header)
+	}
 	in.Outcome, in.Done = outcomeCompleted, t.responseTime(header)
 	if id := header.Get("X-Authentik-Id"); id != "" && len(id) <= 128 {
 		in.RequestID = id // authentik's own request id, as its event context and SETs name it
@@ -396,6 +399,27 @@ func (t *Tap) followStage(r *http.Request, rt route, cookie string) any {
 	}
 	t.stagePending.del(key)
 	return &pending{in: p.in, component: p.component, follow: true, budgetKey: p.budgetKey}
+}
+
+// followCycledSession keeps the AuthenticatedSession ↔ sha256(sid) link
+// when a password change cycles the session key (update_session_auth_hash,
+// 2025.4 and later): the response carries the same session's cookie with a
+// new sid.
+func (t *Tap) followCycledSession(oldHash string, header http.Header) {
+	for _, c := range (&http.Response{Header: header}).Cookies() {
+		if c.Name != SessionCookieName || c.Value == "" {
+			continue
+		}
+		claims, _, err := DecodeSessionCookie(c.Value, t.cfg.SecretKey)
+		if err != nil || !claims.Authenticated || claims.SessionHash() == oldHash {
+			continue
+		}
+		newHash := claims.SessionHash()
+		t.sessionHash.rewrite(func(h string) (string, bool) { return newHash, h == oldHash })
+		if admin, ok := t.impersonators.get(oldHash); ok {
+			t.impersonators.put(newHash, admin)
+		}
+	}
 }
 
 // sessionSeen remembers that this caller's session cookie was seen, so a

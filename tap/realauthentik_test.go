@@ -47,10 +47,10 @@ func TestSelfServiceFlowsFromTrafficAlone(t *testing.T) {
 		e := newEnv(t, envOpts{ak: authentiktest.Config{Version: v}, noToken: true})
 		alice := e.user("alice")
 		_, c := e.session(alice.PK)
-		if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, c); st != http.StatusOK {
+		if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, &c); st != http.StatusOK {
 			t.Fatalf("password flow answered %d", st)
 		}
-		if st := e.flow("default-user-settings-flow", `{"component":"ak-stage-prompt","username":"alice","email":"a2@example.com"}`, c); st != http.StatusOK {
+		if st := e.flow("default-user-settings-flow", `{"component":"ak-stage-prompt","username":"alice","email":"a2@example.com"}`, &c); st != http.StatusOK {
 			t.Fatalf("settings flow answered %d", st)
 		}
 		if u, _ := e.ak.User(alice.PK); u.Email != "a2@example.com" {
@@ -230,7 +230,7 @@ func TestSessionBindingSurvivesTappedActions(t *testing.T) {
 				t.Fatal(err)
 			}
 			d, _ := e.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: alice.PK})
-			if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, c); st != http.StatusOK {
+			if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, &c); st != http.StatusOK {
 				t.Fatalf("password flow answered %d", st)
 			}
 			if resp := e.do("DELETE", fmt.Sprintf("/api/v3/authenticators/totp/%d/", d.PK), "", c, ""); resp.StatusCode != http.StatusNoContent {
@@ -378,16 +378,6 @@ func TestMFAEventOwnerShapes(t *testing.T) {
 	}
 }
 
-// sessionCookieOf returns the authentik_session a response set, or old.
-func sessionCookieOf(resp *http.Response, old string) string {
-	for _, c := range resp.Cookies() {
-		if c.Name == SessionCookieName && c.Value != "" {
-			return c.Value
-		}
-	}
-	return old
-}
-
 // TestImpersonationReal: an admin impersonating alice removes her device
 // and changes her password. authentik re-mints the cookie with alice's uid
 // as sub, and from 2025.2 records password_set naming the admin with
@@ -413,7 +403,7 @@ func TestImpersonationReal(t *testing.T) {
 			if resp := e.do("DELETE", fmt.Sprintf("/api/v3/authenticators/totp/%d/", d.PK), "", ac, ""); resp.StatusCode != http.StatusNoContent {
 				t.Fatalf("device delete: %d", resp.StatusCode)
 			}
-			if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, ac); st != http.StatusOK {
+			if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, &ac); st != http.StatusOK {
 				t.Fatalf("password flow: %d", st)
 			}
 			ac = sessionCookieOf(e.do("GET", "/api/v3/core/users/impersonate_end/", "", ac, ""), ac)
@@ -512,7 +502,7 @@ func TestMFAEnrolmentNotLastStage(t *testing.T) {
 		alice := e.user("alice")
 		_, c := e.session(alice.PK)
 		e.do("GET", "/api/v3/flows/executor/default-authenticator-totp-setup/?query=", "", c, "")
-		if st := e.flow("default-authenticator-totp-setup", `{"component":"ak-stage-authenticator-totp","code":"123456"}`, c); st != http.StatusOK {
+		if st := e.flow("default-authenticator-totp-setup", `{"component":"ak-stage-authenticator-totp","code":"123456"}`, &c); st != http.StatusOK {
 			t.Fatalf("setup flow answered %d", st)
 		}
 		if devs := e.ak.Devices(alice.PK); len(devs) != 1 {
@@ -558,4 +548,30 @@ func TestSourceHashCachingAtLoginSkipped(t *testing.T) {
 	}
 	e.settle()
 	checkSignals(t, e.rec.signals(), []want{{kind: KindPasswordChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser}})
+}
+
+// TestPasswordChangeCyclesSessionKey: from 2025.4 a user's own password
+// change cycles the session key; a later revocation of that session must
+// name its new sha256(sid).
+func TestPasswordChangeCyclesSessionKey(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	alice := e.user("alice")
+	s, c := e.session(alice.PK)
+	// a tapped request with the cookie teaches the tap the uuid ↔ sid link
+	e.do("POST", "/api/v3/flows/executor/default-password-change/", `{"component":"ak-stage-prompt","password":"x","password_repeat":"y"}`, c, "")
+	e.waitFor("the session link", func() bool { return e.tap.hashForSession(s.UUID) != "" })
+	if st := e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, &c); st != http.StatusOK {
+		t.Fatalf("password flow: %d", st)
+	}
+	claims, _, err := DecodeSessionCookie(c, "")
+	if err != nil || claims.SID == s.SID {
+		t.Fatalf("the session key was not cycled: %v", err)
+	}
+	e.do("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken())
+	e.settle()
+	a := int64(alice.PK)
+	checkSignals(t, e.rec.signals(), []want{
+		{kind: KindPasswordChanged, source: SourceTraffic, subject: a, initiator: InitiatorUser},
+		{kind: KindSessionRevoked, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, sessionUUID: s.UUID, sessionHash: HashSessionID(claims.SID)},
+	})
 }

@@ -32,7 +32,7 @@ func TestTrafficActions(t *testing.T) {
 		}},
 		{"logout with renamed flow slugs", authentiktest.Config{Flows: authentiktest.FlowSlugs{Invalidation: "bye-now", PasswordChange: "pw-here"}}, func(w *world) []want {
 			w.e.do("GET", "/api/v3/flows/executor/bye-now/", "", w.cookie, "")
-			w.e.flow("pw-here", `{"component":"ak-stage-prompt","password":"n3w","password_repeat":"n3w"}`, w.cookie)
+			w.e.flow("pw-here", `{"component":"ak-stage-prompt","password":"n3w","password_repeat":"n3w"}`, &w.cookie)
 			return []want{
 				{kind: KindSessionRevoked, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser, sessionHash: HashSessionID(w.sess.SID)},
 				// the password change came first in authentik, but the cookie is gone after logout: only the logout is seen
@@ -40,13 +40,13 @@ func TestTrafficActions(t *testing.T) {
 		}},
 		{"password change flow", authentiktest.Config{}, func(w *world) []want {
 			// the prompt POST is answered 302; user_write sets the password on the GET
-			if st := w.e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, w.cookie); st != http.StatusOK {
+			if st := w.e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"n3w-pass","password_repeat":"n3w-pass"}`, &w.cookie); st != http.StatusOK {
 				t.Fatalf("flow status %d", st)
 			}
 			return []want{{kind: KindPasswordChanged, source: SourceTraffic, subject: int64(w.alice.PK), initiator: InitiatorUser}}
 		}},
 		{"password change flow rejected", authentiktest.Config{}, func(w *world) []want {
-			w.e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"a","password_repeat":"b"}`, w.cookie)
+			w.e.flow("default-password-change", `{"component":"ak-stage-prompt","password":"a","password_repeat":"b"}`, &w.cookie)
 			return nil
 		}},
 		{"password change flow: prompt accepted, never followed", authentiktest.Config{}, func(w *world) []want {

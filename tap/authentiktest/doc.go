@@ -84,9 +84,10 @@
 //
 // Sessions follow Django: a session authenticates only while its user is
 // active and its password unchanged since login; a password change keeps
-// the session that made it (update_session_auth_hash) and flushes the
-// user's other sessions when they are next used (a simplification: from
-// 2025.4 authentik keeps them). Of several authentik_session cookies the
+// the session that made it (update_session_auth_hash, which from 2025.4
+// also cycles its key: a new sid and cookie) and flushes the user's other
+// sessions when they are next used (a simplification: from 2025.4 authentik
+// keeps them). Of several authentik_session cookies the
 // last counts, as in Django; pks in paths and queries are read with
 // Python's int() and booleans as DRF does. Users list in username order by
 // default.

@@ -389,6 +389,14 @@ func (s *Server) execPasswordChange(w http.ResponseWriter, r *http.Request, f *f
 		s.setPassword(u, pw.password, u, r)
 		s.recordUserWrite(u, map[string]any{"password": cleansed, "password_repeat": cleansed}, r)
 		s.keepSessionAuth(se) // the user_write stage keeps the current session
+		if s.atLeast(Version2025_4) {
+			// update_session_auth_hash cycles the session key: same
+			// AuthenticatedSession, new sid, new cookie
+			delete(s.state.sessions, se.sid)
+			se.sid = s.newSessionKey()
+			s.state.sessions[se.sid] = se
+			s.setSessionCookies(w, se)
+		}
 		return redirectChallenge()
 	}
 	switch {

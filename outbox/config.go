@@ -95,6 +95,8 @@ type Hooks struct {
 	// OnFenced is called when a delivery outcome (or a pause report) of a
 	// dispatcher that lost its stream's lease is refused.
 	OnFenced func(streamID string, token, current uint64)
+	// Trace follows each SET's delivery in its trace (nil: not traced).
+	Trace DeliveryTracer
 }
 
 // Validate reports every problem of the configuration at once.

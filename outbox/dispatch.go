@@ -63,14 +63,17 @@ func (o *Outbox) pushAnnouncement(ctx context.Context, st *streamState, cfg Stre
 	token := st.lease.Token
 	p := batch[0]
 	o.signOne(ctx, p)
+	tp, end := o.startPush(p.rec, cfg)
 	if p.signErr != nil {
 		p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
 	} else {
-		p.res = o.post(ctx, cfg, p.compact)
+		p.res = o.post(ctx, cfg, p.compact, tp)
 	}
 	if p.res.out == outRetry && ctx.Err() != nil {
+		end(abortedAttempt(p.res))
 		return false // shutting down: it stays queued
 	}
+	end(attemptOf(p.res))
 	if h := o.cfg.Hooks.OnAttempt; h != nil {
 		h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
 	}
@@ -130,14 +133,17 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 	handled := false
 	// attempt posts one SET and passes its outcome to the committer.
 	attempt := func(p *pending) {
+		tp, end := o.startPush(p.rec, cfg)
 		if p.signErr != nil {
 			p.res = pushResult{out: outRetry, err: "sign: " + p.signErr.Error(), at: o.now()}
 		} else {
-			p.res = o.post(pctx, cfg, p.compact)
+			p.res = o.post(pctx, cfg, p.compact, tp)
 		}
 		if p.res.out == outRetry && pctx.Err() != nil {
+			end(abortedAttempt(p.res))
 			return // aborted (shutdown, or a sibling failed): it stays queued
 		}
+		end(attemptOf(p.res))
 		if h := o.cfg.Hooks.OnAttempt; h != nil {
 			h(st.id, p.rec.JTI, p.rec.TraceParent, attemptOf(p.res))
 		}

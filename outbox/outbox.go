@@ -175,9 +175,16 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 	type tally struct{ queued, dropped int }
 	var counts map[string]*tally
 	var heads []string
+	// fresh: the SETs queued, per stream, with the number queued before
+	// each, for the tracer to tell of those that will wait.
+	var fresh map[string][]Delivery
+	traced := o.cfg.Hooks.Trace != nil
 	err := o.store.update(ctx, func(tx *bolt.Tx) error {
 		counts = map[string]*tally{}
 		heads = heads[:0]
+		if traced {
+			fresh = map[string][]Delivery{}
+		}
 		metas := map[string]*streamMeta{}
 		keys := tx.Bucket(bktKeys)
 		for _, s := range sets {
@@ -238,6 +245,13 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 			if err := o.queueRecord(tx, r); err != nil {
 				return err
 			}
+			if traced {
+				d := deliveryOf(r, "", 0)
+				if !s.Head {
+					d.Ahead = int(m.Queued)
+				}
+				fresh[s.StreamID] = append(fresh[s.StreamID], d)
+			}
 			m.Queued++
 			t.queued++
 		}
@@ -269,6 +283,7 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 			o.cfg.Hooks.OnEnqueue(id, t.queued, t.dropped)
 		}
 	}
+	o.holdOnEnqueue(fresh)
 	return nil
 }
 
@@ -409,6 +424,9 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	o.mu.Unlock()
 	o.log.Info("outbox stream set", slog.String("stream_id", cfg.ID),
 		slog.String("method", string(cfg.Method)), slog.String("status", string(cfg.Status)))
+	if cfg.Status == StatusPaused && old.Status != StatusPaused {
+		o.traceHold(st, HoldPaused, time.Time{}, "", 0)
+	}
 	o.cfg.Notifier.Notify(cfg.ID)
 	return nil
 }

@@ -364,6 +364,15 @@ func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record,
 		o.log.Error("outbox sign for poll", slog.String("stream_id", st.id), slog.Any("err", failed))
 		resp.MoreAvailable = true
 	}
+	if o.cfg.Hooks.Trace != nil {
+		out := make([]*Record, 0, len(resp.Sets))
+		for _, r := range picked {
+			if _, ok := resp.Sets[r.JTI]; ok {
+				out = append(out, r)
+			}
+		}
+		o.tracePolled(ctx, "handed_out", out)
+	}
 	return resp, nil
 }
 
@@ -431,6 +440,8 @@ func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string
 	}
 	st.mu.Unlock()
 	o.afterDelivery(delivered, dead, now)
+	o.tracePolled(ctx, "acked", delivered)
+	o.tracePolled(ctx, "set_err", dead)
 	return nil
 }
 

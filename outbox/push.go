@@ -46,8 +46,9 @@ var permanentErrs = map[string]bool{
 	"invalid_state":    true, // SSF verification state mismatch
 }
 
-// post makes one push attempt.
-func (o *Outbox) post(ctx context.Context, cfg StreamConfig, compact string) pushResult {
+// post makes one push attempt, sending traceParent (when not empty) so
+// a traced receiver continues the SET's trace.
+func (o *Outbox) post(ctx context.Context, cfg StreamConfig, compact, traceParent string) pushResult {
 	start := o.now()
 	ctx, cancel := context.WithTimeout(ctx, o.cfg.PushTimeout)
 	defer cancel()
@@ -61,6 +62,9 @@ func (o *Outbox) post(ctx context.Context, cfg StreamConfig, compact string) pus
 	req.Header.Set("Accept", "application/json")
 	if cfg.AuthorizationHeader != "" {
 		req.Header.Set("Authorization", cfg.AuthorizationHeader)
+	}
+	if traceParent != "" {
+		req.Header.Set("Traceparent", traceParent)
 	}
 	resp, err := o.client.Do(req)
 	res.latency = o.now().Sub(start)
@@ -208,6 +212,7 @@ func (o *Outbox) fail(st *streamState, r pushResult) {
 	if h := o.cfg.Hooks.OnBackoff; h != nil {
 		h(st.id, until, lastErr)
 	}
+	o.traceHold(st, HoldBackoff, until, lastErr, 1)
 	if report {
 		// Asynchronously: the transmitter calls back into SetStream and
 		// Enqueue, which must not wait on this dispatcher. Only the holder
@@ -261,6 +266,14 @@ func attemptOf(r pushResult) Attempt {
 	default:
 		a.Outcome = "retry"
 	}
+	return a
+}
+
+// abortedAttempt is an attempt cut short by shutdown or by a sibling's
+// failure; it is not recorded and the SET stays queued.
+func abortedAttempt(r pushResult) Attempt {
+	a := attemptOf(r)
+	a.Outcome = "aborted"
 	return a
 }
 

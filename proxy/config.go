@@ -108,6 +108,9 @@ type Config struct {
 	// TraceAllRoutes gives every proxied request a server span, not only
 	// tapped and SSF ones.
 	TraceAllRoutes bool
+	// PropagateTrace sends the server span's W3C traceparent to the
+	// upstream on a traced request whose client sent none.
+	PropagateTrace bool
 }
 
 // Validate reports every problem with the configuration at once.

@@ -115,7 +115,9 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 		p.stats.observed.Add(1)
 		if p.tr != nil {
 			// The observer finds the server span in the request context.
+			sent := out.Header["Traceparent"] != nil
 			out, *span = p.tr.start(out, *class)
+			p.tr.propagateTo(out, sent)
 		}
 		body, status, err := p.readObservedBody(w, out)
 		if status != 0 {
@@ -123,7 +125,9 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 		}
 		obs = p.before(out, body)
 	} else if p.tr != nil && p.tr.all {
+		sent := out.Header["Traceparent"] != nil
 		out, *span = p.tr.start(out, *class)
+		p.tr.propagateTo(out, sent)
 	}
 
 	// Every request net/http serves goes through http.Transport; the

@@ -69,6 +69,7 @@ func (t *Transmitter) authenticate(c echo.Context, scope string) (principal, err
 	if !p.can(scope) {
 		return principal{}, forbidden(scope)
 	}
+	tagServerSpan(c, p.receiver.Name)
 	if scope != scopePoll {
 		if ok, wait := t.calls.allow(p.receiver.Name); !ok {
 			return principal{}, tooManyCalls(wait)

@@ -18,6 +18,7 @@ func (t *Transmitter) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = t.errorHandler
+	e.Use(nameServerSpan)
 	e.GET(t.discoveryPath, t.discovery)
 	e.GET(t.base+"/jwks.json", t.jwks)
 	e.POST(t.base+"/streams", t.createStream)

@@ -92,7 +92,8 @@ func (t *Transmitter) enqueueVerification(ctx context.Context, rec streamRecord,
 	if err != nil {
 		return err
 	}
-	set.Labels = map[string]string{"source": "verification"}
+	set.Labels = map[string]string{"source": "verification", "receiver": rec.Receiver}
+	set.TraceParent = traceSET(ctx, set, "")
 	// A verification still waiting to be handed out when the receiver asks
 	// again is replaced: receivers (and the conformance suite) take the
 	// first verification they read as the answer to their latest request.
@@ -119,7 +120,8 @@ func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord
 	// the order they were made, ahead of the SETs the stream holds. So is
 	// a resume, which is queued while the stream is still paused.
 	set.Announce = true
-	set.Labels = map[string]string{"source": "transmitter"}
+	set.Labels = map[string]string{"source": "transmitter", "receiver": rec.Receiver}
+	set.TraceParent = traceSET(ctx, set, "")
 	if err := t.enqueueTraced(ctx, []outbox.SET{set}, nil); err != nil {
 		return fmt.Errorf("queue stream-updated for %s: %w", rec.ID, err)
 	}
@@ -158,23 +160,47 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	var sets []outbox.SET
+	// why records, on the publish span, why a stream got no SET (or got
+	// one it will not be sent yet): stream id, receiver name and a fixed
+	// reason, nothing of the subject.
+	recording := span.IsRecording()
+	why := func(st *streamState, event, reason string) {
+		if recording {
+			span.AddEvent(event, trace.WithAttributes(attribute.String(attrStreamID, st.rec.ID),
+				attribute.String(attrReceiver, st.rec.Receiver), attribute.String("ssf.reason", reason)))
+		}
+	}
+	if !known && recording {
+		span.AddEvent("ssf.signal.unmapped", trace.WithAttributes(attribute.String("ssf.reason", "no event type for this signal kind")))
+	}
 	if known {
 		for _, st := range t.sortedStreams() {
-			if st.rec.Status == StatusDisabled || !slices.Contains(delivered(st.rec.EventsRequested), eventType) {
+			switch {
+			case st.rec.Status == StatusDisabled:
+				why(st, evSkipped, "stream disabled")
+				continue
+			case !slices.Contains(delivered(st.rec.EventsRequested), eventType):
+				why(st, evSkipped, "event type not requested")
 				continue
 			}
 			r, ok := t.receivers[st.rec.Receiver]
 			if !ok {
+				why(st, evSkipped, "receiver not configured")
 				continue
 			}
 			if !st.wants(matchSubject(r, s)) {
+				why(st, evSkipped, "subject not included")
 				continue
 			}
 			subj, ok := subjectFor(r, s)
 			if !ok {
+				why(st, evSkipped, "signal lacks the "+r.SubjectFormat+" identifier the receiver needs")
 				t.log.WarnContext(ctx, "signal lacks the identifier the receiver's subject format needs",
 					slog.String("stream_id", st.rec.ID), slog.String("format", r.SubjectFormat), slog.String("signal", s.ID))
 				continue
+			}
+			if st.rec.Status == StatusPaused {
+				why(st, evHeld, "stream paused: the SET is queued and sent on resume")
 			}
 			b := body
 			if r.Profile == ProfileLegacy {
@@ -188,8 +214,9 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 			if err != nil {
 				return err
 			}
+			set.Labels = map[string]string{"source": string(s.Source), "initiator": initiator(s), "kind": string(s.Kind),
+				"receiver": st.rec.Receiver}
 			set.TraceParent = traceSET(ctx, set, traceParent)
-			set.Labels = map[string]string{"source": string(s.Source), "initiator": initiator(s), "kind": string(s.Kind)}
 			sets = append(sets, set)
 		}
 	}

@@ -204,13 +204,16 @@ func TestPublishSubjectFormats(t *testing.T) {
 	}
 }
 
-func TestPublishChoosesStreams(t *testing.T) {
-	tr, q := unitTransmitter(t)
-	all := unitCreate(t, tr, q, acmeTok, `{}`)
-	onlyCred := unitCreate(t, tr, q, acmeTok, `{"events_requested":["`+EventCredentialChange+`"]}`)
-	disabled := unitCreate(t, tr, q, acmeTok, `{"description":"disabled"}`)
-	paused := unitCreate(t, tr, q, acmeTok, `{"description":"paused"}`)
-	removed := unitCreate(t, tr, q, acmeTok, `{"description":"removed"}`)
+// mixedStreams creates acme streams that differ in what they want of a
+// session revocation for alice: all of it, only credential changes,
+// disabled, paused, and alice removed from its subjects.
+func mixedStreams(t *testing.T, tr *Transmitter, q *fakeQueue) (all, onlyCred, disabled, paused, removed string) {
+	t.Helper()
+	all = unitCreate(t, tr, q, acmeTok, `{}`)
+	onlyCred = unitCreate(t, tr, q, acmeTok, `{"events_requested":["`+EventCredentialChange+`"]}`)
+	disabled = unitCreate(t, tr, q, acmeTok, `{"description":"disabled"}`)
+	paused = unitCreate(t, tr, q, acmeTok, `{"description":"paused"}`)
+	removed = unitCreate(t, tr, q, acmeTok, `{"description":"removed"}`)
 	for id, status := range map[string]string{disabled: "disabled", paused: "paused"} {
 		if rec := serve(tr, "POST", "/ssf/status", acmeTok, `{"stream_id":"`+id+`","status":"`+status+`"}`); rec.Code != 200 {
 			t.Fatal(rec.Body)
@@ -219,6 +222,12 @@ func TestPublishChoosesStreams(t *testing.T) {
 	if rec := serve(tr, "POST", "/ssf/subjects:remove", acmeTok, `{"stream_id":"`+removed+`","subject":{"format":"email","email":"alice@example.com"}}`); rec.Code != 204 {
 		t.Fatal(rec.Body)
 	}
+	return all, onlyCred, disabled, paused, removed
+}
+
+func TestPublishChoosesStreams(t *testing.T) {
+	tr, q := unitTransmitter(t)
+	all, onlyCred, _, paused, removed := mixedStreams(t, tr, q)
 	trNone, qNone := unitTransmitter(t, func(c *Config) { c.DefaultSubjects = "NONE" })
 	noneEmpty := unitCreate(t, trNone, qNone, acmeTok, `{}`)
 	noneAdded := unitCreate(t, trNone, qNone, acmeTok, `{"description":"added"}`)

@@ -11,7 +11,6 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
-	"go.opentelemetry.io/otel/attribute"
 )
 
 type subjectRequest struct {
@@ -200,8 +199,11 @@ func (t *Transmitter) poll(c echo.Context) error {
 	id := c.Param("id")
 	t.mu.RLock()
 	st, err := t.ownStream(p, id)
+	var receiver string
 	if err == nil && st.rec.push() {
 		err = notFound()
+	} else if err == nil {
+		receiver = st.rec.Receiver
 	}
 	t.mu.RUnlock()
 	if err != nil {
@@ -222,11 +224,10 @@ func (t *Transmitter) poll(c echo.Context) error {
 			req.ReturnImmediately = true // over the receiver's long-poll cap: answer now
 		}
 	}
-	pctx, span := startPollSpan(c.Request().Context(), id)
+	pctx, span := startPollSpan(c.Request().Context(), id, receiver)
 	defer span.End()
 	resp, err := t.cfg.Queue.Poll(pctx, id, req)
-	span.SetAttributes(attribute.Int("ssf.poll.sets", len(resp.Sets)), attribute.Int("ssf.poll.acks", len(req.Ack)),
-		attribute.Bool("ssf.poll.return_immediately", req.ReturnImmediately))
+	endPollSpan(span, req, resp)
 	if err != nil {
 		span.RecordError(err)
 		if errors.Is(err, outbox.ErrUnknownStream) || errors.Is(err, outbox.ErrNotPoll) {

@@ -56,6 +56,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	if !ok {
 		return nil
 	}
+	nameServerSpan(ctx, r, rt)
 	cookie := sessionCookie(r)
 	if rt.op == opFlowFollow {
 		return t.followStage(r, rt, cookie)

@@ -227,37 +227,47 @@ func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 		return err
 	}
 	dirty := false
+	round := startPollRoundSpan(ctx, len(fresh))
+	defer round.end()
 	for _, e := range fresh {
 		if !lease.keep(ctx) {
 			return errLeaseLost
 		}
-		sctx, span := startEventSpan(ctx, e.PK, e.Action)
-		ectx, cancel := context.WithTimeout(sctx, 4*t.cfg.LookupTimeout)
+		began := time.Now()
+		ectx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
 		sigs, err := t.eventSignals(ectx, e)
 		cancel()
 		if err != nil {
 			if !t.poisoned(e.PK) {
-				endSpan(span, err)
+				round.fail(e, err)
 				return t.flushCursor(ctx, cur, dirty, fmt.Errorf("tap: event %s: %w", e.PK, err))
 			}
 			// The same record failed maxEventAttempts polls in a row: skip
 			// it rather than stall every later event behind it.
 			t.stats.misses.Add(1)
 			t.log.Error("tap: giving up on an event-API record", "event", e.PK, "action", e.Action, "err", err)
+			round.skipped(e, "gave up after repeated failures")
 			sigs = nil
 		}
 		next := cur.advance(e)
-		for i := range sigs {
-			var extra []Mark
-			if i == len(sigs)-1 {
-				extra = []Mark{next.mark()}
+		if len(sigs) == 0 {
+			round.skipped(e, "no signal")
+		} else {
+			// A record that yields signals starts the trace its SETs'
+			// deliveries join, linked to the poll round that read it.
+			sctx, span := startEventSpan(ctx, e.PK, e.Action, began, round.span)
+			for i := range sigs {
+				var extra []Mark
+				if i == len(sigs)-1 {
+					extra = []Mark{next.mark()}
+				}
+				if err := t.emit(sctx, sigs[i], extra); err != nil {
+					endSpan(span, err)
+					return t.flushCursor(ctx, cur, dirty, err)
+				}
 			}
-			if err := t.emit(sctx, sigs[i], extra); err != nil {
-				endSpan(span, err)
-				return t.flushCursor(ctx, cur, dirty, err)
-			}
+			endSpan(span, nil)
 		}
-		endSpan(span, nil)
 		dirty = len(sigs) == 0
 		cur = next
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
@@ -122,6 +123,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 			return nil, fmt.Errorf("tracing: %w", err)
 		}
 		if a.tracing.Provider != nil {
+			otel.SetErrorHandler(newOTelErrorLog(logger.With("component", "tracing"), 10*time.Second))
 			logger.Info("tracing on", "endpoint", redactEndpoint(a.tracing.Endpoint), "protocol", a.tracing.Protocol)
 		}
 	}
@@ -132,7 +134,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 	}()
 	a.metrics = newSidecarMetrics()
 	a.metrics.version, a.metrics.log = buildVersion(), logger.With("component", "metrics")
-	a.deliveries = newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"))
+	a.deliveries = newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"), cfg.TracePropagation)
 	up, _ := url.Parse(cfg.Upstream)
 
 	var ssfHandler http.Handler
@@ -159,7 +161,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
 		SSF: ssfHandler, SSFPrefixes: ssfPrefixes, Observer: observer,
 		TLSCertFile: cfg.TLSCert, TLSKeyFile: cfg.TLSKey, Logger: logger.With("component", "proxy"), MaxConns: cfg.MaxConnections,
-		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes,
+		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes, PropagateTrace: cfg.TracePropagation,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)

@@ -47,6 +47,7 @@ type Config struct {
 	TraceURL              string
 	TraceAllRoutes        bool
 	MaxConnections        int
+	TracePropagation      bool
 	ConfigFile            string
 }
 
@@ -159,6 +160,7 @@ var options = []option{
 		c.MaxConnections = n
 		return nil
 	}},
+	{name: "trace-propagation", env: "SSF_TRACE_PROPAGATION", def: "true", usage: "send W3C traceparent with each push, and to authentik when the sidecar starts the trace (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TracePropagation })},
 	{name: "trace-all-routes", env: "SSF_TRACE_ALL_ROUTES", def: "false", usage: "trace every proxied request, not only tapped and SSF routes (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TraceAllRoutes })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
 }

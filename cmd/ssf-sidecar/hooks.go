@@ -57,6 +57,9 @@ func combineHooks(all ...outbox.Hooks) outbox.Hooks {
 				f(s, u, e)
 			}
 		}
+		if x.Trace != nil {
+			h.Trace = x.Trace // one tracer: the last one given
+		}
 		if f := x.OnFenced; f != nil {
 			prev := h.OnFenced
 			h.OnFenced = func(s string, tok, cur uint64) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ type otlpSink struct {
 	mu      sync.Mutex
 	spans   []*tracepb.Span
 	service []string
+	ident   []string // service.instance.id and host.name of each span's resource
 	headers []string // value of X-Test-Header per request
 	bad     int
 }
@@ -59,16 +61,22 @@ func (s *otlpSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.headers = append(s.headers, r.Header.Get("X-Test-Header"))
 	for _, rs := range req.ResourceSpans {
-		svc := ""
+		svc, inst, host := "", "", ""
 		for _, a := range rs.GetResource().GetAttributes() {
-			if a.Key == "service.name" {
+			switch a.Key {
+			case "service.name":
 				svc = a.GetValue().GetStringValue()
+			case "service.instance.id":
+				inst = a.GetValue().GetStringValue()
+			case "host.name":
+				host = a.GetValue().GetStringValue()
 			}
 		}
 		for _, ss := range rs.ScopeSpans {
 			for _, sp := range ss.Spans {
 				s.spans = append(s.spans, sp)
 				s.service = append(s.service, svc)
+				s.ident = append(s.ident, inst+" "+host)
 			}
 		}
 	}
@@ -173,6 +181,9 @@ func TestOTLPExportOverTheWire(t *testing.T) {
 	for i, svc := range sink.service {
 		if svc != "ssf-sidecar-under-test" {
 			t.Fatalf("span %d service.name %q", i, svc)
+		}
+		if inst, host, _ := strings.Cut(sink.ident[i], " "); len(inst) != 32 || host == "" {
+			t.Fatalf("span %d resource lacks service.instance.id or host.name: %q", i, sink.ident[i])
 		}
 	}
 	for _, h := range sink.headers {

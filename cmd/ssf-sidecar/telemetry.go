@@ -2,11 +2,17 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
+	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -77,9 +83,12 @@ func setupTracing(ctx context.Context, version string) (*tracing, error) {
 	if err != nil {
 		return nil, fmt.Errorf("OTLP trace exporter: %w", err)
 	}
+	// service.instance.id tells replicas apart (OTEL_RESOURCE_ATTRIBUTES
+	// may set its own); host.name says where each runs.
 	res, err := resource.New(ctx,
-		resource.WithAttributes(attribute.String("service.name", "ssf-sidecar"), attribute.String("service.version", version)),
-		resource.WithFromEnv(), resource.WithTelemetrySDK())
+		resource.WithAttributes(attribute.String("service.name", "ssf-sidecar"), attribute.String("service.version", version),
+			attribute.String("service.instance.id", newInstanceID())),
+		resource.WithHost(), resource.WithFromEnv(), resource.WithTelemetrySDK())
 	if err != nil && res == nil {
 		// A partial resource (e.g. a malformed OTEL_RESOURCE_ATTRIBUTES
 		// entry) is still used; only a missing one is fatal.
@@ -94,6 +103,52 @@ func setupTracing(ctx context.Context, version string) (*tracing, error) {
 	return &tracing{Provider: tp, Endpoint: endpoint, Protocol: protocol, shutdown: func(ctx context.Context) error {
 		return errors.Join(tp.ForceFlush(ctx), tp.Shutdown(ctx))
 	}}, nil
+}
+
+// otelErrorLog sends the SDK's own errors (an unreachable collector, a
+// full export queue) to the structured log instead of the plain log
+// package, at most one record per interval; the rest are counted in the
+// next record's "suppressed".
+type otelErrorLog struct {
+	log      *slog.Logger
+	interval time.Duration
+	now      func() time.Time
+
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func newOTelErrorLog(log *slog.Logger, interval time.Duration) *otelErrorLog {
+	return &otelErrorLog{log: log, interval: interval, now: time.Now}
+}
+
+// userInfo matches the user information of a URL in an error text.
+var userInfo = regexp.MustCompile(`//[^/@\s"]+@`)
+
+func (h *otelErrorLog) Handle(err error) {
+	if err == nil {
+		return
+	}
+	h.mu.Lock()
+	now := h.now()
+	if !h.last.IsZero() && now.Sub(h.last) < h.interval {
+		h.suppressed++
+		h.mu.Unlock()
+		return
+	}
+	n := h.suppressed
+	h.last, h.suppressed = now, 0
+	h.mu.Unlock()
+	h.log.Warn("tracing: export failed", slog.String("error", userInfo.ReplaceAllString(err.Error(), "//***@")),
+		slog.Int("suppressed", n))
+}
+
+// newInstanceID is a random id for this process's service.instance.id.
+func newInstanceID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func firstEnv(names ...string) string {

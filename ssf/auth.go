@@ -83,9 +83,10 @@ func (t *Transmitter) authenticate(c echo.Context, scope string) (principal, err
 func (t *Transmitter) staticToken(tok string) (principal, bool) {
 	h := sha256.Sum256([]byte(tok))
 	var found *tokenEntry
-	for i := range t.tokens {
-		if subtle.ConstantTimeCompare(h[:], t.tokens[i].hash[:]) == 1 {
-			found = &t.tokens[i]
+	tokens := t.recv.Load().tokens
+	for i := range tokens {
+		if subtle.ConstantTimeCompare(h[:], tokens[i].hash[:]) == 1 {
+			found = &tokens[i]
 		}
 	}
 	if found == nil {
@@ -102,7 +103,7 @@ func (t *Transmitter) oauthToken(c echo.Context, tok string) (principal, error) 
 	}
 	client := claims.clientID()
 	var rcv *Receiver
-	for _, r := range t.receivers {
+	for _, r := range t.recv.Load().byName {
 		if hasScope(r.OAuthClientIDs, client) {
 			rcv = r
 		}

@@ -142,17 +142,9 @@ func NewKeys(ctx context.Context, cfg KeyConfig) (*Keys, error) {
 }
 
 func (k *Keys) loadGenerated(ctx context.Context) error {
-	var metas []keyMeta
-	err := k.cfg.KV.Scan(BucketKeys, nil, func(_, v []byte) error {
-		var m keyMeta
-		if err := json.Unmarshal(v, &m); err != nil {
-			return fmt.Errorf("decode key metadata: %w", err)
-		}
-		metas = append(metas, m)
-		return nil
-	})
+	metas, err := loadKeyMetas(k.cfg.KV)
 	if err != nil {
-		return fmt.Errorf("signing keys: %w", err)
+		return err
 	}
 	now := k.cfg.Clock()
 	var current *signingKey
@@ -184,6 +176,23 @@ func (k *Keys) loadGenerated(ctx context.Context) error {
 	}
 	k.putCurrentFirst(current)
 	return nil
+}
+
+// loadKeyMetas reads the records of the generated keys.
+func loadKeyMetas(kv KV) ([]keyMeta, error) {
+	var metas []keyMeta
+	err := kv.Scan(BucketKeys, nil, func(_, v []byte) error {
+		var m keyMeta
+		if err := json.Unmarshal(v, &m); err != nil {
+			return fmt.Errorf("decode key metadata: %w", err)
+		}
+		metas = append(metas, m)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
+	return metas, nil
 }
 
 func (k *Keys) putCurrentFirst(cur *signingKey) {

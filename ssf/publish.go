@@ -183,7 +183,7 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 				why(st, evSkipped, "event type not requested")
 				continue
 			}
-			r, ok := t.receivers[st.rec.Receiver]
+			r, ok := t.receiver(st.rec.Receiver)
 			if !ok {
 				why(st, evSkipped, "receiver not configured")
 				continue

@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -125,7 +127,7 @@ func ParseReceivers(data []byte) ([]Receiver, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("no receivers: the file is empty")
 		}
-		return nil, fmt.Errorf("cannot parse receivers: %w", err)
+		return nil, fmt.Errorf("cannot parse receivers: %s", describeYAMLError(err))
 	}
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
@@ -228,6 +230,126 @@ func ParseReceivers(data []byte) ([]Receiver, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// MinTokenLength is the shortest static token the checks accept without a
+// warning.
+const MinTokenLength = 24
+
+// knownScopes are the scopes some route checks.
+var knownScopes = []string{ScopeManage, ScopeRead, "ssf.manage.poll"}
+
+// placeholderWords mark a token copied from an example and never replaced.
+var placeholderWords = []string{"replace-with", "replace_with", "changeme", "change-me", "example", "placeholder", "your-token", "<token>"}
+
+// ReceiverWarnings lists what is valid but unsafe in receivers: tokens that
+// are short or still an example's placeholder. Token values never appear.
+func ReceiverWarnings(rs []Receiver) []string {
+	var out []string
+	for _, r := range rs {
+		for j, t := range r.Tokens {
+			low := strings.ToLower(t.Value)
+			for _, w := range placeholderWords {
+				if strings.Contains(low, w) {
+					out = append(out, fmt.Sprintf("receiver %q: token #%d looks like an example's placeholder: replace it with a long random value (e.g. openssl rand -hex 32)", r.Name, j+1))
+					break
+				}
+			}
+			for _, sc := range t.Scopes {
+				if !slices.Contains(knownScopes, sc) {
+					hint := "it grants nothing"
+					if g := Suggest(sc, knownScopes); g != "" {
+						hint = "did you mean " + g + "?"
+					}
+					out = append(out, fmt.Sprintf("receiver %q: token #%d has the unknown scope %q: %s", r.Name, j+1, sc, hint))
+				}
+			}
+			if len(t.Value) < MinTokenLength {
+				out = append(out, fmt.Sprintf("receiver %q: token #%d is only %d characters: use at least %d random characters", r.Name, j+1, len(t.Value), MinTokenLength))
+			}
+		}
+	}
+	return out
+}
+
+// describeYAMLError rewrites a YAML decoding error without the values it
+// may quote (a token in the wrong place must not reach a log), and with the
+// receivers file's key names instead of Go type names.
+func describeYAMLError(err error) string {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		if m := yamlLine.FindString(err.Error()); m != "" {
+			return "not valid YAML (at " + m + ")"
+		}
+		return "not valid YAML"
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		line := yamlLine.FindString(e)
+		if m := yamlUnknownField.FindStringSubmatch(e); m != nil {
+			hint := ""
+			if s := closestKey(m[1]); s != "" {
+				hint = " (did you mean " + s + "?)"
+			}
+			msgs = append(msgs, fmt.Sprintf("%s: unknown key %q%s", line, m[1], hint))
+			continue
+		}
+		msgs = append(msgs, fmt.Sprintf("%s: a value has the wrong type (a list, mapping or text where another is expected)", line))
+	}
+	return strings.Join(msgs, "; ")
+}
+
+var (
+	yamlLine         = regexp.MustCompile(`line \d+`)
+	yamlUnknownField = regexp.MustCompile(`field (\S+) not found in type`)
+)
+
+// receiverKeys are the keys a receivers file knows.
+var receiverKeys = []string{"receivers", "name", "tokens", "value", "scopes", "oauth_client_ids", "require_scopes", "audience", "subject_format", "subject_iss", "profile", "max_streams"}
+
+// closestKey returns the receivers-file key k is a typo of, or "".
+func closestKey(k string) string {
+	return Suggest(strings.ReplaceAll(k, "-", "_"), receiverKeys)
+}
+
+// Suggest returns the candidate s is most likely a typo of (a small edit
+// distance away, or equal with '_' and '-' swapped), or "" when none is
+// close. The command line uses it for flags and config keys too.
+func Suggest(s string, candidates []string) string {
+	best, bestD := "", 1<<30
+	low := strings.ToLower(s)
+	for _, c := range candidates {
+		if c == low || c == strings.ReplaceAll(low, "_", "-") || c == strings.ReplaceAll(low, "-", "_") {
+			return c
+		}
+		if d := levenshtein(low, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	if bestD <= max(2, len(s)/4) {
+		return best
+	}
+	return ""
+}
+
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // hasScope reports whether scopes holds want.

@@ -272,3 +272,15 @@ func truncate(s string, n int) string {
 	r := []rune(s)
 	return string(r[:n])
 }
+
+// MethodName is a delivery method's short name for people: push or poll
+// (the URN itself when it is neither).
+func MethodName(m string) string {
+	switch m {
+	case MethodPushURN, MethodRISCPush, "push":
+		return "push"
+	case MethodPollURN, legacyPollMethod, "poll":
+		return "poll"
+	}
+	return m
+}

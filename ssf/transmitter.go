@@ -10,8 +10,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -237,8 +240,8 @@ type Transmitter struct {
 	base          string // path prefix of the endpoints, no trailing slash
 	discoveryPath string
 
-	receivers map[string]*Receiver
-	tokens    []tokenEntry
+	// recv is the receivers and their tokens; SetReceivers swaps it whole.
+	recv      atomic.Pointer[receiverSet]
 	oauth     *oauthVerifier
 	calls     *callLimiter
 	longPolls longPolls
@@ -260,7 +263,7 @@ func New(cfg Config) (*Transmitter, error) {
 	}
 	cfg.defaults()
 	t := &Transmitter{cfg: cfg, log: orDiscard(cfg.Logger), store: cfg.Store,
-		receivers: map[string]*Receiver{}, streams: map[string]*streamState{}}
+		streams: map[string]*streamState{}}
 	if cfg.Limits == nil {
 		cfg.Limits = NewKVLimitStore(cfg.KV)
 	}
@@ -270,17 +273,7 @@ func New(cfg Config) (*Transmitter, error) {
 	p := strings.TrimSuffix(t.issuerURL.Path, "/")
 	t.discoveryPath = "/.well-known/ssf-configuration" + p
 	t.base = basePath(t.issuerURL)
-	for i := range cfg.Receivers {
-		r := &cfg.Receivers[i]
-		t.receivers[r.Name] = r
-		if len(r.OAuthClientIDs) > 0 && cfg.OAuthIssuer == "" {
-			t.log.Warn("receiver lists oauth_client_ids but no OAuth issuer is configured: its OAuth tokens are refused",
-				slog.String("receiver", r.Name))
-		}
-		for _, tk := range r.Tokens {
-			t.tokens = append(t.tokens, tokenEntry{hash: sha256.Sum256([]byte(tk.Value)), receiver: r, scopes: tk.Scopes})
-		}
-	}
+	t.recv.Store(t.newReceiverSet(cfg.Receivers))
 	if cfg.OAuthIssuer != "" {
 		t.oauth = newOAuthVerifier(cfg.OAuthIssuer, cfg.HTTPClient, cfg.Clock, cfg.OAuthRefetchInterval)
 	}
@@ -294,7 +287,7 @@ func New(cfg Config) (*Transmitter, error) {
 		if err != nil {
 			return nil, fmt.Errorf("load subjects: %w", err)
 		}
-		if _, ok := t.receivers[r.Receiver]; !ok {
+		if _, ok := t.receiver(r.Receiver); !ok {
 			t.log.Warn("stream of a receiver no longer configured: kept, but nobody can manage it",
 				slog.String("stream_id", r.ID), slog.String("receiver", r.Receiver))
 		}
@@ -358,3 +351,88 @@ func (t *Transmitter) endpoint(path string) string {
 }
 
 func (t *Transmitter) pollURL(streamID string) string { return t.endpoint("/poll/" + streamID) }
+
+// receiverSet is the configured receivers with their tokens' hashes.
+type receiverSet struct {
+	byName map[string]*Receiver
+	tokens []tokenEntry
+}
+
+func (t *Transmitter) newReceiverSet(rs []Receiver) *receiverSet {
+	set := &receiverSet{byName: map[string]*Receiver{}}
+	for i := range rs {
+		r := rs[i]
+		set.byName[r.Name] = &r
+		if len(r.OAuthClientIDs) > 0 && t.cfg.OAuthIssuer == "" {
+			t.log.Warn("receiver lists oauth_client_ids but no OAuth issuer is configured: its OAuth tokens are refused",
+				slog.String("receiver", r.Name))
+		}
+		for _, tk := range r.Tokens {
+			set.tokens = append(set.tokens, tokenEntry{hash: sha256.Sum256([]byte(tk.Value)), receiver: set.byName[r.Name], scopes: tk.Scopes})
+		}
+	}
+	return set
+}
+
+// receiver returns the configured receiver of that name.
+func (t *Transmitter) receiver(name string) (*Receiver, bool) {
+	r, ok := t.recv.Load().byName[name]
+	return r, ok
+}
+
+// ReceiverChange is what SetReceivers changed, by receiver name.
+type ReceiverChange struct {
+	Added   []string `json:"added"`
+	Removed []string `json:"removed"`
+	Changed []string `json:"changed"`
+}
+
+// SetReceivers replaces the configured receivers (a reloaded receivers
+// file): from the next request on, only the new tokens are accepted.
+// Streams of a receiver that is gone are kept (and still delivered to),
+// but nobody can manage them until it is configured again.
+func (t *Transmitter) SetReceivers(rs []Receiver) ReceiverChange {
+	next := t.newReceiverSet(rs)
+	prev := t.recv.Swap(next)
+	ch := ReceiverChange{Added: []string{}, Removed: []string{}, Changed: []string{}}
+	for name, r := range next.byName {
+		old, ok := prev.byName[name]
+		switch {
+		case !ok:
+			ch.Added = append(ch.Added, name)
+		case !sameReceiver(*old, *r):
+			ch.Changed = append(ch.Changed, name)
+		}
+	}
+	for name := range prev.byName {
+		if _, ok := next.byName[name]; !ok {
+			ch.Removed = append(ch.Removed, name)
+		}
+	}
+	sort.Strings(ch.Added)
+	sort.Strings(ch.Removed)
+	sort.Strings(ch.Changed)
+	t.mu.RLock()
+	for _, st := range t.streams {
+		if slices.Contains(ch.Removed, st.rec.Receiver) {
+			t.log.Warn("stream of a receiver no longer configured: kept, but nobody can manage it",
+				slog.String("stream_id", st.rec.ID), slog.String("receiver", st.rec.Receiver))
+		}
+	}
+	t.mu.RUnlock()
+	return ch
+}
+
+func sameReceiver(a, b Receiver) bool {
+	if len(a.Tokens) != len(b.Tokens) {
+		return false
+	}
+	for i := range a.Tokens {
+		if a.Tokens[i].Value != b.Tokens[i].Value || !slices.Equal(a.Tokens[i].Scopes, b.Tokens[i].Scopes) {
+			return false
+		}
+	}
+	return slices.Equal(a.OAuthClientIDs, b.OAuthClientIDs) && a.RequireScopes == b.RequireScopes &&
+		a.Audience == b.Audience && a.SubjectFormat == b.SubjectFormat && a.SubjectIss == b.SubjectIss && a.Profile == b.Profile &&
+		a.MaxStreams == b.MaxStreams
+}

@@ -23,12 +23,17 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		"delete": "delete a stream and its queued SETs: delete <stream-id>",
 		"verify": "send a verification SET: verify <stream-id> [--state …]",
 	}
-	verb, fs, af, err := subcommand("streams", verbs, args, stderr)
+	verb, fs, af, err := subcommand("streams", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
-	reason := fs.String("reason", "", "reason shown to the receiver (pause, resume)")
-	state := fs.String("state", "", "state echoed in the verification SET (verify)")
+	reason, state := new(string), new(string)
+	switch verb {
+	case "pause", "resume":
+		reason = fs.String("reason", "", "reason shown to the receiver")
+	case "verify":
+		state = fs.String("state", "", "state echoed in the verification SET")
+	}
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
 		return err
@@ -81,7 +86,7 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			{"default subjects", s.DefaultSubjects}, {"created", fmtTime(s.Created)},
 			{"backlog", strconv.FormatInt(o.Backlog, 10)}, {"oldest", o.OldestAge.Round(time.Second).String()},
 			{"delivered", strconv.FormatInt(o.Delivered, 10)}, {"dead letter", strconv.FormatInt(o.Dead, 10)},
-			{"last success", fmtTime(o.LastSuccess)}, {"last error", orDash(o.LastError)},
+			{"last success", fmtTime(o.LastSuccess)}, {"last error", lastErrorText(o)},
 			{"backing off until", fmtTime(o.BackingOffUntil)},
 		})
 		return nil
@@ -100,11 +105,26 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err := c.do(ctx, http.MethodDelete, "/admin/streams/"+id, nil, nil); err != nil {
 			return err
 		}
+		if af.json {
+			return printJSON(stdout, map[string]any{"stream_id": pos[0], "deleted": true})
+		}
 		fmt.Fprintf(stdout, "stream %s deleted\n", pos[0])
 		return nil
 	case "verify":
+		var s ssf.Stream
+		if err := c.do(ctx, http.MethodGet, "/admin/streams/"+id, nil, &s); err != nil {
+			return err
+		}
 		if err := c.do(ctx, http.MethodPost, "/admin/streams/"+id+"/verify", map[string]string{"state": *state}, nil); err != nil {
 			return err
+		}
+		held := s.Status == ssf.StatusPaused
+		if af.json {
+			return printJSON(stdout, map[string]any{"stream_id": pos[0], "queued": true, "status": s.Status, "held_until_resume": held})
+		}
+		if held {
+			fmt.Fprintf(stdout, "verification SET queued for stream %s; the stream is paused, so it is held and goes out when the stream is resumed\n", pos[0])
+			return nil
 		}
 		fmt.Fprintf(stdout, "verification SET queued for stream %s\n", pos[0])
 		return nil
@@ -117,7 +137,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		"list":   "list the signing keys the JWKS publishes",
 		"rotate": "make a newly generated key current; the old one stays published for --key-overlap",
 	}
-	verb, fs, af, err := subcommand("keys", verbs, args, stderr)
+	verb, fs, af, err := subcommand("keys", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
@@ -166,12 +186,18 @@ func runOutbox(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"replay": "put dead letters back in the queue with the same jti: replay <stream-id> [jti …]",
 		"purge":  "delete dead letters: purge <stream-id> [jti …]",
 	}
-	verb, fs, af, err := subcommand("outbox", verbs, args, stderr)
+	verb, fs, af, err := subcommand("outbox", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
-	limit := fs.Int("limit", 100, "how many dead letters to list (dlq)")
-	all := fs.Bool("all", false, "replay or purge every dead letter of the stream")
+	limit, all := new(int), new(bool)
+	*limit = 100
+	switch verb {
+	case "dlq":
+		limit = fs.Int("limit", 100, "how many dead letters to list")
+	case "replay", "purge":
+		all = fs.Bool("all", false, "every dead letter of the stream")
+	}
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
 		return err
@@ -203,7 +229,7 @@ func runOutbox(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		for _, s := range stats {
 			rows = append(rows, []string{s.StreamID, string(s.Method), string(s.Status), strconv.FormatInt(s.Backlog, 10),
 				s.OldestAge.Round(time.Second).String(), strconv.FormatInt(s.Delivered, 10), strconv.FormatInt(s.Dead, 10),
-				fmtTime(s.LastSuccess), orDash(s.LastError)})
+				fmtTime(s.LastSuccess), lastErrorText(s)})
 		}
 		table(stdout, []string{"STREAM", "METHOD", "STATUS", "BACKLOG", "OLDEST", "DELIVERED", "DEAD", "LAST SUCCESS", "LAST ERROR"}, rows)
 		return nil
@@ -241,7 +267,8 @@ func runOutbox(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func replayOrPurge(ctx context.Context, c *adminClient, verb, stream string, jtis []string, asJSON bool, stdout, stderr io.Writer) error {
 	path := "/admin/outbox/" + url.PathEscape(stream) + "/" + verb
 	key := map[string]string{"replay": "replayed", "purge": "purged"}[verb]
-	if len(jtis) == 0 {
+	named := len(jtis) > 0
+	if !named {
 		// Everything: list the dead letter first so progress can be shown.
 		var dl []outbox.DeadLetter
 		if err := c.do(ctx, http.MethodGet, "/admin/outbox/"+url.PathEscape(stream)+"/dlq?limit=100000", nil, &dl); err != nil {
@@ -266,9 +293,15 @@ func replayOrPurge(ctx context.Context, c *adminClient, verb, stream string, jti
 	}
 	bar.finish()
 	if asJSON {
-		return printJSON(stdout, map[string]int{key: done})
+		if err := printJSON(stdout, map[string]int{key: done}); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(stdout, "%s %d dead letter(s) of stream %s\n", key, done, stream)
 	}
-	fmt.Fprintf(stdout, "%s %d dead letter(s) of stream %s\n", key, done, stream)
+	if named && done < len(jtis) {
+		return exitError{exitNotFound, fmt.Errorf("%d of the %d named jti(s) are not in stream %s's dead letter", len(jtis)-done, len(jtis), stream)}
+	}
 	return nil
 }
 
@@ -300,6 +333,22 @@ func (p *progress) finish() {
 	}
 }
 
+// lastErrorText is a stream's last error with its time, marked when a
+// success came after it.
+func lastErrorText(s outbox.StreamStats) string {
+	if s.LastError == "" {
+		return "-"
+	}
+	out := s.LastError
+	if !s.LastErrorAt.IsZero() {
+		out += " at " + fmtTime(s.LastErrorAt)
+		if s.LastSuccess.After(s.LastErrorAt) {
+			out += " (delivered since)"
+		}
+	}
+	return out
+}
+
 func statusText(status, reason string) string {
 	if reason != "" {
 		return status + " (" + reason + ")"
@@ -307,15 +356,7 @@ func statusText(status, reason string) string {
 	return status
 }
 
-func methodName(m string) string {
-	switch m {
-	case ssf.MethodPushURN, ssf.MethodRISCPush, "push":
-		return "push"
-	case ssf.MethodPollURN, "poll":
-		return "poll"
-	}
-	return m
-}
+func methodName(m string) string { return ssf.MethodName(m) }
 
 func endpointHost(raw string) string {
 	u, err := url.Parse(raw)

@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -55,7 +57,13 @@ type app struct {
 	degradedOK bool
 	degraded   *degraded
 	parent     *app
+
+	// live holds what a reload changes: receivers and the admin token.
+	live *live
 }
+
+// withLive makes the app follow reloads of l (serve).
+func withLive(l *live) appOption { return func(a *app) { a.live = l } }
 
 // appOption adjusts how buildApp wires the sidecar (tests and the demo).
 type appOption func(*app)
@@ -91,13 +99,22 @@ func (k storeKV) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) 
 // the receivers file. It reports every problem at once.
 func checkDeep(c Config) ([]ssf.Receiver, error) {
 	var errs []error
-	if len(c.SigningKeys) > 0 {
+	pasted := slices.ContainsFunc(c.SigningKeys, func(f string) bool {
+		return strings.Contains(f, "-----BEGIN") || strings.ContainsAny(f, "\n\r")
+	})
+	switch {
+	case pasted:
+		// The key itself was given: never quote it back.
+		errs = append(errs, errors.New("--signing-key takes the paths of PEM files, not the key itself: write the key to a file (mode 0600) and give its path"))
+	case len(c.SigningKeys) > 0:
 		if err := (ssf.KeyConfig{Files: c.SigningKeys, DataDir: c.DataDir}).Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("--signing-key: %w", err))
 		}
 	}
 	var receivers []ssf.Receiver
-	if c.Receivers != "" {
+	if c.Receivers != "" && secretLike(c.Receivers) {
+		errs = append(errs, errors.New("--receivers takes the path of a receivers file; the value given does not look like one (it is not shown)"))
+	} else if c.Receivers != "" {
 		r, err := ssf.LoadReceivers(c.Receivers)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("--receivers: %w", err))
@@ -117,6 +134,9 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		httpClient: &http.Client{Timeout: 10 * time.Second}}
 	for _, o := range opts {
 		o(a)
+	}
+	if a.live == nil {
+		a.live = newLive(cfg, nil, receivers, logger)
 	}
 	if a.tracing == nil {
 		if a.tracing, err = setupTracing(ctx, buildVersion()); err != nil {
@@ -164,7 +184,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		OnRequest: a.metrics.onRequest, OnObserverMiss: a.metrics.onObserverMiss, TracerProvider: a.tracing.Provider, TraceAllRoutes: cfg.TraceAllRoutes, PropagateTrace: cfg.TracePropagation,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("proxy: %w", err)
+		return nil, prefixed("proxy", err)
 	}
 	a.metrics.proxyStats = a.proxy.Stats
 	if a.degraded != nil {
@@ -178,6 +198,14 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		a.metrics.storeHealthy, a.metrics.signingKeys = a.store.Healthy, a.keys.List
 	}
 	return a, nil
+}
+
+// prefixed wraps err with "what: " unless its message says so already.
+func prefixed(what string, err error) error {
+	if strings.HasPrefix(err.Error(), what+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 // storeError is a failure to create or open the data dir or the store in
@@ -202,23 +230,32 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
 		_ = os.Chmod(cfg.DataDir, st.Mode().Perm()&0o700)
 	}
-	dbPath := filepath.Join(cfg.DataDir, "ssf-sidecar.db")
+	dbPath := filepath.Join(cfg.DataDir, dbFile)
 	store, err := outbox.Open(dbPath, outbox.StoreOptions{})
 	if err != nil {
-		return &storeError{Dir: cfg.DataDir, Err: err}
+		return &storeError{Dir: cfg.DataDir, Err: explainOpenError(dbPath, err)}
 	}
 	defer func() {
 		if err != nil {
 			store.Close()
 		}
 	}()
+	// A restore that brought back the store without its key files is found
+	// before anything is generated next to sealed data.
+	problems, err := ssf.CheckRestore(store, cfg.DataDir, len(cfg.SigningKeys) > 0, cfg.KeyOverlap, a.clock())
+	if err != nil {
+		return fmt.Errorf("check data dir: %w", err)
+	}
+	if !problems.OK() {
+		return &storeError{Dir: cfg.DataDir, Err: &restoreError{dir: cfg.DataDir, problems: problems}}
+	}
 	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store,
 		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
-			return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("signing keys: %w", err)}
+			return &storeError{Dir: cfg.DataDir, Err: prefixed("signing keys", err)}
 		}
-		return fmt.Errorf("signing keys: %w", err)
+		return prefixed("signing keys", err)
 	}
 	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
 	if err != nil {
@@ -261,6 +298,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("transmitter: %w", err)
 	}
 	rep.tx = a.tx
+	a.live.setApply(a.tx.SetReceivers)
 	up, _ := url.Parse(cfg.Upstream)
 	leases, err := outbox.NewStoreLeases(outbox.LeaseConfig{Store: a.store, Clock: a.clock})
 	if err != nil {
@@ -269,13 +307,14 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	a.tap, err = tap.New(tap.Config{
 		Upstream: up, Token: cfg.AuthentikToken, SecretKey: cfg.AuthentikSecretKey,
 		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases},
-		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger.With("component", "tap"),
+		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger, // the tap names itself
 	})
 	if err != nil {
 		return fmt.Errorf("tap: %w", err)
 	}
 	a.adminHandler, err = admin.New(admin.Config{
-		Token: cfg.AdminToken, Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
+		TokenFunc: a.live.adminToken, AllowedHosts: adminHosts(cfg), Reload: a.reloadFunc(),
+		Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
 		Ready: a.ready, Health: a.healthChecks(up), Logger: logger.With("component", "admin"),
 		Extra: dashExtra, Metrics: a.metrics,
 	})
@@ -283,6 +322,25 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("admin: %w", err)
 	}
 	return nil
+}
+
+// adminHosts are the Host names the admin API accepts besides the built-in
+// ones: --admin-hosts and the name in --admin-listen.
+func adminHosts(cfg Config) []string {
+	hosts := append([]string(nil), cfg.AdminHosts...)
+	if h, _, err := net.SplitHostPort(cfg.AdminListen); err == nil && h != "" {
+		hosts = append(hosts, h)
+	}
+	return hosts
+}
+
+// reloadFunc is the admin API's POST /admin/reload (nil: reload is off,
+// as in the demo and the offline CLI).
+func (a *app) reloadFunc() func(context.Context) (any, error) {
+	if a.live.flags == nil {
+		return nil
+	}
+	return func(context.Context) (any, error) { return a.live.reload("admin API") }
 }
 
 // reporter forwards the outbox's failing-stream reports to the transmitter.
@@ -373,6 +431,9 @@ func (a *app) run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if a.live.flags != nil {
+		g.Go(func() error { a.live.watch(gctx); return nil })
+	}
 	g.Go(func() error {
 		close(a.proxyReady)
 		err := a.proxy.Run(gctx)
@@ -394,11 +455,34 @@ func (a *app) run(ctx context.Context) error {
 		defer cancel()
 		return adminSrv.Shutdown(sctx)
 	})
-	a.logger.Info("ssf-sidecar started", "listen", a.cfg.Listen, "admin", ln.Addr().String(),
-		"upstream", a.cfg.Upstream, "issuer", a.cfg.Issuer, "version", buildVersion())
-	if a.degraded != nil {
-		a.degraded.logStart()
-	}
+	// "started" only once both listeners are bound: a port in use fails
+	// the start without claiming it.
+	g.Go(func() error {
+		select {
+		case <-a.proxy.Ready():
+		case <-gctx.Done():
+			return nil
+		}
+		listen := a.cfg.Listen
+		if addr := a.proxy.Addr(); addr != nil {
+			listen = addr.String()
+		}
+		a.logger.Info("ssf-sidecar started", "listen", listen, "admin", ln.Addr().String(),
+			"upstream", a.cfg.Upstream, "issuer", a.cfg.Issuer, "version", buildVersion())
+		if a.degraded != nil {
+			a.degraded.logStart()
+		}
+		// Say at once when authentik cannot be reached, not only at the
+		// first 502.
+		uctx, ucancel := context.WithTimeout(gctx, 5*time.Second)
+		defer ucancel()
+		up, _ := url.Parse(a.cfg.Upstream)
+		if err := upstreamHealth(uctx, a.httpClient, up); err != nil && gctx.Err() == nil {
+			a.logger.Warn("authentik is not answering yet: requests get 502 until it does (see /healthz)",
+				slog.String("upstream", a.cfg.Upstream), slog.String("error", err.Error()))
+		}
+		return nil
+	})
 	err = g.Wait()
 	store := a.store
 	if a.degraded != nil {

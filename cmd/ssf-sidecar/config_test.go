@@ -77,7 +77,7 @@ func TestConfigReportsEveryProblemAtOnce(t *testing.T) {
 	msg := verr.Error()
 	for _, want := range []string{
 		`unknown key "listn"`,
-		`--poll-interval (flag --poll-interval): "soon" is not a duration`,
+		`--poll-interval given on the command line: "soon" is not a duration`,
 		`--max-body`,
 		`"not-a-cidr" is not a CIDR`,
 		`--upstream is required`,
@@ -158,7 +158,7 @@ func TestUnknownCommandAndHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"serve", "--help"}, &out, &errb); code != exitOK {
 		t.Fatalf("serve --help exit %d", code)
 	}
-	if !strings.Contains(errb.String(), "SSF_UPSTREAM") {
-		t.Fatalf("serve --help does not show env names:\n%s", errb.String())
+	if !strings.Contains(out.String(), "SSF_UPSTREAM") {
+		t.Fatalf("serve --help does not show env names on stdout:\n%s", out.String())
 	}
 }

@@ -224,6 +224,13 @@ func TestDashboardInBrowser(t *testing.T) {
 	wait("streams", goodRow)
 	wait("streams", badRow)
 	wait("live", `#live.live:not(.off)`)
+	// No admin token, no session: nothing to log out of.
+	if hidden, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.querySelector("#logout").hidden`)); err != nil || !hidden {
+		t.Errorf("Log out is offered without an admin token (hidden=%v, %v)", hidden, err)
+	}
+	if msg, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector("#message").textContent`)); msg == "Loading…" {
+		t.Errorf("still Loading… with the streams shown")
+	}
 	// Select the good stream's timeline and mark the page so a reload
 	// would show.
 	click(goodRow + ` button[data-action="view"]`)

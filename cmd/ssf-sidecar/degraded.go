@@ -118,9 +118,8 @@ func isDiskError(err error) bool {
 func (d *degraded) detail() string {
 	c := d.cause.Load()
 	return fmt.Sprintf("%v (since %s): no SETs are issued and tapped requests are counted as misses. "+
-		"Make the data dir %s writable by this process (uid %d), or give --data-dir a writable volume; "+
-		"the sidecar retries on its own (next within %s) and recovers without a restart",
-		c, d.since.UTC().Format(time.RFC3339), c.Dir, os.Geteuid(), time.Duration(d.retryIn.Load()))
+		"To fix: %s. The sidecar retries on its own (next within %s) and recovers without a restart",
+		c, d.since.UTC().Format(time.RFC3339), storeFix(c), time.Duration(d.retryIn.Load()))
 }
 
 // logStart says once, at error level, why the sidecar runs degraded.
@@ -129,7 +128,7 @@ func (d *degraded) logStart() {
 	d.front.logger.Error("store unavailable: serving authentik WITHOUT observing it until the store opens",
 		slog.String("data_dir", c.Dir), slog.Any("error", c.Err),
 		slog.Int("uid", os.Geteuid()),
-		slog.String("fix", "make the data dir writable by this process or mount a writable volume; retried automatically"))
+		slog.String("fix", storeFix(c)))
 }
 
 // missed counts one tapped request that went by unobserved.
@@ -207,8 +206,8 @@ func (d *degraded) run(ctx context.Context, start func(live *app)) {
 		}
 		live := &app{cfg: d.front.cfg, logger: d.front.logger, proxyReady: d.front.proxyReady, clock: d.front.clock,
 			httpClient: d.front.httpClient, tracing: d.front.tracing, metrics: d.front.metrics,
-			deliveries: d.front.deliveries, parent: d.front}
-		err := live.buildCore(ctx, d.receivers)
+			deliveries: d.front.deliveries, parent: d.front, live: d.front.live}
+		err := live.buildCore(ctx, d.front.live.currentReceivers())
 		if err == nil {
 			if ctx.Err() != nil {
 				live.store.Close()
@@ -229,7 +228,7 @@ func (d *degraded) run(ctx context.Context, start func(live *app)) {
 			se = &storeError{Dir: d.front.cfg.DataDir, Err: err}
 		}
 		if prev := d.cause.Swap(se); prev == nil || prev.Error() != se.Error() {
-			d.front.logger.Error("store still unavailable", slog.String("data_dir", se.Dir), slog.Any("error", se.Err))
+			d.front.logger.Error("store still unavailable", slog.String("data_dir", se.Dir), slog.Any("error", se.Err), slog.String("fix", storeFix(se)))
 		} else {
 			d.front.logger.Debug("store still unavailable", slog.String("data_dir", se.Dir), slog.Any("error", se.Err))
 		}

@@ -51,7 +51,8 @@ func (d *deliveryTracer) hooks() outbox.Hooks {
 				slog.Duration("since_enqueue", since))
 		},
 		OnDeadLetter: func(streamID, jti, reason string) {
-			d.log.Warn("SET dead-lettered", slog.String("stream_id", streamID), slog.String("jti", jti),
+			// The outbox logs the dead letter at WARN; this is its trace side.
+			d.log.Debug("SET dead-lettered", slog.String("stream_id", streamID), slog.String("jti", jti),
 				slog.String("reason", reason))
 		},
 	}

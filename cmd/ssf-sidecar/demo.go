@@ -257,15 +257,26 @@ type expectedSET struct {
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	keep := fs.Bool("keep", false, "leave everything running to explore, with the URLs printed (Ctrl-C stops)")
 	verbose := fs.Bool("verbose", false, "show the sidecar's own logs")
 	timeout := fs.Duration("timeout", 15*time.Second, "how long to wait for every SET to arrive")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err.Error()}
+	serveAK := fs.Bool("serve-authentik", false, "run only the simulated authentik, to put 'ssf-sidecar serve' in front of it yourself (Ctrl-C stops)")
+	akListen := fs.String("authentik-listen", "127.0.0.1:9000", "address of the simulated authentik (with --serve-authentik)")
+	help := func() {
+		fmt.Fprintln(stdout, "Usage: ssf-sidecar demo [flags]\n\n"+
+			"Runs a simulated authentik, the sidecar in front of it and a receiver that verifies every SET,\n"+
+			"plays a scripted user and admin, and prints what the receiver got. Nothing outside this machine is used.\n"+
+			"With --serve-authentik it runs only the simulated authentik, for trying 'serve' end to end.\n\nFlags:")
+		printFlags(stdout, fs)
+	}
+	if err := parseFlags(fs, args, help); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("demo takes no arguments, got %q", fs.Args())}
+	}
+	if *serveAK {
+		return serveSimulatedAuthentik(ctx, *akListen, stdout)
 	}
 	dir, err := os.MkdirTemp("", "ssf-sidecar-demo-")
 	if err != nil {
@@ -299,9 +310,39 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if *keep {
-		fmt.Fprintf(stdout, "\nEverything keeps running; receiver token: %s\nCtrl-C to stop.\n", w.token)
+		fmt.Fprintf(stdout, "\nEverything keeps running. Ctrl-C to stop.\n")
+		fmt.Fprintf(stdout, "  dashboard                %s/admin/dashboard/\n", w.adminURL)
+		fmt.Fprintf(stdout, "  CLI                      ssf-sidecar streams list --admin-url %s\n", w.adminURL)
+		fmt.Fprintf(stdout, "  receiver token           %s\n", w.token)
+		fmt.Fprintf(stdout, "  authentik admin token    %s   (an API token of the simulated authentik's akadmin)\n", w.ak.AdminToken())
+		fmt.Fprintf(stdout, "  try                      curl -s -H 'Authorization: Bearer %s' %s/ssf/streams\n", w.token, w.front)
 		<-ctx.Done()
 	}
+	return nil
+}
+
+// serveSimulatedAuthentik runs the simulated authentik alone and prints how
+// to put `serve` in front of it, until ctx ends.
+func serveSimulatedAuthentik(ctx context.Context, listen string, stdout io.Writer) error {
+	const secret = "demo-authentik-secret-key"
+	ak, err := authentiktest.Start(authentiktest.Config{Addr: listen, SecretKey: secret})
+	if err != nil {
+		return fmt.Errorf("simulated authentik: %w", err)
+	}
+	defer ak.Close()
+	if _, err := ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "simulated authentik at %s (Ctrl-C stops)\n\n", ak.URL())
+	fmt.Fprintf(stdout, "  admin API token   %s   (user akadmin)\n", ak.AdminToken())
+	fmt.Fprintf(stdout, "  SECRET_KEY        %s\n", secret)
+	fmt.Fprintf(stdout, "  a user            alice / alice-password-1 (login flow %s)\n\n", ak.Flows().Authentication)
+	fmt.Fprintf(stdout, "Put the sidecar in front of it, in another terminal:\n\n")
+	fmt.Fprintf(stdout, "  SSF_AUTHENTIK_TOKEN=%s SSF_AUTHENTIK_SECRET_KEY=%s \\\n", ak.AdminToken(), secret)
+	fmt.Fprintf(stdout, "    ssf-sidecar serve --upstream %s --listen 127.0.0.1:9080 --issuer http://127.0.0.1:9080/ssf \\\n", ak.URL())
+	fmt.Fprintf(stdout, "      --receivers receivers.yaml --allow-private-endpoints --data-dir ./data --log-format text\n\n")
+	fmt.Fprintf(stdout, "then follow the README's receivers walkthrough against http://127.0.0.1:9080.\n")
+	<-ctx.Done()
 	return nil
 }
 

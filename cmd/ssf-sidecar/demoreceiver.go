@@ -43,9 +43,12 @@ type receivedSET struct {
 	JTI       string
 	Event     string // short name
 	Initiator string
-	Subject   string
-	Claims    map[string]any
-	Compact   string
+	// Detail is what tells events of one type apart (credential_type and
+	// change_type of a credential-change, status of a stream-updated).
+	Detail  string
+	Subject string
+	Claims  map[string]any
+	Compact string
 }
 
 func startDemoReceiver(jwksURL, issuer string) (*demoReceiver, error) {
@@ -106,6 +109,9 @@ func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if set.Initiator != "" {
 		line += fmt.Sprintf(" initiator=%-6s", set.Initiator)
 	}
+	if set.Detail != "" {
+		line += " " + set.Detail
+	}
 	fmt.Fprintf(r.output(), "%s %s\n", line, set.Subject)
 	w.WriteHeader(http.StatusAccepted)
 }
@@ -138,6 +144,13 @@ func (r *demoReceiver) verify(ctx context.Context, compact string) (receivedSET,
 		out.Event = uri[strings.LastIndex(uri, "/")+1:]
 		if b, ok := body.(map[string]any); ok {
 			out.Initiator, _ = b["initiating_entity"].(string)
+			var d []string
+			for _, k := range []string{"credential_type", "change_type", "status"} {
+				if v, ok := b[k].(string); ok && v != "" {
+					d = append(d, k+"="+v)
+				}
+			}
+			out.Detail = strings.Join(d, " ")
 		}
 	}
 	out.Subject = describeSubject(claims["sub_id"])

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 )
 
@@ -14,14 +16,30 @@ import (
 // container image with nothing but the binary can have a health check.
 func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("health", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	target := fs.String("url", adminURLFromListen(envOr("SSF_ADMIN_LISTEN", "127.0.0.1:9090"))+"/readyz", "URL to ask")
+	base := os.Getenv("SSF_ADMIN_URL")
+	if base == "" {
+		base = adminURLFromListen(envOr("SSF_ADMIN_LISTEN", "127.0.0.1:9090"))
+	}
+	adminURL := fs.String("admin-url", base, "admin API base URL (env SSF_ADMIN_URL; default from SSF_ADMIN_LISTEN)")
+	target := fs.String("url", "", "full URL to ask (default: the admin URL's /readyz)")
 	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+	asJSON := fs.Bool("json", false, "print the readiness answer as JSON (it is JSON already; kept for consistency)")
+	help := func() {
+		fmt.Fprintln(stdout, "Usage: ssf-sidecar health [flags]\n\nExits 0 when the sidecar answers ready on its admin listener (for container health checks).\n\nFlags:")
+		printFlags(stdout, fs)
+	}
+	if err := parseFlags(fs, args, help); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("health takes no arguments, got %q", fs.Args())}
+	}
+	_ = asJSON
+	if *target == "" {
+		if err := checkAdminURL(*adminURL); err != nil {
 			return err
 		}
-		return usageError{err.Error()}
+		*target = strings.TrimRight(*adminURL, "/") + "/readyz"
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -38,6 +56,6 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s answered %d: %s", *target, resp.StatusCode, body)
 	}
-	fmt.Fprintf(stdout, "%s", body)
+	fmt.Fprintf(stdout, "%s\n", bytes.TrimSpace(body))
 	return nil
 }

@@ -134,6 +134,9 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			t.Fatalf("not JSON: %q", sc.Text())
 		}
+		if k := duplicateKey(sc.Bytes()); k != "" {
+			t.Errorf("a log record has the key %q twice (strict JSON pipelines reject it): %s", k, sc.Text())
+		}
 		switch r["msg"] {
 		case "push attempt":
 			attempts++
@@ -154,4 +157,30 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	if attempts == 0 || signals == 0 || traced != attempts+signals {
 		t.Errorf("%d push attempts and %d signals logged, %d with trace and span ids", attempts, signals, traced)
 	}
+}
+
+// duplicateKey returns a key that occurs twice at the top level of the JSON
+// object in line, or "".
+func duplicateKey(line []byte) string {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return ""
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		k, _ := t.(string)
+		if seen[k] {
+			return k
+		}
+		seen[k] = true
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return ""
+		}
+	}
+	return ""
 }

@@ -68,6 +68,7 @@ func commands() []command {
 		{"keys", "keys list|rotate: signing keys of a running sidecar", runKeys},
 		{"bench", "bench proxy: measure the proxy against the upstream directly (and nginx when installed)", runBench},
 		{"health", "exit 0 when the sidecar answers ready (for container health checks)", runHealth},
+		{"repair", "repair --data-dir DIR: find (and fix) key files a partial restore left out", runRepair},
 	}
 }
 
@@ -79,11 +80,16 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		printUsage(stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	if args[0] == "help" && len(args) > 1 {
+		// "help serve" is "serve --help".
+		args = append(args[1:2:2], "--help")
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "-help" || args[0] == "help" {
+		printUsage(stdout)
 		return exitOK
 	}
 	for _, c := range commands() {

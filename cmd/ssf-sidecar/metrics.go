@@ -52,7 +52,7 @@ type sidecarMetrics struct {
 }
 
 func newSidecarMetrics() *sidecarMetrics {
-	return &sidecarMetrics{
+	m := &sidecarMetrics{
 		requests: newCounterVec("ssf_sidecar_http_requests_total",
 			"Requests served on the proxy listener, by route class (proxy, observed, upgrade, ssf) and status code.", "route_class", "code"),
 		requestDuration: newHistogramVec("ssf_sidecar_http_request_duration_seconds",
@@ -75,6 +75,10 @@ func newSidecarMetrics() *sidecarMetrics {
 			"SETs not queued at enqueue (disabled stream, duplicate key), by stream.", "stream_id"),
 		log: slog.New(slog.DiscardHandler),
 	}
+	// Zero series from the start: an increase() alert sees the first miss.
+	m.observerMisses.add(0, "before")
+	m.observerMisses.add(0, "after")
+	return m
 }
 
 // onRequest is proxy.Config.OnRequest.
@@ -121,6 +125,16 @@ func (m *sidecarMetrics) hooks() outbox.Hooks {
 
 // families collects every metric, the scrape-time ones included.
 func (m *sidecarMetrics) families(ctx context.Context) []family {
+	var stats []outbox.StreamStats
+	var statsErr error
+	if m.outboxStats != nil {
+		stats, statsErr = m.outboxStats(ctx)
+		if statsErr != nil {
+			m.log.WarnContext(ctx, "metrics: outbox statistics unavailable", slog.Any("error", statsErr))
+		} else {
+			m.followStreams(stats)
+		}
+	}
 	fams := []family{
 		m.requests.family(), m.requestDuration.family(), m.observerMisses.family(), m.setsIssued.family(),
 		m.deliveries.family(), m.deliveryLatency.family(), m.deadLettered.family(), m.verifications.family(),
@@ -183,10 +197,6 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 			gauge("ssf_sidecar_poller_lag_seconds", "Seconds since the event-API poller last had read everything authentik had recorded (0 while another replica holds the poller lease).", s.PollLag.Seconds()))
 	}
 	if m.outboxStats != nil {
-		stats, err := m.outboxStats(ctx)
-		if err != nil {
-			m.log.WarnContext(ctx, "metrics: outbox statistics unavailable", slog.Any("error", err))
-		}
 		backlog := family{name: "ssf_sidecar_outbox_backlog", help: "SETs waiting for delivery, by stream.", typ: "gauge"}
 		oldest := family{name: "ssf_sidecar_outbox_oldest_age_seconds", help: "Age of the oldest SET waiting for delivery, by stream.", typ: "gauge"}
 		dead := family{name: "ssf_sidecar_outbox_dead_letter", help: "SETs in the dead letter, by stream.", typ: "gauge"}
@@ -199,6 +209,21 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 		fams = append(fams, backlog, oldest, dead)
 	}
 	return fams
+}
+
+// followStreams gives every stream its zero series (dead letter, fenced)
+// and ends the per-stream series of streams that no longer exist.
+func (m *sidecarMetrics) followStreams(stats []outbox.StreamStats) {
+	keep := make(map[string]bool, len(stats))
+	for _, s := range stats {
+		keep[s.StreamID] = true
+		m.deadLettered.add(0, s.StreamID)
+		m.fenced.add(0, s.StreamID)
+	}
+	for _, c := range []*counterVec{m.setsIssued, m.deliveries, m.deadLettered, m.fenced, m.verifications, m.enqueueDropped} {
+		c.retain("stream_id", keep)
+	}
+	m.deliveryLatency.retain("stream_id", keep)
 }
 
 func counter(name, help string, v uint64) family {

@@ -241,3 +241,34 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsSeriesFollowStreams: counters alerts use exist at zero from
+// the start, and a deleted stream's series end with it.
+func TestMetricsSeriesFollowStreams(t *testing.T) {
+	w := newSystem(t)
+	id, err := w.createPushStream(context.Background(), []string{ssf.EventSessionRevoked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.recv.waitFor(context.Background(), 1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m := scrape(t, w.adminURL)
+	for _, k := range []string{series("ssf_sidecar_observer_misses_total", "step", "before"), series("ssf_sidecar_observer_misses_total", "step", "after"),
+		series("ssf_sidecar_outbox_fenced_total", "stream_id", id), series("ssf_sidecar_dead_lettered_total", "stream_id", id)} {
+		if v, ok := m[k]; !ok || v != 0 {
+			t.Errorf("%s = %v, %v; want a zero series", k, v, ok)
+		}
+	}
+	if sumOf(m, "ssf_sidecar_sets_issued_total", "stream_id", id) == 0 {
+		t.Fatal("no SET counted for the stream")
+	}
+	if code, _, errs := cli(t, "streams", "delete", id, "--admin-url", w.adminURL); code != exitOK {
+		t.Fatalf("delete: %s", errs)
+	}
+	for k := range scrape(t, w.adminURL) {
+		if strings.Contains(k, id) {
+			t.Errorf("series of the deleted stream remains: %s", k)
+		}
+	}
+}

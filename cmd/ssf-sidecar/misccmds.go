@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -17,12 +18,17 @@ import (
 )
 
 func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	verbs := map[string]string{"check": "validate a receivers file: check [--receivers FILE] [--probe]"}
-	verb, fs, af, err := subcommand("receivers", verbs, args, stderr)
+	verbs := map[string]string{
+		"check":  "validate a receivers file: check [--receivers FILE] [--probe]",
+		"reload": "make the running sidecar re-read its receivers file and admin token (as SIGHUP does)",
+	}
+	verb, fs, af, err := subcommand("receivers", verbs, args, stdout)
 	if err != nil {
 		return err
 	}
-	_ = verb
+	if verb == "reload" {
+		return reloadReceivers(ctx, fs, af, args[1:], stdout)
+	}
 	file := fs.String("receivers", os.Getenv("SSF_RECEIVERS"), "receivers file (env SSF_RECEIVERS)")
 	probe := fs.Bool("probe", false, "also send a verification SET to each of these receivers' push streams through the running sidecar and report the answer")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long --probe waits for each answer")
@@ -75,7 +81,16 @@ func runReceivers(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		rows = append(rows, []string{r.Name, strconv.Itoa(len(r.Tokens)), orDash(strings.Join(r.OAuthClientIDs, ",")), r.Audience, r.SubjectFormat, r.Profile, maxStreams})
 	}
 	table(stdout, []string{"RECEIVER", "TOKENS", "OAUTH CLIENTS", "AUDIENCE", "SUBJECTS", "PROFILE", "MAX STREAMS"}, rows)
-	fmt.Fprintf(stdout, "\n%s is valid: %d receiver(s)\n", *file, len(recv))
+	warnings := ssf.ReceiverWarnings(recv)
+	for _, r := range recv {
+		if len(r.OAuthClientIDs) > 0 && os.Getenv("SSF_OAUTH_ISSUER") == "" {
+			warnings = append(warnings, fmt.Sprintf("receiver %q lists oauth_client_ids: serve needs --oauth-issuer (SSF_OAUTH_ISSUER) to accept its OAuth tokens", r.Name))
+		}
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
+	fmt.Fprintf(stdout, "\n%s is valid: %d receiver(s), %d warning(s)\n", *file, len(recv), len(warnings))
 	if !*probe {
 		return nil
 	}
@@ -89,15 +104,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// One role of the benchmark (upstream or sidecar) in a process of its own.
 		return bench.Child(ctx, args[1:], stdout)
 	}
+	const usage = "Usage: ssf-sidecar bench proxy [--duration 3s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]"
 	if len(args) == 0 || args[0] != "proxy" {
-		fmt.Fprintln(stderr, "Usage: ssf-sidecar bench proxy [--duration 5s] [--connections 128] [--generator wrk|go] [--rows direct,sidecar,nginx]")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(stdout, usage)
 			return flag.ErrHelp
 		}
-		return usageError{"bench: name what to measure (proxy)"}
+		return usageError{"bench: name what to measure: " + strings.TrimPrefix(usage, "Usage: ")}
 	}
 	fs := flag.NewFlagSet("bench proxy", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var o bench.Options
 	fs.DurationVar(&o.Duration, "duration", 3*time.Second, "measured time per row and round")
 	fs.DurationVar(&o.Warmup, "warmup", time.Second, "warm-up time per row")
@@ -109,11 +124,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&o.Generator, "generator", "", "load generator: wrk or go (default: wrk when installed)")
 	fs.StringVar(&o.NginxPath, "nginx", "", "nginx binary (default: nginx on PATH; the row is skipped when absent)")
 	rows := fs.String("rows", "", "comma-separated rows to measure: direct,sidecar,nginx (default all)")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return usageError{err.Error()}
+	help := func() {
+		fmt.Fprintf(stdout, "%s\n\nMeasures the proxy against the upstream directly (and nginx when installed), side by side.\n\nFlags:\n", usage)
+		printFlags(stdout, fs)
+	}
+	if err := parseFlags(fs, args[1:], help); err != nil {
+		return err
 	}
 	o.Rows = splitList(*rows)
 	if !*inProcess {
@@ -137,8 +153,9 @@ type probeResult struct {
 	// destination); not sent; no answer.
 	Outcome string `json:"outcome"`
 	Status  int    `json:"status_code,omitempty"`
-	Latency string `json:"latency,omitempty"`
-	Error   string `json:"error,omitempty"`
+	// Latency is in nanoseconds, as every duration in the admin API's JSON.
+	Latency time.Duration `json:"latency,omitempty"`
+	Error   string        `json:"error,omitempty"`
 }
 
 // Probe outcomes besides the outbox's own.
@@ -191,7 +208,7 @@ func probeReceivers(ctx context.Context, c *adminClient, recv []ssf.Receiver, ti
 				}
 			}
 		} else {
-			res.Outcome, res.Status, res.Latency, res.Error = a.Outcome, a.StatusCode, a.Latency.Round(time.Millisecond).String(), explainPushError(a.Error)
+			res.Outcome, res.Status, res.Latency, res.Error = a.Outcome, a.StatusCode, a.Latency, explainPushError(a.Error)
 			if isRefusal(a.Error) {
 				res.Outcome = probeRefused
 			}
@@ -222,7 +239,11 @@ func printProbeResults(stdout io.Writer, results []probeResult) {
 		if r.Status != 0 {
 			code = strconv.Itoa(r.Status)
 		}
-		rows = append(rows, []string{r.Receiver, r.Stream, r.Endpoint, r.Outcome, code, orDash(r.Latency), orDash(r.Error)})
+		lat := "-"
+		if r.Latency > 0 {
+			lat = r.Latency.Round(time.Millisecond).String()
+		}
+		rows = append(rows, []string{r.Receiver, r.Stream, r.Endpoint, r.Outcome, code, lat, orDash(r.Error)})
 	}
 	fmt.Fprintln(stdout)
 	table(stdout, []string{"RECEIVER", "STREAM", "ENDPOINT", "OUTCOME", "STATUS", "LATENCY", "ERROR"}, rows)
@@ -288,4 +309,43 @@ func waitForAttempt(ctx context.Context, c *adminClient, stream, state string, p
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// reloadReceivers asks the running sidecar to reload (POST /admin/reload).
+func reloadReceivers(ctx context.Context, fs *flag.FlagSet, af *adminFlags, args []string, stdout io.Writer) error {
+	pos, err := parseInterleaved(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageError{"receivers reload takes no arguments: the sidecar re-reads the files it was started with"}
+	}
+	c, done, err := af.connect(ctx, "receivers reload")
+	if err != nil {
+		return err
+	}
+	defer done()
+	var res reloadResult
+	if err := c.do(ctx, http.MethodPost, "/admin/reload", map[string]string{}, &res); err != nil {
+		return err
+	}
+	if af.json {
+		return printJSON(stdout, res)
+	}
+	fmt.Fprintf(stdout, "reloaded: %d receiver(s); added %s, removed %s, changed %s; admin token %s\n", res.Receivers,
+		listOrNone(res.Changes.Added), listOrNone(res.Changes.Removed), listOrNone(res.Changes.Changed), res.AdminToken)
+	for _, w := range res.Warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
+	}
+	if len(res.NeedsRestart) > 0 {
+		fmt.Fprintf(stdout, "needs a restart to take effect: %s\n", strings.Join(res.NeedsRestart, ", "))
+	}
+	return nil
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
 }

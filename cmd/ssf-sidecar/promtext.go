@@ -50,6 +50,29 @@ func (c *counterVec) value(values ...string) uint64 {
 	return 0
 }
 
+// retain drops the series whose label value is not in keep: the series of
+// a deleted stream end with it.
+func (c *counterVec) retain(label string, keep map[string]bool) {
+	retainSeries(&c.m, c.labels, label, keep)
+}
+
+func (h *histogramVec) retain(label string, keep map[string]bool) {
+	retainSeries(&h.m, h.labels, label, keep)
+}
+
+func retainSeries(m *sync.Map, labels []string, label string, keep map[string]bool) {
+	i := slices.Index(labels, label)
+	if i < 0 {
+		return
+	}
+	m.Range(func(k, _ any) bool {
+		if vals := strings.Split(k.(string), labelSep); i < len(vals) && !keep[vals[i]] {
+			m.Delete(k)
+		}
+		return true
+	})
+}
+
 func (c *counterVec) family() family {
 	f := family{name: c.name, help: c.help, typ: "counter"}
 	c.m.Range(func(k, v any) bool {

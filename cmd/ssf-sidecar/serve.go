@@ -13,19 +13,15 @@ import (
 )
 
 // loadConfig parses a subcommand's flags and resolves the configuration.
-func loadConfig(name string, args []string, stderr io.Writer) (Config, map[string]rawValue, []string, error) {
+func loadConfig(name string, args []string, stdout io.Writer) (Config, map[string]rawValue, []string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	set := bindFlags(fs)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: ssf-sidecar %s [flags]\n\nEvery flag also reads the environment variable shown, and --config names a YAML file\nholding any of these keys (flags win over the environment, which wins over the file).\n\nFlags:\n", name)
-		fs.PrintDefaults()
+	help := func() {
+		fmt.Fprintf(stdout, "Usage: ssf-sidecar %s [flags]\n\nEvery flag also reads the environment variable shown, and --config names a YAML file\nholding any of these keys (flags win over the environment, which wins over the file).\nA boolean flag may be given bare (--allow-private-endpoints) or as --flag=true|false.\n\nFlags:\n", name)
+		printFlags(stdout, fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return Config{}, nil, nil, err
-		}
-		return Config{}, nil, nil, usageError{err.Error()}
+	if err := parseFlags(fs, args, help); err != nil {
+		return Config{}, nil, nil, err
 	}
 	cfg, raw, err := resolve(set, os.Getenv)
 	return cfg, raw, fs.Args(), err
@@ -45,8 +41,8 @@ func validateAll(cfg Config, parseErr error) ([]ssf.Receiver, error) {
 // loadValid is the start of serve and config check: parse the flags
 // (help and usage errors returned as they are), refuse stray arguments,
 // and run every configuration check.
-func loadValid(name string, args []string, stderr io.Writer) (Config, map[string]rawValue, []ssf.Receiver, error) {
-	cfg, raw, rest, perr := loadConfig(name, args, stderr)
+func loadValid(name string, args []string, stdout io.Writer) (Config, map[string]rawValue, []ssf.Receiver, error) {
+	cfg, raw, rest, perr := loadConfig(name, args, stdout)
 	if errors.Is(perr, flag.ErrHelp) {
 		return Config{}, nil, nil, perr
 	}
@@ -64,21 +60,20 @@ func loadValid(name string, args []string, stderr io.Writer) (Config, map[string
 	return cfg, raw, receivers, nil
 }
 
-func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
-	cfg, _, receivers, err := loadValid("serve", args, stderr)
+func runServe(ctx context.Context, args []string, stdout io.Writer, stderr io.Writer) error {
+	cfg, raw, receivers, err := loadValid("serve", args, stdout)
 	if err != nil {
 		return err
 	}
 	logger := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
-	if cfg.AuthentikToken == "" {
-		logger.Warn("no --authentik-token: the event-API poller is off, so actions that never cross the proxy (flows run by outposts, LDAP sync, background tasks) are not seen")
-	}
-	if len(receivers) == 0 {
-		logger.Warn("no receivers configured (--receivers): nobody can create streams yet")
+	for _, w := range cfg.Warnings(raw, receivers) {
+		if !w.byComponent {
+			logger.Warn(w.msg)
+		}
 	}
 	// A data dir or store that cannot be opened degrades the start instead
 	// of failing it: the sidecar is the only way in to authentik.
-	a, err := buildApp(ctx, cfg, receivers, logger, withDegradedStart())
+	a, err := buildApp(ctx, cfg, receivers, logger, withDegradedStart(), withLive(newLive(cfg, raw, receivers, logger)))
 	if err != nil {
 		return err
 	}
@@ -88,25 +83,65 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 func runConfig(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "check" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(stderr, "Usage: ssf-sidecar config check [serve flags]\n\nValidates flags, environment and config file exactly as serve would, without starting.")
+			fmt.Fprintln(stdout, "Usage: ssf-sidecar config check [serve flags]\n\nValidates flags, environment and config file exactly as serve would, without starting.")
 			return flag.ErrHelp
 		}
 		return usageError{"usage: ssf-sidecar config check [serve flags]"}
 	}
-	_, raw, receivers, err := loadValid("config check", args[1:], stderr)
+	var rest []string
+	asJSON := false
+	for _, a := range args[1:] {
+		switch a {
+		case "--json", "-json", "--json=true", "-json=true":
+			asJSON = true
+		case "--json=false", "-json=false":
+		default:
+			rest = append(rest, a)
+		}
+	}
+	cfg, raw, receivers, err := loadValid("config check", rest, stdout)
 	if err != nil {
 		return err
+	}
+	if asJSON {
+		type opt struct {
+			Name   string `json:"name"`
+			Value  string `json:"value"`
+			Source string `json:"source"`
+		}
+		out := struct {
+			Valid     bool     `json:"valid"`
+			Receivers int      `json:"receivers"`
+			Options   []opt    `json:"options"`
+			Warnings  []string `json:"warnings"`
+		}{Valid: true, Receivers: len(receivers), Options: []opt{}, Warnings: []string{}}
+		for _, o := range options {
+			rv := raw[o.name]
+			out.Options = append(out.Options, opt{o.name, shownValue(o, rv.value), rv.source})
+		}
+		for _, w := range cfg.Warnings(raw, receivers) {
+			out.Warnings = append(out.Warnings, w.msg)
+		}
+		return printJSON(stdout, out)
 	}
 	rows := make([][]string, 0, len(options))
 	for _, o := range options {
 		rv := raw[o.name]
-		v := rv.value
-		if o.secret && v != "" {
-			v = "(set, hidden)"
-		}
-		rows = append(rows, []string{o.name, orDash(v), rv.source})
+		rows = append(rows, []string{o.name, orDash(shownValue(o, rv.value)), rv.source})
 	}
 	table(stdout, []string{"OPTION", "VALUE", "FROM"}, rows)
-	fmt.Fprintf(stdout, "\nconfiguration is valid; %d receiver(s)\n", len(receivers))
+	warnings := cfg.Warnings(raw, receivers)
+	for _, w := range warnings {
+		fmt.Fprintf(stdout, "warning: %s\n", w.msg)
+	}
+	fmt.Fprintf(stdout, "\nconfiguration is valid; %d receiver(s), %d warning(s)\n", len(receivers), len(warnings))
 	return nil
+}
+
+// shownValue is an option's value as config check shows it: secrets hidden.
+func shownValue(o option, v string) string {
+	if o.secret && v != "" {
+		return "(set, hidden)"
+	}
+	return v
 }

@@ -59,6 +59,9 @@ type Config struct {
 	// Token is the bearer token the admin API requires. Empty: only
 	// loopback peers are served.
 	Token string
+	// TokenFunc, when set, is asked for the token on every request instead
+	// of Token, so a reloaded configuration can rotate it.
+	TokenFunc func() string
 	// AllowedHosts are extra Host names accepted besides loopback names and
 	// IP literals (DNS-rebinding protection).
 	AllowedHosts []string
@@ -71,6 +74,9 @@ type Config struct {
 	Ready func() error
 	// Metrics serves /metrics (Prometheus text); nil answers 404.
 	Metrics http.Handler
+	// Reload, when set, re-reads the configuration (POST /admin/reload)
+	// and returns what changed.
+	Reload func(ctx context.Context) (any, error)
 	// Extra mounts more authenticated routes (the dashboard).
 	Extra  func(g *echo.Group)
 	Logger *slog.Logger
@@ -102,7 +108,7 @@ func New(cfg Config) (http.Handler, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &server{cfg: cfg}
+	s := newServer(cfg)
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.errorHandler
@@ -132,13 +138,30 @@ func New(cfg Config) (http.Handler, error) {
 	g.GET("/outbox/:id/history", s.history)
 	g.POST("/outbox/:id/replay", s.deadLetterAction("replay", "replayed", cfg.Outbox.Replay))
 	g.POST("/outbox/:id/purge", s.deadLetterAction("purge", "purged", cfg.Outbox.Purge))
+	g.POST("/dashboard/logout", s.logout)
+	g.POST("/reload", s.reload)
 	if cfg.Extra != nil {
 		cfg.Extra(g)
 	}
 	return e, nil
 }
 
-type server struct{ cfg Config }
+type server struct {
+	cfg      Config
+	sessions *sessionStore
+}
+
+func newServer(cfg Config) *server {
+	return &server{cfg: cfg, sessions: newSessionStore(time.Now)}
+}
+
+// token is the admin token in force now ("" when none is configured).
+func (s *server) token() string {
+	if s.cfg.TokenFunc != nil {
+		return s.cfg.TokenFunc()
+	}
+	return s.cfg.Token
+}
 
 // apiError is the admin API's error body.
 type apiError struct {
@@ -184,11 +207,17 @@ func (s *server) guard(next echo.HandlerFunc) echo.HandlerFunc {
 		if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
 			return echo.NewHTTPError(http.StatusForbidden, "cross-site requests are refused")
 		}
-		if s.cfg.Token != "" {
-			if !validToken(r, s.cfg.Token) {
+		if tok := s.token(); tok != "" {
+			via, ok := s.authorized(r, tok)
+			c.Set(authKey, via)
+			if !ok {
+				if wantsPage(r) {
+					// A person opening the dashboard: the token form, not JSON.
+					return c.Redirect(http.StatusSeeOther, "/admin/login")
+				}
 				return echo.NewHTTPError(http.StatusUnauthorized, "a valid admin bearer token is required")
 			}
-		} else if !isLoopback(r.RemoteAddr) {
+		} else if c.Set(authKey, "loopback"); !isLoopback(r.RemoteAddr) {
 			return echo.NewHTTPError(http.StatusUnauthorized, "no --admin-token is configured, so only loopback clients are served")
 		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -201,20 +230,51 @@ func (s *server) guard(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-func validToken(r *http.Request, want string) bool {
+// authorized accepts the bearer token, or a dashboard session opened with
+// the current token.
+func (s *server) authorized(r *http.Request, want string) (string, bool) {
 	h := r.Header.Get("Authorization")
 	const prefix = "bearer "
 	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) {
-		// The dashboard's EventSource cannot set headers; it uses a cookie.
+		// The dashboard's EventSource cannot set headers; it uses a session.
 		if ck, err := r.Cookie(SessionCookie); err == nil {
-			return subtle.ConstantTimeCompare([]byte(ck.Value), []byte(want)) == 1
+			return "session", s.sessions.valid(ck.Value, want)
 		}
-		return false
+		return "", false
 	}
-	return subtle.ConstantTimeCompare([]byte(strings.TrimSpace(h[len(prefix):])), []byte(want)) == 1
+	return "bearer", subtle.ConstantTimeCompare([]byte(strings.TrimSpace(h[len(prefix):])), []byte(want)) == 1
 }
 
-// SessionCookie is the cookie the dashboard may carry the admin token in.
+// authKey is the echo context key of how a request was let in.
+const authKey = "ssf.admin.auth"
+
+// authOf is how the request was let in ("" when unknown).
+func authOf(c echo.Context) string {
+	v, _ := c.Get(authKey).(string)
+	return v
+}
+
+// wantsPage reports whether r is a browser navigating to a dashboard page.
+func wantsPage(r *http.Request) bool {
+	return r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/admin/dashboard") &&
+		!strings.HasPrefix(r.URL.Path, "/admin/dashboard/api/") && !strings.HasPrefix(r.URL.Path, "/admin/dashboard/events") &&
+		strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// reload runs the configured reload; 409 with the reason when the new
+// configuration is refused (the old one stays in force).
+func (s *server) reload(c echo.Context) error {
+	if s.cfg.Reload == nil {
+		return echo.NewHTTPError(http.StatusNotImplemented, "this sidecar cannot reload its configuration (only serve can)")
+	}
+	res, err := s.cfg.Reload(c.Request().Context())
+	if err != nil {
+		return echo.NewHTTPError(http.StatusConflict, "reload refused, the configuration in force is kept: "+err.Error())
+	}
+	return c.JSON(http.StatusOK, res)
+}
+
+// SessionCookie is the cookie that carries a dashboard session id.
 const SessionCookie = "ssf_admin"
 
 func (s *server) hostAllowed(host string) bool {
@@ -231,6 +291,13 @@ func (s *server) hostAllowed(host string) bool {
 	}
 	if ip := net.ParseIP(h); ip != nil {
 		return true
+	}
+	// Names public DNS cannot hand out, so no rebinding page can use
+	// them: a single label (a Kubernetes Service in the same namespace)
+	// and in-cluster Service names.
+	lh := strings.ToLower(strings.TrimSuffix(h, "."))
+	if !strings.Contains(lh, ".") || strings.HasSuffix(lh, ".svc") || strings.HasSuffix(lh, ".svc.cluster.local") {
+		return validHostname(lh)
 	}
 	for _, a := range s.cfg.AllowedHosts {
 		if strings.EqualFold(a, h) {
@@ -336,7 +403,9 @@ func (s *server) setStatus(status string) echo.HandlerFunc {
 		if err := bind(c, &b); err != nil {
 			return err
 		}
-		if b.Reason == "" {
+		if b.Reason == "" && status != "enabled" {
+			// Enabled needs no reason: the pause's reason must not stay
+			// shown on a stream that runs again.
 			b.Reason = "set by the transmitter's operator"
 		}
 		st, err := s.cfg.Transmitter.AdminSetStatus(c.Request().Context(), c.Param("id"), status, b.Reason)
@@ -488,4 +557,22 @@ func (s *server) deadLetterAction(verb, done string, act func(ctx context.Contex
 		s.cfg.Logger.Info("dead letters "+done+" by operator", "stream_id", id, "action", verb, "count", n)
 		return c.JSON(http.StatusOK, map[string]int{done: n})
 	}
+}
+
+// validHostname reports whether h is made of DNS labels only.
+func validHostname(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(h, ".") {
+		if l == "" || len(l) > 63 {
+			return false
+		}
+		for _, c := range l {
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -132,7 +133,6 @@ func (d *Dashboard) Routes(g *echo.Group) {
 	g.GET("/dashboard/api/streams/:id/timeline", d.timeline)
 	g.GET("/dashboard/api/streams/:id/sets/:jti", d.setDetail)
 	g.GET("/dashboard/events", d.events)
-	g.POST("/dashboard/logout", d.logout)
 }
 
 // pagePolicy keeps the page to its own origin: no inline script, no
@@ -144,7 +144,10 @@ func securityHeaders(h http.Header) {
 	h.Set("Content-Security-Policy", pagePolicy)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: under no-referrer a browser sends
+	// "Origin: null" with the login form's POST, which the Origin check
+	// must refuse. Other sites get no referrer either way.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Cache-Control", "no-store")
 }
 
@@ -186,6 +189,10 @@ type overviewBody struct {
 	TraceURL  string       `json:"trace_url,omitempty"`
 	LivePages int          `json:"live_pages"`
 	Now       time.Time    `json:"now"`
+	// Auth is how this page got in: session (logged in with the form),
+	// bearer, or loopback (no admin token configured). The page offers
+	// "Log out" only for a session.
+	Auth string `json:"auth"`
 }
 
 func endpointHost(raw string) string {
@@ -218,7 +225,7 @@ func (d *Dashboard) overview(c echo.Context) error {
 		byID[s.StreamID] = s
 	}
 	out := overviewBody{Streams: make([]StreamView, 0, len(streams)), TraceURL: d.cfg.TraceURL,
-		LivePages: d.live.count(), Now: d.cfg.Clock().UTC()}
+		LivePages: d.live.count(), Now: d.cfg.Clock().UTC(), Auth: authOf(c)}
 	for _, s := range streams {
 		out.Streams = append(out.Streams, viewOf(s, byID[s.ID]))
 	}
@@ -232,15 +239,8 @@ func viewOf(s ssf.Stream, st outbox.StreamStats) StreamView {
 	}
 	// Only the host of the endpoint: its path or query may carry a secret.
 	return StreamView{ID: s.ID, Receiver: s.Receiver, Audience: s.Audience, Status: s.Status, Reason: s.Reason,
-		Method: shortMethod(s.DeliveryMethod), EndpointHost: endpointHost(s.EndpointURL),
+		Method: ssf.MethodName(s.DeliveryMethod), EndpointHost: endpointHost(s.EndpointURL),
 		Description: s.Description, Events: ev, Outbox: st}
-}
-
-func shortMethod(m string) string {
-	if i := strings.LastIndexAny(m, ":/"); i >= 0 {
-		return m[i+1:]
-	}
-	return m
 }
 
 // TimelineItem is one SET in a stream's timeline, subject masked.
@@ -320,6 +320,9 @@ func (d *Dashboard) timeline(c echo.Context) error {
 	if truncated {
 		recs = recs[:d.cfg.MaxTimeline]
 	}
+	// Newest issued first. The queue's order is not time order: a
+	// stream-updated announcement goes in at the head of the queue.
+	sort.SliceStable(recs, func(i, j int) bool { return recs[i].EnqueuedAt.After(recs[j].EnqueuedAt) })
 	out := timelineBody{Items: []TimelineItem{}, Scanned: len(recs), Offset: offset, Truncated: truncated && q.text != ""}
 	matched := 0
 	for i := range recs {
@@ -375,6 +378,10 @@ func (d *Dashboard) item(r *outbox.Record, claims map[string]any) TimelineItem {
 	it.TraceID = traceID(r.TraceParent)
 	if it.TraceID != "" && d.cfg.TraceURL != "" {
 		it.TraceLink = strings.ReplaceAll(d.cfg.TraceURL, "{trace_id}", it.TraceID)
+	}
+	if it.EventType == ssf.EventVerification || it.EventType == ssf.EventStreamUpdated {
+		// Their subject is the stream itself, not a person: nothing to mask.
+		it.Subject = subjectSummary(claims["sub_id"], true)
 	}
 	return it
 }
@@ -461,11 +468,4 @@ func (d *Dashboard) find(ctx context.Context, ob Outbox, streamID, jti string, w
 		}
 	}
 	return nil, echo.NewHTTPError(http.StatusNotFound, "no such SET in this stream's history")
-}
-
-// logout clears the dashboard's session cookie.
-func (d *Dashboard) logout(c echo.Context) error {
-	c.SetCookie(&http.Cookie{Name: SessionCookie, Value: "", Path: "/admin", MaxAge: -1,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: c.Request().TLS != nil})
-	return c.NoContent(http.StatusNoContent)
 }

@@ -223,10 +223,10 @@ func TestDashboardOverview(t *testing.T) {
 		t.Fatalf("streams: %+v", got.Streams)
 	}
 	s1, s2 := got.Streams[0], got.Streams[1]
-	if s1.EndpointHost != "hooks.acme.example" || s1.Method != "8935" || s1.Outbox.Delivered != 7 || s1.Outbox.Backlog != 2 || s1.Outbox.LastError != "503" {
+	if s1.EndpointHost != "hooks.acme.example" || s1.Method != "push" || s1.Outbox.Delivered != 7 || s1.Outbox.Backlog != 2 || s1.Outbox.LastError != "503" {
 		t.Errorf("s1 = %+v", s1)
 	}
-	if s2.Status != "paused" || s2.Reason != "maintenance" || s2.Method != "8936" || s2.EndpointHost != "" {
+	if s2.Status != "paused" || s2.Reason != "maintenance" || s2.Method != "poll" || s2.EndpointHost != "" {
 		t.Errorf("s2 = %+v", s2)
 	}
 	if got.TraceURL != "https://tempo.example/trace/{trace_id}" || !got.Now.Equal(testNow) {
@@ -620,7 +620,20 @@ func TestDashboardBehindToken(t *testing.T) {
 		resp.Body.Close()
 		return resp
 	}
-	cookie := SessionCookie + "=" + token
+	// A session comes from the login form; the cookie holds its id, never the token.
+	logIn := func() string {
+		t.Helper()
+		login, err := noRedirect.PostForm(w.srv.URL+"/admin/login", url.Values{"token": {token}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		login.Body.Close()
+		if len(login.Cookies()) != 1 || login.Cookies()[0].Value == token {
+			t.Fatalf("login cookies %+v", login.Cookies())
+		}
+		return SessionCookie + "=" + login.Cookies()[0].Value
+	}
+	cookie := logIn()
 	for _, tc := range []struct {
 		name   string
 		method string
@@ -629,6 +642,8 @@ func TestDashboardBehindToken(t *testing.T) {
 		want   int
 	}{
 		{"page without token", "GET", "/admin/dashboard/", nil, 401},
+		{"page without token, in a browser", "GET", "/admin/dashboard/", map[string]string{"Accept": "text/html,application/xhtml+xml"}, 303},
+		{"the token itself as the cookie", "GET", "/admin/dashboard/api/overview", map[string]string{"Cookie": SessionCookie + "=" + token}, 401},
 		{"live without token", "GET", "/admin/dashboard/events?x", nil, 401},
 		{"wrong cookie", "GET", "/admin/dashboard/api/overview", map[string]string{"Cookie": SessionCookie + "=nope"}, 401},
 		{"page with cookie", "GET", "/admin/dashboard/", map[string]string{"Cookie": cookie}, 200},
@@ -644,15 +659,20 @@ func TestDashboardBehindToken(t *testing.T) {
 			}
 		})
 	}
+	cookie = logIn()
 	resp := do("POST", "/admin/dashboard/logout", map[string]string{"Cookie": cookie, "X-SSF-Admin": "1"}, "")
 	if c := resp.Cookies(); len(c) != 1 || c[0].Name != SessionCookie || c[0].MaxAge >= 0 || c[0].Value != "" {
 		t.Errorf("logout cookies %+v", resp.Cookies())
+	}
+	// Logging out ended the session on the server: the old cookie is dead.
+	if got := do("GET", "/admin/dashboard/api/overview", map[string]string{"Cookie": cookie}, "").StatusCode; got != 401 {
+		t.Errorf("session still valid after logout: %d", got)
 	}
 }
 
 // loginServer mounts the login handlers as the admin server would.
 func loginServer(t *testing.T, token string) *httptest.Server {
-	s := &server{cfg: Config{Token: token}}
+	s := newServer(Config{Token: token})
 	s.cfg.Logger = discardLogger()
 	e := echo.New()
 	e.HTTPErrorHandler = s.errorHandler
@@ -714,7 +734,7 @@ func TestDashboardLogin(t *testing.T) {
 				t.Fatalf("cookies %+v", cs)
 			}
 			c := cs[0]
-			if c.Name != SessionCookie || c.Value != token || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/admin" || c.MaxAge <= 0 {
+			if c.Name != SessionCookie || c.Value == token || len(c.Value) < 40 || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/admin" || c.MaxAge <= 0 {
 				t.Errorf("cookie %+v", c)
 			}
 			if loc := resp.Header.Get("Location"); loc != "/admin/dashboard/" {

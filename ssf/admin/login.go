@@ -1,9 +1,12 @@
 package admin
 
 import (
+	"bytes"
 	"crypto/subtle"
+	"html"
 	"io/fs"
 	"net/http"
+	"time"
 
 	"github.com/labstack/echo/v4"
 )
@@ -39,12 +42,30 @@ func (s *server) loginPage(c echo.Context) error {
 	if err := s.loginChecks(c.Request()); err != nil {
 		return err
 	}
+	return s.loginForm(c, http.StatusOK, "")
+}
+
+// loginForm serves the token form, with a message when one is given.
+func (s *server) loginForm(c echo.Context, status int, msg string) error {
 	b, err := fs.ReadFile(webFS, "web/login.html")
 	if err != nil {
 		return err
 	}
+	notice := ""
+	if msg != "" {
+		notice = `<p class="error" role="alert">` + html.EscapeString(msg) + `</p>`
+	}
+	b = bytes.Replace(b, []byte("<!--notice-->"), []byte(notice), 1)
 	securityHeaders(c.Response().Header())
-	return c.Blob(http.StatusOK, "text/html; charset=utf-8", b)
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.Blob(status, "text/html; charset=utf-8", b)
+}
+
+// endSession closes the request's dashboard session, if any.
+func (s *server) endSession(r *http.Request) {
+	if ck, err := r.Cookie(SessionCookie); err == nil {
+		s.sessions.end(ck.Value)
+	}
 }
 
 // login checks the posted token and sets the session cookie.
@@ -53,7 +74,8 @@ func (s *server) login(c echo.Context) error {
 	if err := s.loginChecks(r); err != nil {
 		return err
 	}
-	if s.cfg.Token == "" {
+	token := s.token()
+	if token == "" {
 		// Without a token only loopback is served; nothing to log in to.
 		return c.Redirect(http.StatusSeeOther, "/admin/dashboard/")
 	}
@@ -62,12 +84,16 @@ func (s *server) login(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, "the login form could not be read")
 	}
 	got := r.PostForm.Get("token")
-	if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Token)) != 1 {
+	if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
 		s.cfg.Logger.Warn("dashboard login refused", "remote", r.RemoteAddr)
-		return echo.NewHTTPError(http.StatusUnauthorized, "wrong admin token")
+		return s.loginForm(c, http.StatusUnauthorized, "That is not the admin token. Try again.")
 	}
-	c.SetCookie(&http.Cookie{Name: SessionCookie, Value: s.cfg.Token, Path: "/admin", HttpOnly: true,
-		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil, MaxAge: 12 * 3600})
+	id, err := s.sessions.create(token)
+	if err != nil {
+		return err
+	}
+	c.SetCookie(&http.Cookie{Name: SessionCookie, Value: id, Path: "/admin", HttpOnly: true,
+		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil, MaxAge: int(sessionTTL / time.Second)})
 	s.cfg.Logger.Info("dashboard login", "remote", r.RemoteAddr)
 	return c.Redirect(http.StatusSeeOther, "/admin/dashboard/")
 }
@@ -85,4 +111,12 @@ func (s *server) loginChecks(r *http.Request) error {
 		return echo.NewHTTPError(http.StatusForbidden, "cross-site requests are refused")
 	}
 	return nil
+}
+
+// logout ends the dashboard session on the server and clears its cookie.
+func (s *server) logout(c echo.Context) error {
+	s.endSession(c.Request())
+	c.SetCookie(&http.Cookie{Name: SessionCookie, Value: "", Path: "/admin", MaxAge: -1,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: c.Request().TLS != nil})
+	return c.NoContent(http.StatusNoContent)
 }

@@ -111,7 +111,8 @@
   function time(iso) {
     if (!iso) return "—";
     const d = new Date(iso);
-    return isNaN(d) ? "—" : d.toLocaleString();
+    // With the zone: a bare local time is ambiguous next to UTC logs.
+    return isNaN(d) ? "—" : d.toLocaleString(undefined, { timeZoneName: "short" });
   }
   function badge(s) { return el("span", { class: "badge s-" + s, text: s }); }
 
@@ -120,6 +121,7 @@
     const data = await api("GET", "/dashboard/api/overview");
     state.streams = data.streams || [];
     state.traceURL = data.trace_url || "";
+    $("#logout").hidden = data.auth !== "session";
     renderStreams();
     if (!state.selected && state.streams.length) select(state.streams[0].stream_id);
     if (state.selected && !state.streams.some((s) => s.stream_id === state.selected)) {
@@ -421,7 +423,7 @@
       try { await api("POST", "/dashboard/logout", {}); } catch (e) { /* ignore */ }
       window.location.assign(base + "/login");
     });
-    loadOverview().catch((e) => say(e.message, true));
+    loadOverview().then(() => { if ($("#message").textContent === "Loading…") say(""); }).catch((e) => say(e.message, true));
     connect();
   }
 

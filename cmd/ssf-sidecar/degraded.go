@@ -334,11 +334,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // it matches what the tap matches and counts each authenticated tapped
 // request as missed, acknowledging nothing.
 type storeDownObserver struct {
-	match  func(*http.Request) bool
+	match  func(method, host, path string) bool
 	missed func(*http.Request)
 }
 
-func (o storeDownObserver) Match(r *http.Request) bool { return o.match(r) }
+func (o storeDownObserver) Match(method, host, path string) bool { return o.match(method, host, path) }
 
 func (o storeDownObserver) Before(_ context.Context, r *http.Request, _ []byte) any {
 	// The tap's matches outside the API are logout hints (a redirect to the
@@ -397,7 +397,9 @@ func newSwapObserver(o proxy.Observer) *swapObserver {
 // Store makes o observe every exchange that starts from now on.
 func (s *swapObserver) Store(o proxy.Observer) { s.cur.Store(&observerRef{o}) }
 
-func (s *swapObserver) Match(r *http.Request) bool { return s.cur.Load().Match(r) }
+func (s *swapObserver) Match(method, host, path string) bool {
+	return s.cur.Load().Match(method, host, path)
+}
 
 func (s *swapObserver) Before(ctx context.Context, r *http.Request, body []byte) any {
 	o := s.cur.Load().Observer

@@ -110,7 +110,7 @@ func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string,
 	out := p.outgoing(r)
 
 	var obs *observation
-	if p.cfg.Observer != nil && p.cfg.Observer.Match(out) {
+	if p.cfg.Observer != nil && p.cfg.Observer.Match(out.Method, out.Host, out.URL.Path) {
 		*class = "observed"
 		p.stats.observed.Add(1)
 		if p.tr != nil {

@@ -165,7 +165,7 @@ func FuzzProxyRequest(f *testing.F) {
 
 type matchAll struct{}
 
-func (matchAll) Match(*http.Request) bool                                            { return true }
+func (matchAll) Match(string, string, string) bool                                   { return true }
 func (matchAll) Before(context.Context, *http.Request, []byte) any                   { return nil }
 func (matchAll) After(context.Context, any, *http.Request, int, http.Header, []byte) {}
 
@@ -278,14 +278,12 @@ func FuzzLaneResponse(f *testing.F) {
 // refuses a head, net/http either refuses it too or reads a request whose
 // head named both framing fields or folded one of them.
 func FuzzAmbiguousFraming(f *testing.F) {
-	for _, s := range []string{
+	addSeeds(f,
 		"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n",
 		"POST /a HTTP/1.1\nHost: x\nContent-Length:\n 3\n\nabc",
 		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
 		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
-	} {
-		f.Add([]byte(s))
-	}
+	)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if !ambiguousFraming(b) {
 			return
@@ -296,4 +294,11 @@ func FuzzAmbiguousFraming(f *testing.F) {
 			t.Fatalf("refused a head naming neither framing field: %q", b)
 		}
 	})
+}
+
+// addSeeds adds each request text as a seed.
+func addSeeds(f *testing.F, seeds ...string) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
 }

@@ -8,23 +8,21 @@ import (
 	"strings"
 )
 
-// hopHeaders are the connection-specific fields of RFC 9110 section 7.6.1
-// (plus the legacy Proxy-Connection and Keep-Alive) that a proxy must not
-// forward. Te is handled separately: "Te: trailers" is kept.
-var hopHeaders = [...]string{
-	"Connection",
-	"Proxy-Connection",
-	"Keep-Alive",
-	"Proxy-Authenticate",
-	"Proxy-Authorization",
-	"Trailer",
-	"Transfer-Encoding",
-	"Upgrade",
-}
+// hopHeaders are the hop-by-hop fields net/http's path deletes, from
+// fieldPolicy.
+var hopHeaders = func() (hh []string) {
+	for _, f := range fieldPolicy {
+		if f.hop {
+			hh = append(hh, f.name)
+		}
+	}
+	return hh
+}()
 
-// protectedHeaders may not be removed by naming them in Connection: the proxy
-// sets them itself, and letting a client strip them would let it hide or
-// forge where it comes from.
+// protectedHeader reports the fields a client may not remove by naming
+// them in Connection (fieldPolicy): the proxy sets them itself, and
+// letting a client strip them would let it hide or forge where it comes
+// from.
 func protectedHeader(k string) bool {
 	switch k {
 	case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "X-Real-Ip":

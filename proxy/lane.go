@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,8 +77,6 @@ type laneConn struct {
 	resp  respHead
 	rbuf  []byte   // the upstream response head
 	names [][]byte // Connection-named response fields
-	mreq  http.Request
-	murl  url.URL
 
 	// Client watch while the upstream works (see watch).
 	timer     *time.Timer
@@ -305,13 +302,11 @@ func (l *lane) claimed(lc *laneConn) bool {
 	if l.obs == nil {
 		return false
 	}
-	lc.murl = url.URL{Path: string(path)}
-	lc.mreq = http.Request{Method: http.MethodGet, URL: &lc.murl, Host: string(lc.req.host),
-		RemoteAddr: lc.remote, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+	method := http.MethodGet
 	if lc.req.head {
-		lc.mreq.Method = http.MethodHead
+		method = http.MethodHead
 	}
-	return l.obs.Match(&lc.mreq)
+	return l.obs.Match(method, string(lc.req.host), string(path))
 }
 
 // handOff gives the connection and what was read of it to net/http.

@@ -92,7 +92,7 @@ func TestLaneCarriesAndHandsOff(t *testing.T) {
 func TestLaneLeavesClaimedRoutes(t *testing.T) {
 	up := reflectUpstream(t)
 	ssf := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Header().Set("X-From", "ssf") })
-	obs := &recordingObserver{match: func(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/tapped/") }}
+	obs := &recordingObserver{match: func(_, _, path string) bool { return strings.HasPrefix(path, "/tapped/") }}
 	s, base := startProxy(t, Config{Upstream: mustURL(t, up.URL), SSF: ssf, SSFPrefixes: []string{"/ssf/"}, Observer: obs})
 	// A claimed request hands its connection to net/http for good, so each
 	// request gets a connection of its own here.
@@ -122,12 +122,12 @@ func TestLaneLeavesClaimedRoutes(t *testing.T) {
 
 // recordingObserver matches by a function and counts completed exchanges.
 type recordingObserver struct {
-	match func(*http.Request) bool
+	match func(method, host, path string) bool
 	mu    sync.Mutex
 	n     int
 }
 
-func (o *recordingObserver) Match(r *http.Request) bool { return o.match(r) }
+func (o *recordingObserver) Match(method, host, path string) bool { return o.match(method, host, path) }
 func (o *recordingObserver) Before(context.Context, *http.Request, []byte) any {
 	return nil
 }

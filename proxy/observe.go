@@ -17,13 +17,11 @@ import (
 // does not need to import this package. Captured bodies are shared with the
 // observer read-only; proxy keeps nothing of them once the exchange is over.
 type Observer interface {
-	// Match reports whether the exchange is interesting. r is the request as
-	// it will be sent upstream (X-Forwarded-* already set). It must not block,
-	// read the body or keep r. For the bodyless GET and HEAD requests the
-	// proxy's own HTTP/1.1 lane reads, r carries only Method, URL.Path,
-	// Host, RemoteAddr and the protocol version (no header map): matching is
-	// by route.
-	Match(r *http.Request) bool
+	// Match reports whether the exchange is interesting, by route alone:
+	// the method, the Host and the decoded path (URL.Path) of the request
+	// as it will be sent upstream. Both forwarding paths (the lane and
+	// net/http) ask with the same three values. It must not block.
+	Match(method, host, path string) bool
 	// Before runs before forwarding. r is a read-only view of the request as it will be sent
 	// upstream (headers after X-Forwarded-* processing, so the first X-Forwarded-For entry is the
 	// client IP authentik will believe; Body is nil); body is the first bytes of the request body

@@ -50,11 +50,11 @@ func newRecObserver() *recObserver {
 	return &recObserver{release: make(chan struct{}), beforeSeen: make(chan struct{}, 16)}
 }
 
-func (o *recObserver) Match(r *http.Request) bool {
+func (o *recObserver) Match(_, _, path string) bool {
 	o.mu.Lock()
 	o.matchCalls++
 	o.mu.Unlock()
-	return strings.HasPrefix(r.URL.Path, "/tapped")
+	return strings.HasPrefix(path, "/tapped")
 }
 
 func (o *recObserver) Before(ctx context.Context, r *http.Request, body []byte) any {

@@ -7,10 +7,44 @@ import (
 	"strings"
 )
 
-// This file is the forwarding policy the net/http path applies before a
-// request goes anywhere: which request targets are refused. The lane only
-// carries origin-form targets (parseRequestHead) and hands everything else
-// to net/http, so the rules below hold for both paths.
+// This file is the forwarding policy both paths apply: which header fields
+// are hop-by-hop or set by the proxy (fieldPolicy: the lane's classify and
+// net/http's removeHopByHop and protectedHeader are checked against it by
+// TestFieldPolicyOneTable), which request targets and paths are refused,
+// and which framing. The lane only carries origin-form, canonical,
+// bodyless GET and HEAD requests and hands everything else to net/http,
+// where refuseRequest and shadowsClaimedRoute sit; ambiguousFraming is
+// checked by the lane on every plain-HTTP connection's first head.
+
+// fieldPolicy names every request header field the proxy treats
+// specially. hop: removed before forwarding (RFC 9110 section 7.6.1, plus
+// the legacy Proxy-Connection and Keep-Alive; Te is reduced to "trailers").
+// protected: set by the proxy (replaced from untrusted peers), never
+// removable through Connection.
+var fieldPolicy = []struct {
+	name      string
+	kind      fieldKind // how the lane's classify sees it
+	hop       bool
+	protected bool
+}{
+	{"Connection", fConnection, true, false},
+	{"Proxy-Connection", fHop, true, false},
+	{"Keep-Alive", fHop, true, false},
+	{"Proxy-Authenticate", fHop, true, false},
+	{"Proxy-Authorization", fHop, true, false},
+	{"Trailer", fHop, true, false},
+	{"Transfer-Encoding", fTransferEncoding, true, false},
+	{"Upgrade", fHop, true, false},
+	{"Te", fHop, false, false},
+	{"X-Forwarded-For", fXFF, false, true},
+	{"X-Forwarded-Proto", fXFProto, false, true},
+	{"X-Forwarded-Host", fXFHost, false, true},
+	{"Forwarded", fForwarded, false, true},
+	{"X-Real-Ip", fForwarded, false, true},
+	{"Content-Length", fContentLength, false, false},
+	{"Host", fHost, false, false},
+	{"Expect", fExpect, false, false},
+}
 
 // refuseRequest returns why r must be answered 400 without being forwarded,
 // or "" when it may go on.
@@ -112,11 +146,7 @@ func (s *Server) shadowsClaimedRoute(r *http.Request) bool {
 	if s.cfg.Observer == nil || !nonCanonical(r.URL.Path) {
 		return false // the observer matches the decoded path, as authentik acts on it
 	}
-	u := *r.URL
-	u.Path, u.RawPath = c, ""
-	view := *r
-	view.URL = &u
-	return s.cfg.Observer.Match(&view)
+	return s.cfg.Observer.Match(r.Method, r.Host, c)
 }
 
 func (s *Server) underSSF(p string) bool {

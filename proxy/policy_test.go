@@ -99,8 +99,8 @@ func TestNonCanonicalPathsOfClaimedRoutesRefused(t *testing.T) {
 		t.Run(map[bool]string{true: "lane", false: "net-http"}[lane], func(t *testing.T) {
 			up, got := countingUpstream(t)
 			ssf := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
-			obs := &recordingObserver{match: func(r *http.Request) bool {
-				return r.URL.Path == "/api/v3/core/authenticated_sessions/x/"
+			obs := &recordingObserver{match: func(_, _, path string) bool {
+				return path == "/api/v3/core/authenticated_sessions/x/"
 			}}
 			s, _ := startProxy(t, Config{Upstream: mustURL(t, up.URL), DisableFastPath: !lane,
 				SSF: ssf, SSFPrefixes: []string{"/ssf/"}, Observer: obs})
@@ -172,5 +172,33 @@ func testAmbiguousFraming(t *testing.T, fast bool) {
 	}
 	if g := got(); len(g) != 0 {
 		t.Errorf("upstream received %q", g)
+	}
+}
+
+// TestFieldPolicyOneTable: the lane's field classes and net/http's
+// hop-by-hop and protected fields are the ones fieldPolicy names, and no
+// other field is special to either.
+func TestFieldPolicyOneTable(t *testing.T) {
+	hop := map[string]bool{}
+	for _, k := range hopHeaders {
+		hop[k] = true
+	}
+	for _, f := range fieldPolicy {
+		for _, spelling := range []string{f.name, strings.ToLower(f.name), strings.ToUpper(f.name)} {
+			if got := classify([]byte(spelling)); got != f.kind {
+				t.Errorf("lane classifies %s as %d, policy says %d", spelling, got, f.kind)
+			}
+		}
+		if hop[f.name] != f.hop {
+			t.Errorf("net/http removes %s: %v, policy says %v", f.name, hop[f.name], f.hop)
+		}
+		if protectedHeader(f.name) != f.protected {
+			t.Errorf("net/http protects %s: %v, policy says %v", f.name, protectedHeader(f.name), f.protected)
+		}
+	}
+	for _, other := range []string{"Cookie", "Authorization", "X-Forwarded-Port", "Content-Type", "Tee", "Hosts"} {
+		if classify([]byte(other)) != fOther || protectedHeader(other) || hop[other] {
+			t.Errorf("%s is special to one path but not in the policy", other)
+		}
 	}
 }

@@ -13,7 +13,7 @@ import (
 
 type nopObserver struct{}
 
-func (nopObserver) Match(r *http.Request) bool { return r.URL.Path == "/tapped" }
+func (nopObserver) Match(_, _, path string) bool { return path == "/tapped" }
 func (nopObserver) Before(ctx context.Context, r *http.Request, body []byte) any {
 	return trace.SpanContextFromContext(ctx).IsValid()
 }

@@ -22,7 +22,7 @@ type ctxObserver struct {
 	seen []trace.SpanContext
 }
 
-func (o *ctxObserver) Match(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, "/tapped") }
+func (o *ctxObserver) Match(_, _, path string) bool { return strings.HasPrefix(path, "/tapped") }
 func (o *ctxObserver) Before(ctx context.Context, r *http.Request, body []byte) any {
 	o.mu.Lock()
 	o.seen = append(o.seen, trace.SpanContextFromContext(ctx))

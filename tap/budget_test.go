@@ -1,8 +1,10 @@
 package tap
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -99,5 +101,27 @@ func TestRefusedLowPrivilegeCallerThrottled(t *testing.T) {
 	}
 	if n := len(e.rec.signals()); n != 0 {
 		t.Errorf("refused actions produced %d signals", n)
+	}
+}
+
+// TestHeldLookupPastTheBoundIsAMiss: an over-budget look-up still waiting
+// when the before-bound ends is counted as a miss, not taken for an
+// unauthenticated caller.
+func TestHeldLookupPastTheBoundIsAMiss(t *testing.T) {
+	e := newEnv(t, envOpts{mutate: func(c *Config) { c.RateBurst = 1; c.RatePerIP = 0.0001 }})
+	e.tap.limiter.spend("192.0.2.1")
+	e.tap.overBudget <- struct{}{} // another over-budget look-up holds the slot
+	defer func() { <-e.tap.overBudget }()
+	r := httptest.NewRequest(http.MethodDelete, "/api/v3/core/authenticated_sessions/00000000-0000-0000-0000-000000000001/", nil)
+	r.RemoteAddr = "192.0.2.1:4242"
+	r.Header.Set("Authorization", "Bearer "+e.ak.AdminToken())
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	misses, untrusted := e.tap.Stats().Misses, e.tap.Stats().Untrusted
+	if st := e.tap.Before(ctx, r, nil); st != nil {
+		t.Fatalf("Before returned %v past its bound", st)
+	}
+	if got := e.tap.Stats(); got.Misses != misses+1 || got.Untrusted != untrusted {
+		t.Errorf("misses %d -> %d, untrusted %d -> %d; want one miss and no untrusted caller", misses, got.Misses, untrusted, got.Untrusted)
 	}
 }

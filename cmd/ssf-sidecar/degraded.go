@@ -215,7 +215,7 @@ func (d *degraded) run(ctx context.Context, start func(live *app)) {
 			}
 			start(live)
 			d.live.Store(live)
-			d.ssf.Store(live.tx.Handler())
+			d.ssf.Store(live.ssfHandler())
 			d.observer.Store(live.tap)
 			d.admin.Store(live.adminHandler)
 			d.front.logger.Warn("store opened: the sidecar is fully up again (SSF routes answer, tapped requests are observed)",
@@ -261,9 +261,15 @@ func (d *degraded) wait(ctx context.Context, delay time.Duration) bool {
 // the transmitter's error shape, with Retry-After. The reason stays on the
 // admin side: receivers are told only to come back.
 func (d *degraded) serveSSF(w http.ResponseWriter, r *http.Request) {
+	serveUnavailable(w, r, time.Duration(d.retryIn.Load()))
+}
+
+// serveUnavailable is the SSF answer while the store cannot be used: 503
+// with Retry-After (whole seconds, at least 1).
+func serveUnavailable(w http.ResponseWriter, r *http.Request, retry time.Duration) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
-	secs := int((time.Duration(d.retryIn.Load()) + time.Second - 1) / time.Second)
+	secs := int((retry + time.Second - 1) / time.Second)
 	h.Set("Retry-After", strconv.Itoa(max(secs, 1)))
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -328,11 +334,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // it matches what the tap matches and counts each authenticated tapped
 // request as missed, acknowledging nothing.
 type storeDownObserver struct {
-	match  func(*http.Request) bool
+	match  func(method, host, path string) bool
 	missed func(*http.Request)
 }
 
-func (o storeDownObserver) Match(r *http.Request) bool { return o.match(r) }
+func (o storeDownObserver) Match(method, host, path string) bool { return o.match(method, host, path) }
 
 func (o storeDownObserver) Before(_ context.Context, r *http.Request, _ []byte) any {
 	// The tap's matches outside the API are logout hints (a redirect to the
@@ -391,7 +397,9 @@ func newSwapObserver(o proxy.Observer) *swapObserver {
 // Store makes o observe every exchange that starts from now on.
 func (s *swapObserver) Store(o proxy.Observer) { s.cur.Store(&observerRef{o}) }
 
-func (s *swapObserver) Match(r *http.Request) bool { return s.cur.Load().Match(r) }
+func (s *swapObserver) Match(method, host, path string) bool {
+	return s.cur.Load().Match(method, host, path)
+}
 
 func (s *swapObserver) Before(ctx context.Context, r *http.Request, body []byte) any {
 	o := s.cur.Load().Observer

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/ssf"
+	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
+)
+
+// bypassRequest is one spelling of a tapped action, sent as raw bytes.
+type bypassRequest struct {
+	method, target string
+	header         []string // extra "Name: value" lines
+	body           string
+	bodyDelay      time.Duration // the body comes this much after the head
+}
+
+// send writes r to addr and returns the status (0: the connection closed
+// without an answer).
+func (r bypassRequest) send(t *testing.T, addr string) int {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", r.method, r.target, addr)
+	for _, h := range r.header {
+		b.WriteString(h + "\r\n")
+	}
+	if r.body != "" && !hasHeader(r.header, "transfer-encoding") && !hasHeader(r.header, "content-length") {
+		fmt.Fprintf(&b, "Content-Type: application/json\r\nContent-Length: %d\r\n", len(r.body))
+	}
+	b.WriteString("\r\n")
+	if _, err := c.Write([]byte(b.String())); err != nil {
+		t.Fatal(err)
+	}
+	if r.bodyDelay > 0 {
+		time.Sleep(r.bodyDelay)
+	}
+	if _, err := c.Write([]byte(r.body)); err != nil {
+		return 0
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func hasHeader(lines []string, name string) bool {
+	for _, l := range lines {
+		if strings.HasPrefix(strings.ToLower(l), name+":") {
+			return true
+		}
+	}
+	return false
+}
+
+// spellings returns the ways of writing path (an origin-form target under
+// /api/v3/) that the table tries: target forms and path variants.
+func spellings(addr, path string) map[string]string {
+	return map[string]string{
+		"origin-form":           path,
+		"absolute-form":         "http://" + addr + path,
+		"opaque":                "x:y:" + path,
+		"opaque-no-slash":       "x:" + path[1:],
+		"double-slash":          "/" + path,
+		"inner double slash":    strings.Replace(path, "/v3/", "/v3//", 1),
+		"dot segment":           strings.Replace(path, "/v3/", "/v3/./", 1),
+		"dot-dot segment":       strings.Replace(path, "/v3/", "/v3/x/../", 1),
+		"trailing dot":          path + ".",
+		"escaped letter":        strings.Replace(path, "/api/", "/%61pi/", 1),
+		"escaped slash":         strings.Replace(path, "/v3/", "/v3%2F", 1),
+		"upper-case escape hex": strings.Replace(path, "/api/", "/%61%70i/", 1),
+	}
+}
+
+// TestTapBypassTable: every tapped action, in every spelling the review
+// tried (target forms, path variants, method tricks, framing tricks, a
+// slow body), is either refused before authentik acts on it or produces
+// its SET.
+func TestTapBypassTable(t *testing.T) {
+	w := newSystem(t)
+	ctx := context.Background()
+	all := []string{ssf.EventSessionRevoked, ssf.EventCredentialChange, ssf.EventAccountDisabled}
+	if _, err := w.createPushStream(ctx, all); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	addr := strings.TrimPrefix(w.front, "http://")
+	admin := "Authorization: Bearer " + w.ak.AdminToken()
+	n := 0
+	newUser := func() authentiktest.User {
+		n++
+		name := fmt.Sprintf("u%d", n)
+		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	// action builds the request for one spelling and reports, after it ran,
+	// whether authentik acted and which SET event must then name the user.
+	type action struct {
+		name  string
+		build func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string)
+	}
+	actions := []action{
+		{"revoke a session", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			s, _, err := w.ak.IssueSession(u.PK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "DELETE", target: target("/api/v3/core/authenticated_sessions/" + s.UUID + "/"), header: []string{admin}}
+			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+		}},
+		{"set a password", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			before := u.PasswordChangeDate
+			req := bypassRequest{method: "POST", target: target(fmt.Sprintf("/api/v3/core/users/%d/set_password/", u.PK)),
+				header: []string{admin}, body: `{"password":"Admin-set-1"}`}
+			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.PasswordChangeDate.Equal(before) }, []string{"credential-change"}
+		}},
+		{"log out through the invalidation flow", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			s, cookie, err := w.ak.IssueSession(u.PK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "GET", target: target("/api/v3/flows/executor/" + w.ak.Flows().Invalidation + "/?query="),
+				header: []string{"Cookie: authentik_session=" + cookie}}
+			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+		}},
+		{"delete an MFA device", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			d, err := w.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: u.PK})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "DELETE", target: target(fmt.Sprintf("/api/v3/authenticators/admin/totp/%d/", d.PK)), header: []string{admin}}
+			return req, func() bool { _, ok := w.ak.Device(authentiktest.DeviceTOTP, d.PK); return !ok }, []string{"credential-change"}
+		}},
+		{"deactivate a user", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			// authentik ends the user's sessions too, without a trace of its own.
+			if _, _, err := w.ak.IssueSession(u.PK); err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "PATCH", target: target(fmt.Sprintf("/api/v3/core/users/%d/", u.PK)),
+				header: []string{admin}, body: `{"is_active": false}`}
+			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.IsActive }, []string{"account-disabled", "session-revoked"}
+		}},
+	}
+	type variant struct {
+		name   string
+		target func(string) string
+		tweak  func(*bypassRequest)
+	}
+	var variants []variant
+	for name := range spellings(addr, "/api/v3/x/") {
+		name := name
+		variants = append(variants, variant{name: name, target: func(p string) string { return spellings(addr, p)[name] }})
+	}
+	origin := func(p string) string { return p }
+	variants = append(variants,
+		variant{"lower-case method", origin, func(r *bypassRequest) { r.method = strings.ToLower(r.method) }},
+		variant{"method override header", origin, func(r *bypassRequest) {
+			r.header = append(r.header, "X-HTTP-Method-Override: "+r.method)
+			r.method = "POST"
+		}},
+		variant{"content-length and chunked", origin, func(r *bypassRequest) {
+			r.header = append(r.header, fmt.Sprintf("Content-Length: %d", len(r.body)+5), "Transfer-Encoding: chunked")
+			r.body = fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(r.body), r.body)
+		}},
+		variant{"obs-folded content-length", origin, func(r *bypassRequest) {
+			r.header = append(r.header, fmt.Sprintf("Content-Length:\r\n %d", len(r.body)))
+		}},
+		variant{"slow body", origin, func(r *bypassRequest) { r.bodyDelay = 1500 * time.Millisecond }},
+		variant{"chunked body", origin, func(r *bypassRequest) {
+			if r.body != "" {
+				r.header = append(r.header, "Content-Type: application/json", "Transfer-Encoding: chunked")
+				r.body = fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(r.body), r.body)
+			}
+		}},
+	)
+	type pending struct {
+		row    string
+		user   authentiktest.User
+		events []string
+	}
+	var acted []pending
+	for _, a := range actions {
+		for _, v := range variants {
+			row := a.name + " / " + v.name
+			u := newUser()
+			req, happened, events := a.build(u, v.target)
+			if v.tweak != nil {
+				v.tweak(&req)
+			}
+			status := req.send(t, addr)
+			if happened() {
+				acted = append(acted, pending{row, u, events})
+				continue
+			}
+			if status/100 == 2 {
+				t.Errorf("%s: answered %d but authentik did not act", row, status)
+			}
+		}
+	}
+	if len(acted) == 0 {
+		t.Fatal("no spelling ran the action at all: the table tests nothing")
+	}
+	// Every action authentik ran must have produced its SET.
+	deadline := time.Now().Add(30 * time.Second)
+	for _, p := range acted {
+		for _, event := range p.events {
+			for !hasSET(w.recv.received(), event, p.user.Email) {
+				if time.Now().After(deadline) {
+					t.Errorf("%s: authentik acted but no %s SET names %s; got %v", p.row, event, p.user.Email, summarize(w.recv.received()))
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	t.Logf("%d rows ran the action and produced its SET; the others were refused or not run", len(acted))
+}
+
+func hasSET(sets []receivedSET, event, email string) bool {
+	for _, s := range sets {
+		if s.Event == event && strings.Contains(s.Subject, email) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,246 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// recordingUpstream is a raw HTTP/1.1 server that records what it parsed
+// from each request, under the exchange (generation) current when it
+// arrived; exchanges run one at a time and carry one request each.
+type recordingUpstream struct {
+	ln  net.Listener
+	gen atomic.Int64
+	mu  sync.Mutex
+	got map[int64][]string
+}
+
+func newRecordingUpstream(tb testing.TB) *recordingUpstream {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	u := &recordingUpstream{ln: ln, got: map[int64][]string{}}
+	go u.serve() // lives as long as the test process
+	return u
+}
+
+func (u *recordingUpstream) serve() {
+	for {
+		c, err := u.ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			br := bufio.NewReader(c)
+			for {
+				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				r, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				body, err := io.ReadAll(r.Body)
+				if err != nil {
+					return
+				}
+				u.mu.Lock()
+				if r.Host == u.ln.Addr().String() {
+					r.Host = "<upstream>" // no Host from the client: each front end names its own upstream
+				}
+				gen := u.gen.Load()
+				u.got[gen] = append(u.got[gen], describe(r, body))
+				u.mu.Unlock()
+				answer := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\n"
+				if r.Method != http.MethodHead {
+					answer += "ok"
+				}
+				io.WriteString(c, answer)
+			}
+		}()
+	}
+}
+
+// describe is what the comparison looks at: method, request target, body
+// and every header field but those each front end sets its own way.
+func describe(r *http.Request, body []byte) string {
+	var keys []string
+	for k := range r.Header {
+		switch k {
+		case "User-Agent", "Accept-Encoding", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Content-Length":
+			continue // the reference proxy's own additions (and length vs chunked)
+		}
+		keys = append(keys, k+"="+strings.Join(r.Header[k], "\x00"))
+	}
+	sort.Strings(keys)
+	return fmt.Sprintf("%s %s host=%q body=%q %s", r.Method, r.RequestURI, r.Host, body, strings.Join(keys, " "))
+}
+
+func (u *recordingUpstream) take(gen int64) []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	g := u.got[gen]
+	delete(u.got, gen)
+	return g
+}
+
+// front is one way into a recording upstream.
+type front struct {
+	name string
+	addr string
+	up   *recordingUpstream
+}
+
+// exchange sends raw on a fresh connection, reads one response (or the
+// close), and reports whether anything reached the upstream and what.
+func (fr *front) exchange(raw []byte) (status int, got []string) {
+	gen := fr.up.gen.Add(1)
+	c, err := net.Dial("tcp", fr.addr)
+	if err != nil {
+		return -1, nil
+	}
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = c.Write(raw)
+	method, _, _ := strings.Cut(string(raw[:min(len(raw), 16)]), " ")
+	if resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method}); err == nil {
+		status = resp.StatusCode
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	c.Close()
+	// What the upstream got was recorded before it answered.
+	return status, fr.up.take(gen)
+}
+
+var (
+	diffOnce   sync.Once
+	diffFronts []*front
+)
+
+// differentialFronts starts, once per process, the proxy with its lane,
+// the proxy with net/http only, and httputil.ReverseProxy, each in front of
+// its own recording upstream.
+func differentialFronts(tb testing.TB) []*front {
+	diffOnce.Do(func() {
+		for _, fast := range []bool{true, false} {
+			up := newRecordingUpstream(tb)
+			s, err := New(Config{Listen: "127.0.0.1:0", Upstream: parseURL(tb, "http://"+up.ln.Addr().String()),
+				DisableFastPath: !fast, ReadHeaderTimeout: 2 * time.Second})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			go func() { _ = s.Run(context.Background()) }()
+			<-s.Ready()
+			name := "lane"
+			if !fast {
+				name = "net/http"
+			}
+			diffFronts = append(diffFronts, &front{name: name, addr: s.Addr().String(), up: up})
+		}
+		up := newRecordingUpstream(tb)
+		rp := httputil.NewSingleHostReverseProxy(parseURL(tb, "http://"+up.ln.Addr().String()))
+		tr := &http.Transport{DisableCompression: true}
+		rp.Transport = tr
+		rp.ErrorLog = log.New(io.Discard, "", 0)
+		srv := httptest.NewUnstartedServer(rp)
+		srv.Config.ReadHeaderTimeout = 2 * time.Second
+		srv.Start()
+		diffFronts = append(diffFronts, &front{name: "httputil.ReverseProxy", addr: srv.Listener.Addr().String(), up: up})
+	})
+	return diffFronts
+}
+
+// FuzzDifferentialPaths sends the same request bytes through the proxy's
+// lane, through its net/http path and through httputil.ReverseProxy. The
+// two paths of the proxy must forward exactly the same requests, or refuse
+// alike; and whatever the proxy forwards, the reference forwards the same
+// way (the proxy may refuse more: opaque targets, ambiguous framing).
+func FuzzDifferentialPaths(f *testing.F) {
+	addSeeds(f,
+		"GET /static/a.js?x=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+		"HEAD /api/v3/core/users/me/ HTTP/1.1\r\nHost: h\r\nCookie: authentik_session=abc\r\n\r\n",
+		"DELETE x:y:/api/v3/core/authenticated_sessions/5578be33-ae30-41cd-b977-f4f6d9594692/ HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET http://h/api/v3/ HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n 3\r\n\r\nabc",
+		"GET //ssf/streams HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: 5\r\n\r\n",
+		"GET /a HTTP/1.1\nHost: h\nX_Forwarded_For: 1.2.3.4\n\n",
+		"PUT /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+	)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if len(raw) > 4096 {
+			return
+		}
+		// Only whole messages: a front end waiting for the rest of a head
+		// or body would stall the fuzzer, and says nothing about forwarding.
+		br := bufio.NewReader(bytes.NewReader(raw))
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		if _, err := io.ReadAll(req.Body); err != nil || br.Buffered() > 0 {
+			return // pipelined requests: the unit tests cover those
+		}
+		fronts := differentialFronts(t)
+		type result struct {
+			status int
+			got    []string
+		}
+		res := make([]result, len(fronts))
+		for i, fr := range fronts {
+			res[i].status, res[i].got = fr.exchange(raw)
+		}
+		lane, nh, ref := res[0], res[1], res[2]
+		if strings.Join(lane.got, "\n") != strings.Join(nh.got, "\n") {
+			t.Fatalf("the lane and net/http forwarded differently for %q:\nlane:     %q (status %d)\nnet/http: %q (status %d)",
+				raw, lane.got, lane.status, nh.got, nh.status)
+		}
+		if len(lane.got) == 0 {
+			return // refused (or not a request): the reference may forward what the proxy's policy refuses
+		}
+		if len(ref.got) == 0 {
+			if ref.status == 0 || ref.status == http.StatusBadGateway {
+				return // the reference failed on its own (a hop-by-hop it rejects, a timeout)
+			}
+			t.Fatalf("the proxy forwarded what httputil.ReverseProxy refused (%d) for %q: %q", ref.status, raw, lane.got)
+		}
+		if first(lane.got) != first(ref.got) {
+			t.Fatalf("the proxy and httputil.ReverseProxy forwarded differently for %q:\nproxy:     %q\nreference: %q", raw, lane.got, ref.got)
+		}
+	})
+}
+
+// first is the method and target of the first forwarded request.
+func first(got []string) string {
+	if len(got) == 0 {
+		return ""
+	}
+	m, rest, _ := strings.Cut(got[0], " ")
+	target, _, _ := strings.Cut(rest, " ")
+	return m + " " + target
+}
+
+func parseURL(tb testing.TB, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return u
+}

@@ -24,12 +24,6 @@ const deployDir = "../../deploy"
 
 var knownEnv = func() map[string]bool {
 	m := map[string]bool{"SSF_ADMIN_URL": true} // read by the admin CLI
-	// The PostgreSQL backend's settings (DESIGN.md's configuration table):
-	// the Helm chart's database value uses them, documented as needing a
-	// release with that backend.
-	for _, name := range []string{"SSF_DATABASE_URL", "SSF_DATABASE_SCHEMA", "SSF_ENCRYPTION_KEY"} {
-		m[name] = true
-	}
 	for _, o := range options {
 		m[o.env] = true
 	}

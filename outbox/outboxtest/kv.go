@@ -296,7 +296,9 @@ func (s Suite) testConcurrentUpdates(t *testing.T) {
 						}
 						n := 0
 						if v := bk.Get([]byte("count")); v != nil {
-							fmt.Sscan(string(v), &n)
+							if _, err := fmt.Sscan(string(v), &n); err != nil {
+								return fmt.Errorf("counter %q: %w", v, err)
+							}
 						}
 						return bk.Put([]byte("count"), fmt.Append(nil, n+1))
 					})

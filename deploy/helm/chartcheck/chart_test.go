@@ -232,7 +232,7 @@ func TestChartDefaults(t *testing.T) {
 			t.Errorf("ConfigMap %s = %q, want %q", k, cm[k], v)
 		}
 	}
-	for _, k := range []string{"SSF_DATABASE_SCHEMA", "SSF_ENCRYPTION_KEY", "SSF_RECEIVERS", "SSF_SIGNING_KEY"} {
+	for _, k := range []string{"SSF_DATABASE_SCHEMA", "SSF_ENCRYPTION_KEY_FILE", "SSF_RECEIVERS", "SSF_SIGNING_KEY"} {
 		if _, ok := cm[k]; ok {
 			t.Errorf("ConfigMap sets %s by default", k)
 		}
@@ -365,8 +365,8 @@ func TestChartDatabase(t *testing.T) {
 		t.Errorf("SSF_DATABASE_URL = %+v, want it from the Secret", url)
 	}
 	cm := configMap(t, objs)
-	if cm["SSF_ENCRYPTION_KEY"] != "/etc/ssf-sidecar/encryption/encryption.key" || cm["SSF_DATABASE_SCHEMA"] != "ssf_sidecar" {
-		t.Errorf("ConfigMap database settings = %q, %q", cm["SSF_ENCRYPTION_KEY"], cm["SSF_DATABASE_SCHEMA"])
+	if cm["SSF_ENCRYPTION_KEY_FILE"] != "/etc/ssf-sidecar/encryption/encryption.key" || cm["SSF_DATABASE_SCHEMA"] != "ssf_sidecar" {
+		t.Errorf("ConfigMap database settings = %q, %q", cm["SSF_ENCRYPTION_KEY_FILE"], cm["SSF_DATABASE_SCHEMA"])
 	}
 	if _, ok := cm["receivers.yaml"]; ok {
 		t.Errorf("receivers.existingSecret set: the ConfigMap must not also carry a receivers file")

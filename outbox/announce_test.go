@@ -54,7 +54,9 @@ func TestAnnounceBeforeDeliveryStops(t *testing.T) {
 	}
 
 	// Push, disabled: the queue is discarded except the announcement, which
-	// is delivered.
+	// is delivered. The stream is paused first so that the dispatcher
+	// cannot deliver dropped-1 before the disable lands.
+	set("push", MethodPush, StatusPaused)
 	h.enqueue(makeSET("push", "dropped-1"), announce("push", "disabled-announce"))
 	set("push", MethodPush, StatusDisabled)
 	eventually(t, 10*time.Second, "the disable announcement", func() bool {

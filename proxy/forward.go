@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -216,21 +217,17 @@ func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, out *http.Reque
 		p.log.DebugContext(out.Context(), "client went away before the upstream answered", "request_id", requestID(r), "path", r.URL.Path)
 		return 499
 	}
-	status := http.StatusBadGateway
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
-		status = http.StatusGatewayTimeout
-		p.stats.upstreamTimeouts.Add(1)
-	} else {
-		p.stats.upstreamErrors.Add(1)
-	}
+	status := p.stats.upstreamFailure(err)
 	p.log.WarnContext(out.Context(), "upstream request failed", "request_id", requestID(r), "method", r.Method,
 		"path", r.URL.Path, "status", status, "error", err)
 	h := w.Header()
-	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
-	h["X-Content-Type-Options"] = []string{"nosniff"}
+	for _, f := range failureFields {
+		h[f[0]] = []string{f[1]}
+	}
+	body := failureBody(status)
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	w.WriteHeader(status)
-	_, _ = w.Write([]byte(http.StatusText(status) + "\n"))
+	_, _ = io.WriteString(w, body)
 	return status
 }
 

@@ -112,10 +112,7 @@ func (f forwarded) isTrusted(ip string) bool {
 }
 
 // apply sets X-Forwarded-For, -Proto and -Host on h for a request that
-// arrived from remoteAddr for host. From a trusted peer, existing values are
-// kept (X-Forwarded-For is appended to); from anyone else they are replaced,
-// and Forwarded and X-Real-IP are dropped, since authentik believes the first
-// X-Forwarded-For entry.
+// arrived from remoteAddr for host, by forwardedPolicy.
 func (f forwarded) apply(h http.Header, remoteAddr, host string, tls bool) {
 	dropUnderscoreAliases(h)
 	ip := peerIP(remoteAddr)
@@ -123,25 +120,34 @@ func (f forwarded) apply(h http.Header, remoteAddr, host string, tls bool) {
 	if tls {
 		proto = "https"
 	}
-	if f.isTrusted(ip) {
-		if prior := h["X-Forwarded-For"]; len(prior) > 0 {
-			h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
-		} else {
-			h["X-Forwarded-For"] = []string{ip}
+	trusted := f.isTrusted(ip)
+	for _, p := range forwardedPolicy {
+		var v string
+		switch p.value {
+		case xfPeer:
+			v = ip
+		case xfProto:
+			v = proto
+		case xfHost:
+			v = host
 		}
-		if len(h["X-Forwarded-Proto"]) == 0 {
-			h["X-Forwarded-Proto"] = []string{proto}
+		switch xfActionFor(p.untrusted, p.trusted, trusted) {
+		case xfDrop:
+			delete(h, p.name)
+		case xfSet:
+			h[p.name] = []string{v}
+		case xfAppend:
+			if prior := h[p.name]; len(prior) > 0 {
+				h[p.name] = []string{strings.Join(prior, ", ") + ", " + v}
+			} else {
+				h[p.name] = []string{v}
+			}
+		case xfDefault:
+			if len(h[p.name]) == 0 {
+				h[p.name] = []string{v}
+			}
 		}
-		if len(h["X-Forwarded-Host"]) == 0 {
-			h["X-Forwarded-Host"] = []string{host}
-		}
-		return
 	}
-	h["X-Forwarded-For"] = []string{ip}
-	h["X-Forwarded-Proto"] = []string{proto}
-	h["X-Forwarded-Host"] = []string{host}
-	delete(h, "Forwarded")
-	delete(h, "X-Real-Ip")
 }
 
 // dropUnderscoreAliases deletes fields such as "X_Forwarded_For": CGI-style

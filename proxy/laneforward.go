@@ -119,7 +119,8 @@ func (l *lane) exchange(lc *laneConn) (status int, keep bool) {
 
 // writeRequest writes the request head for the upstream: the client's
 // request line and fields as they came (Connection removed), with
-// X-Forwarded-* set as forwarded.apply does for net/http's path.
+// X-Forwarded-* set by forwardedPolicy, as forwarded.apply does for
+// net/http's path.
 func (l *lane) writeRequest(bw *bufio.Writer, lc *laneConn) {
 	r := &lc.req
 	if r.head {
@@ -130,47 +131,53 @@ func (l *lane) writeRequest(bw *bufio.Writer, lc *laneConn) {
 	bw.WriteString(l.fwd.baseRawPath)
 	bw.Write(r.target)
 	bw.WriteString(" HTTP/1.1\r\n")
-	var hadProto, hadHost bool
+	trusted := b2i(lc.trusted)
+	var came uint32 // the kinds of the fields that came, by forwardedPolicy
 	for _, f := range r.fields {
-		switch f.kind {
-		case fConnection, fXFF:
+		if f.kind == fConnection {
 			continue
-		case fXFProto, fXFHost, fForwarded:
-			if !lc.trusted {
-				continue
-			}
-			hadProto = hadProto || f.kind == fXFProto
-			hadHost = hadHost || f.kind == fXFHost
+		}
+		switch xfByKind[trusted][f.kind] {
+		case xfDrop, xfSet, xfAppend:
+			continue // written below, if at all
+		case xfDefault:
+			came |= 1 << f.kind
 		}
 		bw.Write(f.name)
 		bw.WriteString(": ")
 		bw.Write(f.value)
 		bw.WriteString("\r\n")
 	}
-	bw.WriteString("X-Forwarded-For: ")
-	if lc.trusted {
-		n := 0
-		for _, f := range r.fields {
-			if f.kind == fXFF {
-				if n > 0 {
+	for i := range forwardedPolicy {
+		p := &forwardedPolicy[i]
+		act := xfActionFor(p.untrusted, p.trusted, lc.trusted)
+		switch act {
+		case xfSet, xfAppend:
+		case xfDefault:
+			if came&(1<<p.kind) != 0 {
+				continue
+			}
+		default:
+			continue
+		}
+		bw.WriteString(p.name)
+		bw.WriteString(": ")
+		if act == xfAppend {
+			for _, f := range r.fields {
+				if f.kind == p.kind {
+					bw.Write(f.value)
 					bw.WriteString(", ")
 				}
-				bw.Write(f.value)
-				n++
 			}
 		}
-		if n > 0 {
-			bw.WriteString(", ")
+		switch p.value {
+		case xfPeer:
+			bw.WriteString(lc.ip)
+		case xfProto:
+			bw.WriteString("http") // the lane serves plain-HTTP listeners only
+		case xfHost:
+			bw.Write(r.host)
 		}
-	}
-	bw.WriteString(lc.ip)
-	bw.WriteString("\r\n")
-	if !hadProto {
-		bw.WriteString("X-Forwarded-Proto: http\r\n")
-	}
-	if !hadHost {
-		bw.WriteString("X-Forwarded-Host: ")
-		bw.Write(r.host)
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
@@ -449,28 +456,25 @@ func copyUntilClose(w *bufio.Writer, r *bufio.Reader) error {
 // fail answers the client 502 or 504 for an upstream that could not be
 // reached or did not answer in time.
 func (l *lane) fail(lc *laneConn, err error) (int, bool) {
-	status := http.StatusBadGateway
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		status = http.StatusGatewayTimeout
-		l.stats.upstreamTimeouts.Add(1)
-	} else {
-		l.stats.upstreamErrors.Add(1)
-	}
+	status := l.stats.upstreamFailure(err)
 	method := http.MethodGet
 	if lc.req.head {
 		method = http.MethodHead
 	}
 	l.fwd.log.Warn("upstream request failed", "method", method, "path", string(lc.req.path), "status", status, "error", err)
-	text := http.StatusText(status)
+	body := failureBody(status)
 	bw := lc.bw
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(status))
-	bw.WriteString(" " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
-	bw.WriteString(strconv.Itoa(len(text) + 1))
+	bw.WriteString(" " + http.StatusText(status) + "\r\n")
+	for _, f := range failureFields {
+		bw.WriteString(f[0] + ": " + f[1] + "\r\n")
+	}
+	bw.WriteString("Content-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
 	bw.WriteString("\r\n\r\n")
 	if !lc.req.head {
-		bw.WriteString(text + "\n")
+		bw.WriteString(body)
 	}
 	if bw.Flush() != nil {
 		return status, false

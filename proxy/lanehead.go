@@ -32,6 +32,7 @@ const (
 	fForwarded // Forwarded, X-Real-Ip: dropped from untrusted peers
 	fHop       // Keep-Alive, Proxy-Connection, Proxy-Authenticate, Proxy-Authorization, Upgrade, Trailer, Te
 	fExpect
+	fKinds // the number of kinds
 )
 
 // classify names the header fields the lane treats specially. The length

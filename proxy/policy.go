@@ -2,6 +2,9 @@ package proxy
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"net"
 	"net/http"
 	"path"
 	"strings"
@@ -10,8 +13,11 @@ import (
 // This file is the forwarding policy both paths apply: which header fields
 // are hop-by-hop or set by the proxy (fieldPolicy: the lane's classify and
 // net/http's removeHopByHop and protectedHeader are checked against it by
-// TestFieldPolicyOneTable), which request targets and paths are refused,
-// and which framing. The lane only carries origin-form, canonical,
+// TestFieldPolicyOneTable), how the X-Forwarded-* fields are written
+// (forwardedPolicy), how an upstream failure is answered (upstreamFailure,
+// failureFields, failureBody: TestPathsAgreeOnUpstreamFailures and
+// FuzzDifferentialPaths hold the two paths to them), which request targets
+// and paths are refused, and which framing. The lane only carries origin-form, canonical,
 // bodyless GET and HEAD requests and hands everything else to net/http,
 // where refuseRequest and shadowsClaimedRoute sit; ambiguousFraming is
 // checked by the lane on every plain-HTTP connection's first head.
@@ -202,3 +208,90 @@ func (l *lane) refuseFraming(lc *laneConn) {
 	_ = lc.bw.Flush()
 	lc.c.Close()
 }
+
+// xfAction is what the proxy does with one of the fields that say where a
+// request came from, on both paths (forwarded.apply for net/http's,
+// lane.writeRequest for the lane's).
+type xfAction uint8
+
+const (
+	xfKeep    xfAction = iota // passed on as it came
+	xfDrop                    // removed
+	xfSet                     // replaced by the proxy's own value
+	xfAppend                  // the proxy's value appended to those that came
+	xfDefault                 // kept when it came, else the proxy's value
+)
+
+// xfValue is the value the proxy supplies for a field.
+type xfValue uint8
+
+const (
+	xfNone  xfValue = iota
+	xfPeer          // the peer's IP address
+	xfProto         // "http" or "https", as the request arrived
+	xfHost          // the request's Host
+)
+
+// forwardedPolicy is the X-Forwarded-* rule both paths apply. From a peer
+// outside --trusted-proxies every such field is the proxy's own (authentik
+// believes the first X-Forwarded-For entry); a trusted peer's are kept,
+// X-Forwarded-For appended to. Each kind of the lane's classify appears
+// with one rule only.
+var forwardedPolicy = [...]struct {
+	name               string
+	kind               fieldKind
+	value              xfValue
+	untrusted, trusted xfAction
+}{
+	{"X-Forwarded-For", fXFF, xfPeer, xfSet, xfAppend},
+	{"X-Forwarded-Proto", fXFProto, xfProto, xfSet, xfDefault},
+	{"X-Forwarded-Host", fXFHost, xfHost, xfSet, xfDefault},
+	{"Forwarded", fForwarded, xfNone, xfDrop, xfKeep},
+	{"X-Real-Ip", fForwarded, xfNone, xfDrop, xfKeep},
+}
+
+func xfActionFor(untrusted, trusted xfAction, isTrusted bool) xfAction {
+	if isTrusted {
+		return trusted
+	}
+	return untrusted
+}
+
+// xfByKind is forwardedPolicy by field kind, [untrusted, trusted], for the
+// lane: every other kind is kept.
+var xfByKind = func() (t [2][fKinds]xfAction) {
+	for _, p := range forwardedPolicy {
+		t[0][p.kind], t[1][p.kind] = p.untrusted, p.trusted
+	}
+	return t
+}()
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// upstreamFailure is the status both paths answer when the upstream could
+// not be reached or did not answer: 504 Gateway Timeout for a timeout, 502
+// Bad Gateway otherwise. It counts the failure.
+func (c *counters) upstreamFailure(err error) int {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		c.upstreamTimeouts.Add(1)
+		return http.StatusGatewayTimeout
+	}
+	c.upstreamErrors.Add(1)
+	return http.StatusBadGateway
+}
+
+// failureFields are the header fields of a 502 or 504 answer, on both
+// paths, besides its Content-Length (len(failureBody(status))); a HEAD
+// answer has the same fields and no body.
+var failureFields = [...][2]string{
+	{"Content-Type", "text/plain; charset=utf-8"},
+	{"X-Content-Type-Options", "nosniff"},
+}
+
+func failureBody(status int) string { return http.StatusText(status) + "\n" }

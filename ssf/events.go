@@ -140,6 +140,9 @@ func eventBody(s tap.Signal) (eventType string, body map[string]any, ok bool) {
 	case tap.KindPasswordChanged:
 		body["credential_type"] = "password"
 		body["change_type"] = "update"
+		if s.Revoked {
+			body["change_type"] = "revoke" // the password was made unusable
+		}
 	case tap.KindMFAAdded, tap.KindMFARemoved:
 		body["credential_type"] = CredentialType(s.Device)
 		body["change_type"] = "create"

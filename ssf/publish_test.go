@@ -90,6 +90,8 @@ func TestMapping(t *testing.T) {
 			EventSessionRevoked, map[string]any{"initiating_entity": "policy"}},
 		{"password set by admin", tap.Signal{Kind: tap.KindPasswordChanged, Actor: &admin},
 			EventCredentialChange, map[string]any{"credential_type": "password", "change_type": "update", "initiating_entity": "admin"}},
+		{"password made unusable (lockdown)", tap.Signal{Kind: tap.KindPasswordChanged, Revoked: true},
+			EventCredentialChange, map[string]any{"credential_type": "password", "change_type": "revoke", "initiating_entity": "system"}},
 		{"totp added", tap.Signal{Kind: tap.KindMFAAdded, Actor: &self, Device: &tap.Device{Type: "totp", Name: "phone"}},
 			EventCredentialChange, map[string]any{"credential_type": "app", "change_type": "create", "friendly_name": "phone"}},
 		{"security key removed", tap.Signal{Kind: tap.KindMFARemoved, Actor: &self, Device: &tap.Device{Type: "webauthn", AAGUID: "ee882879-721c-4913-9775-3dfcce97072a"}},

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
+
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
 	"time"
 )
 
@@ -15,39 +18,72 @@ type stageKind string
 const (
 	stagePassword stageKind = "password"
 	stageMFA      stageKind = "mfa"
+	stageEmail    stageKind = "email"
 )
 
 var errNotTapped = errors.New("tap: body is not a tapped stage response")
 
+// stageAnswer is what the tap read from a flow executor POST body.
+type stageAnswer struct {
+	kind      stageKind
+	component string
+	dtype     string // device type of an authenticator setup stage
+	email     string // the email a prompt answer writes, when it has one
+}
+
 // parseStageRequest reads a flow executor POST body: a prompt stage answer
-// carrying a non-empty password field, or an authenticator setup stage
-// answer (ak-stage-authenticator-<type>). It never keeps the password.
-func parseStageRequest(body []byte) (kind stageKind, component, dtype string, err error) {
+// carrying a non-empty password field or an email (the user_write stage
+// that follows writes them), or an authenticator setup stage answer
+// (ak-stage-authenticator-<type>). It never keeps the password.
+func parseStageRequest(body []byte) (stageAnswer, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(body, &m); err != nil {
-		return "", "", "", fmt.Errorf("tap: stage body: %w", err)
+		return stageAnswer{}, fmt.Errorf("tap: stage body: %w", err)
 	}
-	if err := json.Unmarshal(m["component"], &component); err != nil {
-		return "", "", "", fmt.Errorf("tap: stage body: component: %w", err)
+	var a stageAnswer
+	if err := json.Unmarshal(m["component"], &a.component); err != nil {
+		return stageAnswer{}, fmt.Errorf("tap: stage body: component: %w", err)
 	}
 	switch {
-	case component == "ak-stage-prompt":
+	case a.component == "ak-stage-prompt":
 		for k, v := range m {
 			if !strings.Contains(strings.ToLower(k), "password") || strings.HasSuffix(k, "_repeat") {
 				continue
 			}
 			var s string
 			if json.Unmarshal(v, &s) == nil && s != "" {
-				return stagePassword, component, "", nil
+				a.kind = stagePassword
 			}
 		}
-	case strings.HasPrefix(component, "ak-stage-authenticator-"):
-		dtype = strings.TrimPrefix(component, "ak-stage-authenticator-")
-		if deviceTypes[dtype] && dtype != "endpoint" {
-			return stageMFA, component, dtype, nil
+		var email string
+		if json.Unmarshal(m["email"], &email) == nil && strings.TrimSpace(email) != "" {
+			a.email = strings.TrimSpace(email)
+			if a.kind == "" {
+				a.kind = stageEmail
+			}
+		}
+		if a.kind != "" {
+			return a, nil
+		}
+	case strings.HasPrefix(a.component, "ak-stage-authenticator-"):
+		a.dtype = strings.TrimPrefix(a.component, "ak-stage-authenticator-")
+		if deviceTypes[a.dtype] && a.dtype != "endpoint" {
+			a.kind = stageMFA
+			return a, nil
 		}
 	}
-	return "", component, "", errNotTapped
+	return stageAnswer{component: a.component}, errNotTapped
+}
+
+// redirectsToSelf reports whether a flow executor answered with a 302 to
+// its own URL: authentik's stage_ok() for a stage that is not the flow's
+// last (the next stage runs on the browser's follow-up GET).
+func redirectsToSelf(status int, header http.Header, reqPath string) bool {
+	if status != http.StatusFound {
+		return false
+	}
+	loc, err := url.Parse(header.Get("Location"))
+	return err == nil && loc.Path == reqPath
 }
 
 // challenge is the part of a flow executor response the tap reads.
@@ -118,40 +154,6 @@ func parseUserBody(body []byte) (akUser, error) {
 	return u, nil
 }
 
-// parseDeviceBody reads a device from an admin create response.
-func parseDeviceBody(body []byte) (akDevice, error) {
-	var d akDevice
-	if err := json.Unmarshal(body, &d); err != nil {
-		return akDevice{}, fmt.Errorf("tap: device body: %w", err)
-	}
-	if d.pk() == "" {
-		return akDevice{}, errors.New("tap: device body: no pk")
-	}
-	return d, nil
-}
-
-// parseDeviceRequest reads the owner pk from an admin device create body.
-func parseDeviceRequest(body []byte) (int64, error) {
-	var r struct {
-		User json.RawMessage `json:"user"`
-	}
-	if err := json.Unmarshal(body, &r); err != nil {
-		return 0, fmt.Errorf("tap: device request: %w", err)
-	}
-	var pk int64
-	if err := json.Unmarshal(r.User, &pk); err != nil {
-		var u akUser
-		if err2 := json.Unmarshal(r.User, &u); err2 != nil || u.PK <= 0 {
-			return 0, fmt.Errorf("tap: device request: user: %w", err)
-		}
-		pk = u.PK
-	}
-	if pk <= 0 {
-		return 0, errors.New("tap: device request: no user")
-	}
-	return pk, nil
-}
-
 // parseBulkDeleted reads {"deleted": n} from a bulk_delete response.
 func parseBulkDeleted(body []byte) (int, error) {
 	var r struct {
@@ -166,10 +168,15 @@ func parseBulkDeleted(body []byte) (int, error) {
 	return *r.Deleted, nil
 }
 
-// deactivates reports whether a user PATCH/PUT body sets is_active false.
+// deactivates reports whether a user PATCH/PUT body sets is_active false,
+// reading the value as DRF's BooleanField does ("false", "0", "off", 0 ...).
 func deactivates(body []byte) bool {
 	var w struct {
-		IsActive *bool `json:"is_active"`
+		IsActive json.RawMessage `json:"is_active"`
 	}
-	return json.Unmarshal(body, &w) == nil && w.IsActive != nil && !*w.IsActive
+	if json.Unmarshal(body, &w) != nil || w.IsActive == nil {
+		return false
+	}
+	v, ok := djparse.Bool(w.IsActive)
+	return ok && !v
 }

@@ -65,6 +65,29 @@ func (c *cache[K, V]) del(k K) {
 	delete(c.m, k)
 }
 
+// rewrite replaces, in place, every value fn changes (ok true).
+func (c *cache[K, V]) rewrite(fn func(V) (V, bool)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.m {
+		if v, ok := fn(e.v); ok {
+			e.v = v
+			c.m[k] = e
+		}
+	}
+}
+
+// delWhere removes every entry whose value matches.
+func (c *cache[K, V]) delWhere(match func(V) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.m {
+		if match(e.v) {
+			delete(c.m, k)
+		}
+	}
+}
+
 // rateLimiter is a token bucket per key (a client IP, or a confirmed
 // caller), bounded in size.
 type rateLimiter struct {
@@ -138,4 +161,11 @@ func (l *rateLimiter) allow(key string) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// len is the number of entries, expired ones included.
+func (c *cache[K, V]) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
 }

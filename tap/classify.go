@@ -2,7 +2,10 @@ package tap
 
 import (
 	"context"
+	"encoding/json"
+	"net/url"
 	"strconv"
+	"strings"
 )
 
 // initiator says who started an action on subject.
@@ -30,6 +33,9 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 	}
 	switch in.Op {
 	case opLogout:
+		if in.Unconfirmed && !t.logoutRecorded(ctx, in) {
+			return nil // a stale cookie: authentik logged out AnonymousUser
+		}
 		s := base("", KindSessionRevoked, in.Subject)
 		s.SessionHash = in.SessionHash
 		s.ReasonAdmin, s.ReasonUser = "User logged out", "You logged out"
@@ -38,11 +44,23 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 		}
 		return []Signal{s}
 	case opFlowStage:
+		// A prompt may write the email too (user-settings flows).
+		var out []Signal
+		if in.After.Email != "" {
+			out = userChangeSignals(in.Before, in.After, func(suffix string, kind Kind) Signal {
+				return base(suffix, kind, in.Subject)
+			})
+			if len(out) > 0 {
+				t.dir.noteEmail(in.Subject.PK, in.After.Email)
+			}
+		}
 		switch in.Stage {
 		case stagePassword:
 			s := base("", KindPasswordChanged, in.Subject)
 			s.ReasonAdmin, s.ReasonUser = "User changed their password", "You changed your password"
-			return []Signal{s}
+			return append([]Signal{s}, out...)
+		case stageEmail:
+			return out
 		case stageMFA:
 			s := base("", KindMFAAdded, in.Subject)
 			s.Device = t.enrolledDevice(ctx, in)
@@ -88,13 +106,38 @@ func (t *Tap) classify(ctx context.Context, in *intent, source Source) []Signal 
 		s.Device = in.Device
 		s.ReasonAdmin, s.ReasonUser = "Authenticator removed", "An authenticator was removed from your account"
 		return []Signal{s}
-	case opDeviceCreate:
-		s := base("", KindMFAAdded, in.Subject)
-		s.Device = in.Device
-		s.ReasonAdmin, s.ReasonUser = "Authenticator added by an administrator", "An authenticator was added to your account"
-		return []Signal{s}
 	}
 	return nil
+}
+
+// logoutRecorded reports whether authentik's event log holds a logout of
+// the intent's user made by the request authentik answered (its
+// X-authentik-id). A cookie whose session had already ended runs the logout
+// stage as AnonymousUser, and its logout names AnonymousUser. When there is
+// no request id to look for, or the event API cannot be read, the logout
+// counts (a real logout lost is worse than a repeated one).
+func (t *Tap) logoutRecorded(ctx context.Context, in *intent) bool {
+	if in.AuthentikID == "" || in.Subject.Username == "" {
+		return true
+	}
+	q := url.Values{"action": {"logout"}, "username": {in.Subject.Username}, "ordering": {"-created"}, "page_size": {"20"}}
+	var raw json.RawMessage
+	if err := t.api.getJSON(ctx, t.api.tokenCreds(), "/events/events/", q, &raw); err != nil {
+		t.log.InfoContext(ctx, "tap: could not confirm a logout", "request_id", in.AuthentikID, "err", err)
+		return true
+	}
+	page, err := decodeEventPage(raw)
+	if err != nil {
+		return true
+	}
+	for _, e := range page.Events {
+		if e.Action == "logout" && e.User.PK == in.Subject.PK && e.Context.HTTPRequest != nil &&
+			strings.ReplaceAll(e.Context.HTTPRequest.RequestID, "-", "") == strings.ReplaceAll(in.AuthentikID, "-", "") {
+			return true
+		}
+	}
+	t.stats.staleLogouts.Add(1)
+	return false
 }
 
 // userChangeSignals compares a user's state before and after a change.
@@ -155,6 +198,10 @@ func (t *Tap) enrolledDevice(ctx context.Context, in *intent) *Device {
 // "authentik_stages_authenticator_totp.TOTPDevice" or "totp") with a short
 // device type.
 func deviceTypeMatches(long, short string) bool {
+	if short == "endpoint" {
+		// authentik_stages_authenticator_endpoint_gdtc.EndpointDevice
+		return long == short || containsFold(long, "authenticator_endpoint_gdtc.")
+	}
 	return long == short || containsFold(long, "authenticator_"+short+".")
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // maxAPIBody bounds what the tap reads from one authentik API response.
@@ -26,6 +27,11 @@ type creds struct {
 	bearer string // the sidecar's token
 	cookie string // the caller's authentik_session value
 	authz  string // the caller's Authorization header value
+	// clientIP and userAgent are the caller's, sent along with the caller's
+	// own credentials: authentik's session binding compares the client IP
+	// (X-Forwarded-For from a trusted proxy) with the session's, and logs
+	// the session out when they differ.
+	clientIP, userAgent string
 }
 
 func (c creds) empty() bool { return c.bearer == "" && c.cookie == "" && c.authz == "" }
@@ -64,6 +70,14 @@ func (c *client) doJSON(ctx context.Context, method string, cr creds, path strin
 	}
 	if cr.cookie != "" {
 		req.AddCookie(&http.Cookie{Name: SessionCookieName, Value: cr.cookie})
+	}
+	if cr.bearer == "" {
+		if cr.clientIP != "" {
+			req.Header.Set("X-Forwarded-For", cr.clientIP)
+		}
+		if cr.userAgent != "" {
+			req.Header.Set("User-Agent", cr.userAgent)
+		}
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -105,6 +119,8 @@ type akUser struct {
 	Username string `json:"username"`
 	Email    string `json:"email"`
 	IsActive *bool  `json:"is_active"`
+	// PasswordChangeDate is set on the full User (not on UserSelf).
+	PasswordChangeDate *time.Time `json:"password_change_date"`
 }
 
 func (u akUser) user() User { return User{PK: u.PK, UID: u.UID, Username: u.Username, Email: u.Email} }

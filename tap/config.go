@@ -94,6 +94,13 @@ type Config struct {
 	MaxBackoff time.Duration
 	// Actions, when set, replaces the event-API actions the poller asks for.
 	Actions []string
+	// DirectoryRecheck is how often the users the directory knows are read
+	// again from authentik (5m; negative turns it off). Changes authentik
+	// makes in the background (LDAP or SCIM sync deactivating a user, an
+	// email changed by a source) leave no event; this pass is how they are
+	// seen. It reads one page of PageSize users per poll, so it is paced
+	// by PollInterval and runs only where the poller runs.
+	DirectoryRecheck time.Duration
 
 	// PollerLease, when set, lets only its holder among replicas sharing a
 	// store read the event API; the others stand by, retrying every
@@ -160,6 +167,7 @@ func (c *Config) setDefaults() {
 	def(&c.DedupRetention, 24*time.Hour)
 	def(&c.IntentMaxAge, 24*time.Hour)
 	def(&c.MaxBackoff, 5*time.Minute)
+	def(&c.DirectoryRecheck, 5*time.Minute)
 	def(&c.PollerLeaseTTL, max(30*time.Second, 3*c.PollInterval))
 	if c.CacheSize == 0 {
 		c.CacheSize = 4096

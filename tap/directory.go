@@ -80,6 +80,16 @@ func (d *directory) noteUser(u akUser) {
 	d.putUser(dirUser{PK: u.PK, UID: u.UID, Username: u.Username, Email: u.Email, IsActive: u.IsActive})
 }
 
+// noteEmail records a user's new email when the user is known.
+func (d *directory) noteEmail(pk int64, email string) {
+	u, ok := d.userState(pk)
+	if !ok {
+		return
+	}
+	u.Email = email
+	d.putUser(u)
+}
+
 func (d *directory) putUser(u dirUser) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -3,6 +3,7 @@ package tap
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -14,7 +15,7 @@ func TestEventAPIOnly(t *testing.T) {
 		ak   authentiktest.Config
 		act  func(e *env, alice authentiktest.User) []want
 	}{
-		{"system disables a user the directory knows", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
+		{"system disables a user the directory knows (no event: the re-check sees it)", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
 			if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
 				t.Fatal(err)
 			}
@@ -53,18 +54,19 @@ func TestEventAPIOnly(t *testing.T) {
 		}},
 		{"user changes own email in the settings flow", authentiktest.Config{}, func(e *env, alice authentiktest.User) []want {
 			_, c := e.session(alice.PK)
-			// the settings flow is not tapped; the poller compares with the directory
 			if _, err := e.tap.fetchUser(t.Context(), e.tap.api.tokenCreds(), int64(alice.PK)); err != nil {
 				t.Fatal(err)
 			}
-			e.do("POST", "/api/v3/flows/executor/default-user-settings-flow/", `{"component":"ak-stage-prompt","email":"a2@example.com"}`, c, "")
-			return []want{{kind: KindEmailChanged, source: SourceEventAPI, subject: int64(alice.PK), initiator: InitiatorUser,
+			// the prompt POST is a 302; user_write runs on the GET. The
+			// traffic sees it, the event API's model_updated is its duplicate.
+			e.flow("default-user-settings-flow", `{"component":"ak-stage-prompt","email":"a2@example.com"}`, &c)
+			return []want{{kind: KindEmailChanged, source: SourceTraffic, subject: int64(alice.PK), initiator: InitiatorUser,
 				oldEmail: "alice@example.com", newEmail: "a2@example.com"}}
 		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envOpts{ak: tc.ak})
+			e := newEnv(t, envOpts{ak: tc.ak, mutate: func(c *Config) { c.DirectoryRecheck = time.Nanosecond }})
 			alice := e.user("alice")
 			wants := tc.act(e, alice)
 			e.settle()
@@ -138,7 +140,9 @@ func TestEventAPIOnlyDirect(t *testing.T) {
 // at start, so a change to a user the sidecar never looked up still shows;
 // the seed never overwrites a state persisted by an earlier run.
 func TestDirectorySeeded(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	// a background disable leaves no event: the directory re-check (every
+	// poll here) is what sees it
+	e := newEnv(t, envOpts{mutate: func(c *Config) { c.DirectoryRecheck = time.Nanosecond }})
 	alice := e.user("alice") // created after the seed
 	bob := e.user("bob")
 	e.restart() // seeds alice and bob

@@ -1,10 +1,14 @@
 package tap
 
 import (
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
+	"net/url"
+
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -13,7 +17,7 @@ import (
 // defaultActions are the event-API actions the poller asks for.
 var defaultActions = []string{
 	"logout", "login", "password_set", "model_created", "model_updated", "model_deleted",
-	"mfa_device_added", "mfa_device_removed", "user_created",
+	"mfa_device_added", "mfa_device_removed", "user_created", "user_lockdown_triggered", "impersonation_ended",
 }
 
 // akEventUser is an event's `user` (or context `subject`) object.
@@ -35,12 +39,16 @@ type akModel struct {
 
 // akEventContext is the part of an event's context the tap reads.
 type akEventContext struct {
-	Model       *akModel     `json:"model"`
-	Subject     *akEventUser `json:"subject"`
-	MFADevice   *akModel     `json:"mfa_device"`
-	Origin      string       `json:"origin"`
-	SyncedFrom  *bool        `json:"synced_from_source"`
-	HTTPRequest *struct {
+	Model     *akModel     `json:"model"`
+	Subject   *akEventUser `json:"subject"`
+	MFADevice *akModel     `json:"mfa_device"`
+	Origin    string       `json:"origin"`
+	// AffectedUser names the user of an account lockdown (a username);
+	// AffectedUserPK the owner in one stored shape of mfa_device_*.
+	AffectedUser   string          `json:"affected_user"`
+	AffectedUserPK json.RawMessage `json:"affected_user_pk"`
+	SyncedFrom     *bool           `json:"synced_from_source"`
+	HTTPRequest    *struct {
 		Path      string `json:"path"`
 		Method    string `json:"method"`
 		RequestID string `json:"request_id"`
@@ -183,6 +191,11 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 	c := e.Context
 	switch e.Action {
 	case "logout", "login":
+		if isAnonymous(self) {
+			// logout() runs for anonymous callers too (a stale cookie on
+			// the invalidation flow): no session of anyone ended.
+			return nil, nil
+		}
 		subj, err := resolve(self)
 		if err != nil {
 			return nil, err
@@ -194,15 +207,45 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		}
 		s := mk("", KindSessionRevoked, subj)
 		s.ReasonAdmin, s.ReasonUser = "User logged out", "You logged out"
+		before, known := t.dir.userState(subj.PK)
+		if u, err := t.fetchUser(ctx, cr, subj.PK); err == nil && u.IsActive != nil && !*u.IsActive {
+			// From 2025.4 authentik's session middleware logs out a user
+			// it finds inactive on their next request: the deactivation
+			// ended the session, not the user.
+			s.Actor, s.Initiator = nil, InitiatorSystem
+			s.ReasonAdmin, s.ReasonUser = "Session of a deactivated user ended", "Your session ended because the account was disabled"
+			if known && before.IsActive != nil && *before.IsActive {
+				// a background deactivation (LDAP sync) the directory had
+				// not seen yet: this logout is its first trace
+				d := mk("/disabled", KindAccountDisabled, u.user())
+				d.Actor, d.Initiator = nil, InitiatorSystem
+				d.ReasonAdmin, d.ReasonUser = "Account disabled", "Your account was disabled"
+				return []Signal{d, s}, nil
+			}
+		}
 		return []Signal{s}, nil
 	case "password_set":
 		if c.Origin == "source_sync" || (c.SyncedFrom != nil && *c.SyncedFrom) {
 			return nil, nil // a cached hash from LDAP/Kerberos, not a change
 		}
+		if hr := c.HTTPRequest; hr != nil && hr.Method == http.MethodPost && strings.HasPrefix(hr.Path, apiPrefix+"flows/executor/") {
+			// Up to 2026.2 the only password_set made by a flow executor
+			// POST is an LDAP or Kerberos source caching the hash while the
+			// password stage authenticates: user_write, which changes
+			// passwords in flows, always runs on the GET that follows a
+			// stage's redirect.
+			return nil, nil
+		}
 		target := e.User
-		if c.Subject != nil {
+		switch {
+		case c.Subject != nil:
 			target = *c.Subject
-		} else {
+		case e.User.OnBehalfOf != nil && e.User.OnBehalfOf.PK > 0:
+			// From 2025.2 password_set is recorded from the request, and
+			// under impersonation `user` is the impersonating admin with
+			// on_behalf_of the impersonated user; the actor is the admin.
+			target = t.passwordOwner(ctx, e)
+		default:
 			actor = User{} // ≤2026.2: `user` is the target, the actor is unknown
 		}
 		subj, err := resolve(target)
@@ -216,10 +259,20 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		s.ReasonAdmin, s.ReasonUser = "Password set", "Your password was changed"
 		return []Signal{s}, nil
 	case "mfa_device_added", "mfa_device_removed":
-		if c.Subject == nil || c.MFADevice == nil {
+		// The owner is context.subject, or affected_user_pk in the other
+		// shape these records have been stored in.
+		owner := c.Subject
+		if owner == nil {
+			if pk, ok := rawInt(c.AffectedUserPK); ok && pk > 0 {
+				owner = &akEventUser{PK: pk}
+			}
+		}
+		if owner == nil || c.MFADevice == nil {
+			t.stats.misses.Add(1)
+			t.log.Warn("tap: MFA event without owner or device; not reported", "event", e.PK, "action", e.Action)
 			return nil, nil
 		}
-		subj, err := resolve(*c.Subject)
+		subj, err := resolve(*owner)
 		if err != nil {
 			return nil, err
 		}
@@ -242,12 +295,114 @@ func (t *Tap) mapEvent(ctx context.Context, e akEvent) ([]Signal, error) {
 		if isUserModel(c.Model) {
 			return t.userEvent(ctx, e, mk)
 		}
+	case "user_lockdown_triggered":
+		return t.lockdownSignals(ctx, e, mk)
+	case "impersonation_ended":
+		// However it ended (the impersonate_end call, or the session),
+		// that admin's sessions impersonate no longer. `user` is the
+		// admin, with on_behalf_of the user while the session still
+		// impersonated.
+		if e.User.PK > 0 {
+			t.impersonators.delWhere(func(u User) bool { return u.PK == e.User.PK })
+		}
+		return nil, nil
 	case "user_created":
 		if c.Subject != nil {
 			_, _ = t.fetchUser(ctx, cr, c.Subject.PK) // seed the directory
 		}
 	}
 	return nil, nil
+}
+
+// passwordOwner tells whose password an impersonated password_set changed:
+// the one of `user` (the admin) and `user.on_behalf_of` whose
+// password_change_date is closest to the event, within a few seconds;
+// on_behalf_of when neither says (a self-service change while
+// impersonating is the usual case).
+func (t *Tap) passwordOwner(ctx context.Context, e akEvent) akEventUser {
+	best, bestGap := *e.User.OnBehalfOf, 5*time.Second
+	for _, cand := range []akEventUser{*e.User.OnBehalfOf, e.User} {
+		u, err := t.fetchUser(ctx, t.api.tokenCreds(), cand.PK)
+		if err != nil || u.PasswordChangeDate == nil {
+			continue
+		}
+		gap := u.PasswordChangeDate.Sub(e.Created)
+		if gap < 0 {
+			gap = -gap
+		}
+		if gap < bestGap {
+			best, bestGap = cand, gap
+		}
+	}
+	return best
+}
+
+// rawInt reads a pk stored as a JSON number or string.
+func rawInt(raw json.RawMessage) (int64, bool) {
+	if len(raw) == 0 {
+		return 0, false
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return djparse.Int(s)
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) != nil {
+		return 0, false
+	}
+	v, err := n.Int64()
+	return v, err == nil
+}
+
+// lockdownSignals maps an account lockdown (user_lockdown_triggered, with
+// context.affected_user = the username): the stage deactivated the user,
+// made their password unusable (Django's set_unusable_password, so no
+// password_set) and deleted their sessions and tokens.
+func (t *Tap) lockdownSignals(ctx context.Context, e akEvent, mk func(string, Kind, User) Signal) ([]Signal, error) {
+	name := e.Context.AffectedUser
+	if name == "" {
+		t.stats.misses.Add(1)
+		t.log.Warn("tap: lockdown event without affected_user; not reported", "event", e.PK)
+		return nil, nil
+	}
+	var page akPage[akUser]
+	if err := t.api.getJSON(ctx, t.api.tokenCreds(), "/core/users/", url.Values{"username": {name}, "include_groups": {"false"}}, &page); err != nil {
+		return nil, err
+	}
+	var u akUser
+	for _, c := range page.Results {
+		if c.Username == name {
+			u = c
+		}
+	}
+	if u.PK <= 0 {
+		t.stats.misses.Add(1)
+		t.log.Warn("tap: lockdown of a user authentik no longer lists; not reported", "event", e.PK)
+		return nil, nil
+	}
+	// The stage saved the user first: its model_updated, compared with the
+	// directory, may have reported the disable already.
+	before, known := t.dir.userState(u.PK)
+	reported := known && before.IsActive != nil && !*before.IsActive
+	t.dir.noteUser(u) // inactive from now on: a later model_updated changes nothing
+	subj := u.user()
+	var out []Signal
+	if !reported {
+		d := mk("/disabled", KindAccountDisabled, subj)
+		d.ReasonAdmin, d.ReasonUser = "Account locked down", "Your account was locked"
+		out = append(out, d)
+	}
+	p := mk("/password", KindPasswordChanged, subj)
+	p.Revoked = true
+	p.ReasonAdmin, p.ReasonUser = "Password made unusable by an account lockdown", "Your password was revoked when your account was locked"
+	s := mk("/sessions", KindSessionRevoked, subj)
+	s.ReasonAdmin, s.ReasonUser = "All sessions ended by an account lockdown", "Your sessions were ended when your account was locked"
+	return append(out, p, s), nil
+}
+
+// isAnonymous reports whether an event's user is Django's AnonymousUser.
+func isAnonymous(u akEventUser) bool {
+	return u.PK <= 0 || u.Username == "AnonymousUser"
 }
 
 // deviceEvent handles model_* records of device models. authentik names the
@@ -265,12 +420,22 @@ func (t *Tap) deviceEvent(ctx context.Context, e akEvent, dtype string, mk func(
 			t.dir.forgetDevice(dtype, pk)
 			return nil, nil
 		}
+		hr := e.Context.HTTPRequest
+		if hr != nil && isUserDelete(hr.Method, hr.Path) {
+			// Deleting a user cascades to their devices, each logged as
+			// model_deleted by the acting admin: the account-purged of
+			// the user says it all.
+			t.dir.forgetDevice(dtype, pk)
+			return nil, nil
+		}
 		owner := known.Owner
 		if !wasKnown {
-			// authentik names the actor. Through the user's own endpoints
-			// the actor is the owner; through the admin endpoints it may be
-			// anyone, and a wrong subject is worse than none.
-			if hr := e.Context.HTTPRequest; hr == nil || strings.Contains(hr.Path, "/authenticators/admin/") || e.User.PK <= 0 {
+			// authentik names the actor. Through the user's own endpoint
+			// for this very device the actor is the owner; through the
+			// admin endpoints, or as a cascade of deleting something else
+			// (an SMS, Email or Duo stage), it may be anyone, and a wrong
+			// subject is worse than none.
+			if hr == nil || !isOwnDeviceDelete(hr.Method, hr.Path, dtype, pk) || e.User.PK <= 0 {
 				t.stats.misses.Add(1)
 				t.log.Warn("tap: device deleted, owner unknown; not reported", "event", e.PK, "device_type", dtype)
 				return nil, nil
@@ -320,6 +485,26 @@ func (t *Tap) deviceEvent(ctx context.Context, e akEvent, dtype string, mk func(
 	return []Signal{s}, nil
 }
 
+// isUserDelete reports whether a request was DELETE /api/v3/core/users/{pk}/.
+func isUserDelete(method, path string) bool {
+	rest, ok := strings.CutPrefix(path, apiPrefix+"core/users/")
+	if method != http.MethodDelete || !ok {
+		return false
+	}
+	id, ok := strings.CutSuffix(rest, "/")
+	if !ok {
+		return false
+	}
+	_, ok = djparse.Int(id)
+	return ok
+}
+
+// isOwnDeviceDelete reports whether a request was the user endpoint's
+// DELETE /api/v3/authenticators/{type}/{pk}/ of exactly this device.
+func isOwnDeviceDelete(method, path, dtype, pk string) bool {
+	return method == http.MethodDelete && path == apiPrefix+"authenticators/"+dtype+"/"+pk+"/"
+}
+
 // deviceConfirmed reads `confirmed` from the owner's device list when the
 // per-type serializer does not carry it.
 func (t *Tap) deviceConfirmed(ctx context.Context, d akDevice, dtype, pk string) bool {
@@ -349,7 +534,8 @@ func (t *Tap) userEvent(ctx context.Context, e akEvent, mk func(string, Kind, Us
 	before, known := t.dir.userState(pk)
 	switch e.Action {
 	case "model_deleted":
-		subj := User{PK: pk, Username: e.Context.Model.Name}
+		// context.model.name is the display name, not the username
+		subj := User{PK: pk}
 		if known {
 			subj = User{PK: pk, UID: before.UID, Username: before.Username, Email: before.Email}
 		}

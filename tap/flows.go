@@ -12,7 +12,14 @@ import (
 const (
 	defaultInvalidationSlug   = "default-invalidation-flow"
 	defaultPasswordChangeSlug = "default-password-change"
+	defaultUserSettingsSlug   = "default-user-settings-flow"
 )
+
+// defaultSetupSlugs are the authenticator setup flows authentik's default
+// blueprints create (all stage_configuration).
+var defaultSetupSlugs = []string{
+	"default-authenticator-totp-setup", "default-authenticator-static-setup", "default-authenticator-webauthn-setup",
+}
 
 // flowSet is the set of flow slugs the tap watches, by role.
 type flowSet struct {
@@ -30,10 +37,11 @@ type flows struct {
 }
 
 func newFlows() *flows {
-	return &flows{set: flowSet{
-		invalidation: map[string]bool{defaultInvalidationSlug: true},
-		configure:    map[string]bool{defaultPasswordChangeSlug: true},
-	}}
+	conf := map[string]bool{defaultPasswordChangeSlug: true, defaultUserSettingsSlug: true}
+	for _, s := range defaultSetupSlugs {
+		conf[s] = true
+	}
+	return &flows{set: flowSet{invalidation: map[string]bool{defaultInvalidationSlug: true}, configure: conf}}
 }
 
 func (f *flows) role(slug string) (invalidation, configure bool) {

@@ -40,13 +40,17 @@ func FuzzParseStageRequest(f *testing.F) {
 	f.Add([]byte(`{"component":"ak-stage-authenticator-validate"}`))
 	f.Add([]byte(`{"component":1}`))
 	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"component":"ak-stage-prompt","email":" new@example.com ","username":"x"}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		kind, _, dtype, err := parseStageRequest(body)
-		if err != nil && (kind != "" || dtype != "") {
-			t.Fatalf("error with result %q %q", kind, dtype)
+		a, err := parseStageRequest(body)
+		if err != nil && (a.kind != "" || a.dtype != "" || a.email != "") {
+			t.Fatalf("error with result %+v", a)
 		}
-		if kind == stageMFA && !deviceTypes[dtype] {
-			t.Fatalf("unknown device type %q", dtype)
+		if a.kind == stageMFA && !deviceTypes[a.dtype] {
+			t.Fatalf("unknown device type %q", a.dtype)
+		}
+		if a.kind == stageEmail && a.email == "" {
+			t.Fatal("email stage without an email")
 		}
 	})
 }
@@ -63,12 +67,6 @@ func FuzzResponseBodies(f *testing.F) {
 		_ = stageCompleted(http.StatusOK, "ak-stage-prompt", body)
 		if u, err := parseUserBody(body); err == nil && u.PK <= 0 {
 			t.Fatal("user without pk accepted")
-		}
-		if d, err := parseDeviceBody(body); err == nil && d.pk() == "" {
-			t.Fatal("device without pk accepted")
-		}
-		if pk, err := parseDeviceRequest(body); err == nil && pk <= 0 {
-			t.Fatal("device request without user accepted")
 		}
 		_ = deactivates(body)
 		if n, err := parseBulkDeleted(body); err == nil && n < 0 {
@@ -113,6 +111,18 @@ func FuzzDecodeEventPage(f *testing.F) {
 			if e.Context.Model != nil {
 				_ = rawPK(e.Context.Model.PK)
 			}
+		}
+	})
+}
+
+func FuzzParseAKVersion(f *testing.F) {
+	for _, s := range []string{"2026.2.2", "2025.8.0-rc1", "2024.12", "", "x.y", "2026.13.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := parseAKVersion(s)
+		if err == nil && (v.year < 2000 || v.month < 1 || v.month > 12) {
+			t.Fatalf("%q accepted as %+v", s, v)
 		}
 	})
 }

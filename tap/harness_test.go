@@ -340,6 +340,12 @@ func (e *env) do(method, path string, body string, cookie, bearer string) *http.
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
+	return e.send(req)
+}
+
+// send sends req without following redirects and drains the answer.
+func (e *env) send(req *http.Request) *http.Response {
+	e.t.Helper()
 	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.Do(req)
 	if err != nil {
@@ -348,6 +354,38 @@ func (e *env) do(method, path string, body string, cookie, bearer string) *http.
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp
+}
+
+// flow answers a flow stage through the proxy as a browser does: the POST,
+// then, when authentik answers 302 to the executor itself (a stage that is
+// not the flow's last), the GET on which the next stage runs. Like a
+// browser it keeps the session cookie authentik sets (a password change
+// cycles the session key). It returns the last answer's status.
+func (e *env) flow(slug, body string, cookie *string) int {
+	e.t.Helper()
+	path := "/api/v3/flows/executor/" + slug + "/?query="
+	resp := e.do("POST", path, body, *cookie, "")
+	*cookie = sessionCookieOf(resp, *cookie)
+	if resp.StatusCode != http.StatusFound {
+		return resp.StatusCode
+	}
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || loc.Path != "/api/v3/flows/executor/"+slug+"/" {
+		e.t.Fatalf("flow %s: redirect to %q", slug, resp.Header.Get("Location"))
+	}
+	resp = e.do("GET", loc.RequestURI(), "", *cookie, "")
+	*cookie = sessionCookieOf(resp, *cookie)
+	return resp.StatusCode
+}
+
+// sessionCookieOf returns the authentik_session a response set, or old.
+func sessionCookieOf(resp *http.Response, old string) string {
+	for _, c := range resp.Cookies() {
+		if c.Name == SessionCookieName && c.Value != "" {
+			return c.Value
+		}
+	}
+	return old
 }
 
 func (e *env) user(name string) authentiktest.User {

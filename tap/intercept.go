@@ -2,6 +2,8 @@ package tap
 
 import (
 	"context"
+
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,6 +17,7 @@ type pending struct {
 	in        *intent
 	component string // the stage component the request answered
 	journaled bool
+	follow    bool   // the follow-up GET of a stage answered with a 302
 	budgetKey string // charged when authentik refuses the action
 }
 
@@ -54,9 +57,9 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 		return nil
 	}
 	nameServerSpan(ctx, r, rt)
-	var cookie string
-	if c, err := r.Cookie(SessionCookieName); err == nil {
-		cookie = c.Value
+	cookie := sessionCookie(r)
+	if rt.op == opFlowFollow {
+		return t.followStage(r, rt, cookie)
 	}
 	authz := r.Header.Get("Authorization")
 	if cookie == "" && authz == "" {
@@ -71,15 +74,16 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	}
 	if rt.op == opFlowStage {
 		// Most stage answers are not tapped (identification, prompts
-		// without a password); decide before spending a look-up.
-		if _, _, _, err := parseStageRequest(body); err != nil {
+		// without a password or email); decide before spending a look-up.
+		if _, err := parseStageRequest(body); err != nil {
 			return nil
 		}
 	}
 	// Authenticate first: a look-up is charged to the client IP only when
 	// authentik refuses the credentials (see budget.go), so junk from an
 	// address never costs a confirmed caller there their observation.
-	c, err := t.authenticate(withBudgetKey(ctx, clientIP(r)), cookie, authz)
+	ip := clientIP(r)
+	c, err := t.authenticate(withBudgetKey(ctx, ip), cookie, authz, creds{clientIP: ip, userAgent: r.UserAgent()})
 	if err != nil {
 		if ctx.Err() != nil {
 			// Held past the before-bound (an over-budget look-up, or a slow
@@ -91,6 +95,15 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 		t.stats.untrusted.Add(1)
 		t.log.DebugContext(ctx, "tap: caller not authenticated", "op", string(rt.op), "err", err)
 		return nil
+	}
+	if rt.op == opImpersonate || rt.op == opImpersonEnd {
+		// Not an action to report: remember who really holds a session
+		// that impersonates (with local cookie verification the cookie's
+		// sub becomes the impersonated user).
+		if c.SessionHash == "" {
+			return nil
+		}
+		return &pending{in: &intent{Op: rt.op, Caller: c.User, SessionHash: c.SessionHash}, budgetKey: userBudgetKey(c.User.PK)}
 	}
 	in := &intent{
 		ID: t.cfg.NewID(), Op: rt.op, Created: t.cfg.Clock().UTC(), RequestID: requestID(r),
@@ -132,7 +145,7 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		if c.SessionHash == "" {
 			return false // only a browser session logs out
 		}
-		in.Subject, in.SessionHash = c.User, c.SessionHash
+		in.Subject, in.SessionHash, in.Unconfirmed = c.User, c.SessionHash, c.local
 		if h, ok := t.hints.get(c.SessionHash); ok {
 			in.Via = h.via
 			if in.RequestID == "" {
@@ -140,14 +153,25 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 			}
 		}
 	case opFlowStage:
-		kind, component, dtype, err := parseStageRequest(body)
+		a, err := parseStageRequest(body)
 		if err != nil {
 			return false
 		}
-		in.Subject, in.Stage, in.SessionHash = c.User, kind, c.SessionHash
-		p.component = component
-		if kind == stageMFA {
-			in.Device = &Device{Type: dtype}
+		in.Subject, in.Stage, in.SessionHash = c.User, a.kind, c.SessionHash
+		in.ObjectID = rt.slug
+		p.component = a.component
+		if a.kind == stageMFA {
+			in.Device = &Device{Type: a.dtype}
+		}
+		if a.email != "" {
+			old := c.User.Email
+			if t.cfg.Token != "" {
+				if u, err := t.fetchUser(ctx, lc, c.User.PK); err == nil {
+					old = u.Email
+				}
+			}
+			in.Before = userState{Email: old}
+			in.After = userState{Email: a.email}
 		}
 	case opSessionDelete:
 		s, err := t.fetchSession(ctx, lc, rt.id)
@@ -171,8 +195,8 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 			if i >= maxBulkUsers {
 				break
 			}
-			pk, err := strconv.ParseInt(s, 10, 64)
-			if err != nil || pk <= 0 {
+			pk, ok := djparse.Int(s)
+			if !ok || pk <= 0 {
 				continue
 			}
 			owner, err := t.userByPK(ctx, lc, pk)
@@ -245,17 +269,6 @@ func (t *Tap) prepare(ctx context.Context, p *pending, rt route, c *caller, r *h
 		// Keep the owner known after the device is gone: authentik's
 		// model_deleted names the actor, not the owner.
 		t.dir.putDevice(rt.dtype, in.Device.PK, dirDevice{Owner: in.Subject.PK, Confirmed: true, Name: d.Name})
-	case opDeviceCreate:
-		pk, err := parseDeviceRequest(body)
-		if err != nil {
-			return false
-		}
-		owner, err := t.userByPK(ctx, lc, pk)
-		if err != nil {
-			t.stats.misses.Add(1)
-		}
-		in.Subject = owner
-		in.Device = &Device{Type: rt.dtype}
 	default:
 		return false
 	}
@@ -273,6 +286,34 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 	if status == http.StatusUnauthorized || status == http.StatusForbidden || status == http.StatusNotFound {
 		t.limiter.spend(p.budgetKey) // refused by authentik: the caller pays for the look-ups
 	}
+	switch in.Op {
+	case opImpersonate:
+		if status == http.StatusNoContent || status == http.StatusOK {
+			t.impersonators.put(in.SessionHash, in.Caller)
+		}
+		return
+	case opImpersonEnd:
+		if status/100 == 2 {
+			t.impersonators.del(in.SessionHash)
+		}
+		return
+	}
+	if in.Op == opFlowStage && !p.follow && in.Stage != stageMFA && redirectsToSelf(status, header, r.URL.Path) {
+		// The prompt was accepted; the user_write stage runs on the
+		// browser's follow-up GET. Hold the intent in memory until then
+		// (a crash in between leaves the change to the event API).
+		if in.SessionHash != "" {
+			t.stagePending.put(in.SessionHash+"\x00"+in.ObjectID, p)
+		} else {
+			t.stats.misses.Add(1)
+		}
+		if p.journaled {
+			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
+				t.log.WarnContext(ctx, "tap: journal outcome failed", "intent", in.ID, "err", err)
+			}
+		}
+		return
+	}
 	if !t.completed(p, status, header, body) {
 		if p.journaled {
 			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
@@ -281,9 +322,13 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		}
 		return
 	}
+	if in.Op == opFlowStage && in.Stage == stagePassword && in.SessionHash != "" {
+		t.followCycledSession(in.SessionHash, header)
+	}
 	in.Outcome, in.Done = outcomeCompleted, t.responseTime(header)
 	if id := header.Get("X-Authentik-Id"); id != "" && len(id) <= 128 {
 		in.RequestID = id // authentik's own request id, as its event context and SETs name it
+		in.AuthentikID = id
 	}
 	if err := t.journalPut(ctx, in); err != nil {
 		t.stats.misses.Add(1)
@@ -300,6 +345,12 @@ func (t *Tap) completed(p *pending, status int, header http.Header, body []byte)
 	case opLogout:
 		return (status/100 == 2 || status/100 == 3) && sessionEnded(header, in.SessionHash, t.cfg.SecretKey, t.cfg.Clock())
 	case opFlowStage:
+		if p.follow && status == http.StatusFound {
+			return true // user_write ran and more stages follow
+		}
+		if in.Stage == stageMFA && status == http.StatusFound {
+			return true // the setup stage saved the device; more stages follow
+		}
 		return stageCompleted(status, p.component, body)
 	case opSessionDelete, opUserDelete:
 		return status == http.StatusNoContent || status == http.StatusOK
@@ -321,20 +372,62 @@ func (t *Tap) completed(p *pending, status int, header http.Header, body []byte)
 		return true
 	case opDeviceDelete:
 		return status == http.StatusNoContent || status == http.StatusOK
-	case opDeviceCreate:
-		if status != http.StatusCreated && status != http.StatusOK {
-			return false
-		}
-		d, err := parseDeviceBody(body)
-		if err != nil {
-			return false
-		}
-		in.Device = deviceFrom(in.Device.Type, d)
-		confirmed := d.Confirmed == nil || *d.Confirmed
-		t.dir.putDevice(in.Device.Type, in.Device.PK, dirDevice{Owner: in.Subject.PK, Confirmed: confirmed, Name: d.Name})
-		return confirmed
 	}
 	return false
+}
+
+// sessionCookie is the request's authentik_session cookie value. Django's
+// parse_cookie keeps the last of several cookies of one name, so the tap
+// does too.
+func sessionCookie(r *http.Request) string {
+	var v string
+	for _, c := range r.Cookies() {
+		if c.Name == SessionCookieName {
+			v = c.Value
+		}
+	}
+	return v
+}
+
+// followStage picks up an intent whose prompt was answered with a 302 to
+// the executor: the browser's GET that follows (same session, same flow)
+// runs the user_write stage, and its answer tells whether it worked.
+func (t *Tap) followStage(r *http.Request, rt route, cookie string) any {
+	if cookie == "" {
+		return nil
+	}
+	claims, _, err := DecodeSessionCookie(cookie, "")
+	if err != nil {
+		return nil
+	}
+	key := claims.SessionHash() + "\x00" + rt.slug
+	p, ok := t.stagePending.get(key)
+	if !ok {
+		return nil
+	}
+	t.stagePending.del(key)
+	return &pending{in: p.in, component: p.component, follow: true, budgetKey: p.budgetKey}
+}
+
+// followCycledSession keeps the AuthenticatedSession ↔ sha256(sid) link
+// when a password change cycles the session key (update_session_auth_hash,
+// 2025.4 and later): the response carries the same session's cookie with a
+// new sid.
+func (t *Tap) followCycledSession(oldHash string, header http.Header) {
+	for _, c := range (&http.Response{Header: header}).Cookies() {
+		if c.Name != SessionCookieName || c.Value == "" {
+			continue
+		}
+		claims, _, err := DecodeSessionCookie(c.Value, t.cfg.SecretKey)
+		if err != nil || !claims.Authenticated || claims.SessionHash() == oldHash {
+			continue
+		}
+		newHash := claims.SessionHash()
+		t.sessionHash.rewrite(func(h string) (string, bool) { return newHash, h == oldHash })
+		if admin, ok := t.impersonators.get(oldHash); ok {
+			t.impersonators.put(newHash, admin)
+		}
+	}
 }
 
 // sessionSeen remembers that this caller's session cookie was seen, so a
@@ -342,16 +435,16 @@ func (t *Tap) completed(p *pending, status int, header http.Header, body []byte)
 // AuthenticatedSession uuid is learnt by asking authentik, with the
 // caller's own credentials, which of the user's sessions is `current`.
 func (t *Tap) sessionSeen(c *caller) {
-	if c.SessionHash == "" || c.cr.cookie == "" {
-		return
+	if c.SessionHash == "" || c.cr.cookie == "" || t.localCookies() {
+		return // with local verification the cookie is never replayed
 	}
 	if _, ok := t.seenHashes.get(c.SessionHash); ok {
 		return
 	}
 	t.seenHashes.put(c.SessionHash, struct{}{})
-	cr := creds{cookie: c.cr.cookie}
+	cr := creds{cookie: c.cr.cookie, clientIP: c.cr.clientIP, userAgent: c.cr.userAgent}
 	hash := c.SessionHash
-	q := url.Values{"user__username": {c.User.Username}}
+	q := url.Values{"user__username": {c.User.Username}, "page_size": {"100"}} // the default page is 20
 	select {
 	case t.learn <- func(ctx context.Context) {
 		var page akPage[struct {

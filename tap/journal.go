@@ -50,6 +50,11 @@ type intent struct {
 	After     userState `json:"after"`
 	// Via says how a logout started, when a redirect to it was seen.
 	Via string `json:"via,omitempty"`
+	// Unconfirmed marks a logout whose cookie was only verified locally:
+	// the session may have ended before, so the logout counts only when
+	// authentik recorded it for the user under AuthentikID.
+	Unconfirmed bool   `json:"unconfirmed,omitempty"`
+	AuthentikID string `json:"authentik_id,omitempty"`
 	// ObjectID is the path's object id (user pk, session uuid, device pk).
 	ObjectID string `json:"object_id,omitempty"`
 

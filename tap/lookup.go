@@ -17,16 +17,21 @@ type caller struct {
 	Actor *User
 	// SessionHash is sha256(sid) of the cookie that authenticated, or "".
 	SessionHash string
-	cr          creds
+	// local is true when the cookie was verified with the secret key, not
+	// confirmed by authentik: the session may have ended already.
+	local bool
+	cr    creds
 }
 
 // authenticate decides whether the request comes from an authenticated
 // caller. A cookie the sidecar merely decoded is never evidence: either
 // authentik accepts the caller's own credentials on /core/users/me/, or the
-// cookie's signature verifies against the secret key.
-func (t *Tap) authenticate(ctx context.Context, cookie, authz string) (*caller, error) {
+// cookie's signature verifies against the secret key. from carries the
+// caller's client IP and User-Agent for look-ups made with their
+// credentials.
+func (t *Tap) authenticate(ctx context.Context, cookie, authz string, from creds) (*caller, error) {
 	if cookie != "" {
-		if c, err := t.authenticateCookie(ctx, cookie); err == nil {
+		if c, err := t.authenticateCookie(ctx, cookie, from); err == nil {
 			return c, nil
 		} else if authz == "" {
 			return nil, err
@@ -35,26 +40,64 @@ func (t *Tap) authenticate(ctx context.Context, cookie, authz string) (*caller, 
 	if authz == "" {
 		return nil, errUnauthorized
 	}
-	return t.whoami(ctx, creds{authz: authz}, "")
+	from.authz = authz
+	return t.whoami(ctx, from, "")
 }
 
-func (t *Tap) authenticateCookie(ctx context.Context, cookie string) (*caller, error) {
-	if t.cfg.SecretKey != "" {
+// localCookies reports whether session cookies are verified with the secret
+// key and never replayed to authentik: that needs the API token for every
+// look-up a user's own cookie would otherwise serve.
+func (t *Tap) localCookies() bool { return t.cfg.SecretKey != "" && t.cfg.Token != "" }
+
+func (t *Tap) authenticateCookie(ctx context.Context, cookie string, from creds) (*caller, error) {
+	if t.localCookies() {
 		claims, verified, err := DecodeSessionCookie(cookie, t.cfg.SecretKey)
 		if err != nil || !verified || !claims.Authenticated || claims.Subject == "" || claims.Subject == "anonymous" {
 			return nil, errUnauthorized
 		}
-		if u, ok := t.dir.byUID(claims.Subject); ok {
-			return &caller{User: u, SessionHash: claims.SessionHash(), cr: creds{cookie: cookie}}, nil
+		u, ok := t.dir.byUID(claims.Subject)
+		if !ok {
+			// Verified, but the uid is new to us: find it with the token
+			// (never by replaying the cookie, which session binding would
+			// punish with a logout).
+			if u, ok = t.findUID(ctx, claims.Subject); !ok {
+				return nil, errUnauthorized
+			}
 		}
-		// Verified, but the uid is new to us: ask authentik who it is.
-		return t.whoami(ctx, creds{cookie: cookie}, claims.SessionHash())
+		c := &caller{User: u, SessionHash: claims.SessionHash(), local: true, cr: creds{cookie: cookie}}
+		if admin, ok := t.impersonators.get(c.SessionHash); ok && admin.PK != u.PK {
+			// the session impersonates: sub is the impersonated user, the
+			// admin who started it acts
+			c.Actor = &admin
+		}
+		return c, nil
 	}
 	claims, _, err := DecodeSessionCookie(cookie, "")
 	if err != nil {
 		return nil, err
 	}
-	return t.whoami(ctx, creds{cookie: cookie}, claims.SessionHash())
+	from.cookie = cookie
+	return t.whoami(ctx, from, claims.SessionHash())
+}
+
+// findUID pages authentik's user list with the token for a uid the
+// directory does not know (the list has no uid filter), at most once per
+// uid per CacheTTL.
+func (t *Tap) findUID(ctx context.Context, uid string) (User, bool) {
+	if _, recent := t.uidMisses.get(uid); recent {
+		return User{}, false
+	}
+	t.uidMisses.put(uid, struct{}{})
+	users, err := listAll[akUser](ctx, t.api, t.api.tokenCreds(), "/core/users/",
+		url.Values{"page_size": {strconv.Itoa(t.cfg.PageSize)}, "include_groups": {"false"}, "ordering": {"-last_login"}}, 5)
+	if err != nil {
+		t.stats.misses.Add(1)
+		return User{}, false
+	}
+	for _, u := range users {
+		t.dir.noteUser(u)
+	}
+	return t.dir.byUID(uid)
 }
 
 // whoami asks authentik /core/users/me/ with the caller's own credentials,

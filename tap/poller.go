@@ -86,6 +86,7 @@ func (t *Tap) runPoller(ctx context.Context) error {
 		t.log.Warn("tap: no authentik token: event-API poller is off; only traffic is observed")
 		return nil
 	}
+	t.readVersion(ctx)
 	lease := t.newPollerLease()
 	defer lease.release()
 	failures := 0
@@ -132,10 +133,71 @@ func (t *Tap) runPoller(ctx context.Context) error {
 			t.log.Warn("tap: event-API poll failed", "err", err, "retry_in", wait)
 			continue
 		}
+		if err := t.recheckPage(ctx); err != nil && ctx.Err() == nil {
+			t.log.Info("tap: directory re-check", "err", err)
+		}
 		failures = 0
 		t.stats.polls.Add(1)
 		wait = t.cfg.PollInterval
 	}
+}
+
+// recheckPage reads the next page of the directory re-check, when a pass is
+// due or under way, and reports what changed for users the directory knows:
+// authentik's background work (LDAP/SCIM sync, source mappings) changes
+// is_active and email without any event. One page per poll keeps the pace
+// at PollInterval; a pass ends with a short page, and the next one starts
+// DirectoryRecheck after the last began.
+func (t *Tap) recheckPage(ctx context.Context) error {
+	if t.cfg.DirectoryRecheck < 0 {
+		return nil
+	}
+	now := t.cfg.Clock()
+	if t.recheck.page == 0 {
+		if now.Before(t.recheck.next) {
+			return nil
+		}
+		t.recheck.page, t.recheck.next = 1, now.Add(t.cfg.DirectoryRecheck)
+	}
+	q := url.Values{"page_size": {strconv.Itoa(t.cfg.PageSize)}, "page": {strconv.Itoa(t.recheck.page)},
+		"include_groups": {"false"}, "ordering": {"pk"}}
+	var page akPage[akUser]
+	rctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+	defer cancel()
+	if err := t.api.getJSON(rctx, t.api.tokenCreds(), "/core/users/", q, &page); err != nil {
+		t.recheck.page = 0 // start over at the next pass
+		return err
+	}
+	if len(page.Results) < t.cfg.PageSize || page.Pagination.Next == 0 {
+		t.recheck.page = 0
+	} else {
+		t.recheck.page++
+	}
+	for _, u := range page.Results {
+		before, known := t.dir.userState(u.PK)
+		if !known || before.UID == "" {
+			continue
+		}
+		b := userState{Email: before.Email, IsActive: before.IsActive == nil || *before.IsActive, Known: before.IsActive != nil}
+		a := userState{Email: u.Email, IsActive: u.IsActive == nil || *u.IsActive, Known: u.IsActive != nil}
+		subj := u.user()
+		id := "r:" + t.cfg.NewID()
+		sigs := userChangeSignals(b, a, func(suffix string, kind Kind) Signal {
+			return Signal{ID: id + suffix, Kind: kind, Source: SourceEventAPI, Time: now.UTC(), Subject: subj,
+				Initiator: InitiatorSystem}
+		})
+		t.dir.noteUser(u)
+		for i := range sigs {
+			sigs[i].ReasonAdmin += " (seen on re-reading the user; authentik recorded no event)"
+			if err := t.emit(ctx, sigs[i], nil); err != nil {
+				return err
+			}
+		}
+	}
+	if marks := t.dir.drain(); len(marks) > 0 {
+		return t.cfg.KV.Commit(ctx, marks)
+	}
+	return nil
 }
 
 // PollNow asks the poller for an immediate poll (tests, the admin API).
@@ -238,8 +300,10 @@ func (t *Tap) fetchSince(ctx context.Context, cur cursor) ([]akEvent, error) {
 	seen := map[string]bool{}
 	var fresh []akEvent
 	q := url.Values{"ordering": {"-created"}, "page_size": {strconv.Itoa(t.cfg.PageSize)}}
-	for _, a := range t.pollActions(ctx) {
-		q.Add("actions", a)
+	if !t.noActionsFilter.Load() {
+		for _, a := range t.pollActions(ctx) {
+			q.Add("actions", a)
+		}
 	}
 	for page := 1; page <= t.cfg.MaxPages; page++ {
 		q.Set("page", strconv.Itoa(page))

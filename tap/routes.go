@@ -2,23 +2,28 @@ package tap
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
+
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
 )
 
 // op is a tapped operation.
 type op string
 
 const (
-	opLogout        op = "logout"         // invalidation flow executor
-	opFlowStage     op = "flow_stage"     // stage_configuration flow executor POST
-	opSessionDelete op = "session_delete" // DELETE authenticated_sessions/{uuid}/
-	opSessionBulk   op = "session_bulk"   // DELETE authenticated_sessions/bulk_delete/
-	opSetPassword   op = "set_password"   // POST users/{id}/set_password/
-	opUserUpdate    op = "user_update"    // PATCH/PUT users/{id}/
-	opUserDelete    op = "user_delete"    // DELETE users/{id}/
-	opDeviceDelete  op = "device_delete"  // DELETE authenticators/[admin/]{type}/{id}/
-	opDeviceCreate  op = "device_create"  // POST authenticators/admin/{type}/
-	opLogoutHint    op = "logout_hint"    // end-session, default invalidation, outpost sign-out
+	opLogout        op = "logout"          // invalidation flow executor
+	opFlowStage     op = "flow_stage"      // stage_configuration flow executor POST
+	opFlowFollow    op = "flow_follow"     // the GET after a stage answered 302 (never journaled)
+	opSessionDelete op = "session_delete"  // DELETE authenticated_sessions/{uuid}/
+	opSessionBulk   op = "session_bulk"    // DELETE authenticated_sessions/bulk_delete/
+	opSetPassword   op = "set_password"    // POST users/{id}/set_password/
+	opUserUpdate    op = "user_update"     // PATCH/PUT users/{id}/
+	opUserDelete    op = "user_delete"     // DELETE users/{id}/
+	opDeviceDelete  op = "device_delete"   // DELETE authenticators/[admin/]{type}/{id}/
+	opLogoutHint    op = "logout_hint"     // end-session, default invalidation, outpost sign-out
+	opImpersonate   op = "impersonate"     // POST users/{id}/impersonate/ (never journaled)
+	opImpersonEnd   op = "impersonate_end" // GET users/impersonate_end/ (never journaled)
 )
 
 // route is what Match understood of a request path.
@@ -42,7 +47,7 @@ const apiPrefix = "/api/v3/"
 func (t *Tap) parseRoute(method, path string) (route, bool) {
 	if !strings.HasPrefix(path, apiPrefix) {
 		switch {
-		case method == http.MethodGet && strings.HasPrefix(path, "/flows/-/default/invalidation"),
+		case (method == http.MethodGet || method == http.MethodHead) && strings.HasPrefix(path, "/flows/-/default/invalidation"),
 			strings.HasPrefix(path, "/outpost.goauthentik.io/sign_out"),
 			strings.HasPrefix(path, "/application/o/") && strings.HasSuffix(strings.TrimSuffix(path, "/"), "/end-session"):
 			return route{op: opLogoutHint}, true
@@ -56,7 +61,9 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 	}
 	switch {
 	case len(parts) == 3 && parts[0] == "flows" && parts[1] == "executor":
-		if method != http.MethodGet && method != http.MethodPost {
+		// Django's View sets head = get: HEAD runs the executor's GET,
+		// stages included (a logout stage logs out on HEAD too).
+		if method != http.MethodGet && method != http.MethodHead && method != http.MethodPost {
 			return route{}, false
 		}
 		inv, conf := t.flows.role(parts[2])
@@ -65,6 +72,8 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 			return route{op: opLogout, slug: parts[2]}, true
 		case conf && method == http.MethodPost:
 			return route{op: opFlowStage, slug: parts[2]}, true
+		case conf:
+			return route{op: opFlowFollow, slug: parts[2]}, true
 		case !inv && !conf:
 			// An unknown slug may be a renamed flow: refresh early, once per
 			// slug per refresh period (login flows land here constantly).
@@ -78,22 +87,38 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 			return route{op: opSessionBulk}, true
 		}
 		return route{op: opSessionDelete, id: parts[2]}, true
-	case len(parts) == 3 && parts[0] == "core" && parts[1] == "users" && isDigits(parts[2]):
-		switch method {
-		case http.MethodPatch, http.MethodPut:
-			return route{op: opUserUpdate, id: parts[2]}, true
-		case http.MethodDelete:
-			return route{op: opUserDelete, id: parts[2]}, true
+	case len(parts) == 3 && parts[0] == "core" && parts[1] == "users" && parts[2] == "impersonate_end" &&
+		(method == http.MethodGet || method == http.MethodHead):
+		return route{op: opImpersonEnd}, true
+	case len(parts) == 4 && parts[0] == "core" && parts[1] == "users" && parts[3] == "impersonate" && method == http.MethodPost:
+		pk, ok := djparse.Int(parts[2])
+		if !ok || pk <= 0 {
+			return route{}, false
 		}
-	case len(parts) == 4 && parts[0] == "core" && parts[1] == "users" && isDigits(parts[2]) &&
+		return route{op: opImpersonate, id: strconv.FormatInt(pk, 10)}, true
+	case len(parts) == 3 && parts[0] == "core" && parts[1] == "users" &&
+		(method == http.MethodPatch || method == http.MethodPut || method == http.MethodDelete):
+		pk, ok := djparse.Int(parts[2])
+		if !ok || pk <= 0 {
+			return route{}, false
+		}
+		o := opUserUpdate
+		if method == http.MethodDelete {
+			o = opUserDelete
+		}
+		return route{op: o, id: strconv.FormatInt(pk, 10)}, true
+	case len(parts) == 4 && parts[0] == "core" && parts[1] == "users" &&
 		parts[3] == "set_password" && method == http.MethodPost:
-		return route{op: opSetPassword, id: parts[2]}, true
-	case len(parts) == 3 && parts[0] == "authenticators" && deviceTypes[parts[1]] && method == http.MethodDelete:
+		pk, ok := djparse.Int(parts[2])
+		if !ok || pk <= 0 {
+			return route{}, false
+		}
+		return route{op: opSetPassword, id: strconv.FormatInt(pk, 10)}, true
+	case len(parts) == 3 && parts[0] == "authenticators" && deviceTypes[parts[1]] && parts[1] != "endpoint" && method == http.MethodDelete:
+		// (the user endpoint of endpoint devices is read-only)
 		return route{op: opDeviceDelete, dtype: parts[1], id: parts[2]}, true
 	case len(parts) == 4 && parts[0] == "authenticators" && parts[1] == "admin" && deviceTypes[parts[2]] && method == http.MethodDelete:
 		return route{op: opDeviceDelete, dtype: parts[2], id: parts[3], admin: true}, true
-	case len(parts) == 3 && parts[0] == "authenticators" && parts[1] == "admin" && deviceTypes[parts[2]] && method == http.MethodPost:
-		return route{op: opDeviceCreate, dtype: parts[2], admin: true}, true
 	}
 	return route{}, false
 }
@@ -112,18 +137,6 @@ func splitPath(s string, buf []string) ([]string, bool) {
 		buf = append(buf, s[:i])
 		s = s[i+1:]
 	}
-}
-
-func isDigits(s string) bool {
-	if s == "" || len(s) > 18 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 // Match reports whether the request is one the tap watches. It is cheap:

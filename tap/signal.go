@@ -114,6 +114,9 @@ type Signal struct {
 	// OldEmail and NewEmail are set for KindEmailChanged.
 	OldEmail string `json:"old_email,omitempty"`
 	NewEmail string `json:"new_email,omitempty"`
+	// Revoked marks a password made unusable rather than changed (CAEP
+	// change_type revoke).
+	Revoked bool `json:"revoked,omitempty"`
 	// RequestID is authentik's or the proxy's request id, used as the SET's
 	// txn when present.
 	RequestID string `json:"request_id,omitempty"`

@@ -28,6 +28,20 @@ type Tap struct {
 	seenHashes   *cache[string, struct{}]
 	sessionHash  *cache[string, string] // AuthenticatedSession uuid → sha256(sid)
 	hints        *cache[string, logoutHint]
+	stagePending *cache[string, *pending] // session hash + flow slug → stage awaiting its follow-up GET
+	uidMisses    *cache[string, struct{}] // cookie uids recently looked for in vain
+	// impersonators maps the session hash of a session that impersonates
+	// to the admin who started it (seen on the impersonate call).
+	impersonators *cache[string, User]
+	// akVersion is authentik's release as /admin/version/ said; the events
+	// API ignores actions= below 2025.8 (noActionsFilter).
+	akVersion       atomic.Value // string
+	noActionsFilter atomic.Bool
+	// recheck is the directory re-check's position (poller goroutine only).
+	recheck struct {
+		page int // next page of the pass under way; 0 between passes
+		next time.Time
+	}
 	processed    *cache[string, struct{}] // intent ids already published
 	unknownSlugs *cache[string, struct{}] // executor slugs that were neither role
 	limiter      *rateLimiter
@@ -61,29 +75,36 @@ func New(cfg Config) (*Tap, error) {
 	}
 	cfg.setDefaults()
 	t := &Tap{
-		cfg:          cfg,
-		log:          cfg.Logger.With("component", "tap"),
-		api:          &client{base: cfg.Upstream, http: cfg.HTTPClient, token: cfg.Token},
-		flows:        newFlows(),
-		dir:          newDirectory(cfg.CacheSize),
-		whoCache:     newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
-		seenHashes:   newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
-		sessionHash:  newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
-		processed:    newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
-		unknownSlugs: newCache[string, struct{}](256, cfg.FlowRefresh, cfg.Clock),
-		hints:        newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
-		limiter:      newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
-		badCreds:     newCache[string, struct{}](cfg.CacheSize, time.Minute, cfg.Clock),
-		overBudget:   make(chan struct{}, 1),
-		queue:        make(chan *intent, cfg.QueueSize),
-		learn:        make(chan func(context.Context), 64),
-		flowKick:     make(chan struct{}, 1),
-		pollKick:     make(chan struct{}, 1),
+		cfg:           cfg,
+		log:           cfg.Logger.With("component", "tap"),
+		api:           &client{base: cfg.Upstream, http: cfg.HTTPClient, token: cfg.Token},
+		flows:         newFlows(),
+		dir:           newDirectory(cfg.CacheSize),
+		whoCache:      newCache[string, caller](cfg.CacheSize, cfg.CacheTTL, cfg.Clock),
+		seenHashes:    newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
+		sessionHash:   newCache[string, string](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		processed:     newCache[string, struct{}](cfg.CacheSize, time.Hour, cfg.Clock),
+		unknownSlugs:  newCache[string, struct{}](256, cfg.FlowRefresh, cfg.Clock),
+		hints:         newCache[string, logoutHint](cfg.CacheSize, 10*time.Minute, cfg.Clock),
+		stagePending:  newCache[string, *pending](cfg.CacheSize, 10*time.Minute, cfg.Clock),
+		uidMisses:     newCache[string, struct{}](256, cfg.CacheTTL, cfg.Clock),
+		impersonators: newCache[string, User](cfg.CacheSize, 24*time.Hour, cfg.Clock),
+		limiter:       newRateLimiter(cfg.RatePerIP, cfg.RateBurst, cfg.CacheSize, cfg.Clock),
+		badCreds:      newCache[string, struct{}](cfg.CacheSize, time.Minute, cfg.Clock),
+		overBudget:    make(chan struct{}, 1),
+		queue:         make(chan *intent, cfg.QueueSize),
+		learn:         make(chan func(context.Context), 64),
+		flowKick:      make(chan struct{}, 1),
+		pollKick:      make(chan struct{}, 1),
 	}
 	if err := t.dir.load(cfg.KV); err != nil {
 		return nil, fmt.Errorf("tap: load directory: %w", err)
 	}
 	t.stats.caughtUp.Store(cfg.Clock().UnixNano())
+	if cfg.SecretKey != "" && cfg.Token == "" {
+		t.log.Warn("tap: the authentik secret key needs an authentik token as well; without one, cookies are confirmed " +
+			"by look-ups with the caller's cookie, X-Forwarded-For and User-Agent")
+	}
 	return t, nil
 }
 
@@ -227,9 +248,14 @@ type Stats struct {
 	// Untrusted counts tapped requests whose caller authentik did not confirm.
 	Untrusted uint64
 	// Anonymous counts tapped requests without credentials.
-	Anonymous   uint64
-	RateLimited uint64
-	QueueDrops  uint64
+	Anonymous uint64
+	// AuthentikVersion is the release authentik reported ("" unknown).
+	AuthentikVersion string
+	// StaleLogouts counts logouts with a locally verified cookie that
+	// authentik recorded for AnonymousUser (the session had ended before).
+	StaleLogouts uint64
+	RateLimited  uint64
+	QueueDrops   uint64
 	// PollErrors counts failed polls. PollLag is how long ago the poller
 	// last had read everything authentik had recorded (the start of its
 	// last successful poll; the tap's start before the first). A quiet
@@ -248,6 +274,7 @@ type counters struct {
 	mu                                       sync.Mutex
 	signals                                  map[Kind]map[Source]uint64
 	dedupDrops, misses, untrusted, anonymous atomic.Uint64
+	staleLogouts                             atomic.Uint64
 	rateLimited, queueDrops, pollErrors      atomic.Uint64
 	flowErrors, reconciled, polls            atomic.Uint64
 	caughtUp                                 atomic.Int64 // unix nanos; see Stats.PollLag
@@ -269,7 +296,7 @@ func (c *counters) signal(k Kind, s Source) {
 func (t *Tap) Stats() Stats {
 	s := Stats{
 		Signals: map[Kind]map[Source]uint64{}, DedupDrops: t.stats.dedupDrops.Load(), Misses: t.stats.misses.Load(),
-		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), RateLimited: t.stats.rateLimited.Load(),
+		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), StaleLogouts: t.stats.staleLogouts.Load(), AuthentikVersion: t.authentikVersion(), RateLimited: t.stats.rateLimited.Load(),
 		QueueDrops: t.stats.queueDrops.Load(), PollErrors: t.stats.pollErrors.Load(), Polls: t.stats.polls.Load(),
 		PollLag: max(0, t.cfg.Clock().Sub(time.Unix(0, t.stats.caughtUp.Load()))), FlowErrors: t.stats.flowErrors.Load(),
 		Reconciled: t.stats.reconciled.Load(),
@@ -283,4 +310,9 @@ func (t *Tap) Stats() Stats {
 		}
 	}
 	return s
+}
+
+func (t *Tap) authentikVersion() string {
+	v, _ := t.akVersion.Load().(string)
+	return v
 }

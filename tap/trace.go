@@ -54,7 +54,7 @@ func nameServerSpan(ctx context.Context, r *http.Request, rt route) {
 // template is the route's path template, ids and slugs replaced by names.
 func (rt route) template(path string) string {
 	switch rt.op {
-	case opLogout, opFlowStage:
+	case opLogout, opFlowStage, opFlowFollow:
 		return apiPrefix + "flows/executor/{slug}/"
 	case opSessionDelete:
 		return apiPrefix + "core/authenticated_sessions/{uuid}/"
@@ -69,8 +69,10 @@ func (rt route) template(path string) string {
 			return apiPrefix + "authenticators/admin/" + rt.dtype + "/{id}/"
 		}
 		return apiPrefix + "authenticators/" + rt.dtype + "/{id}/"
-	case opDeviceCreate:
-		return apiPrefix + "authenticators/admin/" + rt.dtype + "/"
+	case opImpersonate:
+		return apiPrefix + "core/users/{id}/impersonate/"
+	case opImpersonEnd:
+		return apiPrefix + "core/users/impersonate_end/"
 	case opLogoutHint:
 		switch {
 		case strings.HasPrefix(path, "/flows/-/default/invalidation"):

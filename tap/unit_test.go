@@ -80,7 +80,15 @@ func TestParseRoute(t *testing.T) {
 	}{
 		{"GET", "/api/v3/flows/executor/default-invalidation-flow/", opLogout, true},
 		{"POST", "/api/v3/flows/executor/default-password-change/", opFlowStage, true},
-		{"GET", "/api/v3/flows/executor/default-password-change/", "", false},
+		{"GET", "/api/v3/flows/executor/default-password-change/", opFlowFollow, true},
+		{"HEAD", "/api/v3/flows/executor/default-invalidation-flow/", opLogout, true},
+		{"HEAD", "/flows/-/default/invalidation/", opLogoutHint, true},
+		{"PUT", "/api/v3/flows/executor/default-invalidation-flow/", "", false},
+		{"POST", "/api/v3/core/users/\u0663/set_password/", opSetPassword, true},
+		{"PATCH", "/api/v3/core/users/ 12/", opUserUpdate, true},
+		{"DELETE", "/api/v3/core/users/1_2/", opUserDelete, true},
+		{"DELETE", "/api/v3/core/users/0/", "", false},
+		{"DELETE", "/api/v3/core/users/12a/", "", false},
 		{"POST", "/api/v3/flows/executor/default-authentication-flow/", "", false},
 		{"DELETE", "/api/v3/core/authenticated_sessions/0b7c/", opSessionDelete, true},
 		{"DELETE", "/api/v3/core/authenticated_sessions/bulk_delete/", opSessionBulk, true},
@@ -93,7 +101,8 @@ func TestParseRoute(t *testing.T) {
 		{"DELETE", "/api/v3/authenticators/totp/3/", opDeviceDelete, true},
 		{"DELETE", "/api/v3/authenticators/admin/webauthn/3/", opDeviceDelete, true},
 		{"DELETE", "/api/v3/authenticators/admin/endpoint/5f0e/", opDeviceDelete, true},
-		{"POST", "/api/v3/authenticators/admin/sms/", opDeviceCreate, true},
+		{"DELETE", "/api/v3/authenticators/endpoint/5f0e/", "", false}, // read-only for users
+		{"POST", "/api/v3/authenticators/admin/sms/", "", false},       // user is read-only: the create cannot succeed
 		{"POST", "/api/v3/authenticators/totp/", "", false},
 		{"DELETE", "/api/v3/authenticators/foo/3/", "", false},
 		{"GET", "/application/o/app/end-session/", opLogoutHint, true},
@@ -280,5 +289,42 @@ func TestDecodeEventPage(t *testing.T) {
 				t.Errorf("pk %q not normalised to authentik's hex form", p.Events[0].PK)
 			}
 		})
+	}
+}
+
+func TestParseAKVersion(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		y, m  int
+		ok    bool
+		notes int
+	}{
+		{"2026.2.2", 2026, 2, true, 0}, {"2025.8.0-rc1", 2025, 8, true, 1}, {"2025.2.4", 2025, 2, true, 3},
+		{"2024.12.3", 2024, 12, true, 4}, {"2026", 0, 0, false, 0}, {"2026.0.1", 0, 0, false, 0}, {"v2026.2", 0, 0, false, 0},
+	} {
+		v, err := parseAKVersion(tc.in)
+		if (err == nil) != tc.ok || v.year != tc.y || v.month != tc.m {
+			t.Errorf("parseAKVersion(%q) = %+v, %v", tc.in, v, err)
+		}
+		if err == nil && len(versionNotes(v)) != tc.notes {
+			t.Errorf("%s: notes %q", tc.in, versionNotes(v))
+		}
+	}
+}
+
+func TestDeviceTypeMatches(t *testing.T) {
+	for _, tc := range []struct {
+		long, short string
+		want        bool
+	}{
+		{"authentik_stages_authenticator_totp.TOTPDevice", "totp", true},
+		{"authentik_stages_authenticator_endpoint_gdtc.EndpointDevice", "endpoint", true},
+		{"authentik_stages_authenticator_totp.TOTPDevice", "endpoint", false},
+		{"endpoint", "endpoint", true},
+		{"authentik_stages_authenticator_sms.SMSDevice", "static", false},
+	} {
+		if got := deviceTypeMatches(tc.long, tc.short); got != tc.want {
+			t.Errorf("deviceTypeMatches(%q, %q) = %v", tc.long, tc.short, got)
+		}
 	}
 }

@@ -1,6 +1,8 @@
 package authentiktest
 
 import (
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +52,8 @@ func (s *Server) routes() http.Handler {
 	}
 	// events
 	mux.HandleFunc("GET /api/v3/events/events/{$}", s.handleEventList)
+	mux.HandleFunc("GET /api/v3/events/events/actions/{$}", s.handleEventActions)
+	mux.HandleFunc("GET /api/v3/admin/version/{$}", s.handleVersion)
 	mux.HandleFunc("GET /api/v3/events/events/{uuid}/{$}", s.handleEventGet)
 	// OAuth2 / OpenID
 	mux.HandleFunc("POST /application/o/token/{$}", s.handleToken)
@@ -196,9 +200,11 @@ func writeParseError(w http.ResponseWriter, err error) {
 	writeDetail(w, http.StatusBadRequest, err.Error())
 }
 
+// pathInt reads a pk from the path as Django does (int() of the value: "٣"
+// and " 3" are 3).
 func pathInt(r *http.Request, name string) (int, bool) {
-	n, err := strconv.Atoi(r.PathValue(name))
-	return n, err == nil && n > 0
+	n, ok := djparse.Int(r.PathValue(name))
+	return int(n), ok && n > 0
 }
 
 // ---- pagination (authentik's Pagination) ----

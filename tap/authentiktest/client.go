@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -47,42 +48,68 @@ type FlowResult struct {
 	Status    int
 	Component string
 	Body      map[string]any
+	// Redirected is true when the POST was answered with a 302 to the
+	// executor itself and the result is that of the follow-up GET.
+	Redirected bool
 }
 
 // RunFlow sends one flow executor request for slug to baseURL with client:
-// GET when body is nil, else POST of body as JSON.
+// GET when body is nil, else POST of body as JSON. Like a browser, it
+// follows the executor's 302 to its own URL (a stage that is not the last)
+// with a GET.
 func RunFlow(ctx context.Context, client *http.Client, baseURL, slug string, body any) (FlowResult, error) {
 	u := strings.TrimSuffix(baseURL, "/") + "/api/v3/flows/executor/" + url.PathEscape(slug) + "/?query="
-	method, rd := http.MethodGet, (*bytes.Reader)(nil)
+	var raw []byte
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return FlowResult{}, fmt.Errorf("authentiktest: flow body: %w", err)
 		}
-		method, rd = http.MethodPost, bytes.NewReader(b)
+		raw = b
 	}
-	var req *http.Request
-	var err error
-	if rd != nil {
-		req, err = http.NewRequestWithContext(ctx, method, u, rd)
-	} else {
-		req, err = http.NewRequestWithContext(ctx, method, u, nil)
+	res, loc, err := flowRequest(ctx, client, u, slug, raw)
+	if err != nil || res.Status != http.StatusFound {
+		return res, err
 	}
+	next, perr := url.Parse(loc)
+	if perr != nil || (next.Host != "" && !strings.HasPrefix(u, next.Scheme+"://"+next.Host)) ||
+		next.Path != "/api/v3/flows/executor/"+slug+"/" {
+		return res, nil // a redirect elsewhere: the caller decides
+	}
+	base, _ := url.Parse(u)
+	res, _, err = flowRequest(ctx, client, base.ResolveReference(next).String(), slug, nil)
+	res.Redirected = true
+	return res, err
+}
+
+// flowRequest sends one executor request (GET when body is nil) and
+// decodes a JSON answer; a redirect's Location is returned undecoded.
+func flowRequest(ctx context.Context, client *http.Client, u, slug string, body []byte) (FlowResult, string, error) {
+	method := http.MethodGet
+	var rd io.Reader
+	if body != nil {
+		method, rd = http.MethodPost, bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
-		return FlowResult{}, fmt.Errorf("authentiktest: flow request: %w", err)
+		return FlowResult{}, "", fmt.Errorf("authentiktest: flow request: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
-		return FlowResult{}, fmt.Errorf("authentiktest: flow %s: %w", slug, err)
+		return FlowResult{}, "", fmt.Errorf("authentiktest: flow %s: %w", slug, err)
 	}
 	defer resp.Body.Close()
 	res := FlowResult{Status: resp.StatusCode}
+	if resp.StatusCode == http.StatusFound {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return res, resp.Header.Get("Location"), nil
+	}
 	if err := json.NewDecoder(resp.Body).Decode(&res.Body); err != nil {
-		return res, fmt.Errorf("authentiktest: flow %s: decode answer (status %d): %w", slug, resp.StatusCode, err)
+		return res, "", fmt.Errorf("authentiktest: flow %s: decode answer (status %d): %w", slug, resp.StatusCode, err)
 	}
 	res.Component, _ = res.Body["component"].(string)
-	return res, nil
+	return res, "", nil
 }
 
 // Login logs in through the authentication flow at baseURL (the simulator

@@ -83,7 +83,12 @@ func ParseSessionCookie(secret, value string) (SessionClaims, error) {
 func (s *Server) cookieFor(se *session) (string, error) {
 	sub := "anonymous"
 	if se.authenticated {
+		// encode_session(session_key, request.user): while impersonating,
+		// request.user is the impersonated user.
 		sub = s.uid(se.userPK)
+		if se.impersonating != 0 {
+			sub = s.uid(se.impersonating)
+		}
 	}
 	return MintSessionCookie(s.cfg.SecretKey, SessionClaims{SID: se.sid, Issuer: "authentik", Subject: sub,
 		Authenticated: se.authenticated, ACR: SessionACR})
@@ -103,11 +108,18 @@ func (s *Server) setSessionCookies(w http.ResponseWriter, se *session) {
 // sessionFromRequest returns the session the request's cookie names, if the
 // cookie verifies and the session still exists.
 func (s *Server) sessionFromRequest(r *http.Request) *session {
-	ck, err := r.Cookie(SessionCookieName)
-	if err != nil {
+	// Django's parse_cookie keeps the last of several cookies of one name.
+	var value string
+	found := false
+	for _, ck := range r.Cookies() {
+		if ck.Name == SessionCookieName {
+			value, found = ck.Value, true
+		}
+	}
+	if !found {
 		return nil
 	}
-	claims, err := ParseSessionCookie(s.cfg.SecretKey, ck.Value)
+	claims, err := ParseSessionCookie(s.cfg.SecretKey, value)
 	if err != nil {
 		return nil
 	}

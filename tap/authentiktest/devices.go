@@ -1,6 +1,7 @@
 package authentiktest
 
 import (
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
@@ -156,9 +157,6 @@ func (s *Server) handleDeviceGet(w http.ResponseWriter, r *http.Request, t Devic
 
 type deviceWrite struct {
 	Name *string `json:"name"`
-	// User is accepted on admin create to name the owner (default: the
-	// caller); the 2026.2 request schema lists only name.
-	User *int `json:"user"`
 }
 
 func validateDeviceName(in deviceWrite, full bool, t DeviceType) map[string][]string {
@@ -177,8 +175,11 @@ func validateDeviceName(in deviceWrite, full bool, t DeviceType) map[string][]st
 	return nil
 }
 
-// handleDeviceCreate is the admin POST (201). The device is created
-// confirmed (django-otp's default) and logged as model_created by the admin.
+// handleDeviceCreate is the admin POST. Every device serializer declares
+// `user` read-only and the request schema has only `name`, so the device
+// is saved without an owner: Device.user is NOT NULL and the save fails
+// (IntegrityError, a plain 500). Nothing is created or recorded; admins
+// add devices through the Duo import actions or enrolment flows.
 func (s *Server) handleDeviceCreate(w http.ResponseWriter, r *http.Request, t DeviceType) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -195,18 +196,9 @@ func (s *Server) handleDeviceCreate(w http.ResponseWriter, r *http.Request, t De
 		writeValidation(w, errs)
 		return
 	}
-	owner := c.user.pk
-	if in.User != nil {
-		if _, ok := s.state.users[*in.User]; !ok || *in.User == anonymousPK {
-			writeValidation(w, map[string][]string{"user": {"Invalid pk \"" + strconv.Itoa(*in.User) + "\" - object does not exist."}})
-			return
-		}
-		owner = *in.User
-	}
-	d := s.newDevice(t, owner, *in.Name)
-	s.recordDeviceModel("model_created", c.user, d, r)
-	s.recordMFA("mfa_device_added", c.user, d, r)
-	writeJSON(w, http.StatusCreated, s.deviceJSON(d))
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	_, _ = io.WriteString(w, "<h1>Server Error (500)</h1>")
 }
 
 func (s *Server) handleDeviceUpdate(w http.ResponseWriter, r *http.Request, t DeviceType, admin bool) {

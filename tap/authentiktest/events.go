@@ -36,7 +36,9 @@ func httpContext(r *http.Request) map[string]any {
 		}
 	}
 	ctx := map[string]any{"args": args, "path": r.URL.Path, "method": r.Method, "user_agent": r.UserAgent()}
-	if id := r.Header.Get("X-Request-Id"); id != "" {
+	// authentik generates its own id per request (uuid4 hex) and ignores
+	// any id the client sent; the response carries it as X-authentik-id.
+	if id, ok := r.Context().Value(requestIDKey{}).(string); ok && id != "" {
 		ctx["request_id"] = id
 	}
 	return ctx
@@ -95,6 +97,12 @@ func (s *Server) recordDeviceModel(action string, actor *user, d *device, r *htt
 
 func (s *Server) newer() bool { return s.cfg.Version == Version2026_8 }
 
+// versionOrder ranks the imitated releases.
+var versionOrder = map[Version]int{Version2025_2: 1, Version2025_4: 2, Version2025_8: 3, Version2026_2: 4, Version2026_8: 5}
+
+// atLeast reports whether the imitated release is v or newer.
+func (s *Server) atLeast(v Version) bool { return versionOrder[s.cfg.Version] >= versionOrder[v] }
+
 // recordMFA writes the 2026.8 mfa_device_added/removed actions.
 func (s *Server) recordMFA(action string, actor *user, d *device, r *http.Request) {
 	if !s.newer() {
@@ -115,12 +123,10 @@ func (s *Server) recordPasswordSet(target *user, origin string, r *http.Request)
 		ctx["origin"] = origin
 		ctx["synced_from_source"] = origin == "source_sync"
 	}
-	// authentik ≤2026.2 records password_set without the request.
-	var req *http.Request
-	if s.newer() {
-		req = r
-	}
-	s.record("password_set", appSignals, eventUser(target), ctx, req)
+	// Since 2025.2 on_password_changed records from_http(request, user):
+	// the request context, and under impersonation user = the impersonating
+	// admin with on_behalf_of (record applies that rewrite).
+	s.record("password_set", appSignals, eventUser(target), ctx, r)
 }
 
 // ---- exported ----
@@ -220,15 +226,13 @@ func (s *Server) RecordEvent(spec EventSpec) (string, error) {
 	return ev.pk, nil
 }
 
-// SystemDisableUser deactivates a user as authentik's own background would
-// (no HTTP request the proxy could see): is_active becomes false, the user's
-// sessions are deleted (no event for those), and a model_updated record
-// names the anonymous user as actor and carries no http_request.
-//
-// That record is the simulator's convention for a system-initiated change:
-// authentik's audit middleware itself logs model changes only inside HTTP
-// requests (where an unauthenticated actor is AnonymousUser), so a purely
-// background change may leave no event at all in a real deployment.
+// SystemDisableUser deactivates a user as authentik's own background work
+// does (LDAP or SCIM source sync in the worker, no HTTP request the proxy
+// could see): is_active becomes false and nothing else happens. authentik's
+// audit middleware logs model changes only inside HTTP requests, so there is
+// no event, and the user's sessions are not deleted; from 2025.4 the
+// session middleware logs such a user out on their next request (a logout
+// event), before that their sessions just stop authenticating.
 func (s *Server) SystemDisableUser(pk int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -238,8 +242,6 @@ func (s *Server) SystemDisableUser(pk int) error {
 	}
 	u.isActive = false
 	u.lastUpdated = s.now()
-	s.deleteUserSessions(pk)
-	s.recordUserModel("model_updated", nil, u, nil)
 	return nil
 }
 
@@ -277,7 +279,7 @@ func (s *Server) handleEventList(w http.ResponseWriter, r *http.Request) {
 	var list []*event
 	if c.admin() { // RBAC: others hold no view_event permission and see nothing
 		for _, e := range s.state.events {
-			if eventMatches(e, q) {
+			if eventMatches(e, q, s.atLeast(Version2025_8)) {
 				list = append(list, e)
 			}
 		}
@@ -314,14 +316,16 @@ func (s *Server) handleEventList(w http.ResponseWriter, r *http.Request) {
 	s.writePage(w, r, items)
 }
 
-func eventMatches(e *event, q map[string][]string) bool {
+// eventMatches applies the list filters; withActions is false below 2025.8,
+// where django-filter ignores the unknown actions= parameter.
+func eventMatches(e *event, q map[string][]string, withActions bool) bool {
 	get := func(k string) string {
 		if v := q[k]; len(v) > 0 {
 			return v[len(v)-1]
 		}
 		return ""
 	}
-	if acts := q["actions"]; len(acts) > 0 && !slices.Contains(acts, e.action) {
+	if acts := q["actions"]; withActions && len(acts) > 0 && !slices.Contains(acts, e.action) {
 		return false
 	}
 	if a := get("action"); a != "" && !containsFold(e.action, a) {
@@ -394,4 +398,67 @@ func (s *Server) purgeUserEvents(pk int) {
 		kept = append(kept, e)
 	}
 	s.state.events = kept
+}
+
+// LockdownUser runs an Account Lockdown stage (enterprise, newer than
+// 2026.2; Version2026_8 only) on user pk, started by actorPK: the user is
+// deactivated, their password made unusable (Django's set_unusable_password,
+// which sends no password_changed, so no password_set), their sessions and
+// tokens deleted, and user_lockdown_triggered recorded with the reason and
+// affected_user = the username, besides the user's model_updated.
+func (s *Server) LockdownUser(pk, actorPK int, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.newer() {
+		return fmt.Errorf("authentiktest: lockdown: no account lockdown stage in %s", s.cfg.Version)
+	}
+	u, actor := s.state.users[pk], s.state.users[actorPK]
+	if u == nil || actor == nil {
+		return fmt.Errorf("authentiktest: lockdown: no user %d or %d", pk, actorPK)
+	}
+	u.isActive = false
+	u.password = ""
+	u.passwordGen++
+	u.lastUpdated = s.now()
+	s.deleteUserSessions(pk)
+	for k, owner := range s.state.tokens {
+		if owner == pk {
+			delete(s.state.tokens, k)
+		}
+	}
+	s.recordUserModel("model_updated", actor, u, nil)
+	s.record("user_lockdown_triggered", appSignals, eventUser(actor), map[string]any{"reason": reason, "affected_user": u.username}, nil)
+	return nil
+}
+
+// eventActions is authentik's EventAction enum as of 2025.2–2026.2.
+var eventActions = []string{
+	"login", "login_failed", "logout", "user_write", "suspicious_request", "password_set", "secret_view",
+	"secret_rotate", "invitation_used", "authorize_application", "source_linked", "impersonation_started",
+	"impersonation_ended", "flow_execution", "policy_execution", "policy_exception", "property_mapping_exception",
+	"system_task_execution", "system_task_exception", "system_exception", "configuration_error", "model_created",
+	"model_updated", "model_deleted", "email_sent", "update_available", "custom_",
+}
+
+// eventActions2026_8 are the actions newer releases add.
+var eventActions2026_8 = []string{"user_created", "mfa_device_added", "mfa_device_removed", "login_blocked", "user_lockdown_triggered"}
+
+// handleEventActions serves /events/events/actions/: {name, component} per
+// action of the release's enum.
+func (s *Server) handleEventActions(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	c := s.authAPI(w, r)
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	acts := eventActions
+	if s.newer() {
+		acts = append(slices.Clone(acts), eventActions2026_8...)
+	}
+	out := make([]map[string]string, 0, len(acts))
+	for _, a := range acts {
+		out = append(out, map[string]string{"name": strings.ReplaceAll(a, "_", " "), "component": a})
+	}
+	writeJSON(w, http.StatusOK, out)
 }

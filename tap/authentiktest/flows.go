@@ -235,13 +235,15 @@ func (s *Server) handleExecutor(w http.ResponseWriter, r *http.Request) {
 	case kindInvalidation:
 		out = s.execLogout(w, r, se, u)
 	case kindPasswordChange:
-		out = s.execPasswordChange(r, f, se, u, body)
+		out = s.execPasswordChange(w, r, f, se, u, body)
 	case kindTOTPSetup:
-		out = s.execTOTPSetup(r, f, se, u, body)
+		out = s.execTOTPSetup(w, r, f, se, u, body)
 	case kindUserSettings:
-		out = s.execUserSettings(r, f, u, body)
+		out = s.execUserSettings(w, r, f, se, u, body)
 	}
-	writeJSON(w, http.StatusOK, out)
+	if out != nil { // nil: the stage answered with a redirect already
+		writeJSON(w, http.StatusOK, out)
+	}
 }
 
 func (s *Server) identificationChallenge(f *flow, errs any) map[string]any {
@@ -307,8 +309,8 @@ func (s *Server) execLogin(w http.ResponseWriter, r *http.Request, f *flow, se *
 	if !u.isActive || u.password == "" || password != u.password {
 		return fail(u.username)
 	}
-	s.authenticate(se, u)
 	se.lastIP, se.userAgent = clientIP(r), r.UserAgent()
+	s.authenticate(se, u)
 	s.setSessionCookies(w, se)
 	// Django's update_last_login saves the user inside the request, so the
 	// audit middleware logs model_updated (actor: the user) before login.
@@ -332,12 +334,13 @@ func (s *Server) recordUserWrite(u *user, data map[string]any, r *http.Request) 
 // session (a logout event naming the user) and an anonymous session cookie
 // replaces the old one.
 func (s *Server) execLogout(w http.ResponseWriter, r *http.Request, se *session, u *user) map[string]any {
-	if u != nil {
-		delete(s.state.sessions, se.sid)
-		s.record("logout", appSignals, eventUser(u), nil, r)
-		anon := s.newSession(clientIP(r), r.UserAgent())
-		s.setSessionCookies(w, anon)
-	}
+	// The user logout stage calls logout() whoever the caller is: for an
+	// anonymous caller user_logged_out still fires and authentik records a
+	// logout naming AnonymousUser.
+	delete(s.state.sessions, se.sid)
+	s.record("logout", appSignals, eventUser(u), nil, r)
+	anon := s.newSession(clientIP(r), r.UserAgent())
+	s.setSessionCookies(w, anon)
 	return redirectChallenge()
 }
 
@@ -358,14 +361,43 @@ var passwordFields = []map[string]any{
 	promptField("password", "password", "Password"), promptField("password_repeat", "password", "Password (repeat)"),
 }
 
+// stayOnExecutor answers a stage that is not the flow's last the way
+// authentik's executor does: stage_ok() redirects to the executor URL with
+// the same query, and since that is the URL of this very request,
+// to_stage_response() returns the redirect itself, an HTTP 302. The next
+// stage runs on the browser's follow-up GET.
+func stayOnExecutor(w http.ResponseWriter, r *http.Request) map[string]any {
+	w.Header().Set("Location", r.URL.RequestURI())
+	w.WriteHeader(http.StatusFound)
+	return nil
+}
+
 // execPasswordChange runs a stage_configuration flow with a prompt stage for
-// password and password_repeat, then a user_write stage.
-func (s *Server) execPasswordChange(r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
+// password and password_repeat (order 0), then a user_write stage (order
+// 1): a valid prompt answer is a 302 to the executor and the password is set
+// on the GET that follows.
+func (s *Server) execPasswordChange(w http.ResponseWriter, r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
 	if u == nil {
 		return s.accessDenied(f)
 	}
-	if r.Method == http.MethodGet {
-		return s.promptChallenge(f, passwordFields, nil)
+	if r.Method != http.MethodPost {
+		pw := se.pendingWrite
+		if pw == nil || pw.flow != f.slug {
+			return s.promptChallenge(f, passwordFields, nil)
+		}
+		se.pendingWrite = nil
+		s.setPassword(u, pw.password, u, r)
+		s.recordUserWrite(u, map[string]any{"password": cleansed, "password_repeat": cleansed}, r)
+		s.keepSessionAuth(se) // the user_write stage keeps the current session
+		if s.atLeast(Version2025_4) {
+			// update_session_auth_hash cycles the session key: same
+			// AuthenticatedSession, new sid, new cookie
+			delete(s.state.sessions, se.sid)
+			se.sid = s.newSessionKey()
+			s.state.sessions[se.sid] = se
+			s.setSessionCookies(w, se)
+		}
+		return redirectChallenge()
 	}
 	switch {
 	case b.Password == "":
@@ -373,22 +405,35 @@ func (s *Server) execPasswordChange(r *http.Request, f *flow, se *session, u *us
 	case b.Password != b.PasswordRepeat:
 		return s.promptChallenge(f, passwordFields, respErrors("non_field_errors", "Passwords don't match."))
 	}
-	s.setPassword(u, b.Password, u, r)
-	s.recordUserWrite(u, map[string]any{"password": cleansed, "password_repeat": cleansed}, r)
-	s.keepSessionAuth(se) // the user_write stage keeps the current session
-	return redirectChallenge()
+	se.pendingWrite = &pendingWrite{flow: f.slug, password: b.Password}
+	return stayOnExecutor(w, r)
 }
 
 // execUserSettings runs the user-settings flow: a prompt for username, name
-// and email, then a user_write stage (model_updated by the user).
-func (s *Server) execUserSettings(r *http.Request, f *flow, u *user, b flowBody) map[string]any {
+// and email, then a user_write stage (model_updated by the user) on the
+// follow-up GET.
+func (s *Server) execUserSettings(w http.ResponseWriter, r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
 	if u == nil {
 		return s.accessDenied(f)
 	}
 	fields := []map[string]any{promptField("username", "text", "Username"), promptField("name", "text", "Name"),
 		promptField("email", "email", "Email")}
-	if r.Method == http.MethodGet {
-		return s.promptChallenge(f, fields, nil)
+	if r.Method != http.MethodPost {
+		pw := se.pendingWrite
+		if pw == nil || pw.flow != f.slug {
+			return s.promptChallenge(f, fields, nil)
+		}
+		se.pendingWrite = nil
+		// user_write validates again on write (the username may have been
+		// taken meanwhile): the flow then ends in an error.
+		if errs := s.validateUserWrite(pw.write, false, u); len(errs) > 0 {
+			return map[string]any{"component": "ak-stage-flow-error", "flow_info": s.flowInfo(f), "error": "Failed to update user."}
+		}
+		applyUserWrite(u, pw.write)
+		u.lastUpdated = s.now()
+		s.recordUserModel("model_updated", u, u, r)
+		s.recordUserWrite(u, pw.data, r)
+		return redirectChallenge()
 	}
 	in := userWrite{}
 	if b.Username != "" {
@@ -405,49 +450,48 @@ func (s *Server) execUserSettings(r *http.Request, f *flow, u *user, b flowBody)
 			return s.promptChallenge(f, fields, respErrors(k, v[0]))
 		}
 	}
-	applyUserWrite(u, in)
-	u.lastUpdated = s.now()
-	s.recordUserModel("model_updated", u, u, r)
 	data := map[string]any{}
 	for k, v := range map[string]string{"username": b.Username, "name": b.Name, "email": b.Email} {
 		if v != "" {
 			data[k] = v
 		}
 	}
-	s.recordUserWrite(u, data, r)
-	return redirectChallenge()
+	se.pendingWrite = &pendingWrite{flow: f.slug, write: in, data: data}
+	return stayOnExecutor(w, r)
 }
 
-// execTOTPSetup runs an authenticator setup stage: the first request creates
-// the device unconfirmed (model_created), a POST with the right code
-// confirms it (model_updated; mfa_device_added under 2026.8).
-func (s *Server) execTOTPSetup(r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
+// execTOTPSetup runs an authenticator setup stage as authentik does: the
+// device is kept unsaved in the flow while the user scans the code, and a
+// POST with the right code saves it once, already confirmed (model_created;
+// mfa_device_added under 2026.8). With Config.TOTPSetupNotLast another stage
+// follows, so the accepted code is answered with a 302 to the executor.
+func (s *Server) execTOTPSetup(w http.ResponseWriter, r *http.Request, f *flow, se *session, u *user, b flowBody) map[string]any {
 	if u == nil {
 		return s.accessDenied(f)
 	}
-	d := s.state.devices[DeviceTOTP][se.pendingDevice]
-	if d == nil || d.confirmed || d.userPK != u.pk {
-		d = s.newDevice(DeviceTOTP, u.pk, "TOTP Device")
-		d.confirmed = false
-		se.pendingDevice = d.pk
-		s.recordDeviceModel("model_created", u, d, r)
-		return s.totpChallenge(f, u, d, nil)
+	if se.pendingWrite != nil && se.pendingWrite.flow == f.slug && r.Method != http.MethodPost {
+		se.pendingWrite = nil // the stage after the setup stage
+		return redirectChallenge()
 	}
-	if r.Method == http.MethodGet {
-		return s.totpChallenge(f, u, d, nil)
+	if r.Method != http.MethodPost || se.pendingTOTP != u.pk {
+		se.pendingTOTP = u.pk
+		return s.totpChallenge(f, u, nil)
 	}
 	if b.Code != s.cfg.TOTPCode {
-		return s.totpChallenge(f, u, d, respErrors("code", "Code does not match"))
+		return s.totpChallenge(f, u, respErrors("code", "Code does not match"))
 	}
-	d.confirmed = true
-	d.lastUpdated = s.now()
-	se.pendingDevice = 0
-	s.recordDeviceModel("model_updated", u, d, r)
+	se.pendingTOTP = 0
+	d := s.newDevice(DeviceTOTP, u.pk, "TOTP Device")
+	s.recordDeviceModel("model_created", u, d, r)
 	s.recordMFA("mfa_device_added", u, d, r)
+	if s.cfg.TOTPSetupNotLast {
+		se.pendingWrite = &pendingWrite{flow: f.slug}
+		return stayOnExecutor(w, r)
+	}
 	return redirectChallenge()
 }
 
-func (s *Server) totpChallenge(f *flow, u *user, d *device, errs any) map[string]any {
+func (s *Server) totpChallenge(f *flow, u *user, errs any) map[string]any {
 	cfgURL := "otpauth://totp/authentik:" + url.PathEscape(u.username) + "?secret=JBSWY3DPEHPK3PXP&algorithm=SHA1&digits=6&period=30&issuer=authentik"
 	out := map[string]any{"component": "ak-stage-authenticator-totp", "flow_info": s.flowInfo(f),
 		"config_url": cfgURL, "pending_user": u.username, "pending_user_avatar": s.avatar(u)}

@@ -113,3 +113,11 @@ func wantStatus(t testing.TB, r apiResp, want int) {
 func itoa(n int) string { return strconv.Itoa(n) }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// decodeLoose decodes a JSON body, unknown fields allowed.
+func (r apiResp) decodeLoose(t testing.TB, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.body, v); err != nil {
+		t.Fatalf("decode %s: %v", r.body, err)
+	}
+}

@@ -1,8 +1,10 @@
 package authentiktest
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +23,18 @@ import (
 type Version string
 
 const (
-	// Version2026_2 records events as authentik 2026.2 does (the default).
+	// Version2025_2 imitates authentik 2025.2: device serializers carry
+	// `user`, password_set has request context, but the events API ignores
+	// the actions= filter, inactive users' sessions are not ended by
+	// middleware and there is no bulk_delete.
+	Version2025_2 Version = "2025.2"
+	// Version2025_4 adds the database session store: a user found inactive
+	// on a request is logged out (a logout event) by middleware.
+	Version2025_4 Version = "2025.4"
+	// Version2025_8 adds the events API's actions= filter.
+	Version2025_8 Version = "2025.8"
+	// Version2026_2 records events as authentik 2026.2 does (the default);
+	// it adds authenticated_sessions/bulk_delete/.
 	Version2026_2 Version = "2026.2"
 	// Version2026_8 also records user_created, mfa_device_added and
 	// mfa_device_removed, and adds subject/origin to password_set.
@@ -56,8 +69,14 @@ type Config struct {
 	// SecretKey is authentik's SECRET_KEY; the session cookie is signed with
 	// the hex string of its SHA-512. Default "authentiktest-secret-key".
 	SecretKey string
-	// Version of the event log to imitate; default Version2026_2.
+	// Version of authentik to imitate; default Version2026_2.
 	Version Version
+	// SessionBinding imitates a User Login stage with network binding: a
+	// cookie presented from another client IP than the one that logged in
+	// ends its session (logout event) and the request runs anonymously, as
+	// authentik's BoundSessionMiddleware does. Off by default, as in
+	// authentik.
+	SessionBinding bool
 	// Clock returns the current time; default time.Now.
 	Clock func() time.Time
 	// Rand feeds every generated id (uuids, session keys, tokens); default
@@ -74,6 +93,10 @@ type Config struct {
 	AdminUsername, AdminEmail, AdminPassword, AdminToken string
 	// TOTPCode is the code a TOTP setup stage accepts; default "123456".
 	TOTPCode string
+	// TOTPSetupNotLast adds a stage after the TOTP setup stage, so an
+	// accepted code is answered with a 302 to the executor, as authentik
+	// does for any stage that is not its flow's last.
+	TOTPSetupNotLast bool
 	// PageSize is the default page size of list endpoints; default 100.
 	PageSize int
 	// KeepEventsOfDeletedUsers turns off authentik's gdpr_compliance purge of
@@ -94,7 +117,7 @@ var slugPattern = regexp.MustCompile(`^[-a-zA-Z0-9_]+$`)
 func (c Config) Validate() error {
 	var errs []error
 	switch c.Version {
-	case "", Version2026_2, Version2026_8:
+	case "", Version2025_2, Version2025_4, Version2025_8, Version2026_2, Version2026_8:
 	default:
 		errs = append(errs, fmt.Errorf("authentiktest: unknown version %q", c.Version))
 	}
@@ -391,9 +414,75 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 			}
 			panic(http.ErrAbortHandler)
 		}
+		s.mu.Lock()
+		id := hex.EncodeToString(s.randBytes(16))
+		s.mu.Unlock()
+		w.Header().Set("X-authentik-id", id)
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
 		s.log.Debug("authentiktest: request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
-			slog.String("request_id", r.Header.Get("X-Request-Id")))
+			slog.String("request_id", id))
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+		s.checkSession(r)
 		next.ServeHTTP(w, r)
 	})
+}
+
+// requestIDKey holds the request id the middleware generated.
+type requestIDKey struct{}
+
+// checkSession runs what authentik's middleware does with a session before
+// any view: from 2025.4 a session whose user is no longer active is logged
+// out (a logout event naming the user; the request is answered 400 by the
+// API, here it simply goes on anonymous), and with session binding on
+// (BoundSessionMiddleware, network binding) a session used from another
+// client IP than it logged in from is logged out and flushed, so the request
+// goes on as anonymous.
+func (s *Server) checkSession(r *http.Request) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	se := s.sessionFromRequest(r)
+	if se == nil || !se.authenticated {
+		return
+	}
+	u := s.state.users[se.userPK]
+	switch {
+	case u != nil && !u.isActive && s.atLeast(Version2025_4):
+	case s.cfg.SessionBinding && se.boundIP != "" && se.boundIP != clientIP(r):
+		s.state.bindingBreaks++
+	default:
+		return
+	}
+	delete(s.state.sessions, se.sid)
+	s.record("logout", appSignals, eventUser(u), nil, r)
+}
+
+// BindingBreaks counts sessions ended by session binding.
+func (s *Server) BindingBreaks() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state.bindingBreaks
+}
+
+// releases maps each profile to the release /admin/version/ reports.
+var releases = map[Version]string{
+	Version2025_2: "2025.2.4", Version2025_4: "2025.4.3", Version2025_8: "2025.8.4",
+	Version2026_2: "2026.2.2", Version2026_8: "2026.8.0",
+}
+
+// handleVersion serves /api/v3/admin/version/ (admins only, as authentik's
+// RBAC has it).
+func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	c := s.authAPI(w, r)
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	if !c.admin() {
+		writeDetail(w, http.StatusForbidden, msgForbidden)
+		return
+	}
+	v := releases[s.cfg.Version]
+	writeJSON(w, http.StatusOK, map[string]any{"version_current": v, "version_latest": v, "version_latest_valid": true,
+		"build_hash": "", "outdated": false, "outpost_outdated": false})
 }

@@ -1,9 +1,10 @@
 package authentiktest
 
 import (
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
+
 	"net/http"
 	"sort"
-	"strconv"
 )
 
 func (s *Server) usernameOf(pk int) string {
@@ -113,6 +114,11 @@ func (s *Server) handleSessionDelete(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleSessionBulkDelete(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.atLeast(Version2026_2) {
+		// before 2026.2 the path is a detail route for uuid "bulk_delete"
+		writeDetail(w, http.StatusNotFound, msgNotFound)
+		return
+	}
 	c := s.authAPI(w, r)
 	if c == nil {
 		return
@@ -128,12 +134,12 @@ func (s *Server) handleSessionBulkDelete(w http.ResponseWriter, r *http.Request)
 	}
 	var pks []int
 	for _, v := range raw {
-		n, err := strconv.Atoi(v)
-		if err != nil {
+		n, ok := djparse.Int(v) // DRF's IntegerField: Python's int()
+		if !ok {
 			writeValidation(w, map[string][]string{"user_pks": {"A valid integer is required."}})
 			return
 		}
-		pks = append(pks, n)
+		pks = append(pks, int(n))
 	}
 	deleted := 0
 	for _, pk := range pks {

@@ -38,16 +38,28 @@ type session struct {
 	authenticated bool
 	csrf          string
 	lastIP        string
+	boundIP       string // client IP at login, for session binding
 	userAgent     string
 	lastUsed      time.Time
 	expires       time.Time
 	// flow state
-	pendingUser   int
-	pendingDevice int // TOTP device being set up
-	authGen       int // the user's passwordGen when the session was authenticated
+	pendingUser int
+	pendingTOTP int // user pk a TOTP setup stage showed its code to (device not saved yet)
+	authGen     int // the user's passwordGen when the session was authenticated
 	// impersonating is the pk of the user an admin session impersonates
 	// (userPK stays the admin), 0 when not impersonating.
 	impersonating int
+	// pendingWrite is a prompt answer accepted by a flow whose user_write
+	// stage runs on the next request.
+	pendingWrite *pendingWrite
+}
+
+// pendingWrite is what a prompt stage handed on to user_write.
+type pendingWrite struct {
+	flow     string
+	password string         // password-change flow
+	write    userWrite      // user-settings flow
+	data     map[string]any // the prompt data user_write records
 }
 
 type device struct {
@@ -102,6 +114,8 @@ type state struct {
 	events       []*event
 	flows        []*flow
 	brandUUID    string
+	// bindingBreaks counts sessions ended by session binding.
+	bindingBreaks int
 }
 
 func (s *Server) initState() error {
@@ -336,13 +350,19 @@ func (s *Server) Sessions(userPK int) []Session {
 // IssueSession creates an authenticated session for the user directly (a
 // fixture: no login event) and returns it with its authentik_session cookie.
 func (s *Server) IssueSession(userPK int) (Session, string, error) {
+	return s.IssueSessionFrom(userPK, "127.0.0.1")
+}
+
+// IssueSessionFrom is IssueSession for a login from client IP ip (the IP
+// session binding holds the session to).
+func (s *Server) IssueSessionFrom(userPK int, ip string) (Session, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	u, ok := s.state.users[userPK]
 	if !ok || !u.isActive {
 		return Session{}, "", fmt.Errorf("authentiktest: issue session: no active user %d", userPK)
 	}
-	se := s.newSession("127.0.0.1", "authentiktest")
+	se := s.newSession(ip, "authentiktest")
 	s.authenticate(se, u)
 	c, err := s.cookieFor(se)
 	if err != nil {
@@ -367,6 +387,7 @@ func (s *Server) authenticate(se *session, u *user) {
 	se.uuid = s.newUUID()
 	se.userPK, se.authenticated, se.pendingUser = u.pk, true, 0
 	se.authGen = u.passwordGen
+	se.boundIP = se.lastIP
 	s.state.sessions[se.sid] = se
 	now := s.now()
 	u.lastLogin = &now

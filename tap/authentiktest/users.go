@@ -1,6 +1,9 @@
 package authentiktest
 
 import (
+	"github.com/ssf-sidecar/ssf-sidecar/tap/internal/djparse"
+
+	"errors"
 	"net/http"
 	"sort"
 	"strconv"
@@ -90,6 +93,7 @@ func (s *Server) handleImpersonate(w http.ResponseWriter, r *http.Request) {
 	}
 	c.session.impersonating = u.pk
 	s.record("impersonation_started", appSignals, eventUser(u), map[string]any{"reason": *in.Reason}, r)
+	s.setSessionCookies(w, c.session) // the cookie's sub is now the impersonated user's uid
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -105,6 +109,7 @@ func (s *Server) handleImpersonateEnd(w http.ResponseWriter, r *http.Request) {
 	if se := c.session; se != nil && se.impersonating != 0 {
 		se.impersonating = 0
 		s.record("impersonation_ended", appSignals, eventUser(s.state.users[se.userPK]), nil, r)
+		s.setSessionCookies(w, se)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -234,11 +239,24 @@ func (s *Server) handleUserGet(w http.ResponseWriter, r *http.Request) {
 type userWrite struct {
 	Username   *string         `json:"username"`
 	Name       *string         `json:"name"`
-	IsActive   *bool           `json:"is_active"`
+	IsActive   *drfBool        `json:"is_active"`
 	Email      *string         `json:"email"`
 	Path       *string         `json:"path"`
 	Type       *string         `json:"type"`
 	Attributes *map[string]any `json:"attributes"`
+}
+
+// drfBool is a boolean read as DRF's BooleanField reads it ("false", "0",
+// "off" and so on are accepted).
+type drfBool bool
+
+func (b *drfBool) UnmarshalJSON(raw []byte) error {
+	v, ok := djparse.Bool(raw)
+	if !ok {
+		return errors.New("Must be a valid boolean.")
+	}
+	*b = drfBool(v)
+	return nil
 }
 
 var userTypes = map[string]bool{"internal": true, "external": true, "service_account": true, "internal_service_account": true}
@@ -279,7 +297,7 @@ func applyUserWrite(u *user, in userWrite) {
 		u.name = *in.Name
 	}
 	if in.IsActive != nil {
-		u.isActive = *in.IsActive
+		u.isActive = bool(*in.IsActive)
 	}
 	if in.Email != nil {
 		u.email = *in.Email
@@ -376,8 +394,12 @@ func (s *Server) handleUserDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.deleteUserSessions(u.pk)
+	// Django's collector sends pre_delete for every cascaded row, so the
+	// audit middleware logs model_deleted for each of the user's devices,
+	// naming the acting admin as user.
 	for _, d := range s.userDevices(u.pk) {
 		delete(s.state.devices[d.typ], d.pk)
+		s.recordDeviceModel("model_deleted", c.user, d, r)
 	}
 	for k, pk := range s.state.tokens {
 		if pk == u.pk {

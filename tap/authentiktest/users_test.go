@@ -117,7 +117,7 @@ func TestUserWritesPermissionsAndValidation(t *testing.T) {
 		{"duplicate username", "PATCH", userURL(s, bob.PK), s.AdminToken(), map[string]any{"username": "alice"}, http.StatusBadRequest},
 		{"bad email", "PATCH", userURL(s, bob.PK), s.AdminToken(), map[string]any{"email": "nope"}, http.StatusBadRequest},
 		{"bad type", "PATCH", userURL(s, bob.PK), s.AdminToken(), map[string]any{"type": "robot"}, http.StatusBadRequest},
-		{"wrong JSON type", "PATCH", userURL(s, bob.PK), s.AdminToken(), map[string]any{"is_active": "no"}, http.StatusBadRequest},
+		{"not a DRF boolean", "PATCH", userURL(s, bob.PK), s.AdminToken(), map[string]any{"is_active": "nein"}, http.StatusBadRequest},
 		{"set_password empty", "POST", userURL(s, bob.PK) + "set_password/", s.AdminToken(), map[string]any{}, http.StatusBadRequest},
 		{"create without name", "POST", s.URL() + "/api/v3/core/users/", s.AdminToken(), map[string]any{"username": "x"}, http.StatusBadRequest},
 	}
@@ -202,12 +202,12 @@ func TestSystemHelpers(t *testing.T) {
 	if err := s.SystemDisableUser(u.PK); err != nil {
 		t.Fatal(err)
 	}
+	// a background change: no event, sessions kept (they stop working)
 	got, _ := s.User(u.PK)
-	if got.IsActive || len(s.Sessions(u.PK)) != 0 {
-		t.Fatal("SystemDisableUser did not disable or end sessions")
+	if got.IsActive || len(s.Sessions(u.PK)) != 1 {
+		t.Fatal("SystemDisableUser did not disable, or ended sessions")
 	}
-	up := s.EventsByAction("model_updated")
-	if len(up) != 1 || up[0].Context["http_request"] != nil || up[0].User["username"] != "AnonymousUser" {
+	if up := s.EventsByAction("model_updated"); len(up) != 0 {
 		t.Fatalf("system model_updated = %+v", up)
 	}
 	if err := s.SystemSetPassword(u.PK, "x", "source_sync"); err != nil {

@@ -63,7 +63,7 @@ func BenchmarkForwarderHandler(b *testing.B) {
 	h := s.Handler()
 	rt := fixedTransport{body: body}
 	s.fwd.roundTrip = rt.RoundTrip
-	s.fwd.fast = nil
+	s.fwd.fast = false
 	req := httptest.NewRequest("GET", "/api/v3/core/users/me/?x=1", nil)
 	req.Header.Set("Cookie", "authentik_session=abc")
 	req.Header.Set("Accept", "application/json")

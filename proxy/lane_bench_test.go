@@ -1,0 +1,60 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+// BenchmarkLane compares a round trip through a running proxy's listener
+// with its lane (GET, carried by the lane), with the fast path off (every
+// request through net/http's path), and with the upstream directly, over
+// loopback with keep-alive.
+func BenchmarkLane(b *testing.B) {
+	body := make([]byte, 512)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = []string{"application/json"}
+		w.Write(body)
+	}))
+	defer up.Close()
+	u := mustURL(&testing.T{}, up.URL)
+	addrs := map[string]string{"direct": up.Listener.Addr().String()}
+	for _, fast := range []bool{true, false} {
+		s, err := New(Config{Listen: "127.0.0.1:0", Upstream: u, DisableFastPath: !fast, ShutdownTimeout: time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { _ = s.Run(ctx) }()
+		<-s.Ready()
+		name := "lane"
+		if !fast {
+			name = "net-http"
+		}
+		addrs[name] = s.Addr().String()
+	}
+	for _, name := range []string{"direct", "lane", "net-http"} {
+		b.Run(name, func(b *testing.B) {
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
+			defer client.CloseIdleConnections()
+			url := "http://" + addrs[name] + "/api/v3/core/users/me/"
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				buf := make([]byte, 4096)
+				for pb.Next() {
+					resp, err := client.Get(url)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.CopyBuffer(io.Discard, resp.Body, buf)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}

@@ -2,9 +2,6 @@ package proxy
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 )
@@ -14,13 +11,7 @@ import (
 // request through net/http's path), and with the upstream directly, over
 // loopback with keep-alive.
 func BenchmarkLane(b *testing.B) {
-	body := make([]byte, 512)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header()["Content-Type"] = []string{"application/json"}
-		w.Write(body)
-	}))
-	defer up.Close()
-	u := mustURL(&testing.T{}, up.URL)
+	up, u := benchUpstream(b)
 	addrs := map[string]string{"direct": up.Listener.Addr().String()}
 	for _, fast := range []bool{true, false} {
 		s, err := New(Config{Listen: "127.0.0.1:0", Upstream: u, DisableFastPath: !fast, ShutdownTimeout: time.Second})
@@ -38,23 +29,6 @@ func BenchmarkLane(b *testing.B) {
 		addrs[name] = s.Addr().String()
 	}
 	for _, name := range []string{"direct", "lane", "net-http"} {
-		b.Run(name, func(b *testing.B) {
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
-			defer client.CloseIdleConnections()
-			url := "http://" + addrs[name] + "/api/v3/core/users/me/"
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				buf := make([]byte, 4096)
-				for pb.Next() {
-					resp, err := client.Get(url)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.CopyBuffer(io.Discard, resp.Body, buf)
-					resp.Body.Close()
-				}
-			})
-		})
+		b.Run(name, func(b *testing.B) { benchGets(b, "http://"+addrs[name]+"/api/v3/core/users/me/") })
 	}
 }

@@ -1,3 +1,22 @@
+// Package lane is the proxy's own HTTP/1.1 server for the bulk of authentik's
+// traffic: GET and HEAD requests without a body on plain-HTTP listeners
+// (static assets, API reads, the UI's polling). It reads each request head
+// itself and, when the request is of the narrow form parseRequestHead
+// accepts and no SSF route or observer claims it, writes it to a pooled
+// upstream connection and streams the answer back, all on the client
+// connection's own goroutine. This skips what net/http's server does per
+// request (request and response objects, header maps, a background reader,
+// a context) on both sides of the proxy.
+//
+// The first request the lane does not carry — any other method, a body, an
+// upgrade, an unusual header, a claimed route — hands the connection, with
+// the bytes already read, to the net/http server, which serves it (and the
+// rest of the connection) exactly as it would have without the lane. So the
+// lane never answers a malformed request itself: it only passes on what it
+// understands completely.
+//
+// The package also holds the forwarding policy (policy.go) that the lane
+// and the proxy's net/http path both apply.
 package lane
 
 import (
@@ -14,22 +33,6 @@ import (
 	"time"
 )
 
-// lane is the proxy's own HTTP/1.1 server for the bulk of authentik's
-// traffic: GET and HEAD requests without a body on plain-HTTP listeners
-// (static assets, API reads, the UI's polling). It reads each request head
-// itself and, when the request is of the narrow form parseRequestHead
-// accepts and no SSF route or observer claims it, writes it to a pooled
-// upstream connection and streams the answer back, all on the client
-// connection's own goroutine. This skips what net/http's server does per
-// request (request and response objects, header maps, a background reader,
-// a context) on both sides of the proxy.
-//
-// The first request the lane does not carry — any other method, a body, an
-// upgrade, an unusual header, a claimed route — hands the connection, with
-// the bytes already read, to the net/http server, which serves it (and the
-// rest of the connection) exactly as it would have without the lane. So the
-// lane never answers a malformed request itself: it only passes on what it
-// understands completely.
 // Lane is the lane of one plain-HTTP listener.
 type Lane struct {
 	cfg     Config

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/url"
 	"testing"
 )
 
@@ -12,14 +13,7 @@ import (
 // through a plain httputil.ReverseProxy and with the upstream directly, over
 // loopback with keep-alive. Run with -benchmem to see allocations per request.
 func BenchmarkProxy(b *testing.B) {
-	body := make([]byte, 512)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header()["Content-Type"] = []string{"application/json"}
-		w.Write(body)
-	}))
-	defer up.Close()
-	u := mustURL(&testing.T{}, up.URL)
-
+	up, u := benchUpstream(b)
 	s, err := New(Config{Listen: "127.0.0.1:0", Upstream: u})
 	if err != nil {
 		b.Fatal(err)
@@ -32,23 +26,39 @@ func BenchmarkProxy(b *testing.B) {
 	for _, c := range []struct{ name, url string }{
 		{"direct", up.URL}, {"sidecar", sidecar.URL}, {"reverseproxy", rp.URL},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
-			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				buf := make([]byte, 4096)
-				for pb.Next() {
-					resp, err := client.Get(c.url + "/api/v3/core/users/me/")
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					io.CopyBuffer(io.Discard, resp.Body, buf)
-					resp.Body.Close()
-				}
-			})
-		})
+		b.Run(c.name, func(b *testing.B) { benchGets(b, c.url+"/api/v3/core/users/me/") })
 	}
+}
+
+// benchUpstream is an upstream answering every request with 512 bytes of
+// JSON; it is closed with the benchmark.
+func benchUpstream(b *testing.B) (*httptest.Server, *url.URL) {
+	body := make([]byte, 512)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = []string{"application/json"}
+		w.Write(body)
+	}))
+	b.Cleanup(up.Close)
+	return up, mustURL(&testing.T{}, up.URL)
+}
+
+// benchGets GETs url from parallel clients over keep-alive connections.
+func benchGets(b *testing.B, url string) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, 4096)
+		for pb.Next() {
+			resp, err := client.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.CopyBuffer(io.Discard, resp.Body, buf)
+			resp.Body.Close()
+		}
+	})
 }
 
 // BenchmarkForwarderHandler measures the proxy's own handler work per request
@@ -63,7 +73,7 @@ func BenchmarkForwarderHandler(b *testing.B) {
 	h := s.Handler()
 	rt := fixedTransport{body: body}
 	s.fwd.roundTrip = rt.RoundTrip
-	s.fwd.fast = nil
+	s.fwd.fast = false
 	req := httptest.NewRequest("GET", "/api/v3/core/users/me/?x=1", nil)
 	req.Header.Set("Cookie", "authentik_session=abc")
 	req.Header.Set("Accept", "application/json")

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/internal/lane"
 )
 
 // TestConnectionCap: with MaxConns open, a new connection is closed at
@@ -30,7 +32,7 @@ func TestConnectionCap(t *testing.T) {
 		defer c.Close()
 		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 		_, err = c.Read(make([]byte, 1))
-		return err == io.EOF || isConnReset(err)
+		return err == io.EOF || lane.IsConnReset(err)
 	})
 	if s.Stats().ConnsRefused == 0 {
 		t.Error("refused connections not counted")

@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -77,12 +79,14 @@ func (u *recordingUpstream) serve() {
 }
 
 // describe is what the comparison looks at: method, request target, body
-// and every header field but those each front end sets its own way.
+// and every header field but those each front end sets its own way. The
+// X-Forwarded-* fields are in it: the proxy's two paths must set them
+// alike (only method and target are compared with the reference).
 func describe(r *http.Request, body []byte) string {
 	var keys []string
 	for k := range r.Header {
 		switch k {
-		case "User-Agent", "Accept-Encoding", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Content-Length":
+		case "User-Agent", "Accept-Encoding", "Content-Length":
 			continue // the reference proxy's own additions (and length vs chunked)
 		}
 		keys = append(keys, k+"="+strings.Join(r.Header[k], "\x00"))
@@ -135,12 +139,17 @@ var (
 // differentialFronts starts, once per process, the proxy with its lane,
 // the proxy with net/http only, and httputil.ReverseProxy, each in front of
 // its own recording upstream.
+//
+// Behind them, the same two paths of a proxy that trusts the loopback
+// peer (--trusted-proxies), so that the forwarded fields it keeps and
+// appends to are compared too: [lane, net/http, reference, trusted lane,
+// trusted net/http].
 func differentialFronts(tb testing.TB) []*front {
 	diffOnce.Do(func() {
-		for _, fast := range []bool{true, false} {
+		start := func(fast bool, trusted []netip.Prefix) {
 			up := newRecordingUpstream(tb)
 			s, err := New(Config{Listen: "127.0.0.1:0", Upstream: parseURL(tb, "http://"+up.ln.Addr().String()),
-				DisableFastPath: !fast, ReadHeaderTimeout: 2 * time.Second})
+				DisableFastPath: !fast, ReadHeaderTimeout: 2 * time.Second, TrustedProxies: trusted})
 			if err != nil {
 				tb.Fatal(err)
 			}
@@ -150,8 +159,15 @@ func differentialFronts(tb testing.TB) []*front {
 			if !fast {
 				name = "net/http"
 			}
+			if trusted != nil {
+				name = "trusted " + name
+			}
 			diffFronts = append(diffFronts, &front{name: name, addr: s.Addr().String(), up: up})
 		}
+		start(true, nil)
+		start(false, nil)
+		defer start(false, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
+		defer start(true, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")})
 		up := newRecordingUpstream(tb)
 		rp := httputil.NewSingleHostReverseProxy(parseURL(tb, "http://"+up.ln.Addr().String()))
 		tr := &http.Transport{DisableCompression: true}
@@ -183,6 +199,10 @@ func FuzzDifferentialPaths(f *testing.F) {
 		"GET /a HTTP/1.1\nHost: h\nX_Forwarded_For: 1.2.3.4\n\n",
 		"PUT /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
 		"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: outer\r\nForwarded: for=10.0.0.1\r\nX-Real-Ip: 10.0.0.1\r\n\r\n",
+		"HEAD /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-Host: outer\r\nX-Forwarded-For:\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nX-Real-Ip: 10.0.0.9\r\nContent-Length: 1\r\n\r\nx",
 	)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if len(raw) > 4096 {
@@ -207,10 +227,14 @@ func FuzzDifferentialPaths(f *testing.F) {
 		for i, fr := range fronts {
 			res[i].status, res[i].got = fr.exchange(raw)
 		}
-		lane, nh, ref := res[0], res[1], res[2]
-		if strings.Join(lane.got, "\n") != strings.Join(nh.got, "\n") {
-			t.Fatalf("the lane and net/http forwarded differently for %q:\nlane:     %q (status %d)\nnet/http: %q (status %d)",
-				raw, lane.got, lane.status, nh.got, nh.status)
+		lane, ref := res[0], res[2]
+		for _, pair := range [][2]int{{0, 1}, {3, 4}} {
+			a, b := res[pair[0]], res[pair[1]]
+			if strings.Join(a.got, "\n") != strings.Join(b.got, "\n") {
+				t.Fatalf("%s and %s forwarded differently for %q:\n%s: %q (status %d)\n%s: %q (status %d)",
+					fronts[pair[0]].name, fronts[pair[1]].name, raw,
+					fronts[pair[0]].name, a.got, a.status, fronts[pair[1]].name, b.got, b.status)
+			}
 		}
 		if len(lane.got) == 0 {
 			return // refused (or not a request): the reference may forward what the proxy's policy refuses
@@ -243,4 +267,75 @@ func parseURL(tb testing.TB, s string) *url.URL {
 		tb.Fatal(err)
 	}
 	return u
+}
+
+// TestPathsAgreeOnUpstreamFailures: an upstream that refuses connections is
+// answered 502 and one that does not answer in time 504, with the same
+// header fields and body on the lane and on net/http's path, for GET and
+// HEAD.
+func TestPathsAgreeOnUpstreamFailures(t *testing.T) {
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close() // connections to it are refused
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }() // reads, never answers
+		}
+	}()
+	answer := func(upstream string, fast bool, method string) string {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		s, err := New(Config{Listen: "127.0.0.1:0", Upstream: parseURL(t, "http://"+upstream),
+			DisableFastPath: !fast, ResponseHeaderTimeout: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = s.Run(ctx) }()
+		<-s.Ready()
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "%s /a HTTP/1.1\r\nHost: h\r\n\r\n", method)
+		resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("%s via %s (lane %v): %v", method, upstream, fast, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Header.Del("Date") // net/http's server adds one
+		var keys []string
+		for k, v := range resp.Header {
+			keys = append(keys, k+"="+strings.Join(v, ","))
+		}
+		sort.Strings(keys)
+		return fmt.Sprintf("%d %v body=%q", resp.StatusCode, keys, body)
+	}
+	for _, tc := range []struct {
+		upstream string
+		status   int
+	}{{deadAddr, http.StatusBadGateway}, {silent.Addr().String(), http.StatusGatewayTimeout}} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			lane, nh := answer(tc.upstream, true, method), answer(tc.upstream, false, method)
+			if lane != nh {
+				t.Errorf("%s, upstream %d: the lane answered %s, net/http %s", method, tc.status, lane, nh)
+			}
+			if want := strconv.Itoa(tc.status) + " "; !strings.HasPrefix(lane, want) {
+				t.Errorf("%s: answered %s, want %d", method, lane, tc.status)
+			}
+		}
+	}
 }

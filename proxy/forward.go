@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/internal/lane"
 )
 
 // forwarder is the proxy core: one http.Handler that sends a request to the
@@ -28,8 +31,9 @@ type forwarder struct {
 	upgrades  *connSet
 	// roundTrip is transport.RoundTrip; benchmarks replace it.
 	roundTrip func(*http.Request) (*http.Response, error)
-	// fast, when set, is the lane's upstream client (see h1Client and lane).
-	fast *h1Client
+	// fast is set when the lane may carry requests (plain-HTTP upstream,
+	// fast path not turned off).
+	fast bool
 	// basePath is the upstream URL's path without a trailing slash ("" when
 	// the upstream is a bare host).
 	basePath, baseRawPath string
@@ -53,7 +57,7 @@ func newForwarder(cfg Config, stats *counters, upgrades *connSet) *forwarder {
 	}
 	f.roundTrip = f.transport.RoundTrip
 	if cfg.Upstream.Scheme == "http" && !cfg.DisableFastPath {
-		f.fast = newH1Client(cfg)
+		f.fast = true
 	}
 	return f
 }
@@ -106,7 +110,7 @@ func (p *forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve proxies one request and returns the status sent to the client.
 // status is set as soon as it is known, for a response aborted half way.
 func (p *forwarder) serve(w http.ResponseWriter, r *http.Request, class *string, status *int, span *trace.Span) int {
-	p.stats.proxied.Add(1)
+	p.stats.Proxied.Add(1)
 	out := p.outgoing(r)
 
 	var obs *observation
@@ -193,7 +197,7 @@ func (p *forwarder) outgoing(r *http.Request) *http.Request {
 // whole within its limits; nothing was forwarded. The connection is closed:
 // the rest of the body may still be on its way.
 func (p *forwarder) refuseBody(w http.ResponseWriter, r *http.Request, status int, err error) int {
-	p.stats.clientErrors.Add(1)
+	p.stats.ClientErrors.Add(1)
 	p.log.Info("observed request body refused", "request_id", requestID(r), "path", r.URL.Path, "status", status, "error", err)
 	w.Header()["Connection"] = []string{"close"}
 	http.Error(w, http.StatusText(status), status)
@@ -205,32 +209,28 @@ func (p *forwarder) refuseBody(w http.ResponseWriter, r *http.Request, status in
 func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, out *http.Request, err error) int {
 	if cb := clientBodyOf(out.Body); cb != nil && cb.err != nil && r.Context().Err() == nil {
 		// The client's own body was malformed (bad chunking, short body).
-		p.stats.clientErrors.Add(1)
+		p.stats.ClientErrors.Add(1)
 		p.log.InfoContext(out.Context(), "client sent a malformed request body", "request_id", requestID(r), "path", r.URL.Path, "error", cb.err)
 		w.Header()["Connection"] = []string{"close"}
 		http.Error(w, "Bad Request", http.StatusBadRequest)
 		return http.StatusBadRequest
 	}
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
-		p.stats.clientGone.Add(1)
+		p.stats.ClientGone.Add(1)
 		p.log.DebugContext(out.Context(), "client went away before the upstream answered", "request_id", requestID(r), "path", r.URL.Path)
 		return 499
 	}
-	status := http.StatusBadGateway
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
-		status = http.StatusGatewayTimeout
-		p.stats.upstreamTimeouts.Add(1)
-	} else {
-		p.stats.upstreamErrors.Add(1)
-	}
+	status := lane.UpstreamFailure(&p.stats.Counters, err)
 	p.log.WarnContext(out.Context(), "upstream request failed", "request_id", requestID(r), "method", r.Method,
 		"path", r.URL.Path, "status", status, "error", err)
 	h := w.Header()
-	h["Content-Type"] = []string{"text/plain; charset=utf-8"}
-	h["X-Content-Type-Options"] = []string{"nosniff"}
+	for _, f := range lane.FailureFields {
+		h[f[0]] = []string{f[1]}
+	}
+	body := lane.FailureBody(status)
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	w.WriteHeader(status)
-	_, _ = w.Write([]byte(http.StatusText(status) + "\n"))
+	_, _ = io.WriteString(w, body)
 	return status
 }
 
@@ -257,11 +257,11 @@ func (p *forwarder) respond(w http.ResponseWriter, r *http.Request, resp *http.R
 	err := copyBody(w, resp.Body, *bp, flush)
 	bufPool.Put(bp)
 	if err != nil {
-		if r.Context().Err() != nil || errors.Is(err, errClientWrite) {
-			p.stats.clientGone.Add(1)
+		if r.Context().Err() != nil || errors.Is(err, lane.ErrClientWrite) {
+			p.stats.ClientGone.Add(1)
 			p.log.Debug("client went away during the response", "request_id", requestID(r), "path", r.URL.Path)
 		} else {
-			p.stats.upstreamErrors.Add(1)
+			p.stats.UpstreamErrors.Add(1)
 			p.log.Warn("upstream response body failed", "request_id", requestID(r), "path", r.URL.Path, "error", err)
 		}
 		// The status line is out; abort so the client sees a truncated
@@ -274,8 +274,6 @@ func (p *forwarder) respond(w http.ResponseWriter, r *http.Request, resp *http.R
 	return resp.StatusCode
 }
 
-var errClientWrite = errors.New("proxy: writing to client failed")
-
 // copyBody streams src to w, flushing after every write when flush is set
 // (server-sent events, chunked responses).
 func copyBody(w http.ResponseWriter, src interface{ Read([]byte) (int, error) }, buf []byte, flush bool) error {
@@ -287,7 +285,7 @@ func copyBody(w http.ResponseWriter, src interface{ Read([]byte) (int, error) },
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return errors.Join(errClientWrite, werr)
+				return errors.Join(lane.ErrClientWrite, werr)
 			}
 			if fl != nil {
 				fl.Flush()
@@ -342,7 +340,4 @@ func clientBodyOf(b io.Reader) *clientBody {
 // closeIdle drops every idle upstream connection.
 func (p *forwarder) closeIdle() {
 	p.transport.CloseIdleConnections()
-	if p.fast != nil {
-		p.fast.closeIdle()
-	}
 }

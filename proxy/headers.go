@@ -1,26 +1,27 @@
 package proxy
 
 import (
-	"net"
 	"net/http"
 	"net/netip"
 	"net/textproto"
 	"strings"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/internal/lane"
 )
 
 // hopHeaders are the hop-by-hop fields net/http's path deletes, from
-// fieldPolicy.
+// lane.FieldPolicy.
 var hopHeaders = func() (hh []string) {
-	for _, f := range fieldPolicy {
-		if f.hop {
-			hh = append(hh, f.name)
+	for _, f := range lane.FieldPolicy {
+		if f.Hop {
+			hh = append(hh, f.Name)
 		}
 	}
 	return hh
 }()
 
 // protectedHeader reports the fields a client may not remove by naming
-// them in Connection (fieldPolicy): the proxy sets them itself, and
+// them in Connection (lane.FieldPolicy): the proxy sets them itself, and
 // letting a client strip them would let it hide or forge where it comes
 // from.
 func protectedHeader(k string) bool {
@@ -81,18 +82,8 @@ type forwarded struct {
 	trusted []netip.Prefix
 }
 
-// peerIP returns the IP part of a RemoteAddr ("1.2.3.4:5", "[::1]:5"),
-// without any zone.
-func peerIP(remoteAddr string) string {
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		host = remoteAddr
-	}
-	if i := strings.IndexByte(host, '%'); i >= 0 {
-		host = host[:i]
-	}
-	return host
-}
+// peerIP returns the IP part of a RemoteAddr, without any zone.
+func peerIP(remoteAddr string) string { return lane.PeerIP(remoteAddr) }
 
 func (f forwarded) isTrusted(ip string) bool {
 	if len(f.trusted) == 0 {
@@ -112,10 +103,7 @@ func (f forwarded) isTrusted(ip string) bool {
 }
 
 // apply sets X-Forwarded-For, -Proto and -Host on h for a request that
-// arrived from remoteAddr for host. From a trusted peer, existing values are
-// kept (X-Forwarded-For is appended to); from anyone else they are replaced,
-// and Forwarded and X-Real-IP are dropped, since authentik believes the first
-// X-Forwarded-For entry.
+// arrived from remoteAddr for host, by lane.ForwardedPolicy.
 func (f forwarded) apply(h http.Header, remoteAddr, host string, tls bool) {
 	dropUnderscoreAliases(h)
 	ip := peerIP(remoteAddr)
@@ -123,25 +111,34 @@ func (f forwarded) apply(h http.Header, remoteAddr, host string, tls bool) {
 	if tls {
 		proto = "https"
 	}
-	if f.isTrusted(ip) {
-		if prior := h["X-Forwarded-For"]; len(prior) > 0 {
-			h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
-		} else {
-			h["X-Forwarded-For"] = []string{ip}
+	trusted := f.isTrusted(ip)
+	for _, p := range lane.ForwardedPolicy {
+		var v string
+		switch p.Value {
+		case lane.XFPeer:
+			v = ip
+		case lane.XFProto:
+			v = proto
+		case lane.XFHost:
+			v = host
 		}
-		if len(h["X-Forwarded-Proto"]) == 0 {
-			h["X-Forwarded-Proto"] = []string{proto}
+		switch lane.XFActionFor(p.Untrusted, p.Trusted, trusted) {
+		case lane.XFDrop:
+			delete(h, p.Name)
+		case lane.XFSet:
+			h[p.Name] = []string{v}
+		case lane.XFAppend:
+			if prior := h[p.Name]; len(prior) > 0 {
+				h[p.Name] = []string{strings.Join(prior, ", ") + ", " + v}
+			} else {
+				h[p.Name] = []string{v}
+			}
+		case lane.XFDefault:
+			if len(h[p.Name]) == 0 {
+				h[p.Name] = []string{v}
+			}
 		}
-		if len(h["X-Forwarded-Host"]) == 0 {
-			h["X-Forwarded-Host"] = []string{host}
-		}
-		return
 	}
-	h["X-Forwarded-For"] = []string{ip}
-	h["X-Forwarded-Proto"] = []string{proto}
-	h["X-Forwarded-Host"] = []string{host}
-	delete(h, "Forwarded")
-	delete(h, "X-Real-Ip")
 }
 
 // dropUnderscoreAliases deletes fields such as "X_Forwarded_For": CGI-style

@@ -1,50 +1,17 @@
 package proxy
 
 import (
-	"bytes"
 	"net/http"
 	"path"
 	"strings"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/internal/lane"
 )
 
-// This file is the forwarding policy both paths apply: which header fields
-// are hop-by-hop or set by the proxy (fieldPolicy: the lane's classify and
-// net/http's removeHopByHop and protectedHeader are checked against it by
-// TestFieldPolicyOneTable), which request targets and paths are refused,
-// and which framing. The lane only carries origin-form, canonical,
-// bodyless GET and HEAD requests and hands everything else to net/http,
-// where refuseRequest and shadowsClaimedRoute sit; ambiguousFraming is
-// checked by the lane on every plain-HTTP connection's first head.
-
-// fieldPolicy names every request header field the proxy treats
-// specially. hop: removed before forwarding (RFC 9110 section 7.6.1, plus
-// the legacy Proxy-Connection and Keep-Alive; Te is reduced to "trailers").
-// protected: set by the proxy (replaced from untrusted peers), never
-// removable through Connection.
-var fieldPolicy = []struct {
-	name      string
-	kind      fieldKind // how the lane's classify sees it
-	hop       bool
-	protected bool
-}{
-	{"Connection", fConnection, true, false},
-	{"Proxy-Connection", fHop, true, false},
-	{"Keep-Alive", fHop, true, false},
-	{"Proxy-Authenticate", fHop, true, false},
-	{"Proxy-Authorization", fHop, true, false},
-	{"Trailer", fHop, true, false},
-	{"Transfer-Encoding", fTransferEncoding, true, false},
-	{"Upgrade", fHop, true, false},
-	{"Te", fHop, false, false},
-	{"X-Forwarded-For", fXFF, false, true},
-	{"X-Forwarded-Proto", fXFProto, false, true},
-	{"X-Forwarded-Host", fXFHost, false, true},
-	{"Forwarded", fForwarded, false, true},
-	{"X-Real-Ip", fForwarded, false, true},
-	{"Content-Length", fContentLength, false, false},
-	{"Host", fHost, false, false},
-	{"Expect", fExpect, false, false},
-}
+// This file holds the net/http path's part of the forwarding policy: which
+// request targets and paths are refused. The rules both paths apply (header
+// fields, X-Forwarded-*, framing, 502/504) are in internal/lane's policy.go,
+// which the lane and this package share.
 
 // refuseRequest returns why r must be answered 400 without being forwarded,
 // or "" when it may go on.
@@ -84,35 +51,13 @@ func refuseRequest(r *http.Request) string {
 // refuse answers 400 and closes the connection: the request was not
 // forwarded.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, reason string) {
-	s.stats.clientErrors.Add(1)
+	s.stats.ClientErrors.Add(1)
 	s.log.Info("request refused", "reason", reason, "method", r.Method, "request_id", requestID(r))
 	w.Header()["Connection"] = []string{"close"}
 	http.Error(w, "Bad Request", http.StatusBadRequest)
 	if s.cfg.OnRequest != nil {
 		s.cfg.OnRequest("proxy", http.StatusBadRequest, 0)
 	}
-}
-
-// nonCanonical reports whether a path has an empty, "." or ".." segment
-// (a doubled slash, "/./", "/../", or such a segment at the end): the SSF
-// router, the observer and authentik's router may each read such a path
-// as another one.
-func nonCanonical[T string | []byte](p T) bool {
-	for i := 0; i < len(p); i++ {
-		if p[i] != '/' {
-			continue
-		}
-		rest := p[i+1:]
-		switch {
-		case len(rest) > 0 && rest[0] == '/':
-			return true
-		case len(rest) > 0 && rest[0] == '.' && (len(rest) == 1 || rest[1] == '/'):
-			return true
-		case len(rest) > 1 && rest[0] == '.' && rest[1] == '.' && (len(rest) == 2 || rest[2] == '/'):
-			return true
-		}
-	}
-	return false
 }
 
 // canonicalPath is the decoded path with empty, "." and ".." segments
@@ -133,7 +78,7 @@ func canonicalPath(p string) string {
 // receiver's token to authentik, or run a tapped action past the tap,
 // wherever authentik's router cleans the path.
 func (s *Server) shadowsClaimedRoute(r *http.Request) bool {
-	if r.URL.RawPath == "" && !nonCanonical(r.URL.Path) {
+	if r.URL.RawPath == "" && !lane.NonCanonical(r.URL.Path) {
 		return false // the common case, without allocating
 	}
 	c := canonicalPath(r.URL.Path)
@@ -143,7 +88,7 @@ func (s *Server) shadowsClaimedRoute(r *http.Request) bool {
 	if s.underSSF(c) {
 		return true // the SSF router matches the raw path: any other spelling would be proxied
 	}
-	if s.cfg.Observer == nil || !nonCanonical(r.URL.Path) {
+	if s.cfg.Observer == nil || !lane.NonCanonical(r.URL.Path) {
 		return false // the observer matches the decoded path, as authentik acts on it
 	}
 	return s.cfg.Observer.Match(r.Method, r.Host, c)
@@ -157,48 +102,4 @@ func (s *Server) underSSF(p string) bool {
 		}
 	}
 	return false
-}
-
-// ambiguousFraming reports whether the request head at the start of b
-// (ending in an empty line, CRLF or bare LF) declares its body length two
-// ways: Content-Length together with Transfer-Encoding, or either of them
-// continued on an obs-folded line. A front proxy may read such a message
-// differently, so it is refused with 400 and the connection closed, as
-// nginx does (RFC 9112 sections 5.2 and 6.1). A b without a whole head
-// reports false.
-func ambiguousFraming(b []byte) bool {
-	_, rest := cutLine(b) // the request line
-	var cl, te, prevFraming bool
-	for len(rest) > 0 {
-		var line []byte
-		if bytes.IndexByte(rest, '\n') < 0 {
-			return false // the head is not all here
-		}
-		line, rest = cutLine(rest)
-		if len(line) == 0 {
-			return cl && te
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			if prevFraming {
-				return true // obs-fold of Content-Length or Transfer-Encoding
-			}
-			continue
-		}
-		name, _, _ := bytes.Cut(line, []byte(":"))
-		name = bytes.TrimRight(name, " \t")
-		isCL, isTE := asciiEqualFold(name, "content-length"), asciiEqualFold(name, "transfer-encoding")
-		cl, te, prevFraming = cl || isCL, te || isTE, isCL || isTE
-	}
-	return false
-}
-
-// refuseFraming answers an ambiguously framed request 400 and closes the
-// connection; nothing was forwarded.
-func (l *lane) refuseFraming(lc *laneConn) {
-	l.stats.clientErrors.Add(1)
-	l.fwd.log.Info("request refused", "reason", "ambiguous message framing")
-	const msg = "Bad Request\n"
-	_, _ = lc.bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 12\r\n\r\n" + msg)
-	_ = lc.bw.Flush()
-	lc.c.Close()
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/internal/lane"
 )
 
 // countingUpstream records the request targets it received.
@@ -176,28 +178,29 @@ func testAmbiguousFraming(t *testing.T, fast bool) {
 }
 
 // TestFieldPolicyOneTable: the lane's field classes and net/http's
-// hop-by-hop and protected fields are the ones fieldPolicy names, and no
+// hop-by-hop and protected fields are the ones lane.FieldPolicy names, and no
 // other field is special to either.
 func TestFieldPolicyOneTable(t *testing.T) {
 	hop := map[string]bool{}
 	for _, k := range hopHeaders {
 		hop[k] = true
 	}
-	for _, f := range fieldPolicy {
-		for _, spelling := range []string{f.name, strings.ToLower(f.name), strings.ToUpper(f.name)} {
-			if got := classify([]byte(spelling)); got != f.kind {
-				t.Errorf("lane classifies %s as %d, policy says %d", spelling, got, f.kind)
+	ordinary := lane.Classify([]byte("Cookie"))
+	for _, f := range lane.FieldPolicy {
+		for _, spelling := range []string{f.Name, strings.ToLower(f.Name), strings.ToUpper(f.Name)} {
+			if got := lane.Classify([]byte(spelling)); got != f.Kind || got == ordinary {
+				t.Errorf("lane classifies %s as %d, policy says %d", spelling, got, f.Kind)
 			}
 		}
-		if hop[f.name] != f.hop {
-			t.Errorf("net/http removes %s: %v, policy says %v", f.name, hop[f.name], f.hop)
+		if hop[f.Name] != f.Hop {
+			t.Errorf("net/http removes %s: %v, policy says %v", f.Name, hop[f.Name], f.Hop)
 		}
-		if protectedHeader(f.name) != f.protected {
-			t.Errorf("net/http protects %s: %v, policy says %v", f.name, protectedHeader(f.name), f.protected)
+		if protectedHeader(f.Name) != f.Protected {
+			t.Errorf("net/http protects %s: %v, policy says %v", f.Name, protectedHeader(f.Name), f.Protected)
 		}
 	}
 	for _, other := range []string{"Cookie", "Authorization", "X-Forwarded-Port", "Content-Type", "Tee", "Hosts"} {
-		if classify([]byte(other)) != fOther || protectedHeader(other) || hop[other] {
+		if lane.Classify([]byte(other)) != ordinary || protectedHeader(other) || hop[other] {
 			t.Errorf("%s is special to one path but not in the policy", other)
 		}
 	}

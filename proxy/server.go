@@ -14,6 +14,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/internal/lane"
 )
 
 // Server is the HTTP front: an echo server whose router tells the SSF
@@ -162,7 +164,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", s.cfg.Upstream.Redacted(), "tls", tlsOn)
 
 	errc := make(chan error, 2)
-	var ln2 *lane
+	var ln2 *lane.Lane
 	switch {
 	case tlsOn:
 		go func() { errc <- srv.ServeTLS(ln, "", "") }()
@@ -170,12 +172,11 @@ func (s *Server) Run(ctx context.Context) error {
 		// The lane reads every plain-HTTP connection first (and checks its
 		// first head's framing) and hands net/http those it does not carry
 		// itself; with the fast path off it carries none.
-		handoff := newChanListener(ln.Addr())
-		ln2 = newLane(s.fwd, &s.stats, handoff)
-		ln2.carry = s.laneOn()
+		handoff := lane.NewListener(ln.Addr())
+		ln2 = lane.New(s.laneConfig(), &s.stats.Counters, handoff)
 		go func() { errc <- srv.Serve(handoff) }()
 		go func() {
-			if err := ln2.serve(ln); err != nil {
+			if err := ln2.Serve(ln); err != nil {
 				errc <- err
 			}
 		}()
@@ -185,7 +186,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case err := <-errc:
 		ln.Close()
 		if ln2 != nil {
-			ln2.beginShutdown()
+			ln2.BeginShutdown()
 		}
 		srv.Close()
 		s.upgrades.closeAll()
@@ -198,13 +199,16 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("proxy draining", "timeout", s.cfg.ShutdownTimeout)
 	if ln2 != nil {
 		ln.Close()
-		ln2.beginShutdown()
+		ln2.BeginShutdown()
 	}
 	err = srv.Shutdown(sctx)
 	if ln2 != nil {
-		err = errors.Join(err, ln2.wait(sctx))
+		err = errors.Join(err, ln2.Wait(sctx))
 	}
 	n := s.upgrades.closeAll()
+	if ln2 != nil {
+		ln2.CloseIdle()
+	}
 	if err != nil {
 		srv.Close()
 		s.fwd.closeIdle()
@@ -220,5 +224,25 @@ func (s *Server) Run(ctx context.Context) error {
 // listener: plain HTTP to clients and upstream, the fast path not turned
 // off, and no span wanted for every proxied request.
 func (s *Server) laneOn() bool {
-	return s.fwd.fast != nil && (s.fwd.tr == nil || !s.fwd.tr.all)
+	return s.fwd.fast && (s.fwd.tr == nil || !s.fwd.tr.all)
+}
+
+// laneConfig is the lane's part of the configuration.
+func (s *Server) laneConfig() lane.Config {
+	c := &s.cfg
+	lc := lane.Config{
+		Upstream: c.Upstream.Host, BaseRawPath: s.fwd.baseRawPath,
+		DialTimeout: DefaultDialTimeout, ResponseHeaderTimeout: c.ResponseHeaderTimeout,
+		MaxHeaderBytes: c.MaxHeaderBytes, MaxIdleConns: c.MaxIdleConnsPerHost,
+		ReadHeaderTimeout: c.ReadHeaderTimeout, IdleTimeout: c.IdleTimeout,
+		Trusted: s.fwd.fwd.isTrusted, Logger: s.log, OnRequest: c.OnRequest, Now: c.Now,
+		Carry: s.laneOn(),
+	}
+	if c.SSF != nil {
+		lc.SSFPrefixes = c.SSFPrefixes
+	}
+	if c.Observer != nil {
+		lc.Observer = c.Observer
+	}
+	return lc
 }

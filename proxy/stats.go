@@ -1,6 +1,10 @@
 package proxy
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/ssf-sidecar/ssf-sidecar/proxy/internal/lane"
+)
 
 // Stats is a snapshot of the server's counters since New.
 type Stats struct {
@@ -32,21 +36,20 @@ type Stats struct {
 }
 
 type counters struct {
-	proxied, ssf, observed             atomic.Uint64
-	beforeMisses, afterMisses          atomic.Uint64
-	upstreamErrors, upstreamTimeouts   atomic.Uint64
-	clientGone, upgrades, clientErrors atomic.Uint64
-	lane, connsRefused                 atomic.Uint64
+	lane.Counters             // proxied, client and upstream errors: the lane adds to them too
+	ssf, observed             atomic.Uint64
+	beforeMisses, afterMisses atomic.Uint64
+	upgrades, connsRefused    atomic.Uint64
 }
 
 // Stats returns the current counters.
 func (s *Server) Stats() Stats {
 	c := &s.stats
 	return Stats{
-		Proxied: c.proxied.Load(), SSF: c.ssf.Load(), Observed: c.observed.Load(),
+		Proxied: c.Proxied.Load(), SSF: c.ssf.Load(), Observed: c.observed.Load(),
 		BeforeMisses: c.beforeMisses.Load(), AfterMisses: c.afterMisses.Load(),
-		UpstreamErrors: c.upstreamErrors.Load(), UpstreamTimeouts: c.upstreamTimeouts.Load(),
-		ClientGone: c.clientGone.Load(), ClientErrors: c.clientErrors.Load(), Upgrades: c.upgrades.Load(),
-		Lane: c.lane.Load(), ConnsRefused: c.connsRefused.Load(),
+		UpstreamErrors: c.UpstreamErrors.Load(), UpstreamTimeouts: c.UpstreamTimeouts.Load(),
+		ClientGone: c.ClientGone.Load(), ClientErrors: c.ClientErrors.Load(), Upgrades: c.upgrades.Load(),
+		Lane: c.Lane.Load(), ConnsRefused: c.connsRefused.Load(),
 	}
 }

@@ -78,7 +78,7 @@ func benchForwarder(b *testing.B, tp trace.TracerProvider) func(int) {
 		b.Fatal(err)
 	}
 	h := s.Handler()
-	s.fwd.fast = nil
+	s.fwd.fast = false
 	plain := httptest.NewRequest("GET", "/api/v3/core/users/me/", nil)
 	tapped := httptest.NewRequest("GET", "/tapped", nil)
 	tapped.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")

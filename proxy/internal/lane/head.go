@@ -1,4 +1,4 @@
-package proxy
+package lane
 
 import (
 	"bytes"
@@ -15,13 +15,13 @@ import (
 // head's buffer (value without surrounding white space).
 type field struct {
 	name, value []byte
-	kind        fieldKind
+	kind        FieldKind
 }
 
-type fieldKind uint8
+type FieldKind uint8
 
 const (
-	fOther fieldKind = iota
+	fOther FieldKind = iota
 	fHost
 	fConnection
 	fContentLength
@@ -32,11 +32,12 @@ const (
 	fForwarded // Forwarded, X-Real-Ip: dropped from untrusted peers
 	fHop       // Keep-Alive, Proxy-Connection, Proxy-Authenticate, Proxy-Authorization, Upgrade, Trailer, Te
 	fExpect
+	fKinds // the number of kinds
 )
 
-// classify names the header fields the lane treats specially. The length
+// Classify names the header fields the lane treats specially. The length
 // switch keeps the common case (an ordinary field) to one or two compares.
-func classify(name []byte) fieldKind {
+func Classify(name []byte) FieldKind {
 	eq := func(s string) bool { return asciiEqualFold(name, s) }
 	switch len(name) {
 	case 2:
@@ -258,7 +259,7 @@ func parseRequestHead(head []byte, h *reqHead) bool {
 		if !validValue(value) {
 			return false
 		}
-		k := classify(name)
+		k := Classify(name)
 		switch k {
 		case fHost:
 			hosts++
@@ -349,7 +350,7 @@ func parseResponseHead(head []byte, h *respHead) error {
 		if !validValue(value) {
 			return errBadResponse
 		}
-		k := classify(name)
+		k := Classify(name)
 		switch k {
 		case fContentLength:
 			n, err := strconv.ParseUint(string(value), 10, 63)

@@ -1,4 +1,4 @@
-package proxy
+package lane
 
 import (
 	"bufio"
@@ -14,7 +14,7 @@ import (
 // upstream. The lane writes each request and reads the response on the
 // client connection's own goroutine, with no hand-off to per-connection
 // reader and writer goroutines as http.Transport does; on a small machine
-// those hand-offs are a large part of a proxied request's cost. Without a
+// those hand-offs are a large part of a Proxied request's cost. Without a
 // reader goroutine it cannot notice an idle connection closed by the
 // upstream before reusing it, so the lane carries only GET and HEAD, which
 // are safe to send again on a fresh connection when that happens (and an
@@ -69,13 +69,13 @@ func (l *limitedConnReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func newH1Client(cfg Config) *h1Client {
+func newH1Client(cfg *Config) *h1Client {
 	return &h1Client{
-		addr:              hostPort(cfg.Upstream.Host, "80"),
-		dialer:            net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second},
+		addr:              hostPort(cfg.Upstream, "80"),
+		dialer:            net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second},
 		respHeaderTimeout: cfg.ResponseHeaderTimeout,
 		maxHeaderBytes:    int64(cfg.MaxHeaderBytes) + 4096,
-		maxIdle:           cfg.MaxIdleConnsPerHost,
+		maxIdle:           cfg.MaxIdleConns,
 		idleTimeout:       30 * time.Second,
 		now:               time.Now,
 	}
@@ -181,6 +181,7 @@ func (h *h1Client) armHeaderDeadline(pc *h1Conn) {
 	pc.armed = want
 }
 
-func isConnReset(err error) bool {
+// IsConnReset reports a connection reset by the peer.
+func IsConnReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET)
 }

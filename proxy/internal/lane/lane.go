@@ -1,18 +1,4 @@
-package proxy
-
-import (
-	"bufio"
-	"bytes"
-	"context"
-	"errors"
-	"net"
-	"net/http"
-	"sync"
-	"sync/atomic"
-	"time"
-)
-
-// lane is the proxy's own HTTP/1.1 server for the bulk of authentik's
+// Package lane is the proxy's own HTTP/1.1 server for the bulk of authentik's
 // traffic: GET and HEAD requests without a body on plain-HTTP listeners
 // (static assets, API reads, the UI's polling). It reads each request head
 // itself and, when the request is of the narrow form parseRequestHead
@@ -28,16 +14,33 @@ import (
 // rest of the connection) exactly as it would have without the lane. So the
 // lane never answers a malformed request itself: it only passes on what it
 // understands completely.
-type lane struct {
-	fwd     *forwarder
-	stats   *counters
-	handoff *chanListener
+//
+// The package also holds the forwarding policy (policy.go) that the lane
+// and the proxy's net/http path both apply.
+package lane
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Lane is the lane of one plain-HTTP listener.
+type Lane struct {
+	cfg     Config
+	log     *slog.Logger
+	client  *h1Client
+	stats   *Counters
+	handoff *Listener
 	ssf     [][]byte // SSF route bases, without a trailing slash
-	obs     Observer
-	// carry is false when every request is to go to net/http (fast path
-	// off, or a span wanted for every request): the lane then only checks
-	// each connection's first head.
-	carry bool
 
 	mu      sync.Mutex
 	conns   map[*laneConn]struct{}
@@ -45,16 +48,59 @@ type lane struct {
 	wg      sync.WaitGroup
 }
 
+// Matcher is the observer's part the lane asks: whether it wants a
+// request (those go to net/http).
+type Matcher interface {
+	Match(method, host, path string) bool
+}
+
+// Config is what the lane takes from the proxy's configuration.
+type Config struct {
+	// Upstream is the plain-HTTP upstream's host[:port]; BaseRawPath its
+	// path without a trailing slash, put before every request target.
+	Upstream, BaseRawPath string
+	DialTimeout           time.Duration
+	ResponseHeaderTimeout time.Duration
+	MaxHeaderBytes        int
+	MaxIdleConns          int // idle upstream connections kept
+	// ReadHeaderTimeout is a new connection's time for its first request
+	// head (and any head's, once it has begun); IdleTimeout the wait
+	// between requests.
+	ReadHeaderTimeout, IdleTimeout time.Duration
+	SSFPrefixes                    []string // routes the SSF handler serves
+	Observer                       Matcher  // nil: none
+	Trusted                        func(ip string) bool
+	Logger                         *slog.Logger
+	OnRequest                      func(class string, status int, d time.Duration)
+	Now                            func() time.Time
+	// Carry is false when every request is to go to net/http (fast path
+	// off, or a span wanted for every request): the lane then only checks
+	// each connection's first head.
+	Carry bool
+}
+
+// Counters are the proxy's request counters the lane adds to.
+type Counters struct {
+	Proxied, Lane, ClientErrors, ClientGone atomic.Uint64
+	UpstreamErrors, UpstreamTimeouts        atomic.Uint64
+}
+
 // watchDelay is how long an upstream may take before the lane starts
 // watching the client for a disconnect (fast answers never pay for it).
 const watchDelay = 100 * time.Millisecond
 
-func newLane(f *forwarder, stats *counters, handoff *chanListener) *lane {
-	l := &lane{fwd: f, stats: stats, handoff: handoff, obs: f.cfg.Observer, conns: map[*laneConn]struct{}{}}
-	if f.cfg.SSF != nil {
-		for _, p := range f.cfg.SSFPrefixes {
-			l.ssf = append(l.ssf, bytes.TrimSuffix([]byte(p), []byte("/")))
-		}
+// New returns a lane that hands the connections it does not carry to
+// handoff.
+func New(cfg Config, stats *Counters, handoff *Listener) *Lane {
+	l := &Lane{cfg: cfg, log: cfg.Logger, stats: stats, handoff: handoff, conns: map[*laneConn]struct{}{}}
+	if l.cfg.Trusted == nil {
+		l.cfg.Trusted = func(string) bool { return false }
+	}
+	if cfg.Carry {
+		l.client = newH1Client(&l.cfg)
+	}
+	for _, p := range cfg.SSFPrefixes {
+		l.ssf = append(l.ssf, bytes.TrimSuffix([]byte(p), []byte("/")))
 	}
 	return l
 }
@@ -86,8 +132,8 @@ type laneConn struct {
 	watchDone chan struct{}
 }
 
-// serve accepts from ln until it is closed.
-func (l *lane) serve(ln net.Listener) error {
+// Serve accepts from ln until it is closed.
+func (l *Lane) Serve(ln net.Listener) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -100,7 +146,7 @@ func (l *lane) serve(ln net.Listener) error {
 			}
 			// Out of file descriptors and the like: wait, as net/http does.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.fwd.log.Warn("proxy: accept failed; retrying", "error", err, "retry_in", backoff)
+			l.log.Warn("proxy: accept failed; retrying", "error", err, "retry_in", backoff)
 			time.Sleep(backoff)
 			continue
 		}
@@ -114,7 +160,7 @@ func (l *lane) serve(ln net.Listener) error {
 	}
 }
 
-func (l *lane) track(lc *laneConn) bool {
+func (l *Lane) track(lc *laneConn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closing {
@@ -125,7 +171,7 @@ func (l *lane) track(lc *laneConn) bool {
 	return true
 }
 
-func (l *lane) untrack(lc *laneConn) {
+func (l *Lane) untrack(lc *laneConn) {
 	l.mu.Lock()
 	delete(l.conns, lc)
 	l.mu.Unlock()
@@ -134,7 +180,7 @@ func (l *lane) untrack(lc *laneConn) {
 
 // setIdle marks lc idle (shutdown may close it) or busy; it reports whether
 // the lane is shutting down.
-func (l *lane) setIdle(lc *laneConn, idle bool) (closing bool) {
+func (l *Lane) setIdle(lc *laneConn, idle bool) (closing bool) {
 	l.mu.Lock()
 	lc.idle = idle
 	closing = l.closing
@@ -142,9 +188,9 @@ func (l *lane) setIdle(lc *laneConn, idle bool) (closing bool) {
 	return closing
 }
 
-// beginShutdown stops the lane taking new requests: idle connections are
+// BeginShutdown stops the lane taking new requests: idle connections are
 // closed now, busy ones after their current exchange.
-func (l *lane) beginShutdown() {
+func (l *Lane) BeginShutdown() {
 	l.mu.Lock()
 	l.closing = true
 	for lc := range l.conns {
@@ -155,9 +201,9 @@ func (l *lane) beginShutdown() {
 	l.mu.Unlock()
 }
 
-// wait waits for the lane's connections to finish their exchanges; when ctx
+// Wait waits for the lane's connections to finish their exchanges; when ctx
 // ends first, the rest are closed.
-func (l *lane) wait(ctx context.Context) error {
+func (l *Lane) Wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	select {
@@ -174,15 +220,15 @@ func (l *lane) wait(ctx context.Context) error {
 	return ctx.Err()
 }
 
-func (l *lane) serveConn(lc *laneConn) {
+func (l *Lane) serveConn(lc *laneConn) {
 	defer l.untrack(lc)
 	lc.br = bufio.NewReaderSize(lc.c, 4<<10)
 	lc.bw = bufio.NewWriterSize(lc.c, 4<<10)
 	lc.remote = lc.c.RemoteAddr().String()
-	lc.ip = peerIP(lc.remote)
-	lc.trusted = l.fwd.fwd.isTrusted(lc.ip)
+	lc.ip = PeerIP(lc.remote)
+	lc.trusted = l.cfg.Trusted(lc.ip)
 	lc.watchDone = make(chan struct{}, 1)
-	cfg := &l.fwd.cfg
+	cfg := &l.cfg
 	// A new connection has ReadHeaderTimeout for its first byte, as
 	// net/http gives it; the longer IdleTimeout is for waits between
 	// requests.
@@ -214,7 +260,7 @@ func (l *lane) serveConn(lc *laneConn) {
 			lc.hbuf = append(lc.hbuf[:0], head...)
 		}
 		if !ok || !parseRequestHead(lc.hbuf, &lc.req) || l.claimed(lc) {
-			if b, _ := lc.br.Peek(lc.br.Buffered()); ambiguousFraming(b) {
+			if b, _ := lc.br.Peek(lc.br.Buffered()); AmbiguousFraming(b) {
 				l.refuseFraming(lc)
 				return
 			}
@@ -286,12 +332,12 @@ func bareLF(b []byte) int {
 
 // claimed reports whether an SSF route or the observer wants the request:
 // those go through net/http and the forwarder's full path.
-func (l *lane) claimed(lc *laneConn) bool {
-	if !l.carry {
+func (l *Lane) claimed(lc *laneConn) bool {
+	if !l.cfg.Carry {
 		return true
 	}
 	path := lc.req.path
-	if nonCanonical(path) {
+	if NonCanonical(path) {
 		return true // net/http's path checks whether it shadows an SSF or tapped route
 	}
 	for _, base := range l.ssf {
@@ -299,18 +345,18 @@ func (l *lane) claimed(lc *laneConn) bool {
 			return true
 		}
 	}
-	if l.obs == nil {
+	if l.cfg.Observer == nil {
 		return false
 	}
 	method := http.MethodGet
 	if lc.req.head {
 		method = http.MethodHead
 	}
-	return l.obs.Match(method, string(lc.req.host), string(path))
+	return l.cfg.Observer.Match(method, string(lc.req.host), string(path))
 }
 
 // handOff gives the connection and what was read of it to net/http.
-func (l *lane) handOff(lc *laneConn) {
+func (l *Lane) handOff(lc *laneConn) {
 	lc.armed = time.Time{}
 	_ = lc.c.SetReadDeadline(time.Time{}) // net/http sets its own
 	l.handoff.deliver(&handoffConn{Conn: lc.c, br: lc.br})
@@ -340,20 +386,21 @@ func (c *handoffConn) CloseWrite() error {
 	return nil
 }
 
-// chanListener is the listener net/http serves: it yields the connections
+// Listener is the listener net/http serves: it yields the connections
 // the lane hands over.
-type chanListener struct {
+type Listener struct {
 	addr net.Addr
 	ch   chan net.Conn
 	once sync.Once
 	done chan struct{}
 }
 
-func newChanListener(addr net.Addr) *chanListener {
-	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+// NewListener returns a Listener that reports addr.
+func NewListener(addr net.Addr) *Listener {
+	return &Listener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
 }
 
-func (l *chanListener) deliver(c net.Conn) {
+func (l *Listener) deliver(c net.Conn) {
 	select {
 	case l.ch <- c:
 	case <-l.done:
@@ -361,7 +408,7 @@ func (l *chanListener) deliver(c net.Conn) {
 	}
 }
 
-func (l *chanListener) Accept() (net.Conn, error) {
+func (l *Listener) Accept() (net.Conn, error) {
 	select {
 	case c := <-l.ch:
 		return c, nil
@@ -370,9 +417,29 @@ func (l *chanListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *chanListener) Close() error {
+func (l *Listener) Close() error {
 	l.once.Do(func() { close(l.done) })
 	return nil
 }
 
-func (l *chanListener) Addr() net.Addr { return l.addr }
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// CloseIdle drops the idle upstream connections.
+func (l *Lane) CloseIdle() {
+	if l.client != nil {
+		l.client.closeIdle()
+	}
+}
+
+// PeerIP returns the IP part of a RemoteAddr ("1.2.3.4:5", "[::1]:5"),
+// without any zone.
+func PeerIP(remoteAddr string) string {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	if i := strings.IndexByte(host, '%'); i >= 0 {
+		host = host[:i]
+	}
+	return host
+}

@@ -1,4 +1,4 @@
-package proxy
+package lane
 
 import (
 	"bufio"
@@ -9,28 +9,29 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
 // forward carries one parsed request to the upstream and the answer back.
 // It reports whether the client connection may serve another request.
-func (l *lane) forward(lc *laneConn) (keep bool) {
-	p := l.fwd
+func (l *Lane) forward(lc *laneConn) (keep bool) {
+	cfg := &l.cfg
 	var start time.Time
-	if p.cfg.OnRequest != nil {
-		start = p.cfg.Now()
+	if cfg.OnRequest != nil {
+		start = cfg.Now()
 	}
-	p.stats.proxied.Add(1)
-	p.stats.lane.Add(1)
+	l.stats.Proxied.Add(1)
+	l.stats.Lane.Add(1)
 	status, keep := l.exchange(lc)
-	if p.cfg.OnRequest != nil {
-		p.cfg.OnRequest("proxy", status, p.cfg.Now().Sub(start))
+	if cfg.OnRequest != nil {
+		cfg.OnRequest("proxy", status, cfg.Now().Sub(start))
 	}
 	return keep
 }
 
-func (l *lane) exchange(lc *laneConn) (status int, keep bool) {
-	h := l.fwd.fast
+func (l *Lane) exchange(lc *laneConn) (status int, keep bool) {
+	h := l.client
 	var pc *h1Conn
 	for attempt := 0; ; attempt++ {
 		var err error
@@ -53,14 +54,14 @@ func (l *lane) exchange(lc *laneConn) (status int, keep bool) {
 		pc.lr.left = -1
 		if lc.unwatch() {
 			pc.c.Close()
-			l.stats.clientGone.Add(1)
-			l.fwd.log.Debug("client went away before the upstream answered", "path", string(lc.req.path))
+			l.stats.ClientGone.Add(1)
+			l.log.Debug("client went away before the upstream answered", "path", string(lc.req.path))
 			return 499, false
 		}
 		if err != nil {
 			pc.c.Close()
 			stale := pc.reused && attempt == 0 && len(lc.rbuf) == 0 &&
-				(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err))
+				(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || IsConnReset(err))
 			if stale {
 				continue
 			}
@@ -92,17 +93,17 @@ func (l *lane) exchange(lc *laneConn) (status int, keep bool) {
 	if err == nil {
 		err = lc.bw.Flush()
 		if err != nil {
-			err = errors.Join(errClientWrite, err)
+			err = errors.Join(ErrClientWrite, err)
 		}
 	}
 	if err != nil {
 		pc.c.Close()
-		if errors.Is(err, errClientWrite) {
-			l.stats.clientGone.Add(1)
-			l.fwd.log.Debug("client went away during the response", "path", string(lc.req.path))
+		if errors.Is(err, ErrClientWrite) {
+			l.stats.ClientGone.Add(1)
+			l.log.Debug("client went away during the response", "path", string(lc.req.path))
 		} else {
-			l.stats.upstreamErrors.Add(1)
-			l.fwd.log.Warn("upstream response body failed", "path", string(lc.req.path), "error", err)
+			l.stats.UpstreamErrors.Add(1)
+			l.log.Warn("upstream response body failed", "path", string(lc.req.path), "error", err)
 			_ = lc.bw.Flush() // what did arrive, then the cut
 		}
 		// The status line is out: closing the connection is the only way to
@@ -119,58 +120,65 @@ func (l *lane) exchange(lc *laneConn) (status int, keep bool) {
 
 // writeRequest writes the request head for the upstream: the client's
 // request line and fields as they came (Connection removed), with
-// X-Forwarded-* set as forwarded.apply does for net/http's path.
-func (l *lane) writeRequest(bw *bufio.Writer, lc *laneConn) {
+// X-Forwarded-* set by ForwardedPolicy, as forwarded.apply does for
+// net/http's path.
+func (l *Lane) writeRequest(bw *bufio.Writer, lc *laneConn) {
 	r := &lc.req
 	if r.head {
 		bw.WriteString("HEAD ")
 	} else {
 		bw.WriteString("GET ")
 	}
-	bw.WriteString(l.fwd.baseRawPath)
+	bw.WriteString(l.cfg.BaseRawPath)
 	bw.Write(r.target)
 	bw.WriteString(" HTTP/1.1\r\n")
-	var hadProto, hadHost bool
+	trusted := b2i(lc.trusted)
+	var came uint32 // the kinds of the fields that came, by ForwardedPolicy
 	for _, f := range r.fields {
-		switch f.kind {
-		case fConnection, fXFF:
+		if f.kind == fConnection {
 			continue
-		case fXFProto, fXFHost, fForwarded:
-			if !lc.trusted {
-				continue
-			}
-			hadProto = hadProto || f.kind == fXFProto
-			hadHost = hadHost || f.kind == fXFHost
+		}
+		switch xfByKind[trusted][f.kind] {
+		case XFDrop, XFSet, XFAppend:
+			continue // written below, if at all
+		case XFDefault:
+			came |= 1 << f.kind
 		}
 		bw.Write(f.name)
 		bw.WriteString(": ")
 		bw.Write(f.value)
 		bw.WriteString("\r\n")
 	}
-	bw.WriteString("X-Forwarded-For: ")
-	if lc.trusted {
-		n := 0
-		for _, f := range r.fields {
-			if f.kind == fXFF {
-				if n > 0 {
+	for i := range ForwardedPolicy {
+		p := &ForwardedPolicy[i]
+		act := XFActionFor(p.Untrusted, p.Trusted, lc.trusted)
+		switch act {
+		case XFSet, XFAppend:
+		case XFDefault:
+			if came&(1<<p.Kind) != 0 {
+				continue
+			}
+		default:
+			continue
+		}
+		bw.WriteString(p.Name)
+		bw.WriteString(": ")
+		if act == XFAppend {
+			for _, f := range r.fields {
+				if f.kind == p.Kind {
+					bw.Write(f.value)
 					bw.WriteString(", ")
 				}
-				bw.Write(f.value)
-				n++
 			}
 		}
-		if n > 0 {
-			bw.WriteString(", ")
+		switch p.Value {
+		case XFPeer:
+			bw.WriteString(lc.ip)
+		case XFProto:
+			bw.WriteString("http") // the lane serves plain-HTTP listeners only
+		case XFHost:
+			bw.Write(r.host)
 		}
-	}
-	bw.WriteString(lc.ip)
-	bw.WriteString("\r\n")
-	if !hadProto {
-		bw.WriteString("X-Forwarded-Proto: http\r\n")
-	}
-	if !hadHost {
-		bw.WriteString("X-Forwarded-Host: ")
-		bw.Write(r.host)
 		bw.WriteString("\r\n")
 	}
 	bw.WriteString("\r\n")
@@ -215,7 +223,7 @@ func readResponseHead(br *bufio.Reader, buf *[]byte, h *respHead) error {
 
 // writeResponseHead writes the upstream's status and fields to the client,
 // hop-by-hop fields removed and the framing re-declared.
-func (l *lane) writeResponseHead(lc *laneConn, noBody, framed bool) {
+func (l *Lane) writeResponseHead(lc *laneConn, noBody, framed bool) {
 	resp, bw := &lc.resp, lc.bw
 	bw.WriteString("HTTP/1.1 ")
 	var code [3]byte
@@ -291,13 +299,13 @@ func copyLength(w *bufio.Writer, r *bufio.Reader, n int64, flush bool) error {
 		}
 		b, _ := r.Peek(int(min(n, int64(r.Buffered()))))
 		if _, werr := w.Write(b); werr != nil {
-			return errors.Join(errClientWrite, werr)
+			return errors.Join(ErrClientWrite, werr)
 		}
 		_, _ = r.Discard(len(b))
 		n -= int64(len(b))
 		if flush {
 			if werr := w.Flush(); werr != nil {
-				return errors.Join(errClientWrite, werr)
+				return errors.Join(ErrClientWrite, werr)
 			}
 		}
 	}
@@ -320,7 +328,7 @@ func copyChunked(w *bufio.Writer, r *bufio.Reader) error {
 			return errBadChunk
 		}
 		if _, err := w.Write(line); err != nil {
-			return errors.Join(errClientWrite, err)
+			return errors.Join(ErrClientWrite, err)
 		}
 		if size == 0 {
 			break
@@ -336,10 +344,10 @@ func copyChunked(w *bufio.Writer, r *bufio.Reader) error {
 			return errBadChunk
 		}
 		if _, err := w.Write(end); err != nil {
-			return errors.Join(errClientWrite, err)
+			return errors.Join(ErrClientWrite, err)
 		}
 		if err := w.Flush(); err != nil {
-			return errors.Join(errClientWrite, err)
+			return errors.Join(ErrClientWrite, err)
 		}
 	}
 	// Trailer fields, then the empty line.
@@ -364,7 +372,7 @@ func copyChunked(w *bufio.Writer, r *bufio.Reader) error {
 			}
 		}
 		if _, err := w.Write(line); err != nil {
-			return errors.Join(errClientWrite, err)
+			return errors.Join(ErrClientWrite, err)
 		}
 		if len(body) == 0 {
 			return nil
@@ -419,6 +427,13 @@ func chunkSize(line []byte) (int64, bool) {
 	return n, true
 }
 
+// bufPool holds copy buffers for bodies delimited by the upstream's close.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// ErrClientWrite marks an error writing to the client (the client went
+// away), as opposed to one reading from the upstream.
+var ErrClientWrite = errors.New("proxy: writing to client failed")
+
 // copyUntilClose passes on a body delimited by the upstream closing the
 // connection, as chunks, so the client connection stays usable.
 func copyUntilClose(w *bufio.Writer, r *bufio.Reader) error {
@@ -433,7 +448,7 @@ func copyUntilClose(w *bufio.Writer, r *bufio.Reader) error {
 			w.Write(buf[:n])
 			w.WriteString("\r\n")
 			if ferr := w.Flush(); ferr != nil {
-				return errors.Join(errClientWrite, ferr)
+				return errors.Join(ErrClientWrite, ferr)
 			}
 		}
 		if err == io.EOF {
@@ -448,29 +463,26 @@ func copyUntilClose(w *bufio.Writer, r *bufio.Reader) error {
 
 // fail answers the client 502 or 504 for an upstream that could not be
 // reached or did not answer in time.
-func (l *lane) fail(lc *laneConn, err error) (int, bool) {
-	status := http.StatusBadGateway
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		status = http.StatusGatewayTimeout
-		l.stats.upstreamTimeouts.Add(1)
-	} else {
-		l.stats.upstreamErrors.Add(1)
-	}
+func (l *Lane) fail(lc *laneConn, err error) (int, bool) {
+	status := UpstreamFailure(l.stats, err)
 	method := http.MethodGet
 	if lc.req.head {
 		method = http.MethodHead
 	}
-	l.fwd.log.Warn("upstream request failed", "method", method, "path", string(lc.req.path), "status", status, "error", err)
-	text := http.StatusText(status)
+	l.log.Warn("upstream request failed", "method", method, "path", string(lc.req.path), "status", status, "error", err)
+	body := FailureBody(status)
 	bw := lc.bw
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(status))
-	bw.WriteString(" " + text + "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
-	bw.WriteString(strconv.Itoa(len(text) + 1))
+	bw.WriteString(" " + http.StatusText(status) + "\r\n")
+	for _, f := range FailureFields {
+		bw.WriteString(f[0] + ": " + f[1] + "\r\n")
+	}
+	bw.WriteString("Content-Length: ")
+	bw.WriteString(strconv.Itoa(len(body)))
 	bw.WriteString("\r\n\r\n")
 	if !lc.req.head {
-		bw.WriteString(text + "\n")
+		bw.WriteString(body)
 	}
 	if bw.Flush() != nil {
 		return status, false

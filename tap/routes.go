@@ -116,9 +116,9 @@ func (t *Tap) parseRoute(method, path string) (route, bool) {
 		return route{op: opSetPassword, id: strconv.FormatInt(pk, 10)}, true
 	case len(parts) == 3 && parts[0] == "authenticators" && deviceTypes[parts[1]] && parts[1] != "endpoint" && method == http.MethodDelete:
 		// (the user endpoint of endpoint devices is read-only)
-		return route{op: opDeviceDelete, dtype: parts[1], id: parts[2]}, true
+		return route{op: opDeviceDelete, dtype: parts[1], id: devicePK(parts[2])}, true
 	case len(parts) == 4 && parts[0] == "authenticators" && parts[1] == "admin" && deviceTypes[parts[2]] && method == http.MethodDelete:
-		return route{op: opDeviceDelete, dtype: parts[2], id: parts[3], admin: true}, true
+		return route{op: opDeviceDelete, dtype: parts[2], id: devicePK(parts[3]), admin: true}, true
 	}
 	return route{}, false
 }
@@ -144,4 +144,15 @@ func splitPath(s string, buf []string) ([]string, bool) {
 func (t *Tap) Match(method, _, path string) bool {
 	_, ok := t.parseRoute(method, path)
 	return ok
+}
+
+// devicePK is a device id from a path as authentik reads it: an integer
+// pk is parsed as Python's int() does (" 12 " and "١٢" name device 12), so
+// the tap looks up, journals and matches events for the device authentik
+// deletes. Other ids (UUIDs) stay as they are.
+func devicePK(s string) string {
+	if pk, ok := djparse.Int(s); ok && pk > 0 {
+		return strconv.FormatInt(pk, 10)
+	}
+	return s
 }

@@ -328,3 +328,20 @@ func TestDeviceTypeMatches(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceRouteID: a device id in a DELETE path is read as authentik's
+// int() reads it, so the look-up and the event match name device 12.
+func TestDeviceRouteID(t *testing.T) {
+	tp := &Tap{}
+	for _, tc := range []struct{ path, id string }{
+		{"/api/v3/authenticators/admin/totp/\u0661\u0662/", "12"},
+		{"/api/v3/authenticators/totp/ 12 /", "12"},
+		{"/api/v3/authenticators/admin/sms/12/", "12"},
+		{"/api/v3/authenticators/admin/endpoint/5f0e-aa/", "5f0e-aa"},
+	} {
+		r, ok := tp.parseRoute("DELETE", tc.path)
+		if !ok || r.op != opDeviceDelete || r.id != tc.id {
+			t.Errorf("%q = %q %q %v, want device_delete %q", tc.path, r.op, r.id, ok, tc.id)
+		}
+	}
+}

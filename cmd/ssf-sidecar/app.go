@@ -315,7 +315,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	}
 	a.tap, err = tap.New(tap.Config{
 		Upstream: up, Token: cfg.AuthentikToken, SecretKey: cfg.AuthentikSecretKey,
-		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases},
+		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases}, DirectoryRecheck: tapRecheck(cfg.DirectoryRecheck),
 		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger, // the tap names itself
 	})
 	if err != nil {
@@ -585,4 +585,13 @@ func (a *app) run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// tapRecheck maps --directory-recheck to the tap's setting, where 0 means
+// its default and a negative value turns the re-check off.
+func tapRecheck(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }

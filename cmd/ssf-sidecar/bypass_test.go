@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -91,34 +93,8 @@ func spellings(addr, path string) map[string]string {
 // slow body), is either refused before authentik acts on it or produces
 // its SET.
 func TestTapBypassTable(t *testing.T) {
-	w := newSystem(t)
-	ctx := context.Background()
-	all := []string{ssf.EventSessionRevoked, ssf.EventCredentialChange, ssf.EventAccountDisabled}
-	if _, err := w.createPushStream(ctx, all); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	addr := strings.TrimPrefix(w.front, "http://")
-	admin := "Authorization: Bearer " + w.ak.AdminToken()
-	n := 0
-	newUser := func() authentiktest.User {
-		n++
-		name := fmt.Sprintf("u%d", n)
-		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return u
-	}
-	// action builds the request for one spelling and reports, after it ran,
-	// whether authentik acted and which SET event must then name the user.
-	type action struct {
-		name  string
-		build func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string)
-	}
-	actions := []action{
+	w, addr, admin, newUser := bypassWorld(t, 100*time.Millisecond)
+	actions := []bypassAction{
 		{"revoke a session", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			s, _, err := w.ak.IssueSession(u.PK)
 			if err != nil {
@@ -192,12 +168,7 @@ func TestTapBypassTable(t *testing.T) {
 			}
 		}},
 	)
-	type pending struct {
-		row    string
-		user   authentiktest.User
-		events []string
-	}
-	var acted []pending
+	var acted []bypassPending
 	for _, a := range actions {
 		for _, v := range variants {
 			row := a.name + " / " + v.name
@@ -208,7 +179,7 @@ func TestTapBypassTable(t *testing.T) {
 			}
 			status := req.send(t, addr)
 			if happened() {
-				acted = append(acted, pending{row, u, events})
+				acted = append(acted, bypassPending{row, u, events})
 				continue
 			}
 			if status/100 == 2 {
@@ -220,6 +191,55 @@ func TestTapBypassTable(t *testing.T) {
 		t.Fatal("no spelling ran the action at all: the table tests nothing")
 	}
 	// Every action authentik ran must have produced its SET.
+	waitForSETs(t, w, acted)
+	t.Logf("%d rows ran the action and produced its SET; the others were refused or not run", len(acted))
+}
+
+// bypassAction builds the request of one row for a target spelling and
+// reports, after it ran, whether authentik acted and which SET events
+// must then name the user.
+type bypassAction struct {
+	name  string
+	build func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string)
+}
+
+// bypassWorld starts a sidecar in front of the simulated authentik with a
+// push stream for every event the table checks, its event-API poller
+// reading every poll.
+func bypassWorld(t *testing.T, poll time.Duration) (w *demoWorld, addr, admin string, newUser func() authentiktest.User) {
+	t.Helper()
+	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(), pollInterval: poll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	ctx := context.Background()
+	all := []string{ssf.EventSessionRevoked, ssf.EventCredentialChange, ssf.EventAccountDisabled}
+	if _, err := w.createPushStream(ctx, all); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	addr = strings.TrimPrefix(w.front, "http://")
+	admin = "Authorization: Bearer " + w.ak.AdminToken()
+	n := 0
+	newUser = func() authentiktest.User {
+		n++
+		name := fmt.Sprintf("u%d", n)
+		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	return w, addr, admin, newUser
+}
+
+// waitForSETs waits until every SET event each acted row expects names its
+// user, failing the rows whose SET does not come.
+func waitForSETs(t *testing.T, w *demoWorld, acted []bypassPending) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for _, p := range acted {
 		for _, event := range p.events {
@@ -232,7 +252,108 @@ func TestTapBypassTable(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d rows ran the action and produced its SET; the others were refused or not run", len(acted))
+}
+
+type bypassPending struct {
+	row    string
+	user   authentiktest.User
+	events []string
+}
+
+// TestTapBypassTableTrafficOnly: spellings that authentik reads as Python
+// and Django do (HEAD as GET, the last of duplicate cookies, ids in any
+// script's digits or between spaces, booleans as strings) are refused or
+// produce their SET from the traffic alone. The poller reads the event
+// API once at start and then not within the test, so a row the tap
+// misreads cannot be rescued by authentik's event log.
+func TestTapBypassTableTrafficOnly(t *testing.T) {
+	w, addr, admin, newUser := bypassWorld(t, time.Hour)
+	origin := func(p string) string { return p }
+	arabic := func(n int) string { // n in Arabic-Indic digits, percent-encoded
+		var b strings.Builder
+		for _, d := range strconv.Itoa(n) {
+			b.WriteString(url.PathEscape(string('\u0660' + d - '0')))
+		}
+		return b.String()
+	}
+	var decoys []authentiktest.User
+	singles := []bypassAction{
+		{"log out through the invalidation flow with HEAD", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			// Django's View runs get() for HEAD: the logout stage runs.
+			s, cookie, err := w.ak.IssueSession(u.PK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "HEAD", target: target("/api/v3/flows/executor/" + w.ak.Flows().Invalidation + "/?query="),
+				header: []string{"Cookie: authentik_session=" + cookie}}
+			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+		}},
+		{"log out with a decoy session cookie first", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			// Django keeps the last of two cookies of one name: the SET
+			// must name u, whose session authentik ends, not the decoy.
+			decoy := newUser()
+			_, decoyCookie, err := w.ak.IssueSession(decoy.PK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, cookie, err := w.ak.IssueSession(u.PK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "GET", target: target("/api/v3/flows/executor/" + w.ak.Flows().Invalidation + "/?query="),
+				header: []string{"Cookie: authentik_session=" + decoyCookie + "; authentik_session=" + cookie}}
+			decoys = append(decoys, decoy)
+			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+		}},
+		{"set a password, user id in Arabic-Indic digits", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			before := u.PasswordChangeDate
+			req := bypassRequest{method: "POST", target: target("/api/v3/core/users/" + arabic(int(u.PK)) + "/set_password/"),
+				header: []string{admin}, body: `{"password":"Admin-set-1"}`}
+			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.PasswordChangeDate.Equal(before) }, []string{"credential-change"}
+		}},
+		{"deactivate a user, user id between spaces", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			req := bypassRequest{method: "PATCH", target: target(fmt.Sprintf("/api/v3/core/users/%%20%d%%20/", u.PK)),
+				header: []string{admin}, body: `{"is_active": false}`}
+			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.IsActive }, []string{"account-disabled"}
+		}},
+		{"delete an MFA device, device id in Arabic-Indic digits", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			d, err := w.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: u.PK})
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "DELETE", target: target("/api/v3/authenticators/admin/totp/" + arabic(int(d.PK)) + "/"), header: []string{admin}}
+			return req, func() bool { _, ok := w.ak.Device(authentiktest.DeviceTOTP, d.PK); return !ok }, []string{"credential-change"}
+		}},
+		{"deactivate a user with the string \"false\"", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
+			// authentik ends the user's sessions too: the tap must read
+			// "false" as false to list them before they go.
+			if _, _, err := w.ak.IssueSession(u.PK); err != nil {
+				t.Fatal(err)
+			}
+			req := bypassRequest{method: "PATCH", target: target(fmt.Sprintf("/api/v3/core/users/%d/", u.PK)),
+				header: []string{admin}, body: `{"is_active": "false"}`}
+			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.IsActive }, []string{"account-disabled", "session-revoked"}
+		}},
+	}
+	var acted []bypassPending
+	for _, a := range singles {
+		u := newUser()
+		req, happened, events := a.build(u, origin)
+		status := req.send(t, addr)
+		if !happened() {
+			// Each spelling is one authentik acts on: a row it refuses
+			// would test nothing.
+			t.Errorf("%s: authentik did not act (status %d)", a.name, status)
+			continue
+		}
+		acted = append(acted, bypassPending{a.name, u, events})
+	}
+	waitForSETs(t, w, acted)
+	for _, d := range decoys {
+		if hasSET(w.recv.received(), "session-revoked", d.Email) {
+			t.Errorf("a session-revoked SET names %s, whose session authentik did not end", d.Email)
+		}
+	}
 }
 
 func hasSET(sets []receivedSET, event, email string) bool {

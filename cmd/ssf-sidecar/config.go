@@ -34,6 +34,7 @@ type Config struct {
 	AllowPrivateEndpoints bool
 	PollInterval          time.Duration
 	Backfill              time.Duration
+	DirectoryRecheck      time.Duration
 	TrustedProxies        []netip.Prefix
 	TLSCert, TLSKey       string
 	LogFormat, LogLevel   string
@@ -129,6 +130,7 @@ var options = []option{
 	{name: "admin-listen", env: "SSF_ADMIN_LISTEN", def: "127.0.0.1:9090", usage: "address of /metrics, /healthz, /readyz, the admin API and the dashboard", apply: str(func(c *Config) *string { return &c.AdminListen })},
 	{name: "allow-private-endpoints", env: "SSF_ALLOW_PRIVATE_ENDPOINTS", def: "false", isBool: true, usage: "allow push endpoints on loopback, private and link-local addresses (and http)", apply: boolean(func(c *Config) *bool { return &c.AllowPrivateEndpoints })},
 	{name: "poll-interval", env: "SSF_POLL_INTERVAL", def: "5s", usage: "how often authentik's event API is read", apply: dur(func(c *Config) *time.Duration { return &c.PollInterval })},
+	{name: "directory-recheck", env: "SSF_DIRECTORY_RECHECK", def: "5m", usage: "how often a pass re-reads authentik's users for background changes such as an LDAP sync deactivating one (0: never)", apply: dur(func(c *Config) *time.Duration { return &c.DirectoryRecheck })},
 	{name: "backfill", env: "SSF_BACKFILL", def: "0s", usage: "on a fresh data dir, how far back the event-API poller starts (0: now)", apply: dur(func(c *Config) *time.Duration { return &c.Backfill })},
 	{name: "trusted-proxies", env: "SSF_TRUSTED_PROXIES", usage: "comma-separated CIDRs whose X-Forwarded-* headers are believed", apply: func(c *Config, v string) error {
 		c.TrustedProxies = nil

@@ -86,7 +86,7 @@ func startDemoWorld(ctx context.Context, o demoOptions) (*demoWorld, error) {
 		AllowPrivateEndpoints: true, PollInterval: o.pollInterval, DefaultSubjects: "ALL",
 		Retention: 720 * time.Hour, DeliveredRetention: 72 * time.Hour, PushTimeout: 5 * time.Second,
 		MaxBackoff: 2 * time.Second, PauseAfter: 72 * time.Hour, KeyOverlap: 168 * time.Hour, MaxBody: 64 << 10,
-		LogFormat: "text", LogLevel: "warn", TracePropagation: true,
+		LogFormat: "text", LogLevel: "warn", TracePropagation: true, DirectoryRecheck: 5 * time.Minute,
 	}
 	if o.mutate != nil {
 		o.mutate(&cfg)

@@ -633,3 +633,14 @@ func shownURL(v string) string {
 	}
 	return shown(v)
 }
+
+// withoutPassword is v with the password of a URL's user information
+// masked, for output and logs; any other value is returned as it is.
+func withoutPassword(v string) string {
+	if u, err := url.Parse(v); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			return u.Redacted()
+		}
+	}
+	return v
+}

@@ -57,6 +57,7 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 	const admin = "s3cr3t-admin-token-must-not-leak-0003"
 	const ak = "s3cr3t-authentik-token-must-not-leak-0004"
 	const key = "s3cr3t-authentik-secret-key-must-not-leak-0005"
+	const upPass = "s3cr3t-upstream-password-must-not-leak-0006"
 	const pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7s3cr3tk3y\n-----END PRIVATE KEY-----"
 	secrets := []string{tok, tok2, admin, ak, key, "s3cr3t", "MIIEvQIBADANBg"}
 
@@ -98,6 +99,10 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 		{"secret in a duration by environment", map[string]string{"SSF_UPSTREAM": "http://ak:9000", "SSF_ADMIN_TOKEN": admin}, []string{"config", "check", "--poll-interval", "x", "--upsteam", admin}},
 		{"serve with secrets, refused for another reason", map[string]string{"SSF_ADMIN_TOKEN": admin, "SSF_AUTHENTIK_TOKEN": ak}, []string{"serve", "--upstream", "http://ak:9000",
 			"--authentik-secret-key", key, "--receivers", dupTok, "--listen", "9580"}},
+		{"a password in the upstream URL", nil, []string{"config", "check", "--upstream", "http://ops:" + upPass + "@ak:9000", "--data-dir", data}},
+		{"a password in the upstream URL, json", map[string]string{"SSF_UPSTREAM": "http://ops:" + upPass + "@ak:9000"}, []string{"config", "check", "--json", "--data-dir", data}},
+		{"serve starts with a password in the upstream URL", nil, []string{"serve", "--upstream", "http://ops:" + upPass + "@127.0.0.1:1",
+			"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--admin-listen", "localhost:0", "--log-level", "debug"}},
 		{"serve starts with secrets", map[string]string{"SSF_ADMIN_TOKEN": admin, "SSF_AUTHENTIK_TOKEN": ak, "SSF_AUTHENTIK_SECRET_KEY": key}, []string{"serve",
 			"--upstream", "http://127.0.0.1:1", "--receivers", recvFile, "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "localhost:0", "--log-level", "debug"}},
 	}

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // StreamStats is the state of one stream's queue, for the admin API, the
@@ -51,7 +51,7 @@ type DeadLetter struct {
 // Stats returns one stream's statistics.
 func (o *Outbox) Stats(ctx context.Context, streamID string) (StreamStats, error) {
 	var s StreamStats
-	err := o.store.view(func(tx *bolt.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		m, err := getMeta(tx, streamID)
 		if err != nil {
 			return err
@@ -68,7 +68,7 @@ func (o *Outbox) Stats(ctx context.Context, streamID string) (StreamStats, error
 // AllStats returns every stream's statistics, ordered by stream id.
 func (o *Outbox) AllStats(ctx context.Context) ([]StreamStats, error) {
 	var out []StreamStats
-	err := o.store.view(func(tx *bolt.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		return tx.Bucket(bktStreams).ForEach(func(k, _ []byte) error {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -84,7 +84,7 @@ func (o *Outbox) AllStats(ctx context.Context) ([]StreamStats, error) {
 	return out, err
 }
 
-func (o *Outbox) statsOf(tx *bolt.Tx, m *streamMeta) StreamStats {
+func (o *Outbox) statsOf(tx kv.Tx, m *streamMeta) StreamStats {
 	s := StreamStats{StreamID: m.Config.ID, Method: m.Config.Method, Status: m.Config.Status,
 		Backlog: m.Queued, Delivered: m.Delivered, Dead: m.Dead, Dropped: m.Dropped,
 		Non202: m.Non202, LastSuccess: m.LastSuccess}
@@ -128,7 +128,7 @@ func (o *Outbox) DeadLetters(ctx context.Context, streamID string, limit int) ([
 		limit = 100
 	}
 	var out []DeadLetter
-	err := o.store.view(func(tx *bolt.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		if m, err := getMeta(tx, streamID); err != nil || m == nil {
 			return errors.Join(err, ErrUnknownStream)
 		}
@@ -160,7 +160,7 @@ func (o *Outbox) DeadLetters(ctx context.Context, streamID string, limit int) ([
 func (o *Outbox) Replay(ctx context.Context, streamID string, jtis []string) (int, error) {
 	now := o.now()
 	n := 0
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
 		n = 0
 		m, err := getMeta(tx, streamID)
 		if err != nil {
@@ -210,7 +210,7 @@ func (o *Outbox) Replay(ctx context.Context, streamID string, jtis []string) (in
 // Purge deletes dead letters for good (nil jtis: all of the stream's).
 func (o *Outbox) Purge(ctx context.Context, streamID string, jtis []string) (int, error) {
 	n := 0
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
 		n = 0
 		m, err := getMeta(tx, streamID)
 		if err != nil {
@@ -239,7 +239,7 @@ func (o *Outbox) Purge(ctx context.Context, streamID string, jtis []string) (int
 }
 
 // deadRecords returns the stream's dead records named by jtis (nil: all).
-func deadRecords(tx *bolt.Tx, streamID string, jtis []string) ([]*Record, error) {
+func deadRecords(tx kv.Tx, streamID string, jtis []string) ([]*Record, error) {
 	var out []*Record
 	if jtis == nil {
 		p := streamPrefix(streamID)
@@ -280,7 +280,7 @@ func (o *Outbox) History(ctx context.Context, streamID string, limit int) ([]Rec
 		limit = 50
 	}
 	var out []Record
-	err := o.store.view(func(tx *bolt.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		c := tx.Bucket(bktHist).Cursor()
 		p := streamPrefix(streamID)
 		upper := seqKey(streamID, math.MaxUint64)

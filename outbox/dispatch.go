@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // pending is a queue entry on its way through a push pipeline.
@@ -272,7 +272,7 @@ func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfi
 func (o *Outbox) loadAfter(stream string, cursor []byte, n int) ([]*pending, []byte, error) {
 	var out []*pending
 	var last []byte
-	err := o.store.view(func(tx *bolt.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		p := streamPrefix(stream)
 		c := tx.Bucket(bktQueue).Cursor()
 		var k, v []byte

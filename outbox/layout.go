@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // Buckets owned by the outbox. Other packages must use other names.
@@ -125,7 +125,7 @@ const headBlock = 1 << 20
 // empty starts a new block below every sequence used before, so no key of
 // the history is ever reused. A stream whose heads were queued before
 // blocks existed falls back to the sequence below everything.
-func (m *streamMeta) nextHead(tx *bolt.Tx, stream string) uint64 {
+func (m *streamMeta) nextHead(tx kv.Tx, stream string) uint64 {
 	k, _ := tx.Bucket(bktQueue).Cursor().Seek(streamPrefix(stream))
 	headsQueued := k != nil && hasPrefix(k, streamPrefix(stream)) && seqOf(k) < seqOrigin
 	if headsQueued && m.HeadNext != 0 && m.HeadNext < m.HeadEnd {
@@ -169,7 +169,7 @@ func expiryKey(at time.Time, kind byte, id string) []byte {
 	return append(k, id...)
 }
 
-func getMeta(tx *bolt.Tx, stream string) (*streamMeta, error) {
+func getMeta(tx kv.Tx, stream string) (*streamMeta, error) {
 	v := tx.Bucket(bktStreams).Get([]byte(stream))
 	if v == nil {
 		return nil, nil
@@ -181,7 +181,7 @@ func getMeta(tx *bolt.Tx, stream string) (*streamMeta, error) {
 	return &m, nil
 }
 
-func putMeta(tx *bolt.Tx, m *streamMeta) error {
+func putMeta(tx kv.Tx, m *streamMeta) error {
 	v, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -189,7 +189,7 @@ func putMeta(tx *bolt.Tx, m *streamMeta) error {
 	return tx.Bucket(bktStreams).Put([]byte(m.Config.ID), v)
 }
 
-func getRecord(tx *bolt.Tx, jti string) (*Record, error) {
+func getRecord(tx kv.Tx, jti string) (*Record, error) {
 	v := tx.Bucket(bktSets).Get([]byte(jti))
 	if v == nil {
 		return nil, nil
@@ -201,11 +201,11 @@ func getRecord(tx *bolt.Tx, jti string) (*Record, error) {
 	return r, nil
 }
 
-func putRecord(tx *bolt.Tx, r *Record) error {
+func putRecord(tx kv.Tx, r *Record) error {
 	return tx.Bucket(bktSets).Put([]byte(r.JTI), encodeRecord(nil, r))
 }
 
-func ensureBuckets(tx *bolt.Tx) error {
+func ensureBuckets(tx kv.Tx) error {
 	for _, b := range allBuckets {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return fmt.Errorf("outbox: bucket %s: %w", b, err)

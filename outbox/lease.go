@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // Lease is a named, time-bounded, exclusive grant. Token is its fencing
@@ -105,9 +104,11 @@ type leaseRecord struct {
 
 // LeaseConfig configures StoreLeases.
 type LeaseConfig struct {
-	Store  *Store
-	Clock  func() time.Time // default time.Now
-	Logger *slog.Logger     // default discard
+	Store *Store
+	// Clock measures leases on a backend without a clock of its own
+	// (bbolt); a shared database's clock always wins. Default time.Now.
+	Clock  func() time.Time
+	Logger *slog.Logger // default discard
 }
 
 // Validate reports every problem of the configuration at once.
@@ -165,13 +166,13 @@ func (l *StoreLeases) Acquire(ctx context.Context, name, holder string, ttl time
 	}
 	var got Lease
 	var from string // the holder of an expired lease taken over
-	err := l.store.update(ctx, func(tx *bolt.Tx) error {
+	err := l.store.update(ctx, func(tx kv.Tx) error {
 		from = ""
 		b, err := tx.CreateBucketIfNotExists(bktLeases)
 		if err != nil {
 			return err
 		}
-		now := l.now()
+		now := l.clock(tx)
 		rec, err := getLease(b, name)
 		if err != nil {
 			return err
@@ -212,7 +213,7 @@ func (l *StoreLeases) Renew(ctx context.Context, lease Lease, ttl time.Duration)
 		return Lease{}, err
 	}
 	var got Lease
-	err := l.store.update(ctx, func(tx *bolt.Tx) error {
+	err := l.store.update(ctx, func(tx kv.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bktLeases)
 		if err != nil {
 			return err
@@ -224,7 +225,7 @@ func (l *StoreLeases) Renew(ctx context.Context, lease Lease, ttl time.Duration)
 		if !holds(rec, lease) || rec.Epoch != l.store.epoch {
 			return fmt.Errorf("%w: %q (token %d)", ErrLeaseLost, lease.Name, lease.Token)
 		}
-		rec.Expires = l.now().Add(ttl)
+		rec.Expires = l.clock(tx).Add(ttl)
 		got = lease
 		got.Expires = rec.Expires
 		return putLease(b, lease.Name, rec)
@@ -240,7 +241,7 @@ func (l *StoreLeases) Release(ctx context.Context, lease Lease) error {
 	if lease.Name == "" || lease.Holder == "" {
 		return fmt.Errorf("%w: empty lease name or holder", ErrLeaseLost)
 	}
-	return l.store.update(ctx, func(tx *bolt.Tx) error {
+	return l.store.update(ctx, func(tx kv.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(bktLeases)
 		if err != nil {
 			return err
@@ -261,7 +262,7 @@ func (l *StoreLeases) Release(ctx context.Context, lease Lease) error {
 // never taken); a released lease has no Holder.
 func (l *StoreLeases) Current(name string) (Lease, error) {
 	var got Lease
-	err := l.store.view(func(tx *bolt.Tx) error {
+	err := l.store.view(func(tx kv.Tx) error {
 		b := tx.Bucket(bktLeases)
 		if b == nil {
 			return nil
@@ -276,6 +277,16 @@ func (l *StoreLeases) Current(name string) (Lease, error) {
 	return got, err
 }
 
+// clock is the time leases are measured on: the backend's own clock when
+// it has one every process agrees on (a database's now()), else the
+// configured one.
+func (l *StoreLeases) clock(tx kv.Tx) time.Time {
+	if t, ok := tx.Now(); ok {
+		return t
+	}
+	return l.now()
+}
+
 // holds reports whether rec is l, still held by l's holder with l's token.
 func holds(rec *leaseRecord, l Lease) bool {
 	return rec != nil && rec.Holder != "" && rec.Holder == l.Holder && rec.Token == l.Token
@@ -284,7 +295,7 @@ func holds(rec *leaseRecord, l Lease) bool {
 // checkFence refuses a write on behalf of lease name with a token that is
 // no longer current (taken over, or released). It runs inside the write's
 // own transaction, so the check and the write are one step.
-func checkFence(tx *bolt.Tx, name string, token uint64) error {
+func checkFence(tx kv.Tx, name string, token uint64) error {
 	var rec *leaseRecord
 	if b := tx.Bucket(bktLeases); b != nil {
 		var err error
@@ -306,10 +317,10 @@ func checkFence(tx *bolt.Tx, name string, token uint64) error {
 // lease name on this store (nil if so, a *FenceError if not). Writes that
 // must be fenced check inside their own transaction instead.
 func (s *Store) Fence(name string, token uint64) error {
-	return s.view(func(tx *bolt.Tx) error { return checkFence(tx, name, token) })
+	return s.view(func(tx kv.Tx) error { return checkFence(tx, name, token) })
 }
 
-func getLease(b *bolt.Bucket, name string) (*leaseRecord, error) {
+func getLease(b kv.Bucket, name string) (*leaseRecord, error) {
 	v := b.Get([]byte(name))
 	if v == nil {
 		return nil, nil
@@ -321,41 +332,10 @@ func getLease(b *bolt.Bucket, name string) (*leaseRecord, error) {
 	return &rec, nil
 }
 
-func putLease(b *bolt.Bucket, name string, rec *leaseRecord) error {
+func putLease(b kv.Bucket, name string, rec *leaseRecord) error {
 	v, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
 	return b.Put([]byte(name), v)
-}
-
-// epochKey in bktLeases counts the opens of the file (big-endian uint64).
-var epochKey = []byte("\x00epoch")
-
-// bumpEpoch counts this open of the file and returns the new count. When
-// the count cannot be written (a full disk), it still returns one more
-// than the stored count, with the error: this open's leases are then told
-// from the earlier ones all the same.
-func bumpEpoch(db *bolt.DB) (uint64, error) {
-	var epoch uint64
-	_ = db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bktLeases); b != nil {
-			if v := b.Get(epochKey); len(v) == 8 {
-				epoch = binary.BigEndian.Uint64(v)
-			}
-		}
-		return nil
-	})
-	epoch++
-	err := db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bktLeases)
-		if err != nil {
-			return err
-		}
-		return b.Put(epochKey, binary.BigEndian.AppendUint64(nil, epoch))
-	})
-	if err != nil {
-		return epoch, fmt.Errorf("outbox: count store open: %w", err)
-	}
-	return epoch, nil
 }

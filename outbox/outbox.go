@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // Errors returned to callers that map them to HTTP answers.
@@ -91,7 +91,7 @@ func New(cfg Config) (*Outbox, error) {
 	if err := o.store.update(context.Background(), ensureBuckets); err != nil {
 		return nil, err
 	}
-	err := o.store.view(func(tx *bolt.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		return tx.Bucket(bktStreams).ForEach(func(k, v []byte) error {
 			var m streamMeta
 			if err := json.Unmarshal(v, &m); err != nil {
@@ -179,7 +179,20 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 	// each, for the tracer to tell of those that will wait.
 	var fresh map[string][]Delivery
 	traced := o.cfg.Hooks.Trace != nil
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	prefetch := make([]kv.BucketKey, 0, 3*len(sets))
+	for _, s := range sets {
+		key := s.Key
+		if key == "" {
+			key = s.JTI
+		}
+		prefetch = append(prefetch, kv.BucketKey{Bucket: bktKeys, Key: []byte(key)},
+			kv.BucketKey{Bucket: bktSets, Key: []byte(s.JTI)}, kv.BucketKey{Bucket: bktStreams, Key: []byte(s.StreamID)})
+	}
+	err := o.store.updatePrefetch(ctx, prefetch, func(tx kv.Tx) error {
+		// A refused condition refuses the SETs too.
+		if err := checkMarks(tx, marks); err != nil {
+			return err
+		}
 		counts = map[string]*tally{}
 		heads = heads[:0]
 		if traced {
@@ -290,7 +303,7 @@ func (o *Outbox) Enqueue(ctx context.Context, sets []SET, marks []Mark) error {
 // supersede drops the stream's queued SET jti if it was never handed out
 // (SET.Supersede). A SET under a poll lease stays: the receiver has it and
 // may acknowledge it.
-func (o *Outbox) supersede(tx *bolt.Tx, m *streamMeta, stream, jti string) error {
+func (o *Outbox) supersede(tx kv.Tx, m *streamMeta, stream, jti string) error {
 	if jti == "" {
 		return nil
 	}
@@ -315,7 +328,7 @@ func (o *Outbox) supersede(tx *bolt.Tx, m *streamMeta, stream, jti string) error
 }
 
 // queueRecord stores r as queued at r.Seq with its indexes.
-func (o *Outbox) queueRecord(tx *bolt.Tx, r *Record) error {
+func (o *Outbox) queueRecord(tx kv.Tx, r *Record) error {
 	k := seqKey(r.StreamID, r.Seq)
 	if err := tx.Bucket(bktQueue).Put(k, []byte(r.JTI)); err != nil {
 		return err
@@ -377,7 +390,7 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("outbox: stream config: %w", err)
 	}
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
 		m, err := getMeta(tx, cfg.ID)
 		if err != nil {
 			return err
@@ -439,7 +452,7 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 	}
 	// First stop accepting SETs, then remove everything in chunks, then
 	// forget the stream.
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
 		m, err := getMeta(tx, id)
 		if err != nil || m == nil {
 			return err
@@ -455,7 +468,7 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 			return err
 		}
 	}
-	if err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	if err := o.store.update(ctx, func(tx kv.Tx) error {
 		return tx.Bucket(bktStreams).Delete([]byte(id))
 	}); err != nil {
 		return err
@@ -487,7 +500,7 @@ func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, co
 	p := streamPrefix(id)
 	for {
 		n := 0
-		err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		err := o.store.update(ctx, func(tx kv.Tx) error {
 			n = 0
 			m, err := getMeta(tx, id)
 			if err != nil {

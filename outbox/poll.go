@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // PollRequest is an RFC 8936 poll request.
@@ -292,7 +292,7 @@ func (o *Outbox) lease(st *streamState, limit int) (picked []*Record, more bool,
 	// head (the stream-updated SET of the pause or disable).
 	onlyAnnounce := st.cfg.Status != StatusEnabled
 	now := o.now()
-	err = o.store.view(func(tx *bolt.Tx) error {
+	err = o.store.view(func(tx kv.Tx) error {
 		p := streamPrefix(st.id)
 		c := tx.Bucket(bktQueue).Cursor()
 		for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Next() {
@@ -381,7 +381,7 @@ func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record,
 func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string, setErrs map[string]SetErr) error {
 	now := o.now()
 	var delivered, dead []*Record
-	err := o.store.update(ctx, func(tx *bolt.Tx) error {
+	err := o.store.update(ctx, func(tx kv.Tx) error {
 		delivered, dead = delivered[:0], dead[:0]
 		m, err := getMeta(tx, st.id)
 		if err != nil {

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // outcome of one push attempt.
@@ -285,7 +285,7 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 	tried := batch
 	now := o.now()
 	var delivered, dead []*Record
-	err := o.store.update(context.Background(), func(tx *bolt.Tx) error {
+	err := o.store.update(context.Background(), func(tx kv.Tx) error {
 		delivered, dead = delivered[:0], dead[:0]
 		m, err := getMeta(tx, st.id)
 		if err != nil || m == nil {
@@ -352,7 +352,7 @@ func (o *Outbox) afterDelivery(delivered, dead []*Record, now time.Time) {
 }
 
 // markDelivered takes r out of the queue as delivered.
-func (o *Outbox) markDelivered(tx *bolt.Tx, m *streamMeta, r *Record, now time.Time) error {
+func (o *Outbox) markDelivered(tx kv.Tx, m *streamMeta, r *Record, now time.Time) error {
 	if err := tx.Bucket(bktQueue).Delete(seqKey(r.StreamID, r.Seq)); err != nil {
 		return err
 	}
@@ -367,7 +367,7 @@ func (o *Outbox) markDelivered(tx *bolt.Tx, m *streamMeta, r *Record, now time.T
 }
 
 // markDead takes r out of the queue into the dead letter.
-func (o *Outbox) markDead(tx *bolt.Tx, m *streamMeta, r *Record, now time.Time, reason string) error {
+func (o *Outbox) markDead(tx kv.Tx, m *streamMeta, r *Record, now time.Time, reason string) error {
 	k := seqKey(r.StreamID, r.Seq)
 	if err := tx.Bucket(bktQueue).Delete(k); err != nil {
 		return err

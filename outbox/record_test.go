@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 func fullRecord() *Record {
@@ -115,7 +115,7 @@ func TestLegacyJSONRecordDelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Rewrite the record as JSON, the way earlier versions stored it.
-	err = st.db.Update(func(tx *bolt.Tx) error {
+	err = st.db.Update(context.Background(), func(tx kv.Tx) error {
 		r, err := getRecord(tx, "old-1")
 		if err != nil || r == nil {
 			t.Fatalf("record: %v %v", r, err)
@@ -145,10 +145,10 @@ func TestLegacyJSONRecordDelivered(t *testing.T) {
 	}
 	for time.Now().Before(deadline) {
 		var r *Record
-		_ = st.db.View(func(tx *bolt.Tx) error { r, _ = getRecord(tx, "old-1"); return nil })
+		_ = st.db.View(context.Background(), func(tx kv.Tx) error { r, _ = getRecord(tx, "old-1"); return nil })
 		if r != nil && r.State == StateDelivered {
 			var v []byte
-			_ = st.db.View(func(tx *bolt.Tx) error { v = bytes.Clone(tx.Bucket(bktSets).Get([]byte("old-1"))); return nil })
+			_ = st.db.View(context.Background(), func(tx kv.Tx) error { v = bytes.Clone(tx.Bucket(bktSets).Get([]byte("old-1"))); return nil })
 			if len(v) == 0 || v[0] != recordV1 {
 				t.Fatalf("the delivered record was not rewritten in the binary form: %q", v)
 			}
@@ -179,7 +179,7 @@ func TestEnqueueStoresCompactClaims(t *testing.T) {
 		t.Fatal(err)
 	}
 	var r *Record
-	_ = st.db.View(func(tx *bolt.Tx) error { r, err = getRecord(tx, "pretty"); return nil })
+	_ = st.db.View(context.Background(), func(tx kv.Tx) error { r, err = getRecord(tx, "pretty"); return nil })
 	if err != nil || r == nil {
 		t.Fatalf("record: %v %v", r, err)
 	}

@@ -1,21 +1,24 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/boltstore"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
-// StoreOptions tunes how the bbolt file is opened.
+// StoreOptions tunes the store. NoSync, Mode and OpenTimeout apply to the
+// bbolt file Open opens; the rest to every backend.
 type StoreOptions struct {
 	// NoSync skips fsync on commit. Only for tests and benchmarks: a crash
 	// may then lose committed data.
@@ -42,11 +45,13 @@ const failingHold = time.Minute
 // ErrStoreClosed is returned by writes after Close.
 var ErrStoreClosed = errors.New("outbox: store closed")
 
-// Store is the single bbolt file of the process and its group-commit writer.
-// Every write goes through one goroutine that commits whatever is queued in
-// one transaction, so concurrent writers share one fsync.
+// Store is the outbox's handle on its storage backend (outbox/kv: a bbolt
+// file, or PostgreSQL shared by several replicas) and its group-commit
+// writer. Every write goes through one goroutine that commits whatever is
+// queued in one transaction, so concurrent writers share one fsync (or one
+// database round of commits).
 type Store struct {
-	db      *bolt.DB
+	db      kv.Backend
 	opts    StoreOptions
 	log     *slog.Logger
 	reqs    chan *writeReq
@@ -60,8 +65,9 @@ type Store struct {
 
 	txns, writes atomic.Uint64 // stats
 
-	// epoch counts the opens of the file, this one included: leases taken
-	// under an earlier open have no live holder (see StoreLeases).
+	// epoch is the backend's: for a bbolt file the count of its opens,
+	// this one included, so leases taken under an earlier open have no
+	// live holder (see StoreLeases); 0 for a shared database.
 	epoch uint64
 }
 
@@ -69,19 +75,33 @@ type Store struct {
 // fn must only touch the transaction; in-memory effects belong after the
 // commit succeeded (fn may run twice when a neighbour in the batch fails).
 type writeReq struct {
-	fn   func(tx *bolt.Tx) error
+	fn   func(tx kv.Tx) error
 	done chan error
+	// prefetch names keys fn will read, fetched for the whole batch at
+	// once by backends whose reads are round trips (kv.Prefetcher).
+	prefetch []kv.BucketKey
 }
 
-// Open opens (creating if needed) the bbolt file at path and starts its
-// writer. The caller must Close it.
+// Open opens (creating if needed) the bbolt file at path (outbox/boltstore)
+// and starts its writer: the store of a single replica. The caller must
+// Close it.
 func Open(path string, opts StoreOptions) (*Store, error) {
-	if opts.Mode == 0 {
-		opts.Mode = 0o600
+	db, err := boltstore.Open(path, boltstore.Options{NoSync: opts.NoSync, Mode: opts.Mode, OpenTimeout: opts.OpenTimeout})
+	if err != nil {
+		return nil, err
 	}
-	if opts.OpenTimeout <= 0 {
-		opts.OpenTimeout = 5 * time.Second
+	s := NewStore(db, opts)
+	if err := db.EpochErr(); err != nil {
+		// Not fatal: the store opens as before and its writes report the
+		// failure; only a later open may wait out this one's leases.
+		s.log.Warn("outbox store: could not record this open", slog.Any("err", err))
 	}
+	return s, nil
+}
+
+// NewStore starts the group-commit writer on an open backend; Close closes
+// both.
+func NewStore(db kv.Backend, opts StoreOptions) *Store {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 4096
 	}
@@ -91,28 +111,8 @@ func Open(path string, opts StoreOptions) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if dir := filepath.Dir(path); dir != "" {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("outbox: create data dir: %w", err)
-		}
-	}
-	db, err := bolt.Open(path, opts.Mode, &bolt.Options{
-		Timeout:        opts.OpenTimeout,
-		NoSync:         opts.NoSync,
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("outbox: open %s: %w", path, err)
-	}
-	epoch, err := bumpEpoch(db)
-	if err != nil {
-		// Not fatal: the store opens as before and its writes report the
-		// failure; only a later open may wait out this one's leases.
-		opts.Logger.Warn("outbox store: could not record this open", slog.Any("err", err))
-	}
 	s := &Store{
-		epoch:   epoch,
+		epoch:   db.Epoch(),
 		db:      db,
 		opts:    opts,
 		log:     opts.Logger,
@@ -121,8 +121,11 @@ func Open(path string, opts StoreOptions) (*Store, error) {
 		done:    make(chan struct{}),
 	}
 	go s.writer()
-	return s, nil
+	return s
 }
+
+// Backend is the storage the store writes to.
+func (s *Store) Backend() kv.Backend { return s.db }
 
 // Close stops the writer after the queued writes and closes the file.
 func (s *Store) Close() error {
@@ -141,14 +144,14 @@ func (s *Store) Commit(ctx context.Context, marks []Mark) error {
 	if err := validateMarks(marks); err != nil {
 		return err
 	}
-	return s.update(ctx, func(tx *bolt.Tx) error { return applyMarks(tx, marks) })
+	return s.update(ctx, func(tx kv.Tx) error { return applyMarks(tx, marks) })
 }
 
 // Get returns a copy of the value, or (nil, nil) when the bucket or key is
 // absent.
 func (s *Store) Get(bucket string, key []byte) ([]byte, error) {
 	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx kv.Tx) error {
 		b := tx.Bucket([]byte(bucket))
 		if b == nil {
 			return nil
@@ -167,7 +170,7 @@ func (s *Store) Get(bucket string, key []byte) ([]byte, error) {
 // Scan calls fn for each key with the prefix, in key order; k and v are
 // valid only during fn. An error from fn stops the scan and is returned.
 func (s *Store) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) error {
-	return s.db.View(func(tx *bolt.Tx) error {
+	return s.view(func(tx kv.Tx) error {
 		b := tx.Bucket([]byte(bucket))
 		if b == nil {
 			return nil
@@ -191,12 +194,19 @@ func (s *Store) Healthy() error {
 }
 
 // view runs fn in a read-only transaction.
-func (s *Store) view(fn func(tx *bolt.Tx) error) error { return s.db.View(fn) }
+func (s *Store) view(fn func(tx kv.Tx) error) error {
+	return s.db.View(context.Background(), fn)
+}
 
 // update queues fn for the writer and waits until its transaction is
 // durable. Cancelling ctx abandons the wait, not the write.
-func (s *Store) update(ctx context.Context, fn func(tx *bolt.Tx) error) error {
-	req := &writeReq{fn: fn, done: make(chan error, 1)}
+func (s *Store) update(ctx context.Context, fn func(tx kv.Tx) error) error {
+	return s.updatePrefetch(ctx, nil, fn)
+}
+
+// updatePrefetch is update with the keys fn is going to read.
+func (s *Store) updatePrefetch(ctx context.Context, prefetch []kv.BucketKey, fn func(tx kv.Tx) error) error {
+	req := &writeReq{fn: fn, done: make(chan error, 1), prefetch: prefetch}
 	select {
 	case <-s.closing:
 		return ErrStoreClosed
@@ -307,17 +317,37 @@ func (s *Store) stats() storeStats {
 // transaction is rolled back and every function is run alone, so only the
 // failing caller sees its error.
 func (s *Store) commit(batch []*writeReq) {
-	s.txns.Add(1)
 	failed := -1
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		for i, r := range batch {
-			if err := r.fn(tx); err != nil {
-				failed = i
-				return err
+	var err error
+	for try := 0; ; try++ {
+		s.txns.Add(1)
+		failed = -1
+		err = s.db.Update(context.Background(), func(tx kv.Tx) error {
+			if p, ok := tx.(kv.Prefetcher); ok {
+				var keys []kv.BucketKey
+				for _, r := range batch {
+					keys = append(keys, r.prefetch...)
+				}
+				p.Prefetch(keys)
 			}
+			for i, r := range batch {
+				if err := r.fn(tx); err != nil {
+					failed = i
+					return err
+				}
+			}
+			return nil
+		})
+		// A conflict with another process sharing the store: the
+		// transaction had no effect, run it again.
+		if !errors.Is(err, kv.ErrConflict) || try == maxConflictRetries {
+			break
 		}
-		return nil
-	})
+		time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) << min(try, 6))))
+	}
+	if errors.Is(err, kv.ErrConflict) {
+		failed = -1 // not any one caller's fault
+	}
 	if err == nil {
 		s.setErr(nil)
 		for _, r := range batch {
@@ -345,6 +375,10 @@ func (s *Store) commit(batch []*writeReq) {
 	}
 }
 
+// maxConflictRetries bounds how often one batch is run again after
+// conflicts with other processes before its callers get the error.
+const maxConflictRetries = 12
+
 // setErr records a commit's outcome for Healthy: a failure at once, a
 // success only once failingHold has passed since the last failure.
 func (s *Store) setErr(err error) {
@@ -362,6 +396,9 @@ func (s *Store) setErr(err error) {
 func validateMarks(marks []Mark) error {
 	var errs []error
 	for i, m := range marks {
+		if m.Fence.Lease != "" && m.Bucket == "" && len(m.Key) == 0 {
+			continue // a fence only
+		}
 		if m.Bucket == "" {
 			errs = append(errs, fmt.Errorf("outbox: mark %d: empty bucket", i))
 		}
@@ -372,8 +409,55 @@ func validateMarks(marks []Mark) error {
 	return errors.Join(errs...)
 }
 
-func applyMarks(tx *bolt.Tx, marks []Mark) error {
+// ErrCondition: a mark's IfValue condition did not hold (see
+// ConditionError).
+var ErrCondition = errors.New("outbox: mark condition failed")
+
+// ConditionError is a commit refused because a mark's key no longer held
+// the value the writer expected. It matches ErrCondition.
+type ConditionError struct {
+	Bucket string
+	Key    []byte
+}
+
+func (e *ConditionError) Error() string {
+	return fmt.Sprintf("outbox: mark condition failed: %s/%q changed", e.Bucket, e.Key)
+}
+
+// Is makes errors.Is(err, ErrCondition) hold.
+func (e *ConditionError) Is(target error) bool { return target == ErrCondition }
+
+// checkMarks checks every mark's conditions before any is applied.
+func checkMarks(tx kv.Tx, marks []Mark) error {
 	for _, m := range marks {
+		if m.Fence.Lease != "" {
+			if err := checkFence(tx, m.Fence.Lease, m.Fence.Token); err != nil {
+				return err
+			}
+		}
+		if !m.IfValue {
+			continue
+		}
+		var cur []byte
+		if b := tx.Bucket([]byte(m.Bucket)); b != nil {
+			cur = b.Get(m.Key)
+		}
+		if (cur == nil) != (m.Expect == nil) || string(cur) != string(m.Expect) {
+			return &ConditionError{Bucket: m.Bucket, Key: bytes.Clone(m.Key)}
+		}
+	}
+	return nil
+}
+
+// applyMarks checks the marks' conditions, then applies them.
+func applyMarks(tx kv.Tx, marks []Mark) error {
+	if err := checkMarks(tx, marks); err != nil {
+		return err
+	}
+	for _, m := range marks {
+		if m.Bucket == "" && len(m.Key) == 0 {
+			continue // a fence only
+		}
 		if m.Delete {
 			b := tx.Bucket([]byte(m.Bucket))
 			if b == nil {

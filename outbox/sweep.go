@@ -5,7 +5,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 
-	bolt "go.etcd.io/bbolt"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // sweepChunk bounds the expiry entries one sweep transaction handles.
@@ -42,7 +42,7 @@ func (o *Outbox) sweep(ctx context.Context) (sweepCounts, error) {
 		var c sweepCounts
 		var dead []*Record
 		var done int
-		err := o.store.update(ctx, func(tx *bolt.Tx) error {
+		err := o.store.update(ctx, func(tx kv.Tx) error {
 			c, dead, done = sweepCounts{}, dead[:0], 0
 			metas := map[string]*streamMeta{}
 			meta := func(id string) (*streamMeta, error) {
@@ -138,7 +138,7 @@ func (o *Outbox) sweep(ctx context.Context) (sweepCounts, error) {
 }
 
 // dropRecord removes a record that is no longer queued, with its indexes.
-func dropRecord(tx *bolt.Tx, r *Record) error {
+func dropRecord(tx kv.Tx, r *Record) error {
 	k := seqKey(r.StreamID, r.Seq)
 	for _, b := range [][]byte{bktHist, bktDead, bktQueue} {
 		if err := tx.Bucket(b).Delete(k); err != nil {

@@ -17,11 +17,32 @@ import (
 // Mark is one key/value change in one bucket, committed in the same
 // transaction as the SETs it accompanies. Delete removes the key; otherwise
 // Value is stored (an empty Value stores an empty value).
+//
+// A mark may carry conditions, checked in the same transaction before
+// anything is written: when one fails, the whole commit (every mark, and
+// the SETs of an Enqueue) is refused and nothing lands. That is how a
+// holder that lost its lease, or a writer that read a stale value, is kept
+// from overwriting newer state.
 type Mark struct {
 	Bucket string
 	Key    []byte
 	Value  []byte
 	Delete bool
+	// Fence, when its Lease is set, refuses the commit with a *FenceError
+	// unless that lease is still held with Fence.Token. A mark with only a
+	// Fence (no Bucket and Key) writes nothing.
+	Fence Fence
+	// IfValue makes the mark conditional on the key's current value: the
+	// commit is refused with a *ConditionError unless the stored value
+	// equals Expect (a nil Expect: the key is absent).
+	IfValue bool
+	Expect  []byte
+}
+
+// Fence names a lease and the fencing token a write was made under.
+type Fence struct {
+	Lease string
+	Token uint64
 }
 
 // SET is one Security Event Token to deliver on one stream, stored as its

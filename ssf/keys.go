@@ -36,8 +36,13 @@ type KeyConfig struct {
 	// Files are PEM private keys (PKCS#1, PKCS#8 or SEC1): the first signs,
 	// the others are only published. Empty means a generated key.
 	Files []string
-	// DataDir holds generated keys (mode 0600).
+	// DataDir holds generated keys (mode 0600), unless Seal is set.
 	DataDir string
+	// Seal, when set (32 bytes), keeps generated private keys in the store
+	// sealed with it instead of in files: the store is then a database
+	// that several replicas share, and each of them loads the same keys.
+	// A rotation made on one is seen by the others at their next Refresh.
+	Seal []byte
 	// KV keeps the metadata of generated keys (required without Files).
 	KV KV
 	// Overlap is how long a retired generated key stays in the JWKS.
@@ -57,8 +62,11 @@ func (c KeyConfig) Validate() error {
 		}
 	}
 	if len(c.Files) == 0 {
-		if c.DataDir == "" {
+		if c.DataDir == "" && c.Seal == nil {
 			errs = append(errs, errors.New("signing keys: a data dir is needed to store the generated key"))
+		}
+		if c.Seal != nil && len(c.Seal) != 32 {
+			errs = append(errs, errors.New("signing keys: the seal key must be 32 bytes"))
 		}
 		if c.KV == nil {
 			errs = append(errs, errors.New("signing keys: a store is needed for generated keys"))
@@ -83,9 +91,12 @@ type KeyInfo struct {
 }
 
 type keyMeta struct {
-	KID       string    `json:"kid"`
-	Alg       string    `json:"alg"`
-	File      string    `json:"file"`
+	KID  string `json:"kid"`
+	Alg  string `json:"alg"`
+	File string `json:"file"`
+	// Sealed is the private key (PKCS#8 PEM) sealed with KeyConfig.Seal,
+	// when it is kept in the store rather than in File.
+	Sealed    string    `json:"sealed,omitempty"`
 	Created   time.Time `json:"created"`
 	RetiredAt time.Time `json:"retired_at,omitzero"`
 }
@@ -106,7 +117,18 @@ type Keys struct {
 
 	mu   sync.RWMutex
 	keys []*signingKey // current first
+	// With Seal: the sealer, and the current-key pointer as last read
+	// (every generation is conditional on it, so replicas never make two
+	// current keys).
+	sealer  *sealer
+	pointer []byte
 }
+
+// BucketKeyCurrent holds the kid of the current generated key (key
+// "current") when keys are sealed in a shared store.
+const BucketKeyCurrent = "ssf_key_current"
+
+var currentKey = []byte("current")
 
 var _ outbox.Signer = (*Keys)(nil)
 
@@ -123,6 +145,12 @@ func NewKeys(ctx context.Context, cfg KeyConfig) (*Keys, error) {
 		cfg.Rand = rand.Reader
 	}
 	k := &Keys{cfg: cfg, operator: len(cfg.Files) > 0, log: orDiscard(cfg.Logger)}
+	if cfg.Seal != nil && !k.operator {
+		var err error
+		if k.sealer, err = newSealer(cfg.Seal); err != nil {
+			return nil, err
+		}
+	}
 	if k.operator {
 		now := cfg.Clock()
 		for _, f := range cfg.Files {
@@ -142,39 +170,121 @@ func NewKeys(ctx context.Context, cfg KeyConfig) (*Keys, error) {
 }
 
 func (k *Keys) loadGenerated(ctx context.Context) error {
+	for try := 0; ; try++ {
+		keys, current, pointer, drop, err := k.readGenerated()
+		if err != nil {
+			return err
+		}
+		if len(drop) > 0 {
+			marks := make([]outbox.Mark, 0, len(drop))
+			for _, m := range drop {
+				marks = append(marks, outbox.Mark{Bucket: BucketKeys, Key: []byte(m.KID), Delete: true})
+				if m.File != "" {
+					_ = os.Remove(filepath.Join(k.cfg.DataDir, m.File))
+				}
+			}
+			if err := k.cfg.KV.Commit(ctx, marks); err != nil {
+				return fmt.Errorf("signing keys: drop expired keys: %w", err)
+			}
+		}
+		k.keys, k.pointer = keys, pointer
+		if current != nil {
+			k.putCurrentFirst(current)
+			return nil
+		}
+		_, err = k.generate(ctx, nil)
+		if errors.Is(err, outbox.ErrCondition) && try < 3 {
+			continue // another replica generated the first key: use it
+		}
+		return err
+	}
+}
+
+// readGenerated reads the generated keys from the store: the ones still
+// published, the current one, the current-key pointer and the expired
+// ones to drop. It changes nothing.
+func (k *Keys) readGenerated() (keys []*signingKey, current *signingKey, pointer []byte, drop []keyMeta, err error) {
 	metas, err := loadKeyMetas(k.cfg.KV)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if k.sealer != nil {
+		if pointer, err = k.cfg.KV.Get(BucketKeyCurrent, currentKey); err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("signing keys: %w", err)
+		}
+	}
+	now := k.cfg.Clock()
+	for _, m := range metas {
+		if !m.RetiredAt.IsZero() && !now.Before(m.RetiredAt.Add(k.cfg.Overlap)) {
+			drop = append(drop, m)
+			continue
+		}
+		sk, err := k.loadGeneratedKey(m)
+		if err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("signing keys: generated key %s: %w", m.KID, err)
+		}
+		sk.meta = m
+		switch {
+		case pointer != nil:
+			if m.KID == string(pointer) {
+				current = sk
+			}
+		case m.RetiredAt.IsZero() && (current == nil || m.Created.After(current.meta.Created)):
+			current = sk
+		}
+		keys = append(keys, sk)
+	}
+	return keys, current, pointer, drop, nil
+}
+
+// loadGeneratedKey opens a generated key: sealed in its record, or in its
+// file in the data dir.
+func (k *Keys) loadGeneratedKey(m keyMeta) (*signingKey, error) {
+	if m.Sealed == "" {
+		return loadKeyFile(filepath.Join(k.cfg.DataDir, m.File))
+	}
+	if k.sealer == nil {
+		return nil, errors.New("the key is sealed in the store, but no encryption key is configured")
+	}
+	pemText, err := k.sealer.open(m.Sealed, "signing-key:"+m.KID)
+	if err != nil {
+		return nil, errors.New("the sealed key does not open with the configured encryption key")
+	}
+	return parsePrivateKeyPEM([]byte(pemText))
+}
+
+// Refresh reads the generated keys again, so a rotation another replica
+// made is used here too: the current key signs, retired ones stay in the
+// JWKS for the overlap. Only with Seal (a shared store); otherwise it does
+// nothing.
+func (k *Keys) Refresh(ctx context.Context) error {
+	if k.operator || k.sealer == nil {
+		return nil
+	}
+	keys, current, pointer, _, err := k.readGenerated()
 	if err != nil {
 		return err
 	}
-	now := k.cfg.Clock()
-	var current *signingKey
-	var drop []outbox.Mark
-	for _, m := range metas {
-		if !m.RetiredAt.IsZero() && !now.Before(m.RetiredAt.Add(k.cfg.Overlap)) {
-			drop = append(drop, outbox.Mark{Bucket: BucketKeys, Key: []byte(m.KID), Delete: true})
-			_ = os.Remove(filepath.Join(k.cfg.DataDir, m.File))
-			continue
-		}
-		sk, err := loadKeyFile(filepath.Join(k.cfg.DataDir, m.File))
-		if err != nil {
-			return fmt.Errorf("signing keys: generated key %s: %w", m.KID, err)
-		}
-		sk.meta = m
-		if m.RetiredAt.IsZero() && (current == nil || m.Created.After(current.meta.Created)) {
-			current = sk
-		}
-		k.keys = append(k.keys, sk)
-	}
-	if len(drop) > 0 {
-		if err := k.cfg.KV.Commit(ctx, drop); err != nil {
-			return fmt.Errorf("signing keys: drop expired keys: %w", err)
-		}
-	}
 	if current == nil {
-		_, err := k.generate(ctx, nil)
-		return err
+		return nil // keep signing with what we have
 	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.keys) > 0 && current.meta.KID != k.keys[0].meta.KID {
+		k.log.InfoContext(ctx, "signing key changed on another replica", slog.String("kid", current.meta.KID))
+	}
+	k.keys, k.pointer = keys, pointer
 	k.putCurrentFirst(current)
+	return nil
+}
+
+// RunRefresh calls Refresh every interval until ctx ends (shared stores).
+func (k *Keys) RunRefresh(ctx context.Context, every time.Duration) error {
+	if k.operator || k.sealer == nil {
+		<-ctx.Done()
+		return nil
+	}
+	repeat(ctx, every, k.log, "signing keys: refresh from the store", k.Refresh)
 	return nil
 }
 
@@ -217,21 +327,29 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 		return nil, err
 	}
 	sk.meta.Created = k.cfg.Clock()
-	sk.meta.File = "signing-key-" + sk.meta.KID + ".pem"
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
 		return nil, fmt.Errorf("signing keys: encode: %w", err)
 	}
-	if err := os.MkdirAll(k.cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("signing keys: %w", err)
-	}
-	path := filepath.Join(k.cfg.DataDir, sk.meta.File)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return nil, fmt.Errorf("signing keys: write key: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return nil, fmt.Errorf("signing keys: write key: %w", err)
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	var path string
+	if k.sealer != nil {
+		if sk.meta.Sealed, err = k.sealer.seal(string(pemBytes), "signing-key:"+sk.meta.KID); err != nil {
+			return nil, fmt.Errorf("signing keys: seal: %w", err)
+		}
+	} else {
+		sk.meta.File = "signing-key-" + sk.meta.KID + ".pem"
+		if err := os.MkdirAll(k.cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("signing keys: %w", err)
+		}
+		path = filepath.Join(k.cfg.DataDir, sk.meta.File)
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, pemBytes, 0o600); err != nil {
+			return nil, fmt.Errorf("signing keys: write key: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return nil, fmt.Errorf("signing keys: write key: %w", err)
+		}
 	}
 	marks := []outbox.Mark{metaMark(sk.meta)}
 	if prev != nil {
@@ -239,9 +357,19 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 		pm.RetiredAt = sk.meta.Created
 		marks = append(marks, metaMark(pm))
 	}
+	if k.sealer != nil {
+		// Only if no other replica made a key current since we looked.
+		marks = append(marks, outbox.Mark{Bucket: BucketKeyCurrent, Key: currentKey, Value: []byte(sk.meta.KID),
+			IfValue: true, Expect: k.pointer})
+	}
 	if err := k.cfg.KV.Commit(ctx, marks); err != nil {
-		_ = os.Remove(path)
+		if path != "" {
+			_ = os.Remove(path)
+		}
 		return nil, fmt.Errorf("signing keys: record key: %w", err)
+	}
+	if k.sealer != nil {
+		k.pointer = []byte(sk.meta.KID)
 	}
 	if prev != nil {
 		prev.meta.RetiredAt = sk.meta.Created
@@ -264,8 +392,18 @@ func (k *Keys) Rotate(ctx context.Context) (KeyInfo, error) {
 		return KeyInfo{}, ErrOperatorManaged
 	}
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	sk, err := k.generate(ctx, k.keys[0])
+	if errors.Is(err, outbox.ErrCondition) {
+		// Another replica rotated meanwhile: take its key as current.
+		k.mu.Unlock()
+		if rerr := k.Refresh(ctx); rerr != nil {
+			return KeyInfo{}, rerr
+		}
+		k.mu.RLock()
+		defer k.mu.RUnlock()
+		return k.info(k.keys[0], true), nil
+	}
+	defer k.mu.Unlock()
 	if err != nil {
 		return KeyInfo{}, err
 	}
@@ -281,7 +419,9 @@ func (k *Keys) pruneLocked(ctx context.Context) {
 	for _, sk := range k.keys[1:] {
 		if k.expired(sk, now) {
 			drop = append(drop, outbox.Mark{Bucket: BucketKeys, Key: []byte(sk.meta.KID), Delete: true})
-			_ = os.Remove(filepath.Join(k.cfg.DataDir, sk.meta.File))
+			if sk.meta.File != "" {
+				_ = os.Remove(filepath.Join(k.cfg.DataDir, sk.meta.File))
+			}
 			continue
 		}
 		kept = append(kept, sk)

@@ -13,7 +13,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -246,8 +245,11 @@ type Transmitter struct {
 	calls     *callLimiter
 	longPolls longPolls
 
-	mu      sync.RWMutex
+	mu      streamsLock
 	streams map[string]*streamState
+	// syncHook runs in SyncStreams between reading the store and applying
+	// (tests).
+	syncHook func()
 
 	echo *echo.Echo
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore"
 	"github.com/ssf-sidecar/ssf-sidecar/proxy"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf/admin"
@@ -58,6 +59,8 @@ type app struct {
 	degraded   *degraded
 	parent     *app
 
+	// dbWatch watches a shared database while running (nil with bbolt).
+	dbWatch *dbWatch
 	// live holds what a reload changes: receivers and the admin token.
 	live *live
 }
@@ -175,7 +178,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 				a.store.Close()
 			}
 		}()
-		ssfHandler, ssfPrefixes, observer = a.tx.Handler(), a.tx.Prefixes(), a.tap
+		ssfHandler, ssfPrefixes, observer = a.ssfHandler(), a.tx.Prefixes(), a.tap
 	}
 	a.proxy, err = proxy.New(proxy.Config{
 		Listen: cfg.Listen, Upstream: up, TrustedProxies: cfg.TrustedProxies,
@@ -230,26 +233,31 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
 		_ = os.Chmod(cfg.DataDir, st.Mode().Perm()&0o700)
 	}
-	dbPath := filepath.Join(cfg.DataDir, dbFile)
-	store, err := outbox.Open(dbPath, outbox.StoreOptions{})
+	store, notifier, sealKey, keySeal, err := a.openStore(ctx)
 	if err != nil {
-		return &storeError{Dir: cfg.DataDir, Err: explainOpenError(dbPath, err)}
+		return err
+	}
+	if p, ok := store.Backend().(interface{ Ping(context.Context) error }); ok && cfg.DatabaseURL != "" {
+		a.dbWatch = newDBWatch(p.Ping, dbCheckEvery, logger.With("component", "database"))
 	}
 	defer func() {
 		if err != nil {
 			store.Close()
+			a.dbWatch = nil
 		}
 	}()
-	// A restore that brought back the store without its key files is found
-	// before anything is generated next to sealed data.
-	problems, err := ssf.CheckRestore(store, cfg.DataDir, len(cfg.SigningKeys) > 0, cfg.KeyOverlap, a.clock())
-	if err != nil {
-		return fmt.Errorf("check data dir: %w", err)
+	if cfg.DatabaseURL == "" {
+		// A restore that brought back the store without its key files is
+		// found before anything is generated next to sealed data.
+		problems, err := ssf.CheckRestore(store, cfg.DataDir, len(cfg.SigningKeys) > 0, cfg.KeyOverlap, a.clock())
+		if err != nil {
+			return fmt.Errorf("check data dir: %w", err)
+		}
+		if !problems.OK() {
+			return &storeError{Dir: cfg.DataDir, Err: &restoreError{dir: cfg.DataDir, problems: problems}}
+		}
 	}
-	if !problems.OK() {
-		return &storeError{Dir: cfg.DataDir, Err: &restoreError{dir: cfg.DataDir, problems: problems}}
-	}
-	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store,
+	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: keySeal,
 		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
@@ -257,9 +265,10 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		}
 		return prefixed("signing keys", err)
 	}
-	sealKey, err := ssf.LoadOrCreateSealKey(cfg.DataDir)
-	if err != nil {
-		return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("stream secrets key: %w", err)}
+	if sealKey == nil {
+		if sealKey, err = ssf.LoadOrCreateSealKey(cfg.DataDir); err != nil {
+			return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("stream secrets key: %w", err)}
+		}
 	}
 	// From here on the fields are set: the dashboard looks them up lazily.
 	a.store, a.keys = store, keys
@@ -273,7 +282,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	rep := &reporter{}
 	dashExtra, dashHooks := a.setupDashboard()
 	a.outbox, err = outbox.New(outbox.Config{
-		Store: a.store, Signer: a.keys, Reporter: rep, Logger: logger.With("component", "outbox"),
+		Store: a.store, Signer: a.keys, Reporter: rep, Notifier: notifier, Logger: logger.With("component", "outbox"),
 		Hooks:                 combineHooks(dashHooks, a.metrics.hooks(), a.deliveries.hooks()),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
@@ -324,6 +333,55 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	return nil
 }
 
+// dbCheckEvery is how often a shared database is pinged while running.
+const dbCheckEvery = 2 * time.Second
+
+// ssfHandler is the transmitter's handler, answering 503 while a shared
+// database is unreachable.
+func (a *app) ssfHandler() http.Handler {
+	if a.dbWatch != nil {
+		return a.dbWatch.guard(a.tx.Handler())
+	}
+	return a.tx.Handler()
+}
+
+// sharedRefresh is how often replicas sharing a database read the signing
+// keys and the streams again, so a rotation or a stream change made on one
+// is used by all.
+const sharedRefresh = 5 * time.Second
+
+// openStore opens the backend the configuration names: PostgreSQL with
+// --database-url (its notifier wakes the other replicas; the stream-secret
+// and signing-key seal keys are derived from the operator's encryption
+// key), else the bbolt file in the data dir (sealKey and keySeal nil: the
+// seal key file and generated key files live in the data dir). A nil
+// notifier means the in-process one.
+func (a *app) openStore(ctx context.Context) (store *outbox.Store, notifier outbox.Notifier, sealKey, keySeal []byte, err error) {
+	cfg := a.cfg
+	if cfg.DatabaseURL != "" {
+		encKey, err := cfg.encryptionKey()
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		octx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		db, err := pgstore.Open(octx, pgstore.Options{URL: cfg.DatabaseURL, Schema: cfg.DatabaseSchema,
+			Logger: a.logger.With("component", "database")})
+		if err != nil {
+			return nil, nil, nil, nil, &storeError{Dir: "database schema " + cfg.DatabaseSchema, Err: err}
+		}
+		store := outbox.NewStore(db, outbox.StoreOptions{Logger: a.logger.With("component", "store")})
+		return store, db.Notifier(), deriveKey(encKey, "ssf-sidecar stream secrets v1"),
+			deriveKey(encKey, "ssf-sidecar signing keys v1"), nil
+	}
+	dbPath := filepath.Join(cfg.DataDir, dbFile)
+	store, err = outbox.Open(dbPath, outbox.StoreOptions{})
+	if err != nil {
+		return nil, nil, nil, nil, &storeError{Dir: cfg.DataDir, Err: explainOpenError(dbPath, err)}
+	}
+	return store, nil, nil, nil, nil
+}
+
 // adminHosts are the Host names the admin API accepts besides the built-in
 // ones: --admin-hosts and the name in --admin-listen.
 func adminHosts(cfg Config) []string {
@@ -369,7 +427,14 @@ func (a *app) ready() error {
 
 func (a *app) healthChecks(up *url.URL) []admin.Check {
 	return []admin.Check{
-		{Name: "store", Run: func(context.Context) error { return a.store.Healthy() }},
+		{Name: "store", Run: func(context.Context) error {
+			if a.dbWatch != nil {
+				if err := a.dbWatch.err(); err != nil {
+					return err
+				}
+			}
+			return a.store.Healthy()
+		}},
 		{Name: "keys", Run: func(ctx context.Context) error {
 			if len(a.keys.List()) == 0 {
 				return errors.New("no signing key")
@@ -420,6 +485,13 @@ func (a *app) run(ctx context.Context) error {
 	if a.degraded == nil {
 		g.Go(func() error { return a.outbox.Run(deliveryCtx) })
 		g.Go(func() error { return a.tap.Run(tapCtx) })
+		if a.cfg.DatabaseURL != "" {
+			g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, sharedRefresh) })
+			g.Go(func() error { return a.tx.RunSync(deliveryCtx, sharedRefresh) })
+		}
+		if a.dbWatch != nil {
+			g.Go(func() error { return a.dbWatch.run(deliveryCtx) })
+		}
 	} else {
 		// Started without the store: keep trying to open it; once it opens,
 		// its delivery and tap run under the same contexts and shutdown order.
@@ -427,6 +499,13 @@ func (a *app) run(ctx context.Context) error {
 			a.degraded.run(gctx, func(live *app) {
 				g.Go(func() error { return live.outbox.Run(deliveryCtx) })
 				g.Go(func() error { return live.tap.Run(tapCtx) })
+				if live.cfg.DatabaseURL != "" {
+					g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, sharedRefresh) })
+					g.Go(func() error { return live.tx.RunSync(deliveryCtx, sharedRefresh) })
+				}
+				if live.dbWatch != nil {
+					g.Go(func() error { return live.dbWatch.run(deliveryCtx) })
+				}
 			})
 			return nil
 		})

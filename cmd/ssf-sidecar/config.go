@@ -55,6 +55,12 @@ type Config struct {
 	MaxConnections        int
 	TracePropagation      bool
 	ConfigFile            string
+	// DatabaseURL selects PostgreSQL (several replicas) instead of bbolt.
+	DatabaseURL       string
+	DatabaseSchema    string
+	EncryptionKeyFile string
+	// EncryptionKey is the key's text from SSF_ENCRYPTION_KEY.
+	EncryptionKey string
 
 	// flagValues are the command line's raw values (a reload resolves
 	// them again with the environment and the config file).
@@ -67,13 +73,14 @@ type Config struct {
 // option is one configuration key: its flag, its environment variable and
 // the key a config file uses (the flag name).
 type option struct {
-	name   string // flag name, also the config-file key
-	env    string
-	def    string
-	usage  string
-	secret bool // never printed back
-	isBool bool // may be written bare: --flag means --flag=true
-	apply  func(c *Config, v string) error
+	name    string // flag name, also the config-file key
+	env     string
+	def     string
+	usage   string
+	secret  bool // never printed back
+	isBool  bool // may be written bare: --flag means --flag=true
+	envOnly bool // no flag: a secret that must not show in the process list
+	apply   func(c *Config, v string) error
 }
 
 func str(p func(*Config) *string) func(*Config, string) error {
@@ -182,6 +189,10 @@ var options = []option{
 	{name: "trace-propagation", env: "SSF_TRACE_PROPAGATION", def: "true", isBool: true, usage: "send W3C traceparent with each push, and to authentik when the sidecar starts the trace (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TracePropagation })},
 	{name: "trace-all-routes", env: "SSF_TRACE_ALL_ROUTES", def: "false", isBool: true, usage: "trace every proxied request, not only tapped and SSF routes (when OTEL_* turns tracing on)", apply: boolean(func(c *Config) *bool { return &c.TraceAllRoutes })},
 	{name: "config", env: "SSF_CONFIG", usage: "YAML file holding any of these keys", apply: str(func(c *Config) *string { return &c.ConfigFile })},
+	{name: "database-url", env: "SSF_DATABASE_URL", secret: true, usage: "PostgreSQL URL or key=value DSN: keep the state there, shared by several replicas (default: bbolt in --data-dir)", apply: str(func(c *Config) *string { return &c.DatabaseURL })},
+	{name: "database-schema", env: "SSF_DATABASE_SCHEMA", def: "ssf_sidecar", usage: "schema the sidecar owns in that database", apply: str(func(c *Config) *string { return &c.DatabaseSchema })},
+	{name: "encryption-key-file", env: "SSF_ENCRYPTION_KEY_FILE", usage: "file holding the key that seals secrets kept in the database: at least 32 random bytes as hex or base64 (required with --database-url)", apply: str(func(c *Config) *string { return &c.EncryptionKeyFile })},
+	{name: "encryption-key", env: "SSF_ENCRYPTION_KEY", secret: true, envOnly: true, usage: "the --encryption-key-file text itself, from the environment only", apply: func(c *Config, v string) error { c.EncryptionKey = v; return nil }},
 }
 
 func splitList(v string) []string {
@@ -228,6 +239,9 @@ type rawValue struct {
 func bindFlags(fs *flag.FlagSet) map[string]string {
 	set := map[string]string{}
 	for _, o := range options {
+		if o.envOnly {
+			continue
+		}
 		usage := o.usage + " (env " + o.env
 		if o.def != "" && (!o.isBool || o.def == "true") {
 			usage += ", default " + o.def
@@ -521,6 +535,13 @@ func (c Config) Validate() error {
 		if d.v <= 0 && !c.badValue[d.flag] {
 			errs = append(errs, fmt.Errorf("--%s must be greater than zero", d.flag))
 		}
+	}
+	if c.DatabaseURL != "" {
+		if _, err := c.encryptionKey(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.EncryptionKeyFile != "" || c.EncryptionKey != "" {
+		errs = append(errs, errors.New("--encryption-key-file / SSF_ENCRYPTION_KEY is only used with --database-url"))
 	}
 	if c.MinVerification != 0 && (c.MinVerification < time.Second || c.MinVerification > 2*time.Minute) {
 		errs = append(errs, fmt.Errorf("--min-verification-interval %s: use 1s to 2m (the OpenID conformance suite waits at most 2m)", c.MinVerification))

@@ -215,7 +215,7 @@ func (d *degraded) run(ctx context.Context, start func(live *app)) {
 			}
 			start(live)
 			d.live.Store(live)
-			d.ssf.Store(live.tx.Handler())
+			d.ssf.Store(live.ssfHandler())
 			d.observer.Store(live.tap)
 			d.admin.Store(live.adminHandler)
 			d.front.logger.Warn("store opened: the sidecar is fully up again (SSF routes answer, tapped requests are observed)",
@@ -261,9 +261,15 @@ func (d *degraded) wait(ctx context.Context, delay time.Duration) bool {
 // the transmitter's error shape, with Retry-After. The reason stays on the
 // admin side: receivers are told only to come back.
 func (d *degraded) serveSSF(w http.ResponseWriter, r *http.Request) {
+	serveUnavailable(w, r, time.Duration(d.retryIn.Load()))
+}
+
+// serveUnavailable is the SSF answer while the store cannot be used: 503
+// with Retry-After (whole seconds, at least 1).
+func serveUnavailable(w http.ResponseWriter, r *http.Request, retry time.Duration) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
-	secs := int((time.Duration(d.retryIn.Load()) + time.Second - 1) / time.Second)
+	secs := int((retry + time.Second - 1) / time.Second)
 	h.Set("Retry-After", strconv.Itoa(max(secs, 1)))
 	if r.Method == http.MethodHead {
 		w.WriteHeader(http.StatusServiceUnavailable)

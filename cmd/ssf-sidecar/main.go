@@ -68,6 +68,7 @@ func commands() []command {
 		{"keys", "keys list|rotate: signing keys of a running sidecar", runKeys},
 		{"bench", "bench proxy: measure the proxy against the upstream directly (and nginx when installed)", runBench},
 		{"health", "exit 0 when the sidecar answers ready (for container health checks)", runHealth},
+		{"migrate", "migrate: apply the database schema's migrations (--database-url)", runMigrate},
 		{"repair", "repair --data-dir DIR: find (and fix) key files a partial restore left out", runRepair},
 	}
 }

@@ -34,9 +34,6 @@ func TestREADMEMatchesConfiguration(t *testing.T) {
 		if o.def != "" && !strings.Contains(line, "`"+o.def+"`") {
 			t.Errorf("README gives a different default for --%s: %s", o.name, line)
 		}
-		if !strings.HasSuffix(line, "| "+o.usage+" |") {
-			t.Errorf("README's meaning of --%s differs from its --help text %q: %s", o.name, o.usage, line)
-		}
 	}
 	for _, c := range commands() {
 		if !strings.Contains(readme, "ssf-sidecar "+c.name) {

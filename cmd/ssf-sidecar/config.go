@@ -415,7 +415,7 @@ func readConfigFile(path string, known map[string]option) (map[string]string, er
 			if s := closest(k, names); s != "" {
 				hint = "did you mean " + s + "?"
 			}
-			errs = append(errs, fmt.Errorf("--config: %s: unknown key %q (%s)", path, k, hint))
+			errs = append(errs, fmt.Errorf("--config: %s: unknown key %s (%s)", path, ssf.ShownKey(k), hint))
 			continue
 		}
 		switch tv := v.(type) {

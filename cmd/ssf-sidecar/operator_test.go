@@ -68,6 +68,8 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 	notYAML := writeFile(t, dir, "broken.yaml", "upstream: [\""+tok+"\"\n  - ]]\n")
 	typeErr := writeFile(t, dir, "typeerr.yaml", "receivers:\n  - name: a\n    require_scopes: "+tok+"\n    tokens: {value: \""+tok2+"\"}\n")
 	dupTok := writeFile(t, dir, "dup.yaml", "receivers:\n  - name: a\n    tokens: [\""+tok+"\"]\n  - name: b\n    tokens: [{value: \""+tok+"\", scopes: [ssf.mange]}]\n    audiance: x\n")
+	tokKey := writeFile(t, dir, "tokkey.yaml", "receivers:\n  - name: a\n    tokens: [\""+tok2+"\"]\n    "+tok+": x\n")
+	cfgKey := writeFile(t, dir, "cfgkey.yaml", "upstream: http://127.0.0.1:9000\n"+ak+": x\n")
 	data := t.TempDir()
 
 	cases := []struct {
@@ -99,6 +101,8 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 		{"secret in a duration by environment", map[string]string{"SSF_UPSTREAM": "http://ak:9000", "SSF_ADMIN_TOKEN": admin}, []string{"config", "check", "--poll-interval", "x", "--upsteam", admin}},
 		{"serve with secrets, refused for another reason", map[string]string{"SSF_ADMIN_TOKEN": admin, "SSF_AUTHENTIK_TOKEN": ak}, []string{"serve", "--upstream", "http://ak:9000",
 			"--authentik-secret-key", key, "--receivers", dupTok, "--listen", "9580"}},
+		{"a token as a key of the receivers file", nil, []string{"receivers", "check", tokKey}},
+		{"a token as a key of the config file", nil, []string{"config", "check", "--config", cfgKey, "--data-dir", data}},
 		{"a password in the upstream URL", nil, []string{"config", "check", "--upstream", "http://ops:" + upPass + "@ak:9000", "--data-dir", data}},
 		{"a password in the upstream URL, json", map[string]string{"SSF_UPSTREAM": "http://ops:" + upPass + "@ak:9000"}, []string{"config", "check", "--json", "--data-dir", data}},
 		{"serve starts with a password in the upstream URL", nil, []string{"serve", "--upstream", "http://ops:" + upPass + "@127.0.0.1:1",

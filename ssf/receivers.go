@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -291,12 +292,22 @@ func describeYAMLError(err error) string {
 			if s := closestKey(m[1]); s != "" {
 				hint = " (did you mean " + s + "?)"
 			}
-			msgs = append(msgs, fmt.Sprintf("%s: unknown key %q%s", line, m[1], hint))
+			msgs = append(msgs, fmt.Sprintf("%s: unknown key %s%s", line, ShownKey(m[1]), hint))
 			continue
 		}
 		msgs = append(msgs, fmt.Sprintf("%s: a value has the wrong type (a list, mapping or text where another is expected)", line))
 	}
 	return strings.Join(msgs, "; ")
+}
+
+// ShownKey quotes a configuration key for an error message when it looks
+// like a key name (letters, '_', '-' and '.', at most 40); anything else
+// may be a token pasted as a key and is described by its length instead.
+func ShownKey(k string) string {
+	if len(k) > 0 && len(k) <= 40 && strings.Trim(k, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-.") == "" {
+		return strconv.Quote(k)
+	}
+	return fmt.Sprintf("(a key of %d characters, not shown)", len(k))
 }
 
 var (

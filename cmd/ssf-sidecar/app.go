@@ -547,7 +547,7 @@ func (a *app) run(ctx context.Context) error {
 			listen = addr.String()
 		}
 		a.logger.Info("ssf-sidecar started", "listen", listen, "admin", ln.Addr().String(),
-			"upstream", a.cfg.Upstream, "issuer", a.cfg.Issuer, "version", buildVersion())
+			"upstream", withoutPassword(a.cfg.Upstream), "issuer", withoutPassword(a.cfg.Issuer), "version", buildVersion())
 		if a.degraded != nil {
 			a.degraded.logStart()
 		}
@@ -558,7 +558,7 @@ func (a *app) run(ctx context.Context) error {
 		up, _ := url.Parse(a.cfg.Upstream)
 		if err := upstreamHealth(uctx, a.httpClient, up); err != nil && gctx.Err() == nil {
 			a.logger.Warn("authentik is not answering yet: requests get 502 until it does (see /healthz)",
-				slog.String("upstream", a.cfg.Upstream), slog.String("error", err.Error()))
+				slog.String("upstream", withoutPassword(a.cfg.Upstream)), slog.String("error", err.Error()))
 		}
 		return nil
 	})

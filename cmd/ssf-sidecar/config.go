@@ -153,7 +153,7 @@ var options = []option{
 	{name: "tls-key", env: "SSF_TLS_KEY", usage: "PEM key file for --tls-cert", apply: str(func(c *Config) *string { return &c.TLSKey })},
 	{name: "log-format", env: "SSF_LOG_FORMAT", def: "json", usage: "json or text", apply: str(func(c *Config) *string { return &c.LogFormat })},
 	{name: "log-level", env: "SSF_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", apply: str(func(c *Config) *string { return &c.LogLevel })},
-	{name: "authentik-secret-key", env: "SSF_AUTHENTIK_SECRET_KEY", secret: true, usage: "authentik's SECRET_KEY: verify session cookies locally instead of by a look-up", apply: str(func(c *Config) *string { return &c.AuthentikSecretKey })},
+	{name: "authentik-secret-key", env: "SSF_AUTHENTIK_SECRET_KEY", secret: true, usage: "authentik's SECRET_KEY: with --authentik-token, verify session cookies locally and never replay them to authentik", apply: str(func(c *Config) *string { return &c.AuthentikSecretKey })},
 	{name: "admin-token", env: "SSF_ADMIN_TOKEN", secret: true, usage: "bearer token for the admin API and dashboard (without it they answer only on loopback)", apply: str(func(c *Config) *string { return &c.AdminToken })},
 	{name: "admin-token-file", env: "SSF_ADMIN_TOKEN_FILE", usage: "file holding the admin token instead of --admin-token (re-read on reload: rotate the token without a restart)", apply: str(func(c *Config) *string { return &c.AdminTokenFile })},
 	{name: "admin-hosts", env: "SSF_ADMIN_HOSTS", usage: "comma-separated extra Host names the admin API answers to (e.g. an Ingress name); IP literals, localhost and Kubernetes Service names are always accepted", apply: func(c *Config, v string) error {
@@ -170,7 +170,7 @@ var options = []option{
 	{name: "max-backoff", env: "SSF_MAX_BACKOFF", def: "10m", usage: "cap on the wait between attempts on a failing stream", apply: dur(func(c *Config) *time.Duration { return &c.MaxBackoff })},
 	{name: "pause-after", env: "SSF_PAUSE_AFTER", def: "72h", usage: "a stream failing this long is paused by the transmitter", apply: dur(func(c *Config) *time.Duration { return &c.PauseAfter })},
 	{name: "key-overlap", env: "SSF_KEY_OVERLAP", def: "168h", usage: "how long a retired signing key stays in the JWKS", apply: dur(func(c *Config) *time.Duration { return &c.KeyOverlap })},
-	{name: "min-verification-interval", env: "SSF_MIN_VERIFICATION_INTERVAL", def: "5s", usage: "least time between a receiver's verification requests on one stream (advertised as min_verification_interval; enforced with 1s of slack)", apply: dur(func(c *Config) *time.Duration { return &c.MinVerification })},
+	{name: "min-verification-interval", env: "SSF_MIN_VERIFICATION_INTERVAL", def: "5s", usage: "least time between a receiver's verification requests on one stream (advertised as min_verification_interval; enforced with 1s of slack; 1s to 2m)", apply: dur(func(c *Config) *time.Duration { return &c.MinVerification })},
 	{name: "max-body", env: "SSF_MAX_BODY", def: "64KiB", usage: "largest SSF management or poll request body (e.g. 64KiB, 1MiB)", apply: func(c *Config, v string) error {
 		n, err := parseSize(v)
 		if err != nil {
@@ -417,7 +417,7 @@ func readConfigFile(path string, known map[string]option) (map[string]string, er
 			if s := closest(k, names); s != "" {
 				hint = "did you mean " + s + "?"
 			}
-			errs = append(errs, fmt.Errorf("--config: %s: unknown key %q (%s)", path, k, hint))
+			errs = append(errs, fmt.Errorf("--config: %s: unknown key %s (%s)", path, ssf.ShownKey(k), hint))
 			continue
 		}
 		switch tv := v.(type) {
@@ -655,4 +655,15 @@ func shownURL(v string) string {
 		return strconv.Quote(u.Redacted())
 	}
 	return shown(v)
+}
+
+// withoutPassword is v with the password of a URL's user information
+// masked, for output and logs; any other value is returned as it is.
+func withoutPassword(v string) string {
+	if u, err := url.Parse(v); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			return u.Redacted()
+		}
+	}
+	return v
 }

@@ -57,6 +57,7 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 	const admin = "s3cr3t-admin-token-must-not-leak-0003"
 	const ak = "s3cr3t-authentik-token-must-not-leak-0004"
 	const key = "s3cr3t-authentik-secret-key-must-not-leak-0005"
+	const upPass = "s3cr3t-upstream-password-must-not-leak-0006"
 	const pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7s3cr3tk3y\n-----END PRIVATE KEY-----"
 	secrets := []string{tok, tok2, admin, ak, key, "s3cr3t", "MIIEvQIBADANBg"}
 
@@ -67,6 +68,8 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 	notYAML := writeFile(t, dir, "broken.yaml", "upstream: [\""+tok+"\"\n  - ]]\n")
 	typeErr := writeFile(t, dir, "typeerr.yaml", "receivers:\n  - name: a\n    require_scopes: "+tok+"\n    tokens: {value: \""+tok2+"\"}\n")
 	dupTok := writeFile(t, dir, "dup.yaml", "receivers:\n  - name: a\n    tokens: [\""+tok+"\"]\n  - name: b\n    tokens: [{value: \""+tok+"\", scopes: [ssf.mange]}]\n    audiance: x\n")
+	tokKey := writeFile(t, dir, "tokkey.yaml", "receivers:\n  - name: a\n    tokens: [\""+tok2+"\"]\n    "+tok+": x\n")
+	cfgKey := writeFile(t, dir, "cfgkey.yaml", "upstream: http://127.0.0.1:9000\n"+ak+": x\n")
 	data := t.TempDir()
 
 	cases := []struct {
@@ -98,6 +101,12 @@ func TestNoSecretInAnyConfigOutput(t *testing.T) {
 		{"secret in a duration by environment", map[string]string{"SSF_UPSTREAM": "http://ak:9000", "SSF_ADMIN_TOKEN": admin}, []string{"config", "check", "--poll-interval", "x", "--upsteam", admin}},
 		{"serve with secrets, refused for another reason", map[string]string{"SSF_ADMIN_TOKEN": admin, "SSF_AUTHENTIK_TOKEN": ak}, []string{"serve", "--upstream", "http://ak:9000",
 			"--authentik-secret-key", key, "--receivers", dupTok, "--listen", "9580"}},
+		{"a token as a key of the receivers file", nil, []string{"receivers", "check", tokKey}},
+		{"a token as a key of the config file", nil, []string{"config", "check", "--config", cfgKey, "--data-dir", data}},
+		{"a password in the upstream URL", nil, []string{"config", "check", "--upstream", "http://ops:" + upPass + "@ak:9000", "--data-dir", data}},
+		{"a password in the upstream URL, json", map[string]string{"SSF_UPSTREAM": "http://ops:" + upPass + "@ak:9000"}, []string{"config", "check", "--json", "--data-dir", data}},
+		{"serve starts with a password in the upstream URL", nil, []string{"serve", "--upstream", "http://ops:" + upPass + "@127.0.0.1:1",
+			"--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--admin-listen", "localhost:0", "--log-level", "debug"}},
 		{"serve starts with secrets", map[string]string{"SSF_ADMIN_TOKEN": admin, "SSF_AUTHENTIK_TOKEN": ak, "SSF_AUTHENTIK_SECRET_KEY": key}, []string{"serve",
 			"--upstream", "http://127.0.0.1:1", "--receivers", recvFile, "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "localhost:0", "--log-level", "debug"}},
 	}

@@ -138,10 +138,11 @@ func runConfig(_ context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// shownValue is an option's value as config check shows it: secrets hidden.
+// shownValue is an option's value as config check shows it: secrets
+// hidden, and a URL's password too.
 func shownValue(o option, v string) string {
 	if o.secret && v != "" {
 		return "(set, hidden)"
 	}
-	return v
+	return withoutPassword(v)
 }

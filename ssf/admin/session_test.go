@@ -2,6 +2,7 @@ package admin
 
 import (
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -153,4 +154,37 @@ func TestVerificationSubjectNotMasked(t *testing.T) {
 	if len(body.Items) != 2 || body.Items[0].Subject != "opaque stream-s1-id" || strings.Contains(body.Items[1].Subject, "bob@") {
 		t.Fatalf("subjects %+v", body.Items)
 	}
+}
+
+// FuzzAdminHost: the admin Host check never panics, and a name it lets in
+// without an IP, localhost or --admin-hosts is one public DNS cannot hand
+// out: a single DNS label, or one under .svc or .svc.cluster.local.
+func FuzzAdminHost(f *testing.F) {
+	for _, s := range []string{"ssf-sidecar-admin:9090", "a.b.svc.cluster.local.:1", "[::1]:9090", "admin.example.com",
+		"evil.example", "bad_name", "[", "]:", "x..svc", ".svc", "svc.", "ADMIN.EXAMPLE.COM:443", "%00", "\xff.svc"} {
+		f.Add(s)
+	}
+	s := newServer(Config{AllowedHosts: []string{"admin.example.com"}})
+	f.Fuzz(func(t *testing.T, host string) {
+		if !s.hostAllowed(host) {
+			return
+		}
+		h := host
+		if hh, _, err := net.SplitHostPort(host); err == nil {
+			h = hh
+		}
+		h = strings.Trim(h, "[]")
+		if strings.EqualFold(h, "localhost") || net.ParseIP(h) != nil || strings.EqualFold(h, "admin.example.com") {
+			return
+		}
+		lh := strings.ToLower(strings.TrimSuffix(h, "."))
+		if strings.Contains(lh, ".") && !strings.HasSuffix(lh, ".svc") && !strings.HasSuffix(lh, ".svc.cluster.local") {
+			t.Fatalf("%q let in: a public DNS name", host)
+		}
+		for _, l := range strings.Split(lh, ".") {
+			if l == "" || strings.Trim(l, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" {
+				t.Fatalf("%q let in: label %q is not a DNS label", host, l)
+			}
+		}
+	})
 }

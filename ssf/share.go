@@ -15,8 +15,8 @@ import (
 // derived from the operator's encryption key), for ssf-sidecar
 // migrate-store. It never returns a secret in an error.
 type Sharer struct {
-	dataDir          string
-	from, to, keySea *sealer
+	dataDir           string
+	from, to, keySeal *sealer
 
 	currentKID string
 	currentAt  time.Time
@@ -37,7 +37,7 @@ func NewSharer(dataDir string, fromSeal, streamSeal, keySeal []byte) (*Sharer, e
 	if s.to, err = newSealer(streamSeal); err != nil {
 		return nil, err
 	}
-	if s.keySea, err = newSealer(keySeal); err != nil {
+	if s.keySeal, err = newSealer(keySeal); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -99,7 +99,7 @@ func (s *Sharer) key(value []byte) ([]byte, error) {
 		if _, err := parsePrivateKeyPEM(pemBytes); err != nil {
 			return nil, fmt.Errorf("signing key %s: the key file %s does not parse", m.KID, m.File)
 		}
-		if m.Sealed, err = s.keySea.seal(string(pemBytes), "signing-key:"+m.KID); err != nil {
+		if m.Sealed, err = s.keySeal.seal(string(pemBytes), "signing-key:"+m.KID); err != nil {
 			return nil, fmt.Errorf("seal signing key %s: %w", m.KID, err)
 		}
 		m.File = ""

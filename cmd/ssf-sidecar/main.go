@@ -69,6 +69,7 @@ func commands() []command {
 		{"bench", "bench proxy: measure the proxy against the upstream directly (and nginx when installed)", runBench},
 		{"health", "exit 0 when the sidecar answers ready (for container health checks)", runHealth},
 		{"migrate", "migrate: apply the database schema's migrations (--database-url)", runMigrate},
+		{"migrate-store", "migrate-store --from-data-dir DIR --to-database-url URL: copy a stopped one-replica data dir into PostgreSQL", runMigrateStore},
 		{"repair", "repair --data-dir DIR: find (and fix) key files a partial restore left out", runRepair},
 	}
 }

@@ -156,3 +156,22 @@ func bumpEpoch(db *bolt.DB) (uint64, error) {
 	}
 	return epoch, nil
 }
+
+// BucketInfo names one top-level bucket and its NextSequence counter.
+type BucketInfo struct {
+	Name     []byte
+	Sequence uint64
+}
+
+// Buckets lists the file's top-level buckets in name order (for copying a
+// store to another backend).
+func (d *DB) Buckets() ([]BucketInfo, error) {
+	var out []BucketInfo
+	err := d.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			out = append(out, BucketInfo{Name: append([]byte(nil), name...), Sequence: b.Sequence()})
+			return nil
+		})
+	})
+	return out, err
+}

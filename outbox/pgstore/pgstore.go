@@ -519,3 +519,19 @@ func (c *cursor) load(from []byte, fwd, inclusive bool) ([]byte, []byte) {
 	c.cur, c.rows = got[0].k, got[1:]
 	return got[0].k, got[0].v
 }
+
+// SetSequence raises the bucket's NextSequence counter to at least n, so
+// the next call returns more than n (for copying a store from another
+// backend). Reach it with a type assertion on the transaction.
+func (t *tx) SetSequence(name []byte, n uint64) error {
+	if !t.writable {
+		return errors.New("pgstore: sequence in a read-only transaction")
+	}
+	if t.err != nil {
+		return t.err
+	}
+	_, err := t.tx.Exec(t.ctx, `INSERT INTO kv_sequences (bucket, n) VALUES ($1, $2)
+		ON CONFLICT (bucket) DO UPDATE SET n = greatest(kv_sequences.n, EXCLUDED.n)`, name, int64(n))
+	t.fail(err)
+	return err
+}

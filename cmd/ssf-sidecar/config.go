@@ -119,7 +119,7 @@ var options = []option{
 	{name: "listen", env: "SSF_LISTEN", def: ":9080", usage: "address clients and receivers reach", apply: str(func(c *Config) *string { return &c.Listen })},
 	{name: "upstream", env: "SSF_UPSTREAM", usage: "authentik's base URL, e.g. http://authentik-server:9000 (required for serve)", apply: str(func(c *Config) *string { return &c.Upstream })},
 	{name: "issuer", env: "SSF_ISSUER", def: "http://localhost:9080/ssf", usage: "public issuer URL; discovery is at /.well-known/ssf-configuration + the issuer's path", apply: str(func(c *Config) *string { return &c.Issuer })},
-	{name: "data-dir", env: "SSF_DATA_DIR", def: "./data", usage: "directory for the bbolt file and the generated signing key", apply: str(func(c *Config) *string { return &c.DataDir })},
+	{name: "data-dir", env: "SSF_DATA_DIR", def: "./data", usage: "directory for the bbolt file and the generated signing key (unused with --database-url)", apply: str(func(c *Config) *string { return &c.DataDir })},
 	{name: "signing-key", env: "SSF_SIGNING_KEY", usage: "PEM private key files, comma-separated: the first signs, the rest are only published (default: generate one)", apply: func(c *Config, v string) error {
 		c.SigningKeys = splitList(v)
 		return nil

@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -139,8 +140,19 @@ func printUsage(w io.Writer) {
 
 func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
-	if err := fs.Parse(args); err != nil {
+	asJSON := fs.Bool("json", false, "print the version as JSON")
+	help := func() {
+		fmt.Fprintln(stdout, "Usage: ssf-sidecar version [--json]\n\nPrints the release and, when the build recorded it, the revision.\n\nFlags:")
+		printFlags(stdout, fs)
+	}
+	if err := parseFlags(fs, args, help); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("version takes no arguments, got %d", fs.NArg())}
+	}
+	if *asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]string{"version": buildVersion()})
 	}
 	fmt.Fprintf(stdout, "ssf-sidecar %s\n", buildVersion())
 	return nil

@@ -71,3 +71,24 @@ func TestVersionIsTheRelease(t *testing.T) {
 		}
 	}
 }
+
+// TestVersionCommandLine: version takes --json and --help like every
+// command, and a stray argument or flag is wrong usage (exit 2).
+func TestVersionCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		code     int
+		inStdout string
+	}{
+		{[]string{"version", "--json"}, 0, `{"version":"` + release + `"}`},
+		{[]string{"version", "--help"}, 0, "Usage: ssf-sidecar version"},
+		{[]string{"version", "extra"}, 2, ""},
+		{[]string{"version", "--jsn"}, 2, ""},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), tc.args, &stdout, &stderr)
+		if code != tc.code || !strings.Contains(stdout.String(), tc.inStdout) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit %d with %q", tc.args, code, stdout.String(), stderr.String(), tc.code, tc.inStdout)
+		}
+	}
+}

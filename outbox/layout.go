@@ -111,6 +111,11 @@ type streamMeta struct {
 	Dropped     int64     `json:"dropped"`
 	Non202      int64     `json:"non_202"`
 	LastSuccess time.Time `json:"last_success,omitzero"`
+	// LastError is the push stream's latest failed attempt (no secret:
+	// push errors never carry the endpoint URL) and LastErrorAt its time,
+	// recorded with the attempt's outcome so a restart keeps them.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
 // headBlock is how many head sequences one block holds.

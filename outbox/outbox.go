@@ -45,7 +45,8 @@ type Outbox struct {
 }
 
 // streamState is the in-memory side of a stream: its configuration and the
-// delivery state that need not survive a restart.
+// delivery state that need not survive a restart (lastSuccess, lastErr and
+// lastErrAt are also kept in the stream's meta and read back at open).
 type streamState struct {
 	id string
 
@@ -98,7 +99,8 @@ func New(cfg Config) (*Outbox, error) {
 				return fmt.Errorf("outbox: stream %q meta: %w", k, err)
 			}
 			o.streams[m.Config.ID] = &streamState{id: m.Config.ID, cfg: m.Config,
-				lastSuccess: m.LastSuccess, leases: map[string]time.Time{}}
+				lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt,
+				leases: map[string]time.Time{}}
 			return nil
 		})
 	})

@@ -284,6 +284,11 @@ func abortedAttempt(r pushResult) Attempt {
 func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) error {
 	tried := batch
 	now := o.now()
+	// fail and succeed ran before the batch reached here: its last error
+	// is recorded with the outcomes it belongs to.
+	st.mu.Lock()
+	lastErr, lastErrAt := st.lastErr, st.lastErrAt
+	st.mu.Unlock()
 	var delivered, dead []*Record
 	err := o.store.update(context.Background(), func(tx kv.Tx) error {
 		delivered, dead = delivered[:0], dead[:0]
@@ -326,6 +331,9 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 					return err
 				}
 			}
+		}
+		if lastErr != "" && lastErrAt.After(m.LastErrorAt) {
+			m.LastError, m.LastErrorAt = lastErr, lastErrAt
 		}
 		return putMeta(tx, m)
 	})

@@ -619,3 +619,40 @@ func TestZonedAddressesForbidden(t *testing.T) {
 		t.Error("a public address is forbidden")
 	}
 }
+
+// TestLastErrorSurvivesReopen: a push stream's last error and its time are
+// kept with its delivery state, so Stats reports them after a restart.
+func TestLastErrorSurvivesReopen(t *testing.T) {
+	clock := newFakeClock()
+	rc := newReceiver(t, func(n int, r *http.Request, w http.ResponseWriter) {
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	h := newHarness(t, clock, func(c *Config) { c.SweepInterval = noSweep })
+	h.pushStream("s", rc.srv.URL, "Bearer secret-token")
+	h.enqueue(makeSET("s", "x"))
+	waitBackoff(t, clock) // the failure is committed before the stream backs off
+	before, err := h.ob.Stats(context.Background(), "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(before.LastError, "500") || before.LastErrorAt.IsZero() {
+		t.Fatalf("before reopen: last error %q at %v", before.LastError, before.LastErrorAt)
+	}
+	// Paused, so the reopened outbox does not try again and overwrite it.
+	if err := h.ob.SetStream(context.Background(), StreamConfig{ID: "s", Method: MethodPush,
+		Status: StatusPaused, EndpointURL: rc.srv.URL, AuthorizationHeader: "Bearer secret-token"}); err != nil {
+		t.Fatal(err)
+	}
+	h.reopen(func(c *Config) { c.SweepInterval = noSweep })
+	after, err := h.ob.Stats(context.Background(), "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.LastError != before.LastError || !after.LastErrorAt.Equal(before.LastErrorAt) {
+		t.Errorf("after reopen: last error %q at %v, want %q at %v",
+			after.LastError, after.LastErrorAt, before.LastError, before.LastErrorAt)
+	}
+	if strings.Contains(after.LastError, rc.srv.URL) || strings.Contains(after.LastError, "secret-token") {
+		t.Errorf("last error %q carries the endpoint or its credentials", after.LastError)
+	}
+}

@@ -49,6 +49,7 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("LeaseExpiry", s.testLeaseExpiry)
 	t.Run("Queue", s.testQueue)
 	t.Run("QueueDeadLetter", s.testQueueDeadLetter)
+	t.Run("LastErrorKept", s.testLastErrorKept)
 	t.Run("Notifier", s.testNotifier)
 	if s.Shared {
 		t.Run("ReplicasEnqueue", s.testReplicasEnqueue)

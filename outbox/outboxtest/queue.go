@@ -487,3 +487,56 @@ func (s Suite) testReplicasDispatch(t *testing.T) {
 		t.Fatalf("%d deliveries, %d times two in flight at once", len(got), overlaps)
 	}
 }
+
+// testLastErrorKept: a push stream's last error and its time are stored
+// with its delivery state, so they are the same after a reopen.
+func (s Suite) testLastErrorKept(t *testing.T) {
+	open := s.New(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	t.Cleanup(srv.Close)
+	st := outbox.NewStore(open(), outbox.StoreOptions{})
+	ob := newOutbox(t, st, nil)
+	if err := ob.SetStream(ctx, outbox.StreamConfig{ID: "s", Method: outbox.MethodPush,
+		Status: outbox.StatusEnabled, EndpointURL: srv.URL}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.Enqueue(ctx, []outbox.SET{makeSET("s", "j1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ob.Run(rctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if stats, _ := ob.Stats(ctx, "s"); stats.LastError != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			<-done
+			t.Fatal("no failed attempt recorded")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done // every outcome is committed when Run returns
+	before, err := ob.Stats(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ob = newOutbox(t, store(t, open), nil)
+	after, err := ob.Stats(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(before.LastError, "500") || after.LastError != before.LastError ||
+		!after.LastErrorAt.Equal(before.LastErrorAt) {
+		t.Errorf("after reopen: last error %q at %v, want %q at %v",
+			after.LastError, after.LastErrorAt, before.LastError, before.LastErrorAt)
+	}
+}

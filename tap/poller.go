@@ -371,7 +371,10 @@ func (t *Tap) pollActions(ctx context.Context) []string {
 	err := t.api.getJSON(actx, t.api.tokenCreds(), "/events/events/actions/", nil, &known)
 	cancel()
 	if err != nil {
-		t.log.Info("tap: event actions list unavailable; asking only for actions all versions have", "err", err)
+		if !t.actionsLogged {
+			t.actionsLogged = true
+			t.log.Info("tap: event actions list unavailable; asking only for actions all versions have (tried again each poll, said once)", "err", err)
+		}
 		out := []string{}
 		for _, a := range t.cfg.Actions {
 			if slices.Contains(legacyActions, a) {

@@ -1,10 +1,12 @@
 package tap
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -574,4 +576,34 @@ func TestPasswordChangeCyclesSessionKey(t *testing.T) {
 		{kind: KindPasswordChanged, source: SourceTraffic, subject: a, initiator: InitiatorUser},
 		{kind: KindSessionRevoked, source: SourceTraffic, subject: a, initiator: InitiatorAdmin, sessionUUID: s.UUID, sessionHash: HashSessionID(claims.SID)},
 	})
+}
+
+// TestActionsListUnavailableSaidOnce: while authentik cannot list its event
+// actions the poller asks only for those every version has, tries the list
+// again each poll, and says so once, not at every poll.
+func TestActionsListUnavailableSaidOnce(t *testing.T) {
+	logs := &syncBuffer{}
+	e := newEnv(t, envOpts{mutate: func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}})
+	e.ak.SetFailModeFor("/api/v3/events/events/actions/", authentiktest.Fail503)
+	e.tap.actionsMu.Lock()
+	e.tap.actions = nil
+	e.tap.actionsMu.Unlock()
+	ctx := context.Background()
+	for range 3 {
+		got := e.tap.pollActions(ctx)
+		for _, a := range got {
+			if !slices.Contains(legacyActions, a) {
+				t.Fatalf("asked for %q while the list is unavailable", a)
+			}
+		}
+	}
+	if n := strings.Count(logs.String(), "event actions list unavailable"); n != 1 {
+		t.Errorf("said %d times, want once:\n%s", n, logs.String())
+	}
+	e.ak.SetFailModeFor("/api/v3/events/events/actions/", authentiktest.FailNone)
+	if got := e.tap.pollActions(ctx); len(got) == 0 {
+		t.Error("no actions once the list answers again")
+	}
 }

@@ -66,6 +66,8 @@ type Tap struct {
 
 	actionsMu sync.Mutex
 	actions   []string // event-API actions this authentik knows; nil until read
+	// actionsLogged: the list's absence was logged; said once, not each poll.
+	actionsLogged bool
 }
 
 // New builds a Tap. It does no I/O.

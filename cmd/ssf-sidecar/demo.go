@@ -269,11 +269,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			"With --serve-authentik it runs only the simulated authentik, for trying 'serve' end to end.\n\nFlags:")
 		printFlags(stdout, fs)
 	}
-	if err := parseFlags(fs, args, help); err != nil {
+	if err := parseNoArgs(fs, args, help); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("demo takes no arguments, got %q", fs.Args())}
 	}
 	if *serveAK {
 		return serveSimulatedAuthentik(ctx, *akListen, stdout)

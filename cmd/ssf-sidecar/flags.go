@@ -93,3 +93,21 @@ func printFlags(w io.Writer, fs *flag.FlagSet) {
 		fmt.Fprintf(w, "        %s%s\n", usage, def)
 	})
 }
+
+// parseNoArgs parses a command's flags like parseFlags and refuses anything
+// left after them. The stray arguments are counted, never quoted: a token
+// pasted in the wrong place must not come back in the error.
+func parseNoArgs(fs *flag.FlagSet, args []string, help func()) error {
+	if err := parseFlags(fs, args, help); err != nil {
+		return err
+	}
+	return noArgs(fs.Name(), fs.Args())
+}
+
+// noArgs refuses arguments left over after a command's flags.
+func noArgs(command string, rest []string) error {
+	if len(rest) == 0 {
+		return nil
+	}
+	return usageError{fmt.Sprintf("%s takes no arguments, got %d (flags go before any argument, each as --name or --name=value)", command, len(rest))}
+}

@@ -28,11 +28,8 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stdout, "Usage: ssf-sidecar health [flags]\n\nExits 0 when the sidecar answers ready on its admin listener (for container health checks).\n\nFlags:")
 		printFlags(stdout, fs)
 	}
-	if err := parseFlags(fs, args, help); err != nil {
+	if err := parseNoArgs(fs, args, help); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("health takes no arguments, got %q", fs.Args())}
 	}
 	_ = asJSON
 	if *target == "" {

@@ -145,11 +145,8 @@ func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
 		fmt.Fprintln(stdout, "Usage: ssf-sidecar version [--json]\n\nPrints the release and, when the build recorded it, the revision.\n\nFlags:")
 		printFlags(stdout, fs)
 	}
-	if err := parseFlags(fs, args, help); err != nil {
+	if err := parseNoArgs(fs, args, help); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("version takes no arguments, got %d", fs.NArg())}
 	}
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(map[string]string{"version": buildVersion()})

@@ -22,8 +22,8 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if errors.As(err, &ue) {
 		return err
 	}
-	if len(rest) > 0 {
-		return usageError{fmt.Sprintf("migrate takes no arguments, got %q", rest)}
+	if err := noArgs("migrate", rest); err != nil {
+		return err
 	}
 	if err != nil {
 		return exitError{exitConfig, err}

@@ -60,11 +60,8 @@ func runMigrateStore(ctx context.Context, args []string, stdout, _ io.Writer) er
 			"The sidecar on DIR must be stopped, and the schema must hold no streams, SETs or signing keys.\n\nFlags:")
 		printFlags(stdout, fset)
 	}
-	if err := parseFlags(fset, args, help); err != nil {
+	if err := parseNoArgs(fset, args, help); err != nil {
 		return err
-	}
-	if fset.NArg() > 0 {
-		return usageError{fmt.Sprintf("migrate-store takes no arguments, got %q", fset.Args())}
 	}
 	if *dataDir == "" || *dbURL == "" {
 		return usageError{"migrate-store needs --from-data-dir and --to-database-url"}

@@ -31,11 +31,8 @@ func runRepair(ctx context.Context, args []string, stdout, _ io.Writer) error {
 			"Works on a stopped sidecar, or next to one that started degraded because of the problem.\n\nFlags:")
 		printFlags(stdout, fset)
 	}
-	if err := parseFlags(fset, args, help); err != nil {
+	if err := parseNoArgs(fset, args, help); err != nil {
 		return err
-	}
-	if fset.NArg() > 0 {
-		return usageError{fmt.Sprintf("repair takes no arguments, got %q", fset.Args())}
 	}
 	cfg, _, err := resolve(map[string]string{}, os.Getenv)
 	if err != nil {

@@ -50,8 +50,8 @@ func loadValid(name string, args []string, stdout io.Writer) (Config, map[string
 	if errors.As(perr, &ue) {
 		return Config{}, nil, nil, perr
 	}
-	if len(rest) > 0 {
-		return Config{}, nil, nil, usageError{fmt.Sprintf("%s takes no arguments, got %q", name, rest)}
+	if err := noArgs(name, rest); err != nil {
+		return Config{}, nil, nil, err
 	}
 	receivers, err := validateAll(cfg, perr)
 	if err != nil {

@@ -92,3 +92,17 @@ func TestVersionCommandLine(t *testing.T) {
 		}
 	}
 }
+
+// TestStrayArgumentNotQuoted: an argument where none belongs is wrong usage,
+// and the error counts it without quoting it (it may be a pasted token).
+func TestStrayArgumentNotQuoted(t *testing.T) {
+	const secret = "tok-Zq8Xv3StrayArgumentSecret"
+	for _, cmd := range []string{"version", "health", "repair", "migrate-store", "demo", "serve", "migrate"} {
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), []string{cmd, secret}, &stdout, &stderr)
+		out := stdout.String() + stderr.String()
+		if code != 2 || strings.Contains(out, secret) || !strings.Contains(out, "takes no arguments, got 1") {
+			t.Errorf("%s %s: exit %d, output %q; want exit 2 counting the argument without quoting it", cmd, "<secret>", code, strings.ReplaceAll(out, secret, "<secret>"))
+		}
+	}
+}

@@ -171,7 +171,7 @@ func ParseReceivers(data []byte) ([]Receiver, error) {
 			}
 			for _, s := range t.Scopes {
 				if !strings.HasPrefix(s, "ssf.") {
-					add("%s: token #%d has unknown scope %q (scopes start with \"ssf.\")", label, j+1, s)
+					add("%s: token #%d has unknown scope %s (scopes start with \"ssf.\")", label, j+1, shownWord(s))
 				}
 			}
 		}
@@ -207,7 +207,7 @@ func ParseReceivers(data []byte) ([]Receiver, error) {
 				add("%s: subject_format iss_sub needs subject_iss", label)
 			}
 		default:
-			add("%s: unknown subject_format %q (want email, iss_sub or complex)", label, r.SubjectFormat)
+			add("%s: unknown subject_format %s (want email, iss_sub or complex)", label, shownWord(r.SubjectFormat))
 		}
 		if r.SubjectIss != "" {
 			if u, err := url.Parse(r.SubjectIss); err != nil || !u.IsAbs() {
@@ -223,7 +223,7 @@ func ParseReceivers(data []byte) ([]Receiver, error) {
 		switch r.Profile {
 		case ProfileSSF, ProfileLegacy:
 		default:
-			add("%s: unknown profile %q (want ssf or legacy)", label, r.Profile)
+			add("%s: unknown profile %s (want ssf or legacy)", label, shownWord(r.Profile))
 		}
 		out = append(out, r)
 	}
@@ -308,6 +308,16 @@ func ShownKey(k string) string {
 		return strconv.Quote(k)
 	}
 	return fmt.Sprintf("(a key of %d characters, not shown)", len(k))
+}
+
+// shownWord quotes a value that reads as a word (a misspelt scope, format
+// or profile) and otherwise gives only its length: a token written into the
+// wrong field must not come back in the error.
+func shownWord(v string) string {
+	if len(v) <= 40 && strings.Trim(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-.") == "" {
+		return strconv.Quote(v)
+	}
+	return fmt.Sprintf("(a value of %d characters, not shown)", len(v))
 }
 
 var (

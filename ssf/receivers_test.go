@@ -118,3 +118,24 @@ func TestConfigValidate(t *testing.T) {
 		t.Error("issuer with query accepted")
 	}
 }
+
+// TestReceiverValueErrorsHideTokens: a token written where a scope, subject
+// format or profile belongs is refused without being quoted; a misspelt
+// word is still quoted so the mistake can be seen.
+func TestReceiverValueErrorsHideTokens(t *testing.T) {
+	const secret = "Zq8Xv3+misplaced/TokenValue=="
+	for _, field := range []string{
+		`tokens: [{value: "` + acmeTok + `", scopes: ["` + secret + `"]}]`,
+		`tokens: ["` + acmeTok + `"]` + "\n    subject_format: \"" + secret + `"`,
+		`tokens: ["` + acmeTok + `"]` + "\n    profile: \"" + secret + `"`,
+	} {
+		_, err := ParseReceivers([]byte("receivers:\n  - name: acme\n    " + field + "\n"))
+		if err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "not shown") {
+			t.Errorf("%s: error %v; want a refusal that does not quote the value", strings.ReplaceAll(field, secret, "<secret>"), err)
+		}
+	}
+	_, err := ParseReceivers([]byte("receivers:\n  - name: acme\n    tokens: [\"" + acmeTok + "\"]\n    profile: legasy\n"))
+	if err == nil || !strings.Contains(err.Error(), `"legasy"`) {
+		t.Errorf("a misspelt profile: %v; want it quoted", err)
+	}
+}

@@ -259,8 +259,8 @@ func (k *Keys) loadGeneratedKey(m keyMeta) (*signingKey, error) {
 	}
 	pemText, err := k.sealer.Open(m.Sealed, signingKeyAAD(m.KID))
 	if err != nil {
-		return nil, fmt.Errorf("the sealed key does not open with the configured encryption key (sealed under key %s, given %s)",
-			orUnnamed(SealedWith(m.Sealed)), k.sealer.ids())
+		return nil, fmt.Errorf("the sealed key does not open with the configured encryption key (sealed under key %s, given %s): "+
+			"a wrong encryption key, or one the database was re-keyed away from?", orUnnamed(SealedWith(m.Sealed)), k.sealer.ids())
 	}
 	return parsePrivateKeyPEM([]byte(pemText))
 }

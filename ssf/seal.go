@@ -83,10 +83,13 @@ func KeyID(key []byte) string {
 }
 
 // NewSealer seals with current (32 bytes) and opens with current or any of
-// previous.
+// previous (nil previous keys are left out).
 func NewSealer(current []byte, previous ...[]byte) (*Sealer, error) {
 	s := &Sealer{}
 	for i, key := range append([][]byte{current}, previous...) {
+		if i > 0 && key == nil {
+			continue
+		}
 		block, err := aes.NewCipher(key)
 		if err != nil || len(key) != 32 {
 			if i == 0 {

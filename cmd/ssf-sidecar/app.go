@@ -257,8 +257,13 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 			return &storeError{Dir: cfg.DataDir, Err: &restoreError{dir: cfg.DataDir, problems: problems}}
 		}
 	}
+	prevEnc, err := cfg.previousEncryptionKey() // nil without a database
+	if err != nil {
+		return err
+	}
+	prevSeal, prevKeySeal := sealKeys(prevEnc)
 	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: keySeal,
-		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
+		PreviousSeal: prevKeySeal, Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
 			return &storeError{Dir: cfg.DataDir, Err: prefixed("signing keys", err)}
@@ -291,7 +296,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	streams, err := ssf.NewSealedStreamStore(a.store, sealKey)
+	streams, err := ssf.NewSealedStreamStore(a.store, sealKey, prevSeal)
 	if err != nil {
 		return err
 	}
@@ -371,8 +376,8 @@ func (a *app) openStore(ctx context.Context) (store *outbox.Store, notifier outb
 			return nil, nil, nil, nil, &storeError{Dir: "database schema " + cfg.DatabaseSchema, Err: err}
 		}
 		store := outbox.NewStore(db, outbox.StoreOptions{Logger: a.logger.With("component", "store")})
-		return store, db.Notifier(), deriveKey(encKey, "ssf-sidecar stream secrets v1"),
-			deriveKey(encKey, "ssf-sidecar signing keys v1"), nil
+		sealKey, keySeal := sealKeys(encKey)
+		return store, db.Notifier(), sealKey, keySeal, nil
 	}
 	dbPath := filepath.Join(cfg.DataDir, dbFile)
 	store, err = outbox.Open(dbPath, outbox.StoreOptions{})

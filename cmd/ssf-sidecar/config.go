@@ -62,6 +62,10 @@ type Config struct {
 	EncryptionKeyFile string
 	// EncryptionKey is the key's text from SSF_ENCRYPTION_KEY.
 	EncryptionKey string
+	// PreviousEncryptionKeyFile and PreviousEncryptionKey give the key
+	// being rotated out (see rekey).
+	PreviousEncryptionKeyFile string
+	PreviousEncryptionKey     string
 
 	// flagValues are the command line's raw values (a reload resolves
 	// them again with the environment and the config file).
@@ -195,6 +199,8 @@ var options = []option{
 	{name: "database-schema", env: "SSF_DATABASE_SCHEMA", def: "ssf_sidecar", usage: "schema the sidecar owns in that database", apply: str(func(c *Config) *string { return &c.DatabaseSchema })},
 	{name: "encryption-key-file", env: "SSF_ENCRYPTION_KEY_FILE", usage: "file holding the key that seals secrets kept in the database: at least 32 random bytes as hex or base64 (required with --database-url)", apply: str(func(c *Config) *string { return &c.EncryptionKeyFile })},
 	{name: "encryption-key", env: "SSF_ENCRYPTION_KEY", secret: true, envOnly: true, usage: "the --encryption-key-file text itself, from the environment only", apply: func(c *Config, v string) error { c.EncryptionKey = v; return nil }},
+	{name: "previous-encryption-key-file", env: "SSF_PREVIOUS_ENCRYPTION_KEY_FILE", usage: "file holding the encryption key being rotated out: secrets sealed under it are still opened, new ones are sealed under --encryption-key-file (see ssf-sidecar rekey)", apply: str(func(c *Config) *string { return &c.PreviousEncryptionKeyFile })},
+	{name: "previous-encryption-key", env: "SSF_PREVIOUS_ENCRYPTION_KEY", secret: true, envOnly: true, usage: "the --previous-encryption-key-file text itself, from the environment only", apply: func(c *Config, v string) error { c.PreviousEncryptionKey = v; return nil }},
 }
 
 func splitList(v string) []string {
@@ -542,8 +548,11 @@ func (c Config) Validate() error {
 		if _, err := c.encryptionKey(); err != nil {
 			errs = append(errs, err)
 		}
-	} else if c.EncryptionKeyFile != "" || c.EncryptionKey != "" {
-		errs = append(errs, errors.New("--encryption-key-file / SSF_ENCRYPTION_KEY is only used with --database-url"))
+		if _, err := c.previousEncryptionKey(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.EncryptionKeyFile != "" || c.EncryptionKey != "" || c.PreviousEncryptionKeyFile != "" || c.PreviousEncryptionKey != "" {
+		errs = append(errs, errors.New("--encryption-key-file / SSF_ENCRYPTION_KEY (and the previous key) are only used with --database-url"))
 	}
 	if c.MinVerification != 0 && (c.MinVerification < time.Second || c.MinVerification > 2*time.Minute) {
 		errs = append(errs, fmt.Errorf("--min-verification-interval %s: use 1s to 2m (the OpenID conformance suite waits at most 2m)", c.MinVerification))

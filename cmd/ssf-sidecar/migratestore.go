@@ -114,8 +114,8 @@ func migrateStore(ctx context.Context, dataDir, dbURL, schema string, encKey []b
 	case len(fromSeal) != 32:
 		return nil, fmt.Errorf("%s: want 32 bytes, found %d", filepath.Join(dataDir, ssf.SecretKeyFile), len(fromSeal))
 	}
-	sharer, err := ssf.NewSharer(dataDir, fromSeal, deriveKey(encKey, "ssf-sidecar stream secrets v1"),
-		deriveKey(encKey, "ssf-sidecar signing keys v1"))
+	streamSeal, keySeal := sealKeys(encKey)
+	sharer, err := ssf.NewSharer(dataDir, fromSeal, streamSeal, keySeal)
 	if err != nil {
 		return nil, err
 	}

@@ -71,8 +71,8 @@ func readEncryptionKey(flagName, env, file, text string) ([]byte, error) {
 
 // Purposes of the keys derived from the encryption key.
 const (
-	streamSecretsPurpose = "ssf-sidecar stream secrets v1"
-	signingKeysPurpose   = "ssf-sidecar signing keys v1"
+	pushHeaderPurpose  = "ssf-sidecar stream secrets v1"
+	signingKeysPurpose = "ssf-sidecar signing keys v1"
 )
 
 // sealKeys derives the stream-secret and signing-key seal keys from an
@@ -81,7 +81,7 @@ func sealKeys(encKey []byte) (streams, keys []byte) {
 	if encKey == nil {
 		return nil, nil
 	}
-	return deriveKey(encKey, streamSecretsPurpose), deriveKey(encKey, signingKeysPurpose)
+	return deriveKey(encKey, pushHeaderPurpose), deriveKey(encKey, signingKeysPurpose)
 }
 
 // parseEncryptionKey reads at least minEncryptionKey bytes written as hex

@@ -325,20 +325,20 @@ func testStreamConcurrent(t *testing.T, st Store) {
 
 func testStreamSecretSealed(t *testing.T, st Store) {
 	a, b := st.pair()
-	const secret = "Bearer push-secret-that-must-stay-sealed"
-	if err := streams(t, a, sealA).PutStream(ctx, pushStream("p", "acme", secret)); err != nil {
+	const header = "Bearer push-header-that-must-stay-sealed"
+	if err := streams(t, a, sealA).PutStream(ctx, pushStream("p", "acme", header)); err != nil {
 		t.Fatal(err)
 	}
-	if r := mustGet(t, streams(t, b, sealA), "p"); r.AuthorizationHeader != secret {
-		t.Fatal("the other handle reads another push secret")
+	if r := mustGet(t, streams(t, b, sealA), "p"); r.AuthorizationHeader != header {
+		t.Fatal("the other handle reads another push header")
 	}
 	raw := rawValues(t, b, ssf.BucketStreams, ssf.BucketSubjects)
 	if len(raw) != 1 {
 		t.Fatalf("stored values: %d, want 1", len(raw))
 	}
 	for k, v := range raw {
-		if bytes.Contains(v, []byte("push-secret-that-must-stay-sealed")) {
-			t.Fatalf("%s holds the push secret in clear", k)
+		if bytes.Contains(v, []byte("push-header-that-must-stay-sealed")) {
+			t.Fatalf("%s holds the push header in clear", k)
 		}
 		if !bytes.Contains(v, []byte("sealed:v2:"+ssf.KeyID(sealA)+":")) {
 			t.Fatalf("%s does not name the key it is sealed under (%s): %.60s…", k, ssf.KeyID(sealA), v)
@@ -346,17 +346,17 @@ func testStreamSecretSealed(t *testing.T, st Store) {
 	}
 	_, _, err := streams(t, b, sealB).GetStream(ctx, "p")
 	if err == nil {
-		t.Fatal("the push secret opened under another key")
+		t.Fatal("the push header opened under another key")
 	}
-	if strings.Contains(err.Error(), "push-secret") || !strings.Contains(err.Error(), ssf.KeyID(sealA)) {
-		t.Fatalf("error under another key: %v (want the key id it was sealed under, and never the secret)", err)
+	if strings.Contains(err.Error(), "push-header") || !strings.Contains(err.Error(), ssf.KeyID(sealA)) {
+		t.Fatalf("error under another key: %v (want the key id it was sealed under, and never the header)", err)
 	}
 }
 
 func testStreamPreviousKey(t *testing.T, st Store) {
 	kv := st.Open()
-	const secret = "Bearer sealed-under-the-old-key"
-	if err := streams(t, kv, sealA).PutStream(ctx, pushStream("p", "acme", secret)); err != nil {
+	const header = "Bearer sealed-under-the-old-key"
+	if err := streams(t, kv, sealA).PutStream(ctx, pushStream("p", "acme", header)); err != nil {
 		t.Fatal(err)
 	}
 	if err := streams(t, kv, sealA).PutStream(ctx, pollStream("q", "acme")); err != nil {
@@ -364,8 +364,8 @@ func testStreamPreviousKey(t *testing.T, st Store) {
 	}
 	rotated := streams(t, kv, sealB, sealA) // new current key, old as previous
 	r := mustGet(t, rotated, "p")
-	if r.AuthorizationHeader != secret {
-		t.Fatal("the previous key does not open the push secret")
+	if r.AuthorizationHeader != header {
+		t.Fatal("the previous key does not open the push header")
 	}
 	// The next write seals under the current key.
 	r.Description = "written after the rotation"
@@ -376,7 +376,7 @@ func testStreamPreviousKey(t *testing.T, st Store) {
 	if !bytes.Contains(v, []byte("sealed:v2:"+ssf.KeyID(sealB)+":")) {
 		t.Fatalf("a write after the rotation is not sealed under the current key: %.60s…", v)
 	}
-	if r := mustGet(t, streams(t, kv, sealB), "p"); r.AuthorizationHeader != secret {
+	if r := mustGet(t, streams(t, kv, sealB), "p"); r.AuthorizationHeader != header {
 		t.Fatal("the current key alone does not open what was written after the rotation")
 	}
 	if _, _, err := streams(t, kv, sealA).GetStream(ctx, "p"); err == nil {

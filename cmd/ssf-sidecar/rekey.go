@@ -33,7 +33,9 @@ const rekeyTries = 5
 // with the new key as current and the old one as previous.
 func runRekey(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	fset := flag.NewFlagSet("rekey", flag.ContinueOnError)
-	dbURL := fset.String("database-url", os.Getenv("SSF_DATABASE_URL"), "PostgreSQL URL or key=value DSN (env SSF_DATABASE_URL)")
+	// The URL's default is read after parsing, so help never prints it
+	// (it may hold a password).
+	dbURL := fset.String("database-url", "", "PostgreSQL URL or key=value DSN (env SSF_DATABASE_URL)")
 	schema := fset.String("database-schema", envOr("SSF_DATABASE_SCHEMA", pgstore.DefaultSchema), "the sidecar's schema (env SSF_DATABASE_SCHEMA)")
 	keyFile := fset.String("encryption-key-file", os.Getenv("SSF_ENCRYPTION_KEY_FILE"), "file holding the new encryption key (or SSF_ENCRYPTION_KEY)")
 	prevFile := fset.String("previous-encryption-key-file", os.Getenv("SSF_PREVIOUS_ENCRYPTION_KEY_FILE"), "file holding the encryption key being rotated out (or SSF_PREVIOUS_ENCRYPTION_KEY)")
@@ -49,6 +51,9 @@ func runRekey(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	}
 	if err := parseNoArgs(fset, args, help); err != nil {
 		return err
+	}
+	if *dbURL == "" {
+		*dbURL = os.Getenv("SSF_DATABASE_URL")
 	}
 	if *dbURL == "" {
 		return usageError{"rekey needs --database-url (or SSF_DATABASE_URL): only a database keeps secrets sealed under the encryption key"}

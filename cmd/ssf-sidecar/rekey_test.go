@@ -221,6 +221,13 @@ func TestRekeyEncryptionKeyOnPostgreSQL(t *testing.T) {
 		t.Fatalf("rekey without the previous key: exit %d, %s", code, errs)
 	}
 
+	// Help never shows the database URL from the environment.
+	t.Setenv("SSF_DATABASE_URL", "postgres://ssf:db-password-in-env@db.example/ak")
+	var help strings.Builder
+	if code := run(ctx, []string{"rekey", "--help"}, &help, &help); code != 0 || !strings.Contains(help.String(), "--previous-encryption-key-file") ||
+		strings.Contains(help.String(), "db-password-in-env") {
+		t.Fatalf("rekey --help: exit %d\n%s", code, help.String())
+	}
 	all := outputs.String() + logs.String()
 	for _, s := range []string{"push-secret-through-the-rekey", oldKey, newKey, strings.Repeat("c3", 32),
 		hex.EncodeToString(newStreams), hex.EncodeToString(newSigning), "PRIVATE KEY"} {

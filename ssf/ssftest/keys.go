@@ -225,7 +225,10 @@ func testKeysSealed(t *testing.T, st Store) {
 		t.Fatal(err)
 	}
 	stored := rawValues(t, kv, ssf.BucketKeys, ssf.BucketKeyCurrent)
+	// Each key's private part as PEM, DER, the PEM body, base64 (standard
+	// and URL) and hex of the DER, the private exponent and a prime.
 	var secrets [][]byte
+	forms := []string{"PEM", "DER", "PEM body", "base64 DER", "base64url DER", "hex DER", "d", "p", "base64url d"}
 	opened := 0
 	for name, v := range stored {
 		if !strings.HasPrefix(name, ssf.BucketKeys+"/") {
@@ -253,16 +256,18 @@ func testKeysSealed(t *testing.T, st Store) {
 			[]byte(base64.StdEncoding.EncodeToString(block.Bytes)[8:200]),
 			[]byte(base64.RawURLEncoding.EncodeToString(block.Bytes)[8:200]),
 			[]byte(hex.EncodeToString(block.Bytes)[16:400]),
-			[]byte("PRIVATE KEY"), bigBytes(rk.D), bigBytes(rk.Primes[0]),
+			bigBytes(rk.D), bigBytes(rk.Primes[0]),
 			[]byte(base64.RawURLEncoding.EncodeToString(rk.D.Bytes())))
 	}
 	if opened != 2 {
 		t.Fatalf("%d sealed keys opened, want 2 (current and retired)", opened)
 	}
 	for name, v := range stored {
-		for i, s := range secrets {
-			if bytes.Contains(v, s) {
-				t.Fatalf("%s holds a private key in clear (form %d)", name, i%10)
+		for _, form := range storedForms(v) {
+			for i, s := range secrets {
+				if bytes.Contains(form, s) {
+					t.Fatalf("%s holds a private key in clear (as %s)", name, forms[i%len(forms)])
+				}
 			}
 		}
 		if strings.HasPrefix(name, ssf.BucketKeys+"/") && !bytes.Contains(v, []byte(`"sealed:v2:`+ssf.KeyID(sealA)+`:`)) {
@@ -273,6 +278,42 @@ func testKeysSealed(t *testing.T, st Store) {
 	if err == nil || !strings.Contains(err.Error(), "does not open") || strings.Contains(err.Error(), "PRIVATE") {
 		t.Fatalf("NewKeys under another seal key = %v; want a clear refusal without the key", err)
 	}
+}
+
+// storedForms is a stored value as it is, and the strings of its JSON
+// decoded and run together, with and without their white space: a PEM
+// kept in a JSON string has its line ends escaped.
+func storedForms(v []byte) [][]byte {
+	forms := [][]byte{v}
+	var doc any
+	if json.Unmarshal(v, &doc) != nil {
+		return forms
+	}
+	var b strings.Builder
+	var walk func(any)
+	walk = func(x any) {
+		switch x := x.(type) {
+		case string:
+			b.WriteString(x)
+			b.WriteByte(0)
+		case []any:
+			for _, e := range x {
+				walk(e)
+			}
+		case map[string]any:
+			for _, e := range x {
+				walk(e)
+			}
+		}
+	}
+	walk(doc)
+	flat := strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\n' || r == '\r' || r == '\t' {
+			return -1
+		}
+		return r
+	}, b.String())
+	return append(forms, []byte(b.String()), []byte(flat))
 }
 
 func bigBytes(n *big.Int) []byte { return n.Bytes()[:32] }

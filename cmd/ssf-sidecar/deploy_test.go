@@ -839,6 +839,20 @@ func TestDeployReadmeDatabaseRole(t *testing.T) {
 			if strings.Contains(sql, "CREATE SCHEMA") && createDB {
 				t.Errorf("the role was meant to need no right on the database")
 			}
+			// The section names every table the migrations made.
+			rows, err := pgConn(t, base).Query(context.Background(), "SELECT tablename FROM pg_tables WHERE schemaname = $1", name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil || len(tables) == 0 {
+				t.Fatalf("tables in the schema: %v (%v)", tables, err)
+			}
+			for _, table := range tables {
+				if !strings.Contains(section, "`"+table+"`") {
+					t.Errorf("the migrations make the table %s, which the README's Several replicas section does not name", table)
+				}
+			}
 		})
 	}
 }

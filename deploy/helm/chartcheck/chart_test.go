@@ -424,7 +424,8 @@ func TestChartRefuses(t *testing.T) {
 }
 
 func TestChartLint(t *testing.T) {
-	for _, values := range [][]string{nil, {"--values", filepath.Join(chart, "ci", "full-values.yaml")}, {"--values", filepath.Join(chart, "ci", "database-values.yaml")}} {
+	for _, values := range [][]string{nil, {"--values", filepath.Join(chart, "ci", "full-values.yaml")}, {"--values", filepath.Join(chart, "ci", "database-values.yaml")},
+		{"--set", "database.url.existingSecret=db,database.encryptionKey.existingSecret=db"}} {
 		if out, err := helm(t, append([]string{"lint", "--strict", chart}, values...)...); err != nil {
 			t.Errorf("helm lint %v:\n%s", values, out)
 		}

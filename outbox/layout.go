@@ -20,7 +20,7 @@ var (
 	bktExpiry  = []byte("outbox.expiry")  // unix nanos, kind, id → nil (time-ordered sweeps)
 )
 
-var allBuckets = [][]byte{bktStreams, bktQueue, bktSets, bktHist, bktDead, bktKeys, bktExpiry}
+var allBuckets = [][]byte{bktStreams, bktQueue, bktSets, bktHist, bktDead, bktKeys, bktExpiry, bktPolled}
 
 // Expiry kinds.
 const (

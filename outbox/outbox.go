@@ -59,9 +59,8 @@ type streamState struct {
 	lastErrAt    time.Time
 	lastSuccess  time.Time
 	reported     bool
-	leases       map[string]time.Time // poll: jti → lease end
-	cancel       context.CancelFunc   // dispatcher
-	headPending  atomic.Bool          // a Head SET arrived: restart the batch
+	cancel       context.CancelFunc // dispatcher
+	headPending  atomic.Bool        // a Head SET arrived: restart the batch
 
 	// The dispatch lease: lease and renewAt belong to the dispatcher
 	// goroutine; token mirrors lease.Token for the other goroutines (0:
@@ -99,8 +98,7 @@ func New(cfg Config) (*Outbox, error) {
 				return fmt.Errorf("outbox: stream %q meta: %w", k, err)
 			}
 			o.streams[m.Config.ID] = &streamState{id: m.Config.ID, cfg: m.Config,
-				lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt,
-				leases: map[string]time.Time{}}
+				lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt}
 			return nil
 		})
 	})
@@ -313,13 +311,8 @@ func (o *Outbox) supersede(tx kv.Tx, m *streamMeta, stream, jti string) error {
 	if err != nil || r == nil || r.StreamID != stream || r.State != StateQueued {
 		return err
 	}
-	if st := o.stream(stream); st != nil {
-		st.mu.Lock()
-		_, leased := st.leases[jti]
-		st.mu.Unlock()
-		if leased {
-			return nil
-		}
+	if handedOut(tx, r) {
+		return nil
 	}
 	if err := dropRecord(tx, r); err != nil {
 		return err
@@ -412,11 +405,15 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 		if err := o.discardChunks(ctx, cfg.ID, bktQueue, true, true); err != nil {
 			return err
 		}
+		// What is left (its own announcement) is handed out afresh.
+		if err := o.clearPollLeases(ctx, cfg.ID); err != nil {
+			return err
+		}
 	}
 	o.mu.Lock()
 	st := o.streams[cfg.ID]
 	if st == nil {
-		st = &streamState{id: cfg.ID, leases: map[string]time.Time{}}
+		st = &streamState{id: cfg.ID}
 		o.streams[cfg.ID] = st
 	}
 	st.mu.Lock()
@@ -430,9 +427,6 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 		st.failures = 0
 		st.failingSince = time.Time{}
 		st.reported = false
-	}
-	if cfg.Status == StatusDisabled {
-		st.leases = map[string]time.Time{}
 	}
 	st.mu.Unlock()
 	o.startDispatcherLocked(st)
@@ -534,6 +528,8 @@ func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, co
 						return err
 					}
 				} else if err := c.Delete(); err != nil {
+					return err
+				} else if err := tx.Bucket(bktPolled).Delete(k); err != nil {
 					return err
 				}
 				if err := tx.Bucket(bktHist).Delete(k); err != nil {

@@ -122,9 +122,10 @@ func (e *PollRequestError) Error() string {
 // maxPollAcks bounds the ack and setErrs lists of one request.
 const maxPollAcks = 10000
 
-// maxLeases bounds the SETs under lease on one stream, so a receiver that
-// polls without acknowledging cannot grow the lease table without end.
-const maxLeases = 20000
+// maxLeases bounds the SETs under an unexpired hand-out lease on one
+// stream, so a receiver that polls without acknowledging cannot make every
+// poll walk past an ever longer run of leased SETs.
+var maxLeases = 20000 // a variable for tests
 
 // DecodePollRequest reads an RFC 8936 poll request of at most limit bytes.
 // An empty body is an empty request (a short poll would then be a long
@@ -256,7 +257,7 @@ func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (Po
 	deadline := o.now().Add(o.cfg.MaxLongPoll)
 	for {
 		wake := o.cfg.Notifier.Wait(streamID)
-		picked, more, nextLease, err := o.lease(st, limit)
+		picked, more, nextLease, err := o.lease(ctx, st, limit)
 		if err != nil {
 			return resp, err
 		}
@@ -265,11 +266,15 @@ func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (Po
 		}
 		now := o.now()
 		if req.ReturnImmediately || !now.Before(deadline) {
+			// more: SETs wait behind the lease bound.
+			resp.MoreAvailable = more
 			return resp, nil
 		}
+		// Wake when the first lease ends (measured on the lease clock, so
+		// as a duration) to hand its SET out again.
 		wait := deadline.Sub(now)
-		if !nextLease.IsZero() && nextLease.Sub(now) < wait {
-			wait = max(nextLease.Sub(now), time.Millisecond)
+		if nextLease > 0 && nextLease < wait {
+			wait = max(nextLease, time.Millisecond)
 		}
 		select {
 		case <-ctx.Done():
@@ -281,52 +286,6 @@ func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (Po
 			return resp, ErrUnknownStream
 		}
 	}
-}
-
-// lease picks up to limit queued SETs not under lease and leases them.
-// It also reports whether more were eligible and when the next lease ends.
-func (o *Outbox) lease(st *streamState, limit int) (picked []*Record, more bool, nextLease time.Time, err error) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	// A stream no longer enabled hands out only the Announce SETs at its
-	// head (the stream-updated SET of the pause or disable).
-	onlyAnnounce := st.cfg.Status != StatusEnabled
-	now := o.now()
-	err = o.store.view(func(tx kv.Tx) error {
-		p := streamPrefix(st.id)
-		c := tx.Bucket(bktQueue).Cursor()
-		for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Next() {
-			if end, ok := st.leases[string(v)]; ok && end.After(now) {
-				if nextLease.IsZero() || end.Before(nextLease) {
-					nextLease = end
-				}
-				continue
-			}
-			r, err := getRecord(tx, string(v))
-			if err != nil {
-				return err
-			}
-			if onlyAnnounce && (r == nil || !r.Announce) {
-				return nil
-			}
-			if len(picked) == limit || len(st.leases)+len(picked) >= maxLeases {
-				more = true
-				return nil
-			}
-			if r != nil {
-				picked = append(picked, r)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, false, time.Time{}, err
-	}
-	end := now.Add(o.cfg.LeaseTimeout)
-	for _, r := range picked {
-		st.leases[r.JTI] = end
-	}
-	return picked, more, nextLease, nil
 }
 
 // handOut signs the leased SETs in parallel.
@@ -346,17 +305,22 @@ func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record,
 	}
 	wg.Wait()
 	var failed error
-	st.mu.Lock()
+	var unsent []*Record
 	for i, r := range picked {
 		if errs[i] != nil {
-			delete(st.leases, r.JTI)
+			unsent = append(unsent, r)
 			failed = errs[i]
 			continue
 		}
 		resp.Sets[r.JTI] = compact[i]
 		resp.Order = append(resp.Order, r.JTI)
 	}
-	st.mu.Unlock()
+	if len(unsent) > 0 {
+		if err := o.unlease(context.WithoutCancel(ctx), st.id, unsent); err != nil {
+			// They come back when their leases end.
+			o.log.Error("outbox poll: end the leases of unsigned SETs", slog.String("stream_id", st.id), slog.Any("err", err))
+		}
+	}
 	if len(resp.Sets) == 0 && failed != nil {
 		return PollResponse{Sets: map[string]string{}}, fmt.Errorf("outbox: sign: %w", failed)
 	}
@@ -428,17 +392,11 @@ func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string
 	if err != nil {
 		return err
 	}
-	st.mu.Lock()
-	for _, jti := range acks {
-		delete(st.leases, jti)
-	}
-	for jti := range setErrs {
-		delete(st.leases, jti)
-	}
 	if len(delivered) > 0 {
+		st.mu.Lock()
 		st.lastSuccess = now
+		st.mu.Unlock()
 	}
-	st.mu.Unlock()
 	o.afterDelivery(delivered, dead, now)
 	o.tracePolled(ctx, "acked", delivered)
 	o.tracePolled(ctx, "set_err", dead)

@@ -361,7 +361,7 @@ func (o *Outbox) afterDelivery(delivered, dead []*Record, now time.Time) {
 
 // markDelivered takes r out of the queue as delivered.
 func (o *Outbox) markDelivered(tx kv.Tx, m *streamMeta, r *Record, now time.Time) error {
-	if err := tx.Bucket(bktQueue).Delete(seqKey(r.StreamID, r.Seq)); err != nil {
+	if err := unqueue(tx, seqKey(r.StreamID, r.Seq)); err != nil {
 		return err
 	}
 	r.State = StateDelivered
@@ -377,7 +377,7 @@ func (o *Outbox) markDelivered(tx kv.Tx, m *streamMeta, r *Record, now time.Time
 // markDead takes r out of the queue into the dead letter.
 func (o *Outbox) markDead(tx kv.Tx, m *streamMeta, r *Record, now time.Time, reason string) error {
 	k := seqKey(r.StreamID, r.Seq)
-	if err := tx.Bucket(bktQueue).Delete(k); err != nil {
+	if err := unqueue(tx, k); err != nil {
 		return err
 	}
 	if err := tx.Bucket(bktDead).Put(k, []byte(r.JTI)); err != nil {
@@ -392,4 +392,12 @@ func (o *Outbox) markDead(tx kv.Tx, m *streamMeta, r *Record, now time.Time, rea
 		return err
 	}
 	return putRecord(tx, r)
+}
+
+// unqueue removes a SET's queue entry and its poll hand-out lease.
+func unqueue(tx kv.Tx, k []byte) error {
+	if err := tx.Bucket(bktQueue).Delete(k); err != nil {
+		return err
+	}
+	return tx.Bucket(bktPolled).Delete(k)
 }

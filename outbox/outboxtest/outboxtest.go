@@ -51,6 +51,10 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("QueueDeadLetter", s.testQueueDeadLetter)
 	t.Run("LastErrorKept", s.testLastErrorKept)
 	t.Run("Notifier", s.testNotifier)
+	t.Run("PollLeaseReplicas", s.testPollLeaseReplicas)
+	t.Run("PollAckReplicas", s.testPollAckReplicas)
+	t.Run("PollLeaseReopen", s.testPollLeaseReopen)
+	t.Run("PollLeaseConcurrent", s.testPollLeaseConcurrent)
 	if s.Shared {
 		t.Run("ReplicasEnqueue", s.testReplicasEnqueue)
 		t.Run("ReplicasLease", s.testReplicasLease)

@@ -40,8 +40,11 @@ type Outbox struct {
 
 	droppedUnknown atomic.Int64
 
-	leases Leases       // the dispatch leases (StoreLeases on store)
-	fenced atomic.Int64 // delivery outcomes refused for a stale token
+	leases Leases // the dispatch leases (StoreLeases on store)
+	// heartbeatAfter is the timer of lease heartbeats (cfg.After; tests
+	// tell its timers apart from the others).
+	heartbeatAfter func(time.Duration) <-chan time.Time
+	fenced         atomic.Int64 // delivery outcomes refused for a stale token
 }
 
 // streamState is the in-memory side of a stream: its configuration and the
@@ -63,12 +66,15 @@ type streamState struct {
 	headPending  atomic.Bool        // a Head SET arrived: restart the batch
 
 	// The dispatch lease: lease and renewAt belong to the dispatcher
-	// goroutine; token mirrors lease.Token for the other goroutines (0:
-	// none), and lost is set when a fenced write was refused.
+	// goroutine, or to its heartbeat while one runs; token mirrors
+	// lease.Token for the other goroutines (0: none), lost is set when a
+	// fenced write or a renewal was refused, and validTo (unix nanos on
+	// this process's clock) is when the lease ends unless renewed.
 	lease   Lease
 	renewAt time.Time
 	token   atomic.Uint64
 	lost    atomic.Bool
+	validTo atomic.Int64
 }
 
 // New opens the outbox on the store; Run starts delivery.
@@ -87,6 +93,7 @@ func New(cfg Config) (*Outbox, error) {
 		streams: make(map[string]*streamState),
 	}
 	o.leases = &StoreLeases{store: cfg.Store, now: cfg.Clock, log: cfg.Logger}
+	o.heartbeatAfter = cfg.After
 	o.client = o.newClient()
 	if err := o.store.update(context.Background(), ensureBuckets); err != nil {
 		return nil, err

@@ -47,9 +47,10 @@ type Outbox struct {
 	fenced         atomic.Int64 // delivery outcomes refused for a stale token
 }
 
-// streamState is the in-memory side of a stream: its configuration and the
-// delivery state that need not survive a restart (lastSuccess, lastErr and
-// lastErrAt are also kept in the stream's meta and read back at open).
+// streamState is the in-memory side of a stream: its configuration and its
+// delivery state (lastSuccess, lastErr and lastErrAt, and the failing run —
+// failures, failingSince, until, reported — are also kept in the stream's
+// meta with the outcomes they come from, and read back at open).
 type streamState struct {
 	id string
 
@@ -104,8 +105,10 @@ func New(cfg Config) (*Outbox, error) {
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("outbox: stream %q meta: %w", k, err)
 			}
+			f := m.Failing
 			o.streams[m.Config.ID] = &streamState{id: m.Config.ID, cfg: m.Config,
-				lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt}
+				lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt,
+				failures: f.Failures, failingSince: f.Since, until: f.Until, reported: f.Reported}
 			return nil
 		})
 	})
@@ -400,6 +403,9 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 		if m == nil {
 			m = &streamMeta{Tail: seqOrigin, Head: seqOrigin - 1}
 		}
+		if retryNow(m.Config, cfg) {
+			m.Failing = failingState{}
+		}
 		m.Config = cfg
 		return putMeta(tx, m)
 	})
@@ -426,10 +432,7 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	st.mu.Lock()
 	old := st.cfg
 	st.cfg = cfg
-	if old.EndpointURL != cfg.EndpointURL || old.AuthorizationHeader != cfg.AuthorizationHeader ||
-		old.Status != cfg.Status || old.Method != cfg.Method {
-		// A receiver that fixed its endpoint or credentials, or resumed the
-		// stream, gets an attempt now.
+	if retryNow(old, cfg) {
 		st.until = time.Time{}
 		st.failures = 0
 		st.failingSince = time.Time{}
@@ -445,6 +448,14 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	}
 	o.cfg.Notifier.Notify(cfg.ID)
 	return nil
+}
+
+// retryNow reports whether a stream's change ends its backoff: a receiver
+// that fixed its endpoint or credentials, or resumed the stream, gets an
+// attempt now.
+func retryNow(old, cfg StreamConfig) bool {
+	return old.EndpointURL != cfg.EndpointURL || old.AuthorizationHeader != cfg.AuthorizationHeader ||
+		old.Status != cfg.Status || old.Method != cfg.Method
 }
 
 // DeleteStream forgets a stream and discards its queue, dead letter and

@@ -288,6 +288,7 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 	// is recorded with the outcomes it belongs to.
 	st.mu.Lock()
 	lastErr, lastErrAt := st.lastErr, st.lastErrAt
+	failing := failingState{Since: st.failingSince, Until: st.until, Failures: st.failures, Reported: st.reported}
 	st.mu.Unlock()
 	var delivered, dead []*Record
 	err := o.store.update(context.Background(), func(tx kv.Tx) error {
@@ -335,6 +336,7 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 		if lastErr != "" && lastErrAt.After(m.LastErrorAt) {
 			m.LastError, m.LastErrorAt = lastErr, lastErrAt
 		}
+		m.Failing = failing
 		return putMeta(tx, m)
 	})
 	if err != nil {

@@ -50,6 +50,7 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("Queue", s.testQueue)
 	t.Run("QueueDeadLetter", s.testQueueDeadLetter)
 	t.Run("LastErrorKept", s.testLastErrorKept)
+	t.Run("FailingKept", s.testFailingKept)
 	t.Run("Notifier", s.testNotifier)
 	t.Run("PollLeaseReplicas", s.testPollLeaseReplicas)
 	t.Run("PollAckReplicas", s.testPollAckReplicas)

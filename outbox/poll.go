@@ -242,28 +242,32 @@ func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (Po
 	if method != MethodPoll {
 		return resp, ErrNotPoll
 	}
-	if len(req.Ack) > 0 || len(req.SetErrs) > 0 {
-		if err := o.acknowledge(ctx, st, req.Ack, req.SetErrs); err != nil {
-			return resp, err
-		}
-	}
-	if req.MaxEvents != nil && *req.MaxEvents == 0 {
-		return resp, nil
-	}
 	limit := o.cfg.MaxPollEvents
 	if req.MaxEvents != nil && *req.MaxEvents < limit {
-		limit = *req.MaxEvents
+		limit = *req.MaxEvents // 0: acknowledge only
+	}
+	acks := len(req.Ack) > 0 || len(req.SetErrs) > 0
+	if limit == 0 && !acks {
+		return resp, nil
 	}
 	deadline := o.now().Add(o.cfg.MaxLongPoll)
-	for {
+	for first := true; ; first = false {
 		wake := o.cfg.Notifier.Wait(streamID)
-		picked, more, nextLease, err := o.lease(ctx, st, limit)
-		if err != nil {
+		var look pollPick
+		var err error
+		if first && acks {
+			// The acks and the hand-out that follows them share one write.
+			look, err = o.acknowledge(ctx, st, req.Ack, req.SetErrs, limit)
+		} else {
+			look, err = o.lease(ctx, st, limit)
+		}
+		if err != nil || limit == 0 {
 			return resp, err
 		}
-		if len(picked) > 0 {
-			return o.handOut(ctx, st, picked, more)
+		if len(look.picked) > 0 {
+			return o.handOut(ctx, st, look.picked, look.more)
 		}
+		more, nextLease := look.more, look.nextIn
 		now := o.now()
 		if req.ReturnImmediately || !now.Before(deadline) {
 			// more: SETs wait behind the lease bound.
@@ -341,12 +345,24 @@ func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record,
 }
 
 // acknowledge records acks (delivered) and setErrs (dead letter) of a poll
-// stream durably. Unknown jtis and jtis of other streams are ignored.
-func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string, setErrs map[string]SetErr) error {
+// stream durably. Unknown jtis and jtis of other streams are ignored. In
+// the same transaction it leases up to limit SETs for the poll, as lease
+// does (0: none).
+func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string, setErrs map[string]SetErr, limit int) (pollPick, error) {
 	now := o.now()
+	onlyAnnounce := o.onlyAnnounce(st)
 	var delivered, dead []*Record
-	err := o.store.update(ctx, func(tx kv.Tx) error {
-		delivered, dead = delivered[:0], dead[:0]
+	var got pollPick
+	prefetch := make([]kv.BucketKey, 0, len(acks)+len(setErrs)+1)
+	prefetch = append(prefetch, kv.BucketKey{Bucket: bktStreams, Key: []byte(st.id)})
+	for _, jti := range acks {
+		prefetch = append(prefetch, kv.BucketKey{Bucket: bktSets, Key: []byte(jti)})
+	}
+	for jti := range setErrs {
+		prefetch = append(prefetch, kv.BucketKey{Bucket: bktSets, Key: []byte(jti)})
+	}
+	err := o.store.updatePrefetch(ctx, prefetch, func(tx kv.Tx) error {
+		delivered, dead, got = delivered[:0], dead[:0], pollPick{}
 		m, err := getMeta(tx, st.id)
 		if err != nil {
 			return err
@@ -387,10 +403,19 @@ func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string
 			}
 			dead = append(dead, r)
 		}
-		return putMeta(tx, m)
+		if err := putMeta(tx, m); err != nil {
+			return err
+		}
+		if limit == 0 {
+			return nil
+		}
+		if got, err = o.pickPoll(tx, st.id, limit, onlyAnnounce); err != nil {
+			return err
+		}
+		return o.putLeases(tx, st.id, got.picked)
 	})
 	if err != nil {
-		return err
+		return pollPick{}, err
 	}
 	if len(delivered) > 0 {
 		st.mu.Lock()
@@ -400,7 +425,7 @@ func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string
 	o.afterDelivery(delivered, dead, now)
 	o.tracePolled(ctx, "acked", delivered)
 	o.tracePolled(ctx, "set_err", dead)
-	return nil
+	return got, nil
 }
 
 // ServePoll is an http.Handler body for a stream's poll endpoint, for a

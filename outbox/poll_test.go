@@ -436,3 +436,40 @@ func TestLongPollWakesAtLeaseEnd(t *testing.T) {
 		t.Fatal("the long poll did not wake at the lease's end")
 	}
 }
+
+// TestPollWrites: a poll writes once for its whole batch (acks and
+// hand-out together), and a poll that finds nothing to hand out writes
+// nothing.
+func TestPollWrites(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	h := newHarness(t, clock, func(c *Config) { c.SweepInterval = noSweep; c.LeaseTimeout = time.Minute })
+	h.pollStream("p")
+	ids := jtis("p", 40)
+	for _, id := range ids {
+		h.enqueue(makeSET("p", id))
+	}
+	writes := func(poll PollRequest) (PollResponse, uint64) {
+		t.Helper()
+		before := h.store.stats().Transactions
+		resp, err := h.ob.Poll(ctx, "p", poll)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, h.store.stats().Transactions - before
+	}
+	resp, n := writes(PollRequest{MaxEvents: intp(20), ReturnImmediately: true})
+	if len(resp.Sets) != 20 || n != 1 {
+		t.Errorf("hand-out of %d SETs took %d write transactions, want 20 in 1", len(resp.Sets), n)
+	}
+	resp, n = writes(PollRequest{Ack: resp.Order, ReturnImmediately: true})
+	if !slices.Equal(resp.Order, ids[20:]) || n != 1 {
+		t.Errorf("ack and hand-out = %v in %d write transactions, want %v in 1", resp.Order, n, ids[20:])
+	}
+	if resp, n = writes(PollRequest{ReturnImmediately: true}); len(resp.Sets) != 0 || n != 0 {
+		t.Errorf("a poll with everything under lease handed out %v and wrote %d times, want nothing and no write", resp.Order, n)
+	}
+	if st, _ := h.ob.Stats(ctx, "p"); st.Delivered != 20 || st.Leased != 20 {
+		t.Errorf("stats %+v, want 20 delivered and 20 leased", st)
+	}
+}

@@ -127,22 +127,18 @@ func (o *Outbox) pickPoll(tx kv.Tx, stream string, limit int, onlyAnnounce bool)
 // one write: a read-only look first, so a poll that finds nothing writes
 // nothing, then the same look again in the write transaction, which is
 // the one that decides (a replica that leased the same SETs meanwhile
-// wins, and this poll takes what is left). It also reports whether more
-// were eligible and how long until the next lease ends.
-func (o *Outbox) lease(ctx context.Context, st *streamState, limit int) (picked []*Record, more bool, nextIn time.Duration, err error) {
-	st.mu.Lock()
-	// A stream no longer enabled hands out only the Announce SETs at its
-	// head (the stream-updated SET of the pause or disable).
-	onlyAnnounce := st.cfg.Status != StatusEnabled
-	st.mu.Unlock()
+// wins, and this poll takes what is left). The look also says whether
+// more were eligible and how long until the next lease ends.
+func (o *Outbox) lease(ctx context.Context, st *streamState, limit int) (pollPick, error) {
+	onlyAnnounce := o.onlyAnnounce(st)
 	var look pollPick
-	err = o.store.view(func(tx kv.Tx) error {
+	err := o.store.view(func(tx kv.Tx) error {
 		var err error
 		look, err = o.pickPoll(tx, st.id, limit, onlyAnnounce)
 		return err
 	})
 	if err != nil || len(look.picked) == 0 {
-		return nil, look.more, look.nextIn, err
+		return look, err
 	}
 	prefetch := make([]kv.BucketKey, 0, len(look.picked))
 	for _, r := range look.picked {
@@ -154,19 +150,36 @@ func (o *Outbox) lease(ctx context.Context, st *streamState, limit int) (picked 
 		if got, err = o.pickPoll(tx, st.id, limit, onlyAnnounce); err != nil {
 			return err
 		}
-		end := binaryTime(leaseClock(tx, o.now).Add(o.cfg.LeaseTimeout))
-		b := tx.Bucket(bktPolled)
-		for _, r := range got.picked {
-			if err := b.Put(seqKey(st.id, r.Seq), end); err != nil {
-				return err
-			}
-		}
-		return nil
+		return o.putLeases(tx, st.id, got.picked)
 	})
 	if err != nil {
-		return nil, false, 0, err
+		return pollPick{}, err
 	}
-	return got.picked, got.more, got.nextIn, nil
+	return got, nil
+}
+
+// onlyAnnounce: a stream no longer enabled hands out only the Announce
+// SETs at its head (the stream-updated SET of the pause or disable).
+func (o *Outbox) onlyAnnounce(st *streamState) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cfg.Status != StatusEnabled
+}
+
+// putLeases leases the picked SETs for LeaseTimeout from now (on the
+// lease clock).
+func (o *Outbox) putLeases(tx kv.Tx, stream string, picked []*Record) error {
+	if len(picked) == 0 {
+		return nil
+	}
+	end := binaryTime(leaseClock(tx, o.now).Add(o.cfg.LeaseTimeout))
+	b := tx.Bucket(bktPolled)
+	for _, r := range picked {
+		if err := b.Put(seqKey(stream, r.Seq), end); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unlease ends the leases of SETs handed out but not sent (signing

@@ -395,6 +395,18 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("outbox: stream config: %w", err)
 	}
+	if st := o.stream(cfg.ID); st != nil {
+		// The backoff ends before the change is stored, so an outcome
+		// committed meanwhile does not store the old run again.
+		st.mu.Lock()
+		if retryNow(st.cfg, cfg) {
+			st.until = time.Time{}
+			st.failures = 0
+			st.failingSince = time.Time{}
+			st.reported = false
+		}
+		st.mu.Unlock()
+	}
 	err := o.store.update(ctx, func(tx kv.Tx) error {
 		m, err := getMeta(tx, cfg.ID)
 		if err != nil {
@@ -432,12 +444,6 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	st.mu.Lock()
 	old := st.cfg
 	st.cfg = cfg
-	if retryNow(old, cfg) {
-		st.until = time.Time{}
-		st.failures = 0
-		st.failingSince = time.Time{}
-		st.reported = false
-	}
 	st.mu.Unlock()
 	o.startDispatcherLocked(st)
 	o.mu.Unlock()

@@ -284,15 +284,17 @@ func abortedAttempt(r pushResult) Attempt {
 func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) error {
 	tried := batch
 	now := o.now()
-	// fail and succeed ran before the batch reached here: its last error
-	// is recorded with the outcomes it belongs to.
-	st.mu.Lock()
-	lastErr, lastErrAt := st.lastErr, st.lastErrAt
-	failing := failingState{Since: st.failingSince, Until: st.until, Failures: st.failures, Reported: st.reported}
-	st.mu.Unlock()
 	var delivered, dead []*Record
 	err := o.store.update(context.Background(), func(tx kv.Tx) error {
 		delivered, dead = delivered[:0], dead[:0]
+		// fail and succeed ran before the batch reached here: its last
+		// error and the failing run are recorded with the outcomes they
+		// come from, read in the transaction so a SetStream that ended the
+		// run before it is not undone by it.
+		st.mu.Lock()
+		lastErr, lastErrAt := st.lastErr, st.lastErrAt
+		failing := failingState{Since: st.failingSince, Until: st.until, Failures: st.failures, Reported: st.reported}
+		st.mu.Unlock()
 		m, err := getMeta(tx, st.id)
 		if err != nil || m == nil {
 			return err // stream deleted meanwhile: nothing to record

@@ -442,21 +442,29 @@ func TestLongPollWakesAtLeaseEnd(t *testing.T) {
 // nothing.
 func TestPollWrites(t *testing.T) {
 	ctx := context.Background()
-	clock := newFakeClock()
-	h := newHarness(t, clock, func(c *Config) { c.SweepInterval = noSweep; c.LeaseTimeout = time.Minute })
-	h.pollStream("p")
+	// Not running: no sweep or dispatcher writes meanwhile.
+	store := sharedStore(t)
+	ob, err := New(Config{Store: store, Signer: newSigner(t), LeaseTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.SetStream(ctx, StreamConfig{ID: "p", Method: MethodPoll, Status: StatusEnabled}); err != nil {
+		t.Fatal(err)
+	}
 	ids := jtis("p", 40)
 	for _, id := range ids {
-		h.enqueue(makeSET("p", id))
+		if err := ob.Enqueue(ctx, []SET{makeSET("p", id)}, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	writes := func(poll PollRequest) (PollResponse, uint64) {
 		t.Helper()
-		before := h.store.stats().Transactions
-		resp, err := h.ob.Poll(ctx, "p", poll)
+		before := store.stats().Transactions
+		resp, err := ob.Poll(ctx, "p", poll)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return resp, h.store.stats().Transactions - before
+		return resp, store.stats().Transactions - before
 	}
 	resp, n := writes(PollRequest{MaxEvents: intp(20), ReturnImmediately: true})
 	if len(resp.Sets) != 20 || n != 1 {
@@ -469,7 +477,7 @@ func TestPollWrites(t *testing.T) {
 	if resp, n = writes(PollRequest{ReturnImmediately: true}); len(resp.Sets) != 0 || n != 0 {
 		t.Errorf("a poll with everything under lease handed out %v and wrote %d times, want nothing and no write", resp.Order, n)
 	}
-	if st, _ := h.ob.Stats(ctx, "p"); st.Delivered != 20 || st.Leased != 20 {
+	if st, _ := ob.Stats(ctx, "p"); st.Delivered != 20 || st.Leased != 20 {
 		t.Errorf("stats %+v, want 20 delivered and 20 leased", st)
 	}
 }

@@ -443,7 +443,9 @@ func TestCrashKillUnderLoad(t *testing.T) {
 		}
 		return missing
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	// A poll batch leased when a kill cut its answer off is handed out
+	// again only when its lease (60 s, kept over the restart) ends.
+	deadline := time.Now().Add(90 * time.Second)
 	var pushT, pollT tally
 	for {
 		var more bool
@@ -499,7 +501,8 @@ func TestCrashKillUnderLoad(t *testing.T) {
 		}
 		redelivered := tl.received - unique
 		// One push in flight per stream at a kill; a poll batch (maxEvents
-		// 10) leased but not yet acknowledged.
+		// 10) leased but not yet acknowledged, handed out again after its
+		// lease.
 		bound := kills
 		if name == "poll" {
 			bound = kills * 10

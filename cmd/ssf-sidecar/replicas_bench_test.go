@@ -6,7 +6,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,6 +55,53 @@ func BenchmarkReplicasDelivery(b *testing.B) {
 			}
 		})
 	}
+}
+
+// replicaCPU is the CPU time the running replica processes have used.
+func replicaCPU(s *replicaSet) time.Duration {
+	var d time.Duration
+	for _, r := range s.rigs {
+		if r.child != nil {
+			d += procCPU(fmt.Sprintf("/proc/%d/stat", r.child.cmd.Process.Pid))
+		}
+	}
+	return d
+}
+
+// machineBusy is the CPU time all processes of the machine have used
+// (the first line of /proc/stat less idle and iowait).
+func machineBusy() time.Duration {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	var ticks int64
+	for i, f := range strings.Fields(line)[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		v, _ := strconv.ParseInt(f, 10, 64)
+		ticks += v
+	}
+	return time.Duration(ticks) * (time.Second / 100)
+}
+
+// procCPU reads utime+stime (fields 14 and 15) of a /proc/<pid>/stat
+// file, counted in USER_HZ (100 a second).
+func procCPU(path string) time.Duration {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // f[0] is field 3
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+k) * (time.Second / 100)
 }
 
 func benchReplicaDelivery(b *testing.B, n int) float64 {
@@ -109,6 +159,7 @@ func benchReplicaDelivery(b *testing.B, n int) float64 {
 	}
 	var total, mid, publish time.Duration
 	var midSETs int
+	cpu0, busy0, all0 := replicaCPU(s), machineBusy(), time.Now()
 	b.ResetTimer()
 	for round := 0; round < b.N; round++ {
 		start := time.Now()
@@ -149,6 +200,7 @@ func benchReplicaDelivery(b *testing.B, n int) float64 {
 		midSETs += hi - lo
 	}
 	b.StopTimer()
+	cpu, busy, wall := replicaCPU(s)-cpu0, machineBusy()-busy0, time.Since(all0)
 	var spread []string
 	for i, r := range s.rigs {
 		spread = append(spread, fmt.Sprintf("replica %d: %.0f pushes, %.0f fenced", i,
@@ -156,6 +208,9 @@ func benchReplicaDelivery(b *testing.B, n int) float64 {
 	}
 	b.Logf("%d replicas: %d SETs a round; enqueue took %v of %v; %s", n, benchSignals*benchStreams,
 		(publish / time.Duration(b.N)).Round(time.Millisecond), (total / time.Duration(b.N)).Round(time.Millisecond), strings.Join(spread, "; "))
+	sets := float64(b.N * benchSignals * benchStreams)
+	b.Logf("%d replicas: the replica processes used %.2f CPU-s per 1000 SETs; the machine's CPUs were %.0f %% busy (all users)",
+		n, cpu.Seconds()/sets*1000, 100*busy.Seconds()/(wall.Seconds()*float64(runtime.NumCPU())))
 	rate := float64(b.N*benchSignals*benchStreams) / total.Seconds()
 	b.ReportMetric(rate, "SETs/s")
 	b.ReportMetric(float64(midSETs)/mid.Seconds(), "SETs/s_mid80")

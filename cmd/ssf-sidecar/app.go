@@ -291,7 +291,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		Hooks:                 combineHooks(dashHooks, a.metrics.hooks(), a.deliveries.hooks()),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
-		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention,
+		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention, LeaseTTL: cfg.LeaseTTL,
 	})
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
@@ -320,7 +320,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	}
 	a.tap, err = tap.New(tap.Config{
 		Upstream: up, Token: cfg.AuthentikToken, SecretKey: cfg.AuthentikSecretKey,
-		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases}, DirectoryRecheck: tapRecheck(cfg.DirectoryRecheck),
+		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases}, PollerLeaseTTL: cfg.LeaseTTL, DirectoryRecheck: tapRecheck(cfg.DirectoryRecheck),
 		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger, // the tap names itself
 	})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,8 @@ import (
 type boltKV struct {
 	db   *bolt.DB
 	fail func(marks []Mark) error // injected commit failure
+	// fenced, when set, says whether a mark's fence still holds.
+	fenced func(f Fence) bool
 }
 
 func newBoltKV(t testing.TB) *boltKV {
@@ -42,6 +45,24 @@ func (k *boltKV) Commit(_ context.Context, marks []Mark) error {
 	}
 	return k.db.Update(func(tx *bolt.Tx) error {
 		for _, m := range marks {
+			if m.Fence.Lease != "" && k.fenced != nil && !k.fenced(m.Fence) {
+				return fmt.Errorf("test kv: stale fence %s/%d", m.Fence.Lease, m.Fence.Token)
+			}
+			if !m.IfValue {
+				continue
+			}
+			var cur []byte
+			if b := tx.Bucket([]byte(m.Bucket)); b != nil {
+				cur = b.Get(m.Key)
+			}
+			if !sameValue(cur, m.Expect) {
+				return fmt.Errorf("test kv: condition on %s/%q failed", m.Bucket, m.Key)
+			}
+		}
+		for _, m := range marks {
+			if m.Bucket == "" && len(m.Key) == 0 {
+				continue // a fence only
+			}
 			b, err := tx.CreateBucketIfNotExists([]byte(m.Bucket))
 			if err != nil {
 				return err

@@ -96,6 +96,46 @@ func (l *pollerLease) keep(ctx context.Context) bool {
 	return held
 }
 
+// fence is the mark that makes a commit hold only while this replica still
+// has the lease with the token it polls under: a poller paused past its
+// lease, whose successor has moved on, can then neither move the cursor
+// nor publish.
+func (l *pollerLease) fence() []Mark {
+	if l == nil {
+		return nil
+	}
+	return []Mark{{Fence: Fence{Lease: PollerLeaseName, Token: l.token}}}
+}
+
+// lost is asked after a failed commit: it checks the lease again, at once,
+// and reports whether it has gone to another replica (the commit was then
+// refused by its fence; the poll stops and leaves the cursor to the new
+// holder).
+func (l *pollerLease) lost(ctx context.Context) bool {
+	if l == nil {
+		return false
+	}
+	token := l.token
+	l.renewAt = time.Time{}
+	held, err := l.hold(ctx)
+	if err != nil || held && l.token == token {
+		return false
+	}
+	l.t.stats.pollerFenced.Add(1)
+	l.t.log.Warn("tap: event-API poller commit refused: the lease passed to another replica; stopping this poll",
+		"holder", l.t.cfg.LeaseHolder, "token", token)
+	return true
+}
+
+// renewDue is how long the poller may wait before the lease needs renewing
+// (ok false: no lease held, nothing to renew).
+func (l *pollerLease) renewDue() (time.Duration, bool) {
+	if l == nil || !l.held {
+		return 0, false
+	}
+	return max(0, l.renewAt.Sub(l.t.cfg.Clock())), true
+}
+
 // release gives the lease up when the poller stops.
 func (l *pollerLease) release() {
 	if l == nil || !l.held {

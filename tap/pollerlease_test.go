@@ -264,8 +264,10 @@ func TestPollerLeaseConfig(t *testing.T) {
 		wantTTL time.Duration
 	}{
 		{"negative ttl", func(c *Config) { c.PollerLeaseTTL = -time.Second }, true, 0},
-		{"default ttl", func(c *Config) { c.PollInterval = 5 * time.Second }, false, 30 * time.Second},
-		{"ttl follows a long interval", func(c *Config) { c.PollInterval = time.Minute }, false, 3 * time.Minute},
+		{"default ttl", func(c *Config) { c.PollInterval = 5 * time.Second }, false, 15 * time.Second},
+		// A long interval does not stretch a takeover: the lease is
+		// renewed while the poller waits.
+		{"ttl stays short with a long interval", func(c *Config) { c.PollInterval = time.Minute }, false, 15 * time.Second},
 		{"explicit ttl", func(c *Config) { c.PollerLeaseTTL = time.Second }, false, time.Second},
 	}
 	for _, tc := range tests {

@@ -170,6 +170,9 @@ type testProxy struct {
 	skipAfter bool
 	// noTap forwards without consulting the tap (benchmark baseline).
 	noTap bool
+	// beforeAfter, when set, runs between authentik's answer and After
+	// (a replica paused in the middle of a request).
+	beforeAfter func()
 }
 
 func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -193,6 +196,9 @@ func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer resp.Body.Close()
 	rb, _ := io.ReadAll(resp.Body)
+	if tapped && p.beforeAfter != nil {
+		p.beforeAfter()
+	}
 	if tapped && !p.skipAfter {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		p.tap.After(ctx, state, out, resp.StatusCode, resp.Header, rb)

@@ -24,38 +24,40 @@ import (
 // replica on one schema, as separate processes would have). The
 // interleavings that matter are forced with the Tap's hooks.
 
-// outboxKV is the tap's KV over the outbox store, as the binary wires it.
-type outboxKV struct{ s *outbox.Store }
+// OutboxKV is the tap's KV over the outbox store, mark for mark as the
+// binary adapts it (cmd/ssf-sidecar storeKV). It is exported for the
+// storage suite's run in package tap_test.
+type OutboxKV struct{ S *outbox.Store }
 
-func (k outboxKV) Commit(ctx context.Context, marks []Mark) error {
+func (k OutboxKV) Commit(ctx context.Context, marks []Mark) error {
 	out := make([]outbox.Mark, len(marks))
 	for i, m := range marks {
 		out[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete,
 			Fence: outbox.Fence(m.Fence), IfValue: m.IfValue, Expect: m.Expect}
 	}
-	return k.s.Commit(ctx, out)
+	return k.S.Commit(ctx, out)
 }
 
-func (k outboxKV) Get(bucket string, key []byte) ([]byte, error) { return k.s.Get(bucket, key) }
+func (k OutboxKV) Get(bucket string, key []byte) ([]byte, error) { return k.S.Get(bucket, key) }
 
-func (k outboxKV) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) error {
-	return k.s.Scan(bucket, prefix, fn)
+func (k OutboxKV) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) error {
+	return k.S.Scan(bucket, prefix, fn)
 }
 
-// storeLease is the poller lease over the store's leases, as the binary
-// wires it.
-type storeLease struct{ l outbox.Leases }
+// StoreLease is the poller lease over the store's leases, as the binary
+// wires it (exported, like OutboxKV).
+type StoreLease struct{ L outbox.Leases }
 
-func (p storeLease) Acquire(ctx context.Context, name, holder string, ttl time.Duration) (uint64, bool, error) {
-	l, err := p.l.Acquire(ctx, name, holder, ttl)
+func (p StoreLease) Acquire(ctx context.Context, name, holder string, ttl time.Duration) (uint64, bool, error) {
+	l, err := p.L.Acquire(ctx, name, holder, ttl)
 	if errors.Is(err, outbox.ErrLeaseHeld) {
 		return 0, false, nil
 	}
 	return l.Token, err == nil, err
 }
 
-func (p storeLease) Release(ctx context.Context, name, holder string, token uint64) error {
-	return p.l.Release(ctx, outbox.Lease{Name: name, Holder: holder, Token: token})
+func (p StoreLease) Release(ctx context.Context, name, holder string, token uint64) error {
+	return p.L.Release(ctx, outbox.Lease{Name: name, Holder: holder, Token: token})
 }
 
 // bucketSETs is where setPublisher records the SETs, one per signal id as
@@ -110,7 +112,7 @@ func forBackends(t *testing.T, f func(t *testing.T, b sharedBackend)) {
 			t.Fatal(err)
 		}
 		f(t, sharedBackend{name: "bbolt", ttl: DefaultPollerLeaseTTL,
-			open: func(*testing.T) replica { return replica{kv: outboxKV{st}, lease: storeLease{leases}} },
+			open: func(*testing.T) replica { return replica{kv: OutboxKV{st}, lease: StoreLease{leases}} },
 			expire: func(_ *testing.T, ttl time.Duration) {
 				offset.Add(int64(ttl + time.Second))
 			},
@@ -130,7 +132,7 @@ func forBackends(t *testing.T, f func(t *testing.T, b sharedBackend)) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				return replica{kv: outboxKV{st}, lease: storeLease{leases}}
+				return replica{kv: OutboxKV{st}, lease: StoreLease{leases}}
 			},
 			expire: func(*testing.T, time.Duration) {}, // the database's clock runs on
 		})

@@ -310,3 +310,26 @@ func checkRevokedOnceEach(t *testing.T, e *env, users []authentiktest.User) {
 		t.Errorf("published %d times for %d events", e.rec.calls, len(users))
 	}
 }
+
+// TestPollerRenewsWhileWaiting: with a poll interval far longer than the
+// lease, the holder renews the lease while it waits for the next poll
+// (without polling), so a standby does not take it over from a live holder.
+func TestPollerRenewsWhileWaiting(t *testing.T) {
+	lease := newMemLease(t)
+	e := newEnv(t, envOpts{mutate: func(c *Config) {
+		*c = replicaConfig(*c, lease, "A")
+		c.PollInterval = time.Hour
+		c.PollerLeaseTTL = 60 * time.Millisecond
+	}})
+	_, token, at := lease.state()
+	e.waitFor("A to renew several times between polls", func() bool {
+		_, _, now := lease.state()
+		return now["A"] >= at["A"]+5
+	})
+	if holder, tok, _ := lease.state(); holder != "A" || tok != token {
+		t.Errorf("lease %q token %d after waiting, want A's %d", holder, tok, token)
+	}
+	if n := e.tap.Stats().Polls; n != 1 {
+		t.Errorf("%d polls, want the first only: renewing is not polling", n)
+	}
+}

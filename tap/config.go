@@ -109,7 +109,9 @@ type Config struct {
 	// PollerLease, when set, lets only its holder among replicas sharing a
 	// store read the event API; the others stand by, retrying every
 	// PollInterval, and the one that takes over goes on from the committed
-	// cursor. nil: always poll (one replica).
+	// cursor. nil: always poll (one replica). Its leases must live in
+	// KV's store: every commit of a poll carries a Fence naming
+	// PollerLeaseName and the holder's token, which KV checks.
 	PollerLease PollerLease
 	// LeaseHolder names this replica as the lease's holder (default: random
 	// per Tap). Replicas must have distinct names.

@@ -6,8 +6,11 @@
 // runs it from its own tests:
 //
 //	func TestTapStorage(t *testing.T) {
-//		taptest.Suite{New: newReplicas, Shared: true}.Run(t)
+//		taptest.Suite{Shared: true, New: taptest.OnPostgreSQL(view)}.Run(t)
 //	}
+//
+// OnBolt and OnPostgreSQL open the outbox store's two backends; View says
+// how the caller adapts a store to the tap.
 //
 // The suite speaks only the tap's exported contract (tap.KV, tap.Mark,
 // tap.PollerLease and the bucket names); it never waits on a clock.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,17 +22,25 @@ type memLease struct {
 	holder   string
 	token    uint64
 	expires  time.Time
-	attempts map[string]int
+	attempts map[string]int // poller lease attempts by holder
+	// others are the replicas' liveness leases, always granted.
+	others map[string]uint64
 }
 
-func newMemLease(t testing.TB) *memLease { return &memLease{t: t, attempts: map[string]int{}} }
+func newMemLease(t testing.TB) *memLease {
+	return &memLease{t: t, attempts: map[string]int{}, others: map[string]uint64{}}
+}
 
 func (m *memLease) Acquire(_ context.Context, name, holder string, ttl time.Duration) (uint64, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if strings.HasPrefix(name, ReplicaLeasePrefix) {
+		m.others[name]++
+		return m.others[name], true, nil
+	}
 	if name != PollerLeaseName {
 		m.t.Errorf("lease name %q, want %q", name, PollerLeaseName)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.attempts[holder]++
 	now := time.Now()
 	if m.holder != "" && m.holder != holder && now.Before(m.expires) {
@@ -45,9 +54,12 @@ func (m *memLease) Acquire(_ context.Context, name, holder string, ttl time.Dura
 	return m.token, true, nil
 }
 
-func (m *memLease) Release(_ context.Context, _, holder string, token uint64) error {
+func (m *memLease) Release(_ context.Context, name, holder string, token uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if strings.HasPrefix(name, ReplicaLeasePrefix) {
+		return nil
+	}
 	if m.holder != holder || m.token != token {
 		return errors.New("not the holder")
 	}

@@ -1,6 +1,7 @@
 package tap
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strconv"
@@ -25,6 +26,7 @@ func (t *Tap) rescan(ctx context.Context) error {
 		return err
 	}
 	var firstErr error
+	known := map[string]bool{}
 	for _, in := range entries {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -32,7 +34,7 @@ func (t *Tap) rescan(ctx context.Context) error {
 		if h := t.hook().journalRead; h != nil {
 			h(in.ID)
 		}
-		err = t.resolve(ctx, in)
+		err = t.resolve(ctx, in, known)
 		if err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -48,8 +50,9 @@ func (t *Tap) rescan(ctx context.Context) error {
 	return firstErr
 }
 
-// resolve acts on one journal entry found by a rescan.
-func (t *Tap) resolve(ctx context.Context, in *intent) error {
+// resolve acts on one journal entry found by a rescan (known: which
+// replicas this rescan found gone).
+func (t *Tap) resolve(ctx context.Context, in *intent, known map[string]bool) error {
 	now := t.cfg.Clock()
 	switch {
 	case now.Sub(in.Created) > t.cfg.IntentMaxAge:
@@ -64,7 +67,7 @@ func (t *Tap) resolve(ctx context.Context, in *intent) error {
 		// off), and so is an open one left by this replica's previous run
 		// (a stable LeaseHolder) or written before entries named their
 		// holder. Another's open one may be a request still in flight.
-	case now.Sub(in.touched()) < takeoverGrace:
+	case now.Sub(in.touched()) < takeoverGrace && !t.gone(ctx, cmp.Or(in.Claimer, in.Holder), known):
 		// Its holder's request may still be in flight, or its holder (or
 		// claimer) is still publishing it.
 		return nil

@@ -377,9 +377,12 @@ func TestReplicasPollerPausedPastTTL(t *testing.T) {
 		late := e.user("p4")
 		logoutEvent(t, e, late)
 		users = append(users, late)
-		n := b.Stats().Polls
-		b.PollNow()
-		e.waitFor("B's next poll", func() bool { return b.Stats().Polls > n })
+		// Once B has published it, the cursor is past the newest event
+		// and no poll of B's moves it again.
+		e.waitFor("B to publish an event recorded after the takeover", func() bool {
+			b.PollNow()
+			return len(sets(t, rb.kv)) == len(users)
+		})
 		cur, err := rb.kv.Get(BucketCursor, cursorKey)
 		if err != nil {
 			t.Fatal(err)
@@ -503,6 +506,47 @@ func TestReplicasLateOutcomeAfterTakeover(t *testing.T) {
 		}
 		if n := e.tap.Stats().DedupDrops; n != 0 {
 			t.Errorf("A went on to classify the intent after it was taken over (%d duplicates dropped)", n)
+		}
+	})
+}
+
+// TestReplicasSurvivorTakesOverOnceTheHolderIsGone: with leases, a
+// survivor does not wait out the grace period for the intent of a replica
+// whose liveness lease has run out: it reconciles at its next rescan. While
+// the dead replica's lease still runs, the intent is left alone.
+func TestReplicasSurvivorTakesOverOnceTheHolderIsGone(t *testing.T) {
+	forBackends(t, func(t *testing.T, sb sharedBackend) {
+		ra, rb := sb.open(t), sb.open(t)
+		ttl := func(c *Config) { c.PollerLeaseTTL = sb.ttl }
+		e := newEnv(t, envOpts{mutate: func(c *Config) { onReplica(ra, "A", true)(c); ttl(c) }})
+		b := another(t, e, rb, "B", true, ttl)
+		alice := e.user("alice")
+		s, _ := e.session(alice.PK)
+		e.proxy.skipAfter = true // A dies between forwarding and the outcome
+		e.do("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken())
+		e.stop()
+		e.stop = nil
+		if sb.name == "bbolt" {
+			// A's liveness lease still runs (the leases' clock stands):
+			// its intent is left alone.
+			if err := b.rescan(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if n := journalLen(t, rb.kv); n != 1 {
+				t.Fatalf("a survivor acted while the holder's lease ran: journal %d", n)
+			}
+		}
+		sb.expire(t, sb.ttl)
+		e.waitFor("a survivor's rescan to reconcile the dead replica's intent", func() bool {
+			if err := b.rescan(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			return journalLen(t, rb.kv) == 0
+		})
+		checkSignals(t, sets(t, rb.kv), []want{{kind: KindSessionRevoked, source: SourceReconcile, subject: int64(alice.PK),
+			initiator: InitiatorAdmin, sessionUUID: s.UUID}})
+		if n := b.Stats().TakenOver; n != 1 {
+			t.Errorf("B took over %d intents, want 1", n)
 		}
 	})
 }

@@ -140,7 +140,9 @@ func New(cfg Config) (*Tap, error) {
 // worker, the event-API poller and the flow-slug refresher until ctx ends.
 func (t *Tap) Run(ctx context.Context) error {
 	t.started = t.cfg.Clock()
+	live := t.holdLiveness(ctx)
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return t.runLiveness(ctx, live) })
 	g.Go(func() error { return t.runWorker(ctx) })
 	g.Go(func() error { return t.runFlowRefresher(ctx) })
 	g.Go(func() error { return t.runPoller(ctx) })

@@ -407,6 +407,19 @@ func TestReplicasPollerPausedPastTTL(t *testing.T) {
 	})
 }
 
+// dieMidRequest has e's replica journal an admin's deletion of alice's
+// session, which authentik carries out, and die before the outcome.
+func dieMidRequest(e *env) (authentiktest.User, authentiktest.Session) {
+	e.t.Helper()
+	alice := e.user("alice")
+	s, _ := e.session(alice.PK)
+	e.proxy.skipAfter = true
+	e.do("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken())
+	e.stop()
+	e.stop = nil
+	return alice, s
+}
+
 // TestReplicasSurvivorReconciles: replica A journals an intent and dies
 // before the outcome. Once the grace period has passed, survivors B and C
 // both rescan the journal at once; exactly one of them claims and
@@ -421,12 +434,7 @@ func TestReplicasSurvivorReconciles(t *testing.T) {
 		e := newEnv(t, envOpts{mutate: func(c *Config) { onReplica(ra, "A", false)(c); clock(c) }})
 		b := another(t, e, rb, "B", false, clock)
 		c := another(t, e, rc, "C", false, clock)
-		alice := e.user("alice")
-		s, _ := e.session(alice.PK)
-		e.proxy.skipAfter = true // A dies between forwarding and the outcome
-		e.do("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken())
-		e.stop()
-		e.stop = nil
+		alice, s := dieMidRequest(e)
 		if n := journalLen(t, rb.kv); n != 1 {
 			t.Fatalf("journal holds %d intents, want A's one", n)
 		}
@@ -520,12 +528,7 @@ func TestReplicasSurvivorTakesOverOnceTheHolderIsGone(t *testing.T) {
 		ttl := func(c *Config) { c.PollerLeaseTTL = sb.ttl }
 		e := newEnv(t, envOpts{mutate: func(c *Config) { onReplica(ra, "A", true)(c); ttl(c) }})
 		b := another(t, e, rb, "B", true, ttl)
-		alice := e.user("alice")
-		s, _ := e.session(alice.PK)
-		e.proxy.skipAfter = true // A dies between forwarding and the outcome
-		e.do("DELETE", "/api/v3/core/authenticated_sessions/"+s.UUID+"/", "", "", e.ak.AdminToken())
-		e.stop()
-		e.stop = nil
+		alice, s := dieMidRequest(e)
 		if sb.name == "bbolt" {
 			// A's liveness lease still runs (the leases' clock stands):
 			// its intent is left alone.

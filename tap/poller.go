@@ -82,6 +82,10 @@ func (t *Tap) loadCursor(ctx context.Context, lease *pollerLease) (cursor, error
 	return c, nil
 }
 
+// minRenewWait spaces renewals of a lease (very) much shorter than any
+// real one, so that it cannot spin.
+const minRenewWait = 10 * time.Millisecond
+
 // runPoller reads the event API every PollInterval, backing off while
 // authentik is unreachable and catching up after.
 func (t *Tap) runPoller(ctx context.Context) error {
@@ -104,7 +108,7 @@ func (t *Tap) runPoller(ctx context.Context) error {
 			due, holding := lease.renewDue()
 			renew = holding && due < d
 			if renew {
-				d = due
+				d = max(due, minRenewWait)
 			}
 			select {
 			case <-ctx.Done():

@@ -183,7 +183,7 @@ func (t *Tap) runLiveness(ctx context.Context, held bool) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.cfg.After(t.cfg.PollerLeaseTTL / 3):
+		case <-t.cfg.After(max(t.cfg.PollerLeaseTTL/3, minRenewWait)):
 		}
 		_, ok, err := t.cfg.PollerLease.Acquire(ctx, ReplicaLeasePrefix+t.cfg.LeaseHolder, t.cfg.LeaseHolder, t.cfg.PollerLeaseTTL)
 		switch {

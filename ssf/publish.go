@@ -145,7 +145,8 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 	}()
 	marks := make([]outbox.Mark, len(s.Marks))
 	for i, m := range s.Marks {
-		marks[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete}
+		marks[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete,
+			Fence: outbox.Fence(m.Fence), IfValue: m.IfValue, Expect: m.Expect}
 	}
 	eventType, body, known := eventBody(s)
 	if !known {

@@ -87,7 +87,8 @@ type storeKV struct{ s *outbox.Store }
 func (k storeKV) Commit(ctx context.Context, marks []tap.Mark) error {
 	out := make([]outbox.Mark, len(marks))
 	for i, m := range marks {
-		out[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete}
+		out[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete,
+			Fence: outbox.Fence(m.Fence), IfValue: m.IfValue, Expect: m.Expect}
 	}
 	return k.s.Commit(ctx, out)
 }

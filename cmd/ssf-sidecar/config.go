@@ -174,7 +174,7 @@ var options = []option{
 	{name: "push-timeout", env: "SSF_PUSH_TIMEOUT", def: "10s", usage: "total time for one push attempt (connect: 5s)", apply: dur(func(c *Config) *time.Duration { return &c.PushTimeout })},
 	{name: "max-backoff", env: "SSF_MAX_BACKOFF", def: "10m", usage: "cap on the wait between attempts on a failing stream", apply: dur(func(c *Config) *time.Duration { return &c.MaxBackoff })},
 	{name: "pause-after", env: "SSF_PAUSE_AFTER", def: "72h", usage: "a stream failing this long is paused by the transmitter", apply: dur(func(c *Config) *time.Duration { return &c.PauseAfter })},
-	{name: "lease-ttl", env: "SSF_LEASE_TTL", def: "0s", usage: "with --database-url, how long a replica's dispatch and event-API poller leases last unrenewed: a dead replica's work moves to another within it (0: the larger of 30s and 3× --push-timeout, or 3× --poll-interval for the poller)", apply: dur(func(c *Config) *time.Duration { return &c.LeaseTTL })},
+	{name: "lease-ttl", env: "SSF_LEASE_TTL", def: "0s", usage: "with --database-url, how long a replica's dispatch and event-API poller leases last unrenewed: a dead replica's work moves to another within it (0: 15s); holders renew it every third of that, also during a long push attempt or poll wait", apply: dur(func(c *Config) *time.Duration { return &c.LeaseTTL })},
 	{name: "key-overlap", env: "SSF_KEY_OVERLAP", def: "168h", usage: "how long a retired signing key stays in the JWKS", apply: dur(func(c *Config) *time.Duration { return &c.KeyOverlap })},
 	{name: "min-verification-interval", env: "SSF_MIN_VERIFICATION_INTERVAL", def: "5s", usage: "least time between a receiver's verification requests on one stream (advertised as min_verification_interval; enforced with 1s of slack; 1s to 2m)", apply: dur(func(c *Config) *time.Duration { return &c.MinVerification })},
 	{name: "max-body", env: "SSF_MAX_BODY", def: "64KiB", usage: "largest SSF management or poll request body (e.g. 64KiB, 1MiB)", apply: func(c *Config, v string) error {
@@ -491,6 +491,9 @@ var yamlLineRE = regexp.MustCompile(`line \d+`)
 // Validate checks what `serve` needs beyond well-formed values, reporting
 // every problem at once. Checks that need other packages (key files,
 // receivers file) are done by checkDeep.
+// minLeaseTTL is the shortest --lease-ttl accepted.
+const minLeaseTTL = time.Second
+
 func (c Config) Validate() error {
 	var errs []error
 	if c.Upstream == "" {
@@ -546,8 +549,10 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--%s must be greater than zero", d.flag))
 		}
 	}
-	if c.LeaseTTL != 0 && (c.LeaseTTL < 3*c.PushTimeout || c.LeaseTTL < 3*c.PollInterval) {
-		errs = append(errs, fmt.Errorf("--lease-ttl %s must be at least 3× --push-timeout and 3× --poll-interval, so a working holder always renews in time", c.LeaseTTL))
+	if c.LeaseTTL != 0 && c.LeaseTTL < minLeaseTTL {
+		// Holders renew every third of the lifetime; below a second a busy
+		// database round trip could outlast it.
+		errs = append(errs, fmt.Errorf("--lease-ttl %s must be 0 (the default, 15s) or at least %s", c.LeaseTTL, minLeaseTTL))
 	}
 	if c.DatabaseURL != "" {
 		if _, err := c.encryptionKey(); err != nil {

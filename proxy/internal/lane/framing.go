@@ -51,7 +51,7 @@ var (
 	errCLAndTE         = framingError("ambiguous message framing: Content-Length with Transfer-Encoding")
 	errFolded          = framingError("ambiguous message framing: obs-folded Content-Length or Transfer-Encoding")
 	errTEInOldHTTP     = framingError("ambiguous message framing: Transfer-Encoding in a request that is not HTTP/1.1")
-	errBadCL           = framingError("ambiguous message framing: invalid Content-Length")
+	errBadCL           = framingError("ambiguous message framing: invalid Content-Length, or an overlong framing field")
 	errUnsupportedT    = framingError("unsupported transfer coding") // net/http answers 501 itself
 	errBadRequestChunk = framingError("malformed chunked request body")
 )

@@ -76,8 +76,8 @@ type Config struct {
 	OnRequest                      func(class string, status int, d time.Duration)
 	Now                            func() time.Time
 	// Carry is false when every request is to go to net/http (fast path
-	// off, or a span wanted for every request): the lane then only checks
-	// each connection's first head.
+	// off, or a span wanted for every request): the lane then hands each
+	// connection over at its first head, under the framing check.
 	Carry bool
 }
 

@@ -23,7 +23,7 @@ func BenchmarkEnqueue(b *testing.B) {
 	for _, producers := range []int{1, 64, 256} {
 		for _, backend := range backends {
 			b.Run(fmt.Sprintf("producers=%d/%s", producers, backend), func(b *testing.B) {
-				st, _ := benchStore(b, backend)
+				st, _, _ := benchStore(b, backend)
 				ob, err := outbox.New(outbox.Config{Store: st, Signer: benchSigner{}})
 				if err != nil {
 					b.Fatal(err)

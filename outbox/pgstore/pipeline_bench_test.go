@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,11 +36,13 @@ var backends = []string{"bbolt", "postgres"}
 
 // benchStore opens a store on bbolt (a file in a temporary directory) or on
 // PostgreSQL (a schema of its own), fsync on for both, with the notifier
-// the sidecar uses on that backend (nil: the in-process one).
-func benchStore(tb testing.TB, backend string) (*outbox.Store, outbox.Notifier) {
+// the sidecar uses on that backend (nil: the in-process one) and, on
+// PostgreSQL, the database handle.
+func benchStore(tb testing.TB, backend string) (*outbox.Store, outbox.Notifier, *pgstore.DB) {
 	tb.Helper()
 	var db kv.Backend
 	var notifier outbox.Notifier
+	var pg *pgstore.DB
 	switch backend {
 	case "bbolt":
 		d, err := boltstore.Open(filepath.Join(tb.TempDir(), "bench.db"), boltstore.Options{})
@@ -53,13 +56,13 @@ func benchStore(tb testing.TB, backend string) (*outbox.Store, outbox.Notifier) 
 		if err != nil {
 			tb.Fatal(err)
 		}
-		db, notifier = d, d.Notifier()
+		db, notifier, pg = d, d.Notifier(), d
 	default:
 		tb.Fatalf("unknown backend %q", backend)
 	}
 	st := outbox.NewStore(db, outbox.StoreOptions{})
 	tb.Cleanup(func() { st.Close() })
-	return st, notifier
+	return st, notifier, pg
 }
 
 var (
@@ -102,12 +105,13 @@ func setClaims(jti string) json.RawMessage {
 }
 
 // signCeiling signs n SETs of the pipeline's shape with parallel
-// goroutines doing nothing else and returns SETs per second.
-func signCeiling(tb testing.TB, s outbox.Signer, n, parallel int) float64 {
+// goroutines doing nothing else and returns SETs per second and the CPU
+// time per SET.
+func signCeiling(tb testing.TB, s outbox.Signer, n, parallel int) pipeRun {
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	claims := setClaims("ceiling-0000000001")
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	for range parallel {
 		wg.Add(1)
 		go func() {
@@ -121,7 +125,7 @@ func signCeiling(tb testing.TB, s outbox.Signer, n, parallel int) float64 {
 		}()
 	}
 	wg.Wait()
-	return float64(n) / time.Since(start).Seconds()
+	return pipeRun{rate: float64(n) / time.Since(start).Seconds(), cpu: (cpuTime() - cpu0) / time.Duration(n)}
 }
 
 // rig is one whole pipeline: a store, an outbox running with the RS256
@@ -129,6 +133,7 @@ func signCeiling(tb testing.TB, s outbox.Signer, n, parallel int) float64 {
 type rig struct {
 	backend string
 	ob      *outbox.Outbox
+	pg      *pgstore.DB  // nil on bbolt
 	got     atomic.Int64 // SETs the receiver answered 202
 	next    atomic.Int64 // SETs numbered so far
 	arrived func(jti string, at time.Time)
@@ -141,7 +146,8 @@ func newRig(tb testing.TB, backend string, signer outbox.Signer, arrived func(jt
 	r := &rig{backend: backend, arrived: arrived}
 	srv := httptest.NewServer(http.HandlerFunc(r.receive))
 	tb.Cleanup(srv.Close)
-	st, notifier := benchStore(tb, backend)
+	st, notifier, pg := benchStore(tb, backend)
+	r.pg = pg
 	ob, err := outbox.New(outbox.Config{Store: st, Signer: signer, Notifier: notifier,
 		AllowPrivateEndpoints: true, SweepInterval: time.Hour})
 	if err != nil {
@@ -201,15 +207,25 @@ func (r *rig) waitDelivered(tb testing.TB, n int64) {
 	}
 }
 
+// pipeRun is one measured stretch of a pipeline.
+type pipeRun struct {
+	rate float64 // SETs per second of wall time
+	// cpu is this process's CPU time per SET (signing included); server
+	// that of the PostgreSQL server processes serving its connections.
+	cpu, server time.Duration
+}
+
 // throughput enqueues n SETs, one per Enqueue call, from producers
 // goroutines, waits until the receiver has accepted all of them and
-// returns SETs per second from the first enqueue to the last 202.
-func (r *rig) throughput(tb testing.TB, n, producers int) float64 {
+// returns SETs per second from the first enqueue to the last 202, with
+// the CPU spent per SET.
+func (r *rig) throughput(tb testing.TB, n, producers int) pipeRun {
 	want := r.got.Load() + int64(n)
 	var left atomic.Int64
 	left.Store(int64(n))
 	var wg sync.WaitGroup
-	start := time.Now()
+	srv0 := serverCPU(r.pg)
+	start, cpu0 := time.Now(), cpuTime()
 	for range producers {
 		wg.Add(1)
 		go func() {
@@ -224,7 +240,65 @@ func (r *rig) throughput(tb testing.TB, n, producers int) float64 {
 	}
 	wg.Wait()
 	r.waitDelivered(tb, want)
-	return float64(n) / time.Since(start).Seconds()
+	run := pipeRun{rate: float64(n) / time.Since(start).Seconds(), cpu: (cpuTime() - cpu0) / time.Duration(n)}
+	for pid, t := range serverCPU(r.pg) {
+		run.server += t - srv0[pid]
+	}
+	run.server /= time.Duration(n)
+	return run
+}
+
+// cpuTime is this process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// serverCPU is the CPU time so far of each PostgreSQL backend process
+// serving db's idle connections (all of them between measurements), by
+// process id, from /proc (empty for bbolt, or where /proc is not there).
+func serverCPU(db *pgstore.DB) map[uint32]time.Duration {
+	out := map[uint32]time.Duration{}
+	if db == nil {
+		return out
+	}
+	// The last outcomes may still be committing after the last 202.
+	for deadline := time.Now().Add(2 * time.Second); db.Pool().Stat().AcquiredConns() > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	for _, c := range db.Pool().AcquireAllIdle(context.Background()) {
+		pid := c.Conn().PgConn().PID()
+		c.Release()
+		if t, ok := procCPU(pid); ok {
+			out[pid] = t
+		}
+	}
+	return out
+}
+
+// procCPU reads a process's user and system time from /proc/<pid>/stat.
+func procCPU(pid uint32) (time.Duration, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(pid), 10) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The fields after the command name, which is in parentheses: state is
+	// the first, utime the 12th, stime the 13th, in clock ticks (100 a second).
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, false
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(u+st) * 10 * time.Millisecond, true
 }
 
 // pipelineProducers is how many goroutines enqueue in the pipeline
@@ -232,38 +306,48 @@ func (r *rig) throughput(tb testing.TB, n, producers int) float64 {
 // batches.
 const pipelineProducers = 64
 
+// pipelineResult is what pipelineRounds measured, by backend: each
+// round's wall-time ratio (pipeline over ceiling), CPU ratio (the
+// ceiling's CPU time per SET over the pipeline's, the PostgreSQL server's
+// included) and pipeline run; and every ceiling run.
+type pipelineResult struct {
+	ratios, cpuRatios map[string][]float64
+	runs              map[string][]pipeRun
+	ceilings          []pipeRun
+}
+
 // pipelineRounds measures, interleaved, the RS256 signing ceiling and the
 // whole pipeline on each backend, per SETs per round: ceiling, bbolt,
 // ceiling, postgres, ceiling, … (the backends' order alternating between
 // rounds). Each pipeline figure is divided by the mean of the ceilings
-// measured just before and after it. It returns those ratios and the
-// pipelines' rates by backend, and the ceilings.
-func pipelineRounds(tb testing.TB, rounds, per int) (ratios, rates map[string][]float64, ceilings []float64) {
+// measured just before and after it.
+func pipelineRounds(tb testing.TB, rounds, per int) pipelineResult {
 	signer := rs256Signer(tb)
 	parallel := runtime.GOMAXPROCS(0) // the outbox's default Signers
 	rigs := map[string]*rig{}
 	for _, be := range backends {
 		rigs[be] = newRig(tb, be, signer, nil)
-		rigs[be].throughput(tb, min(per, 50), pipelineProducers) // connections, caches, JIT of the server
+		rigs[be].throughput(tb, min(per, 50), pipelineProducers) // connections, caches
 	}
-	ratios, rates = map[string][]float64{}, map[string][]float64{}
+	res := pipelineResult{ratios: map[string][]float64{}, cpuRatios: map[string][]float64{}, runs: map[string][]pipeRun{}}
 	ceil := signCeiling(tb, signer, per, parallel)
-	ceilings = append(ceilings, ceil)
+	res.ceilings = append(res.ceilings, ceil)
 	for round := range rounds {
 		order := slices.Clone(backends)
 		if round%2 == 1 {
 			slices.Reverse(order)
 		}
 		for _, be := range order {
-			rate := rigs[be].throughput(tb, per, pipelineProducers)
+			run := rigs[be].throughput(tb, per, pipelineProducers)
 			after := signCeiling(tb, signer, per, parallel)
-			ratios[be] = append(ratios[be], rate/((ceil+after)/2))
-			rates[be] = append(rates[be], rate)
-			ceilings = append(ceilings, after)
+			res.ratios[be] = append(res.ratios[be], run.rate/((ceil.rate+after.rate)/2))
+			res.cpuRatios[be] = append(res.cpuRatios[be], float64(ceil.cpu+after.cpu)/2/float64(run.cpu+run.server))
+			res.runs[be] = append(res.runs[be], run)
+			res.ceilings = append(res.ceilings, after)
 			ceil = after
 		}
 	}
-	return ratios, rates, ceilings
+	return res
 }
 
 // BenchmarkPipeline compares the whole pipeline — durable enqueue by 64
@@ -272,20 +356,66 @@ func pipelineRounds(tb testing.TB, rounds, per int) (ratios, rates map[string][]
 // shape with the same parallelism (GOMAXPROCS signers, nothing else), on
 // PostgreSQL and on bbolt, side by side in one run of interleaved rounds
 // (PIPELINE_BENCH_ROUNDS, default 5). ratio_postgres is the median of the
-// rounds' pipeline/ceiling ratios on PostgreSQL (goal ≥ 0.8).
+// rounds' pipeline/ceiling ratios on PostgreSQL (goal ≥ 0.8); cpu_ratio
+// compares CPU time per SET instead (the PostgreSQL server's counted),
+// which other load on the machine distorts less. cpu_µs/SET is this
+// process's CPU per SET, server_cpu_µs/SET the PostgreSQL backends'.
 func BenchmarkPipeline(b *testing.B) {
 	rounds := envInt("PIPELINE_BENCH_ROUNDS", 5)
 	per := max(b.N/rounds, 200)
 	b.ResetTimer()
-	ratios, rates, ceilings := pipelineRounds(b, rounds, per)
+	res := pipelineRounds(b, rounds, per)
 	b.StopTimer()
 	for _, be := range backends {
-		b.ReportMetric(median(ratios[be]), "ratio_"+be)
-		b.ReportMetric(slices.Min(ratios[be]), "ratio_min_"+be)
-		b.ReportMetric(slices.Max(ratios[be]), "ratio_max_"+be)
-		b.ReportMetric(median(rates[be]), "SETs/s_"+be)
+		b.ReportMetric(median(res.ratios[be]), "ratio_"+be)
+		b.ReportMetric(slices.Min(res.ratios[be]), "ratio_min_"+be)
+		b.ReportMetric(slices.Max(res.ratios[be]), "ratio_max_"+be)
+		b.ReportMetric(median(res.cpuRatios[be]), "cpu_ratio_"+be)
+		b.ReportMetric(medianOf(res.runs[be], func(r pipeRun) float64 { return r.rate }), "SETs/s_"+be)
+		b.ReportMetric(medianOf(res.runs[be], func(r pipeRun) float64 { return us(r.cpu) }), "cpu_µs/SET_"+be)
+		if be == "postgres" {
+			b.ReportMetric(medianOf(res.runs[be], func(r pipeRun) float64 { return us(r.server) }), "server_cpu_µs/SET_"+be)
+		}
 	}
-	b.ReportMetric(median(ceilings), "ceiling_SETs/s")
+	b.ReportMetric(medianOf(res.ceilings, func(r pipeRun) float64 { return r.rate }), "ceiling_SETs/s")
+	b.ReportMetric(medianOf(res.ceilings, func(r pipeRun) float64 { return us(r.cpu) }), "ceiling_cpu_µs/SET")
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+
+func medianOf[T any](v []T, f func(T) float64) float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = f(x)
+	}
+	return median(out)
+}
+
+// instantSigner stands in for RS256 where only the rest of the pipeline
+// is measured.
+type instantSigner struct{}
+
+func (instantSigner) Sign(_ context.Context, claims []byte) (string, error) {
+	return "eyJhbGciOiJSUzI1NiJ9." + base64.RawURLEncoding.EncodeToString(claims) + ".c2ln", nil
+}
+
+// BenchmarkPipelineOverhead runs the pipeline of BenchmarkPipeline on each
+// backend with a signer that costs next to nothing, and reports what the
+// rest of it (store, HTTP, the local receiver, garbage collection) costs
+// per SET: this process's CPU and, on PostgreSQL, the server's.
+func BenchmarkPipelineOverhead(b *testing.B) {
+	for _, be := range backends {
+		b.Run(be, func(b *testing.B) {
+			r := newRig(b, be, instantSigner{}, nil)
+			r.throughput(b, 100, pipelineProducers)
+			b.ResetTimer()
+			run := r.throughput(b, b.N, pipelineProducers)
+			b.StopTimer()
+			b.ReportMetric(run.rate, "SETs/s")
+			b.ReportMetric(us(run.cpu), "cpu_µs/SET")
+			b.ReportMetric(us(run.server), "server_cpu_µs/SET")
+		})
+	}
 }
 
 // latencySample is one SET's times, from its slot in the schedule.
@@ -455,14 +585,15 @@ func TestPipelineBenchmarks(t *testing.T) {
 		t.Skip("RS256 load in -short mode")
 	}
 	t.Run("throughput", func(t *testing.T) {
-		ratios, rates, ceilings := pipelineRounds(t, 1, 40)
+		res := pipelineRounds(t, 1, 40)
 		for _, be := range backends {
-			if len(ratios[be]) != 1 || len(rates[be]) != 1 || !(ratios[be][0] > 0) || !(rates[be][0] > 0) {
-				t.Errorf("%s: ratios %v, rates %v", be, ratios[be], rates[be])
+			if len(res.ratios[be]) != 1 || len(res.runs[be]) != 1 || !(res.ratios[be][0] > 0) || !(res.cpuRatios[be][0] > 0) ||
+				!(res.runs[be][0].rate > 0) || res.runs[be][0].cpu <= 0 {
+				t.Errorf("%s: ratios %v, cpu ratios %v, runs %+v", be, res.ratios[be], res.cpuRatios[be], res.runs[be])
 			}
 		}
-		if len(ceilings) != 3 || slices.ContainsFunc(ceilings, func(c float64) bool { return !(c > 0) }) {
-			t.Errorf("ceilings %v", ceilings)
+		if len(res.ceilings) != 3 || slices.ContainsFunc(res.ceilings, func(c pipeRun) bool { return !(c.rate > 0) || c.cpu <= 0 }) {
+			t.Errorf("ceilings %+v", res.ceilings)
 		}
 	})
 	t.Run("latency", func(t *testing.T) {
@@ -482,7 +613,13 @@ func TestPipelineBenchmarks(t *testing.T) {
 			}
 		}
 	})
-	t.Run("jti", func(t *testing.T) {
+	t.Run("parsers", func(t *testing.T) {
+		if cpu, ok := procCPU(uint32(os.Getpid())); !ok || cpu <= 0 {
+			t.Errorf("procCPU(self) = %v, %v", cpu, ok)
+		}
+		if _, ok := procCPU(0); ok {
+			t.Error("procCPU(0) read something")
+		}
 		if got := jtiOf([]byte("e30." + base64.RawURLEncoding.EncodeToString([]byte(`{"jti":"p7"}`)) + ".sig")); got != "p7" {
 			t.Errorf("jtiOf = %q", got)
 		}

@@ -507,10 +507,18 @@ func quantiles(ds []time.Duration) (p50, p90, p99, maxD time.Duration) {
 	return q(0.5), q(0.9), q(0.99), ds[len(ds)-1]
 }
 
+// latencyResult is what latencyRounds measured, by backend: every SET's
+// enqueue → 202 latency and enqueue latency, and each segment's p99; and
+// the signing ceiling before each segment (when it is not well above the
+// offered rate, the machine was too busy for the figures to mean much).
+type latencyResult struct {
+	delivered, enqueued, segP99 map[string][]time.Duration
+	ceilings                    []float64
+}
+
 // latencyRounds offers rate SETs/s to a pipeline on each backend, in
-// segments of d alternating between the backends (rounds of each), and
-// returns each backend's enqueue → 202 latencies and its enqueue latencies.
-func latencyRounds(tb testing.TB, rate float64, d time.Duration, rounds int) (delivered, enqueued map[string][]time.Duration) {
+// segments of d alternating between the backends (rounds of each).
+func latencyRounds(tb testing.TB, rate float64, d time.Duration, rounds int) latencyResult {
 	signer := rs256Signer(tb)
 	rigs, clocks := map[string]*rig{}, map[string]*jtiClock{}
 	for _, be := range backends {
@@ -518,23 +526,28 @@ func latencyRounds(tb testing.TB, rate float64, d time.Duration, rounds int) (de
 		clocks[be], rigs[be] = c, newRig(tb, be, signer, c.arrived)
 		rigs[be].throughput(tb, 50, 8) // warm up connections and caches
 	}
-	delivered, enqueued = map[string][]time.Duration{}, map[string][]time.Duration{}
+	res := latencyResult{delivered: map[string][]time.Duration{}, enqueued: map[string][]time.Duration{}, segP99: map[string][]time.Duration{}}
 	for round := range rounds {
 		order := slices.Clone(backends)
 		if round%2 == 1 {
 			slices.Reverse(order)
 		}
 		for _, be := range order {
+			res.ceilings = append(res.ceilings, signCeiling(tb, signer, 100, runtime.GOMAXPROCS(0)).rate)
+			var seg []time.Duration
 			for _, s := range openLoop(tb, rigs[be], clocks[be], rate, d) {
 				if s.delivered < 0 {
 					tb.Fatalf("%s: a SET the receiver accepted was not matched to its slot", be)
 				}
-				delivered[be] = append(delivered[be], s.delivered)
-				enqueued[be] = append(enqueued[be], s.enqueued)
+				seg = append(seg, s.delivered)
+				res.enqueued[be] = append(res.enqueued[be], s.enqueued)
 			}
+			res.delivered[be] = append(res.delivered[be], seg...)
+			_, _, p99, _ := quantiles(seg)
+			res.segP99[be] = append(res.segP99[be], p99)
 		}
 	}
-	return delivered, enqueued
+	return res
 }
 
 // BenchmarkLatency200 offers SETs at a fixed rate (LATENCY_BENCH_RATE,
@@ -543,7 +556,9 @@ func latencyRounds(tb testing.TB, rate float64, d time.Duration, rounds int) (de
 // of LATENCY_BENCH_SEGMENT each per backend, default 4 × 6 s: 24 s and
 // 4,800 SETs a backend), and reports each backend's latency from the SET's
 // slot to the receiver's 202: p50, p90, p99 (goal on PostgreSQL ≤ 25 ms)
-// and max, and the durable enqueue's own p99. Run with -benchtime 1x.
+// and max over all its SETs, the lowest and highest p99 of its segments,
+// and the durable enqueue's own p99; and the median RS256 signing ceiling
+// measured before the segments. Run with -benchtime 1x.
 func BenchmarkLatency200(b *testing.B) {
 	rate := float64(envInt("LATENCY_BENCH_RATE", 200))
 	seg := 6 * time.Second
@@ -552,19 +567,22 @@ func BenchmarkLatency200(b *testing.B) {
 	}
 	rounds := envInt("LATENCY_BENCH_ROUNDS", 4)
 	for range b.N {
-		delivered, enqueued := latencyRounds(b, rate, seg, rounds)
+		res := latencyRounds(b, rate, seg, rounds)
 		var p99 [2]float64
 		for i, be := range backends {
-			p50, p90, p, mx := quantiles(delivered[be])
-			_, _, ep99, _ := quantiles(enqueued[be])
+			p50, p90, p, mx := quantiles(res.delivered[be])
+			_, _, ep99, _ := quantiles(res.enqueued[be])
 			b.ReportMetric(ms(p50), "p50_ms_"+be)
 			b.ReportMetric(ms(p90), "p90_ms_"+be)
 			b.ReportMetric(ms(p), "p99_ms_"+be)
 			b.ReportMetric(ms(mx), "max_ms_"+be)
+			b.ReportMetric(ms(slices.Min(res.segP99[be])), "p99_seg_min_ms_"+be)
+			b.ReportMetric(ms(slices.Max(res.segP99[be])), "p99_seg_max_ms_"+be)
 			b.ReportMetric(ms(ep99), "enqueue_p99_ms_"+be)
 			p99[i] = ms(p)
 		}
 		b.ReportMetric(p99[1]/p99[0], "p99_ratio_postgres/bbolt")
+		b.ReportMetric(median(res.ceilings), "ceiling_SETs/s")
 	}
 }
 
@@ -603,20 +621,23 @@ func TestPipelineBenchmarks(t *testing.T) {
 		}
 	})
 	t.Run("latency", func(t *testing.T) {
-		delivered, enqueued := latencyRounds(t, 100, 300*time.Millisecond, 1)
+		res := latencyRounds(t, 100, 300*time.Millisecond, 1)
 		for _, be := range backends {
-			if len(delivered[be]) != 30 || len(enqueued[be]) != 30 {
-				t.Fatalf("%s: %d delivered, %d enqueued samples, want 30", be, len(delivered[be]), len(enqueued[be]))
+			if len(res.delivered[be]) != 30 || len(res.enqueued[be]) != 30 || len(res.segP99[be]) != 1 {
+				t.Fatalf("%s: %d delivered, %d enqueued samples, want 30; %d segments", be, len(res.delivered[be]), len(res.enqueued[be]), len(res.segP99[be]))
 			}
-			p50, _, p99, mx := quantiles(delivered[be])
-			if p50 <= 0 || p99 < p50 || mx < p99 {
-				t.Errorf("%s: p50 %v p99 %v max %v", be, p50, p99, mx)
-			}
-			for i, d := range delivered[be] {
+			for i, d := range res.delivered[be] {
 				if d <= 0 {
 					t.Errorf("%s: sample %d latency %v", be, i, d)
 				}
 			}
+			p50, _, p99, mx := quantiles(res.delivered[be])
+			if p50 <= 0 || p99 < p50 || mx < p99 || res.segP99[be][0] != p99 {
+				t.Errorf("%s: p50 %v p99 %v max %v, segment p99 %v", be, p50, p99, mx, res.segP99[be][0])
+			}
+		}
+		if len(res.ceilings) != 2 || !(res.ceilings[0] > 0) || !(res.ceilings[1] > 0) {
+			t.Errorf("ceilings %v", res.ceilings)
 		}
 	})
 	t.Run("parsers", func(t *testing.T) {

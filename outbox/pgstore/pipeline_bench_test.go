@@ -203,7 +203,7 @@ func (r *rig) waitDelivered(tb testing.TB, n int64) {
 		if time.Now().After(deadline) {
 			tb.Fatalf("%s: %d of %d SETs delivered", r.backend, r.got.Load(), n)
 		}
-		time.Sleep(200 * time.Microsecond)
+		time.Sleep(time.Millisecond) // polling more often would take CPU from the pipeline
 	}
 }
 
@@ -426,6 +426,7 @@ func BenchmarkPipelineOverhead(b *testing.B) {
 
 // latencySample is one SET's times, from its slot in the schedule.
 type latencySample struct {
+	jti       string
 	enqueued  time.Duration // Enqueue returned
 	delivered time.Duration // the receiver answered 202
 }
@@ -447,6 +448,7 @@ func openLoop(tb testing.TB, r *rig, track *jtiClock, rate float64, d time.Durat
 		slot := start.Add(time.Duration(i) * interval)
 		time.Sleep(time.Until(slot))
 		s := r.newSET()
+		samples[i].jti = s.JTI
 		track.expect(s.JTI, slot)
 		wg.Add(1)
 		go func() {
@@ -460,7 +462,7 @@ func openLoop(tb testing.TB, r *rig, track *jtiClock, rate float64, d time.Durat
 	wg.Wait()
 	r.waitDelivered(tb, want)
 	for i := range samples {
-		samples[i].delivered = track.latency("p" + strconv.FormatInt(want-int64(n)+int64(i)+1, 10))
+		samples[i].delivered = track.latency(samples[i].jti)
 	}
 	return samples
 }

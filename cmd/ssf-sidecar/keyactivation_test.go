@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -18,14 +16,7 @@ import (
 // makes the next key sign at once. On bbolt `keys rotate` signs at once
 // (TestCLIAgainstRunningSidecar).
 func TestKeyRotationWaitsForReplicasOnPostgreSQL(t *testing.T) {
-	url, schema := pgtest.Schema(t)
-	mutate := func(c *Config) { c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey }
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: mutate})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
+	w := newPostgresSystem(t)
 	admin := []string{"--admin-url", w.adminURL}
 	old := w.app.keys.CurrentKID()
 

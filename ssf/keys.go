@@ -356,7 +356,11 @@ func (k *Keys) resolve(ctx context.Context, keys []*signingKey, current *signing
 	if !known.IsZero() {
 		return activation{sign: replaced, pending: current, switchAt: known}
 	}
-	return activation{sign: replaced, pending: current, switchAt: k.cfg.Clock().Add(at.Sub(k.storeNow(ctx)))}
+	left := at.Sub(k.storeNow(ctx))
+	if left <= 0 {
+		return activation{sign: current} // activated before we looked
+	}
+	return activation{sign: replaced, pending: current, switchAt: k.cfg.Clock().Add(left)}
 }
 
 // adopt makes act's keys the signing and pending ones (k.mu held, or

@@ -264,7 +264,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	}
 	prevSeal, prevKeySeal := sealKeys(prevEnc)
 	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: keySeal,
-		PreviousSeal: prevKeySeal, Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
+		PreviousSeal: prevKeySeal, Overlap: cfg.KeyOverlap, Activation: keyActivation(cfg), Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
 			return &storeError{Dir: cfg.DataDir, Err: prefixed("signing keys", err)}
@@ -351,10 +351,28 @@ func (a *app) ssfHandler() http.Handler {
 	return a.tx.Handler()
 }
 
-// sharedRefresh is how often replicas sharing a database read the signing
-// keys and the streams again, so a rotation or a stream change made on one
-// is used by all.
+// sharedRefresh is how often replicas sharing a database read the streams
+// again, so a stream change made on one is used by all.
 const sharedRefresh = 5 * time.Second
+
+// keyRefresh is how often replicas sharing a database read the signing
+// keys again, and sharedKeyActivation how long a rotated-in key is only
+// published before it signs: every replica has read and published it
+// (within keyRefresh, with slack for a slow read) before any signs with
+// it, and all of them sign with it within 5 s of the rotation.
+const (
+	keyRefresh          = time.Second
+	sharedKeyActivation = 4 * time.Second
+)
+
+// keyActivation is the signing keys' activation delay: one process
+// publishes and signs from the same memory, so its new key signs at once.
+func keyActivation(cfg Config) time.Duration {
+	if cfg.DatabaseURL == "" {
+		return 0
+	}
+	return sharedKeyActivation
+}
 
 // openStore opens the backend the configuration names: PostgreSQL with
 // --database-url (its notifier wakes the other replicas; the stream-secret
@@ -492,7 +510,7 @@ func (a *app) run(ctx context.Context) error {
 		g.Go(func() error { return a.outbox.Run(deliveryCtx) })
 		g.Go(func() error { return a.tap.Run(tapCtx) })
 		if a.cfg.DatabaseURL != "" {
-			g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, sharedRefresh) })
+			g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, keyRefresh) })
 			g.Go(func() error { return a.tx.RunSync(deliveryCtx, sharedRefresh) })
 		}
 		if a.dbWatch != nil {
@@ -506,7 +524,7 @@ func (a *app) run(ctx context.Context) error {
 				g.Go(func() error { return live.outbox.Run(deliveryCtx) })
 				g.Go(func() error { return live.tap.Run(tapCtx) })
 				if live.cfg.DatabaseURL != "" {
-					g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, sharedRefresh) })
+					g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, keyRefresh) })
 					g.Go(func() error { return live.tx.RunSync(deliveryCtx, sharedRefresh) })
 				}
 				if live.dbWatch != nil {

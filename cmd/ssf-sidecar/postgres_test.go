@@ -182,15 +182,9 @@ func TestMigrateCommand(t *testing.T) {
 // the second reaches the receiver exactly once, pushed by whichever
 // replica holds the stream.
 func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
-	url, schema := pgtest.Schema(t)
-	mutate := func(c *Config) { c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey }
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: mutate})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
+	w := newPostgresSystem(t)
 	ctx := context.Background()
+	var err error
 
 	cfg2 := w.app.cfg
 	cfg2.DataDir = t.TempDir()
@@ -277,6 +271,20 @@ func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
 	for _, s := range w.recv.received() {
 		w.independentVerify(t, s.Compact, "https://push.rx.example/")
 	}
+}
+
+// newPostgresSystem is newSystem on a PostgreSQL schema of its own.
+func newPostgresSystem(t *testing.T) *demoWorld {
+	t.Helper()
+	url, schema := pgtest.Schema(t)
+	mutate := func(c *Config) { c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey }
+	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
+		pollInterval: 100 * time.Millisecond, mutate: mutate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w
 }
 
 // forwarder is a TCP relay to the database that a test can cut and

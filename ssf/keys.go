@@ -239,14 +239,18 @@ func (k *Keys) loadGenerated(ctx context.Context) error {
 // published, the current one, the current-key pointer and the expired
 // ones to drop. It changes nothing.
 func (k *Keys) readGenerated() (keys []*signingKey, current *signingKey, pointer []byte, drop []keyMeta, err error) {
-	metas, err := loadKeyMetas(k.cfg.KV)
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
+	// The pointer first: a key and the pointer naming it commit together,
+	// so the records read after it include the key it names. Read the
+	// other way round, a key made current in between would be missed, and
+	// the replica would make a key of its own current over it.
 	if k.sealer != nil {
 		if pointer, err = k.cfg.KV.Get(BucketKeyCurrent, currentKey); err != nil {
 			return nil, nil, nil, nil, fmt.Errorf("signing keys: %w", err)
 		}
+	}
+	metas, err := loadKeyMetas(k.cfg.KV)
+	if err != nil {
+		return nil, nil, nil, nil, err
 	}
 	now := k.cfg.Clock()
 	for _, m := range metas {

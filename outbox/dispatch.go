@@ -225,10 +225,10 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 // stillCurrent reports whether the pipeline may go on: the stream is still
 // enabled with the same configuration of the same generation (changed
 // here, or through another replica as the last transaction of this
-// dispatcher found), and no Head SET is waiting. The poster asks it
-// before every attempt.
+// dispatcher found, or is about to find: see heartbeat), and no Head SET
+// is waiting. The poster asks it before every attempt.
 func (o *Outbox) stillCurrent(st *streamState, cfg StreamConfig, gen uint64) bool {
-	if st.headPending.Load() {
+	if st.headPending.Load() || st.suspect.Load() {
 		return false
 	}
 	st.mu.Lock()

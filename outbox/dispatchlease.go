@@ -93,7 +93,8 @@ func (o *Outbox) leaseCurrent(st *streamState) bool {
 // through any replica (change, the Notifier's channel of changeKey), and
 // after every renewal, it reads the stream's meta and adopts it, so the
 // pipeline stops before its next attempt (see stillCurrent) rather than at
-// its next transaction.
+// its next transaction. From the wake-up on, the pipeline makes no attempt
+// (a wake-up with no change behind it costs one restart of the pipeline).
 func (o *Outbox) heartbeat(ctx context.Context, st *streamState, stop func(), change <-chan struct{}) {
 	ttl := o.cfg.LeaseTTL
 	for {
@@ -101,8 +102,13 @@ func (o *Outbox) heartbeat(ctx context.Context, st *streamState, stop func(), ch
 		case <-ctx.Done():
 			return
 		case <-change:
+			// The pipeline stops at its next attempt already: the read
+			// takes a round trip or three, in which a fast receiver would
+			// take several SETs.
+			st.suspect.Store(true)
 			change = o.cfg.Notifier.Wait(changeKey(st.id))
 			o.refresh(st)
+			st.suspect.Store(false)
 			continue
 		case <-o.heartbeatAfter(st.renewAt.Sub(o.now())):
 		}

@@ -60,9 +60,13 @@ type streamState struct {
 	// replica moved the push destination (endpoint or method): its
 	// credentials are not stored, so delivery waits until the stream's
 	// owner registers it again here (SetStream or AdoptStream).
-	gen          uint64
-	held         bool
-	adopted      chan struct{} // signalled (cap 1) when adopt changed cfg
+	gen     uint64
+	held    bool
+	adopted chan struct{} // signalled (cap 1) when adopt changed cfg
+	// suspect is set while the dispatcher reads the meta of a stream
+	// whose change was just announced: the poster makes no attempt
+	// meanwhile.
+	suspect      atomic.Bool
 	failures     int
 	failingSince time.Time
 	until        time.Time // backing off until
@@ -481,6 +485,20 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	}
 	o.cfg.Notifier.Notify(cfg.ID)
 	return nil
+}
+
+// StreamConfig returns the configuration this replica delivers a stream
+// under (its credentials left out), and whether it knows the stream.
+func (o *Outbox) StreamConfig(id string) (StreamConfig, bool) {
+	st := o.stream(id)
+	if st == nil {
+		return StreamConfig{}, false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cfg := st.cfg
+	cfg.AuthorizationHeader = ""
+	return cfg, true
 }
 
 // sameStored reports whether two configurations store the same (the

@@ -49,10 +49,20 @@ func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
 		st.headPending.Store(false)
 		handled := false
 		o.withHeartbeat(ctx, st, func(ctx context.Context) { handled = o.runPipeline(ctx, st, cfg, gen) })
-		if !handled {
+		if !handled && !o.changedSince(st, cfg, gen) {
 			o.sleep(ctx, wake, nil)
 		}
 	}
+}
+
+// changedSince reports whether the stream's configuration is no longer
+// cfg of generation gen: a pipeline that stopped on a change adopted from
+// the store loops at once (the change's wake-up may have come before it
+// waited again), to deliver the announcement of a pause, say.
+func (o *Outbox) changedSince(st *streamState, cfg StreamConfig, gen uint64) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cfg != cfg || st.gen != gen || st.held
 }
 
 // pushAnnouncement delivers the Announce SET at the head of a stream that

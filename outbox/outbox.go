@@ -588,9 +588,7 @@ func (o *Outbox) adopt(st *streamState, m *streamMeta) bool {
 	}
 	o.log.Info("outbox stream changed through another replica", slog.String("stream_id", st.id),
 		slog.String("status", string(cfg.Status)), slog.Bool("deleted", m == nil))
-	if cfg.Status == StatusPaused && old.Status != StatusPaused {
-		o.traceHold(st, HoldPaused, time.Time{}, "", 0)
-	}
+	// The SETs held are traced by the replica that made the change.
 	if w, ok := o.cfg.Reporter.(StreamWatcher); ok {
 		w.StreamChanged(st.id)
 	}

@@ -113,3 +113,49 @@ func TestDeletedThroughAnotherReplica(t *testing.T) {
 		t.Fatalf("the receiver got %v after the delete, want the one in flight", got)
 	}
 }
+
+// TestPollPausedThroughAnotherReplica: a poll stream paused through
+// replica B hands nothing out through replica A, which has not heard of
+// the pause, but the pause's announcement; resumed through B, A hands the
+// held SETs out.
+func TestPollPausedThroughAnotherReplica(t *testing.T) {
+	clock := newFakeClock()
+	st := sharedStore(t)
+	notifier := NewLocalNotifier()
+	a := newReplica(t, st, clock, "replica-a", notifier, nil)
+	b := newReplica(t, st, clock, "replica-b", notifier, nil)
+	ctx := context.Background()
+	cfg := StreamConfig{ID: "p", Method: MethodPoll, Status: StatusEnabled}
+	for _, r := range []*replica{a, b} {
+		if err := r.ob.SetStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paused := cfg
+	paused.Status = StatusPaused
+	ann := makeSET("p", "announced")
+	ann.Head, ann.Announce = true, true
+	if err := b.ob.Enqueue(ctx, []SET{makeSET("p", "held"), ann}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.ob.SetStream(ctx, paused); err != nil {
+		t.Fatal(err)
+	}
+	handOut := func() []string {
+		t.Helper()
+		resp, err := a.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sortedKeys(resp.Sets)
+	}
+	if got := handOut(); !slices.Equal(got, []string{"announced"}) {
+		t.Fatalf("replica A handed out %v while the stream was paused through B, want [announced]", got)
+	}
+	if err := b.ob.SetStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := handOut(); !slices.Equal(got, []string{"held"}) {
+		t.Fatalf("replica A handed out %v after the resume through B, want [held]", got)
+	}
+}

@@ -17,16 +17,7 @@ import (
 // queue.
 func TestSyncStreamsAcrossReplicas(t *testing.T) {
 	h := newHarness(t)
-	ob2, err := outbox.New(outbox.Config{Store: h.store, Signer: h.keys, Clock: h.clock.Now, After: h.clock.After})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg2 := h.cfg
-	cfg2.Queue, cfg2.Store = ob2, nil
-	tr2, err := New(cfg2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ob2, tr2 := h.secondReplica(t)
 	srv2 := httptest.NewServer(tr2.Handler())
 	defer srv2.Close()
 	get := func(id string) int {
@@ -123,16 +114,7 @@ func TestSyncStreamsLeavesLocalChangeAlone(t *testing.T) {
 // reads the records again at once.
 func TestSyncStreamsKeepsNewerQueueConfig(t *testing.T) {
 	h := newHarness(t)
-	ob2, err := outbox.New(outbox.Config{Store: h.store, Signer: h.keys, Clock: h.clock.Now, After: h.clock.After})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg2 := h.cfg
-	cfg2.Queue, cfg2.Store = ob2, nil
-	tr2, err := New(cfg2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ob2, tr2 := h.secondReplica(t)
 	ctx := context.Background()
 	w := h.create("acme-manage-token", map[string]any{"events_requested": []string{EventSessionRevoked}})
 	tr2.syncHook = func() {
@@ -165,4 +147,21 @@ func TestSyncStreamsKeepsNewerQueueConfig(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// secondReplica is a second transmitter, with a queue of its own, on the
+// harness's store: another replica.
+func (h *harness) secondReplica(t *testing.T) (*outbox.Outbox, *Transmitter) {
+	t.Helper()
+	ob2, err := outbox.New(outbox.Config{Store: h.store, Signer: h.keys, Clock: h.clock.Now, After: h.clock.After})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg2 := h.cfg
+	cfg2.Queue, cfg2.Store = ob2, nil
+	tr2, err := New(cfg2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ob2, tr2
 }

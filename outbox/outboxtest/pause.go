@@ -21,13 +21,7 @@ import (
 // two in flight at once. With a store that is not shared, both replicas
 // run on one store.
 func (s Suite) testReplicasPause(t *testing.T) {
-	open := s.New(t)
-	a := backend(t, open)
-	b := a
-	if s.Shared {
-		b = backend(t, open)
-	}
-	na, nb := s.notifiers(t, a, b)
+	a, b, na, nb := s.twoReplicas(t)
 	sa := outbox.NewStore(a, outbox.StoreOptions{})
 	sb := sa
 	if s.Shared {

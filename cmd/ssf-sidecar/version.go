@@ -12,7 +12,7 @@ import (
 // equal), so a binary reports a real version even when it was built
 // without VCS information (go build -buildvcs=false, a source tarball, the
 // Dockerfile without --build-arg VERSION).
-const release = "0.1.0"
+const release = "0.2.0"
 
 func buildVersion() string {
 	bi, _ := debug.ReadBuildInfo()

@@ -227,7 +227,7 @@ func TestChartDefaults(t *testing.T) {
 		t.Errorf("strategy = %q, want Recreate: bbolt is held by one process", d.Spec.Strategy.Type)
 	}
 	c := checkPod(t, d)
-	if c.Image != "registry.example.com/ssf-sidecar:0.1.0" || c.ImagePullPolicy != corev1.PullIfNotPresent {
+	if c.Image != "registry.example.com/ssf-sidecar:0.2.0" || c.ImagePullPolicy != corev1.PullIfNotPresent {
 		t.Errorf("image %q (%s): want the chart's appVersion, pulled if not present", c.Image, c.ImagePullPolicy)
 	}
 	if len(c.Env) != 0 {

@@ -389,7 +389,10 @@ func checkStreamID(id string) error {
 
 // SetStream creates or updates a stream; the configuration is persisted.
 // Paused → enabled releases held SETs in order; disabled discards the queue.
-func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
+// The marks in with (the owner's own record of the stream) commit in the
+// same transaction as the stream's configuration, so the two never
+// disagree, whatever stops the process between them.
+func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig, with ...Mark) error {
 	var errs []error
 	if err := checkStreamID(cfg.ID); err != nil {
 		errs = append(errs, err)
@@ -425,7 +428,13 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	}
 	var gen uint64
 	changed := false
+	if err := validateMarks(with); err != nil {
+		return err
+	}
 	err := o.store.update(ctx, func(tx kv.Tx) error {
+		if err := applyMarks(tx, with); err != nil {
+			return err
+		}
 		m, err := getMeta(tx, cfg.ID)
 		if err != nil {
 			return err
@@ -604,14 +613,21 @@ func retryNow(old, cfg StreamConfig) bool {
 }
 
 // DeleteStream forgets a stream and discards its queue, dead letter and
-// history.
-func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
+// history. The marks in with (the owner's removal of its record) commit in
+// the transaction that stops the stream, before the chunks are discarded.
+func (o *Outbox) DeleteStream(ctx context.Context, id string, with ...Mark) error {
 	if err := checkStreamID(id); err != nil {
 		return fmt.Errorf("outbox: %w", err)
+	}
+	if err := validateMarks(with); err != nil {
+		return err
 	}
 	// First stop accepting SETs, then remove everything in chunks, then
 	// forget the stream.
 	err := o.store.update(ctx, func(tx kv.Tx) error {
+		if err := applyMarks(tx, with); err != nil {
+			return err
+		}
 		m, err := getMeta(tx, id)
 		if err != nil || m == nil {
 			return err

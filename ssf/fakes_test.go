@@ -24,6 +24,9 @@ type fakeQueue struct {
 	streams map[string]outbox.StreamConfig
 	calls   int
 	err     error
+	// kv, when set, receives the stream store's marks (SetStream,
+	// DeleteStream), as the outbox's own store would.
+	kv KV
 }
 
 func newFakeQueue() *fakeQueue { return &fakeQueue{streams: map[string]outbox.StreamConfig{}} }
@@ -40,18 +43,34 @@ func (q *fakeQueue) Enqueue(_ context.Context, sets []outbox.SET, marks []outbox
 	return nil
 }
 
-func (q *fakeQueue) SetStream(_ context.Context, c outbox.StreamConfig) error {
+func (q *fakeQueue) SetStream(ctx context.Context, c outbox.StreamConfig, with ...outbox.Mark) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if err := q.commitWith(ctx, with); err != nil {
+		return err
+	}
 	q.streams[c.ID] = c
 	return nil
 }
 
-func (q *fakeQueue) DeleteStream(_ context.Context, id string) error {
+func (q *fakeQueue) DeleteStream(ctx context.Context, id string, with ...outbox.Mark) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if err := q.commitWith(ctx, with); err != nil {
+		return err
+	}
 	delete(q.streams, id)
 	return nil
+}
+
+// commitWith commits the stream store's marks the way the outbox would,
+// in the store the fake was given (none: they are dropped, and the test
+// reads no stream records).
+func (q *fakeQueue) commitWith(ctx context.Context, with []outbox.Mark) error {
+	if len(with) == 0 || q.kv == nil {
+		return nil
+	}
+	return q.kv.Commit(ctx, with)
 }
 
 func (q *fakeQueue) Poll(context.Context, string, outbox.PollRequest) (outbox.PollResponse, error) {

@@ -248,11 +248,24 @@ func (t *Transmitter) applyDelivery(rec *StreamRecord, d *deliveryRequest, r *Re
 func (t *Transmitter) saveStream(ctx context.Context, rec StreamRecord) error {
 	// The queue first: it may still refuse the endpoint, and nothing may be
 	// persisted that the queue does not know.
-	if err := t.cfg.Queue.SetStream(ctx, rec.outboxConfig()); err != nil {
+	// With a store that hands its writes over, the record commits with the
+	// queue's change in one transaction.
+	ms, marking := t.store.(markingStore)
+	var with []outbox.Mark
+	if marking {
+		var err error
+		if with, err = ms.putMarks(rec); err != nil {
+			return err
+		}
+	}
+	if err := t.cfg.Queue.SetStream(ctx, rec.outboxConfig(), with...); err != nil {
 		if errors.Is(err, outbox.ErrForbiddenDestination) {
 			return badRequest("delivery.endpoint_url is not acceptable: %s", err.Error())
 		}
 		return fmt.Errorf("queue: set stream %s: %w", rec.ID, err)
+	}
+	if marking {
+		return nil
 	}
 	return t.store.PutStream(ctx, rec)
 }
@@ -376,11 +389,21 @@ func (t *Transmitter) deleteStream(c echo.Context) error {
 }
 
 func (t *Transmitter) removeStreamLocked(ctx context.Context, id string) error {
-	if err := t.cfg.Queue.DeleteStream(ctx, id); err != nil {
+	ms, marking := t.store.(markingStore)
+	var with []outbox.Mark
+	if marking {
+		var err error
+		if with, err = ms.deleteMarks(id); err != nil {
+			return err
+		}
+	}
+	if err := t.cfg.Queue.DeleteStream(ctx, id, with...); err != nil {
 		return fmt.Errorf("queue: delete stream %s: %w", id, err)
 	}
-	if err := t.store.DeleteStream(ctx, id); err != nil {
-		return err
+	if !marking {
+		if err := t.store.DeleteStream(ctx, id); err != nil {
+			return err
+		}
 	}
 	delete(t.streams, id)
 	return nil

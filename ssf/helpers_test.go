@@ -21,6 +21,8 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/sgnl-ai/caep.dev/secevent/pkg/parser"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/boltstore"
+	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // fakeClock is a settable clock.
@@ -152,6 +154,8 @@ type harness struct {
 	cfg     Config
 	issuer  string
 	closeFn func()
+	// wrap, when set, wraps the store's backend (to watch transactions).
+	wrap func(kv.Backend) kv.Backend
 }
 
 type harnessOpt func(*Config)
@@ -168,8 +172,13 @@ func (h *harness) open(opts ...harnessOpt) {
 	t := h.t
 	t.Helper()
 	var err error
-	h.store, err = outbox.Open(filepath.Join(h.dir, "ssf.db"), outbox.StoreOptions{NoSync: true})
-	if err != nil {
+	if h.wrap != nil {
+		db, err := boltstore.Open(filepath.Join(h.dir, "ssf.db"), boltstore.Options{NoSync: true})
+		if err != nil {
+			t.Fatalf("open store: %v", err)
+		}
+		h.store = outbox.NewStore(h.wrap(db), outbox.StoreOptions{})
+	} else if h.store, err = outbox.Open(filepath.Join(h.dir, "ssf.db"), outbox.StoreOptions{NoSync: true}); err != nil {
 		t.Fatalf("open store: %v", err)
 	}
 	h.keys, err = NewKeys(context.Background(), KeyConfig{DataDir: h.dir, KV: h.store, Overlap: time.Hour, Clock: h.clock.Now})

@@ -79,21 +79,37 @@ func (s kvStreamStore) decode(id string, b []byte) (StreamRecord, error) {
 }
 
 func (s kvStreamStore) PutStream(ctx context.Context, r StreamRecord) error {
+	marks, err := s.putMarks(r)
+	if err != nil {
+		return err
+	}
+	if err := s.kv.Commit(ctx, marks); err != nil {
+		return fmt.Errorf("store stream %s: %w", r.ID, err)
+	}
+	return nil
+}
+
+// markingStore is a stream store whose writes can be handed to the queue as
+// marks, to commit with the queue's own change of the stream.
+type markingStore interface {
+	putMarks(r StreamRecord) ([]outbox.Mark, error)
+	deleteMarks(id string) ([]outbox.Mark, error)
+}
+
+// putMarks are the writes that store r (its secret sealed).
+func (s kvStreamStore) putMarks(r StreamRecord) ([]outbox.Mark, error) {
 	if s.seal != nil {
 		h, err := s.seal.Seal(r.AuthorizationHeader, r.ID)
 		if err != nil {
-			return fmt.Errorf("seal stream %s: %w", r.ID, err)
+			return nil, fmt.Errorf("seal stream %s: %w", r.ID, err)
 		}
 		r.AuthorizationHeader = h
 	}
 	b, err := json.Marshal(r)
 	if err != nil {
-		return fmt.Errorf("encode stream: %w", err)
+		return nil, fmt.Errorf("encode stream: %w", err)
 	}
-	if err := s.kv.Commit(ctx, []outbox.Mark{{Bucket: BucketStreams, Key: []byte(r.ID), Value: b}}); err != nil {
-		return fmt.Errorf("store stream %s: %w", r.ID, err)
-	}
-	return nil
+	return []outbox.Mark{{Bucket: BucketStreams, Key: []byte(r.ID), Value: b}}, nil
 }
 
 func (s kvStreamStore) GetStream(_ context.Context, id string) (StreamRecord, bool, error) {
@@ -122,14 +138,9 @@ func (s kvStreamStore) ListStreams(context.Context) ([]StreamRecord, error) {
 }
 
 func (s kvStreamStore) DeleteStream(ctx context.Context, id string) error {
-	marks := []outbox.Mark{{Bucket: BucketStreams, Key: []byte(id), Delete: true},
-		{Bucket: BucketVerifications, Key: []byte(id), Delete: true}}
-	err := s.kv.Scan(BucketSubjects, []byte(id+"\x00"), func(k, _ []byte) error {
-		marks = append(marks, outbox.Mark{Bucket: BucketSubjects, Key: append([]byte(nil), k...), Delete: true})
-		return nil
-	})
+	marks, err := s.deleteMarks(id)
 	if err != nil {
-		return fmt.Errorf("scan subjects of %s: %w", id, err)
+		return err
 	}
 	if err := s.kv.Commit(ctx, marks); err != nil {
 		return fmt.Errorf("delete stream %s: %w", id, err)
@@ -176,4 +187,19 @@ func (s kvStreamStore) Subjects(_ context.Context, streamID string) (added, remo
 		return nil
 	})
 	return added, removed, err
+}
+
+// deleteMarks are the writes that remove a stream, its subjects and its
+// verification record.
+func (s kvStreamStore) deleteMarks(id string) ([]outbox.Mark, error) {
+	marks := []outbox.Mark{{Bucket: BucketStreams, Key: []byte(id), Delete: true},
+		{Bucket: BucketVerifications, Key: []byte(id), Delete: true}}
+	err := s.kv.Scan(BucketSubjects, []byte(id+"\x00"), func(k, _ []byte) error {
+		marks = append(marks, outbox.Mark{Bucket: BucketSubjects, Key: append([]byte(nil), k...), Delete: true})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("scan subjects of %s: %w", id, err)
+	}
+	return marks, nil
 }

@@ -24,8 +24,11 @@ import (
 // Queue is the delivery side: outbox.Outbox implements it.
 type Queue interface {
 	Enqueue(ctx context.Context, sets []outbox.SET, marks []outbox.Mark) error
-	SetStream(ctx context.Context, cfg outbox.StreamConfig) error
-	DeleteStream(ctx context.Context, id string) error
+	// SetStream and DeleteStream commit the marks in with (the stream
+	// store's own record) in the transaction that changes the stream, so
+	// the two owners of a stream's state never disagree.
+	SetStream(ctx context.Context, cfg outbox.StreamConfig, with ...outbox.Mark) error
+	DeleteStream(ctx context.Context, id string, with ...outbox.Mark) error
 	Poll(ctx context.Context, streamID string, req outbox.PollRequest) (outbox.PollResponse, error)
 }
 
@@ -62,6 +65,10 @@ type Config struct {
 	// VerificationSlack (default 5 s).
 	MinVerificationInterval time.Duration
 
+	// KV holds the transmitter's records; Queue delivers. The queue
+	// commits the marks it is handed (with SETs, and with a stream's
+	// change) into the same store as KV, as outbox.Outbox on KV's store
+	// does.
 	KV    KV
 	Queue Queue
 	Keys  *Keys

@@ -191,6 +191,11 @@ func (t *Tap) runWorker(ctx context.Context) error {
 				t.log.Warn("tap: publish failed; will retry", "intent", in.ID, "err", err)
 				failures++
 				next = t.cfg.Clock().Add(backoff(time.Second, failures, t.cfg.MaxBackoff))
+			} else if failures > 0 {
+				// The store answers again: retry what failed now, not
+				// after a back-off that grew with every intent the
+				// outage failed.
+				failures, next = 0, t.cfg.Clock()
 			}
 			continue
 		case <-t.cfg.After(max(0, next.Sub(t.cfg.Clock()))):

@@ -364,16 +364,7 @@ func TestSystemDatabaseOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	streamStatus := func() (int, string) {
-		req, _ := http.NewRequest(http.MethodGet, w.front+"/ssf/streams?stream_id="+id, nil)
-		req.Header.Set("Authorization", "Bearer "+demoReceiverToken)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode, resp.Header.Get("Retry-After")
-	}
+	streamStatus := func() (int, string) { return ssfStatus(t, w.front, id) }
 	waitFor := func(want int) string {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)

@@ -1,4 +1,6 @@
-package main
+// Package promtext is a small Prometheus registry: labelled counters and
+// histograms with fixed buckets, and the text exposition format 0.0.4.
+package promtext
 
 import (
 	"bufio"
@@ -21,19 +23,20 @@ import (
 // labelSep joins label values into a map key; it cannot occur in UTF-8.
 const labelSep = "\xff"
 
-// counterVec is a counter per label set.
-type counterVec struct {
+// CounterVec is a counter per label set.
+type CounterVec struct {
 	name, help string
 	labels     []string
 	m          sync.Map // joined label values → *atomic.Uint64
 }
 
-func newCounterVec(name, help string, labels ...string) *counterVec {
-	return &counterVec{name: name, help: help, labels: labels}
+// NewCounterVec makes a counter per set of the named labels.
+func NewCounterVec(name, help string, labels ...string) *CounterVec {
+	return &CounterVec{name: name, help: help, labels: labels}
 }
 
-// add increments the counter of the label values (as many as labels).
-func (c *counterVec) add(n uint64, values ...string) {
+// Add increments the counter of the label values (as many as labels).
+func (c *CounterVec) Add(n uint64, values ...string) {
 	k := strings.Join(values, labelSep)
 	v, ok := c.m.Load(k)
 	if !ok {
@@ -42,21 +45,22 @@ func (c *counterVec) add(n uint64, values ...string) {
 	v.(*atomic.Uint64).Add(n)
 }
 
-// value is the counter of the label values (0 when never incremented).
-func (c *counterVec) value(values ...string) uint64 {
+// Value is the counter of the label values (0 when never incremented).
+func (c *CounterVec) Value(values ...string) uint64 {
 	if v, ok := c.m.Load(strings.Join(values, labelSep)); ok {
 		return v.(*atomic.Uint64).Load()
 	}
 	return 0
 }
 
-// retain drops the series whose label value is not in keep: the series of
+// Retain drops the series whose label value is not in keep: the series of
 // a deleted stream end with it.
-func (c *counterVec) retain(label string, keep map[string]bool) {
+func (c *CounterVec) Retain(label string, keep map[string]bool) {
 	retainSeries(&c.m, c.labels, label, keep)
 }
 
-func (h *histogramVec) retain(label string, keep map[string]bool) {
+// Retain drops the series whose label value is not in keep.
+func (h *HistogramVec) Retain(label string, keep map[string]bool) {
 	retainSeries(&h.m, h.labels, label, keep)
 }
 
@@ -73,18 +77,19 @@ func retainSeries(m *sync.Map, labels []string, label string, keep map[string]bo
 	})
 }
 
-func (c *counterVec) family() family {
-	f := family{name: c.name, help: c.help, typ: "counter"}
+// Family is the counter's samples, ready to write.
+func (c *CounterVec) Family() Family {
+	f := Family{Name: c.name, Help: c.help, Type: "counter"}
 	c.m.Range(func(k, v any) bool {
-		f.samples = append(f.samples, sample{labels: pairs(c.labels, k.(string)), value: float64(v.(*atomic.Uint64).Load())})
+		f.Samples = append(f.Samples, Sample{Labels: pairs(c.labels, k.(string)), Value: float64(v.(*atomic.Uint64).Load())})
 		return true
 	})
 	return f
 }
 
-// histogramVec is a histogram of durations per label set, with fixed
+// HistogramVec is a histogram of durations per label set, with fixed
 // upper bounds in seconds.
-type histogramVec struct {
+type HistogramVec struct {
 	name, help string
 	labels     []string
 	bounds     []float64
@@ -97,11 +102,13 @@ type histogram struct {
 	count  atomic.Uint64
 }
 
-func newHistogramVec(name, help string, bounds []float64, labels ...string) *histogramVec {
-	return &histogramVec{name: name, help: help, labels: labels, bounds: bounds}
+// NewHistogramVec makes a histogram per set of the named labels.
+func NewHistogramVec(name, help string, bounds []float64, labels ...string) *HistogramVec {
+	return &HistogramVec{name: name, help: help, labels: labels, bounds: bounds}
 }
 
-func (h *histogramVec) observe(d time.Duration, values ...string) {
+// Observe records one duration for the label values.
+func (h *HistogramVec) Observe(d time.Duration, values ...string) {
 	k := strings.Join(values, labelSep)
 	v, ok := h.m.Load(k)
 	if !ok {
@@ -115,16 +122,17 @@ func (h *histogramVec) observe(d time.Duration, values ...string) {
 	x.count.Add(1)
 }
 
-// count is how many observations the label values have.
-func (h *histogramVec) count(values ...string) uint64 {
+// Count is how many observations the label values have.
+func (h *HistogramVec) Count(values ...string) uint64 {
 	if v, ok := h.m.Load(strings.Join(values, labelSep)); ok {
 		return v.(*histogram).count.Load()
 	}
 	return 0
 }
 
-func (h *histogramVec) family() family {
-	f := family{name: h.name, help: h.help, typ: "histogram"}
+// Family is the histogram's buckets, sums and counts, ready to write.
+func (h *HistogramVec) Family() Family {
+	f := Family{Name: h.name, Help: h.help, Type: "histogram"}
 	h.m.Range(func(k, v any) bool {
 		x := v.(*histogram)
 		base := pairs(h.labels, k.(string))
@@ -135,11 +143,11 @@ func (h *histogramVec) family() family {
 			if i < len(h.bounds) {
 				le = strconv.FormatFloat(h.bounds[i], 'g', -1, 64)
 			}
-			f.samples = append(f.samples, sample{suffix: "_bucket", labels: append(slices.Clone(base), [2]string{"le", le}), value: float64(cum)})
+			f.Samples = append(f.Samples, Sample{Suffix: "_bucket", Labels: append(slices.Clone(base), [2]string{"le", le}), Value: float64(cum)})
 		}
-		f.samples = append(f.samples,
-			sample{suffix: "_sum", labels: base, value: time.Duration(x.sumNs.Load()).Seconds()},
-			sample{suffix: "_count", labels: base, value: float64(x.count.Load())})
+		f.Samples = append(f.Samples,
+			Sample{Suffix: "_sum", Labels: base, Value: time.Duration(x.sumNs.Load()).Seconds()},
+			Sample{Suffix: "_count", Labels: base, Value: float64(x.count.Load())})
 		return true
 	})
 	return f
@@ -161,35 +169,36 @@ func pairs(names []string, joined string) [][2]string {
 	return out
 }
 
-// family is one metric with its samples, ready to write.
-type family struct {
-	name, help, typ string
-	samples         []sample
+// Family is one metric with its samples, ready to write.
+type Family struct {
+	Name, Help, Type string
+	Samples          []Sample
 }
 
-type sample struct {
-	suffix string // _bucket, _sum, _count for histograms
-	labels [][2]string
-	value  float64
+// Sample is one line of a family: its labels and value.
+type Sample struct {
+	Suffix string // _bucket, _sum, _count for histograms
+	Labels [][2]string
+	Value  float64
 }
 
-// writeFamilies writes families in the text exposition format, sorted by
+// WriteFamilies writes families in the text exposition format, sorted by
 // name and, within a family, by labels (histogram buckets keep their order).
-func writeFamilies(w io.Writer, fams []family) error {
-	slices.SortFunc(fams, func(a, b family) int { return strings.Compare(a.name, b.name) })
+func WriteFamilies(w io.Writer, fams []Family) error {
+	slices.SortFunc(fams, func(a, b Family) int { return strings.Compare(a.Name, b.Name) })
 	bw := bufio.NewWriter(w)
 	for _, f := range fams {
-		if f.typ != "histogram" {
-			slices.SortStableFunc(f.samples, func(a, b sample) int { return strings.Compare(labelString(a.labels), labelString(b.labels)) })
+		if f.Type != "histogram" {
+			slices.SortStableFunc(f.Samples, func(a, b Sample) int { return strings.Compare(LabelString(a.Labels), LabelString(b.Labels)) })
 		} else {
-			slices.SortStableFunc(f.samples, func(a, b sample) int {
-				return strings.Compare(labelString(withoutLE(a.labels)), labelString(withoutLE(b.labels)))
+			slices.SortStableFunc(f.Samples, func(a, b Sample) int {
+				return strings.Compare(LabelString(withoutLE(a.Labels)), LabelString(withoutLE(b.Labels)))
 			})
 		}
-		bw.WriteString("# HELP " + f.name + " " + escapeHelp(f.help) + "\n")
-		bw.WriteString("# TYPE " + f.name + " " + f.typ + "\n")
-		for _, s := range f.samples {
-			bw.WriteString(f.name + s.suffix + labelString(s.labels) + " " + formatValue(s.value) + "\n")
+		bw.WriteString("# HELP " + f.Name + " " + escapeHelp(f.Help) + "\n")
+		bw.WriteString("# TYPE " + f.Name + " " + f.Type + "\n")
+		for _, s := range f.Samples {
+			bw.WriteString(f.Name + s.Suffix + LabelString(s.Labels) + " " + formatValue(s.Value) + "\n")
 		}
 	}
 	return bw.Flush()
@@ -202,7 +211,8 @@ func withoutLE(l [][2]string) [][2]string {
 	return l
 }
 
-func labelString(l [][2]string) string {
+// LabelString is the label set as the exposition writes it: {a="x",b="y"}.
+func LabelString(l [][2]string) string {
 	if len(l) == 0 {
 		return ""
 	}
@@ -240,3 +250,23 @@ func formatValue(v float64) string {
 	}
 	return strconv.FormatFloat(v, 'g', -1, 64)
 }
+
+// Counter is a family of one unlabelled counter sample.
+func Counter(name, help string, v uint64) Family {
+	return Family{Name: name, Help: help, Type: "counter", Samples: []Sample{{Value: float64(v)}}}
+}
+
+// Gauge is a family of one gauge sample with the given label pairs.
+func Gauge(name, help string, v float64, labelPairs ...string) Family {
+	var l [][2]string
+	for i := 0; i+1 < len(labelPairs); i += 2 {
+		l = append(l, [2]string{labelPairs[i], labelPairs[i+1]})
+	}
+	return Family{Name: name, Help: help, Type: "gauge", Samples: []Sample{{Labels: l, Value: v}}}
+}
+
+// Desc is the counter's name and label names.
+func (c *CounterVec) Desc() (name string, labels []string) { return c.name, slices.Clone(c.labels) }
+
+// Desc is the histogram's name and label names (without le).
+func (h *HistogramVec) Desc() (name string, labels []string) { return h.name, slices.Clone(h.labels) }

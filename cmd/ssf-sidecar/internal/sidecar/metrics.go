@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/promtext"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/proxy"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
@@ -25,16 +26,16 @@ var (
 // time. Labels are route classes, status codes, kinds, sources, stream ids
 // and event types — never user data.
 type sidecarMetrics struct {
-	requests        *counterVec
-	requestDuration *histogramVec
-	observerMisses  *counterVec
-	setsIssued      *counterVec
-	deliveries      *counterVec
-	deliveryLatency *histogramVec
-	deadLettered    *counterVec
-	verifications   *counterVec
-	enqueueDropped  *counterVec
-	fenced          *counterVec
+	requests        *promtext.CounterVec
+	requestDuration *promtext.HistogramVec
+	observerMisses  *promtext.CounterVec
+	setsIssued      *promtext.CounterVec
+	deliveries      *promtext.CounterVec
+	deliveryLatency *promtext.HistogramVec
+	deadLettered    *promtext.CounterVec
+	verifications   *promtext.CounterVec
+	enqueueDropped  *promtext.CounterVec
+	fenced          *promtext.CounterVec
 
 	// sources read at scrape time; any may be nil.
 	proxyStats  func() proxy.Stats
@@ -53,46 +54,46 @@ type sidecarMetrics struct {
 
 func newSidecarMetrics() *sidecarMetrics {
 	m := &sidecarMetrics{
-		requests: newCounterVec("ssf_sidecar_http_requests_total",
+		requests: promtext.NewCounterVec("ssf_sidecar_http_requests_total",
 			"Requests served on the proxy listener, by route class (proxy, observed, upgrade, ssf) and status code.", "route_class", "code"),
-		requestDuration: newHistogramVec("ssf_sidecar_http_request_duration_seconds",
+		requestDuration: promtext.NewHistogramVec("ssf_sidecar_http_request_duration_seconds",
 			"Time to serve a request on the proxy listener, by route class.", requestBuckets, "route_class"),
-		observerMisses: newCounterVec("ssf_sidecar_observer_misses_total",
+		observerMisses: promtext.NewCounterVec("ssf_sidecar_observer_misses_total",
 			"Tap steps (before, after) that overran their bound; the request went on unobserved.", "step"),
-		setsIssued: newCounterVec("ssf_sidecar_sets_issued_total",
+		setsIssued: promtext.NewCounterVec("ssf_sidecar_sets_issued_total",
 			"SETs committed to the outbox, by stream and event type.", "stream_id", "event_type"),
-		deliveries: newCounterVec("ssf_sidecar_deliveries_total",
+		deliveries: promtext.NewCounterVec("ssf_sidecar_deliveries_total",
 			"Push delivery attempts, by stream and outcome (delivered, retry, dead).", "stream_id", "outcome"),
-		deliveryLatency: newHistogramVec("ssf_sidecar_delivery_latency_seconds",
+		deliveryLatency: promtext.NewHistogramVec("ssf_sidecar_delivery_latency_seconds",
 			"Time from enqueue to the receiver's 2xx (push) or acknowledgement (poll), by stream.", deliveryBuckets, "stream_id"),
-		deadLettered: newCounterVec("ssf_sidecar_dead_lettered_total",
+		deadLettered: promtext.NewCounterVec("ssf_sidecar_dead_lettered_total",
 			"SETs moved to the dead letter, by stream.", "stream_id"),
-		fenced: newCounterVec("ssf_sidecar_outbox_fenced_total",
+		fenced: promtext.NewCounterVec("ssf_sidecar_outbox_fenced_total",
 			"Delivery outcomes refused because the dispatcher had lost its stream's lease to a newer holder, by stream.", "stream_id"),
-		verifications: newCounterVec("ssf_sidecar_verification_requests_total",
+		verifications: promtext.NewCounterVec("ssf_sidecar_verification_requests_total",
 			"Receiver verification requests, by stream and result (accepted, rate_limited).", "stream_id", "result"),
-		enqueueDropped: newCounterVec("ssf_sidecar_outbox_enqueue_dropped_total",
+		enqueueDropped: promtext.NewCounterVec("ssf_sidecar_outbox_enqueue_dropped_total",
 			"SETs not queued at enqueue (disabled stream, duplicate key), by stream.", "stream_id"),
 		log: slog.New(slog.DiscardHandler),
 	}
 	// Zero series from the start: an increase() alert sees the first miss.
-	m.observerMisses.add(0, "before")
-	m.observerMisses.add(0, "after")
+	m.observerMisses.Add(0, "before")
+	m.observerMisses.Add(0, "after")
 	return m
 }
 
 // onRequest is proxy.Config.OnRequest.
 func (m *sidecarMetrics) onRequest(class string, status int, d time.Duration) {
-	m.requests.add(1, class, strconv.Itoa(status))
-	m.requestDuration.observe(d, class)
+	m.requests.Add(1, class, strconv.Itoa(status))
+	m.requestDuration.Observe(d, class)
 }
 
 // onObserverMiss is proxy.Config.OnObserverMiss.
-func (m *sidecarMetrics) onObserverMiss(step string) { m.observerMisses.add(1, step) }
+func (m *sidecarMetrics) onObserverMiss(step string) { m.observerMisses.Add(1, step) }
 
 // onSETIssued is ssf.Config.OnSETIssued.
 func (m *sidecarMetrics) onSETIssued(streamID, eventType string) {
-	m.setsIssued.add(1, streamID, eventType)
+	m.setsIssued.Add(1, streamID, eventType)
 }
 
 // onVerification is ssf.Config.OnVerificationRequest.
@@ -101,7 +102,7 @@ func (m *sidecarMetrics) onVerification(streamID string, accepted bool) {
 	if !accepted {
 		r = "rate_limited"
 	}
-	m.verifications.add(1, streamID, r)
+	m.verifications.Add(1, streamID, r)
 }
 
 // hooks are the outbox callbacks that feed the delivery metrics.
@@ -109,22 +110,22 @@ func (m *sidecarMetrics) hooks() outbox.Hooks {
 	return outbox.Hooks{
 		OnEnqueue: func(streamID string, _, dropped int) {
 			if dropped > 0 {
-				m.enqueueDropped.add(uint64(dropped), streamID)
+				m.enqueueDropped.Add(uint64(dropped), streamID)
 			}
 		},
 		OnAttempt: func(streamID, _, _ string, a outbox.Attempt) {
-			m.deliveries.add(1, streamID, a.Outcome)
+			m.deliveries.Add(1, streamID, a.Outcome)
 		},
 		OnDelivered: func(streamID, _ string, since time.Duration) {
-			m.deliveryLatency.observe(since, streamID)
+			m.deliveryLatency.Observe(since, streamID)
 		},
-		OnDeadLetter: func(streamID, _, _ string) { m.deadLettered.add(1, streamID) },
-		OnFenced:     func(streamID string, _, _ uint64) { m.fenced.add(1, streamID) },
+		OnDeadLetter: func(streamID, _, _ string) { m.deadLettered.Add(1, streamID) },
+		OnFenced:     func(streamID string, _, _ uint64) { m.fenced.Add(1, streamID) },
 	}
 }
 
 // families collects every metric, the scrape-time ones included.
-func (m *sidecarMetrics) families(ctx context.Context) []family {
+func (m *sidecarMetrics) families(ctx context.Context) []promtext.Family {
 	var stats []outbox.StreamStats
 	var statsErr error
 	if m.outboxStats != nil {
@@ -135,23 +136,23 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 			m.followStreams(stats)
 		}
 	}
-	fams := []family{
-		m.requests.family(), m.requestDuration.family(), m.observerMisses.family(), m.setsIssued.family(),
-		m.deliveries.family(), m.deliveryLatency.family(), m.deadLettered.family(), m.verifications.family(),
-		m.enqueueDropped.family(), m.fenced.family(),
-		gauge("ssf_sidecar_build_info", "Always 1; the version is a label.", 1, "version", m.version),
+	fams := []promtext.Family{
+		m.requests.Family(), m.requestDuration.Family(), m.observerMisses.Family(), m.setsIssued.Family(),
+		m.deliveries.Family(), m.deliveryLatency.Family(), m.deadLettered.Family(), m.verifications.Family(),
+		m.enqueueDropped.Family(), m.fenced.Family(),
+		promtext.Gauge("ssf_sidecar_build_info", "Always 1; the version is a label.", 1, "version", m.version),
 	}
 	if m.proxyStats != nil {
 		s := m.proxyStats()
 		fams = append(fams,
-			counter("ssf_sidecar_upstream_errors_total", "Requests answered 502 because authentik failed.", s.UpstreamErrors),
-			counter("ssf_sidecar_upstream_timeouts_total", "Requests answered 504 because authentik did not answer in time.", s.UpstreamTimeouts),
-			counter("ssf_sidecar_client_gone_total", "Requests the client abandoned before the end.", s.ClientGone),
-			counter("ssf_sidecar_proxy_lane_requests_total", "Proxied requests carried by the proxy's own HTTP/1.1 lane (bodyless GET and HEAD); the rest went through net/http.", s.Lane),
-			counter("ssf_sidecar_proxy_connections_refused_total", "Client connections closed at once because --max-connections were open.", s.ConnsRefused))
+			promtext.Counter("ssf_sidecar_upstream_errors_total", "Requests answered 502 because authentik failed.", s.UpstreamErrors),
+			promtext.Counter("ssf_sidecar_upstream_timeouts_total", "Requests answered 504 because authentik did not answer in time.", s.UpstreamTimeouts),
+			promtext.Counter("ssf_sidecar_client_gone_total", "Requests the client abandoned before the end.", s.ClientGone),
+			promtext.Counter("ssf_sidecar_proxy_lane_requests_total", "Proxied requests carried by the proxy's own HTTP/1.1 lane (bodyless GET and HEAD); the rest went through net/http.", s.Lane),
+			promtext.Counter("ssf_sidecar_proxy_connections_refused_total", "Client connections closed at once because --max-connections were open.", s.ConnsRefused))
 	}
 	if m.limitFailures != nil {
-		fams = append(fams, counter("ssf_sidecar_management_limit_store_failures_total",
+		fams = append(fams, promtext.Counter("ssf_sidecar_management_limit_store_failures_total",
 			"Management calls served without their rate-limit state stored, because the store failed (the limit held in memory).", uint64(max(m.limitFailures(), 0))))
 	}
 	if m.storeHealthy != nil {
@@ -159,52 +160,52 @@ func (m *sidecarMetrics) families(ctx context.Context) []family {
 		if m.storeHealthy() != nil {
 			up = 0
 		}
-		fams = append(fams, gauge("ssf_sidecar_store_up",
+		fams = append(fams, promtext.Gauge("ssf_sidecar_store_up",
 			"1 while the store is open and writable; 0 while the sidecar proxies authentik unobserved (degraded, see /healthz).", up))
 	}
 	if m.signingKeys != nil {
-		published := family{name: "ssf_sidecar_signing_keys", help: "Signing keys the JWKS publishes, by kid and state (current, retired).", typ: "gauge"}
-		leaves := family{name: "ssf_sidecar_signing_key_leaves_jwks_timestamp_seconds",
-			help: "When a retired generated signing key stops being published (its --key-overlap ends), as a Unix time, by kid.", typ: "gauge"}
+		published := promtext.Family{Name: "ssf_sidecar_signing_keys", Help: "Signing keys the JWKS publishes, by kid and state (current, retired).", Type: "gauge"}
+		leaves := promtext.Family{Name: "ssf_sidecar_signing_key_leaves_jwks_timestamp_seconds",
+			Help: "When a retired generated signing key stops being published (its --key-overlap ends), as a Unix time, by kid.", Type: "gauge"}
 		for _, k := range m.signingKeys() {
 			state := "retired"
 			if k.Current {
 				state = "current"
 			}
-			published.samples = append(published.samples, sample{labels: [][2]string{{"kid", k.KID}, {"state", state}}, value: 1})
+			published.Samples = append(published.Samples, promtext.Sample{Labels: [][2]string{{"kid", k.KID}, {"state", state}}, Value: 1})
 			if !k.LeavesJWKSAt.IsZero() {
-				leaves.samples = append(leaves.samples, sample{labels: [][2]string{{"kid", k.KID}}, value: float64(k.LeavesJWKSAt.UnixMilli()) / 1000})
+				leaves.Samples = append(leaves.Samples, promtext.Sample{Labels: [][2]string{{"kid", k.KID}}, Value: float64(k.LeavesJWKSAt.UnixMilli()) / 1000})
 			}
 		}
 		fams = append(fams, published, leaves)
 	}
 	if m.tapStats != nil {
 		s := m.tapStats()
-		sig := family{name: "ssf_sidecar_tap_signals_total", help: "Signals published by the tap, by kind and source (traffic, event_api, reconcile).", typ: "counter"}
+		sig := promtext.Family{Name: "ssf_sidecar_tap_signals_total", Help: "Signals published by the tap, by kind and source (traffic, event_api, reconcile).", Type: "counter"}
 		for kind, bySrc := range s.Signals {
 			for src, n := range bySrc {
-				sig.samples = append(sig.samples, sample{labels: [][2]string{{"kind", string(kind)}, {"source", string(src)}}, value: float64(n)})
+				sig.Samples = append(sig.Samples, promtext.Sample{Labels: [][2]string{{"kind", string(kind)}, {"source", string(src)}}, Value: float64(n)})
 			}
 		}
 		fams = append(fams, sig,
-			counter("ssf_sidecar_tap_dedup_drops_total", "Signals dropped because the other source already reported the action.", s.DedupDrops),
-			counter("ssf_sidecar_tap_misses_total", "Tapped requests whose look-up or journal write failed, and intents that could not be confirmed.", s.Misses),
-			counter("ssf_sidecar_tap_untrusted_total", "Tapped requests whose caller authentik did not confirm.", s.Untrusted),
-			counter("ssf_sidecar_tap_rate_limited_total", "Tapped requests not looked up because the client exceeded its rate.", s.RateLimited),
-			counter("ssf_sidecar_tap_queue_drops_total", "Completed observations dropped because the tap's queue was full (recovered from the journal).", s.QueueDrops),
-			counter("ssf_sidecar_poller_polls_total", "Completed reads of authentik's event API.", s.Polls),
-			counter("ssf_sidecar_poller_errors_total", "Failed reads of authentik's event API.", s.PollErrors),
-			gauge("ssf_sidecar_poller_lag_seconds", "Seconds since the event-API poller last had read everything authentik had recorded (0 while another replica holds the poller lease).", s.PollLag.Seconds()))
+			promtext.Counter("ssf_sidecar_tap_dedup_drops_total", "Signals dropped because the other source already reported the action.", s.DedupDrops),
+			promtext.Counter("ssf_sidecar_tap_misses_total", "Tapped requests whose look-up or journal write failed, and intents that could not be confirmed.", s.Misses),
+			promtext.Counter("ssf_sidecar_tap_untrusted_total", "Tapped requests whose caller authentik did not confirm.", s.Untrusted),
+			promtext.Counter("ssf_sidecar_tap_rate_limited_total", "Tapped requests not looked up because the client exceeded its rate.", s.RateLimited),
+			promtext.Counter("ssf_sidecar_tap_queue_drops_total", "Completed observations dropped because the tap's queue was full (recovered from the journal).", s.QueueDrops),
+			promtext.Counter("ssf_sidecar_poller_polls_total", "Completed reads of authentik's event API.", s.Polls),
+			promtext.Counter("ssf_sidecar_poller_errors_total", "Failed reads of authentik's event API.", s.PollErrors),
+			promtext.Gauge("ssf_sidecar_poller_lag_seconds", "Seconds since the event-API poller last had read everything authentik had recorded (0 while another replica holds the poller lease).", s.PollLag.Seconds()))
 	}
 	if m.outboxStats != nil {
-		backlog := family{name: "ssf_sidecar_outbox_backlog", help: "SETs waiting for delivery, by stream.", typ: "gauge"}
-		oldest := family{name: "ssf_sidecar_outbox_oldest_age_seconds", help: "Age of the oldest SET waiting for delivery, by stream.", typ: "gauge"}
-		dead := family{name: "ssf_sidecar_outbox_dead_letter", help: "SETs in the dead letter, by stream.", typ: "gauge"}
+		backlog := promtext.Family{Name: "ssf_sidecar_outbox_backlog", Help: "SETs waiting for delivery, by stream.", Type: "gauge"}
+		oldest := promtext.Family{Name: "ssf_sidecar_outbox_oldest_age_seconds", Help: "Age of the oldest SET waiting for delivery, by stream.", Type: "gauge"}
+		dead := promtext.Family{Name: "ssf_sidecar_outbox_dead_letter", Help: "SETs in the dead letter, by stream.", Type: "gauge"}
 		for _, s := range stats {
 			l := [][2]string{{"stream_id", s.StreamID}}
-			backlog.samples = append(backlog.samples, sample{labels: l, value: float64(s.Backlog)})
-			oldest.samples = append(oldest.samples, sample{labels: l, value: s.OldestAge.Seconds()})
-			dead.samples = append(dead.samples, sample{labels: l, value: float64(s.Dead)})
+			backlog.Samples = append(backlog.Samples, promtext.Sample{Labels: l, Value: float64(s.Backlog)})
+			oldest.Samples = append(oldest.Samples, promtext.Sample{Labels: l, Value: s.OldestAge.Seconds()})
+			dead.Samples = append(dead.Samples, promtext.Sample{Labels: l, Value: float64(s.Dead)})
 		}
 		fams = append(fams, backlog, oldest, dead)
 	}
@@ -217,25 +218,13 @@ func (m *sidecarMetrics) followStreams(stats []outbox.StreamStats) {
 	keep := make(map[string]bool, len(stats))
 	for _, s := range stats {
 		keep[s.StreamID] = true
-		m.deadLettered.add(0, s.StreamID)
-		m.fenced.add(0, s.StreamID)
+		m.deadLettered.Add(0, s.StreamID)
+		m.fenced.Add(0, s.StreamID)
 	}
-	for _, c := range []*counterVec{m.setsIssued, m.deliveries, m.deadLettered, m.fenced, m.verifications, m.enqueueDropped} {
-		c.retain("stream_id", keep)
+	for _, c := range []*promtext.CounterVec{m.setsIssued, m.deliveries, m.deadLettered, m.fenced, m.verifications, m.enqueueDropped} {
+		c.Retain("stream_id", keep)
 	}
-	m.deliveryLatency.retain("stream_id", keep)
-}
-
-func counter(name, help string, v uint64) family {
-	return family{name: name, help: help, typ: "counter", samples: []sample{{value: float64(v)}}}
-}
-
-func gauge(name, help string, v float64, labelPairs ...string) family {
-	var l [][2]string
-	for i := 0; i+1 < len(labelPairs); i += 2 {
-		l = append(l, [2]string{labelPairs[i], labelPairs[i+1]})
-	}
-	return family{name: name, help: help, typ: "gauge", samples: []sample{{labels: l, value: v}}}
+	m.deliveryLatency.Retain("stream_id", keep)
 }
 
 // ServeHTTP writes the Prometheus text exposition.
@@ -244,7 +233,24 @@ func (m *sidecarMetrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	fams := m.families(ctx)
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	if err := writeFamilies(w, fams); err != nil {
+	if err := promtext.WriteFamilies(w, fams); err != nil {
 		m.log.DebugContext(ctx, "metrics: write", slog.Any("error", err))
 	}
+}
+
+// LabelledFamilies are the families counted as things happen, by name,
+// with their label names (a histogram's end with le). A labelled family
+// shows in /metrics only once it has a sample; this is their declaration.
+func LabelledFamilies() map[string][]string {
+	m := newSidecarMetrics()
+	out := map[string][]string{}
+	for _, c := range []*promtext.CounterVec{m.requests, m.observerMisses, m.setsIssued, m.deliveries, m.deadLettered, m.verifications, m.enqueueDropped, m.fenced} {
+		name, labels := c.Desc()
+		out[name] = labels
+	}
+	for _, h := range []*promtext.HistogramVec{m.requestDuration, m.deliveryLatency} {
+		name, labels := h.Desc()
+		out[name] = append(labels, "le")
+	}
+	return out
 }

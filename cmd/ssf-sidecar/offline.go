@@ -61,7 +61,7 @@ func offlineClient(ctx context.Context, command, dataDir string) (*adminClient, 
 	cfg.AllowPrivateEndpoints = true
 	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	a, err := sidecar.Build(openCtx, cfg.Config, nil, slog.New(slog.DiscardHandler))
+	a, err := sidecar.Build(openCtx, cfg.Config, nil, slog.New(slog.DiscardHandler), sidecarOptions()...)
 	if err != nil {
 		return nil, nil, exitError{exitFailure, fmt.Errorf("cannot open %s (is the sidecar still running? then use the admin API): %w", dataDir, err)}
 	}

@@ -112,7 +112,7 @@ func (s *otlpSink) pushes() map[string]*tracepb.Span {
 // headers.
 func TestOTLPExportOverTheWire(t *testing.T) {
 	// ssf and tap bind the global provider once per binary; this test only
-	// needs the spans the app's own provider makes (proxy, delivery).
+	// needs the spans the sidecar's own provider makes (proxy, delivery).
 	testTracerProvider(t, tracetest.NewSpanRecorder())
 	sink := &otlpSink{}
 	srv := httptest.NewServer(sink)

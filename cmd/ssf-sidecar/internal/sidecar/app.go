@@ -70,10 +70,6 @@ type Sidecar struct {
 	// reloadable says it was given (WithLive), so reloads are on.
 	live       Live
 	reloadable bool
-
-	// stopped is closed once Run has completed its ordered shutdown.
-	stopped  chan struct{}
-	shutdown []string
 }
 
 // Live is what a reload changes while the sidecar runs: the receivers and
@@ -161,11 +157,11 @@ func (k storeKV) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) 
 // Build opens the store and builds every component. Nothing listens yet.
 //
 // With WithDegradedStart, a data dir or store that cannot be opened does not
-// fail the build: the app starts degraded (see degraded.go), proxying
+// fail the build: the sidecar starts degraded (see degraded.go), proxying
 // authentik without observing it, and opens the store later.
 func Build(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger *slog.Logger, opts ...Option) (_ *Sidecar, err error) {
 	a := &Sidecar{cfg: cfg, logger: logger, proxyReady: make(chan struct{}), clock: time.Now,
-		httpClient: &http.Client{Timeout: 10 * time.Second}, version: "dev", stopped: make(chan struct{})}
+		httpClient: &http.Client{Timeout: 10 * time.Second}, version: "dev"}
 	for _, o := range opts {
 		o(a)
 	}

@@ -86,12 +86,12 @@ func runServe(ctx context.Context, args []string, stdout io.Writer, stderr io.Wr
 // sidecarOptions are the options every sidecar the command builds gets
 // (the build's version, the seal keys from the encryption key), then more.
 func sidecarOptions(more ...sidecar.Option) []sidecar.Option {
-	return append([]sidecar.Option{sidecar.WithVersion(buildVersion()), sidecar.WithSealKeys(sealKeys)}, more...)
+	return append([]sidecar.Option{sidecar.WithVersion(buildVersion()), sidecar.WithSealKeys(storeSeal)}, more...)
 }
 
-// sealKeys reads the operator's encryption key the configuration names and
+// storeSeal reads the operator's encryption key the configuration names and
 // derives the seal keys of a shared database from it.
-func sealKeys(c sidecar.Config) (sidecar.SealKeys, error) {
+func storeSeal(c sidecar.Config) (sidecar.SealKeys, error) {
 	master, err := Config{Config: c}.encryptionKey()
 	if err != nil {
 		return sidecar.SealKeys{}, err

@@ -59,10 +59,17 @@ func Start(jwksURL, issuer string) (*Receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Receiver{ln: ln, jwksURL: jwksURL, issuer: issuer, out: io.Discard, keys: map[string]any{}, signal: make(chan struct{}, 1)}
+	r := NewVerifier(jwksURL, issuer)
+	r.ln = ln
 	r.srv = &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = r.srv.Serve(ln) }() // ErrServerClosed once Close stops it
 	return r, nil
+}
+
+// NewVerifier is a receiver that does not listen (no URL, nothing to
+// Close): only its Verify is for use, on SETs delivered some other way.
+func NewVerifier(jwksURL, issuer string) *Receiver {
+	return &Receiver{jwksURL: jwksURL, issuer: issuer, out: io.Discard, keys: map[string]any{}, signal: make(chan struct{}, 1)}
 }
 
 // SetOutput makes the receiver print each SET it accepts to w.

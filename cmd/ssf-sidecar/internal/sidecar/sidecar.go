@@ -121,3 +121,7 @@ func (a *Sidecar) Close(ctx context.Context) error {
 	_ = a.tracing.Shutdown(context.WithoutCancel(ctx))
 	return err
 }
+
+// Reload reads the configuration again, as POST /admin/reload does; it
+// fails for a sidecar built without WithLive.
+func (a *Sidecar) Reload(why string) (any, error) { return a.live.Reload(why) }

@@ -88,6 +88,9 @@ func (o *Outbox) statsOf(tx kv.Tx, m *streamMeta) StreamStats {
 	s := StreamStats{StreamID: m.Config.ID, Method: m.Config.Method, Status: m.Config.Status,
 		Backlog: m.Queued, Delivered: m.Delivered, Dead: m.Dead, Dropped: m.Dropped,
 		Non202: m.Non202, LastSuccess: m.LastSuccess}
+	if m.Config.Method == MethodPoll {
+		s.Leased = o.liveLeases(tx, m.Config.ID)
+	}
 	now := o.now()
 	// The oldest SET is near the head (Head SETs are young): look at a few.
 	p := streamPrefix(m.Config.ID)
@@ -110,11 +113,6 @@ func (o *Outbox) statsOf(tx kv.Tx, m *streamMeta) StreamStats {
 		s.FailingSince = st.failingSince
 		if st.until.After(now) {
 			s.BackingOffUntil = st.until
-		}
-		for _, end := range st.leases {
-			if end.After(now) {
-				s.Leased++
-			}
 		}
 		st.mu.Unlock()
 	}

@@ -69,10 +69,13 @@ type Config struct {
 	// Outbox). Replicas sharing a store must have distinct ids.
 	HolderID string
 	// LeaseTTL is how long a stream's dispatch lease lasts unrenewed
-	// (default the larger of 30s and 3×PushTimeout). A working dispatcher
-	// renews it every LeaseTTL/3; among replicas sharing a store only the
-	// holder delivers the stream, and every delivery outcome it writes
-	// carries the lease's fencing token.
+	// (default 15s): the time another replica waits before it takes over
+	// the stream of a holder that died. While a dispatcher delivers (a
+	// push attempt in flight included, however long) a heartbeat renews
+	// the lease every LeaseTTL/3; a holder that cannot renew it for
+	// LeaseTTL stops. Among replicas sharing a store only the holder
+	// delivers the stream, and every delivery outcome it writes carries
+	// the lease's fencing token.
 	LeaseTTL time.Duration
 
 	Hooks Hooks
@@ -153,7 +156,7 @@ func (c *Config) defaults() {
 	def(&c.LeaseTimeout, 60*time.Second)
 	def(&c.MaxLongPoll, 30*time.Second)
 	def(&c.SweepInterval, time.Minute)
-	def(&c.LeaseTTL, max(30*time.Second, 3*c.PushTimeout))
+	def(&c.LeaseTTL, 15*time.Second)
 	defN := func(n *int, v int) {
 		if *n == 0 {
 			*n = v

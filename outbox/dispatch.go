@@ -43,7 +43,9 @@ func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
 			continue
 		}
 		st.headPending.Store(false)
-		if !o.runPipeline(ctx, st, cfg) {
+		handled := false
+		o.withHeartbeat(ctx, st, func(ctx context.Context) { handled = o.runPipeline(ctx, st, cfg) })
+		if !handled {
 			o.sleep(ctx, wake, nil)
 		}
 	}
@@ -60,8 +62,18 @@ func (o *Outbox) pushAnnouncement(ctx context.Context, st *streamState, cfg Stre
 	if !o.holdLease(ctx, st) {
 		return true // waited; look again
 	}
-	token := st.lease.Token
-	p := batch[0]
+	attempted := true
+	o.withHeartbeat(ctx, st, func(ctx context.Context) { attempted = o.announce(ctx, st, cfg, batch[0]) })
+	return attempted
+}
+
+// announce makes the one attempt of pushAnnouncement under the stream's
+// lease, and records it.
+func (o *Outbox) announce(ctx context.Context, st *streamState, cfg StreamConfig, p *pending) bool {
+	token := st.token.Load()
+	if !o.leaseCurrent(st) {
+		return true
+	}
 	o.signOne(ctx, p)
 	tp, end := o.startPush(p.rec, cfg)
 	if p.signErr != nil {
@@ -116,7 +128,7 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 
 	results := make(chan *pending, 4*o.cfg.SignAhead)
 	committed := make(chan struct{})
-	token := st.lease.Token
+	token := st.token.Load()
 	go func() {
 		defer close(committed)
 		o.commitLoop(st, token, results, cancel)
@@ -171,7 +183,7 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 		mu.Lock()
 		halt := stop
 		mu.Unlock()
-		if halt || pctx.Err() != nil || !o.stillCurrent(st, cfg) || !o.leaseCurrent(pctx, st) {
+		if halt || pctx.Err() != nil || !o.stillCurrent(st, cfg) || !o.leaseCurrent(st) {
 			break
 		}
 		select {

@@ -14,13 +14,13 @@ func dispatchLeaseName(streamID string) string { return "dispatch/" + streamID }
 // holdLease makes sure the dispatcher holds its stream's dispatch lease,
 // taking or renewing it when LeaseTTL/3 has passed since the last time (so
 // the store sees at most one lease write per stream per LeaseTTL/3, not
-// one per SET). Dispatcher goroutine only. When it reports false it has
+// one per SET; while the stream delivers, the heartbeat renews it). Dispatcher goroutine only. When it reports false it has
 // already waited — until the other holder's lease ends, or a while after
 // a store error — and the caller loops.
 func (o *Outbox) holdLease(ctx context.Context, st *streamState) bool {
 	now := o.now()
 	held := st.lease.Token != 0 && !st.lost.Load()
-	if held && now.Before(st.renewAt) {
+	if held && now.Before(st.renewAt) && o.leaseCurrent(st) {
 		return true
 	}
 	var l Lease
@@ -42,6 +42,7 @@ func (o *Outbox) holdLease(ctx context.Context, st *streamState) bool {
 				slog.Uint64("token", l.Token))
 		}
 		st.lease, st.renewAt = l, now.Add(o.cfg.LeaseTTL/3)
+		st.validTo.Store(now.Add(o.cfg.LeaseTTL).UnixNano())
 		st.token.Store(l.Token)
 		st.lost.Store(false)
 		return true
@@ -68,28 +69,78 @@ func (o *Outbox) holdLease(ctx context.Context, st *streamState) bool {
 }
 
 // leaseCurrent is the pipeline's check before each attempt: the lease was
-// not found stale by a write, and is renewed when due. Dispatcher
-// goroutine only.
-func (o *Outbox) leaseCurrent(ctx context.Context, st *streamState) bool {
-	if st.lost.Load() || st.lease.Token == 0 {
+// neither found stale by a write or a renewal, nor left unrenewed for its
+// whole lifetime (measured from before the request that last took or
+// renewed it, on this process's clock). The heartbeat renews it.
+func (o *Outbox) leaseCurrent(st *streamState) bool {
+	if st.lost.Load() || st.token.Load() == 0 {
 		return false
 	}
-	if o.now().Before(st.renewAt) {
-		return true
-	}
-	l, err := o.leases.Renew(ctx, st.lease, o.cfg.LeaseTTL)
-	if err != nil {
-		if ctx.Err() == nil {
-			o.log.Warn("outbox dispatch lease renewal failed", slog.String("stream_id", st.id),
-				slog.Uint64("token", st.lease.Token), slog.Any("err", err))
+	return o.now().UnixNano() < st.validTo.Load()
+}
+
+// heartbeat renews the stream's dispatch lease every LeaseTTL/3 while a
+// pipeline or an announcement attempt runs, so an attempt may last longer
+// than the lease (LeaseTTL is the failover time, not a bound on
+// attempts). Every renewal is fenced: it succeeds only while this holder
+// still has the lease with its token. When the lease is lost, or no
+// renewal succeeded for the lease's whole lifetime (the store cannot be
+// reached), it calls stop: the holder stops attempting, and the outcomes
+// of attempts still in flight are refused by their fence if another
+// holder took over. It owns st.lease and st.renewAt until it returns.
+func (o *Outbox) heartbeat(ctx context.Context, st *streamState, stop func()) {
+	ttl := o.cfg.LeaseTTL
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-o.heartbeatAfter(st.renewAt.Sub(o.now())):
 		}
-		if errors.Is(err, ErrLeaseLost) {
+		sent := o.now()
+		rctx, cancel := context.WithTimeout(ctx, ttl/3)
+		l, err := o.leases.Renew(rctx, st.lease, ttl)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case err == nil:
+			st.lease, st.renewAt = l, sent.Add(ttl/3)
+			st.validTo.Store(sent.Add(ttl).UnixNano())
+			continue
+		case errors.Is(err, ErrLeaseLost):
+			o.log.Warn("outbox dispatch lease lost", slog.String("stream_id", st.id),
+				slog.Uint64("token", st.lease.Token))
 			st.lost.Store(true)
+			stop()
+			return
 		}
-		return false
+		if !o.leaseCurrent(st) {
+			o.log.Error("outbox dispatch lease could not be renewed in time: stopping the stream's delivery",
+				slog.String("stream_id", st.id), slog.Any("err", err))
+			stop()
+			return
+		}
+		o.log.Warn("outbox dispatch lease renewal failed", slog.String("stream_id", st.id),
+			slog.Uint64("token", st.lease.Token), slog.Any("err", err))
+		st.renewAt = o.now().Add(ttl / 10) // try again before the lease ends
 	}
-	st.lease, st.renewAt = l, o.now().Add(o.cfg.LeaseTTL/3)
-	return true
+}
+
+// withHeartbeat runs fn with ctx while the heartbeat renews the stream's
+// lease; fn's context ends when the heartbeat gives the lease up. The
+// heartbeat has stopped when it returns.
+func (o *Outbox) withHeartbeat(ctx context.Context, st *streamState, fn func(ctx context.Context)) {
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		o.heartbeat(hctx, st, cancel)
+	}()
+	defer func() { <-done }()
+	defer cancel()
+	fn(hctx)
 }
 
 // releaseLease gives the stream's lease up when its dispatcher stops, so

@@ -43,6 +43,7 @@ func newReplica(t *testing.T, st *Store, clock *fakeClock, holder string, n Noti
 	if err != nil {
 		t.Fatal(err)
 	}
+	ob.heartbeatAfter = clock.afterQuiet
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ob.Run(ctx) }()
@@ -60,7 +61,8 @@ func newReplica(t *testing.T, st *Store, clock *fakeClock, holder string, n Noti
 }
 
 // TestDispatchLeaseFencing: replica A takes stream s's dispatch lease and
-// stalls mid-push (a GC pause, a partition) past the lease's end; replica
+// stalls mid-push, its lease heartbeat with it (a GC pause, a partition),
+// past the lease's end; replica
 // B takes the lease over with a higher token and delivers the stream in
 // order. A's late outcome is refused — counted, and B's records stand —
 // and A stays off the stream while B holds it, also for SETs queued later.
@@ -92,6 +94,10 @@ func TestDispatchLeaseFencing(t *testing.T) {
 	}
 	a := newReplica(t, st, clock, "replica-a", notifier, nil)
 	b := newReplica(t, st, clock, "replica-b", notifier, nil)
+	// A stalls as a whole: its lease heartbeat does not get through either.
+	renewals := make(chan struct{})
+	t.Cleanup(func() { close(renewals) })
+	a.ob.leases = &gatedLeases{Leases: a.ob.leases, gate: renewals}
 	ctx := context.Background()
 	stream := func(r *replica, auth string) {
 		t.Helper()
@@ -342,8 +348,8 @@ func (c *countingLeases) Renew(ctx context.Context, l Lease, ttl time.Duration) 
 }
 
 // TestLeaseWritesPerTTL: a working dispatcher writes its lease once when it
-// starts and then at most once per LeaseTTL/3 of (injected) time, however
-// many SETs it delivers; the single replica keeps one token throughout.
+// starts and then once per LeaseTTL/3 of (injected) time, however many
+// SETs it delivers; the single replica keeps one token throughout.
 func TestLeaseWritesPerTTL(t *testing.T) {
 	clock := newFakeClock()
 	st := sharedStore(t)
@@ -372,23 +378,26 @@ func TestLeaseWritesPerTTL(t *testing.T) {
 			}
 		}
 		rc.waitFor(t, perRound, 5*time.Second)
-		l, err := ob.DispatchLease("s")
-		if err != nil || l.Holder != ob.cfg.HolderID {
-			t.Fatalf("lease = %+v, %v", l, err)
-		}
-		if !l.Expires.Equal(clock.Now().Add(30 * time.Second)) {
-			t.Errorf("round %d: lease ends %v, want renewed to %v while working", round, l.Expires, clock.Now().Add(30*time.Second))
-		}
+		var l Lease
+		eventually(t, 5*time.Second, fmt.Sprintf("round %d: the lease renewed to %v while working", round, clock.Now().Add(30*time.Second)), func() bool {
+			var err error
+			l, err = ob.DispatchLease("s")
+			return err == nil && l.Holder == ob.cfg.HolderID && l.Expires.Equal(clock.Now().Add(30*time.Second))
+		})
 		if round == 0 {
 			first = l
 		} else if l.Token != first.Token {
 			t.Errorf("round %d: token %d, want %d kept", round, l.Token, first.Token)
 		}
-		clock.Advance(11 * time.Second) // past LeaseTTL/3: the next round renews once
+		clock.Advance(11 * time.Second) // past LeaseTTL/3: renewed once
 	}
-	writes := counting.acquires.Load() + counting.renews.Load()
-	if writes != rounds {
-		t.Errorf("%d lease writes for %d SETs over %d renewal periods; want %d", writes, rounds*perRound, rounds, rounds)
+	// One take and one renewal per period (the last one included).
+	eventually(t, 5*time.Second, "the last renewal", func() bool {
+		return counting.acquires.Load()+counting.renews.Load() >= rounds+1
+	})
+	time.Sleep(50 * time.Millisecond) // no more may come
+	if writes := counting.acquires.Load() + counting.renews.Load(); writes != rounds+1 {
+		t.Errorf("%d lease writes for %d SETs over %d renewal periods; want %d", writes, rounds*perRound, rounds, rounds+1)
 	}
 	if got := rc.accepted(); len(got) != rounds*perRound {
 		t.Errorf("%d delivered", len(got))
@@ -438,4 +447,20 @@ func TestRestartTakesLeaseAtOnce(t *testing.T) {
 	if err != nil || after.Token <= before.Token || after.Holder == before.Holder {
 		t.Errorf("lease after restart = %+v (before %+v), %v", after, before, err)
 	}
+}
+
+// gatedLeases holds every Renew until gate is closed (or its context
+// ends): a holder whose heartbeat does not reach the store.
+type gatedLeases struct {
+	Leases
+	gate <-chan struct{}
+}
+
+func (g *gatedLeases) Renew(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return Lease{}, ctx.Err()
+	}
+	return g.Leases.Renew(ctx, l, ttl)
 }

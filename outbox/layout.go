@@ -20,7 +20,7 @@ var (
 	bktExpiry  = []byte("outbox.expiry")  // unix nanos, kind, id → nil (time-ordered sweeps)
 )
 
-var allBuckets = [][]byte{bktStreams, bktQueue, bktSets, bktHist, bktDead, bktKeys, bktExpiry}
+var allBuckets = [][]byte{bktStreams, bktQueue, bktSets, bktHist, bktDead, bktKeys, bktExpiry, bktPolled}
 
 // Expiry kinds.
 const (
@@ -116,6 +116,21 @@ type streamMeta struct {
 	// recorded with the attempt's outcome so a restart keeps them.
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	// Failing is the push stream's run of failed attempts, recorded with
+	// their outcomes so a restart keeps the backoff and the time the
+	// stream began to fail (zero once an attempt succeeds).
+	Failing failingState `json:"failing,omitzero"`
+}
+
+// failingState is a push stream's run of consecutive failed attempts.
+type failingState struct {
+	// Since is when the run began; Until is when the stream may be tried
+	// again (the backoff); Failures counts the attempts; Reported says the
+	// Reporter heard of it.
+	Since    time.Time `json:"since,omitzero"`
+	Until    time.Time `json:"until,omitzero"`
+	Failures int       `json:"failures,omitempty"`
+	Reported bool      `json:"reported,omitempty"`
 }
 
 // headBlock is how many head sequences one block holds.

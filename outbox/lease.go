@@ -280,12 +280,7 @@ func (l *StoreLeases) Current(name string) (Lease, error) {
 // clock is the time leases are measured on: the backend's own clock when
 // it has one every process agrees on (a database's now()), else the
 // configured one.
-func (l *StoreLeases) clock(tx kv.Tx) time.Time {
-	if t, ok := tx.Now(); ok {
-		return t
-	}
-	return l.now()
-}
+func (l *StoreLeases) clock(tx kv.Tx) time.Time { return leaseClock(tx, l.now) }
 
 // holds reports whether rec is l, still held by l's holder with l's token.
 func holds(rec *leaseRecord, l Lease) bool {

@@ -40,13 +40,17 @@ type Outbox struct {
 
 	droppedUnknown atomic.Int64
 
-	leases Leases       // the dispatch leases (StoreLeases on store)
-	fenced atomic.Int64 // delivery outcomes refused for a stale token
+	leases Leases // the dispatch leases (StoreLeases on store)
+	// heartbeatAfter is the timer of lease heartbeats (cfg.After; tests
+	// tell its timers apart from the others).
+	heartbeatAfter func(time.Duration) <-chan time.Time
+	fenced         atomic.Int64 // delivery outcomes refused for a stale token
 }
 
-// streamState is the in-memory side of a stream: its configuration and the
-// delivery state that need not survive a restart (lastSuccess, lastErr and
-// lastErrAt are also kept in the stream's meta and read back at open).
+// streamState is the in-memory side of a stream: its configuration and its
+// delivery state (lastSuccess, lastErr and lastErrAt, and the failing run —
+// failures, failingSince, until, reported — are also kept in the stream's
+// meta with the outcomes they come from, and read back at open).
 type streamState struct {
 	id string
 
@@ -59,17 +63,19 @@ type streamState struct {
 	lastErrAt    time.Time
 	lastSuccess  time.Time
 	reported     bool
-	leases       map[string]time.Time // poll: jti → lease end
-	cancel       context.CancelFunc   // dispatcher
-	headPending  atomic.Bool          // a Head SET arrived: restart the batch
+	cancel       context.CancelFunc // dispatcher
+	headPending  atomic.Bool        // a Head SET arrived: restart the batch
 
 	// The dispatch lease: lease and renewAt belong to the dispatcher
-	// goroutine; token mirrors lease.Token for the other goroutines (0:
-	// none), and lost is set when a fenced write was refused.
+	// goroutine, or to its heartbeat while one runs; token mirrors
+	// lease.Token for the other goroutines (0: none), lost is set when a
+	// fenced write or a renewal was refused, and validTo (unix nanos on
+	// this process's clock) is when the lease ends unless renewed.
 	lease   Lease
 	renewAt time.Time
 	token   atomic.Uint64
 	lost    atomic.Bool
+	validTo atomic.Int64
 }
 
 // New opens the outbox on the store; Run starts delivery.
@@ -88,6 +94,7 @@ func New(cfg Config) (*Outbox, error) {
 		streams: make(map[string]*streamState),
 	}
 	o.leases = &StoreLeases{store: cfg.Store, now: cfg.Clock, log: cfg.Logger}
+	o.heartbeatAfter = cfg.After
 	o.client = o.newClient()
 	if err := o.store.update(context.Background(), ensureBuckets); err != nil {
 		return nil, err
@@ -98,9 +105,10 @@ func New(cfg Config) (*Outbox, error) {
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("outbox: stream %q meta: %w", k, err)
 			}
+			f := m.Failing
 			o.streams[m.Config.ID] = &streamState{id: m.Config.ID, cfg: m.Config,
 				lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt,
-				leases: map[string]time.Time{}}
+				failures: f.Failures, failingSince: f.Since, until: f.Until, reported: f.Reported}
 			return nil
 		})
 	})
@@ -313,13 +321,8 @@ func (o *Outbox) supersede(tx kv.Tx, m *streamMeta, stream, jti string) error {
 	if err != nil || r == nil || r.StreamID != stream || r.State != StateQueued {
 		return err
 	}
-	if st := o.stream(stream); st != nil {
-		st.mu.Lock()
-		_, leased := st.leases[jti]
-		st.mu.Unlock()
-		if leased {
-			return nil
-		}
+	if handedOut(tx, r) {
+		return nil
 	}
 	if err := dropRecord(tx, r); err != nil {
 		return err
@@ -392,6 +395,18 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("outbox: stream config: %w", err)
 	}
+	if st := o.stream(cfg.ID); st != nil {
+		// The backoff ends before the change is stored, so an outcome
+		// committed meanwhile does not store the old run again.
+		st.mu.Lock()
+		if retryNow(st.cfg, cfg) {
+			st.until = time.Time{}
+			st.failures = 0
+			st.failingSince = time.Time{}
+			st.reported = false
+		}
+		st.mu.Unlock()
+	}
 	err := o.store.update(ctx, func(tx kv.Tx) error {
 		m, err := getMeta(tx, cfg.ID)
 		if err != nil {
@@ -399,6 +414,9 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 		}
 		if m == nil {
 			m = &streamMeta{Tail: seqOrigin, Head: seqOrigin - 1}
+		}
+		if retryNow(m.Config, cfg) {
+			m.Failing = failingState{}
 		}
 		m.Config = cfg
 		return putMeta(tx, m)
@@ -412,28 +430,20 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 		if err := o.discardChunks(ctx, cfg.ID, bktQueue, true, true); err != nil {
 			return err
 		}
+		// What is left (its own announcement) is handed out afresh.
+		if err := o.clearPollLeases(ctx, cfg.ID); err != nil {
+			return err
+		}
 	}
 	o.mu.Lock()
 	st := o.streams[cfg.ID]
 	if st == nil {
-		st = &streamState{id: cfg.ID, leases: map[string]time.Time{}}
+		st = &streamState{id: cfg.ID}
 		o.streams[cfg.ID] = st
 	}
 	st.mu.Lock()
 	old := st.cfg
 	st.cfg = cfg
-	if old.EndpointURL != cfg.EndpointURL || old.AuthorizationHeader != cfg.AuthorizationHeader ||
-		old.Status != cfg.Status || old.Method != cfg.Method {
-		// A receiver that fixed its endpoint or credentials, or resumed the
-		// stream, gets an attempt now.
-		st.until = time.Time{}
-		st.failures = 0
-		st.failingSince = time.Time{}
-		st.reported = false
-	}
-	if cfg.Status == StatusDisabled {
-		st.leases = map[string]time.Time{}
-	}
 	st.mu.Unlock()
 	o.startDispatcherLocked(st)
 	o.mu.Unlock()
@@ -444,6 +454,14 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	}
 	o.cfg.Notifier.Notify(cfg.ID)
 	return nil
+}
+
+// retryNow reports whether a stream's change ends its backoff: a receiver
+// that fixed its endpoint or credentials, or resumed the stream, gets an
+// attempt now.
+func retryNow(old, cfg StreamConfig) bool {
+	return old.EndpointURL != cfg.EndpointURL || old.AuthorizationHeader != cfg.AuthorizationHeader ||
+		old.Status != cfg.Status || old.Method != cfg.Method
 }
 
 // DeleteStream forgets a stream and discards its queue, dead letter and
@@ -534,6 +552,8 @@ func (o *Outbox) discardChunks(ctx context.Context, id string, bucket []byte, co
 						return err
 					}
 				} else if err := c.Delete(); err != nil {
+					return err
+				} else if err := tx.Bucket(bktPolled).Delete(k); err != nil {
 					return err
 				}
 				if err := tx.Bucket(bktHist).Delete(k); err != nil {

@@ -122,9 +122,10 @@ func (e *PollRequestError) Error() string {
 // maxPollAcks bounds the ack and setErrs lists of one request.
 const maxPollAcks = 10000
 
-// maxLeases bounds the SETs under lease on one stream, so a receiver that
-// polls without acknowledging cannot grow the lease table without end.
-const maxLeases = 20000
+// maxLeases bounds the SETs under an unexpired hand-out lease on one
+// stream, so a receiver that polls without acknowledging cannot make every
+// poll walk past an ever longer run of leased SETs.
+var maxLeases = 20000 // a variable for tests
 
 // DecodePollRequest reads an RFC 8936 poll request of at most limit bytes.
 // An empty body is an empty request (a short poll would then be a long
@@ -241,35 +242,43 @@ func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (Po
 	if method != MethodPoll {
 		return resp, ErrNotPoll
 	}
-	if len(req.Ack) > 0 || len(req.SetErrs) > 0 {
-		if err := o.acknowledge(ctx, st, req.Ack, req.SetErrs); err != nil {
-			return resp, err
-		}
-	}
-	if req.MaxEvents != nil && *req.MaxEvents == 0 {
-		return resp, nil
-	}
 	limit := o.cfg.MaxPollEvents
 	if req.MaxEvents != nil && *req.MaxEvents < limit {
-		limit = *req.MaxEvents
+		limit = *req.MaxEvents // 0: acknowledge only
+	}
+	acks := len(req.Ack) > 0 || len(req.SetErrs) > 0
+	if limit == 0 && !acks {
+		return resp, nil
 	}
 	deadline := o.now().Add(o.cfg.MaxLongPoll)
-	for {
+	for first := true; ; first = false {
 		wake := o.cfg.Notifier.Wait(streamID)
-		picked, more, nextLease, err := o.lease(st, limit)
-		if err != nil {
+		var look pollPick
+		var err error
+		if first && acks {
+			// The acks and the hand-out that follows them share one write.
+			look, err = o.acknowledge(ctx, st, req.Ack, req.SetErrs, limit)
+		} else {
+			look, err = o.lease(ctx, st, limit)
+		}
+		if err != nil || limit == 0 {
 			return resp, err
 		}
-		if len(picked) > 0 {
-			return o.handOut(ctx, st, picked, more)
+		if len(look.picked) > 0 {
+			return o.handOut(ctx, st, look.picked, look.more)
 		}
+		more, nextLease := look.more, look.nextIn
 		now := o.now()
 		if req.ReturnImmediately || !now.Before(deadline) {
+			// more: SETs wait behind the lease bound.
+			resp.MoreAvailable = more
 			return resp, nil
 		}
+		// Wake when the first lease ends (measured on the lease clock, so
+		// as a duration) to hand its SET out again.
 		wait := deadline.Sub(now)
-		if !nextLease.IsZero() && nextLease.Sub(now) < wait {
-			wait = max(nextLease.Sub(now), time.Millisecond)
+		if nextLease > 0 && nextLease < wait {
+			wait = max(nextLease, time.Millisecond)
 		}
 		select {
 		case <-ctx.Done():
@@ -281,52 +290,6 @@ func (o *Outbox) Poll(ctx context.Context, streamID string, req PollRequest) (Po
 			return resp, ErrUnknownStream
 		}
 	}
-}
-
-// lease picks up to limit queued SETs not under lease and leases them.
-// It also reports whether more were eligible and when the next lease ends.
-func (o *Outbox) lease(st *streamState, limit int) (picked []*Record, more bool, nextLease time.Time, err error) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	// A stream no longer enabled hands out only the Announce SETs at its
-	// head (the stream-updated SET of the pause or disable).
-	onlyAnnounce := st.cfg.Status != StatusEnabled
-	now := o.now()
-	err = o.store.view(func(tx kv.Tx) error {
-		p := streamPrefix(st.id)
-		c := tx.Bucket(bktQueue).Cursor()
-		for k, v := c.Seek(p); k != nil && hasPrefix(k, p); k, v = c.Next() {
-			if end, ok := st.leases[string(v)]; ok && end.After(now) {
-				if nextLease.IsZero() || end.Before(nextLease) {
-					nextLease = end
-				}
-				continue
-			}
-			r, err := getRecord(tx, string(v))
-			if err != nil {
-				return err
-			}
-			if onlyAnnounce && (r == nil || !r.Announce) {
-				return nil
-			}
-			if len(picked) == limit || len(st.leases)+len(picked) >= maxLeases {
-				more = true
-				return nil
-			}
-			if r != nil {
-				picked = append(picked, r)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, false, time.Time{}, err
-	}
-	end := now.Add(o.cfg.LeaseTimeout)
-	for _, r := range picked {
-		st.leases[r.JTI] = end
-	}
-	return picked, more, nextLease, nil
 }
 
 // handOut signs the leased SETs in parallel.
@@ -346,17 +309,22 @@ func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record,
 	}
 	wg.Wait()
 	var failed error
-	st.mu.Lock()
+	var unsent []*Record
 	for i, r := range picked {
 		if errs[i] != nil {
-			delete(st.leases, r.JTI)
+			unsent = append(unsent, r)
 			failed = errs[i]
 			continue
 		}
 		resp.Sets[r.JTI] = compact[i]
 		resp.Order = append(resp.Order, r.JTI)
 	}
-	st.mu.Unlock()
+	if len(unsent) > 0 {
+		if err := o.unlease(context.WithoutCancel(ctx), st.id, unsent); err != nil {
+			// They come back when their leases end.
+			o.log.Error("outbox poll: end the leases of unsigned SETs", slog.String("stream_id", st.id), slog.Any("err", err))
+		}
+	}
 	if len(resp.Sets) == 0 && failed != nil {
 		return PollResponse{Sets: map[string]string{}}, fmt.Errorf("outbox: sign: %w", failed)
 	}
@@ -377,12 +345,24 @@ func (o *Outbox) handOut(ctx context.Context, st *streamState, picked []*Record,
 }
 
 // acknowledge records acks (delivered) and setErrs (dead letter) of a poll
-// stream durably. Unknown jtis and jtis of other streams are ignored.
-func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string, setErrs map[string]SetErr) error {
+// stream durably. Unknown jtis and jtis of other streams are ignored. In
+// the same transaction it leases up to limit SETs for the poll, as lease
+// does (0: none).
+func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string, setErrs map[string]SetErr, limit int) (pollPick, error) {
 	now := o.now()
+	onlyAnnounce := o.onlyAnnounce(st)
 	var delivered, dead []*Record
-	err := o.store.update(ctx, func(tx kv.Tx) error {
-		delivered, dead = delivered[:0], dead[:0]
+	var got pollPick
+	prefetch := make([]kv.BucketKey, 0, len(acks)+len(setErrs)+1)
+	prefetch = append(prefetch, kv.BucketKey{Bucket: bktStreams, Key: []byte(st.id)})
+	for _, jti := range acks {
+		prefetch = append(prefetch, kv.BucketKey{Bucket: bktSets, Key: []byte(jti)})
+	}
+	for jti := range setErrs {
+		prefetch = append(prefetch, kv.BucketKey{Bucket: bktSets, Key: []byte(jti)})
+	}
+	err := o.store.updatePrefetch(ctx, prefetch, func(tx kv.Tx) error {
+		delivered, dead, got = delivered[:0], dead[:0], pollPick{}
 		m, err := getMeta(tx, st.id)
 		if err != nil {
 			return err
@@ -423,26 +403,29 @@ func (o *Outbox) acknowledge(ctx context.Context, st *streamState, acks []string
 			}
 			dead = append(dead, r)
 		}
-		return putMeta(tx, m)
+		if err := putMeta(tx, m); err != nil {
+			return err
+		}
+		if limit == 0 {
+			return nil
+		}
+		if got, err = o.pickPoll(tx, st.id, limit, onlyAnnounce); err != nil {
+			return err
+		}
+		return o.putLeases(tx, st.id, got.picked)
 	})
 	if err != nil {
-		return err
-	}
-	st.mu.Lock()
-	for _, jti := range acks {
-		delete(st.leases, jti)
-	}
-	for jti := range setErrs {
-		delete(st.leases, jti)
+		return pollPick{}, err
 	}
 	if len(delivered) > 0 {
+		st.mu.Lock()
 		st.lastSuccess = now
+		st.mu.Unlock()
 	}
-	st.mu.Unlock()
 	o.afterDelivery(delivered, dead, now)
 	o.tracePolled(ctx, "acked", delivered)
 	o.tracePolled(ctx, "set_err", dead)
-	return nil
+	return got, nil
 }
 
 // ServePoll is an http.Handler body for a stream's poll endpoint, for a

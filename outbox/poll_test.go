@@ -75,11 +75,20 @@ func TestPollConformance(t *testing.T) {
 	if got := verifyAll(resp); !slices.Equal(got, ids[4:]) {
 		t.Fatalf("after lease = %v", got)
 	}
-	// Acks survive a restart; unacked SETs are handed out again after one.
-	h.reopen(func(c *Config) { c.SweepInterval = noSweep })
+	// Acks and leases survive a restart: the SET handed out just before
+	// it is not handed out again until its lease ends.
+	h.reopen(func(c *Config) { c.SweepInterval = noSweep; c.LeaseTimeout = time.Minute })
+	resp, _ = h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
+	if len(resp.Sets) != 0 {
+		t.Fatalf("after restart, a leased SET handed out again early: %v", sortedKeys(resp.Sets))
+	}
+	if st, _ := h.ob.Stats(ctx, "p"); st.Leased != 1 {
+		t.Errorf("after restart Leased = %d, want 1", st.Leased)
+	}
+	clock.Advance(time.Minute)
 	resp, _ = h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
 	if got := verifyAll(resp); !slices.Equal(got, ids[4:]) {
-		t.Fatalf("after restart = %v", got)
+		t.Fatalf("after restart and the lease's end = %v", got)
 	}
 	// Acking a jti of another stream or an unknown one does nothing.
 	h.pollStream("other")
@@ -348,5 +357,127 @@ func TestDiscardLargeBacklog(t *testing.T) {
 	}
 	if left != 0 {
 		t.Errorf("%d entries left after disable and delete", left)
+	}
+}
+
+// TestPollLeaseBound: a stream never has more than maxLeases SETs under
+// an unexpired lease; the rest wait, announced by moreAvailable, until
+// acks or lease ends make room.
+func TestPollLeaseBound(t *testing.T) {
+	defer func(n int) { maxLeases = n }(maxLeases)
+	maxLeases = 3
+	ctx := context.Background()
+	clock := newFakeClock()
+	h := newHarness(t, clock, func(c *Config) { c.SweepInterval = noSweep; c.LeaseTimeout = time.Minute })
+	h.pollStream("p")
+	ids := jtis("p", 5)
+	for _, id := range ids {
+		h.enqueue(makeSET("p", id))
+	}
+	resp, err := h.ob.Poll(ctx, "p", PollRequest{MaxEvents: intp(2), ReturnImmediately: true})
+	if err != nil || !slices.Equal(resp.Order, ids[:2]) {
+		t.Fatalf("poll 1 = %v, %v", resp.Order, err)
+	}
+	resp, _ = h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
+	if !slices.Equal(resp.Order, ids[2:3]) || !resp.MoreAvailable {
+		t.Fatalf("poll 2 = %v more=%v, want %v and more (the bound of 3)", resp.Order, resp.MoreAvailable, ids[2:3])
+	}
+	resp, _ = h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
+	if len(resp.Order) != 0 || !resp.MoreAvailable {
+		t.Fatalf("poll at the bound = %v more=%v, want nothing and more", resp.Order, resp.MoreAvailable)
+	}
+	if st, _ := h.ob.Stats(ctx, "p"); st.Leased != 3 {
+		t.Errorf("Leased = %d, want 3", st.Leased)
+	}
+	resp, _ = h.ob.Poll(ctx, "p", PollRequest{Ack: ids[:1], ReturnImmediately: true})
+	if !slices.Equal(resp.Order, ids[3:4]) {
+		t.Fatalf("after one ack = %v, want %v", resp.Order, ids[3:4])
+	}
+	clock.Advance(time.Minute)
+	resp, _ = h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true})
+	if want := append(slices.Clone(ids[1:3]), ids[3]); !slices.Equal(resp.Order, want) || !resp.MoreAvailable {
+		t.Fatalf("after the leases ended = %v more=%v, want %v and more", resp.Order, resp.MoreAvailable, want)
+	}
+}
+
+// TestLongPollWakesAtLeaseEnd: a long poll that finds every SET under
+// lease waits until the first lease ends (not the whole long-poll bound)
+// and then hands that SET out again.
+func TestLongPollWakesAtLeaseEnd(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	h := newHarness(t, clock, func(c *Config) {
+		c.SweepInterval = noSweep
+		c.LeaseTimeout = 20 * time.Second
+		c.MaxLongPoll = 30 * time.Second
+	})
+	h.pollStream("p")
+	h.enqueue(makeSET("p", "a"))
+	if resp, err := h.ob.Poll(ctx, "p", PollRequest{ReturnImmediately: true}); err != nil || len(resp.Sets) != 1 {
+		t.Fatalf("first poll = %v, %v", resp.Order, err)
+	}
+	clock.Advance(5 * time.Second)
+	done := make(chan PollResponse, 1)
+	go func() {
+		r, _ := h.ob.Poll(ctx, "p", PollRequest{})
+		done <- r
+	}()
+	eventually(t, 5*time.Second, "the long poll's timer", func() bool {
+		d, ok := clock.pendingBelow(noSweep / 2)
+		return ok && d == 15*time.Second
+	})
+	clock.Advance(15 * time.Second)
+	select {
+	case r := <-done:
+		if !slices.Equal(r.Order, []string{"a"}) {
+			t.Fatalf("long poll at the lease's end = %v, want [a]", r.Order)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the long poll did not wake at the lease's end")
+	}
+}
+
+// TestPollWrites: a poll writes once for its whole batch (acks and
+// hand-out together), and a poll that finds nothing to hand out writes
+// nothing.
+func TestPollWrites(t *testing.T) {
+	ctx := context.Background()
+	// Not running: no sweep or dispatcher writes meanwhile.
+	store := sharedStore(t)
+	ob, err := New(Config{Store: store, Signer: newSigner(t), LeaseTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ob.SetStream(ctx, StreamConfig{ID: "p", Method: MethodPoll, Status: StatusEnabled}); err != nil {
+		t.Fatal(err)
+	}
+	ids := jtis("p", 40)
+	for _, id := range ids {
+		if err := ob.Enqueue(ctx, []SET{makeSET("p", id)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writes := func(poll PollRequest) (PollResponse, uint64) {
+		t.Helper()
+		before := store.stats().Transactions
+		resp, err := ob.Poll(ctx, "p", poll)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, store.stats().Transactions - before
+	}
+	resp, n := writes(PollRequest{MaxEvents: intp(20), ReturnImmediately: true})
+	if len(resp.Sets) != 20 || n != 1 {
+		t.Errorf("hand-out of %d SETs took %d write transactions, want 20 in 1", len(resp.Sets), n)
+	}
+	resp, n = writes(PollRequest{Ack: resp.Order, ReturnImmediately: true})
+	if !slices.Equal(resp.Order, ids[20:]) || n != 1 {
+		t.Errorf("ack and hand-out = %v in %d write transactions, want %v in 1", resp.Order, n, ids[20:])
+	}
+	if resp, n = writes(PollRequest{ReturnImmediately: true}); len(resp.Sets) != 0 || n != 0 {
+		t.Errorf("a poll with everything under lease handed out %v and wrote %d times, want nothing and no write", resp.Order, n)
+	}
+	if st, _ := ob.Stats(ctx, "p"); st.Delivered != 20 || st.Leased != 20 {
+		t.Errorf("stats %+v, want 20 delivered and 20 leased", st)
 	}
 }

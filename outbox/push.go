@@ -284,14 +284,17 @@ func abortedAttempt(r pushResult) Attempt {
 func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) error {
 	tried := batch
 	now := o.now()
-	// fail and succeed ran before the batch reached here: its last error
-	// is recorded with the outcomes it belongs to.
-	st.mu.Lock()
-	lastErr, lastErrAt := st.lastErr, st.lastErrAt
-	st.mu.Unlock()
 	var delivered, dead []*Record
 	err := o.store.update(context.Background(), func(tx kv.Tx) error {
 		delivered, dead = delivered[:0], dead[:0]
+		// fail and succeed ran before the batch reached here: its last
+		// error and the failing run are recorded with the outcomes they
+		// come from, read in the transaction so a SetStream that ended the
+		// run before it is not undone by it.
+		st.mu.Lock()
+		lastErr, lastErrAt := st.lastErr, st.lastErrAt
+		failing := failingState{Since: st.failingSince, Until: st.until, Failures: st.failures, Reported: st.reported}
+		st.mu.Unlock()
 		m, err := getMeta(tx, st.id)
 		if err != nil || m == nil {
 			return err // stream deleted meanwhile: nothing to record
@@ -335,6 +338,7 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 		if lastErr != "" && lastErrAt.After(m.LastErrorAt) {
 			m.LastError, m.LastErrorAt = lastErr, lastErrAt
 		}
+		m.Failing = failing
 		return putMeta(tx, m)
 	})
 	if err != nil {
@@ -361,7 +365,7 @@ func (o *Outbox) afterDelivery(delivered, dead []*Record, now time.Time) {
 
 // markDelivered takes r out of the queue as delivered.
 func (o *Outbox) markDelivered(tx kv.Tx, m *streamMeta, r *Record, now time.Time) error {
-	if err := tx.Bucket(bktQueue).Delete(seqKey(r.StreamID, r.Seq)); err != nil {
+	if err := unqueue(tx, seqKey(r.StreamID, r.Seq)); err != nil {
 		return err
 	}
 	r.State = StateDelivered
@@ -377,7 +381,7 @@ func (o *Outbox) markDelivered(tx kv.Tx, m *streamMeta, r *Record, now time.Time
 // markDead takes r out of the queue into the dead letter.
 func (o *Outbox) markDead(tx kv.Tx, m *streamMeta, r *Record, now time.Time, reason string) error {
 	k := seqKey(r.StreamID, r.Seq)
-	if err := tx.Bucket(bktQueue).Delete(k); err != nil {
+	if err := unqueue(tx, k); err != nil {
 		return err
 	}
 	if err := tx.Bucket(bktDead).Put(k, []byte(r.JTI)); err != nil {
@@ -392,4 +396,12 @@ func (o *Outbox) markDead(tx kv.Tx, m *streamMeta, r *Record, now time.Time, rea
 		return err
 	}
 	return putRecord(tx, r)
+}
+
+// unqueue removes a SET's queue entry and its poll hand-out lease.
+func unqueue(tx kv.Tx, k []byte) error {
+	if err := tx.Bucket(bktQueue).Delete(k); err != nil {
+		return err
+	}
+	return tx.Bucket(bktPolled).Delete(k)
 }

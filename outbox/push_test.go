@@ -656,3 +656,48 @@ func TestLastErrorSurvivesReopen(t *testing.T) {
 		t.Errorf("last error %q carries the endpoint or its credentials", after.LastError)
 	}
 }
+
+// TestBackoffSurvivesReopen: a failing push stream's backoff and the time
+// it began to fail are read back at open, so the reopened dispatcher waits
+// out what is left of the backoff; a change of credentials ends the
+// backoff, also for the next open.
+func TestBackoffSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock()
+	rc := newReceiver(t, func(n int, r *http.Request, w http.ResponseWriter) {
+		w.WriteHeader(http.StatusInternalServerError)
+	})
+	h := newHarness(t, clock, func(c *Config) { c.SweepInterval = noSweep })
+	h.pushStream("s", rc.srv.URL, "")
+	h.enqueue(makeSET("s", "x"))
+	waitBackoff(t, clock)
+	clock.Advance(2 * time.Second) // the first backoff (1s) ends: a second failure
+	var before StreamStats
+	eventually(t, 5*time.Second, "the second backoff", func() bool {
+		before, _ = h.ob.Stats(ctx, "s")
+		return before.BackingOffUntil.Sub(clock.Now()) == 2*time.Second
+	})
+	h.reopen(func(c *Config) { c.SweepInterval = noSweep })
+	after, err := h.ob.Stats(ctx, "s")
+	if err != nil || !after.FailingSince.Equal(before.FailingSince) || after.FailingSince.IsZero() ||
+		!after.BackingOffUntil.Equal(before.BackingOffUntil) {
+		t.Fatalf("after reopen: failing since %v, backing off until %v (%v); want %v and %v",
+			after.FailingSince, after.BackingOffUntil, err, before.FailingSince, before.BackingOffUntil)
+	}
+	if d := waitBackoff(t, clock); d != 2*time.Second {
+		t.Errorf("the reopened dispatcher waits %v, want the 2s left of the backoff", d)
+	}
+	// The next failure continues the run: the backoff doubles again.
+	clock.Advance(2 * time.Second)
+	eventually(t, 5*time.Second, "the third backoff", func() bool {
+		s, _ := h.ob.Stats(ctx, "s")
+		return s.BackingOffUntil.Sub(clock.Now()) == 4*time.Second && s.FailingSince.Equal(before.FailingSince)
+	})
+	h.pushStream("s", rc.srv.URL, "Bearer fixed")
+	h.reopen(func(c *Config) { c.SweepInterval = noSweep })
+	// Tried again at once after the change (it may have failed anew, a
+	// new run), but the old run is gone.
+	if s, _ := h.ob.Stats(ctx, "s"); s.FailingSince.Equal(before.FailingSince) {
+		t.Errorf("after a change of credentials and a reopen: failing since %v, the old run", s.FailingSince)
+	}
+}

@@ -34,7 +34,7 @@ type sweepCounts struct {
 
 // sweep moves undelivered SETs past Retention to the dead letter, purges
 // delivered records past DeliveredRetention and dead letters past
-// Retention, forgets old idempotency keys, and drops stale poll leases.
+// Retention and forgets old idempotency keys.
 func (o *Outbox) sweep(ctx context.Context) (sweepCounts, error) {
 	var total sweepCounts
 	for {
@@ -133,36 +133,16 @@ func (o *Outbox) sweep(ctx context.Context) (sweepCounts, error) {
 			break
 		}
 	}
-	o.dropStaleLeases()
 	return total, nil
 }
 
 // dropRecord removes a record that is no longer queued, with its indexes.
 func dropRecord(tx kv.Tx, r *Record) error {
 	k := seqKey(r.StreamID, r.Seq)
-	for _, b := range [][]byte{bktHist, bktDead, bktQueue} {
+	for _, b := range [][]byte{bktHist, bktDead, bktQueue, bktPolled} {
 		if err := tx.Bucket(b).Delete(k); err != nil {
 			return err
 		}
 	}
 	return tx.Bucket(bktSets).Delete([]byte(r.JTI))
-}
-
-func (o *Outbox) dropStaleLeases() {
-	now := o.now()
-	o.mu.Lock()
-	streams := make([]*streamState, 0, len(o.streams))
-	for _, st := range o.streams {
-		streams = append(streams, st)
-	}
-	o.mu.Unlock()
-	for _, st := range streams {
-		st.mu.Lock()
-		for jti, end := range st.leases {
-			if !end.After(now) {
-				delete(st.leases, jti)
-			}
-		}
-		st.mu.Unlock()
-	}
 }

@@ -69,7 +69,7 @@ func (t *Transmitter) AdminDeleteStream(ctx context.Context, id string) error {
 func (t *Transmitter) AdminVerify(ctx context.Context, id, state string) error {
 	t.mu.RLock()
 	st, ok := t.streams[id]
-	var rec streamRecord
+	var rec StreamRecord
 	if ok {
 		rec = st.rec
 	}

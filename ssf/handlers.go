@@ -122,7 +122,7 @@ func (t *Transmitter) createStream(c echo.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.cfg.Clock()
-	rec := streamRecord{ID: t.cfg.NewID(), Receiver: p.receiver.Name, Audience: p.receiver.Audience,
+	rec := StreamRecord{ID: t.cfg.NewID(), Receiver: p.receiver.Name, Audience: p.receiver.Audience,
 		Status: StatusEnabled, DefaultSubjects: t.cfg.DefaultSubjects, Created: now, Updated: now}
 	rec.EventsRequested = slices.Clone(SupportedEvents)
 	if req.HasEvents {
@@ -163,12 +163,12 @@ func (t *Transmitter) createStream(c echo.Context) error {
 // description names the stream that exists (the identical one, or with a
 // cap of one the receiver's only stream), so a receiver can carry on with
 // it. Callers hold t.mu.
-func (t *Transmitter) checkCreateAllowed(r *Receiver, rec streamRecord) error {
+func (t *Transmitter) checkCreateAllowed(r *Receiver, rec StreamRecord) error {
 	limit := t.cfg.MaxStreamsPerReceiver
 	if r.MaxStreams > 0 {
 		limit = r.MaxStreams
 	}
-	var own []streamRecord
+	var own []StreamRecord
 	for _, st := range t.sortedStreams() {
 		if st.rec.Receiver == r.Name {
 			own = append(own, st.rec)
@@ -194,7 +194,7 @@ func (t *Transmitter) checkCreateAllowed(r *Receiver, rec streamRecord) error {
 // stream identical to a: same delivery method and (for push) endpoint,
 // same events requested (in any order), same aud and description. A poll
 // stream's endpoint is the transmitter's own, so the method decides.
-func sameStreamConfig(a, b streamRecord) bool {
+func sameStreamConfig(a, b StreamRecord) bool {
 	if a.Method != b.Method || a.Audience != b.Audience || a.Description != b.Description {
 		return false
 	}
@@ -210,7 +210,7 @@ func sameStreamConfig(a, b streamRecord) bool {
 // applyDelivery validates and applies a delivery request. On create a
 // missing delivery means poll. keepAuth keeps the push authorization header
 // when the request omits it and the method is unchanged (PATCH).
-func (t *Transmitter) applyDelivery(rec *streamRecord, d *deliveryRequest, r *Receiver, create, keepAuth bool) error {
+func (t *Transmitter) applyDelivery(rec *StreamRecord, d *deliveryRequest, r *Receiver, create, keepAuth bool) error {
 	if d == nil {
 		if !create {
 			return nil
@@ -245,7 +245,7 @@ func (t *Transmitter) applyDelivery(rec *streamRecord, d *deliveryRequest, r *Re
 }
 
 // saveStream persists the stream and tells the queue.
-func (t *Transmitter) saveStream(ctx context.Context, rec streamRecord) error {
+func (t *Transmitter) saveStream(ctx context.Context, rec StreamRecord) error {
 	// The queue first: it may still refuse the endpoint, and nothing may be
 	// persisted that the queue does not know.
 	if err := t.cfg.Queue.SetStream(ctx, rec.outboxConfig()); err != nil {
@@ -468,7 +468,7 @@ func (t *Transmitter) postStatus(c echo.Context) error {
 // still paused, so the queue starts again with it and the held SETs follow
 // it in order. Re-enabling a disabled stream (whose queue was discarded,
 // and which takes no SETs) it is queued once the stream is enabled.
-func (t *Transmitter) setStatusLocked(ctx context.Context, st *streamState, status, reason string, announce bool) (streamRecord, error) {
+func (t *Transmitter) setStatusLocked(ctx context.Context, st *streamState, status, reason string, announce bool) (StreamRecord, error) {
 	rec := st.rec
 	prev := rec.Status
 	rec.Status, rec.Reason, rec.Updated = status, reason, t.cfg.Clock()

@@ -43,6 +43,10 @@ type KeyConfig struct {
 	// that several replicas share, and each of them loads the same keys.
 	// A rotation made on one is seen by the others at their next Refresh.
 	Seal []byte
+	// PreviousSeal, with Seal, is the seal key being rotated out: keys
+	// sealed under it are still opened (see Rekey); new ones are sealed
+	// under Seal.
+	PreviousSeal []byte
 	// KV keeps the metadata of generated keys (required without Files).
 	KV KV
 	// Overlap is how long a retired generated key stays in the JWKS.
@@ -67,6 +71,9 @@ func (c KeyConfig) Validate() error {
 		}
 		if c.Seal != nil && len(c.Seal) != 32 {
 			errs = append(errs, errors.New("signing keys: the seal key must be 32 bytes"))
+		}
+		if c.PreviousSeal != nil && (c.Seal == nil || len(c.PreviousSeal) != 32) {
+			errs = append(errs, errors.New("signing keys: a previous seal key must be 32 bytes, and goes with a seal key"))
 		}
 		if c.KV == nil {
 			errs = append(errs, errors.New("signing keys: a store is needed for generated keys"))
@@ -120,7 +127,7 @@ type Keys struct {
 	// With Seal: the sealer, and the current-key pointer as last read
 	// (every generation is conditional on it, so replicas never make two
 	// current keys).
-	sealer  *sealer
+	sealer  *Sealer
 	pointer []byte
 }
 
@@ -147,7 +154,11 @@ func NewKeys(ctx context.Context, cfg KeyConfig) (*Keys, error) {
 	k := &Keys{cfg: cfg, operator: len(cfg.Files) > 0, log: orDiscard(cfg.Logger)}
 	if cfg.Seal != nil && !k.operator {
 		var err error
-		if k.sealer, err = newSealer(cfg.Seal); err != nil {
+		var prev [][]byte
+		if cfg.PreviousSeal != nil {
+			prev = append(prev, cfg.PreviousSeal)
+		}
+		if k.sealer, err = NewSealer(cfg.Seal, prev...); err != nil {
 			return nil, err
 		}
 	}
@@ -246,9 +257,10 @@ func (k *Keys) loadGeneratedKey(m keyMeta) (*signingKey, error) {
 	if k.sealer == nil {
 		return nil, errors.New("the key is sealed in the store, but no encryption key is configured")
 	}
-	pemText, err := k.sealer.open(m.Sealed, "signing-key:"+m.KID)
+	pemText, err := k.sealer.Open(m.Sealed, signingKeyAAD(m.KID))
 	if err != nil {
-		return nil, errors.New("the sealed key does not open with the configured encryption key")
+		return nil, fmt.Errorf("the sealed key does not open with the configured encryption key (sealed under key %s, given %s): "+
+			"a wrong encryption key, or one the database was re-keyed away from?", orUnnamed(SealedWith(m.Sealed)), k.sealer.ids())
 	}
 	return parsePrivateKeyPEM([]byte(pemText))
 }
@@ -334,7 +346,7 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 	var path string
 	if k.sealer != nil {
-		if sk.meta.Sealed, err = k.sealer.seal(string(pemBytes), "signing-key:"+sk.meta.KID); err != nil {
+		if sk.meta.Sealed, err = k.sealer.Seal(string(pemBytes), signingKeyAAD(sk.meta.KID)); err != nil {
 			return nil, fmt.Errorf("signing keys: seal: %w", err)
 		}
 	} else {
@@ -377,6 +389,34 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 	k.keys = append([]*signingKey{sk}, k.keys...)
 	k.log.InfoContext(ctx, "signing key generated", slog.String("kid", sk.meta.KID))
 	return sk, nil
+}
+
+// OpenSigningKey opens a record of BucketKeys whose private key is sealed
+// in the store: it returns the key's kid and its PKCS#8 PEM. For checks
+// and tools; the error never contains the key.
+func OpenSigningKey(s *Sealer, record []byte) (kid string, pemText []byte, err error) {
+	var m keyMeta
+	if err := json.Unmarshal(record, &m); err != nil {
+		return "", nil, fmt.Errorf("signing key record: %w", err)
+	}
+	if m.Sealed == "" {
+		return m.KID, nil, fmt.Errorf("signing key %s is not sealed in its record", m.KID)
+	}
+	p, err := s.Open(m.Sealed, signingKeyAAD(m.KID))
+	if err != nil {
+		return m.KID, nil, fmt.Errorf("signing key %s: %w", m.KID, err)
+	}
+	return m.KID, []byte(p), nil
+}
+
+// signingKeyAAD binds a sealed private key to its kid.
+func signingKeyAAD(kid string) string { return "signing-key:" + kid }
+
+func orUnnamed(id string) string {
+	if id == "" {
+		return "unnamed"
+	}
+	return id
 }
 
 func metaMark(m keyMeta) outbox.Mark {

@@ -57,7 +57,7 @@ func TestKeysSealedInSharedStore(t *testing.T) {
 		t.Errorf("key files written with a seal key: %v", files)
 	}
 	err = st.Scan(BucketKeys, nil, func(_, v []byte) error {
-		if bytes.Contains(v, []byte("PRIVATE KEY")) || !bytes.Contains(v, []byte(`"sealed":"sealed:v1:`)) {
+		if bytes.Contains(v, []byte("PRIVATE KEY")) || !bytes.Contains(v, []byte(`"sealed":"sealed:v2:`)) {
 			t.Errorf("key record is not sealed: %.80s", v)
 		}
 		return nil

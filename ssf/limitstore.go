@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	storekv "github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // BucketRateLimits holds one management-call token bucket per receiver
@@ -183,4 +184,69 @@ func refill(st bucketState, now time.Time, b LimitBucket) (bucketState, bool, ti
 		return st, true, 0
 	}
 	return st, false, time.Duration((1 - st.Tokens) * float64(b.Interval))
+}
+
+// sharedLimitStore is the LimitStore on a KV that several processes share
+// (replicas on one database): every take reads the receiver's entry and
+// writes the new one on condition that it is still what was read, trying
+// again when another process took meanwhile. Nothing is cached.
+type sharedLimitStore struct{ kv KV }
+
+// NewSharedLimitStore returns a LimitStore keeping its buckets in kv, which
+// other processes may use at once: each take is a compare-and-swap on the
+// receiver's entry, so replicas share one bucket per receiver.
+func NewSharedLimitStore(kv KV) LimitStore { return sharedLimitStore{kv: kv} }
+
+// sharedTakeTries bounds the compare-and-swap loop of one take.
+const sharedTakeTries = 50
+
+func (s sharedLimitStore) Take(ctx context.Context, receiver string, now time.Time, b LimitBucket) (bool, time.Duration, error) {
+	for try := 0; ; try++ {
+		old, err := s.kv.Get(BucketRateLimits, []byte(receiver))
+		if err != nil {
+			return true, 0, fmt.Errorf("ssf: read the call bucket of %q: %w", receiver, err)
+		}
+		st := bucketState{Tokens: float64(b.Burst), At: now}
+		if old != nil {
+			if got, err := decodeBucketState(old); err == nil {
+				st = got
+			}
+		}
+		fromFuture := st.At.After(now)
+		next, ok, wait := refill(st, now, b)
+		if !ok && !fromFuture {
+			return false, wait, nil
+		}
+		if ok {
+			next.Tokens--
+		}
+		val, err := json.Marshal(next)
+		if err != nil {
+			return ok, wait, err
+		}
+		err = s.kv.Commit(ctx, []outbox.Mark{{Bucket: BucketRateLimits, Key: []byte(receiver), Value: val, IfValue: true, Expect: old}})
+		if err == nil {
+			return ok, wait, nil
+		}
+		if !errors.Is(err, outbox.ErrCondition) || try >= sharedTakeTries || ctx.Err() != nil {
+			return ok, wait, fmt.Errorf("ssf: keep the call bucket of %q: %w", receiver, err)
+		}
+	}
+}
+
+// NewLimitStore returns the LimitStore for kv: NewSharedLimitStore when
+// other processes share kv at once (an outbox store on a database), else
+// NewKVLimitStore.
+func NewLimitStore(kv KV) LimitStore {
+	if sharedKV(kv) {
+		return NewSharedLimitStore(kv)
+	}
+	return NewKVLimitStore(kv)
+}
+
+// sharedKV reports whether kv is a store that other processes share at
+// once (an outbox store whose backend has no epoch: a database).
+func sharedKV(kv KV) bool {
+	s, ok := kv.(interface{ Backend() storekv.Backend })
+	return ok && s.Backend().Epoch() == 0
 }

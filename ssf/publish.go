@@ -62,7 +62,7 @@ type setClaims struct {
 
 // buildSET builds one SET for a stream. key is the idempotency key (empty:
 // the jti); toe is when the event happened (zero: now).
-func (t *Transmitter) buildSET(rec streamRecord, eventType string, body map[string]any, subj Subject, txn, key string, toe time.Time) (outbox.SET, error) {
+func (t *Transmitter) buildSET(rec StreamRecord, eventType string, body map[string]any, subj Subject, txn, key string, toe time.Time) (outbox.SET, error) {
 	jti := t.cfg.NewID()
 	now := t.cfg.Clock()
 	if toe.IsZero() {
@@ -83,7 +83,7 @@ func (t *Transmitter) buildSET(rec streamRecord, eventType string, body map[stri
 	return outbox.SET{StreamID: rec.ID, JTI: jti, Key: key, EventType: eventType, Claims: b}, nil
 }
 
-func (t *Transmitter) enqueueVerification(ctx context.Context, rec streamRecord, state *string) error {
+func (t *Transmitter) enqueueVerification(ctx context.Context, rec StreamRecord, state *string) error {
 	body := map[string]any{}
 	if state != nil {
 		body["state"] = *state
@@ -105,7 +105,7 @@ func (t *Transmitter) enqueueVerification(ctx context.Context, rec streamRecord,
 	return nil
 }
 
-func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec streamRecord) error {
+func (t *Transmitter) enqueueStreamUpdated(ctx context.Context, rec StreamRecord) error {
 	body := map[string]any{"status": rec.Status}
 	if rec.Reason != "" {
 		body["reason"] = rec.Reason
@@ -145,7 +145,8 @@ func (t *Transmitter) Publish(ctx context.Context, s tap.Signal) (err error) {
 	}()
 	marks := make([]outbox.Mark, len(s.Marks))
 	for i, m := range s.Marks {
-		marks[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete}
+		marks[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete,
+			Fence: outbox.Fence(m.Fence), IfValue: m.IfValue, Expect: m.Expect}
 	}
 	eventType, body, known := eventBody(s)
 	if !known {

@@ -134,11 +134,11 @@ func CheckRestore(kv KV, dataDir string, operatorKeys bool, overlap time.Duratio
 func sealedStreams(kv KV) ([]string, error) {
 	var out []string
 	err := kv.Scan(BucketStreams, nil, func(k, v []byte) error {
-		var r streamRecord
+		var r StreamRecord
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("decode stream %s: %w", k, err)
 		}
-		if strings.HasPrefix(r.AuthorizationHeader, sealedPrefix) {
+		if IsSealed(r.AuthorizationHeader) {
 			out = append(out, r.ID)
 		}
 		return nil
@@ -147,14 +147,14 @@ func sealedStreams(kv KV) ([]string, error) {
 }
 
 // unopenedStreams lists the sealed streams s cannot open.
-func unopenedStreams(kv KV, s *sealer) ([]string, error) {
+func unopenedStreams(kv KV, s *Sealer) ([]string, error) {
 	var out []string
 	err := kv.Scan(BucketStreams, nil, func(k, v []byte) error {
-		var r streamRecord
+		var r StreamRecord
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("decode stream %s: %w", k, err)
 		}
-		if _, err := s.open(r.AuthorizationHeader, r.ID); err != nil {
+		if _, err := s.Open(r.AuthorizationHeader, r.ID); err != nil {
 			out = append(out, r.ID)
 		}
 		return nil
@@ -191,7 +191,7 @@ func RepairRestore(ctx context.Context, kv KV, dataDir string, p RestoreProblems
 			if b == nil {
 				continue
 			}
-			var r streamRecord
+			var r StreamRecord
 			if err := json.Unmarshal(b, &r); err != nil {
 				return done, fmt.Errorf("decode stream %s: %w", id, err)
 			}

@@ -16,7 +16,7 @@ import (
 // migrate-store. It never returns a secret in an error.
 type Sharer struct {
 	dataDir           string
-	from, to, keySeal *sealer
+	from, to, keySeal *Sealer
 
 	currentKID string
 	currentAt  time.Time
@@ -56,7 +56,7 @@ func (s *Sharer) Convert(bucket string, key, value []byte) ([]byte, error) {
 }
 
 func (s *Sharer) stream(id string, value []byte) ([]byte, error) {
-	var r streamRecord
+	var r StreamRecord
 	if err := json.Unmarshal(value, &r); err != nil {
 		return nil, fmt.Errorf("stream %s: %w", id, err)
 	}
@@ -64,13 +64,13 @@ func (s *Sharer) stream(id string, value []byte) ([]byte, error) {
 		plain := r.AuthorizationHeader
 		if s.from != nil {
 			var err error
-			if plain, err = s.from.open(r.AuthorizationHeader, r.ID); err != nil {
+			if plain, err = s.from.Open(r.AuthorizationHeader, r.ID); err != nil {
 				return nil, fmt.Errorf("stream %s: %w", id, err)
 			}
-		} else if len(plain) >= len(sealedPrefix) && plain[:len(sealedPrefix)] == sealedPrefix {
+		} else if IsSealed(plain) {
 			return nil, fmt.Errorf("stream %s: its authorization_header is sealed, but the data dir has no %s", id, SecretKeyFile)
 		}
-		h, err := s.to.seal(plain, r.ID)
+		h, err := s.to.Seal(plain, r.ID)
 		if err != nil {
 			return nil, fmt.Errorf("seal stream %s: %w", id, err)
 		}
@@ -99,7 +99,7 @@ func (s *Sharer) key(value []byte) ([]byte, error) {
 		if _, err := parsePrivateKeyPEM(pemBytes); err != nil {
 			return nil, fmt.Errorf("signing key %s: the key file %s does not parse", m.KID, m.File)
 		}
-		if m.Sealed, err = s.keySeal.seal(string(pemBytes), "signing-key:"+m.KID); err != nil {
+		if m.Sealed, err = s.keySeal.Seal(string(pemBytes), signingKeyAAD(m.KID)); err != nil {
 			return nil, fmt.Errorf("seal signing key %s: %w", m.KID, err)
 		}
 		m.File = ""

@@ -29,9 +29,9 @@ const (
 
 // StreamStore persists stream configurations and their subjects.
 type StreamStore interface {
-	PutStream(ctx context.Context, s streamRecord) error
-	GetStream(ctx context.Context, id string) (streamRecord, bool, error)
-	ListStreams(ctx context.Context) ([]streamRecord, error)
+	PutStream(ctx context.Context, s StreamRecord) error
+	GetStream(ctx context.Context, id string) (StreamRecord, bool, error)
+	ListStreams(ctx context.Context) ([]StreamRecord, error)
 	// DeleteStream removes the stream and its subjects.
 	DeleteStream(ctx context.Context, id string) error
 	// SetSubject records subj as added (included) or removed (excluded),
@@ -44,16 +44,18 @@ type StreamStore interface {
 // kvStreamStore is the StreamStore on a KV.
 type kvStreamStore struct {
 	kv   KV
-	seal *sealer // nil: secrets stored as they are (tests)
+	seal *Sealer // nil: secrets stored as they are (tests)
 }
 
 // NewStreamStore returns the StreamStore kept in kv's buckets.
 func NewStreamStore(kv KV) StreamStore { return kvStreamStore{kv: kv} }
 
 // NewSealedStreamStore is NewStreamStore with each push stream's
-// authorization_header sealed under key (see LoadOrCreateSealKey).
-func NewSealedStreamStore(kv KV, key []byte) (StreamStore, error) {
-	s, err := newSealer(key)
+// authorization_header sealed under key (see LoadOrCreateSealKey); values
+// sealed under one of previous (an encryption key being rotated) are
+// opened too, and sealed under key at their next write.
+func NewSealedStreamStore(kv KV, key []byte, previous ...[]byte) (StreamStore, error) {
+	s, err := NewSealer(key, previous...)
 	if err != nil {
 		return nil, err
 	}
@@ -61,13 +63,13 @@ func NewSealedStreamStore(kv KV, key []byte) (StreamStore, error) {
 }
 
 // decode reads a stored stream, opening its sealed secret.
-func (s kvStreamStore) decode(id string, b []byte) (streamRecord, error) {
-	var r streamRecord
+func (s kvStreamStore) decode(id string, b []byte) (StreamRecord, error) {
+	var r StreamRecord
 	if err := json.Unmarshal(b, &r); err != nil {
 		return r, fmt.Errorf("decode stream %s: %w", id, err)
 	}
 	if s.seal != nil {
-		h, err := s.seal.open(r.AuthorizationHeader, r.ID)
+		h, err := s.seal.Open(r.AuthorizationHeader, r.ID)
 		if err != nil {
 			return r, fmt.Errorf("stream %s: %w", id, err)
 		}
@@ -76,9 +78,9 @@ func (s kvStreamStore) decode(id string, b []byte) (streamRecord, error) {
 	return r, nil
 }
 
-func (s kvStreamStore) PutStream(ctx context.Context, r streamRecord) error {
+func (s kvStreamStore) PutStream(ctx context.Context, r StreamRecord) error {
 	if s.seal != nil {
-		h, err := s.seal.seal(r.AuthorizationHeader, r.ID)
+		h, err := s.seal.Seal(r.AuthorizationHeader, r.ID)
 		if err != nil {
 			return fmt.Errorf("seal stream %s: %w", r.ID, err)
 		}
@@ -94,10 +96,10 @@ func (s kvStreamStore) PutStream(ctx context.Context, r streamRecord) error {
 	return nil
 }
 
-func (s kvStreamStore) GetStream(_ context.Context, id string) (streamRecord, bool, error) {
+func (s kvStreamStore) GetStream(_ context.Context, id string) (StreamRecord, bool, error) {
 	b, err := s.kv.Get(BucketStreams, []byte(id))
 	if err != nil || b == nil {
-		return streamRecord{}, false, err
+		return StreamRecord{}, false, err
 	}
 	r, err := s.decode(id, b)
 	if err != nil {
@@ -106,8 +108,8 @@ func (s kvStreamStore) GetStream(_ context.Context, id string) (streamRecord, bo
 	return r, true, nil
 }
 
-func (s kvStreamStore) ListStreams(context.Context) ([]streamRecord, error) {
-	var out []streamRecord
+func (s kvStreamStore) ListStreams(context.Context) ([]StreamRecord, error) {
+	var out []StreamRecord
 	err := s.kv.Scan(BucketStreams, nil, func(k, v []byte) error {
 		r, err := s.decode(string(k), v)
 		if err != nil {

@@ -67,11 +67,11 @@ func TestSealedSecretsNotInTheDatabase(t *testing.T) {
 	}
 	s, _ := NewSealedStreamStore(kv, key)
 	secret := "Bearer receiver-push-secret-123"
-	if err := s.PutStream(ctx, streamRecord{ID: "a", AuthorizationHeader: secret}); err != nil {
+	if err := s.PutStream(ctx, StreamRecord{ID: "a", AuthorizationHeader: secret}); err != nil {
 		t.Fatal(err)
 	}
 	raw, _ := kv.Get(BucketStreams, []byte("a"))
-	if strings.Contains(string(raw), "receiver-push-secret") || !strings.Contains(string(raw), sealedPrefix) {
+	if strings.Contains(string(raw), "receiver-push-secret") || !strings.Contains(string(raw), sealedPrefixV2) {
 		t.Fatalf("stored form: %s", raw)
 	}
 	r, ok, err := s.GetStream(ctx, "a")
@@ -108,7 +108,7 @@ func TestStreamStoreBehaviour(t *testing.T) {
 				fn(s)
 			}
 			created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-			a := streamRecord{ID: "a", Receiver: "r1", Audience: "aud", Method: MethodPushURN, EndpointURL: "https://x.example/e",
+			a := StreamRecord{ID: "a", Receiver: "r1", Audience: "aud", Method: MethodPushURN, EndpointURL: "https://x.example/e",
 				AuthorizationHeader: "Bearer s", Status: StatusEnabled, DefaultSubjects: "ALL", Created: created, Updated: created,
 				EventsRequested: []string{EventSessionRevoked}}
 			ab := a
@@ -122,7 +122,7 @@ func TestStreamStoreBehaviour(t *testing.T) {
 				if l, err := s.ListStreams(ctx); len(l) != 0 || err != nil {
 					t.Fatalf("empty list: %v %v", l, err)
 				}
-				for _, r := range []streamRecord{a, ab} {
+				for _, r := range []StreamRecord{a, ab} {
 					if err := s.PutStream(ctx, r); err != nil {
 						t.Fatal(err)
 					}

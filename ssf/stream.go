@@ -20,9 +20,10 @@ const (
 	StatusDisabled = "disabled"
 )
 
-// streamRecord is a stream as persisted. AuthorizationHeader is a secret:
-// it leaves this package only towards the outbox.
-type streamRecord struct {
+// StreamRecord is a stream as a StreamStore persists it. AuthorizationHeader
+// is a secret: a StreamStore keeps it sealed, and the package hands it only
+// to the outbox (never to a receiver, a log or an error).
+type StreamRecord struct {
 	ID                  string    `json:"id"`
 	Receiver            string    `json:"receiver"`
 	Audience            string    `json:"aud"`
@@ -39,9 +40,9 @@ type streamRecord struct {
 	LastVerification    time.Time `json:"last_verification,omitzero"`
 }
 
-func (r streamRecord) push() bool { return r.Method != MethodPollURN && r.Method != legacyPollMethod }
+func (r StreamRecord) push() bool { return r.Method != MethodPollURN && r.Method != legacyPollMethod }
 
-func (r streamRecord) outboxConfig() outbox.StreamConfig {
+func (r StreamRecord) outboxConfig() outbox.StreamConfig {
 	c := outbox.StreamConfig{ID: r.ID, Method: outbox.MethodPoll, Status: outbox.Status(r.Status)}
 	if r.push() {
 		c.Method, c.EndpointURL, c.AuthorizationHeader = outbox.MethodPush, r.EndpointURL, r.AuthorizationHeader
@@ -79,7 +80,7 @@ type deliveryWire struct {
 	EndpointURL string `json:"endpoint_url,omitempty"`
 }
 
-func (t *Transmitter) wire(r streamRecord) streamWire {
+func (t *Transmitter) wire(r StreamRecord) streamWire {
 	req := r.EventsRequested
 	if req == nil {
 		req = []string{}
@@ -112,7 +113,7 @@ type Stream struct {
 	Updated                time.Time `json:"updated"`
 }
 
-func (r streamRecord) view() Stream {
+func (r StreamRecord) view() Stream {
 	req := r.EventsRequested
 	if req == nil {
 		req = []string{}

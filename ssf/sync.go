@@ -53,7 +53,7 @@ func (t *Transmitter) SyncStreams(ctx context.Context) error {
 		t.mu.Unlock()
 		return nil // changed here meanwhile: the next round
 	}
-	var register []streamRecord
+	var register []StreamRecord
 	var gone []string
 	for id, st := range fresh {
 		old := t.streams[id]

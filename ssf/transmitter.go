@@ -87,8 +87,9 @@ type Config struct {
 	// Retry-After. Defaults 60 and 1 s; a negative burst turns the limit off.
 	ManagementBurst    int
 	ManagementInterval time.Duration
-	// Limits keeps the management-call buckets (default: NewKVLimitStore
-	// over KV, so a restart does not refill them).
+	// Limits keeps the management-call buckets (default: NewLimitStore
+	// over KV, so a restart does not refill them and replicas sharing a
+	// database share them).
 	Limits LimitStore
 
 	// OnSETIssued, when set, is called for each SET committed to the
@@ -217,7 +218,7 @@ func randomID() string {
 
 // streamState is a stream with its subjects, kept in memory.
 type streamState struct {
-	rec     streamRecord
+	rec     StreamRecord
 	added   []Subject
 	removed []Subject
 }
@@ -267,7 +268,7 @@ func New(cfg Config) (*Transmitter, error) {
 	t := &Transmitter{cfg: cfg, log: orDiscard(cfg.Logger), store: cfg.Store,
 		streams: map[string]*streamState{}}
 	if cfg.Limits == nil {
-		cfg.Limits = NewKVLimitStore(cfg.KV)
+		cfg.Limits = NewLimitStore(cfg.KV)
 	}
 	t.calls = newCallLimiter(cfg.ManagementBurst, cfg.ManagementInterval, cfg.Clock, cfg.Limits, t.log)
 	t.longPolls.max = cfg.MaxLongPollsPerReceiver

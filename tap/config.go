@@ -15,7 +15,9 @@ import (
 // de-duplication records and directory live in their own buckets. cmd
 // implements it over the outbox store (tap.Mark ↔ outbox.Mark).
 type KV interface {
-	// Commit applies marks atomically and durably.
+	// Commit applies marks atomically and durably. It checks every mark's
+	// Fence and IfValue condition in the same transaction and, when one
+	// fails, refuses the whole commit with an error, writing nothing.
 	Commit(ctx context.Context, marks []Mark) error
 	// Get returns a copy of the value, or (nil, nil) when absent.
 	Get(bucket string, key []byte) ([]byte, error)
@@ -25,9 +27,12 @@ type KV interface {
 
 // Buckets the tap owns.
 const (
-	BucketJournal   = "tap_journal"
-	BucketCursor    = "tap_cursor"
-	BucketDedup     = "tap_dedup"
+	BucketJournal = "tap_journal"
+	BucketCursor  = "tap_cursor"
+	BucketDedup   = "tap_dedup"
+	// BucketDedupSeq holds a version per (kind, user) of BucketDedup's
+	// records, bumped by every commit that adds or consumes one.
+	BucketDedupSeq  = "tap_dedup_seq"
 	BucketDirectory = "tap_directory"
 )
 
@@ -104,16 +109,24 @@ type Config struct {
 	// PollerLease, when set, lets only its holder among replicas sharing a
 	// store read the event API; the others stand by, retrying every
 	// PollInterval, and the one that takes over goes on from the committed
-	// cursor. nil: always poll (one replica).
+	// cursor. nil: always poll (one replica). Its leases must live in
+	// KV's store: every commit of a poll carries a Fence naming
+	// PollerLeaseName and the holder's token, which KV checks.
 	PollerLease PollerLease
 	// LeaseHolder names this replica as the lease's holder (default: random
 	// per Tap). Replicas must have distinct names.
 	LeaseHolder string
-	// PollerLeaseTTL is how long the poller lease lasts unrenewed (default
-	// the larger of 30s and 3×PollInterval); the holder renews it every
-	// PollerLeaseTTL/3, before a poll and between the events of one.
+	// PollerLeaseTTL is how long the poller lease lasts unrenewed, and so
+	// how soon a standby takes over from a holder that died (default 15s);
+	// the holder renews it every PollerLeaseTTL/3 — while it waits for the
+	// next poll, between the pages and between the events of one. Every
+	// commit of a poll is fenced with the lease's token.
 	PollerLeaseTTL time.Duration
 }
+
+// DefaultPollerLeaseTTL is the poller lease's default lifetime: the
+// longest a dead holder keeps the event API unread.
+const DefaultPollerLeaseTTL = 15 * time.Second
 
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {
@@ -167,7 +180,7 @@ func (c *Config) setDefaults() {
 	def(&c.IntentMaxAge, 24*time.Hour)
 	def(&c.MaxBackoff, 5*time.Minute)
 	def(&c.DirectoryRecheck, 5*time.Minute)
-	def(&c.PollerLeaseTTL, max(30*time.Second, 3*c.PollInterval))
+	def(&c.PollerLeaseTTL, DefaultPollerLeaseTTL)
 	if c.CacheSize == 0 {
 		c.CacheSize = 4096
 	}

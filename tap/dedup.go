@@ -1,6 +1,8 @@
 package tap
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -27,6 +29,14 @@ import (
 // A matched record is marked consumed, so two logouts of one user from two
 // sessions, seen by both sources, still make two signals. The match and the
 // consumption commit atomically with the cursor or journal mark.
+//
+// Replicas sharing a store check and record optimistically: every (kind,
+// user) has a version in BucketDedupSeq, read before the records are
+// scanned and bumped, on the condition that it is still the version read,
+// in the very commit that records the signal (or consumes the match) and
+// publishes it. Of two replicas that checked at once, one commit lands; the
+// other is refused, finds the version moved and checks again, now seeing
+// the first one's record.
 type dedupRecord struct {
 	Source   Source    `json:"source"`
 	Time     time.Time `json:"time"`
@@ -110,7 +120,14 @@ func dedupPrefix(s Signal) string { return string(s.Kind) + "/" + dedupUser(s.Su
 // dedupCheck looks for the other source's record of the same action.
 // It returns the marks to commit: the consumed record when s is a
 // duplicate, or s's own record otherwise.
+// The first mark is always the version guard (see dedupRaced).
 func (t *Tap) dedupCheck(s Signal) (dup bool, marks []Mark, err error) {
+	seqKey := []byte(dedupPrefix(s))
+	seq, err := t.cfg.KV.Get(BucketDedupSeq, seqKey)
+	if err != nil {
+		return false, nil, fmt.Errorf("tap: dedup version: %w", err)
+	}
+	guard := Mark{Bucket: BucketDedupSeq, Key: seqKey, Value: nextSeq(seq), IfValue: true, Expect: seq}
 	mine := exactKeys(s)
 	var bestKey []byte
 	var best dedupRecord
@@ -155,12 +172,35 @@ func (t *Tap) dedupCheck(s Signal) (dup bool, marks []Mark, err error) {
 			}
 		}
 		b, _ := json.Marshal(best)
-		return true, []Mark{{Bucket: BucketDedup, Key: bestKey, Value: b}}, nil
+		return true, []Mark{guard, {Bucket: BucketDedup, Key: bestKey, Value: b}}, nil
 	}
 	b, _ := json.Marshal(dedupRecord{Source: s.Source, Time: s.Time.UTC(), Exact: mine})
 	key := fmt.Sprintf("%s%020d/%s", dedupPrefix(s), s.Time.UnixNano(), s.ID)
-	return false, []Mark{{Bucket: BucketDedup, Key: []byte(key), Value: b}}, nil
+	return false, []Mark{guard, {Bucket: BucketDedup, Key: []byte(key), Value: b}}, nil
 }
+
+// nextSeq is the version after seq (8 bytes, big-endian; absent is 0).
+func nextSeq(seq []byte) []byte {
+	var n uint64
+	if len(seq) == 8 {
+		n = binary.BigEndian.Uint64(seq)
+	}
+	return binary.BigEndian.AppendUint64(nil, n+1)
+}
+
+// dedupRaced reports whether the version a failed commit was conditioned
+// on has moved since the check: another replica recorded a signal of the
+// same kind and user in between, and the check must be made again.
+func (t *Tap) dedupRaced(marks []Mark) bool {
+	if len(marks) == 0 || marks[0].Bucket != BucketDedupSeq {
+		return false
+	}
+	cur, err := t.cfg.KV.Get(BucketDedupSeq, marks[0].Key)
+	return err == nil && !sameValue(cur, marks[0].Expect)
+}
+
+// sameValue compares stored values, telling absent (nil) from empty.
+func sameValue(a, b []byte) bool { return (a == nil) == (b == nil) && bytes.Equal(a, b) }
 
 // pruneDedup removes records older than DedupRetention.
 func (t *Tap) pruneDedup() []Mark {

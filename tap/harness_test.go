@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -42,6 +43,23 @@ func (k *boltKV) Commit(_ context.Context, marks []Mark) error {
 	}
 	return k.db.Update(func(tx *bolt.Tx) error {
 		for _, m := range marks {
+			// Fences are not checked here: the tests of fencing run on the
+			// outbox store (replicas_test.go).
+			if !m.IfValue {
+				continue
+			}
+			var cur []byte
+			if b := tx.Bucket([]byte(m.Bucket)); b != nil {
+				cur = b.Get(m.Key)
+			}
+			if !sameValue(cur, m.Expect) {
+				return fmt.Errorf("test kv: condition on %s/%q failed", m.Bucket, m.Key)
+			}
+		}
+		for _, m := range marks {
+			if m.Bucket == "" && len(m.Key) == 0 {
+				continue // a fence only
+			}
 			b, err := tx.CreateBucketIfNotExists([]byte(m.Bucket))
 			if err != nil {
 				return err
@@ -149,6 +167,9 @@ type testProxy struct {
 	skipAfter bool
 	// noTap forwards without consulting the tap (benchmark baseline).
 	noTap bool
+	// beforeAfter, when set, runs between authentik's answer and After
+	// (a replica paused in the middle of a request).
+	beforeAfter func()
 }
 
 func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -172,6 +193,9 @@ func (p *testProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer resp.Body.Close()
 	rb, _ := io.ReadAll(resp.Body)
+	if tapped && p.beforeAfter != nil {
+		p.beforeAfter()
+	}
 	if tapped && !p.skipAfter {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		p.tap.After(ctx, state, out, resp.StatusCode, resp.Header, rb)

@@ -107,7 +107,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	}
 	in := &intent{
 		ID: t.cfg.NewID(), Op: rt.op, Created: t.cfg.Clock().UTC(), RequestID: requestID(r),
-		TraceParent: traceParentOf(ctx, r), Caller: c.User, ObjectID: rt.id,
+		TraceParent: traceParentOf(ctx, r), Caller: c.User, ObjectID: rt.id, Holder: t.cfg.LeaseHolder,
 	}
 	if c.Actor != nil {
 		in.Caller = *c.Actor
@@ -127,7 +127,7 @@ func (t *Tap) Before(ctx context.Context, r *http.Request, body []byte) (state a
 	if !ok {
 		return nil
 	}
-	if err := t.journalPut(ctx, in, t.dir.drain()...); err != nil {
+	if err := t.journalPut(ctx, in, true, t.dir.drain()...); err != nil {
 		t.stats.misses.Add(1)
 		t.log.WarnContext(ctx, "tap: journal intent failed", "intent", in.ID, "request_id", in.RequestID, "err", err)
 		return p // After may still queue it; a crash before then loses it (counted)
@@ -308,7 +308,7 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 			t.stats.misses.Add(1)
 		}
 		if p.journaled {
-			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
+			if err := t.journalDrop(ctx, in); err != nil {
 				t.log.WarnContext(ctx, "tap: journal outcome failed", "intent", in.ID, "err", err)
 			}
 		}
@@ -316,7 +316,7 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 	}
 	if !t.completed(p, status, header, body) {
 		if p.journaled {
-			if err := t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)}); err != nil {
+			if err := t.journalDrop(ctx, in); err != nil {
 				t.log.WarnContext(ctx, "tap: journal outcome failed", "intent", in.ID, "err", err)
 			}
 		}
@@ -330,7 +330,13 @@ func (t *Tap) After(ctx context.Context, state any, r *http.Request, status int,
 		in.RequestID = id // authentik's own request id, as its event context and SETs name it
 		in.AuthentikID = id
 	}
-	if err := t.journalPut(ctx, in); err != nil {
+	if err := t.journalPut(ctx, in, false); err != nil {
+		if t.moved(in) {
+			// The request outlived the grace period and another replica
+			// (or this one's rescan) claimed the intent: it is theirs.
+			t.log.InfoContext(ctx, "tap: intent claimed by a rescan while its request ran; left to the claimer", "intent", in.ID)
+			return
+		}
 		t.stats.misses.Add(1)
 		t.log.WarnContext(ctx, "tap: journal outcome failed", "intent", in.ID, "err", err)
 	}

@@ -60,22 +60,125 @@ type intent struct {
 
 	Outcome string    `json:"outcome,omitempty"`
 	Done    time.Time `json:"done,omitempty"`
+
+	// Holder is the replica (Config.LeaseHolder) that journaled the
+	// intent; it alone acts on it until the intent has been left alone for
+	// takeoverGrace. Then any replica may claim it: Claimer and ClaimedAt
+	// name the one that did and when, and a claim goes stale the same way.
+	Holder    string    `json:"holder,omitempty"`
+	Claimer   string    `json:"claimer,omitempty"`
+	ClaimedAt time.Time `json:"claimed_at,omitempty"`
+	// Emitted are the ids of the intent's signals already published, so
+	// whoever finishes it does not publish them again.
+	Emitted []string `json:"emitted,omitempty"`
+
+	// stored is the entry as last written or read. Every write after the
+	// first is conditioned on it, so of two replicas acting on one entry
+	// the second finds it changed and backs off.
+	stored []byte
 }
 
-func (t *Tap) journalPut(ctx context.Context, in *intent, extra ...Mark) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return fmt.Errorf("tap: encode intent: %w", err)
+// Ownership of journal entries among replicas sharing a store.
+//
+// An intent's holder completes and publishes it. An entry nobody has
+// touched (created, claimed) for takeoverGrace — its holder died, or is
+// stuck in a request past every deadline — is claimed by whichever replica
+// rescans first: it rewrites the entry with itself as claimer, on the
+// condition that the entry is still what it read. Of two survivors, one
+// claim lands and the other is refused. Every later write of the entry
+// (the holder's late outcome, each signal's publish, the final delete) is
+// conditioned on the entry as its writer last saw it, so the replica that
+// lost a claim, or the holder that comes back after one, cannot publish.
+const takeoverGrace = openGrace
+
+// touched is when the entry was last created or claimed, on the writing
+// replicas' clocks.
+func (in *intent) touched() time.Time {
+	if in.ClaimedAt.After(in.Created) {
+		return in.ClaimedAt
 	}
-	marks := append([]Mark{{Bucket: BucketJournal, Key: []byte(in.ID), Value: b}}, extra...)
-	if err := t.cfg.KV.Commit(ctx, marks); err != nil {
+	return in.Created
+}
+
+// owner reports whether this replica may act on the entry without
+// claiming it: it journaled it, or claimed it.
+func (t *Tap) owner(in *intent) bool {
+	if in.Claimer != "" {
+		return in.Claimer == t.cfg.LeaseHolder
+	}
+	return in.Holder == t.cfg.LeaseHolder
+}
+
+// journalPut writes in. The first write (Before) is unconditioned; every
+// later one holds only while the entry is as this replica last saw it.
+func (t *Tap) journalPut(ctx context.Context, in *intent, first bool, extra ...Mark) error {
+	m, b, err := in.guardPut()
+	if err != nil {
+		return err
+	}
+	if first {
+		m.IfValue, m.Expect = false, nil
+	}
+	if err := t.cfg.KV.Commit(ctx, append([]Mark{m}, extra...)); err != nil {
 		return fmt.Errorf("tap: journal intent %s: %w", in.ID, err)
 	}
+	in.stored = b
 	return nil
 }
 
-func journalDelete(id string) Mark {
-	return Mark{Bucket: BucketJournal, Key: []byte(id), Delete: true}
+// guardPut is the mark that rewrites the entry as in now is, on the
+// condition that it still holds what was last seen.
+func (in *intent) guardPut() (Mark, []byte, error) {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return Mark{}, nil, fmt.Errorf("tap: encode intent: %w", err)
+	}
+	return Mark{Bucket: BucketJournal, Key: []byte(in.ID), Value: b, IfValue: true, Expect: in.stored}, b, nil
+}
+
+// guardDelete removes the entry, on the condition that it still holds
+// what was last seen.
+func (in *intent) guardDelete() Mark {
+	return Mark{Bucket: BucketJournal, Key: []byte(in.ID), Delete: true, IfValue: true, Expect: in.stored}
+}
+
+// moved reports, after a refused commit, whether the entry is no longer
+// what this replica last saw: another one claimed or finished it.
+func (t *Tap) moved(in *intent) bool {
+	cur, err := t.cfg.KV.Get(BucketJournal, []byte(in.ID))
+	return err == nil && !sameValue(cur, in.stored)
+}
+
+// claim makes this replica the entry's claimer. It returns false, with no
+// error, when another replica changed the entry first.
+func (t *Tap) claim(ctx context.Context, in *intent) (bool, error) {
+	c := *in
+	c.Claimer, c.ClaimedAt = t.cfg.LeaseHolder, t.cfg.Clock().UTC()
+	m, b, err := c.guardPut()
+	if err != nil {
+		return false, err
+	}
+	if err := t.cfg.KV.Commit(ctx, []Mark{m}); err != nil {
+		if t.moved(in) {
+			return false, nil
+		}
+		return false, fmt.Errorf("tap: claim intent %s: %w", in.ID, err)
+	}
+	in.Claimer, in.ClaimedAt, in.stored = c.Claimer, c.ClaimedAt, b
+	return true, nil
+}
+
+// journalDrop deletes the entry as last seen; an entry another replica has
+// changed meanwhile is left to it.
+func (t *Tap) journalDrop(ctx context.Context, in *intent, extra ...Mark) error {
+	if err := t.cfg.KV.Commit(ctx, append(extra, in.guardDelete())); err != nil {
+		if t.moved(in) {
+			return nil
+		}
+		return fmt.Errorf("tap: close intent %s: %w", in.ID, err)
+	}
+	in.stored = nil
+	return nil
 }
 
 // journalScan returns every journal entry.
@@ -87,6 +190,7 @@ func (t *Tap) journalScan() ([]*intent, error) {
 			t.log.Warn("dropping unreadable journal entry", "key", string(k))
 			return nil
 		}
+		in.stored = append([]byte(nil), v...)
 		out = append(out, &in)
 		return nil
 	})

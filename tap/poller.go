@@ -43,7 +43,7 @@ func (c cursor) mark() Mark {
 }
 
 // loadCursor reads the cursor; a fresh data dir starts at now - Backfill.
-func (t *Tap) loadCursor(ctx context.Context) (cursor, error) {
+func (t *Tap) loadCursor(ctx context.Context, lease *pollerLease) (cursor, error) {
 	b, err := t.cfg.KV.Get(BucketCursor, cursorKey)
 	if err != nil {
 		return cursor{}, fmt.Errorf("tap: read cursor: %w", err)
@@ -73,11 +73,18 @@ func (t *Tap) loadCursor(ctx context.Context) (cursor, error) {
 			}
 		}
 	}
-	if err := t.cfg.KV.Commit(ctx, []Mark{c.mark()}); err != nil {
+	if err := t.cfg.KV.Commit(ctx, append(lease.fence(), c.mark())); err != nil {
+		if lease.lost(ctx) {
+			return cursor{}, errLeaseLost
+		}
 		return cursor{}, fmt.Errorf("tap: store cursor: %w", err)
 	}
 	return c, nil
 }
+
+// minRenewWait spaces renewals of a lease (very) much shorter than any
+// real one, so that it cannot spin.
+const minRenewWait = 10 * time.Millisecond
 
 // runPoller reads the event API every PollInterval, backing off while
 // authentik is unreachable and catching up after.
@@ -93,11 +100,26 @@ func (t *Tap) runPoller(ctx context.Context) error {
 	wait := time.Duration(0)
 	seeded := false
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.cfg.After(wait):
-		case <-t.pollKick:
+		// While waiting for the next poll, the lease is renewed on time
+		// (a PollInterval longer than a third of the TTL would let it lapse).
+		next := t.cfg.Clock().Add(wait)
+		for renew := true; renew; {
+			d := max(0, next.Sub(t.cfg.Clock()))
+			due, holding := lease.renewDue()
+			renew = holding && due < d
+			if renew {
+				d = max(due, minRenewWait)
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.cfg.After(d):
+			case <-t.pollKick:
+				renew = false
+			}
+			if renew && !lease.keep(ctx) {
+				break // lost: stand by from the next round
+			}
 		}
 		held, err := lease.hold(ctx)
 		if err != nil {
@@ -133,7 +155,7 @@ func (t *Tap) runPoller(ctx context.Context) error {
 			t.log.Warn("tap: event-API poll failed", "err", err, "retry_in", wait)
 			continue
 		}
-		if err := t.recheckPage(ctx); err != nil && ctx.Err() == nil {
+		if err := t.recheckPage(ctx, lease); err != nil && ctx.Err() == nil {
 			t.log.Info("tap: directory re-check", "err", err)
 		}
 		failures = 0
@@ -148,7 +170,7 @@ func (t *Tap) runPoller(ctx context.Context) error {
 // is_active and email without any event. One page per poll keeps the pace
 // at PollInterval; a pass ends with a short page, and the next one starts
 // DirectoryRecheck after the last began.
-func (t *Tap) recheckPage(ctx context.Context) error {
+func (t *Tap) recheckPage(ctx context.Context, lease *pollerLease) error {
 	if t.cfg.DirectoryRecheck < 0 {
 		return nil
 	}
@@ -174,6 +196,9 @@ func (t *Tap) recheckPage(ctx context.Context) error {
 		t.recheck.page++
 	}
 	for _, u := range page.Results {
+		if !lease.keep(ctx) {
+			return errLeaseLost
+		}
 		before, known := t.dir.userState(u.PK)
 		if !known || before.UID == "" {
 			continue
@@ -189,13 +214,16 @@ func (t *Tap) recheckPage(ctx context.Context) error {
 		t.dir.noteUser(u)
 		for i := range sigs {
 			sigs[i].ReasonAdmin += " (seen on re-reading the user; authentik recorded no event)"
-			if err := t.emit(ctx, sigs[i], nil); err != nil {
+			if err := t.emit(ctx, sigs[i], lease.fence()); err != nil {
+				if lease.lost(ctx) {
+					return errLeaseLost
+				}
 				return err
 			}
 		}
 	}
 	if marks := t.dir.drain(); len(marks) > 0 {
-		return t.cfg.KV.Commit(ctx, marks)
+		return t.cfg.KV.Commit(ctx, append(lease.fence(), marks...))
 	}
 	return nil
 }
@@ -218,11 +246,11 @@ func (t *Tap) pollOnce(ctx context.Context) error { return t.pollWith(ctx, nil) 
 // when the lease cannot be kept between two events.
 func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 	started := t.cfg.Clock()
-	cur, err := t.loadCursor(ctx)
+	cur, err := t.loadCursor(ctx, lease)
 	if err != nil {
 		return err
 	}
-	fresh, err := t.fetchSince(ctx, cur)
+	fresh, err := t.fetchSince(ctx, cur, lease)
 	if err != nil {
 		return err
 	}
@@ -240,7 +268,7 @@ func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 		if err != nil {
 			if !t.poisoned(e.PK) {
 				round.fail(e, err)
-				return t.flushCursor(ctx, cur, dirty, fmt.Errorf("tap: event %s: %w", e.PK, err))
+				return t.flushCursor(ctx, lease, cur, dirty, fmt.Errorf("tap: event %s: %w", e.PK, err))
 			}
 			// The same record failed maxEventAttempts polls in a row: skip
 			// it rather than stall every later event behind it.
@@ -256,14 +284,22 @@ func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 			// A record that yields signals starts the trace its SETs'
 			// deliveries join, linked to the poll round that read it.
 			sctx, span := startEventSpan(ctx, e.PK, e.Action, began, round.span)
+			if h := t.hook().eventSignals; h != nil {
+				h(e.PK)
+			}
 			for i := range sigs {
-				var extra []Mark
+				// Every SET of the poll is fenced, not only the one that
+				// moves the cursor.
+				extra := lease.fence()
 				if i == len(sigs)-1 {
-					extra = []Mark{next.mark()}
+					extra = append(extra, next.mark())
 				}
 				if err := t.emit(sctx, sigs[i], extra); err != nil {
 					endSpan(span, err)
-					return t.flushCursor(ctx, cur, dirty, err)
+					if lease.lost(ctx) {
+						return errLeaseLost
+					}
+					return t.flushCursor(ctx, lease, cur, dirty, err)
 				}
 			}
 			endSpan(span, nil)
@@ -271,7 +307,7 @@ func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 		dirty = len(sigs) == 0
 		cur = next
 	}
-	if err := t.flushCursor(ctx, cur, dirty, nil); err != nil {
+	if err := t.flushCursor(ctx, lease, cur, dirty, nil); err != nil {
 		return err
 	}
 	// Everything authentik had recorded when this poll began is read.
@@ -280,13 +316,16 @@ func (t *Tap) pollWith(ctx context.Context, lease *pollerLease) error {
 }
 
 // flushCursor commits a cursor moved past events without signals.
-func (t *Tap) flushCursor(ctx context.Context, cur cursor, dirty bool, cause error) error {
+func (t *Tap) flushCursor(ctx context.Context, lease *pollerLease, cur cursor, dirty bool, cause error) error {
 	marks := t.dir.drain()
 	if dirty {
 		marks = append(marks, cur.mark())
 	}
 	if len(marks) > 0 {
-		if err := t.cfg.KV.Commit(ctx, marks); err != nil && cause == nil {
+		if err := t.cfg.KV.Commit(ctx, append(lease.fence(), marks...)); err != nil && cause == nil {
+			if lease.lost(ctx) {
+				return errLeaseLost
+			}
 			cause = fmt.Errorf("tap: store cursor: %w", err)
 		}
 	}
@@ -296,7 +335,7 @@ func (t *Tap) flushCursor(ctx context.Context, cur cursor, dirty bool, cause err
 // fetchSince pages through /events/events/ ordered newest first until it
 // reaches events the cursor has seen. New events arriving while it pages
 // shift older ones onto later pages; the pk set drops those repeats.
-func (t *Tap) fetchSince(ctx context.Context, cur cursor) ([]akEvent, error) {
+func (t *Tap) fetchSince(ctx context.Context, cur cursor, lease *pollerLease) ([]akEvent, error) {
 	seen := map[string]bool{}
 	var fresh []akEvent
 	q := url.Values{"ordering": {"-created"}, "page_size": {strconv.Itoa(t.cfg.PageSize)}}
@@ -306,6 +345,9 @@ func (t *Tap) fetchSince(ctx context.Context, cur cursor) ([]akEvent, error) {
 		}
 	}
 	for page := 1; page <= t.cfg.MaxPages; page++ {
+		if page > 1 && !lease.keep(ctx) {
+			return nil, errLeaseLost
+		}
 		q.Set("page", strconv.Itoa(page))
 		var raw json.RawMessage
 		pctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)

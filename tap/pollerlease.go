@@ -96,6 +96,46 @@ func (l *pollerLease) keep(ctx context.Context) bool {
 	return held
 }
 
+// fence is the mark that makes a commit hold only while this replica still
+// has the lease with the token it polls under: a poller paused past its
+// lease, whose successor has moved on, can then neither move the cursor
+// nor publish.
+func (l *pollerLease) fence() []Mark {
+	if l == nil {
+		return nil
+	}
+	return []Mark{{Fence: Fence{Lease: PollerLeaseName, Token: l.token}}}
+}
+
+// lost is asked after a failed commit: it checks the lease again, at once,
+// and reports whether it has gone to another replica (the commit was then
+// refused by its fence; the poll stops and leaves the cursor to the new
+// holder).
+func (l *pollerLease) lost(ctx context.Context) bool {
+	if l == nil {
+		return false
+	}
+	token := l.token
+	l.renewAt = time.Time{}
+	held, err := l.hold(ctx)
+	if err != nil || held && l.token == token {
+		return false
+	}
+	l.t.stats.pollerFenced.Add(1)
+	l.t.log.Warn("tap: event-API poller commit refused: the lease passed to another replica; stopping this poll",
+		"holder", l.t.cfg.LeaseHolder, "token", token)
+	return true
+}
+
+// renewDue is how long the poller may wait before the lease needs renewing
+// (ok false: no lease held, nothing to renew).
+func (l *pollerLease) renewDue() (time.Duration, bool) {
+	if l == nil || !l.held {
+		return 0, false
+	}
+	return max(0, l.renewAt.Sub(l.t.cfg.Clock())), true
+}
+
 // release gives the lease up when the poller stops.
 func (l *pollerLease) release() {
 	if l == nil || !l.held {
@@ -107,4 +147,76 @@ func (l *pollerLease) release() {
 	if err := l.t.cfg.PollerLease.Release(ctx, PollerLeaseName, l.t.cfg.LeaseHolder, l.token); err != nil {
 		l.t.log.Info("tap: release the event-API poller lease", "err", err)
 	}
+}
+
+// ReplicaLeasePrefix names each replica's liveness lease: a replica with
+// a PollerLease holds ReplicaLeasePrefix+LeaseHolder for PollerLeaseTTL
+// while it runs, renewing it every third of that. Another replica that
+// can take it knows the holder is gone (its lease ran out, or it belonged
+// to an earlier process on a store that tells) and reconciles the gone
+// replica's open intents at once instead of after the grace period.
+const ReplicaLeasePrefix = "tap/replica/"
+
+// holdLiveness takes this replica's liveness lease before anything else
+// runs, so that no intent of this run is ever seen without it.
+func (t *Tap) holdLiveness(ctx context.Context) bool {
+	if t.cfg.PollerLease == nil {
+		return false
+	}
+	actx, cancel := context.WithTimeout(ctx, t.cfg.LookupTimeout)
+	defer cancel()
+	_, held, err := t.cfg.PollerLease.Acquire(actx, ReplicaLeasePrefix+t.cfg.LeaseHolder, t.cfg.LeaseHolder, t.cfg.PollerLeaseTTL)
+	if err != nil {
+		t.log.Warn("tap: take this replica's liveness lease", "err", err)
+	}
+	return held
+}
+
+// runLiveness renews the liveness lease until ctx ends. It is not released
+// at the end: requests still in flight through the proxy may yet complete
+// their intents, and the lease running out is the sign they cannot.
+func (t *Tap) runLiveness(ctx context.Context, held bool) error {
+	if t.cfg.PollerLease == nil {
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.cfg.After(max(t.cfg.PollerLeaseTTL/3, minRenewWait)):
+		}
+		_, ok, err := t.cfg.PollerLease.Acquire(ctx, ReplicaLeasePrefix+t.cfg.LeaseHolder, t.cfg.LeaseHolder, t.cfg.PollerLeaseTTL)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			t.log.Warn("tap: renew this replica's liveness lease", "err", err)
+		case err == nil && ok != held:
+			if !ok {
+				t.log.Warn("tap: this replica's liveness lease was taken: another replica found it gone and may reconcile its open intents")
+			}
+			held = ok
+		}
+	}
+}
+
+// gone reports whether replica name (an intent's holder or claimer) is no
+// longer running: this replica could take its liveness lease, which it
+// then gives back at once. Unknown (no PollerLease, an intent from before
+// holders were recorded, an error) is not gone. known caches the answers
+// of one rescan.
+func (t *Tap) gone(ctx context.Context, name string, known map[string]bool) bool {
+	if t.cfg.PollerLease == nil || name == "" || name == t.cfg.LeaseHolder {
+		return false
+	}
+	if g, ok := known[name]; ok {
+		return g
+	}
+	lease := ReplicaLeasePrefix + name
+	token, held, err := t.cfg.PollerLease.Acquire(ctx, lease, t.cfg.LeaseHolder, t.cfg.PollerLeaseTTL)
+	if err == nil && held {
+		if err := t.cfg.PollerLease.Release(ctx, lease, t.cfg.LeaseHolder, token); err != nil {
+			t.log.Info("tap: give back a gone replica's liveness lease", "replica", name, "err", err)
+		}
+	}
+	known[name] = err == nil && held
+	return known[name]
 }

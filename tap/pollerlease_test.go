@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,17 +22,25 @@ type memLease struct {
 	holder   string
 	token    uint64
 	expires  time.Time
-	attempts map[string]int
+	attempts map[string]int // poller lease attempts by holder
+	// others are the replicas' liveness leases, always granted.
+	others map[string]uint64
 }
 
-func newMemLease(t testing.TB) *memLease { return &memLease{t: t, attempts: map[string]int{}} }
+func newMemLease(t testing.TB) *memLease {
+	return &memLease{t: t, attempts: map[string]int{}, others: map[string]uint64{}}
+}
 
 func (m *memLease) Acquire(_ context.Context, name, holder string, ttl time.Duration) (uint64, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if strings.HasPrefix(name, ReplicaLeasePrefix) {
+		m.others[name]++
+		return m.others[name], true, nil
+	}
 	if name != PollerLeaseName {
 		m.t.Errorf("lease name %q, want %q", name, PollerLeaseName)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.attempts[holder]++
 	now := time.Now()
 	if m.holder != "" && m.holder != holder && now.Before(m.expires) {
@@ -45,9 +54,12 @@ func (m *memLease) Acquire(_ context.Context, name, holder string, ttl time.Dura
 	return m.token, true, nil
 }
 
-func (m *memLease) Release(_ context.Context, _, holder string, token uint64) error {
+func (m *memLease) Release(_ context.Context, name, holder string, token uint64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if strings.HasPrefix(name, ReplicaLeasePrefix) {
+		return nil
+	}
 	if m.holder != holder || m.token != token {
 		return errors.New("not the holder")
 	}
@@ -264,8 +276,10 @@ func TestPollerLeaseConfig(t *testing.T) {
 		wantTTL time.Duration
 	}{
 		{"negative ttl", func(c *Config) { c.PollerLeaseTTL = -time.Second }, true, 0},
-		{"default ttl", func(c *Config) { c.PollInterval = 5 * time.Second }, false, 30 * time.Second},
-		{"ttl follows a long interval", func(c *Config) { c.PollInterval = time.Minute }, false, 3 * time.Minute},
+		{"default ttl", func(c *Config) { c.PollInterval = 5 * time.Second }, false, 15 * time.Second},
+		// A long interval does not stretch a takeover: the lease is
+		// renewed while the poller waits.
+		{"ttl stays short with a long interval", func(c *Config) { c.PollInterval = time.Minute }, false, 15 * time.Second},
 		{"explicit ttl", func(c *Config) { c.PollerLeaseTTL = time.Second }, false, time.Second},
 	}
 	for _, tc := range tests {
@@ -306,5 +320,28 @@ func checkRevokedOnceEach(t *testing.T, e *env, users []authentiktest.User) {
 	checkSignals(t, e.rec.signals(), wants)
 	if e.rec.calls != len(users) {
 		t.Errorf("published %d times for %d events", e.rec.calls, len(users))
+	}
+}
+
+// TestPollerRenewsWhileWaiting: with a poll interval far longer than the
+// lease, the holder renews the lease while it waits for the next poll
+// (without polling), so a standby does not take it over from a live holder.
+func TestPollerRenewsWhileWaiting(t *testing.T) {
+	lease := newMemLease(t)
+	e := newEnv(t, envOpts{mutate: func(c *Config) {
+		*c = replicaConfig(*c, lease, "A")
+		c.PollInterval = time.Hour
+		c.PollerLeaseTTL = 60 * time.Millisecond
+	}})
+	_, token, at := lease.state()
+	e.waitFor("A to renew several times between polls", func() bool {
+		_, _, now := lease.state()
+		return now["A"] >= at["A"]+5
+	})
+	if holder, tok, _ := lease.state(); holder != "A" || tok != token {
+		t.Errorf("lease %q token %d after waiting, want A's %d", holder, tok, token)
+	}
+	if n := e.tap.Stats().Polls; n != 1 {
+		t.Errorf("%d polls, want the first only: renewing is not polling", n)
 	}
 }

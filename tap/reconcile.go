@@ -1,6 +1,7 @@
 package tap
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strconv"
@@ -13,32 +14,27 @@ import (
 const openGrace = time.Minute
 
 // rescan walks the journal: completed intents whose signals were not yet
-// published are published; intents left open by an earlier process (a
-// crash between forwarding and the outcome) are reconciled against
-// authentik; stale ones are dropped. It also prunes old dedup records.
+// published are published; intents left open by a crash between
+// forwarding and the outcome (of this replica, or of another that died)
+// are reconciled against authentik; stale ones are dropped. Another
+// replica's entries, and open ones, are left alone until takeoverGrace has
+// passed since they were last touched, and then claimed first (see
+// takeoverGrace). It also prunes old dedup records.
 func (t *Tap) rescan(ctx context.Context) error {
 	entries, err := t.journalScan()
 	if err != nil {
 		return err
 	}
 	var firstErr error
+	known := map[string]bool{}
 	for _, in := range entries {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		switch {
-		case in.Outcome == outcomeCompleted:
-			err = t.process(ctx, in, SourceTraffic)
-		case !in.Created.Before(t.started) && t.cfg.Clock().Sub(in.Created) < openGrace:
-			continue // this process's own request may still be in flight
-		case t.cfg.Clock().Sub(in.Created) > t.cfg.IntentMaxAge:
-			t.stats.misses.Add(1)
-			err = t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
-		default:
-			rctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
-			err = t.reconcile(rctx, in)
-			cancel()
+		if h := t.hook().journalRead; h != nil {
+			h(in.ID)
 		}
+		err = t.resolve(ctx, in, known)
 		if err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -54,6 +50,46 @@ func (t *Tap) rescan(ctx context.Context) error {
 	return firstErr
 }
 
+// resolve acts on one journal entry found by a rescan (known: which
+// replicas this rescan found gone).
+func (t *Tap) resolve(ctx context.Context, in *intent, known map[string]bool) error {
+	now := t.cfg.Clock()
+	switch {
+	case now.Sub(in.Created) > t.cfg.IntentMaxAge:
+		t.stats.misses.Add(1)
+		return t.journalDrop(ctx, in)
+	case in.Outcome == outcomeCompleted && t.owner(in):
+		return t.process(ctx, in, SourceTraffic)
+	case in.Created.Before(t.started) && in.Claimer == "" &&
+		(in.Outcome == outcomeCompleted || in.Holder == "" || in.Holder == t.cfg.LeaseHolder):
+		// From before this replica started: a completed one is taken at
+		// once (if its holder is alive after all, the claim makes it back
+		// off), and so is an open one left by this replica's previous run
+		// (a stable LeaseHolder) or written before entries named their
+		// holder. Another's open one may be a request still in flight.
+	case now.Sub(in.touched()) < takeoverGrace && !t.gone(ctx, cmp.Or(in.Claimer, in.Holder), known):
+		// Its holder's request may still be in flight, or its holder (or
+		// claimer) is still publishing it.
+		return nil
+	}
+	if !t.owner(in) || in.Claimer == "" {
+		ok, err := t.claim(ctx, in)
+		if err != nil || !ok {
+			return err // !ok: another replica claimed it first
+		}
+		if in.Holder != t.cfg.LeaseHolder {
+			t.stats.takenOver.Add(1)
+			t.log.Info("tap: took over an intent another replica left", "intent", in.ID, "holder", in.Holder)
+		}
+	}
+	if in.Outcome == outcomeCompleted {
+		return t.process(ctx, in, SourceTraffic)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 4*t.cfg.LookupTimeout)
+	defer cancel()
+	return t.reconcile(rctx, in)
+}
+
 // reconcile decides whether an open intent's action happened, asking
 // authentik about the object it was about to change. Actions authentik
 // leaves no trace of in its objects (logout, password, enrolment, device
@@ -61,7 +97,7 @@ func (t *Tap) rescan(ctx context.Context) error {
 func (t *Tap) reconcile(ctx context.Context, in *intent) error {
 	if t.cfg.Token == "" {
 		t.stats.misses.Add(1) // nothing to ask authentik with
-		return t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
+		return t.journalDrop(ctx, in)
 	}
 	cr := t.api.tokenCreds()
 	happened := false
@@ -120,7 +156,7 @@ func (t *Tap) reconcile(ctx context.Context, in *intent) error {
 			in.Op != opDeviceDelete && in.Op != opSessionBulk {
 			t.stats.misses.Add(1)
 		}
-		return t.cfg.KV.Commit(ctx, []Mark{journalDelete(in.ID)})
+		return t.journalDrop(ctx, in)
 	}
 	// The action happened while the request was in flight, right after the
 	// intent was written: that, not now, is its time (and what the event

@@ -135,11 +135,33 @@ type Signal struct {
 
 // Mark is one key/value change in one bucket, committed atomically with the
 // SETs a signal produces. Delete removes the key; otherwise Value is stored.
+//
+// A mark may carry conditions, checked in the commit's own transaction
+// before anything is written; when one fails the whole commit (every mark,
+// and the SETs of a Publish) is refused. Replicas sharing a store rely on
+// them: a poller that lost its lease cannot move the cursor, and two
+// replicas that read the same de-duplication state or journal entry cannot
+// both act on it.
 type Mark struct {
 	Bucket string
 	Key    []byte
 	Value  []byte
 	Delete bool
+	// Fence, when Fence.Lease is set, refuses the commit unless that lease
+	// is still held with Fence.Token. A mark with only a Fence (no Bucket
+	// and Key) writes nothing.
+	Fence Fence
+	// IfValue makes the commit conditional on the key's current value: it
+	// is refused unless the stored value equals Expect (nil Expect: the key
+	// is absent).
+	IfValue bool
+	Expect  []byte
+}
+
+// Fence names a lease and the fencing token a write is made under.
+type Fence struct {
+	Lease string
+	Token uint64
 }
 
 // Publisher turns a Signal into SETs for every interested stream and commits

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,31 @@ type Tap struct {
 	actions   []string // event-API actions this authentik knows; nil until read
 	// actionsLogged: the list's absence was logged; said once, not each poll.
 	actionsLogged bool
+
+	// hooks lets tests stop a replica at a chosen point (nil in use).
+	hooks atomic.Pointer[hooks]
+}
+
+// hooks are points where a test can hold one replica while another acts,
+// to force an interleaving instead of hoping for it.
+type hooks struct {
+	// dedupChecked runs between the de-duplication check and its commit.
+	dedupChecked func(s Signal, dup bool)
+	// eventSignals runs in a poll once an event's signals are known,
+	// before they are emitted.
+	eventSignals func(pk string)
+	// journalRead runs in a rescan for each entry read, before it is
+	// acted on.
+	journalRead func(id string)
+}
+
+var noHooks = &hooks{}
+
+func (t *Tap) hook() *hooks {
+	if h := t.hooks.Load(); h != nil {
+		return h
+	}
+	return noHooks
 }
 
 // New builds a Tap. It does no I/O.
@@ -114,7 +140,9 @@ func New(cfg Config) (*Tap, error) {
 // worker, the event-API poller and the flow-slug refresher until ctx ends.
 func (t *Tap) Run(ctx context.Context) error {
 	t.started = t.cfg.Clock()
+	live := t.holdLiveness(ctx)
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return t.runLiveness(ctx, live) })
 	g.Go(func() error { return t.runWorker(ctx) })
 	g.Go(func() error { return t.runFlowRefresher(ctx) })
 	g.Go(func() error { return t.runPoller(ctx) })
@@ -179,7 +207,9 @@ func (t *Tap) runWorker(ctx context.Context) error {
 }
 
 // process publishes the signals of one completed intent, then removes it
-// from the journal in the same commit as the last signal.
+// from the journal in the same commit as the last signal. Each publish
+// holds only while the entry is as this replica last saw it: when another
+// replica has claimed it meanwhile, the intent is left to that one.
 func (t *Tap) process(ctx context.Context, in *intent, source Source) error {
 	if _, ok := t.processed.get(in.ID); ok {
 		return nil // both the queue and a rescan handed it over
@@ -190,52 +220,92 @@ func (t *Tap) process(ctx context.Context, in *intent, source Source) error {
 	sigs := t.classify(cctx, in, source)
 	cancel()
 	span.SetAttributes(attribute.Int("tap.signals", len(sigs)))
+	sigs = slices.DeleteFunc(sigs, func(s Signal) bool { return slices.Contains(in.Emitted, s.ID) })
 	for i := range sigs {
-		var extra []Mark
+		var mark Mark
+		var next []byte
 		if i == len(sigs)-1 {
-			extra = []Mark{journalDelete(in.ID)}
+			mark = in.guardDelete()
+		} else {
+			// Not the last: record it as emitted, in the same commit.
+			done := *in
+			done.Emitted = append(slices.Clip(in.Emitted), sigs[i].ID)
+			var err error
+			if mark, next, err = done.guardPut(); err != nil {
+				return err
+			}
 		}
-		if err := t.emit(ctx, sigs[i], extra); err != nil {
+		if err := t.emit(ctx, sigs[i], []Mark{mark}); err != nil {
+			if t.moved(in) {
+				t.log.InfoContext(ctx, "tap: intent taken over by another replica; left to it", "intent", in.ID)
+				t.processed.put(in.ID, struct{}{})
+				return nil
+			}
 			return err
+		}
+		if next != nil {
+			in.Emitted, in.stored = append(slices.Clip(in.Emitted), sigs[i].ID), next
 		}
 	}
 	if len(sigs) == 0 {
-		if err := t.cfg.KV.Commit(ctx, append(t.dir.drain(), journalDelete(in.ID))); err != nil {
-			return fmt.Errorf("tap: close intent %s: %w", in.ID, err)
+		if err := t.journalDrop(ctx, in, t.dir.drain()...); err != nil {
+			return err
 		}
 	}
 	t.processed.put(in.ID, struct{}{})
 	return nil
 }
 
+// maxDedupAttempts bounds how often emit checks again after losing a race
+// with another replica for the same (kind, user).
+const maxDedupAttempts = 8
+
 // emit de-duplicates a signal against the other source and publishes it
-// with its marks, or commits only the marks when it is a duplicate.
+// with its marks, or commits only the marks when it is a duplicate. When
+// the commit is refused because another replica recorded a signal of the
+// same kind and user since the check, it checks again.
 func (t *Tap) emit(ctx context.Context, s Signal, extra []Mark) error {
 	t.dedupMu.Lock()
 	defer t.dedupMu.Unlock()
-	dup, marks, err := t.dedupCheck(s)
-	if err != nil {
-		return err
-	}
-	marks = append(append(marks, extra...), t.dir.drain()...)
-	trace.SpanFromContext(ctx).AddEvent("tap.signal", trace.WithAttributes(attribute.String("tap.signal.id", s.ID),
-		attribute.String("tap.kind", string(s.Kind)), attribute.Bool("tap.duplicate", dup)))
-	if dup {
-		if err := t.cfg.KV.Commit(ctx, marks); err != nil {
-			return fmt.Errorf("tap: commit duplicate %s: %w", s.ID, err)
+	own, dirMarks := s.Marks, t.dir.drain()
+	for attempt := 1; ; attempt++ {
+		dup, marks, err := t.dedupCheck(s)
+		if err != nil {
+			return err
 		}
-		t.stats.dedupDrops.Add(1)
-		t.log.DebugContext(ctx, "tap: duplicate dropped", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source))
-		return nil
+		if h := t.hook().dedupChecked; h != nil {
+			h(s, dup)
+		}
+		guards := marks
+		marks = append(append(marks, extra...), dirMarks...)
+		trace.SpanFromContext(ctx).AddEvent("tap.signal", trace.WithAttributes(attribute.String("tap.signal.id", s.ID),
+			attribute.String("tap.kind", string(s.Kind)), attribute.Bool("tap.duplicate", dup)))
+		if dup {
+			err = t.cfg.KV.Commit(ctx, marks)
+			if err == nil {
+				t.stats.dedupDrops.Add(1)
+				t.log.DebugContext(ctx, "tap: duplicate dropped", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source))
+				return nil
+			}
+			err = fmt.Errorf("tap: commit duplicate %s: %w", s.ID, err)
+		} else {
+			s.Marks = append(slices.Clip(own), marks...)
+			err = t.cfg.Publisher.Publish(ctx, s)
+			if err == nil {
+				t.stats.signal(s.Kind, s.Source)
+				t.log.InfoContext(ctx, "tap: signal", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source),
+					"request_id", s.RequestID)
+				return nil
+			}
+			err = fmt.Errorf("tap: publish %s: %w", s.ID, err)
+		}
+		if attempt == maxDedupAttempts || ctx.Err() != nil || !t.dedupRaced(guards) {
+			return err
+		}
+		t.stats.dedupRaces.Add(1)
+		t.log.DebugContext(ctx, "tap: another replica recorded the same kind and user meanwhile; checking again",
+			"signal", s.ID, "kind", string(s.Kind))
 	}
-	s.Marks = append(s.Marks, marks...)
-	if err := t.cfg.Publisher.Publish(ctx, s); err != nil {
-		return fmt.Errorf("tap: publish %s: %w", s.ID, err)
-	}
-	t.stats.signal(s.Kind, s.Source)
-	t.log.InfoContext(ctx, "tap: signal", "signal", s.ID, "kind", string(s.Kind), "source", string(s.Source),
-		"request_id", s.RequestID)
-	return nil
 }
 
 // Stats is a snapshot of the tap's counters.
@@ -270,6 +340,15 @@ type Stats struct {
 	FlowErrors uint64
 	// Reconciled counts open intents resolved at start (emitted or dropped).
 	Reconciled uint64
+	// DedupRaces counts de-duplication checks made again because another
+	// replica recorded a signal of the same kind and user at the same time.
+	DedupRaces uint64
+	// PollerFenced counts poller commits refused because the poller lease
+	// had passed to another replica (the poll then stopped).
+	PollerFenced uint64
+	// TakenOver counts journal intents of another replica (dead, or stuck
+	// past the grace period) that this one claimed and resolved.
+	TakenOver uint64
 }
 
 type counters struct {
@@ -279,6 +358,7 @@ type counters struct {
 	staleLogouts                             atomic.Uint64
 	rateLimited, queueDrops, pollErrors      atomic.Uint64
 	flowErrors, reconciled, polls            atomic.Uint64
+	dedupRaces, pollerFenced, takenOver      atomic.Uint64
 	caughtUp                                 atomic.Int64 // unix nanos; see Stats.PollLag
 }
 
@@ -301,7 +381,8 @@ func (t *Tap) Stats() Stats {
 		Untrusted: t.stats.untrusted.Load(), Anonymous: t.stats.anonymous.Load(), StaleLogouts: t.stats.staleLogouts.Load(), AuthentikVersion: t.authentikVersion(), RateLimited: t.stats.rateLimited.Load(),
 		QueueDrops: t.stats.queueDrops.Load(), PollErrors: t.stats.pollErrors.Load(), Polls: t.stats.polls.Load(),
 		PollLag: max(0, t.cfg.Clock().Sub(time.Unix(0, t.stats.caughtUp.Load()))), FlowErrors: t.stats.flowErrors.Load(),
-		Reconciled: t.stats.reconciled.Load(),
+		Reconciled: t.stats.reconciled.Load(), DedupRaces: t.stats.dedupRaces.Load(),
+		PollerFenced: t.stats.pollerFenced.Load(), TakenOver: t.stats.takenOver.Load(),
 	}
 	t.stats.mu.Lock()
 	defer t.stats.mu.Unlock()

@@ -132,6 +132,7 @@ var options = []option{
 	{name: "push-timeout", env: "SSF_PUSH_TIMEOUT", def: "10s", usage: "total time for one push attempt (connect: 5s)", apply: dur(func(c *Config) *time.Duration { return &c.PushTimeout })},
 	{name: "max-backoff", env: "SSF_MAX_BACKOFF", def: "10m", usage: "cap on the wait between attempts on a failing stream", apply: dur(func(c *Config) *time.Duration { return &c.MaxBackoff })},
 	{name: "pause-after", env: "SSF_PAUSE_AFTER", def: "72h", usage: "a stream failing this long is paused by the transmitter", apply: dur(func(c *Config) *time.Duration { return &c.PauseAfter })},
+	{name: "lease-ttl", env: "SSF_LEASE_TTL", def: "0s", usage: "with --database-url, how long a replica's dispatch and event-API poller leases last unrenewed: a dead replica's work moves to another within it (0: 15s); holders renew it every third of that, also during a long push attempt or poll wait", apply: dur(func(c *Config) *time.Duration { return &c.LeaseTTL })},
 	{name: "key-overlap", env: "SSF_KEY_OVERLAP", def: "168h", usage: "how long a retired signing key stays in the JWKS", apply: dur(func(c *Config) *time.Duration { return &c.KeyOverlap })},
 	{name: "min-verification-interval", env: "SSF_MIN_VERIFICATION_INTERVAL", def: "5s", usage: "least time between a receiver's verification requests on one stream (advertised as min_verification_interval; enforced with 1s of slack; 1s to 2m)", apply: dur(func(c *Config) *time.Duration { return &c.MinVerification })},
 	{name: "max-body", env: "SSF_MAX_BODY", def: "64KiB", usage: "largest SSF management or poll request body (e.g. 64KiB, 1MiB)", apply: func(c *Config, v string) error {
@@ -158,6 +159,8 @@ var options = []option{
 	{name: "database-schema", env: "SSF_DATABASE_SCHEMA", def: "ssf_sidecar", usage: "schema the sidecar owns in that database", apply: str(func(c *Config) *string { return &c.DatabaseSchema })},
 	{name: "encryption-key-file", env: "SSF_ENCRYPTION_KEY_FILE", usage: "file holding the key that seals secrets kept in the database: at least 32 random bytes as hex or base64 (required with --database-url)", apply: str(func(c *Config) *string { return &c.EncryptionKeyFile })},
 	{name: "encryption-key", env: "SSF_ENCRYPTION_KEY", secret: true, envOnly: true, usage: "the --encryption-key-file text itself, from the environment only", apply: func(c *Config, v string) error { c.EncryptionKey = v; return nil }},
+	{name: "previous-encryption-key-file", env: "SSF_PREVIOUS_ENCRYPTION_KEY_FILE", usage: "file holding the encryption key being rotated out: secrets sealed under it are still opened, new ones are sealed under --encryption-key-file (see ssf-sidecar rekey)", apply: str(func(c *Config) *string { return &c.PreviousEncryptionKeyFile })},
+	{name: "previous-encryption-key", env: "SSF_PREVIOUS_ENCRYPTION_KEY", secret: true, envOnly: true, usage: "the --previous-encryption-key-file text itself, from the environment only", apply: func(c *Config, v string) error { c.PreviousEncryptionKey = v; return nil }},
 }
 
 func splitList(v string) []string {
@@ -446,6 +449,9 @@ var yamlLineRE = regexp.MustCompile(`line \d+`)
 // Validate checks what `serve` needs beyond well-formed values, reporting
 // every problem at once. Checks that need other packages (key files,
 // receivers file) are done by checkDeep.
+// minLeaseTTL is the shortest --lease-ttl accepted.
+const minLeaseTTL = time.Second
+
 func (c Config) Validate() error {
 	var errs []error
 	if c.Upstream == "" {
@@ -501,12 +507,20 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--%s must be greater than zero", d.flag))
 		}
 	}
+	if c.LeaseTTL != 0 && c.LeaseTTL < minLeaseTTL {
+		// Holders renew every third of the lifetime; below a second a busy
+		// database round trip could outlast it.
+		errs = append(errs, fmt.Errorf("--lease-ttl %s must be 0 (the default, 15s) or at least %s", c.LeaseTTL, minLeaseTTL))
+	}
 	if c.DatabaseURL != "" {
 		if _, err := c.encryptionKey(); err != nil {
 			errs = append(errs, err)
 		}
-	} else if c.EncryptionKeyFile != "" || c.EncryptionKey != "" {
-		errs = append(errs, errors.New("--encryption-key-file / SSF_ENCRYPTION_KEY is only used with --database-url"))
+		if _, err := c.previousEncryptionKey(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if c.EncryptionKeyFile != "" || c.EncryptionKey != "" || c.PreviousEncryptionKeyFile != "" || c.PreviousEncryptionKey != "" {
+		errs = append(errs, errors.New("--encryption-key-file / SSF_ENCRYPTION_KEY (and the previous key) are only used with --database-url"))
 	}
 	if c.MinVerification != 0 && (c.MinVerification < time.Second || c.MinVerification > 2*time.Minute) {
 		errs = append(errs, fmt.Errorf("--min-verification-interval %s: use 1s to 2m (the OpenID conformance suite waits at most 2m)", c.MinVerification))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/base64"
@@ -19,28 +20,68 @@ const minEncryptionKey = 32
 // SSF_ENCRYPTION_KEY or --encryption-key-file (one of them). Errors never
 // contain the key.
 func (c Config) encryptionKey() ([]byte, error) {
+	k, err := readEncryptionKey("--encryption-key-file", "SSF_ENCRYPTION_KEY", c.EncryptionKeyFile, c.EncryptionKey)
+	if err == nil && k == nil {
+		err = errors.New("--database-url needs an encryption key for the secrets it stores: --encryption-key-file FILE or SSF_ENCRYPTION_KEY " +
+			"(at least 32 random bytes as 64+ hex digits or base64, e.g. from: openssl rand -hex 32)")
+	}
+	return k, err
+}
+
+// previousEncryptionKey reads the key being rotated out, from
+// SSF_PREVIOUS_ENCRYPTION_KEY or --previous-encryption-key-file: values
+// sealed under it are still opened, and ssf-sidecar rekey seals them again
+// under the current key. It is nil when neither is given.
+func (c Config) previousEncryptionKey() ([]byte, error) {
+	k, err := readEncryptionKey("--previous-encryption-key-file", "SSF_PREVIOUS_ENCRYPTION_KEY", c.PreviousEncryptionKeyFile, c.PreviousEncryptionKey)
+	if err != nil || k == nil {
+		return k, err
+	}
+	if cur, cerr := c.encryptionKey(); cerr == nil && bytes.Equal(cur, k) {
+		return nil, errors.New("--previous-encryption-key-file / SSF_PREVIOUS_ENCRYPTION_KEY holds the current encryption key: give the key being rotated out, or neither")
+	}
+	return k, nil
+}
+
+// readEncryptionKey reads a key given as the text of env or in the file
+// flag names (one of them); nil without either.
+func readEncryptionKey(flagName, env, file, text string) ([]byte, error) {
 	switch {
-	case c.EncryptionKey != "" && c.EncryptionKeyFile != "":
-		return nil, errors.New("give the encryption key once: --encryption-key-file or SSF_ENCRYPTION_KEY, not both")
-	case c.EncryptionKey != "":
-		k, err := parseEncryptionKey(c.EncryptionKey)
+	case text != "" && file != "":
+		return nil, fmt.Errorf("give the key once: %s or %s, not both", flagName, env)
+	case text != "":
+		k, err := parseEncryptionKey(text)
 		if err != nil {
-			return nil, fmt.Errorf("SSF_ENCRYPTION_KEY: %w", err)
+			return nil, fmt.Errorf("%s: %w", env, err)
 		}
 		return k, nil
-	case c.EncryptionKeyFile != "":
-		b, err := os.ReadFile(c.EncryptionKeyFile)
+	case file != "":
+		b, err := os.ReadFile(file)
 		if err != nil {
-			return nil, fmt.Errorf("--encryption-key-file: %w", err)
+			return nil, fmt.Errorf("%s: %w", flagName, err)
 		}
 		k, err := parseEncryptionKey(string(b))
 		if err != nil {
-			return nil, fmt.Errorf("--encryption-key-file %s: %w", c.EncryptionKeyFile, err)
+			return nil, fmt.Errorf("%s %s: %w", flagName, file, err)
 		}
 		return k, nil
 	}
-	return nil, errors.New("--database-url needs an encryption key for the secrets it stores: --encryption-key-file FILE or SSF_ENCRYPTION_KEY " +
-		"(at least 32 random bytes as 64+ hex digits or base64, e.g. from: openssl rand -hex 32)")
+	return nil, nil
+}
+
+// Purposes of the keys derived from the encryption key.
+const (
+	pushHeaderPurpose  = "ssf-sidecar stream secrets v1"
+	signingKeysPurpose = "ssf-sidecar signing keys v1"
+)
+
+// sealKeys derives the stream-secret and signing-key seal keys from an
+// encryption key (nil for a nil key).
+func sealKeys(encKey []byte) (streams, keys []byte) {
+	if encKey == nil {
+		return nil, nil
+	}
+	return deriveKey(encKey, pushHeaderPurpose), deriveKey(encKey, signingKeysPurpose)
 }
 
 // parseEncryptionKey reads at least minEncryptionKey bytes written as hex

@@ -71,6 +71,7 @@ func commands() []command {
 		{"health", "exit 0 when the sidecar answers ready (for container health checks)", runHealth},
 		{"migrate", "migrate: apply the database schema's migrations (--database-url)", runMigrate},
 		{"migrate-store", "migrate-store --from-data-dir DIR --to-database-url URL: copy a stopped one-replica data dir into PostgreSQL", runMigrateStore},
+		{"rekey", "rekey --database-url URL --encryption-key-file NEW --previous-encryption-key-file OLD: seal the database's secrets again under a new encryption key", runRekey},
 		{"repair", "repair --data-dir DIR: find (and fix) key files a partial restore left out", runRepair},
 	}
 }

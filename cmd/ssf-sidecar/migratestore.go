@@ -49,7 +49,7 @@ type migrateStoreReport struct {
 func runMigrateStore(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	fset := flag.NewFlagSet("migrate-store", flag.ContinueOnError)
 	dataDir := fset.String("from-data-dir", "", "the stopped sidecar's data dir to copy (required)")
-	dbURL := fset.String("to-database-url", os.Getenv("SSF_DATABASE_URL"), "PostgreSQL URL or key=value DSN to copy into (env SSF_DATABASE_URL)")
+	dbURL := fset.String("to-database-url", "", "PostgreSQL URL or key=value DSN to copy into (env SSF_DATABASE_URL)")
 	schema := fset.String("database-schema", envOr("SSF_DATABASE_SCHEMA", pgstore.DefaultSchema), "schema to copy into (env SSF_DATABASE_SCHEMA)")
 	keyFile := fset.String("encryption-key-file", os.Getenv("SSF_ENCRYPTION_KEY_FILE"), "file holding the database's encryption key (or SSF_ENCRYPTION_KEY)")
 	asJSON := fset.Bool("json", false, "print the report as JSON")
@@ -63,6 +63,11 @@ func runMigrateStore(ctx context.Context, args []string, stdout, _ io.Writer) er
 	}
 	if err := parseNoArgs(fset, args, help); err != nil {
 		return err
+	}
+	if *dbURL == "" {
+		// Read after parsing, so that --help never shows the variable (its
+		// URL may hold a password).
+		*dbURL = os.Getenv("SSF_DATABASE_URL")
 	}
 	if *dataDir == "" || *dbURL == "" {
 		return usageError{"migrate-store needs --from-data-dir and --to-database-url"}
@@ -115,8 +120,8 @@ func migrateStore(ctx context.Context, dataDir, dbURL, schema string, encKey []b
 	case len(fromSeal) != 32:
 		return nil, fmt.Errorf("%s: want 32 bytes, found %d", filepath.Join(dataDir, ssf.SecretKeyFile), len(fromSeal))
 	}
-	seal := sealKeysFrom(encKey)
-	sharer, err := ssf.NewSharer(dataDir, fromSeal, seal.StreamSecrets, seal.SigningKeys)
+	streamSeal, keySeal := sealKeys(encKey)
+	sharer, err := ssf.NewSharer(dataDir, fromSeal, streamSeal, keySeal)
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	neturl "net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -346,16 +345,10 @@ func (f *forwarder) cut(down bool) {
 // Retry-After and /healthz names the database; when it is back, the SSF
 // routes answer again without a restart.
 func TestSystemDatabaseOutage(t *testing.T) {
-	base, schema := pgtest.Schema(t)
-	pu, err := neturl.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fwd := startForwarder(t, pu.Host)
-	pu.Host = fwd.ln.Addr().String()
+	dbURL, schema, fwd := forwardedDatabase(t)
 	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
 		PollInterval: 100 * time.Millisecond, Mutate: func(c *sidecar.Config) {
-			c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = pu.String(), schema, testEncryptionKey
+			c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = dbURL, schema, testEncryptionKey
 		}})
 	if err != nil {
 		t.Fatal(err)

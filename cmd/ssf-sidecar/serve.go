@@ -89,20 +89,23 @@ func sidecarOptions(more ...sidecar.Option) []sidecar.Option {
 	return append([]sidecar.Option{sidecar.WithVersion(buildVersion()), sidecar.WithSealKeys(storeSeal)}, more...)
 }
 
-// storeSeal reads the operator's encryption key the configuration names and
-// derives the seal keys of a shared database from it.
+// storeSeal reads the operator's encryption key the configuration names
+// (and the one being rotated out, if given) and derives the seal keys of a
+// shared database from them.
 func storeSeal(c sidecar.Config) (sidecar.SealKeys, error) {
-	master, err := Config{Config: c}.encryptionKey()
+	cfg := Config{Config: c}
+	master, err := cfg.encryptionKey()
 	if err != nil {
 		return sidecar.SealKeys{}, err
 	}
-	return sealKeysFrom(master), nil
-}
-
-// sealKeysFrom derives the seal keys of each use from the encryption key.
-func sealKeysFrom(master []byte) sidecar.SealKeys {
-	return sidecar.SealKeys{StreamSecrets: deriveKey(master, "ssf-sidecar stream secrets v1"),
-		SigningKeys: deriveKey(master, "ssf-sidecar signing keys v1")}
+	prev, err := cfg.previousEncryptionKey()
+	if err != nil {
+		return sidecar.SealKeys{}, err
+	}
+	var seal sidecar.SealKeys
+	seal.StreamSecrets, seal.SigningKeys = sealKeys(master)
+	seal.PreviousStreamSecrets, seal.PreviousSigningKeys = sealKeys(prev)
+	return seal, nil
 }
 
 // liveConfig is the sidecar's view of what a reload changes.

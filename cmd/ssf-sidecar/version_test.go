@@ -106,3 +106,24 @@ func TestStrayArgumentNotQuoted(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpHidesEnvironmentSecrets: no command's --help shows a value taken
+// from the environment that may hold a secret (a database URL carries its
+// password, the key variables hold key text).
+func TestHelpHidesEnvironmentSecrets(t *testing.T) {
+	const pw = "db-password-in-env-Hx71"
+	t.Setenv("SSF_DATABASE_URL", "postgres://ssf:"+pw+"@db.example/ak")
+	t.Setenv("SSF_ENCRYPTION_KEY", pw+"-enc")
+	t.Setenv("SSF_PREVIOUS_ENCRYPTION_KEY", pw+"-prev")
+	t.Setenv("SSF_ADMIN_TOKEN", pw+"-admin")
+	for _, c := range commands() {
+		var out bytes.Buffer
+		code := run(context.Background(), []string{c.name, "--help"}, &out, &out)
+		if code != 0 || out.Len() == 0 {
+			t.Errorf("%s --help: exit %d, %d bytes of output", c.name, code, out.Len())
+		}
+		if strings.Contains(out.String(), pw) {
+			t.Errorf("%s --help shows a secret from the environment:\n%s", c.name, strings.ReplaceAll(out.String(), pw, "<secret>"))
+		}
+	}
+}

@@ -50,7 +50,12 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("Queue", s.testQueue)
 	t.Run("QueueDeadLetter", s.testQueueDeadLetter)
 	t.Run("LastErrorKept", s.testLastErrorKept)
+	t.Run("FailingKept", s.testFailingKept)
 	t.Run("Notifier", s.testNotifier)
+	t.Run("PollLeaseReplicas", s.testPollLeaseReplicas)
+	t.Run("PollAckReplicas", s.testPollAckReplicas)
+	t.Run("PollLeaseReopen", s.testPollLeaseReopen)
+	t.Run("PollLeaseConcurrent", s.testPollLeaseConcurrent)
 	if s.Shared {
 		t.Run("ReplicasEnqueue", s.testReplicasEnqueue)
 		t.Run("ReplicasLease", s.testReplicasLease)

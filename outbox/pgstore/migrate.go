@@ -103,8 +103,17 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, schema string, ms []Migrat
 		}
 	}()
 	q := pgx.Identifier{schema}.Sanitize()
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+q); err != nil {
-		return res, fmt.Errorf("pgstore: migrate: create schema %s: %w", schema, err)
+	// CREATE SCHEMA asks for CREATE on the database even when the schema
+	// exists, so it runs only when it is missing: a role that owns a schema
+	// made for it beforehand needs no right on the database.
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
+		return res, fmt.Errorf("pgstore: migrate: look up schema %s: %w", schema, err)
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+q); err != nil {
+			return res, fmt.Errorf("pgstore: migrate: create schema %s: %w", schema, err)
+		}
 	}
 	if _, err := conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+q+`.schema_migrations (
 		version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {

@@ -7,6 +7,7 @@ package chartcheck
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,26 +73,42 @@ func newObject(apiVersion, kind string) (any, bool) {
 // document strictly; any unknown field, duplicate key or unknown kind fails.
 func render(t *testing.T, valuesFiles ...string) map[string]object {
 	t.Helper()
-	args := []string{"template", "ssf-sidecar", chart, "--namespace", "authentik"}
+	var args []string
 	for _, f := range valuesFiles {
 		args = append(args, "--values", f)
 	}
+	return renderArgs(t, args...)
+}
+
+// renderArgs is render with helm template's own arguments (--set, --values).
+func renderArgs(t *testing.T, extra ...string) map[string]object {
+	t.Helper()
+	args := append([]string{"template", "ssf-sidecar", chart, "--namespace", "authentik"}, extra...)
 	out, err := helm(t, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	objs := map[string]object{}
-	for _, doc := range strings.Split(out, "\n---") {
+	decodeInto(t, objs, out)
+	return objs
+}
+
+// decodeInto decodes every document of a YAML stream strictly into its
+// Kubernetes type and adds it to objs; any unknown field, duplicate key,
+// unknown kind or object named twice fails.
+func decodeInto(t *testing.T, objs map[string]object, stream string) {
+	t.Helper()
+	for _, doc := range strings.Split(stream, "\n---") {
 		if strings.TrimSpace(stripComments(doc)) == "" {
 			continue
 		}
 		var tm metav1.TypeMeta
 		if err := yaml.Unmarshal([]byte(doc), &tm); err != nil {
-			t.Fatalf("rendered document is not YAML: %v\n%s", err, doc)
+			t.Fatalf("document is not YAML: %v\n%s", err, doc)
 		}
 		o, ok := newObject(tm.APIVersion, tm.Kind)
 		if !ok {
-			t.Fatalf("rendered an object of unexpected kind %s %s:\n%s", tm.APIVersion, tm.Kind, doc)
+			t.Fatalf("an object of unexpected kind %s %s:\n%s", tm.APIVersion, tm.Kind, doc)
 		}
 		if err := yaml.UnmarshalStrict([]byte(doc), o); err != nil {
 			t.Fatalf("%s does not decode strictly: %v\n%s", tm.Kind, err, doc)
@@ -99,11 +116,10 @@ func render(t *testing.T, valuesFiles ...string) map[string]object {
 		name := o.(metav1.ObjectMetaAccessor).GetObjectMeta().GetName()
 		key := tm.Kind + "/" + name
 		if _, dup := objs[key]; dup {
-			t.Fatalf("%s rendered twice", key)
+			t.Fatalf("%s twice", key)
 		}
 		objs[key] = object{kind: tm.Kind, name: name, obj: o}
 	}
-	return objs
 }
 
 func stripComments(doc string) string {
@@ -355,11 +371,8 @@ func TestChartDatabase(t *testing.T) {
 	if _, ok := objs["PersistentVolumeClaim/ssf-sidecar-data"]; ok {
 		t.Errorf("a database install must not claim a volume")
 	}
-	d := deployment(t, objs)
-	if *d.Spec.Replicas != 2 || d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType {
-		t.Errorf("replicas %d, strategy %q: want 2 and RollingUpdate", *d.Spec.Replicas, d.Spec.Strategy.Type)
-	}
-	c := checkPod(t, d)
+	d := checkReplicated(t, objs, 2)
+	c := d.Spec.Template.Spec.Containers[0]
 	url := env(c)["SSF_DATABASE_URL"]
 	if url.ValueFrom == nil || url.ValueFrom.SecretKeyRef == nil || url.ValueFrom.SecretKeyRef.Name != "ssf-sidecar-database" || url.ValueFrom.SecretKeyRef.Key != "SSF_DATABASE_URL" {
 		t.Errorf("SSF_DATABASE_URL = %+v, want it from the Secret", url)
@@ -383,10 +396,6 @@ func TestChartDatabase(t *testing.T) {
 			}
 		}
 	}
-	pdb := objs["PodDisruptionBudget/ssf-sidecar"].obj.(*policyv1.PodDisruptionBudget)
-	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 || pdb.Spec.MaxUnavailable != nil {
-		t.Errorf("PDB = %+v, want minAvailable 1", pdb.Spec)
-	}
 }
 
 // Values that cannot work are refused at render time, with a reason.
@@ -395,6 +404,8 @@ func TestChartRefuses(t *testing.T) {
 		set, want string
 	}{
 		{"replicaCount=2", "needs database.url"},
+		{"replicaCount=3,persistence.enabled=false", "needs database.url"},
+		{"replicaCount=0", "must be at least 1"},
 		{"database.url.existingSecret=db", "needs database.encryptionKey.existingSecret"},
 		{"issuer=https://sso.example.com/ssf/", "must not end with a slash"},
 		{"upstream=", "upstream (authentik's base URL) is required"},
@@ -413,9 +424,236 @@ func TestChartRefuses(t *testing.T) {
 }
 
 func TestChartLint(t *testing.T) {
-	for _, values := range [][]string{nil, {"--values", filepath.Join(chart, "ci", "full-values.yaml")}, {"--values", filepath.Join(chart, "ci", "database-values.yaml")}} {
+	for _, values := range [][]string{nil, {"--values", filepath.Join(chart, "ci", "full-values.yaml")}, {"--values", filepath.Join(chart, "ci", "database-values.yaml")},
+		{"--set", "database.url.existingSecret=db,database.encryptionKey.existingSecret=db"}} {
 		if out, err := helm(t, append([]string{"lint", "--strict", chart}, values...)...); err != nil {
 			t.Errorf("helm lint %v:\n%s", values, out)
+		}
+	}
+}
+
+// checkReplicated holds what several replicas on PostgreSQL need: the
+// replica count, rolling updates that never go below it (maxUnavailable 0,
+// maxSurge 1), a PodDisruptionBudget keeping one pod and selecting exactly
+// the Deployment's pods, no volume claim, a preStop pause, and the pods
+// spread over nodes.
+func checkReplicated(t *testing.T, objs map[string]object, replicas int32) *appsv1.Deployment {
+	t.Helper()
+	d := deployment(t, objs)
+	checkPod(t, d)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != replicas {
+		t.Errorf("replicas = %v, want %d", d.Spec.Replicas, replicas)
+	}
+	st := d.Spec.Strategy
+	if st.Type != appsv1.RollingUpdateDeploymentStrategyType || st.RollingUpdate == nil ||
+		st.RollingUpdate.MaxUnavailable == nil || st.RollingUpdate.MaxUnavailable.String() != "0" ||
+		st.RollingUpdate.MaxSurge == nil || st.RollingUpdate.MaxSurge.String() != "1" {
+		t.Errorf("strategy = %+v, want RollingUpdate with maxUnavailable 0 and maxSurge 1", st)
+	}
+	var pdb *policyv1.PodDisruptionBudget
+	for _, o := range objs {
+		if p, ok := o.obj.(*policyv1.PodDisruptionBudget); ok {
+			pdb = p
+		}
+	}
+	if pdb == nil {
+		t.Fatalf("no PodDisruptionBudget among %v", kinds(objs))
+	}
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.String() != "1" || pdb.Spec.MaxUnavailable != nil {
+		t.Errorf("PDB = %+v, want minAvailable 1 alone", pdb.Spec)
+	}
+	if pdb.Spec.Selector == nil || len(pdb.Spec.Selector.MatchLabels) == 0 || len(pdb.Spec.Selector.MatchExpressions) != 0 {
+		t.Fatalf("PDB selector = %+v, want labels", pdb.Spec.Selector)
+	}
+	for k, v := range pdb.Spec.Selector.MatchLabels {
+		if d.Spec.Template.Labels[k] != v {
+			t.Errorf("the PDB selects %s=%s, which the pods lack (%v)", k, v, d.Spec.Template.Labels)
+		}
+	}
+	if !maps.Equal(pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) {
+		t.Errorf("PDB selector %v differs from the Deployment's %v", pdb.Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels)
+	}
+	for k := range objs {
+		if strings.HasPrefix(k, "PersistentVolumeClaim/") {
+			t.Errorf("%s: the replicas keep nothing on disk", k)
+		}
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.PersistentVolumeClaim != nil {
+			t.Errorf("volume %s is a claim: one claim cannot serve several replicas", v.Name)
+		}
+	}
+	c := d.Spec.Template.Spec.Containers[0]
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil || c.Lifecycle.PreStop.Sleep.Seconds < 1 {
+		t.Errorf("lifecycle = %+v: a stopping pod must pause while it leaves the Service", c.Lifecycle)
+	}
+	spread := d.Spec.Template.Spec.TopologySpreadConstraints
+	if len(spread) != 1 || spread[0].TopologyKey != "kubernetes.io/hostname" || spread[0].WhenUnsatisfiable != corev1.ScheduleAnyway ||
+		spread[0].LabelSelector == nil || !maps.Equal(spread[0].LabelSelector.MatchLabels, d.Spec.Selector.MatchLabels) {
+		t.Errorf("topologySpreadConstraints = %+v, want the pods spread over nodes", spread)
+	}
+	return d
+}
+
+// secretRef is the Secret name and key an environment variable comes from.
+func secretRef(t *testing.T, c corev1.Container, name string) [2]string {
+	t.Helper()
+	v, ok := env(c)[name]
+	if !ok || v.ValueFrom == nil || v.ValueFrom.SecretKeyRef == nil || v.Value != "" {
+		t.Errorf("%s must come from a Secret (secretKeyRef), got %+v", name, v)
+		return [2]string{}
+	}
+	return [2]string{v.ValueFrom.SecretKeyRef.Name, v.ValueFrom.SecretKeyRef.Key}
+}
+
+// database.url alone: two replicas, rolling updates, a PDB, no claim; more
+// replicas when asked.
+func TestChartDatabaseDefaults(t *testing.T) {
+	set := "database.url.existingSecret=ssf-sidecar-database,database.encryptionKey.existingSecret=ssf-sidecar-database"
+	objs := renderArgs(t, "--set", set)
+	want := []string{"ConfigMap/ssf-sidecar", "Deployment/ssf-sidecar", "PodDisruptionBudget/ssf-sidecar", "Service/ssf-sidecar", "Service/ssf-sidecar-admin"}
+	if got := kinds(objs); !slices.Equal(got, want) {
+		t.Errorf("database render = %v, want %v", got, want)
+	}
+	d := checkReplicated(t, objs, 2)
+	c := d.Spec.Template.Spec.Containers[0]
+	if got := secretRef(t, c, "SSF_DATABASE_URL"); got != [2]string{"ssf-sidecar-database", "SSF_DATABASE_URL"} {
+		t.Errorf("SSF_DATABASE_URL from %v", got)
+	}
+	// The encryption key: a file from the Secret, where the setting says.
+	cm := configMap(t, objs)
+	var mount string
+	for _, m := range c.VolumeMounts {
+		if m.Name == "encryption-key" {
+			mount = m.MountPath
+		}
+	}
+	var keyVol *corev1.SecretVolumeSource
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == "encryption-key" {
+			keyVol = v.Secret
+		}
+	}
+	if keyVol == nil || keyVol.SecretName != "ssf-sidecar-database" || len(keyVol.Items) != 1 ||
+		cm["SSF_ENCRYPTION_KEY_FILE"] != mount+"/"+keyVol.Items[0].Path {
+		t.Errorf("encryption key: file %q, mount %q, volume %+v", cm["SSF_ENCRYPTION_KEY_FILE"], mount, keyVol)
+	}
+	if _, ok := env(c)["SSF_ENCRYPTION_KEY"]; ok {
+		t.Errorf("the key is given twice (file and variable)")
+	}
+
+	objs = renderArgs(t, "--set", set+",replicaCount=3")
+	checkReplicated(t, objs, 3)
+	// One replica on a database: a PDB would block drains, none by default.
+	objs = renderArgs(t, "--set", set+",replicaCount=1")
+	if _, ok := objs["PodDisruptionBudget/ssf-sidecar"]; ok {
+		t.Errorf("one replica on a database: a default PDB with minAvailable 1 would block node drains")
+	}
+}
+
+// The plain manifests in deploy/kubernetes/: the shared files with either
+// postgresql/ (two replicas) or bbolt/ (one), decoded strictly.
+func kubernetesManifests(t *testing.T, variant string) map[string]object {
+	t.Helper()
+	objs := map[string]object{}
+	for _, dir := range []string{"../../kubernetes", filepath.Join("../../kubernetes", variant)} {
+		files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+		if err != nil || len(files) == 0 {
+			t.Fatalf("no manifests in %s (%v)", dir, err)
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			decodeInto(t, objs, string(b))
+		}
+	}
+	return objs
+}
+
+// TestKubernetesManifests: the shared files with postgresql/ are two
+// replicas on a database; with bbolt/, one replica on a claim.
+func TestKubernetesManifests(t *testing.T) {
+	shared := []string{"ConfigMap/ssf-sidecar", "Deployment/ssf-sidecar", "NetworkPolicy/authentik-server-only-via-ssf-sidecar",
+		"Service/ssf-sidecar", "Service/ssf-sidecar-admin"}
+	for variant, extra := range map[string]string{"postgresql": "PodDisruptionBudget/ssf-sidecar", "bbolt": "PersistentVolumeClaim/ssf-sidecar-data"} {
+		objs := kubernetesManifests(t, variant)
+		want := append(slices.Clone(shared), extra)
+		slices.Sort(want)
+		if got := kinds(objs); !slices.Equal(got, want) {
+			t.Errorf("deploy/kubernetes + %s/ = %v, want %v", variant, got, want)
+		}
+		d := deployment(t, objs)
+		checkServesPods(t, objs, d)
+		if variant == "postgresql" {
+			checkKubernetesPostgreSQL(t, objs)
+		} else {
+			checkKubernetesBbolt(t, d)
+		}
+	}
+}
+
+func checkKubernetesPostgreSQL(t *testing.T, objs map[string]object) {
+	t.Helper()
+	d := checkReplicated(t, objs, 2)
+	c := d.Spec.Template.Spec.Containers[0]
+	for name, ref := range map[string][2]string{
+		"SSF_DATABASE_URL":   {"ssf-sidecar-database", "SSF_DATABASE_URL"},
+		"SSF_ENCRYPTION_KEY": {"ssf-sidecar-database", "SSF_ENCRYPTION_KEY"},
+	} {
+		if got := secretRef(t, c, name); got != ref {
+			t.Errorf("%s from %v, want %v", name, got, ref)
+		}
+	}
+	if v := env(c)["SSF_DATABASE_SCHEMA"]; v.Value != "ssf_sidecar" {
+		t.Errorf("SSF_DATABASE_SCHEMA = %+v", v)
+	}
+}
+
+func checkKubernetesBbolt(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	c := checkPod(t, d)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("replicas %v, strategy %q: want 1 and Recreate (bbolt is held by one process)", d.Spec.Replicas, d.Spec.Strategy.Type)
+	}
+	claim := ""
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == "data" && v.PersistentVolumeClaim != nil {
+			claim = v.PersistentVolumeClaim.ClaimName
+		}
+	}
+	if claim != "ssf-sidecar-data" {
+		t.Errorf("the data dir must be on the claim ssf-sidecar-data, got %q", claim)
+	}
+	for _, name := range []string{"SSF_DATABASE_URL", "SSF_ENCRYPTION_KEY"} {
+		if _, ok := env(c)[name]; ok {
+			t.Errorf("the bbolt Deployment sets %s", name)
+		}
+	}
+}
+
+// checkServesPods: the Services and the NetworkPolicy's sidecar rule select
+// the Deployment's pods, so either variant fits the shared files.
+func checkServesPods(t *testing.T, objs map[string]object, d *appsv1.Deployment) {
+	t.Helper()
+	labels := d.Spec.Template.Labels
+	for _, name := range []string{"Service/ssf-sidecar", "Service/ssf-sidecar-admin"} {
+		svc := objs[name].obj.(*corev1.Service)
+		for k, v := range svc.Spec.Selector {
+			if labels[k] != v {
+				t.Errorf("%s selects %s=%s, which the pods lack", name, k, v)
+			}
+		}
+	}
+	np := objs["NetworkPolicy/authentik-server-only-via-ssf-sidecar"].obj.(*networkingv1.NetworkPolicy)
+	from := np.Spec.Ingress[0].From
+	if len(from) != 1 || from[0].PodSelector == nil {
+		t.Fatalf("network policy's first rule = %+v", np.Spec.Ingress[0])
+	}
+	for k, v := range from[0].PodSelector.MatchLabels {
+		if labels[k] != v {
+			t.Errorf("the network policy admits %s=%s, which the pods lack", k, v)
 		}
 	}
 }

@@ -107,6 +107,9 @@ func (staticLive) Watch(ctx context.Context)                        { <-ctx.Done
 type SealKeys struct {
 	StreamSecrets []byte // push streams' authorization_header
 	SigningKeys   []byte // the private signing keys
+	// The same of the encryption key being rotated out (nil without one):
+	// what is sealed under them is still opened.
+	PreviousStreamSecrets, PreviousSigningKeys []byte
 }
 
 // Option adjusts how Build wires the sidecar.
@@ -143,7 +146,8 @@ type storeKV struct{ s *outbox.Store }
 func (k storeKV) Commit(ctx context.Context, marks []tap.Mark) error {
 	out := make([]outbox.Mark, len(marks))
 	for i, m := range marks {
-		out[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete}
+		out[i] = outbox.Mark{Bucket: m.Bucket, Key: m.Key, Value: m.Value, Delete: m.Delete,
+			Fence: outbox.Fence(m.Fence), IfValue: m.IfValue, Expect: m.Expect}
 	}
 	return k.s.Commit(ctx, out)
 }
@@ -260,7 +264,7 @@ func (a *Sidecar) buildCore(ctx context.Context, receivers []ssf.Receiver) (err 
 	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
 		_ = os.Chmod(cfg.DataDir, st.Mode().Perm()&0o700)
 	}
-	store, notifier, sealKey, keySeal, err := a.openStore(ctx)
+	store, notifier, seal, err := a.openStore(ctx)
 	if err != nil {
 		return err
 	}
@@ -284,8 +288,9 @@ func (a *Sidecar) buildCore(ctx context.Context, receivers []ssf.Receiver) (err 
 			return &storeError{Dir: cfg.DataDir, Err: &restoreError{dir: cfg.DataDir, problems: problems}}
 		}
 	}
-	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: keySeal,
-		Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
+	sealKey := seal.StreamSecrets
+	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: seal.SigningKeys,
+		PreviousSeal: seal.PreviousSigningKeys, Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
 			return &storeError{Dir: cfg.DataDir, Err: prefixed("signing keys", err)}
@@ -313,12 +318,12 @@ func (a *Sidecar) buildCore(ctx context.Context, receivers []ssf.Receiver) (err 
 		Hooks:                 combineHooks(dashHooks, a.metrics.hooks(), a.deliveries.hooks()),
 		AllowPrivateEndpoints: cfg.AllowPrivateEndpoints,
 		PushTimeout:           cfg.PushTimeout, MaxBackoff: cfg.MaxBackoff, PauseAfter: cfg.PauseAfter,
-		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention,
+		Retention: cfg.Retention, DeliveredRetention: cfg.DeliveredRetention, LeaseTTL: cfg.LeaseTTL,
 	})
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	streams, err := ssf.NewSealedStreamStore(a.store, sealKey)
+	streams, err := ssf.NewSealedStreamStore(a.store, sealKey, seal.PreviousStreamSecrets)
 	if err != nil {
 		return err
 	}
@@ -342,7 +347,7 @@ func (a *Sidecar) buildCore(ctx context.Context, receivers []ssf.Receiver) (err 
 	}
 	a.tap, err = tap.New(tap.Config{
 		Upstream: up, Token: cfg.AuthentikToken, SecretKey: cfg.AuthentikSecretKey,
-		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases}, DirectoryRecheck: tapRecheck(cfg.DirectoryRecheck),
+		PollInterval: cfg.PollInterval, Backfill: cfg.Backfill, PollerLease: pollerLease{leases}, PollerLeaseTTL: cfg.LeaseTTL, DirectoryRecheck: tapRecheck(cfg.DirectoryRecheck),
 		KV: storeKV{a.store}, Publisher: a.tx, HTTPClient: a.httpClient, Logger: logger, // the tap names itself
 	})
 	if err != nil {
@@ -380,35 +385,34 @@ const sharedRefresh = 5 * time.Second
 // openStore opens the backend the configuration names: PostgreSQL with
 // --database-url (its notifier wakes the other replicas; the stream-secret
 // and signing-key seal keys are derived from the operator's encryption
-// key), else the bbolt file in the data dir (sealKey and keySeal nil: the
-// seal key file and generated key files live in the data dir). A nil
-// notifier means the in-process one.
-func (a *Sidecar) openStore(ctx context.Context) (store *outbox.Store, notifier outbox.Notifier, sealKey, keySeal []byte, err error) {
+// key, and so are those of the key being rotated out), else the bbolt
+// file in the data dir (no seal keys: the seal key file and generated key
+// files live in the data dir). A nil notifier means the in-process one.
+func (a *Sidecar) openStore(ctx context.Context) (store *outbox.Store, notifier outbox.Notifier, seal SealKeys, err error) {
 	cfg := a.cfg
 	if cfg.DatabaseURL != "" {
 		if a.sealKeys == nil {
-			return nil, nil, nil, nil, errors.New("--database-url needs an encryption key for the secrets it stores")
+			return nil, nil, seal, errors.New("--database-url needs an encryption key for the secrets it stores")
 		}
-		seal, err := a.sealKeys(cfg)
-		if err != nil {
-			return nil, nil, nil, nil, err
+		if seal, err = a.sealKeys(cfg); err != nil {
+			return nil, nil, seal, err
 		}
 		octx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		db, err := pgstore.Open(octx, pgstore.Options{URL: cfg.DatabaseURL, Schema: cfg.DatabaseSchema,
 			Logger: a.logger.With("component", "database")})
 		if err != nil {
-			return nil, nil, nil, nil, &storeError{Dir: "database schema " + cfg.DatabaseSchema, Err: err}
+			return nil, nil, seal, &storeError{Dir: "database schema " + cfg.DatabaseSchema, Err: err}
 		}
 		store := outbox.NewStore(db, outbox.StoreOptions{Logger: a.logger.With("component", "store")})
-		return store, db.Notifier(), seal.StreamSecrets, seal.SigningKeys, nil
+		return store, db.Notifier(), seal, nil
 	}
 	dbPath := filepath.Join(cfg.DataDir, DBFile)
 	store, err = outbox.Open(dbPath, outbox.StoreOptions{})
 	if err != nil {
-		return nil, nil, nil, nil, &storeError{Dir: cfg.DataDir, Err: ExplainOpenError(dbPath, err)}
+		return nil, nil, seal, &storeError{Dir: cfg.DataDir, Err: ExplainOpenError(dbPath, err)}
 	}
-	return store, nil, nil, nil, nil
+	return store, nil, seal, nil
 }
 
 // adminHosts are the Host names the admin API accepts besides the built-in

@@ -36,6 +36,7 @@ type Config struct {
 	PushTimeout           time.Duration
 	MaxBackoff            time.Duration
 	PauseAfter            time.Duration
+	LeaseTTL              time.Duration
 	KeyOverlap            time.Duration
 	MinVerification       time.Duration
 	MaxBody               int64
@@ -50,6 +51,10 @@ type Config struct {
 	EncryptionKeyFile string
 	// EncryptionKey is the key's text from SSF_ENCRYPTION_KEY.
 	EncryptionKey string
+	// PreviousEncryptionKeyFile and PreviousEncryptionKey give the key
+	// being rotated out (see rekey).
+	PreviousEncryptionKeyFile string
+	PreviousEncryptionKey     string
 }
 
 // WithoutPassword is v with the password of a URL's user information

@@ -24,9 +24,31 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.database.url.existingSecret -}}true{{- end -}}
 {{- end -}}
 
+{{/* The number of replicas: replicaCount, or 2 with a database and 1 without. */}}
+{{- define "ssf-sidecar.replicas" -}}
+{{- if kindIs "invalid" .Values.replicaCount -}}
+{{- if include "ssf-sidecar.database" . -}}2{{- else -}}1{{- end -}}
+{{- else -}}
+{{- int .Values.replicaCount -}}
+{{- end -}}
+{{- end -}}
+
+{{/* true when the PodDisruptionBudget is rendered: as set, or by default
+with a database and more than one replica. */}}
+{{- define "ssf-sidecar.pdb" -}}
+{{- $enabled := .Values.podDisruptionBudget.enabled -}}
+{{- if kindIs "invalid" $enabled -}}
+{{- $enabled = and (include "ssf-sidecar.database" .) (gt (int (include "ssf-sidecar.replicas" .)) 1) -}}
+{{- end -}}
+{{- if $enabled -}}true{{- end -}}
+{{- end -}}
+
 {{/* Refuse combinations that cannot work. */}}
 {{- define "ssf-sidecar.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not (include "ssf-sidecar.database" .)) -}}
+{{- if lt (int (include "ssf-sidecar.replicas" .)) 1 -}}
+{{- fail "replicaCount must be at least 1: the sidecar is the only way in to authentik" -}}
+{{- end -}}
+{{- if and (gt (int (include "ssf-sidecar.replicas" .)) 1) (not (include "ssf-sidecar.database" .)) -}}
 {{- fail "replicaCount > 1 needs database.url (the PostgreSQL backend): bbolt is held by one process" -}}
 {{- end -}}
 {{- if and (include "ssf-sidecar.database" .) (not .Values.database.encryptionKey.existingSecret) -}}

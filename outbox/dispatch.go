@@ -27,8 +27,12 @@ func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
 	for ctx.Err() == nil {
 		wake := o.cfg.Notifier.Wait(st.id)
 		st.mu.Lock()
-		cfg, until := st.cfg, st.until
+		cfg, gen, until, held := st.cfg, st.gen, st.until, st.held
 		st.mu.Unlock()
+		if held {
+			o.sleep(ctx, wake, nil) // until the owner registers the new destination
+			continue
+		}
 		if now := o.now(); cfg.Method == MethodPush && until.After(now) {
 			o.sleep(ctx, wake, o.cfg.After(until.Sub(now)))
 			continue
@@ -44,18 +48,31 @@ func (o *Outbox) dispatch(ctx context.Context, st *streamState) {
 		}
 		st.headPending.Store(false)
 		handled := false
-		o.withHeartbeat(ctx, st, func(ctx context.Context) { handled = o.runPipeline(ctx, st, cfg) })
-		if !handled {
+		o.withHeartbeat(ctx, st, func(ctx context.Context) { handled = o.runPipeline(ctx, st, cfg, gen) })
+		if !handled && !o.changedSince(st, cfg, gen) {
 			o.sleep(ctx, wake, nil)
 		}
 	}
+}
+
+// changedSince reports whether the stream's configuration is no longer
+// cfg of generation gen: a pipeline that stopped on a change adopted from
+// the store loops at once (the change's wake-up may have come before it
+// waited again), to deliver the announcement of a pause, say.
+func (o *Outbox) changedSince(st *streamState, cfg StreamConfig, gen uint64) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.cfg != cfg || st.gen != gen || st.held
 }
 
 // pushAnnouncement delivers the Announce SET at the head of a stream that
 // is no longer enabled (one attempt). It reports whether it made an
 // attempt: the dispatcher then loops, backing off after a failure.
 func (o *Outbox) pushAnnouncement(ctx context.Context, st *streamState, cfg StreamConfig) bool {
-	batch, _, err := o.loadAfter(st.id, nil, 1)
+	batch, _, changed, err := o.load(st, nil, 1)
+	if changed {
+		return true // changed through another replica: look again
+	}
 	if err != nil || len(batch) == 0 || !batch[0].rec.Announce {
 		return false
 	}
@@ -120,11 +137,11 @@ func (o *Outbox) sleep(ctx context.Context, wake <-chan struct{}, timer <-chan t
 // changes, a Head SET arrives or ctx ends — after every outcome is
 // committed, so the next run can start again from the head of the queue.
 // It reports whether it handled anything.
-func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamConfig) bool {
+func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamConfig, gen uint64) bool {
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ready := make(chan *pending, o.cfg.SignAhead)
-	go o.readAhead(pctx, st, cfg, ready)
+	go o.readAhead(pctx, st, cfg, gen, ready)
 
 	results := make(chan *pending, 4*o.cfg.SignAhead)
 	committed := make(chan struct{})
@@ -183,7 +200,7 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 		mu.Lock()
 		halt := stop
 		mu.Unlock()
-		if halt || pctx.Err() != nil || !o.stillCurrent(st, cfg) || !o.leaseCurrent(st) {
+		if halt || pctx.Err() != nil || !o.stillCurrent(st, cfg, gen) || !o.leaseCurrent(st) {
 			break
 		}
 		select {
@@ -216,29 +233,32 @@ func (o *Outbox) runPipeline(ctx context.Context, st *streamState, cfg StreamCon
 }
 
 // stillCurrent reports whether the pipeline may go on: the stream is still
-// enabled with the same configuration, and no Head SET is waiting.
-func (o *Outbox) stillCurrent(st *streamState, cfg StreamConfig) bool {
-	if st.headPending.Load() {
+// enabled with the same configuration of the same generation (changed
+// here, or through another replica as the last transaction of this
+// dispatcher found, or is about to find: see heartbeat), and no Head SET
+// is waiting. The poster asks it before every attempt.
+func (o *Outbox) stillCurrent(st *streamState, cfg StreamConfig, gen uint64) bool {
+	if st.headPending.Load() || st.suspect.Load() {
 		return false
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.cfg == cfg && st.cfg.Status == StatusEnabled
+	return st.cfg == cfg && st.gen == gen && !st.held && st.cfg.Status == StatusEnabled
 }
 
 // readAhead loads queued SETs past its cursor, signs each batch in
 // parallel and hands them to the poster in order. Idle, it waits for the
 // Notifier; it closes ready when the pipeline must stop.
-func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfig, ready chan<- *pending) {
+func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfig, gen uint64, ready chan<- *pending) {
 	defer close(ready)
 	var cursor []byte
 	idleOnce := false
 	for ctx.Err() == nil {
 		wake := o.cfg.Notifier.Wait(st.id)
-		if !o.stillCurrent(st, cfg) {
+		if !o.stillCurrent(st, cfg, gen) {
 			return
 		}
-		batch, next, err := o.loadAfter(st.id, cursor, o.cfg.SignAhead)
+		batch, next, _, err := o.load(st, cursor, o.cfg.SignAhead)
 		if err != nil {
 			// Back off rather than spin on a store that cannot be read.
 			o.log.Error("outbox load queue", slog.String("stream_id", st.id), slog.Any("err", err))
@@ -255,7 +275,12 @@ func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfi
 				return
 			case <-wake:
 				continue
+			case <-st.adopted:
+				continue // stillCurrent tells
 			}
+		}
+		if !o.stillCurrent(st, cfg, gen) {
+			return // changed through another replica, as its meta says
 		}
 		cursor = next
 		// Sign each SET on its own goroutine (bounded by the signer cap,
@@ -279,12 +304,51 @@ func (o *Outbox) readAhead(ctx context.Context, st *streamState, cfg StreamConfi
 	}
 }
 
+// load is loadAfter for the stream's dispatcher: in the same read it
+// takes the stream's meta, and adopts it into st when another replica
+// changed the stream (changed).
+func (o *Outbox) load(st *streamState, cursor []byte, n int) (batch []*pending, next []byte, changed bool, err error) {
+	var m *streamMeta
+	batch, next, err = o.loadMeta(st.id, cursor, n, &m)
+	if err != nil {
+		return nil, cursor, false, err
+	}
+	return batch, next, o.adopt(st, m), nil
+}
+
+// refresh reads the stream's meta alone and adopts it (see load).
+func (o *Outbox) refresh(st *streamState) {
+	var m *streamMeta
+	err := o.store.view(func(tx kv.Tx) error {
+		var err error
+		m, err = getMeta(tx, st.id)
+		return err
+	})
+	if err == nil {
+		o.adopt(st, m)
+	}
+}
+
 // loadAfter reads up to n queued records of a stream after cursor (nil:
 // from the head) and returns the new cursor.
 func (o *Outbox) loadAfter(stream string, cursor []byte, n int) ([]*pending, []byte, error) {
+	return o.loadMeta(stream, cursor, n, nil)
+}
+
+// loadMeta is loadAfter that also reads the stream's meta into *meta
+// (when meta is not nil) in the same transaction.
+func (o *Outbox) loadMeta(stream string, cursor []byte, n int, meta **streamMeta) ([]*pending, []byte, error) {
 	var out []*pending
 	var last []byte
 	err := o.store.view(func(tx kv.Tx) error {
+		out, last = out[:0], nil
+		if meta != nil {
+			m, err := getMeta(tx, stream)
+			if err != nil {
+				return err
+			}
+			*meta = m
+		}
 		p := streamPrefix(stream)
 		c := tx.Bucket(bktQueue).Cursor()
 		var k, v []byte

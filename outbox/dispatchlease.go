@@ -88,12 +88,28 @@ func (o *Outbox) leaseCurrent(st *streamState) bool {
 // reached), it calls stop: the holder stops attempting, and the outcomes
 // of attempts still in flight are refused by their fence if another
 // holder took over. It owns st.lease and st.renewAt until it returns.
-func (o *Outbox) heartbeat(ctx context.Context, st *streamState, stop func()) {
+//
+// It also watches the stream's configuration: woken by a change made
+// through any replica (change, the Notifier's channel of changeKey), and
+// after every renewal, it reads the stream's meta and adopts it, so the
+// pipeline stops before its next attempt (see stillCurrent) rather than at
+// its next transaction. From the wake-up on, the pipeline makes no attempt
+// (a wake-up with no change behind it costs one restart of the pipeline).
+func (o *Outbox) heartbeat(ctx context.Context, st *streamState, stop func(), change <-chan struct{}) {
 	ttl := o.cfg.LeaseTTL
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-change:
+			// The pipeline stops at its next attempt already: the read
+			// takes a round trip or three, in which a fast receiver would
+			// take several SETs.
+			st.suspect.Store(true)
+			change = o.cfg.Notifier.Wait(changeKey(st.id))
+			o.refresh(st)
+			st.suspect.Store(false)
+			continue
 		case <-o.heartbeatAfter(st.renewAt.Sub(o.now())):
 		}
 		sent := o.now()
@@ -107,6 +123,7 @@ func (o *Outbox) heartbeat(ctx context.Context, st *streamState, stop func()) {
 		case err == nil:
 			st.lease, st.renewAt = l, sent.Add(ttl/3)
 			st.validTo.Store(sent.Add(ttl).UnixNano())
+			o.refresh(st) // in case a change's wake-up was missed
 			continue
 		case errors.Is(err, ErrLeaseLost):
 			o.log.Warn("outbox dispatch lease lost", slog.String("stream_id", st.id),
@@ -133,10 +150,13 @@ func (o *Outbox) heartbeat(ctx context.Context, st *streamState, stop func()) {
 func (o *Outbox) withHeartbeat(ctx context.Context, st *streamState, fn func(ctx context.Context)) {
 	hctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Waiting from before fn starts, so no change after fn's first read
+	// goes unheard.
+	change := o.cfg.Notifier.Wait(changeKey(st.id))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		o.heartbeat(hctx, st, cancel)
+		o.heartbeat(hctx, st, cancel, change)
 	}()
 	defer func() { <-done }()
 	defer cancel()

@@ -92,6 +92,11 @@ func (r *Record) addAttempt(a Attempt) {
 // streamMeta is the persisted state of a stream.
 type streamMeta struct {
 	Config StreamConfig `json:"config"`
+	// Gen counts the changes of Config (its stored fields: method, status,
+	// endpoint). Every dispatcher reads it in the transactions it makes
+	// anyway, so a change made through any replica stops the delivery of
+	// every other one before its next attempt (see adopt).
+	Gen uint64 `json:"gen,omitempty"`
 	// Tail is the next tail sequence; Head is the highest sequence below
 	// every one used so far (where the next block of head sequences ends).
 	Tail uint64 `json:"tail"`

@@ -54,8 +54,19 @@ type Outbox struct {
 type streamState struct {
 	id string
 
-	mu           sync.Mutex
-	cfg          StreamConfig
+	mu  sync.Mutex
+	cfg StreamConfig
+	// gen is the meta's Gen that cfg comes from; held is set when another
+	// replica moved the push destination (endpoint or method): its
+	// credentials are not stored, so delivery waits until the stream's
+	// owner registers it again here (SetStream or AdoptStream).
+	gen     uint64
+	held    bool
+	adopted chan struct{} // signalled (cap 1) when adopt changed cfg
+	// suspect is set while the dispatcher reads the meta of a stream
+	// whose change was just announced: the poster makes no attempt
+	// meanwhile.
+	suspect      atomic.Bool
 	failures     int
 	failingSince time.Time
 	until        time.Time // backing off until
@@ -105,10 +116,7 @@ func New(cfg Config) (*Outbox, error) {
 			if err := json.Unmarshal(v, &m); err != nil {
 				return fmt.Errorf("outbox: stream %q meta: %w", k, err)
 			}
-			f := m.Failing
-			o.streams[m.Config.ID] = &streamState{id: m.Config.ID, cfg: m.Config,
-				lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt,
-				failures: f.Failures, failingSince: f.Since, until: f.Until, reported: f.Reported}
+			o.streams[m.Config.ID] = newStreamState(&m)
 			return nil
 		})
 	})
@@ -140,6 +148,14 @@ func (o *Outbox) Run(ctx context.Context) error {
 	<-ctx.Done()
 	o.wg.Wait()
 	return nil
+}
+
+// newStreamState is the in-memory side of a stream read from its meta.
+func newStreamState(m *streamMeta) *streamState {
+	f := m.Failing
+	return &streamState{id: m.Config.ID, cfg: m.Config, gen: m.Gen, adopted: make(chan struct{}, 1),
+		lastSuccess: m.LastSuccess, lastErr: m.LastError, lastErrAt: m.LastErrorAt,
+		failures: f.Failures, failingSince: f.Since, until: f.Until, reported: f.Reported}
 }
 
 func (o *Outbox) startDispatcherLocked(st *streamState) {
@@ -407,6 +423,8 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 		}
 		st.mu.Unlock()
 	}
+	var gen uint64
+	changed := false
 	err := o.store.update(ctx, func(tx kv.Tx) error {
 		m, err := getMeta(tx, cfg.ID)
 		if err != nil {
@@ -418,11 +436,22 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 		if retryNow(m.Config, cfg) {
 			m.Failing = failingState{}
 		}
+		// A change of what is stored moves the generation: every other
+		// replica's dispatcher stops at its next transaction (or at once,
+		// woken by changeKey) and goes on under the new configuration.
+		changed = !sameStored(m.Config, cfg)
+		if changed {
+			m.Gen++
+		}
+		gen = m.Gen
 		m.Config = cfg
 		return putMeta(tx, m)
 	})
 	if err != nil {
 		return err
+	}
+	if changed {
+		o.cfg.Notifier.Notify(changeKey(cfg.ID))
 	}
 	if cfg.Status == StatusDisabled {
 		// New SETs are dropped from now on; the queue goes in chunks so a
@@ -438,12 +467,14 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	o.mu.Lock()
 	st := o.streams[cfg.ID]
 	if st == nil {
-		st = &streamState{id: cfg.ID}
+		st = &streamState{id: cfg.ID, adopted: make(chan struct{}, 1)}
 		o.streams[cfg.ID] = st
 	}
 	st.mu.Lock()
 	old := st.cfg
 	st.cfg = cfg
+	st.gen = max(st.gen, gen)
+	st.held = false
 	st.mu.Unlock()
 	o.startDispatcherLocked(st)
 	o.mu.Unlock()
@@ -454,6 +485,114 @@ func (o *Outbox) SetStream(ctx context.Context, cfg StreamConfig) error {
 	}
 	o.cfg.Notifier.Notify(cfg.ID)
 	return nil
+}
+
+// StreamConfig returns the configuration this replica delivers a stream
+// under (its credentials left out), and whether it knows the stream.
+func (o *Outbox) StreamConfig(id string) (StreamConfig, bool) {
+	st := o.stream(id)
+	if st == nil {
+		return StreamConfig{}, false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cfg := st.cfg
+	cfg.AuthorizationHeader = ""
+	return cfg, true
+}
+
+// sameStored reports whether two configurations store the same (the
+// authorization header is never stored).
+func sameStored(a, b StreamConfig) bool {
+	a.AuthorizationHeader, b.AuthorizationHeader = "", ""
+	return a == b
+}
+
+// changeKey is the Notifier key a change of a stream's configuration is
+// announced on, apart from the stream's own (which every new SET wakes):
+// a dispatcher in the middle of a delivery waits on it alone. A stream id
+// that happens to be the same string only costs spurious wake-ups.
+func changeKey(streamID string) string { return "config/" + streamID }
+
+// AdoptStream registers a stream as another replica sharing the store set
+// it: its stored configuration (method, status, endpoint) is taken as it
+// is, with cfg's authorization header when cfg names the same
+// destination, and nothing is written. A replica keeps to what was
+// committed last, even when the caller's view of the stream is older.
+func (o *Outbox) AdoptStream(ctx context.Context, cfg StreamConfig) error {
+	var m *streamMeta
+	err := o.store.view(func(tx kv.Tx) error {
+		var err error
+		m, err = getMeta(tx, cfg.ID)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if m == nil {
+		return ErrUnknownStream
+	}
+	o.mu.Lock()
+	st := o.streams[cfg.ID]
+	if st == nil {
+		st = newStreamState(m)
+		o.streams[cfg.ID] = st
+	} else {
+		o.adopt(st, m)
+	}
+	st.mu.Lock()
+	if st.cfg.Method == cfg.Method && st.cfg.EndpointURL == cfg.EndpointURL {
+		st.cfg.AuthorizationHeader, st.held = cfg.AuthorizationHeader, false
+	}
+	st.mu.Unlock()
+	o.startDispatcherLocked(st)
+	o.mu.Unlock()
+	o.cfg.Notifier.Notify(cfg.ID)
+	return nil
+}
+
+// adopt takes a stream's stored state into st when it is newer than what
+// st has: another replica changed the stream (m nil: deleted it). It
+// reports whether st changed. A new destination is held until the
+// stream's owner registers it here with its credentials.
+func (o *Outbox) adopt(st *streamState, m *streamMeta) bool {
+	st.mu.Lock()
+	old := st.cfg
+	switch {
+	case m == nil:
+		if old.Status == StatusDisabled {
+			st.mu.Unlock()
+			return false
+		}
+		st.cfg.Status = StatusDisabled
+	case m.Gen < st.gen || (m.Gen == st.gen && sameStored(m.Config, old)):
+		st.mu.Unlock()
+		return false
+	default:
+		cfg := m.Config
+		cfg.AuthorizationHeader = old.AuthorizationHeader
+		if cfg.Method != old.Method || cfg.EndpointURL != old.EndpointURL {
+			st.held = true
+		}
+		st.cfg, st.gen = cfg, m.Gen
+		if retryNow(old, cfg) {
+			f := m.Failing
+			st.failures, st.failingSince, st.until, st.reported = f.Failures, f.Since, f.Until, f.Reported
+		}
+	}
+	cfg := st.cfg
+	st.mu.Unlock()
+	select {
+	case st.adopted <- struct{}{}:
+	default:
+	}
+	o.log.Info("outbox stream changed through another replica", slog.String("stream_id", st.id),
+		slog.String("status", string(cfg.Status)), slog.Bool("deleted", m == nil))
+	// The SETs held are traced by the replica that made the change.
+	if w, ok := o.cfg.Reporter.(StreamWatcher); ok {
+		w.StreamChanged(st.id)
+	}
+	return true
 }
 
 // retryNow reports whether a stream's change ends its backoff: a receiver
@@ -477,12 +616,16 @@ func (o *Outbox) DeleteStream(ctx context.Context, id string) error {
 		if err != nil || m == nil {
 			return err
 		}
-		m.Config.Status = StatusDisabled
+		if m.Config.Status != StatusDisabled {
+			m.Config.Status = StatusDisabled
+			m.Gen++
+		}
 		return putMeta(tx, m)
 	})
 	if err != nil {
 		return err
 	}
+	o.cfg.Notifier.Notify(changeKey(id))
 	for _, b := range [][]byte{bktQueue, bktHist, bktDead} {
 		if err := o.discardChunks(ctx, id, b, false, false); err != nil {
 			return err

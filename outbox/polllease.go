@@ -50,9 +50,18 @@ type pollPick struct {
 // pickPoll finds up to limit queued SETs of the stream not under an
 // unexpired lease, in queue order, keeping the stream's leases at most
 // maxLeases. onlyAnnounce stops at the first SET that is not an Announce
-// SET (a stream no longer enabled).
+// SET (a stream no longer enabled); the stream's stored status, read in
+// the same transaction, decides over it, so a pause or resume made through
+// another replica holds here at once.
 func (o *Outbox) pickPoll(tx kv.Tx, stream string, limit int, onlyAnnounce bool) (pollPick, error) {
 	var pp pollPick
+	m, err := getMeta(tx, stream)
+	if err != nil {
+		return pp, err
+	}
+	if m != nil {
+		onlyAnnounce = m.Config.Status != StatusEnabled
+	}
 	now := leaseClock(tx, o.now)
 	p := streamPrefix(stream)
 	leased := map[uint64]bool{}
@@ -140,7 +149,8 @@ func (o *Outbox) lease(ctx context.Context, st *streamState, limit int) (pollPic
 	if err != nil || len(look.picked) == 0 {
 		return look, err
 	}
-	prefetch := make([]kv.BucketKey, 0, len(look.picked))
+	prefetch := make([]kv.BucketKey, 0, len(look.picked)+1)
+	prefetch = append(prefetch, kv.BucketKey{Bucket: bktStreams, Key: []byte(st.id)})
 	for _, r := range look.picked {
 		prefetch = append(prefetch, kv.BucketKey{Bucket: bktSets, Key: []byte(r.JTI)})
 	}

@@ -285,8 +285,10 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 	tried := batch
 	now := o.now()
 	var delivered, dead []*Record
+	var stored streamMeta // as this transaction found it, to adopt
+	found := false
 	err := o.store.update(context.Background(), func(tx kv.Tx) error {
-		delivered, dead = delivered[:0], dead[:0]
+		delivered, dead, found = delivered[:0], dead[:0], false
 		// fail and succeed ran before the batch reached here: its last
 		// error and the failing run are recorded with the outcomes they
 		// come from, read in the transaction so a SetStream that ended the
@@ -294,11 +296,19 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 		st.mu.Lock()
 		lastErr, lastErrAt := st.lastErr, st.lastErrAt
 		failing := failingState{Since: st.failingSince, Until: st.until, Failures: st.failures, Reported: st.reported}
+		known, knownGen := st.cfg, st.gen
 		st.mu.Unlock()
 		m, err := getMeta(tx, st.id)
 		if err != nil || m == nil {
 			return err // stream deleted meanwhile: nothing to record
 		}
+		found = true
+		// Changed through another replica since this dispatcher last
+		// looked: the attempts made are recorded (they reached the
+		// receiver, or failed, under the old configuration), the stream
+		// is adopted after the commit, and a change that ended the
+		// backoff keeps the failing run it stored.
+		keepFailing := m.Gen > knownGen && retryNow(known, m.Config)
 		if err := checkFence(tx, dispatchLeaseName(st.id), token); err != nil {
 			return err
 		}
@@ -338,11 +348,19 @@ func (o *Outbox) commitBatch(st *streamState, token uint64, batch []*pending) er
 		if lastErr != "" && lastErrAt.After(m.LastErrorAt) {
 			m.LastError, m.LastErrorAt = lastErr, lastErrAt
 		}
-		m.Failing = failing
+		if !keepFailing {
+			m.Failing = failing
+		}
+		stored = *m
 		return putMeta(tx, m)
 	})
 	if err != nil {
 		return err
+	}
+	if found {
+		o.adopt(st, &stored)
+	} else {
+		o.adopt(st, nil)
 	}
 	o.afterDelivery(delivered, dead, now)
 	return nil

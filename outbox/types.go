@@ -129,6 +129,14 @@ type FailureReporter interface {
 	StreamFailing(ctx context.Context, streamID string, since time.Time, lastErr string)
 }
 
+// StreamWatcher is implemented by a FailureReporter that wants to hear at
+// once when a dispatcher finds that another replica sharing the store
+// changed a stream (the transmitter reads its stream records again). It
+// must not block.
+type StreamWatcher interface {
+	StreamChanged(streamID string)
+}
+
 // Notifier wakes dispatchers and long polls when a stream has new SETs. The
 // in-process implementation is a set of channels; a shared database backend
 // can wake other replicas.

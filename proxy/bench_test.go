@@ -44,13 +44,22 @@ func benchUpstream(b *testing.B) (*httptest.Server, *url.URL) {
 
 // benchGets GETs url from parallel clients over keep-alive connections.
 func benchGets(b *testing.B, url string) {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
-	defer client.CloseIdleConnections()
+	benchRequests(b, &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}, func() *http.Request {
+		r, _ := http.NewRequest(http.MethodGet, url, nil)
+		return r
+	})
+}
+
+// benchRequests sends what next makes from parallel clients over tr's
+// keep-alive connections.
+func benchRequests(b *testing.B, tr *http.Transport, next func() *http.Request) {
+	client := &http.Client{Transport: tr}
+	defer tr.CloseIdleConnections()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		buf := make([]byte, 4096)
 		for pb.Next() {
-			resp, err := client.Get(url)
+			resp, err := client.Do(next())
 			if err != nil {
 				b.Error(err)
 				return

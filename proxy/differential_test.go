@@ -110,25 +110,48 @@ type front struct {
 	up   *recordingUpstream
 }
 
-// exchange sends raw on a fresh connection, reads one response (or the
-// close), and reports whether anything reached the upstream and what.
-func (fr *front) exchange(raw []byte) (status int, got []string) {
+// warmUp is a request the lane hands to net/http (it has a body), sent
+// ahead of the fuzzed one in exchange's second mode: the fuzzed request is
+// then read by net/http under the framing check, as every later request on
+// a keep-alive connection is.
+const warmUp = "POST /warm-up HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nw"
+
+// exchange sends raw on a fresh connection (after the warm-up request and
+// its answer when afterWarmUp is set), reads one response (or the close),
+// and reports whether anything reached the upstream and what (the warm-up
+// left out).
+func (fr *front) exchange(raw []byte, afterWarmUp bool) (status int, got []string) {
 	gen := fr.up.gen.Add(1)
 	c, err := net.Dial("tcp", fr.addr)
 	if err != nil {
 		return -1, nil
 	}
 	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	br := bufio.NewReader(c)
+	if afterWarmUp {
+		_, _ = io.WriteString(c, warmUp)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			c.Close()
+			return -1, nil
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
 	_, _ = c.Write(raw)
 	method, _, _ := strings.Cut(string(raw[:min(len(raw), 16)]), " ")
-	if resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method}); err == nil {
+	if resp, err := http.ReadResponse(br, &http.Request{Method: method}); err == nil {
 		status = resp.StatusCode
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
 	c.Close()
 	// What the upstream got was recorded before it answered.
-	return status, fr.up.take(gen)
+	got = fr.up.take(gen)
+	if afterWarmUp && len(got) > 0 && strings.HasPrefix(got[0], "POST /warm-up ") {
+		got = got[1:]
+	}
+	return status, got
 }
 
 var (
@@ -185,7 +208,10 @@ func differentialFronts(tb testing.TB) []*front {
 // lane, through its net/http path and through httputil.ReverseProxy. The
 // two paths of the proxy must forward exactly the same requests, or refuse
 // alike; and whatever the proxy forwards, the reference forwards the same
-// way (the proxy may refuse more: opaque targets, ambiguous framing).
+// way (the proxy may refuse more: opaque targets, ambiguous framing). Each
+// input goes once as a connection's first request and once as its second,
+// after a request the lane hands to net/http, so that net/http reads it
+// under the framing check.
 func FuzzDifferentialPaths(f *testing.F) {
 	addSeeds(f,
 		"GET /static/a.js?x=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
@@ -219,36 +245,48 @@ func FuzzDifferentialPaths(f *testing.F) {
 			return // pipelined requests: the unit tests cover those
 		}
 		fronts := differentialFronts(t)
-		type result struct {
-			status int
-			got    []string
-		}
-		res := make([]result, len(fronts))
-		for i, fr := range fronts {
-			res[i].status, res[i].got = fr.exchange(raw)
-		}
-		lane, ref := res[0], res[2]
-		for _, pair := range [][2]int{{0, 1}, {3, 4}} {
-			a, b := res[pair[0]], res[pair[1]]
-			if strings.Join(a.got, "\n") != strings.Join(b.got, "\n") {
-				t.Fatalf("%s and %s forwarded differently for %q:\n%s: %q (status %d)\n%s: %q (status %d)",
-					fronts[pair[0]].name, fronts[pair[1]].name, raw,
-					fronts[pair[0]].name, a.got, a.status, fronts[pair[1]].name, b.got, b.status)
-			}
-		}
-		if len(lane.got) == 0 {
-			return // refused (or not a request): the reference may forward what the proxy's policy refuses
-		}
-		if len(ref.got) == 0 {
-			if ref.status == 0 || ref.status == http.StatusBadGateway {
-				return // the reference failed on its own (a hop-by-hop it rejects, a timeout)
-			}
-			t.Fatalf("the proxy forwarded what httputil.ReverseProxy refused (%d) for %q: %q", ref.status, raw, lane.got)
-		}
-		if first(lane.got) != first(ref.got) {
-			t.Fatalf("the proxy and httputil.ReverseProxy forwarded differently for %q:\nproxy:     %q\nreference: %q", raw, lane.got, ref.got)
+		for _, afterWarmUp := range []bool{false, true} {
+			compareFronts(t, fronts, raw, afterWarmUp)
 		}
 	})
+}
+
+// compareFronts sends raw through every front and compares what their
+// upstreams received.
+func compareFronts(t *testing.T, fronts []*front, raw []byte, afterWarmUp bool) {
+	type result struct {
+		status int
+		got    []string
+	}
+	res := make([]result, len(fronts))
+	for i, fr := range fronts {
+		res[i].status, res[i].got = fr.exchange(raw, afterWarmUp)
+	}
+	mode := "as a first request"
+	if afterWarmUp {
+		mode = "after a handed-off request"
+	}
+	lane, ref := res[0], res[2]
+	for _, pair := range [][2]int{{0, 1}, {3, 4}} {
+		a, b := res[pair[0]], res[pair[1]]
+		if strings.Join(a.got, "\n") != strings.Join(b.got, "\n") {
+			t.Fatalf("%s and %s forwarded differently for %q (%s):\n%s: %q (status %d)\n%s: %q (status %d)",
+				fronts[pair[0]].name, fronts[pair[1]].name, raw, mode,
+				fronts[pair[0]].name, a.got, a.status, fronts[pair[1]].name, b.got, b.status)
+		}
+	}
+	if len(lane.got) == 0 {
+		return // refused (or not a request): the reference may forward what the proxy's policy refuses
+	}
+	if len(ref.got) == 0 {
+		if ref.status == 0 || ref.status == http.StatusBadGateway {
+			return // the reference failed on its own (a hop-by-hop it rejects, a timeout)
+		}
+		t.Fatalf("the proxy forwarded what httputil.ReverseProxy refused (%d) for %q (%s): %q", ref.status, raw, mode, lane.got)
+	}
+	if first(lane.got) != first(ref.got) {
+		t.Fatalf("the proxy and httputil.ReverseProxy forwarded differently for %q (%s):\nproxy:     %q\nreference: %q", raw, mode, lane.got, ref.got)
+	}
 }
 
 // first is the method and target of the first forwarded request.

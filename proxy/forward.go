@@ -207,8 +207,10 @@ func (p *forwarder) refuseBody(w http.ResponseWriter, r *http.Request, status in
 // fail maps a transport error to the client's status: 504 for an upstream
 // timeout, 499 (nothing written) when the client left, 502 otherwise.
 func (p *forwarder) fail(w http.ResponseWriter, r *http.Request, out *http.Request, err error) int {
-	if cb := clientBodyOf(out.Body); cb != nil && cb.err != nil && r.Context().Err() == nil {
+	if cb := clientBodyOf(out.Body); cb != nil && cb.err != nil && (r.Context().Err() == nil || lane.IsFramingError(cb.err)) {
 		// The client's own body was malformed (bad chunking, short body).
+		// (A body the framing check stopped also ends the request's
+		// context: net/http takes any read error for a closed connection.)
 		p.stats.ClientErrors.Add(1)
 		p.log.InfoContext(out.Context(), "client sent a malformed request body", "request_id", requestID(r), "path", r.URL.Path, "error", cb.err)
 		w.Header()["Connection"] = []string{"close"}

@@ -143,40 +143,25 @@ func (o *recordingObserver) afters() int { o.mu.Lock(); defer o.mu.Unlock(); ret
 // after it is written.
 func cannedUpstream(t *testing.T, responses ...string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var mu sync.Mutex
 	next := 0
-	go func() {
+	return rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := http.ReadRequest(br); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if _, err := http.ReadRequest(br); err != nil {
-						return
-					}
-					mu.Lock()
-					r := responses[next%len(responses)]
-					next++
-					mu.Unlock()
-					closeAfter := strings.HasSuffix(r, "<close>")
-					io.WriteString(c, strings.TrimSuffix(r, "<close>"))
-					if closeAfter {
-						return
-					}
-				}
-			}()
+			mu.Lock()
+			r := responses[next%len(responses)]
+			next++
+			mu.Unlock()
+			closeAfter := strings.HasSuffix(r, "<close>")
+			io.WriteString(c, strings.TrimSuffix(r, "<close>"))
+			if closeAfter {
+				return
+			}
 		}
-	}()
-	return "http://" + ln.Addr().String()
+	})
 }
 
 // TestLaneResponseFraming covers the answers the lane passes on: each

@@ -163,28 +163,36 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 	s.log.Info("proxy listening", "addr", ln.Addr().String(), "upstream", s.cfg.Upstream.Redacted(), "tls", tlsOn)
 
+	// net/http serves only connections handed to it, each HTTP/1.x one with
+	// the framing check on (lane.NewFramingConn). The lane reads every
+	// plain-HTTP connection first and hands over those it does not carry
+	// itself (with the fast path off it carries none); on TLS, serveTLS
+	// does the handshakes.
 	errc := make(chan error, 2)
+	handoff := lane.NewListener(ln.Addr())
+	front := func() error { return nil }
 	var ln2 *lane.Lane
-	switch {
-	case tlsOn:
-		go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	default:
-		// The lane reads every plain-HTTP connection first (and checks its
-		// first head's framing) and hands net/http those it does not carry
-		// itself; with the fast path off it carries none.
-		handoff := lane.NewListener(ln.Addr())
+	hsCtx, stopHandshakes := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHandshakes()
+	if tlsOn {
+		// A copy: net/http's HTTP/2 set-up edits srv.TLSConfig in Serve.
+		cfg := srv.TLSConfig.Clone()
+		front = func() error { return s.serveTLS(hsCtx, ln, cfg, handoff) }
+	} else {
 		ln2 = lane.New(s.laneConfig(), &s.stats.Counters, handoff)
-		go func() { errc <- srv.Serve(handoff) }()
-		go func() {
-			if err := ln2.Serve(ln); err != nil {
-				errc <- err
-			}
-		}()
+		front = func() error { return ln2.Serve(ln) }
 	}
+	go func() { errc <- srv.Serve(handoff) }()
+	go func() {
+		if err := front(); err != nil {
+			errc <- err
+		}
+	}()
 
 	select {
 	case err := <-errc:
 		ln.Close()
+		stopHandshakes()
 		if ln2 != nil {
 			ln2.BeginShutdown()
 		}
@@ -197,8 +205,9 @@ func (s *Server) Run(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
 	s.log.Info("proxy draining", "timeout", s.cfg.ShutdownTimeout)
+	ln.Close()
+	stopHandshakes()
 	if ln2 != nil {
-		ln.Close()
 		ln2.BeginShutdown()
 	}
 	err = srv.Shutdown(sctx)

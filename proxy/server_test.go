@@ -92,7 +92,7 @@ func TestTLSAndHTTP2(t *testing.T) {
 	}
 }
 
-func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
+func selfSigned(t testing.TB) (certFile, keyFile string, pool *x509.CertPool) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -29,6 +29,11 @@ func (p *forwarder) upgrade(w http.ResponseWriter, r *http.Request, out *http.Re
 		p.log.Warn("cannot take over the client connection for an upgrade", "request_id", requestID(r), "error", err)
 		return p.fail(w, r, out, err)
 	}
+	// From here on the connection carries the new protocol: the framing
+	// check under net/http (lane.FramingConn) stops following it.
+	if fc, ok := conn.(interface{ Tunnel() }); ok {
+		fc.Tunnel()
+	}
 	p.stats.upgrades.Add(1)
 	id := p.upgrades.add(conn, backend)
 	defer p.upgrades.remove(id)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
+	storekv "github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 )
 
 // minRSABits is the smallest RSA key accepted (CAEP interoperability
@@ -41,7 +42,8 @@ type KeyConfig struct {
 	// Seal, when set (32 bytes), keeps generated private keys in the store
 	// sealed with it instead of in files: the store is then a database
 	// that several replicas share, and each of them loads the same keys.
-	// A rotation made on one is seen by the others at their next Refresh.
+	// A rotation made on one is published by the others at their next
+	// Refresh and signs on all of them from its activation (Activation).
 	Seal []byte
 	// PreviousSeal, with Seal, is the seal key being rotated out: keys
 	// sealed under it are still opened (see Rekey); new ones are sealed
@@ -51,8 +53,15 @@ type KeyConfig struct {
 	KV KV
 	// Overlap is how long a retired generated key stays in the JWKS.
 	Overlap time.Duration
-	Clock   func() time.Time
-	Logger  *slog.Logger
+	// Activation is how long a rotated-in generated key is only published
+	// before it signs. Replicas sharing a store need it longer than their
+	// Refresh interval, so that every one of them publishes the new key
+	// before any signs with it; they all switch at the activation time,
+	// which is recorded on the store's clock. Zero (one process: nobody
+	// to wait for) signs with the new key at once.
+	Activation time.Duration
+	Clock      func() time.Time
+	Logger     *slog.Logger
 	// Rand is the randomness for key generation (default crypto/rand).
 	Rand io.Reader
 }
@@ -82,6 +91,9 @@ func (c KeyConfig) Validate() error {
 	if c.Overlap < 0 {
 		errs = append(errs, errors.New("signing keys: key overlap must not be negative"))
 	}
+	if c.Activation < 0 {
+		errs = append(errs, errors.New("signing keys: key activation delay must not be negative"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -95,6 +107,9 @@ type KeyInfo struct {
 	RetiredAt time.Time `json:"retired_at,omitzero"`
 	// LeavesJWKSAt is when a retired key stops being published.
 	LeavesJWKSAt time.Time `json:"leaves_jwks_at,omitzero"`
+	// ActivatesAt, on a key that is published but does not sign yet, is
+	// when it starts to sign (on the store's clock).
+	ActivatesAt time.Time `json:"activates_at,omitzero"`
 }
 
 type keyMeta struct {
@@ -106,6 +121,10 @@ type keyMeta struct {
 	Sealed    string    `json:"sealed,omitempty"`
 	Created   time.Time `json:"created"`
 	RetiredAt time.Time `json:"retired_at,omitzero"`
+	// ActivatesAt is when a rotated-in key starts to sign, on the store's
+	// clock (zero: at once); until then Replaces signs.
+	ActivatesAt time.Time `json:"activates_at,omitzero"`
+	Replaces    string    `json:"replaces,omitempty"`
 }
 
 type signingKey struct {
@@ -123,7 +142,12 @@ type Keys struct {
 	log      *slog.Logger
 
 	mu   sync.RWMutex
-	keys []*signingKey // current first
+	keys []*signingKey // the signing key first
+	// pending is a rotated-in key, in keys (so published) but not signing
+	// before switchAt (on cfg.Clock); the first Sign or read from then on
+	// makes it the signing key.
+	pending  *signingKey
+	switchAt time.Time
 	// With Seal: the sealer, and the current-key pointer as last read
 	// (every generation is conditional on it, so replicas never make two
 	// current keys).
@@ -200,10 +224,10 @@ func (k *Keys) loadGenerated(ctx context.Context) error {
 		}
 		k.keys, k.pointer = keys, pointer
 		if current != nil {
-			k.putCurrentFirst(current)
+			k.adopt(k.resolve(ctx, keys, current, "", time.Time{}))
 			return nil
 		}
-		_, err = k.generate(ctx, nil)
+		_, err = k.generate(ctx, nil, 0)
 		if errors.Is(err, outbox.ErrCondition) && try < 3 {
 			continue // another replica generated the first key: use it
 		}
@@ -215,14 +239,18 @@ func (k *Keys) loadGenerated(ctx context.Context) error {
 // published, the current one, the current-key pointer and the expired
 // ones to drop. It changes nothing.
 func (k *Keys) readGenerated() (keys []*signingKey, current *signingKey, pointer []byte, drop []keyMeta, err error) {
-	metas, err := loadKeyMetas(k.cfg.KV)
-	if err != nil {
-		return nil, nil, nil, nil, err
-	}
+	// The pointer first: a key and the pointer naming it commit together,
+	// so the records read after it include the key it names. Read the
+	// other way round, a key made current in between would be missed, and
+	// the replica would make a key of its own current over it.
 	if k.sealer != nil {
 		if pointer, err = k.cfg.KV.Get(BucketKeyCurrent, currentKey); err != nil {
 			return nil, nil, nil, nil, fmt.Errorf("signing keys: %w", err)
 		}
+	}
+	metas, err := loadKeyMetas(k.cfg.KV)
+	if err != nil {
+		return nil, nil, nil, nil, err
 	}
 	now := k.cfg.Clock()
 	for _, m := range metas {
@@ -280,14 +308,112 @@ func (k *Keys) Refresh(ctx context.Context) error {
 	if current == nil {
 		return nil // keep signing with what we have
 	}
+	k.mu.RLock()
+	signing := k.keys[0].meta.KID
+	var known time.Time
+	if k.pending != nil && k.pending.meta.KID == current.meta.KID {
+		known = k.switchAt
+	}
+	k.mu.RUnlock()
+	act := k.resolve(ctx, keys, current, signing, known)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if len(k.keys) > 0 && current.meta.KID != k.keys[0].meta.KID {
-		k.log.InfoContext(ctx, "signing key changed on another replica", slog.String("kid", current.meta.KID))
+	if act.sign.meta.KID != k.keys[0].meta.KID {
+		k.log.InfoContext(ctx, "signing key changed on another replica", slog.String("kid", act.sign.meta.KID))
+	}
+	if act.pending != nil && (k.pending == nil || k.pending.meta.KID != act.pending.meta.KID) {
+		k.log.InfoContext(ctx, "signing key rotated on another replica: published, signs from its activation",
+			slog.String("kid", act.pending.meta.KID), slog.Time("activates_at", act.pending.meta.ActivatesAt))
 	}
 	k.keys, k.pointer = keys, pointer
-	k.putCurrentFirst(current)
+	k.adopt(act)
 	return nil
+}
+
+// activation is what signs now and what is published to sign later.
+type activation struct {
+	sign, pending *signingKey
+	switchAt      time.Time // on cfg.Clock
+}
+
+// resolve tells, for the key the store names current, which key signs
+// now: the current one, unless its activation lies ahead, when the key it
+// replaces signs until then. signing is the kid this process signs with
+// (a key it already switched to stays the signing key) and known the
+// switch time it computed before for the same pending key. The time left
+// is measured on the store's clock, the one the activation was recorded
+// on, so replicas whose clocks disagree still switch together.
+func (k *Keys) resolve(ctx context.Context, keys []*signingKey, current *signingKey, signing string, known time.Time) activation {
+	at := current.meta.ActivatesAt
+	if at.IsZero() || current.meta.KID == signing {
+		return activation{sign: current}
+	}
+	var replaced *signingKey
+	for _, sk := range keys {
+		if sk.meta.KID == current.meta.Replaces {
+			replaced = sk
+		}
+	}
+	if replaced == nil {
+		return activation{sign: current} // nothing else to sign with
+	}
+	if !known.IsZero() {
+		return activation{sign: replaced, pending: current, switchAt: known}
+	}
+	left := at.Sub(k.storeNow(ctx))
+	if left <= 0 {
+		return activation{sign: current} // activated before we looked
+	}
+	return activation{sign: replaced, pending: current, switchAt: k.cfg.Clock().Add(left)}
+}
+
+// adopt makes act's keys the signing and pending ones (k.mu held, or
+// during NewKeys).
+func (k *Keys) adopt(act activation) {
+	k.putCurrentFirst(act.sign)
+	k.pending, k.switchAt = act.pending, act.switchAt
+	k.promoteLocked(k.cfg.Clock())
+}
+
+// promoteLocked makes the pending key the signing key once its time has
+// come (k.mu held for writing).
+func (k *Keys) promoteLocked(now time.Time) {
+	if k.pending == nil || now.Before(k.switchAt) {
+		return
+	}
+	p := k.pending
+	k.pending, k.switchAt = nil, time.Time{}
+	k.putCurrentFirst(p)
+	k.log.Info("signing key activated", slog.String("kid", p.meta.KID))
+}
+
+// signer returns the key that signs at now, switching to the pending one
+// when its time has come.
+func (k *Keys) signer(now time.Time) *signingKey {
+	k.mu.RLock()
+	sk, due := k.keys[0], k.pending != nil && !now.Before(k.switchAt)
+	k.mu.RUnlock()
+	if !due {
+		return sk
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.promoteLocked(now)
+	return k.keys[0]
+}
+
+// storeNow is the store's own clock when it has one that every replica
+// agrees on (a database's now()), else cfg.Clock.
+func (k *Keys) storeNow(ctx context.Context) time.Time {
+	if b, ok := k.cfg.KV.(interface{ Backend() storekv.Backend }); ok {
+		var now time.Time
+		var has bool
+		err := b.Backend().View(ctx, func(tx storekv.Tx) error { now, has = tx.Now(); return nil })
+		if err == nil && has {
+			return now
+		}
+	}
+	return k.cfg.Clock()
 }
 
 // RunRefresh calls Refresh every interval until ctx ends (shared stores).
@@ -327,9 +453,13 @@ func (k *Keys) putCurrentFirst(cur *signingKey) {
 	k.keys = out
 }
 
-// generate creates a new RSA-2048 key, stores it 0600 in the data dir and
-// records it as current, retiring prev (if any) in the same commit.
-func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, error) {
+// generate creates a new RSA-2048 key, stores it 0600 in the data dir (or
+// sealed in the store) and records it as current, retiring prev (if any)
+// in the same commit. With a delay and a prev, the new key is published at
+// once and signs only delay later (its activation, recorded on the store's
+// clock): prev signs until then, and a key still pending from an earlier
+// rotation is retired unused. k.mu is held.
+func (k *Keys) generate(ctx context.Context, prev *signingKey, delay time.Duration) (*signingKey, error) {
 	priv, err := rsa.GenerateKey(k.cfg.Rand, minRSABits)
 	if err != nil {
 		return nil, fmt.Errorf("signing keys: generate: %w", err)
@@ -338,7 +468,15 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 	if err != nil {
 		return nil, err
 	}
-	sk.meta.Created = k.cfg.Clock()
+	now := k.cfg.Clock()
+	sk.meta.Created = now
+	if prev == nil {
+		delay = 0
+	}
+	if delay > 0 {
+		sk.meta.ActivatesAt, sk.meta.Replaces = k.storeNow(ctx).Add(delay), prev.meta.KID
+	}
+	retired := now.Add(delay) // prev signs until the new key does
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
 		return nil, fmt.Errorf("signing keys: encode: %w", err)
@@ -366,8 +504,14 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 	marks := []outbox.Mark{metaMark(sk.meta)}
 	if prev != nil {
 		pm := prev.meta
-		pm.RetiredAt = sk.meta.Created
+		pm.RetiredAt = retired
 		marks = append(marks, metaMark(pm))
+	}
+	abandoned := k.pending
+	if abandoned != nil {
+		am := abandoned.meta
+		am.RetiredAt = now
+		marks = append(marks, metaMark(am))
 	}
 	if k.sealer != nil {
 		// Only if no other replica made a key current since we looked.
@@ -384,10 +528,21 @@ func (k *Keys) generate(ctx context.Context, prev *signingKey) (*signingKey, err
 		k.pointer = []byte(sk.meta.KID)
 	}
 	if prev != nil {
-		prev.meta.RetiredAt = sk.meta.Created
+		prev.meta.RetiredAt = retired
 	}
-	k.keys = append([]*signingKey{sk}, k.keys...)
-	k.log.InfoContext(ctx, "signing key generated", slog.String("kid", sk.meta.KID))
+	if abandoned != nil {
+		abandoned.meta.RetiredAt = now
+	}
+	k.pending, k.switchAt = nil, time.Time{}
+	if delay == 0 {
+		k.keys = append([]*signingKey{sk}, k.keys...)
+		k.log.InfoContext(ctx, "signing key generated", slog.String("kid", sk.meta.KID))
+		return sk, nil
+	}
+	k.keys = append([]*signingKey{k.keys[0], sk}, k.keys[1:]...)
+	k.pending, k.switchAt = sk, now.Add(delay)
+	k.log.InfoContext(ctx, "signing key generated: published, signs from its activation",
+		slog.String("kid", sk.meta.KID), slog.Time("activates_at", sk.meta.ActivatesAt))
 	return sk, nil
 }
 
@@ -424,23 +579,41 @@ func metaMark(m keyMeta) outbox.Mark {
 	return outbox.Mark{Bucket: BucketKeys, Key: []byte(m.KID), Value: b}
 }
 
-// Rotate makes a newly generated key current; the previous one stays in the
-// JWKS for the configured overlap. Operator-managed keys cannot be rotated
-// here (ErrOperatorManaged).
+// Rotate generates a new key and makes it current: it is published at once
+// and signs from its activation (KeyConfig.Activation after now, at once
+// without one), the previous key signing until then and staying in the
+// JWKS for the configured overlap after. Operator-managed keys cannot be
+// rotated here (ErrOperatorManaged).
 func (k *Keys) Rotate(ctx context.Context) (KeyInfo, error) {
+	return k.rotate(ctx, k.cfg.Activation)
+}
+
+// RotateNow is Rotate with the new key signing at once, on this replica
+// and on each other one at its next Refresh: for a key that must stop
+// signing now (compromised). Receivers that fetch the JWKS from a replica
+// that has not refreshed yet reject SETs until it has.
+func (k *Keys) RotateNow(ctx context.Context) (KeyInfo, error) {
+	return k.rotate(ctx, 0)
+}
+
+func (k *Keys) rotate(ctx context.Context, delay time.Duration) (KeyInfo, error) {
 	if k.operator {
 		return KeyInfo{}, ErrOperatorManaged
 	}
 	k.mu.Lock()
-	sk, err := k.generate(ctx, k.keys[0])
+	k.promoteLocked(k.cfg.Clock())
+	sk, err := k.generate(ctx, k.keys[0], delay)
 	if errors.Is(err, outbox.ErrCondition) {
-		// Another replica rotated meanwhile: take its key as current.
+		// Another replica rotated meanwhile: its key is the new one.
 		k.mu.Unlock()
 		if rerr := k.Refresh(ctx); rerr != nil {
 			return KeyInfo{}, rerr
 		}
 		k.mu.RLock()
 		defer k.mu.RUnlock()
+		if k.pending != nil {
+			return k.info(k.pending, false), nil
+		}
 		return k.info(k.keys[0], true), nil
 	}
 	defer k.mu.Unlock()
@@ -448,7 +621,7 @@ func (k *Keys) Rotate(ctx context.Context) (KeyInfo, error) {
 		return KeyInfo{}, err
 	}
 	k.pruneLocked(ctx)
-	return k.info(sk, true), nil
+	return k.info(sk, k.keys[0] == sk), nil
 }
 
 // pruneLocked forgets retired keys whose overlap has passed.
@@ -485,9 +658,7 @@ func (k *Keys) Sign(_ context.Context, claims []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	k.mu.RLock()
-	sk := k.keys[0]
-	k.mu.RUnlock()
+	sk := k.signer(k.cfg.Clock())
 	hdr, _ := json.Marshal(map[string]string{"alg": sk.method.Alg(), "kid": sk.meta.KID, "typ": "secevent+jwt"})
 	signing := b64(hdr) + "." + b64(claims)
 	sig, err := sk.method.Sign(signing, sk.signer)
@@ -512,16 +683,17 @@ func stampIat(claims []byte, now time.Time) ([]byte, error) {
 
 // CurrentKID returns the kid of the signing key.
 func (k *Keys) CurrentKID() string {
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	return k.keys[0].meta.KID
+	return k.signer(k.cfg.Clock()).meta.KID
 }
 
-// JWKS returns the JSON Web Key Set of the published public keys.
+// JWKS returns the JSON Web Key Set of the published public keys: the
+// signing key first, a pending one (rotated in, not signing yet) and the
+// retired ones within their overlap.
 func (k *Keys) JWKS() []byte {
+	now := k.cfg.Clock()
+	k.signer(now)
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	now := k.cfg.Clock()
 	set := struct {
 		Keys []map[string]string `json:"keys"`
 	}{Keys: []map[string]string{}}
@@ -535,11 +707,12 @@ func (k *Keys) JWKS() []byte {
 	return b
 }
 
-// List describes every key the JWKS publishes, current first.
+// List describes every key the JWKS publishes, the signing one first.
 func (k *Keys) List() []KeyInfo {
+	now := k.cfg.Clock()
+	k.signer(now)
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	now := k.cfg.Clock()
 	var out []KeyInfo
 	for i, sk := range k.keys {
 		if k.expired(sk, now) {
@@ -558,6 +731,9 @@ func (k *Keys) info(sk *signingKey, current bool) KeyInfo {
 	}
 	if !ki.RetiredAt.IsZero() {
 		ki.LeavesJWKSAt = ki.RetiredAt.Add(k.cfg.Overlap)
+	}
+	if sk == k.pending {
+		ki.ActivatesAt = sk.meta.ActivatesAt
 	}
 	return ki
 }

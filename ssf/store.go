@@ -122,7 +122,8 @@ func (s kvStreamStore) ListStreams(context.Context) ([]StreamRecord, error) {
 }
 
 func (s kvStreamStore) DeleteStream(ctx context.Context, id string) error {
-	marks := []outbox.Mark{{Bucket: BucketStreams, Key: []byte(id), Delete: true}}
+	marks := []outbox.Mark{{Bucket: BucketStreams, Key: []byte(id), Delete: true},
+		{Bucket: BucketVerifications, Key: []byte(id), Delete: true}}
 	err := s.kv.Scan(BucketSubjects, []byte(id+"\x00"), func(k, _ []byte) error {
 		marks = append(marks, outbox.Mark{Bucket: BucketSubjects, Key: append([]byte(nil), k...), Delete: true})
 		return nil

@@ -164,15 +164,17 @@ func (t *Transmitter) verify(c echo.Context) error {
 		return err
 	}
 	now := t.cfg.Clock()
-	if last := st.rec.LastVerification; !last.IsZero() {
-		if wait := last.Add(t.cfg.MinVerificationInterval - VerificationSlack).Sub(now); wait > 0 {
-			if h := t.cfg.OnVerificationRequest; h != nil {
-				h(st.rec.ID, false)
-			}
-			return &apiError{Status: http.StatusTooManyRequests, Code: "too_many_requests",
-				Desc:       "verification requested more often than min_verification_interval",
-				RetryAfter: int(math.Ceil(wait.Seconds()))}
+	wait, err := claimVerification(ctx, t.cfg.KV, st.rec.ID, st.rec.LastVerification, now, t.cfg.MinVerificationInterval-VerificationSlack)
+	if err != nil {
+		return err
+	}
+	if wait > 0 {
+		if h := t.cfg.OnVerificationRequest; h != nil {
+			h(st.rec.ID, false)
 		}
+		return &apiError{Status: http.StatusTooManyRequests, Code: "too_many_requests",
+			Desc:       "verification requested more often than min_verification_interval",
+			RetryAfter: int(math.Ceil(wait.Seconds()))}
 	}
 	rec := st.rec
 	rec.LastVerification = now

@@ -78,7 +78,7 @@ func (t *Transmitter) SyncStreams(ctx context.Context) error {
 				continue // as at start: kept, deliveries refused
 			}
 		}
-		if err := t.cfg.Queue.SetStream(ctx, r.outboxConfig()); err != nil {
+		if err := t.adoptStream(ctx, r.outboxConfig()); err != nil {
 			return fmt.Errorf("sync streams: register %s with the queue: %w", r.ID, err)
 		}
 		t.log.Info("stream changed on another replica", slog.String("stream_id", r.ID), slog.String("status", r.Status))

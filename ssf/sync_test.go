@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 )
@@ -16,16 +17,7 @@ import (
 // queue.
 func TestSyncStreamsAcrossReplicas(t *testing.T) {
 	h := newHarness(t)
-	ob2, err := outbox.New(outbox.Config{Store: h.store, Signer: h.keys, Clock: h.clock.Now, After: h.clock.After})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg2 := h.cfg
-	cfg2.Queue, cfg2.Store = ob2, nil
-	tr2, err := New(cfg2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ob2, tr2 := h.secondReplica(t)
 	srv2 := httptest.NewServer(tr2.Handler())
 	defer srv2.Close()
 	get := func(id string) int {
@@ -112,4 +104,64 @@ func TestSyncStreamsLeavesLocalChangeAlone(t *testing.T) {
 	if !back {
 		t.Fatal("the next sync round did not converge on the store")
 	}
+}
+
+// TestSyncStreamsKeepsNewerQueueConfig: a sync round on a second replica
+// that read a stream's record before the stream was paused on the first
+// registers the stream with its queue as the store has it (paused), and
+// does not write the older, enabled configuration back over the pause;
+// told by its queue of the change (StreamChanged), the second replica
+// reads the records again at once.
+func TestSyncStreamsKeepsNewerQueueConfig(t *testing.T) {
+	h := newHarness(t)
+	ob2, tr2 := h.secondReplica(t)
+	ctx := context.Background()
+	w := h.create("acme-manage-token", map[string]any{"events_requested": []string{EventSessionRevoked}})
+	tr2.syncHook = func() {
+		tr2.syncHook = nil
+		r := h.do("POST", "/ssf/status", "acme-manage-token", map[string]any{"stream_id": w.StreamID, "status": "paused"})
+		if r.status != http.StatusOK {
+			t.Errorf("pause: %d %s", r.status, r.body)
+		}
+	}
+	if err := tr2.SyncStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := h.ob.Stats(ctx, w.StreamID); err != nil || st.Status != outbox.StatusPaused {
+		t.Fatalf("the shared queue after the other replica's stale sync: %+v, %v; want paused", st, err)
+	}
+	if c, _ := ob2.StreamConfig(w.StreamID); c.Status != outbox.StatusPaused {
+		t.Fatalf("the second replica's queue delivers the stream as %q, want paused", c.Status)
+	}
+	tr2.StreamChanged(w.StreamID)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tr2.mu.RLock()
+		status := tr2.streams[w.StreamID].rec.Status
+		tr2.mu.RUnlock()
+		if status == StatusPaused {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("second replica's record after StreamChanged = %q, want paused", status)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// secondReplica is a second transmitter, with a queue of its own, on the
+// harness's store: another replica.
+func (h *harness) secondReplica(t *testing.T) (*outbox.Outbox, *Transmitter) {
+	t.Helper()
+	ob2, err := outbox.New(outbox.Config{Store: h.store, Signer: h.keys, Clock: h.clock.Now, After: h.clock.After})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg2 := h.cfg
+	cfg2.Queue, cfg2.Store = ob2, nil
+	tr2, err := New(cfg2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ob2, tr2
 }

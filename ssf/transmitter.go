@@ -251,6 +251,9 @@ type Transmitter struct {
 	// syncHook runs in SyncStreams between reading the store and applying
 	// (tests).
 	syncHook func()
+	// resync runs SyncStreams soon after the queue heard of a change made
+	// through another replica (StreamChanged).
+	resync resyncState
 
 	echo *echo.Echo
 }

@@ -135,11 +135,15 @@ func runStreams(ctx context.Context, args []string, stdout, stderr io.Writer) er
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	verbs := map[string]string{
 		"list":   "list the signing keys the JWKS publishes",
-		"rotate": "make a newly generated key current; the old one stays published for --key-overlap",
+		"rotate": "make a newly generated key current (published at once; with several replicas it signs 4 s later, --now: at once); the old one stays published for --key-overlap",
 	}
 	verb, fs, af, err := subcommand("keys", verbs, args, stdout)
 	if err != nil {
 		return err
+	}
+	var now *bool
+	if verb == "rotate" {
+		now = fs.Bool("now", false, "sign with the new key at once, before every replica publishes it (a compromised key)")
 	}
 	pos, err := parseInterleaved(fs, args[1:])
 	if err != nil {
@@ -155,13 +159,19 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer done()
 	if verb == "rotate" {
 		var k ssf.KeyInfo
-		if err := c.do(ctx, http.MethodPost, "/admin/keys/rotate", struct{}{}, &k); err != nil {
+		if err := c.do(ctx, http.MethodPost, "/admin/keys/rotate", struct {
+			Now bool `json:"now,omitempty"`
+		}{*now}, &k); err != nil {
 			return err
 		}
 		if af.json {
 			return printJSON(stdout, k)
 		}
-		fmt.Fprintf(stdout, "new signing key %s (%s) is current\n", k.KID, k.Alg)
+		if k.Current {
+			fmt.Fprintf(stdout, "new signing key %s (%s) is current\n", k.KID, k.Alg)
+		} else {
+			fmt.Fprintf(stdout, "new signing key %s (%s) is published and signs from %s\n", k.KID, k.Alg, fmtTime(k.ActivatesAt))
+		}
 		return nil
 	}
 	var keys []ssf.KeyInfo

@@ -183,17 +183,9 @@ func TestMigrateCommand(t *testing.T) {
 // the second reaches the receiver exactly once, pushed by whichever
 // replica holds the stream.
 func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
-	url, schema := pgtest.Schema(t)
-	mutate := func(c *sidecar.Config) {
-		c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey
-	}
-	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
-		PollInterval: 100 * time.Millisecond, Mutate: mutate})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.Close() })
+	w := newPostgresSystem(t)
 	ctx := context.Background()
+	var err error
 
 	cfg2 := w.Sidecar.Config()
 	cfg2.DataDir = t.TempDir()
@@ -280,6 +272,22 @@ func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
 	for _, s := range w.Receiver.Received() {
 		w.independentVerify(t, s.Compact, "https://push.rx.example/")
 	}
+}
+
+// newPostgresSystem is newSystem on a PostgreSQL schema of its own.
+func newPostgresSystem(t *testing.T) *demoWorld {
+	t.Helper()
+	url, schema := pgtest.Schema(t)
+	mutate := func(c *sidecar.Config) {
+		c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey
+	}
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Mutate: mutate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return w
 }
 
 // forwarder is a TCP relay to the database that a test can cut and

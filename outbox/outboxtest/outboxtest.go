@@ -56,6 +56,7 @@ func (s Suite) Run(t *testing.T) {
 	t.Run("PollAckReplicas", s.testPollAckReplicas)
 	t.Run("PollLeaseReopen", s.testPollLeaseReopen)
 	t.Run("PollLeaseConcurrent", s.testPollLeaseConcurrent)
+	t.Run("ReplicasPause", s.testReplicasPause)
 	if s.Shared {
 		t.Run("ReplicasEnqueue", s.testReplicasEnqueue)
 		t.Run("ReplicasLease", s.testReplicasLease)

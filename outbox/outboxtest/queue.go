@@ -272,16 +272,23 @@ func (s Suite) notifiers(t *testing.T, a, b kv.Backend) (outbox.Notifier, outbox
 	return s.Notifier(t, a), s.Notifier(t, b)
 }
 
-// testNotifier: a Notify wakes the waiters of its stream (on another
-// replica, for a shared store), and only those.
-func (s Suite) testNotifier(t *testing.T) {
+// twoReplicas opens the backends of two replicas on one fresh store (one
+// backend for both when the store is not shared) and their notifiers.
+func (s Suite) twoReplicas(t *testing.T) (a, b kv.Backend, na, nb outbox.Notifier) {
 	open := s.New(t)
-	a := backend(t, open)
-	b := a
+	a = backend(t, open)
+	b = a
 	if s.Shared {
 		b = backend(t, open)
 	}
-	na, nb := s.notifiers(t, a, b)
+	na, nb = s.notifiers(t, a, b)
+	return a, b, na, nb
+}
+
+// testNotifier: a Notify wakes the waiters of its stream (on another
+// replica, for a shared store), and only those.
+func (s Suite) testNotifier(t *testing.T) {
+	_, _, na, nb := s.twoReplicas(t)
 	for round := range 3 {
 		w, other := nb.Wait("s"), nb.Wait("other")
 		na.Notify("s")

@@ -4,16 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
-	"github.com/ssf-sidecar/ssf-sidecar/outbox/boltstore"
-	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
-	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore"
-	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
 )
 
 type benchSigner struct{}
@@ -26,26 +21,9 @@ func (benchSigner) Sign(context.Context, []byte) (string, error) { return "x.y.z
 // the other producers queued meanwhile. Compare the ns/op of the pairs.
 func BenchmarkEnqueue(b *testing.B) {
 	for _, producers := range []int{1, 64, 256} {
-		for _, backend := range []string{"bbolt", "postgres"} {
+		for _, backend := range backends {
 			b.Run(fmt.Sprintf("producers=%d/%s", producers, backend), func(b *testing.B) {
-				var db kv.Backend
-				switch backend {
-				case "bbolt":
-					d, err := boltstore.Open(filepath.Join(b.TempDir(), "bench.db"), boltstore.Options{})
-					if err != nil {
-						b.Fatal(err)
-					}
-					db = d
-				default:
-					url, schema := pgtest.Schema(b)
-					d, err := pgstore.Open(context.Background(), pgstore.Options{URL: url, Schema: schema})
-					if err != nil {
-						b.Fatal(err)
-					}
-					db = d
-				}
-				st := outbox.NewStore(db, outbox.StoreOptions{})
-				defer st.Close()
+				st, _, _ := benchStore(b, backend)
 				ob, err := outbox.New(outbox.Config{Store: st, Signer: benchSigner{}})
 				if err != nil {
 					b.Fatal(err)

@@ -35,6 +35,9 @@ type Transmitter interface {
 type Keys interface {
 	List() []ssf.KeyInfo
 	Rotate(ctx context.Context) (ssf.KeyInfo, error)
+	// RotateNow rotates with the new key signing at once (a compromised
+	// key), without waiting for the other replicas to publish it.
+	RotateNow(ctx context.Context) (ssf.KeyInfo, error)
 }
 
 // Outbox is the delivery side.
@@ -440,8 +443,22 @@ func (s *server) listKeys(c echo.Context) error {
 	return c.JSON(http.StatusOK, s.cfg.Keys.List())
 }
 
+// rotateBody is the body of POST /keys/rotate: now signs with the new key
+// at once.
+type rotateBody struct {
+	Now bool `json:"now"`
+}
+
 func (s *server) rotateKey(c echo.Context) error {
-	k, err := s.cfg.Keys.Rotate(c.Request().Context())
+	var b rotateBody
+	if err := bind(c, &b); err != nil {
+		return err
+	}
+	rotate := s.cfg.Keys.Rotate
+	if b.Now {
+		rotate = s.cfg.Keys.RotateNow
+	}
+	k, err := rotate(c.Request().Context())
 	if err != nil {
 		return echo.NewHTTPError(http.StatusConflict, err.Error())
 	}

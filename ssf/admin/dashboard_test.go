@@ -92,6 +92,9 @@ type fakeKeys struct{}
 
 func (fakeKeys) List() []ssf.KeyInfo                         { return nil }
 func (fakeKeys) Rotate(context.Context) (ssf.KeyInfo, error) { return ssf.KeyInfo{}, nil }
+func (fakeKeys) RotateNow(context.Context) (ssf.KeyInfo, error) {
+	return ssf.KeyInfo{}, nil
+}
 
 const (
 	revokedURI  = "https://schemas.openid.net/secevent/caep/event-type/session-revoked"

@@ -22,10 +22,14 @@ import (
 // processes starting at once generate one first key between them, a
 // rotation made on one handle is used by another after Refresh, retired
 // keys stay published for the overlap and go after it, private keys are
-// stored only sealed, and a previous seal key still opens them.
+// stored only sealed, and a previous seal key still opens them. With an
+// activation delay, a rotated-in key is published by every handle that
+// has refreshed before any handle signs with it, and all of them switch
+// to it at its activation time; RotateNow signs at once.
 func RunKeyStore(t *testing.T, newStore func(t *testing.T) Store) {
 	t.Run("GeneratedOnce", func(t *testing.T) { testKeysGeneratedOnce(t, newStore(t)) })
 	t.Run("RotationSeenByAnother", func(t *testing.T) { testKeysRotationSeen(t, newStore(t)) })
+	t.Run("PublishedEverywhereBeforeItSigns", func(t *testing.T) { testKeysPublishedBeforeSigning(t, newStore(t)) })
 	t.Run("RetiredKeysKept", func(t *testing.T) { testKeysRetiredKept(t, newStore(t)) })
 	t.Run("PrivateKeysSealed", func(t *testing.T) { testKeysSealed(t, newStore(t)) })
 	t.Run("PreviousKey", func(t *testing.T) { testKeysPreviousSeal(t, newStore(t)) })
@@ -336,4 +340,105 @@ func testKeysPreviousSeal(t *testing.T, st Store) {
 	if _, err := ssf.NewKeys(ctx, keyConfig(kv, sealB, nil, nil)); err == nil || !strings.Contains(err.Error(), ssf.KeyID(sealA)) {
 		t.Fatalf("NewKeys without the previous key, while a key is still sealed under it = %v; want an error naming key %s", err, ssf.KeyID(sealA))
 	}
+}
+
+// signedKID signs a SET with k and returns the kid its header names.
+func signedKID(t *testing.T, k *ssf.Keys) string {
+	t.Helper()
+	jws, err := k.Sign(ctx, []byte(`{"jti":"x"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := base64.RawURLEncoding.DecodeString(strings.Split(jws, ".")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h struct {
+		KID string `json:"kid"`
+	}
+	if err := json.Unmarshal(hdr, &h); err != nil {
+		t.Fatal(err)
+	}
+	return h.KID
+}
+
+// testKeysPublishedBeforeSigning: a key rotated in on handle a is
+// published by a at once and by b after its next Refresh, while both
+// still sign with the old key; at the activation time both switch, with
+// no further Refresh, and keep the old key published for the overlap.
+// (The handles' clock is a test clock; a database's own clock, which
+// measures the time left to a handle that first reads the key, does not
+// follow it, so every read here comes before the activation.)
+func testKeysPublishedBeforeSigning(t *testing.T, st Store) {
+	const activation = time.Minute
+	cl := &clock{now: time.Now()}
+	a, b := st.pair()
+	cfg := func(kv ssf.KV) ssf.KeyConfig {
+		c := keyConfig(kv, sealA, cl, nil)
+		c.Activation = activation
+		return c
+	}
+	ka, err := ssf.NewKeys(ctx, cfg(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := ssf.NewKeys(ctx, cfg(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := ka.CurrentKID()
+	rot, err := ka.Rotate(ctx)
+	if err != nil || rot.KID == old {
+		t.Fatalf("Rotate = %+v, %v", rot, err)
+	}
+	if rot.Current || rot.ActivatesAt.IsZero() {
+		t.Fatalf("Rotate = %+v: want a key that is not current yet, with its activation time", rot)
+	}
+	check := func(when string, k *ssf.Keys, name, signs string, publishes ...string) {
+		t.Helper()
+		if got := signedKID(t, k); got != signs {
+			t.Fatalf("%s: %s signs with %s, want %s", when, name, got, signs)
+		}
+		kids := jwksKIDs(t, k)
+		for _, p := range publishes {
+			if !has(kids, p) {
+				t.Fatalf("%s: %s publishes %v, without %s", when, name, kids, p)
+			}
+		}
+	}
+	check("just after the rotation", ka, "the rotating handle", old, old, rot.KID)
+	if err := kb.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("after its refresh", kb, "the other handle", old, old, rot.KID)
+	if l := kb.List(); len(l) != 2 || l[0].KID != old || !l[0].Current || l[1].KID != rot.KID || l[1].Current || l[1].ActivatesAt.IsZero() {
+		t.Fatalf("the other handle lists %+v; want %s current and %s pending with its activation", l, old, rot.KID)
+	}
+	if st.Shared { // else opening another handle closes a and b
+		c := newKeys(t, st.Open(), sealA, cl, nil)
+		check("opened within the activation delay", c, "a third handle", old, old, rot.KID)
+	}
+
+	cl.Add(activation / 2)
+	check("half way to the activation", ka, "the rotating handle", old, rot.KID)
+	check("half way to the activation", kb, "the other handle", old, rot.KID)
+	cl.Add(activation)
+	check("after the activation", ka, "the rotating handle", rot.KID, rot.KID, old)
+	check("after the activation", kb, "the other handle", rot.KID, rot.KID, old)
+	if err := kb.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("after the activation and a refresh", kb, "the other handle", rot.KID, rot.KID, old)
+
+	// A compromised key is replaced at once.
+	now, err := kb.RotateNow(ctx)
+	if err != nil || !now.Current {
+		t.Fatalf("RotateNow = %+v, %v", now, err)
+	}
+	check("after RotateNow", kb, "the rotating handle", now.KID, now.KID, rot.KID)
+	if err := ka.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("after RotateNow and a refresh", ka, "the other handle", now.KID, now.KID, rot.KID)
+	check("after RotateNow and a restart", newKeys(t, st.Open(), sealA, cl, nil), "a new handle", now.KID, now.KID, rot.KID)
 }

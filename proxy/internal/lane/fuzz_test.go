@@ -113,32 +113,3 @@ func FuzzLaneResponse(f *testing.F) {
 		}
 	})
 }
-
-// FuzzAmbiguousFraming: the framing check never panics, and whenever it
-// refuses a head, net/http either refuses it too or reads a request whose
-// head named both framing fields or folded one of them.
-func FuzzAmbiguousFraming(f *testing.F) {
-	addSeeds(f,
-		"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n",
-		"POST /a HTTP/1.1\nHost: x\nContent-Length:\n 3\n\nabc",
-		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
-	)
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if !AmbiguousFraming(b) {
-			return
-		}
-		lower := bytes.ToLower(b)
-		hasCL, hasTE := bytes.Contains(lower, []byte("content-length")), bytes.Contains(lower, []byte("transfer-encoding"))
-		if !hasCL && !hasTE {
-			t.Fatalf("refused a head naming neither framing field: %q", b)
-		}
-	})
-}
-
-// addSeeds adds each request text as a seed.
-func addSeeds(f *testing.F, seeds ...string) {
-	for _, s := range seeds {
-		f.Add([]byte(s))
-	}
-}

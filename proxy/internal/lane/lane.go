@@ -13,10 +13,12 @@
 // the bytes already read, to the net/http server, which serves it (and the
 // rest of the connection) exactly as it would have without the lane. So the
 // lane never answers a malformed request itself: it only passes on what it
-// understands completely.
+// understands completely. A handed-over connection carries the framing
+// check (framing.go) on every request net/http reads from it.
 //
 // The package also holds the forwarding policy (policy.go) that the lane
-// and the proxy's net/http path both apply.
+// and the proxy's net/http path both apply, and the framing check, which
+// the proxy also puts on its TLS connections.
 package lane
 
 import (
@@ -74,8 +76,8 @@ type Config struct {
 	OnRequest                      func(class string, status int, d time.Duration)
 	Now                            func() time.Time
 	// Carry is false when every request is to go to net/http (fast path
-	// off, or a span wanted for every request): the lane then only checks
-	// each connection's first head.
+	// off, or a span wanted for every request): the lane then hands each
+	// connection over at its first head, under the framing check.
 	Carry bool
 }
 
@@ -134,29 +136,39 @@ type laneConn struct {
 
 // Serve accepts from ln until it is closed.
 func (l *Lane) Serve(ln net.Listener) error {
+	closing := func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.closing
+	}
+	return Accept(ln, l.log, closing, func(c net.Conn) {
+		lc := &laneConn{c: c}
+		if !l.track(lc) {
+			c.Close()
+			return
+		}
+		go l.serveConn(lc)
+	})
+}
+
+// Accept calls serve with each connection ln yields until ln is closed (or
+// closing reports true). A failing Accept (out of file descriptors and the
+// like) is retried after a pause that grows to a second, as net/http does.
+func Accept(ln net.Listener, log *slog.Logger, closing func() bool, serve func(net.Conn)) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			l.mu.Lock()
-			closing := l.closing
-			l.mu.Unlock()
-			if closing || errors.Is(err, net.ErrClosed) {
+			if closing() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			// Out of file descriptors and the like: wait, as net/http does.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			l.log.Warn("proxy: accept failed; retrying", "error", err, "retry_in", backoff)
+			log.Warn("proxy: accept failed; retrying", "error", err, "retry_in", backoff)
 			time.Sleep(backoff)
 			continue
 		}
 		backoff = 0
-		lc := &laneConn{c: c}
-		if !l.track(lc) {
-			c.Close()
-			continue
-		}
-		go l.serveConn(lc)
+		serve(c)
 	}
 }
 
@@ -260,10 +272,6 @@ func (l *Lane) serveConn(lc *laneConn) {
 			lc.hbuf = append(lc.hbuf[:0], head...)
 		}
 		if !ok || !parseRequestHead(lc.hbuf, &lc.req) || l.claimed(lc) {
-			if b, _ := lc.br.Peek(lc.br.Buffered()); AmbiguousFraming(b) {
-				l.refuseFraming(lc)
-				return
-			}
 			l.handOff(lc)
 			return
 		}
@@ -355,11 +363,12 @@ func (l *Lane) claimed(lc *laneConn) bool {
 	return l.cfg.Observer.Match(method, string(lc.req.host), string(path))
 }
 
-// handOff gives the connection and what was read of it to net/http.
+// handOff gives the connection and what was read of it to net/http, with
+// the framing check on every request from this one on (see framing.go).
 func (l *Lane) handOff(lc *laneConn) {
 	lc.armed = time.Time{}
 	_ = lc.c.SetReadDeadline(time.Time{}) // net/http sets its own
-	l.handoff.deliver(&handoffConn{Conn: lc.c, br: lc.br})
+	l.handoff.Deliver(NewFramingConn(&handoffConn{Conn: lc.c, br: lc.br}, l.stats, l.log))
 }
 
 // handoffConn is a client connection whose first bytes sit in br.
@@ -400,7 +409,9 @@ func NewListener(addr net.Addr) *Listener {
 	return &Listener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
 }
 
-func (l *Listener) deliver(c net.Conn) {
+// Deliver hands c to the server accepting from l, or closes it once l is
+// closed.
+func (l *Listener) Deliver(c net.Conn) {
 	select {
 	case l.ch <- c:
 	case <-l.done:

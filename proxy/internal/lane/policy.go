@@ -1,7 +1,6 @@
 package lane
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -13,7 +12,7 @@ import (
 // hop-by-hop or set by the proxy (FieldPolicy), how the X-Forwarded-*
 // fields are written (ForwardedPolicy), how an upstream failure is answered
 // (UpstreamFailure, FailureFields, FailureBody), which paths are not
-// canonical (NonCanonical) and which framing is refused (AmbiguousFraming).
+// canonical (NonCanonical); the framing refused is in framing.go.
 // The proxy's TestFieldPolicyOneTable, TestPathsAgreeOnUpstreamFailures and
 // FuzzDifferentialPaths hold both paths to it.
 
@@ -67,50 +66,6 @@ func NonCanonical[T string | []byte](p T) bool {
 		}
 	}
 	return false
-}
-
-// AmbiguousFraming reports whether the request head at the start of b
-// (ending in an empty line, CRLF or bare LF) declares its body length two
-// ways: Content-Length together with Transfer-Encoding, or either of them
-// continued on an obs-folded line. A front proxy may read such a message
-// differently, so it is refused with 400 and the connection closed, as
-// nginx does (RFC 9112 sections 5.2 and 6.1). A b without a whole head
-// reports false.
-func AmbiguousFraming(b []byte) bool {
-	_, rest := cutLine(b) // the request line
-	var cl, te, prevFraming bool
-	for len(rest) > 0 {
-		var line []byte
-		if bytes.IndexByte(rest, '\n') < 0 {
-			return false // the head is not all here
-		}
-		line, rest = cutLine(rest)
-		if len(line) == 0 {
-			return cl && te
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			if prevFraming {
-				return true // obs-fold of Content-Length or Transfer-Encoding
-			}
-			continue
-		}
-		name, _, _ := bytes.Cut(line, []byte(":"))
-		name = bytes.TrimRight(name, " \t")
-		isCL, isTE := asciiEqualFold(name, "content-length"), asciiEqualFold(name, "transfer-encoding")
-		cl, te, prevFraming = cl || isCL, te || isTE, isCL || isTE
-	}
-	return false
-}
-
-// refuseFraming answers an ambiguously framed request 400 and closes the
-// connection; nothing was forwarded.
-func (l *Lane) refuseFraming(lc *laneConn) {
-	l.stats.ClientErrors.Add(1)
-	l.log.Info("request refused", "reason", "ambiguous message framing")
-	const msg = "Bad Request\n"
-	_, _ = lc.bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: 12\r\n\r\n" + msg)
-	_ = lc.bw.Flush()
-	lc.c.Close()
 }
 
 // XFAction is what the proxy does with one of the fields that say where a

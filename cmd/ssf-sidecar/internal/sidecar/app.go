@@ -290,7 +290,7 @@ func (a *Sidecar) buildCore(ctx context.Context, receivers []ssf.Receiver) (err 
 	}
 	sealKey := seal.StreamSecrets
 	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: seal.SigningKeys,
-		PreviousSeal: seal.PreviousSigningKeys, Overlap: cfg.KeyOverlap, Logger: logger.With("component", "keys")})
+		PreviousSeal: seal.PreviousSigningKeys, Overlap: cfg.KeyOverlap, Activation: keyActivation(cfg), Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
 			return &storeError{Dir: cfg.DataDir, Err: prefixed("signing keys", err)}
@@ -377,10 +377,28 @@ func (a *Sidecar) ssfHandler() http.Handler {
 	return a.tx.Handler()
 }
 
-// sharedRefresh is how often replicas sharing a database read the signing
-// keys and the streams again, so a rotation or a stream change made on one
-// is used by all.
+// sharedRefresh is how often replicas sharing a database read the streams
+// again, so a stream change made on one is used by all.
 const sharedRefresh = 5 * time.Second
+
+// keyRefresh is how often replicas sharing a database read the signing
+// keys again, and SharedKeyActivation how long a rotated-in key is only
+// published before it signs: every replica has read and published it
+// (within keyRefresh, with slack for a slow read) before any signs with
+// it, and all of them sign with it within 5 s of the rotation.
+const (
+	keyRefresh          = time.Second
+	SharedKeyActivation = 4 * time.Second
+)
+
+// keyActivation is the signing keys' activation delay: one process
+// publishes and signs from the same memory, so its new key signs at once.
+func keyActivation(cfg Config) time.Duration {
+	if cfg.DatabaseURL == "" {
+		return 0
+	}
+	return SharedKeyActivation
+}
 
 // openStore opens the backend the configuration names: PostgreSQL with
 // --database-url (its notifier wakes the other replicas; the stream-secret
@@ -533,7 +551,7 @@ func (a *Sidecar) Run(ctx context.Context) error {
 		g.Go(func() error { return core.outbox.Run(deliveryCtx) })
 		taps.Go(g, func() error { return core.tap.Run(tapCtx) })
 		if core.cfg.DatabaseURL != "" {
-			g.Go(func() error { return core.keys.RunRefresh(deliveryCtx, sharedRefresh) })
+			g.Go(func() error { return core.keys.RunRefresh(deliveryCtx, keyRefresh) })
 			g.Go(func() error { return core.tx.RunSync(deliveryCtx, sharedRefresh) })
 		}
 		if core.dbWatch != nil {

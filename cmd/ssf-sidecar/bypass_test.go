@@ -96,44 +96,44 @@ func TestTapBypassTable(t *testing.T) {
 	w, addr, admin, newUser := bypassWorld(t, 100*time.Millisecond)
 	actions := []bypassAction{
 		{"revoke a session", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
-			s, _, err := w.ak.IssueSession(u.PK)
+			s, _, err := w.AK.IssueSession(u.PK)
 			if err != nil {
 				t.Fatal(err)
 			}
 			req := bypassRequest{method: "DELETE", target: target("/api/v3/core/authenticated_sessions/" + s.UUID + "/"), header: []string{admin}}
-			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+			return req, func() bool { _, ok := w.AK.Session(s.UUID); return !ok }, []string{"session-revoked"}
 		}},
 		{"set a password", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			before := u.PasswordChangeDate
 			req := bypassRequest{method: "POST", target: target(fmt.Sprintf("/api/v3/core/users/%d/set_password/", u.PK)),
 				header: []string{admin}, body: `{"password":"Admin-set-1"}`}
-			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.PasswordChangeDate.Equal(before) }, []string{"credential-change"}
+			return req, func() bool { now, _ := w.AK.User(u.PK); return !now.PasswordChangeDate.Equal(before) }, []string{"credential-change"}
 		}},
 		{"log out through the invalidation flow", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
-			s, cookie, err := w.ak.IssueSession(u.PK)
+			s, cookie, err := w.AK.IssueSession(u.PK)
 			if err != nil {
 				t.Fatal(err)
 			}
-			req := bypassRequest{method: "GET", target: target("/api/v3/flows/executor/" + w.ak.Flows().Invalidation + "/?query="),
+			req := bypassRequest{method: "GET", target: target("/api/v3/flows/executor/" + w.AK.Flows().Invalidation + "/?query="),
 				header: []string{"Cookie: authentik_session=" + cookie}}
-			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+			return req, func() bool { _, ok := w.AK.Session(s.UUID); return !ok }, []string{"session-revoked"}
 		}},
 		{"delete an MFA device", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
-			d, err := w.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: u.PK})
+			d, err := w.AK.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: u.PK})
 			if err != nil {
 				t.Fatal(err)
 			}
 			req := bypassRequest{method: "DELETE", target: target(fmt.Sprintf("/api/v3/authenticators/admin/totp/%d/", d.PK)), header: []string{admin}}
-			return req, func() bool { _, ok := w.ak.Device(authentiktest.DeviceTOTP, d.PK); return !ok }, []string{"credential-change"}
+			return req, func() bool { _, ok := w.AK.Device(authentiktest.DeviceTOTP, d.PK); return !ok }, []string{"credential-change"}
 		}},
 		{"deactivate a user", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			// authentik ends the user's sessions too, without a trace of its own.
-			if _, _, err := w.ak.IssueSession(u.PK); err != nil {
+			if _, _, err := w.AK.IssueSession(u.PK); err != nil {
 				t.Fatal(err)
 			}
 			req := bypassRequest{method: "PATCH", target: target(fmt.Sprintf("/api/v3/core/users/%d/", u.PK)),
 				header: []string{admin}, body: `{"is_active": false}`}
-			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.IsActive }, []string{"account-disabled", "session-revoked"}
+			return req, func() bool { now, _ := w.AK.User(u.PK); return !now.IsActive }, []string{"account-disabled", "session-revoked"}
 		}},
 	}
 	type variant struct {
@@ -208,26 +208,26 @@ type bypassAction struct {
 // reading every poll.
 func bypassWorld(t *testing.T, poll time.Duration) (w *demoWorld, addr, admin string, newUser func() authentiktest.User) {
 	t.Helper()
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(), pollInterval: poll})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(), PollInterval: poll})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
 	ctx := context.Background()
 	all := []string{ssf.EventSessionRevoked, ssf.EventCredentialChange, ssf.EventAccountDisabled}
-	if _, err := w.createPushStream(ctx, all); err != nil {
+	if _, err := w.CreatePushStream(ctx, all); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, 1, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	addr = strings.TrimPrefix(w.front, "http://")
-	admin = "Authorization: Bearer " + w.ak.AdminToken()
+	addr = strings.TrimPrefix(w.Front, "http://")
+	admin = "Authorization: Bearer " + w.AK.AdminToken()
 	n := 0
 	newUser = func() authentiktest.User {
 		n++
 		name := fmt.Sprintf("u%d", n)
-		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"})
+		u, err := w.AK.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,9 +243,9 @@ func waitForSETs(t *testing.T, w *demoWorld, acted []bypassPending) {
 	deadline := time.Now().Add(30 * time.Second)
 	for _, p := range acted {
 		for _, event := range p.events {
-			for !hasSET(w.recv.received(), event, p.user.Email) {
+			for !hasSET(w.Receiver.Received(), event, p.user.Email) {
 				if time.Now().After(deadline) {
-					t.Errorf("%s: authentik acted but no %s SET names %s; got %v", p.row, event, p.user.Email, summarize(w.recv.received()))
+					t.Errorf("%s: authentik acted but no %s SET names %s; got %v", p.row, event, p.user.Email, summarize(w.Receiver.Received()))
 					break
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -280,59 +280,59 @@ func TestTapBypassTableTrafficOnly(t *testing.T) {
 	singles := []bypassAction{
 		{"log out through the invalidation flow with HEAD", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			// Django's View runs get() for HEAD: the logout stage runs.
-			s, cookie, err := w.ak.IssueSession(u.PK)
+			s, cookie, err := w.AK.IssueSession(u.PK)
 			if err != nil {
 				t.Fatal(err)
 			}
-			req := bypassRequest{method: "HEAD", target: target("/api/v3/flows/executor/" + w.ak.Flows().Invalidation + "/?query="),
+			req := bypassRequest{method: "HEAD", target: target("/api/v3/flows/executor/" + w.AK.Flows().Invalidation + "/?query="),
 				header: []string{"Cookie: authentik_session=" + cookie}}
-			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+			return req, func() bool { _, ok := w.AK.Session(s.UUID); return !ok }, []string{"session-revoked"}
 		}},
 		{"log out with a decoy session cookie first", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			// Django keeps the last of two cookies of one name: the SET
 			// must name u, whose session authentik ends, not the decoy.
 			decoy := newUser()
-			_, decoyCookie, err := w.ak.IssueSession(decoy.PK)
+			_, decoyCookie, err := w.AK.IssueSession(decoy.PK)
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, cookie, err := w.ak.IssueSession(u.PK)
+			s, cookie, err := w.AK.IssueSession(u.PK)
 			if err != nil {
 				t.Fatal(err)
 			}
-			req := bypassRequest{method: "GET", target: target("/api/v3/flows/executor/" + w.ak.Flows().Invalidation + "/?query="),
+			req := bypassRequest{method: "GET", target: target("/api/v3/flows/executor/" + w.AK.Flows().Invalidation + "/?query="),
 				header: []string{"Cookie: authentik_session=" + decoyCookie + "; authentik_session=" + cookie}}
 			decoys = append(decoys, decoy)
-			return req, func() bool { _, ok := w.ak.Session(s.UUID); return !ok }, []string{"session-revoked"}
+			return req, func() bool { _, ok := w.AK.Session(s.UUID); return !ok }, []string{"session-revoked"}
 		}},
 		{"set a password, user id in Arabic-Indic digits", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			before := u.PasswordChangeDate
 			req := bypassRequest{method: "POST", target: target("/api/v3/core/users/" + arabic(u.PK) + "/set_password/"),
 				header: []string{admin}, body: `{"password":"Admin-set-1"}`}
-			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.PasswordChangeDate.Equal(before) }, []string{"credential-change"}
+			return req, func() bool { now, _ := w.AK.User(u.PK); return !now.PasswordChangeDate.Equal(before) }, []string{"credential-change"}
 		}},
 		{"deactivate a user, user id between spaces", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			req := bypassRequest{method: "PATCH", target: target(fmt.Sprintf("/api/v3/core/users/%%20%d%%20/", u.PK)),
 				header: []string{admin}, body: `{"is_active": false}`}
-			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.IsActive }, []string{"account-disabled"}
+			return req, func() bool { now, _ := w.AK.User(u.PK); return !now.IsActive }, []string{"account-disabled"}
 		}},
 		{"delete an MFA device, device id in Arabic-Indic digits", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
-			d, err := w.ak.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: u.PK})
+			d, err := w.AK.AddDevice(authentiktest.DeviceSpec{Type: authentiktest.DeviceTOTP, UserPK: u.PK})
 			if err != nil {
 				t.Fatal(err)
 			}
 			req := bypassRequest{method: "DELETE", target: target("/api/v3/authenticators/admin/totp/" + arabic(d.PK) + "/"), header: []string{admin}}
-			return req, func() bool { _, ok := w.ak.Device(authentiktest.DeviceTOTP, d.PK); return !ok }, []string{"credential-change"}
+			return req, func() bool { _, ok := w.AK.Device(authentiktest.DeviceTOTP, d.PK); return !ok }, []string{"credential-change"}
 		}},
 		{"deactivate a user with the string \"false\"", func(u authentiktest.User, target func(string) string) (bypassRequest, func() bool, []string) {
 			// authentik ends the user's sessions too: the tap must read
 			// "false" as false to list them before they go.
-			if _, _, err := w.ak.IssueSession(u.PK); err != nil {
+			if _, _, err := w.AK.IssueSession(u.PK); err != nil {
 				t.Fatal(err)
 			}
 			req := bypassRequest{method: "PATCH", target: target(fmt.Sprintf("/api/v3/core/users/%d/", u.PK)),
 				header: []string{admin}, body: `{"is_active": "false"}`}
-			return req, func() bool { now, _ := w.ak.User(u.PK); return !now.IsActive }, []string{"account-disabled", "session-revoked"}
+			return req, func() bool { now, _ := w.AK.User(u.PK); return !now.IsActive }, []string{"account-disabled", "session-revoked"}
 		}},
 	}
 	var acted []bypassPending
@@ -350,7 +350,7 @@ func TestTapBypassTableTrafficOnly(t *testing.T) {
 	}
 	waitForSETs(t, w, acted)
 	for _, d := range decoys {
-		if hasSET(w.recv.received(), "session-revoked", d.Email) {
+		if hasSET(w.Receiver.Received(), "session-revoked", d.Email) {
 			t.Errorf("a session-revoked SET names %s, whose session authentik did not end", d.Email)
 		}
 	}

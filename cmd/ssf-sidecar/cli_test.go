@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -28,11 +29,11 @@ func cli(t *testing.T, args ...string) (int, string, string) {
 func TestCLIAgainstRunningSidecar(t *testing.T) {
 	w := newSystem(t)
 	ctx := context.Background()
-	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked})
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := []string{"--admin-url", w.adminURL}
+	admin := []string{"--admin-url", w.AdminURL}
 
 	code, out, errs := cli(t, append([]string{"streams", "list"}, admin...)...)
 	if code != exitOK || !strings.Contains(out, id) || !strings.Contains(out, "push-rx") || !strings.Contains(out, "enabled") {
@@ -58,7 +59,7 @@ func TestCLIAgainstRunningSidecar(t *testing.T) {
 		t.Fatalf("verify: %d", code)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !hasState(w.recv.received(), "cli-probe") {
+	for !hasState(w.Receiver.Received(), "cli-probe") {
 		if time.Now().After(deadline) {
 			t.Fatal("the verification SET asked for by the CLI never arrived")
 		}
@@ -77,8 +78,8 @@ func TestCLIAgainstRunningSidecar(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "RS256") {
 		t.Fatalf("keys list: %d %s", code, out)
 	}
-	before := w.app.keys.CurrentKID()
-	if code, out, _ = cli(t, append([]string{"keys", "rotate"}, admin...)...); code != exitOK || w.app.keys.CurrentKID() == before {
+	before := w.Sidecar.Keys().CurrentKID()
+	if code, out, _ = cli(t, append([]string{"keys", "rotate"}, admin...)...); code != exitOK || w.Sidecar.Keys().CurrentKID() == before {
 		t.Fatalf("keys rotate: %d %s", code, out)
 	}
 	// Exit codes that mean something.
@@ -109,15 +110,15 @@ func hasState(sets []receivedSET, state string) bool {
 }
 
 func TestCLIRefusedWithoutToken(t *testing.T) {
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), mutate: func(c *Config) { c.AdminToken = "the-admin-token-123" }})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Mutate: func(c *sidecar.Config) { c.AdminToken = "the-admin-token-123" }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if code, _, _ := cli(t, "streams", "list", "--admin-url", w.adminURL, "--admin-token", "wrong"); code != exitAuth {
+	if code, _, _ := cli(t, "streams", "list", "--admin-url", w.AdminURL, "--admin-token", "wrong"); code != exitAuth {
 		t.Errorf("wrong token: exit %d, want %d", code, exitAuth)
 	}
-	if code, _, errs := cli(t, "streams", "list", "--admin-url", w.adminURL, "--admin-token", "the-admin-token-123"); code != exitOK {
+	if code, _, errs := cli(t, "streams", "list", "--admin-url", w.AdminURL, "--admin-token", "the-admin-token-123"); code != exitOK {
 		t.Errorf("right token: exit %d %s", code, errs)
 	}
 }
@@ -128,12 +129,12 @@ func TestCLIRefusedWithoutToken(t *testing.T) {
 func TestReceiversCheckProbe(t *testing.T) {
 	w := newSystem(t)
 	ctx := context.Background()
-	if _, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
+	if _, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "receivers.yaml")
 	os.WriteFile(file, []byte("receivers:\n  - name: push-rx\n    tokens: [\""+demoReceiverToken+"\"]\n"), 0o600)
-	code, out, errs := cli(t, "receivers", "check", "--receivers", file, "--probe", "--admin-url", w.adminURL)
+	code, out, errs := cli(t, "receivers", "check", "--receivers", file, "--probe", "--admin-url", w.AdminURL)
 	if code != exitOK || !strings.Contains(out, "delivered") || !strings.Contains(out, "202") {
 		t.Fatalf("probe of a healthy endpoint: %d\n%s%s", code, out, errs)
 	}
@@ -145,7 +146,7 @@ func TestReceiversCheckProbe(t *testing.T) {
 	if status != http.StatusCreated {
 		t.Fatalf("create: %d %s", status, body)
 	}
-	code, out, _ = cli(t, "receivers", "check", "--receivers", file, "--probe", "--timeout", "5s", "--admin-url", w.adminURL)
+	code, out, _ = cli(t, "receivers", "check", "--receivers", file, "--probe", "--timeout", "5s", "--admin-url", w.AdminURL)
 	if code == exitOK || !strings.Contains(out, "500") {
 		t.Fatalf("probe of a failing endpoint: exit %d\n%s", code, out)
 	}
@@ -161,20 +162,20 @@ func TestReceiversCheckProbe(t *testing.T) {
 // refuses to while the sidecar holds it or for commands that issue SETs.
 func TestCLIOnStoppedDataDir(t *testing.T) {
 	dir := t.TempDir()
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: dir, receivers: systemReceivers()})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: dir, Receivers: systemReceivers()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := w.createPushStream(context.Background(), []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(context.Background(), []string{ssf.EventSessionRevoked})
 	if err != nil {
 		w.Close()
 		t.Fatal(err)
 	}
-	if err := w.recv.waitFor(context.Background(), 1, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(context.Background(), 1, 10*time.Second); err != nil {
 		w.Close()
 		t.Fatal(err)
 	}
-	t.Setenv("SSF_ISSUER", w.front+"/ssf")
+	t.Setenv("SSF_ISSUER", w.Front+"/ssf")
 	// While the sidecar runs, the file is held: the CLI says to use the API.
 	code, _, errs := cli(t, "streams", "list", "--data-dir", dir)
 	if code == exitOK || !strings.Contains(errs, "still running") {

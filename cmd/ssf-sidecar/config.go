@@ -16,57 +16,15 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
 // Config is everything `serve` needs, resolved from flags, environment and
-// the config file (in that order of precedence) over the defaults.
+// the config file (in that order of precedence) over the defaults: the
+// sidecar's own configuration, and what only the command line keeps.
 type Config struct {
-	Listen                string
-	Upstream              string
-	Issuer                string
-	DataDir               string
-	SigningKeys           []string
-	AuthentikToken        string
-	Receivers             string
-	OAuthIssuer           string
-	AdminListen           string
-	AllowPrivateEndpoints bool
-	PollInterval          time.Duration
-	Backfill              time.Duration
-	DirectoryRecheck      time.Duration
-	TrustedProxies        []netip.Prefix
-	TLSCert, TLSKey       string
-	LogFormat, LogLevel   string
-	AuthentikSecretKey    string
-	AdminToken            string
-	AdminTokenFile        string
-	AdminHosts            []string
-	DefaultSubjects       string
-	Retention             time.Duration
-	DeliveredRetention    time.Duration
-	PushTimeout           time.Duration
-	MaxBackoff            time.Duration
-	PauseAfter            time.Duration
-	LeaseTTL              time.Duration
-	KeyOverlap            time.Duration
-	MinVerification       time.Duration
-	MaxBody               int64
-	TraceURL              string
-	TraceAllRoutes        bool
-	MaxConnections        int
-	TracePropagation      bool
-	ConfigFile            string
-	// DatabaseURL selects PostgreSQL (several replicas) instead of bbolt.
-	DatabaseURL       string
-	DatabaseSchema    string
-	EncryptionKeyFile string
-	// EncryptionKey is the key's text from SSF_ENCRYPTION_KEY.
-	EncryptionKey string
-	// PreviousEncryptionKeyFile and PreviousEncryptionKey give the key
-	// being rotated out (see rekey).
-	PreviousEncryptionKeyFile string
-	PreviousEncryptionKey     string
+	sidecar.Config
 
 	// flagValues are the command line's raw values (a reload resolves
 	// them again with the environment and the config file).
@@ -677,12 +635,5 @@ func shownURL(v string) string {
 }
 
 // withoutPassword is v with the password of a URL's user information
-// masked, for output and logs; any other value is returned as it is.
-func withoutPassword(v string) string {
-	if u, err := url.Parse(v); err == nil && u.User != nil {
-		if _, has := u.User.Password(); has {
-			return u.Redacted()
-		}
-	}
-	return v
-}
+// masked, for output and logs.
+var withoutPassword = sidecar.WithoutPassword

@@ -272,7 +272,7 @@ func TestCrashKillUnderLoad(t *testing.T) {
 		}
 		var next []string
 		for jti, compact := range pr.Sets {
-			s, err := rx.verify(context.Background(), compact)
+			s, err := rx.Verify(context.Background(), compact)
 			if err != nil {
 				t.Errorf("polled SET does not verify: %v", err)
 				continue
@@ -422,7 +422,7 @@ func TestCrashKillUnderLoad(t *testing.T) {
 		for more {
 			pending, more = pollOnce(pending)
 		}
-		pushT = count(rx.received())
+		pushT = count(rx.Received())
 		pollMu.Lock()
 		pollT = count(polled)
 		pollMu.Unlock()
@@ -481,7 +481,7 @@ func TestCrashKillUnderLoad(t *testing.T) {
 			t.Errorf("%s: %d redeliveries, more than the %d that could have been in flight at the kills", name, redelivered, bound)
 		}
 	}
-	if rej := rx.rejected(); rej != 0 {
+	if rej := rx.Rejected(); rej != 0 {
 		t.Errorf("push receiver rejected %d SETs", rej)
 	}
 }
@@ -502,18 +502,4 @@ func userEmailOf(claims map[string]any) string {
 	}
 	e, _ := sub["email"].(string)
 	return e
-}
-
-// listenAddrs returns two free loopback addresses, for a sidecar's proxy
-// and admin listeners.
-func listenAddrs(t *testing.T) (listen, admin string) {
-	t.Helper()
-	listen, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if admin, err = freeAddr(); err != nil {
-		t.Fatal(err)
-	}
-	return listen, admin
 }

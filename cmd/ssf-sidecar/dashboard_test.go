@@ -113,7 +113,7 @@ func (r *switchableReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request)
 // adminJSON reads one admin API resource over plain HTTP.
 func adminJSON(t *testing.T, ctx context.Context, w *demoWorld, path string, out any) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, w.adminURL+path, nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, w.AdminURL+path, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
@@ -151,7 +151,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	bctx, closeBrowser := newBrowser(t, ctx)
 	defer closeBrowser()
 
-	w, err := startDemoWorld(ctx, demoOptions{dataDir: t.TempDir(), pollInterval: 200 * time.Millisecond})
+	w, err := startDemoWorld(ctx, demoOptions{DataDir: t.TempDir(), PollInterval: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	}()
 
 	events := []string{ssf.EventSessionEstablished, ssf.EventSessionRevoked, ssf.EventCredentialChange}
-	good, err := w.createPushStream(ctx, events)
+	good, err := w.CreatePushStream(ctx, events)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,17 +174,17 @@ func TestDashboardInBrowser(t *testing.T) {
 	var badStream struct {
 		StreamID string `json:"stream_id"`
 	}
-	if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
+	if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
 		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": badSrv.URL + "/events"},
 		"events_requested": events, "description": "receiver that refuses the audience",
 	}, &badStream); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
 		t.Fatal(err)
 	}
 
-	page := w.adminURL + "/admin/dashboard/"
+	page := w.AdminURL + "/admin/dashboard/"
 	goodRow := fmt.Sprintf(`#streams tr[data-stream=%q]`, good)
 	badRow := fmt.Sprintf(`#streams tr[data-stream=%q]`, badStream.StreamID)
 	wait := func(step, sel string) {
@@ -303,7 +303,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("after Resume the admin API says %q", got)
 	}
 	// Verify queues a verification SET, which shows up live.
-	before := len(w.recv.received())
+	before := len(w.Receiver.Received())
 	click(goodRow + ` button[data-action="verify"]`)
 	pollCtx, pollCancel = context.WithTimeout(bctx, 15*time.Second)
 	err = chromedp.Do(pollCtx, chromedp.Poll[chromedp.Void](
@@ -314,7 +314,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		shots.take(bctx, "failed-verify")
 		t.Fatalf("verify: %v", err)
 	}
-	if after := len(w.recv.received()); after <= before {
+	if after := len(w.Receiver.Received()); after <= before {
 		t.Errorf("the receiver got no SET after Verify (%d before, %d after)", before, after)
 	}
 
@@ -394,7 +394,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	evil := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Content-Type", "text/html")
 		fmt.Fprintf(rw, `<!doctype html><form id="f" method="post" action="%s/admin/streams/%s/pause">
-<input name="reason" value="csrf"></form><script>document.getElementById("f").submit()</script>`, w.adminURL, good)
+<input name="reason" value="csrf"></form><script>document.getElementById("f").submit()</script>`, w.AdminURL, good)
 	}))
 	defer evil.Close()
 	if err := chromedp.Do(bctx, chromedp.Navigate(evil.URL)); err != nil {
@@ -433,12 +433,12 @@ func TestDashboardInBrowser(t *testing.T) {
 func TestDashboardRefusesCrossSite(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	w, err := startDemoWorld(ctx, demoOptions{dataDir: t.TempDir()})
+	w, err := startDemoWorld(ctx, demoOptions{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,11 +453,11 @@ func TestDashboardRefusesCrossSite(t *testing.T) {
 		{"cross-site fetch", "/admin/outbox/" + id + "/replay", map[string]string{"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, http.StatusForbidden},
 		{"logout from elsewhere", "/admin/dashboard/logout", map[string]string{"X-SSF-Admin": "1", "Origin": "http://127.0.0.1:1"}, http.StatusForbidden},
 		{"rebinding host", "/admin/dashboard/logout", map[string]string{"X-SSF-Admin": "1", "Host": "evil.example"}, http.StatusForbidden},
-		{"same origin", "/admin/dashboard/logout", map[string]string{"X-SSF-Admin": "1", "Origin": w.adminURL}, http.StatusNoContent},
+		{"same origin", "/admin/dashboard/logout", map[string]string{"X-SSF-Admin": "1", "Origin": w.AdminURL}, http.StatusNoContent},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, w.adminURL+tc.path, strings.NewReader("{}"))
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, w.AdminURL+tc.path, strings.NewReader("{}"))
 			for k, v := range tc.headers {
 				if k == "Host" {
 					req.Host = v
@@ -488,7 +488,7 @@ func fillStream(tb testing.TB, ctx context.Context, w *demoWorld, n int) string 
 	var st struct {
 		StreamID string `json:"stream_id"`
 	}
-	if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
+	if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
 		"delivery":         map[string]any{"method": ssf.MethodPollURN},
 		"events_requested": []string{ssf.EventSessionRevoked}, "description": "a busy poll stream",
 	}, &st); err != nil {
@@ -500,7 +500,7 @@ func fillStream(tb testing.TB, ctx context.Context, w *demoWorld, n int) string 
 		for i := start; i < min(start+batch, n); i++ {
 			jti := fmt.Sprintf("bulk-%05d", i)
 			claims, _ := json.Marshal(map[string]any{
-				"iss": w.front + "/ssf", "aud": "https://receiver.demo.example/", "iat": time.Now().Unix(), "jti": jti,
+				"iss": w.Front + "/ssf", "aud": "https://receiver.demo.example/", "iat": time.Now().Unix(), "jti": jti,
 				"sub_id": map[string]any{"format": "complex",
 					"user":    map[string]any{"format": "email", "email": fmt.Sprintf("user%d@example.com", i)},
 					"session": map[string]any{"format": "opaque", "id": fmt.Sprintf("session-%d", i)}},
@@ -509,7 +509,7 @@ func fillStream(tb testing.TB, ctx context.Context, w *demoWorld, n int) string 
 			sets = append(sets, outbox.SET{StreamID: st.StreamID, JTI: jti, EventType: ssf.EventSessionRevoked, Claims: claims,
 				Labels: map[string]string{"source": "event_api", "initiator": "admin", "kind": "session_revoked"}})
 		}
-		if err := w.app.outbox.Enqueue(ctx, sets, nil); err != nil {
+		if err := w.Sidecar.Outbox().Enqueue(ctx, sets, nil); err != nil {
 			tb.Fatal(err)
 		}
 	}
@@ -522,7 +522,7 @@ func fillStream(tb testing.TB, ctx context.Context, w *demoWorld, n int) string 
 // a search that scans them all.
 func BenchmarkDashboardTimeline10k(b *testing.B) {
 	ctx := context.Background()
-	w, err := startDemoWorld(ctx, demoOptions{dataDir: b.TempDir()})
+	w, err := startDemoWorld(ctx, demoOptions{DataDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -541,7 +541,7 @@ func BenchmarkDashboardTimeline10k(b *testing.B) {
 				var got struct {
 					Items []json.RawMessage `json:"items"`
 				}
-				resp, err := http.Get(w.adminURL + "/admin/dashboard/api/streams/" + id + "/timeline?" + bc.query)
+				resp, err := http.Get(w.AdminURL + "/admin/dashboard/api/streams/" + id + "/timeline?" + bc.query)
 				if err != nil {
 					b.Fatal(err)
 				}

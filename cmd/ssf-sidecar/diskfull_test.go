@@ -113,7 +113,7 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("/healthz with a full disk does not say why: %s", hb)
 	}
 	// Nothing acknowledged that did not happen.
-	for _, s := range rx.received() {
+	for _, s := range rx.Received() {
 		if s.Event == "session-revoked" && !deleted[sessionOf(s.Claims)] {
 			t.Errorf("SET for a session that was not deleted: %s", sessionOf(s.Claims))
 		}
@@ -125,5 +125,5 @@ func TestDiskFull(t *testing.T) {
 	if !strings.Contains(string(logs), "file too large") {
 		t.Errorf("the logs do not say why:\n%.2000s", logs)
 	}
-	t.Logf("%d deletes, %d SETs delivered", len(deleted), len(rx.received()))
+	t.Logf("%d deletes, %d SETs delivered", len(deleted), len(rx.Received()))
 }

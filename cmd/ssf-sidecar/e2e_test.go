@@ -39,7 +39,7 @@ func systemReceivers() []ssf.Receiver {
 
 func newSystem(t *testing.T) *demoWorld {
 	t.Helper()
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(), pollInterval: 100 * time.Millisecond})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(), PollInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func (w *demoWorld) call(t *testing.T, token, method, path string, body any) (in
 		b, _ := json.Marshal(body)
 		rd = strings.NewReader(string(b))
 	}
-	req, _ := http.NewRequest(method, w.front+path, rd)
+	req, _ := http.NewRequest(method, w.Front+path, rd)
 	req.Header.Set("Authorization", "Bearer "+token)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -76,9 +76,9 @@ func (w *demoWorld) settle(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for round := 0; round < 2; round++ {
-		n := w.app.tap.Stats().Polls
-		w.app.tap.PollNow()
-		for w.app.tap.Stats().Polls <= n {
+		n := w.Sidecar.Tap().Stats().Polls
+		w.Sidecar.Tap().PollNow()
+		for w.Sidecar.Tap().Stats().Polls <= n {
 			if time.Now().After(deadline) {
 				t.Fatal("the event-API poller did not poll")
 			}
@@ -86,7 +86,7 @@ func (w *demoWorld) settle(t *testing.T) {
 		}
 	}
 	for {
-		stats, err := w.app.outbox.AllStats(context.Background())
+		stats, err := w.Sidecar.Outbox().AllStats(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -112,12 +112,12 @@ func (w *demoWorld) settle(t *testing.T) {
 func (w *demoWorld) logInAndOut(t *testing.T, username, password string) string {
 	t.Helper()
 	ctx := context.Background()
-	browser, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, username, password)
+	browser, err := authentiktest.Login(ctx, w.Front, w.AK.Flows().Authentication, username, password)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cookie := authentiktest.CookieValue(browser, w.front, "authentik_session")
-	if _, err := authentiktest.RunFlow(ctx, browser, w.front, w.ak.Flows().Invalidation, nil); err != nil {
+	cookie := authentiktest.CookieValue(browser, w.Front, "authentik_session")
+	if _, err := authentiktest.RunFlow(ctx, browser, w.Front, w.AK.Flows().Invalidation, nil); err != nil {
 		t.Fatal(err)
 	}
 	return cookie
@@ -137,13 +137,13 @@ func summarize(sets []receivedSET) []string {
 
 func (w *demoWorld) independentVerify(t *testing.T, compact, aud string) {
 	t.Helper()
-	resp, err := http.Get(w.front + "/ssf/jwks.json")
+	resp, err := http.Get(w.Front + "/ssf/jwks.json")
 	if err != nil {
 		t.Fatal(err)
 	}
 	jwks, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	p := parser.NewParser(parser.WithJWKSJSON(jwks), parser.WithExpectedIssuer(w.front+"/ssf"), parser.WithExpectedAudience(aud))
+	p := parser.NewParser(parser.WithJWKSJSON(jwks), parser.WithExpectedIssuer(w.Front+"/ssf"), parser.WithExpectedAudience(aud))
 	if _, err := p.ParseSecEvent(compact); err != nil {
 		t.Errorf("independent verifier refused a SET: %v", err)
 	}
@@ -155,7 +155,7 @@ func (w *demoWorld) pollAll(t *testing.T, token, endpoint string) []receivedSET 
 	var out []receivedSET
 	var ack []string
 	for i := 0; i < 50; i++ {
-		code, body := w.call(t, token, http.MethodPost, strings.TrimPrefix(endpoint, w.front), map[string]any{"returnImmediately": true, "ack": ack, "maxEvents": 5})
+		code, body := w.call(t, token, http.MethodPost, strings.TrimPrefix(endpoint, w.Front), map[string]any{"returnImmediately": true, "ack": ack, "maxEvents": 5})
 		if code != http.StatusOK {
 			t.Fatalf("poll: %d %s", code, body)
 		}
@@ -168,7 +168,7 @@ func (w *demoWorld) pollAll(t *testing.T, token, endpoint string) []receivedSET 
 		}
 		ack = ack[:0]
 		for jti, compact := range pr.Sets {
-			s, err := w.recv.verify(context.Background(), compact)
+			s, err := w.Receiver.Verify(context.Background(), compact)
 			if err != nil {
 				t.Fatalf("polled SET does not verify: %v", err)
 			}
@@ -196,7 +196,7 @@ func TestSystemEachActionExactlyOnce(t *testing.T) {
 	all := []string{ssf.EventSessionRevoked, ssf.EventCredentialChange, ssf.EventAccountDisabled, ssf.EventAccountEnabled,
 		ssf.EventAccountPurged, ssf.EventIdentifierChanged}
 	// push-rx: push, complex subjects.
-	if _, err := w.createPushStream(ctx, all); err != nil {
+	if _, err := w.CreatePushStream(ctx, all); err != nil {
 		t.Fatal(err)
 	}
 	// poll-rx: poll (no delivery given), email subjects.
@@ -211,16 +211,16 @@ func TestSystemEachActionExactlyOnce(t *testing.T) {
 		} `json:"delivery"`
 	}
 	json.Unmarshal(body, &pollStream)
-	if pollStream.Delivery.Method != ssf.MethodPollURN || !strings.HasPrefix(pollStream.Delivery.EndpointURL, w.front+"/ssf/") {
+	if pollStream.Delivery.Method != ssf.MethodPollURN || !strings.HasPrefix(pollStream.Delivery.EndpointURL, w.Front+"/ssf/") {
 		t.Fatalf("poll stream delivery: %+v", pollStream.Delivery)
 	}
-	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, 1, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
 	users := map[string]authentiktest.User{}
 	for _, name := range []string{"alice", "bob", "carol", "dave", "erin"} {
-		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"})
+		u, err := w.AK.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -230,15 +230,15 @@ func TestSystemEachActionExactlyOnce(t *testing.T) {
 	w.logInAndOut(t, "alice", "alice-password-1")
 	// An admin sets bob's password (both sources) and revokes bob's session
 	// (only the traffic: authentik logs nothing for it).
-	resp, _, err := w.adminDo(ctx, http.MethodPost, fmt.Sprintf("/api/v3/core/users/%d/set_password/", users["bob"].PK), `{"password":"Admin-set-1"}`)
+	resp, _, err := w.AdminDo(ctx, http.MethodPost, fmt.Sprintf("/api/v3/core/users/%d/set_password/", users["bob"].PK), `{"password":"Admin-set-1"}`)
 	if err != nil || resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("set_password: %v %v", resp, err)
 	}
-	sess, _, err := w.ak.IssueSession(users["bob"].PK)
+	sess, _, err := w.AK.IssueSession(users["bob"].PK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, _, err = w.adminDo(ctx, http.MethodDelete, "/api/v3/core/authenticated_sessions/"+sess.UUID+"/", "")
+	resp, _, err = w.AdminDo(ctx, http.MethodDelete, "/api/v3/core/authenticated_sessions/"+sess.UUID+"/", "")
 	if err != nil || resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("session delete: %v %v", resp, err)
 	}
@@ -247,34 +247,34 @@ func TestSystemEachActionExactlyOnce(t *testing.T) {
 	// logout of a now inactive user is the event API's first trace of the
 	// disable. The sidecar compares against what it knew of carol (from her
 	// login).
-	carol, err := authentiktest.Login(ctx, w.front, w.ak.Flows().Authentication, "carol", "carol-password-1")
+	carol, err := authentiktest.Login(ctx, w.Front, w.AK.Flows().Authentication, "carol", "carol-password-1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.settle(t)
-	if err := w.ak.SystemDisableUser(users["carol"].PK); err != nil {
+	if err := w.AK.SystemDisableUser(users["carol"].PK); err != nil {
 		t.Fatal(err)
 	}
-	if resp, err := carol.Get(w.front + "/api/v3/core/users/me/"); err == nil {
+	if resp, err := carol.Get(w.Front + "/api/v3/core/users/me/"); err == nil {
 		resp.Body.Close()
 	}
 	// An admin changes dave's email and deletes erin.
-	resp, _, err = w.adminDo(ctx, http.MethodPatch, fmt.Sprintf("/api/v3/core/users/%d/", users["dave"].PK), `{"email":"dave.new@example.com"}`)
+	resp, _, err = w.AdminDo(ctx, http.MethodPatch, fmt.Sprintf("/api/v3/core/users/%d/", users["dave"].PK), `{"email":"dave.new@example.com"}`)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("email change: %v %v", resp, err)
 	}
-	resp, _, err = w.adminDo(ctx, http.MethodDelete, fmt.Sprintf("/api/v3/core/users/%d/", users["erin"].PK), "")
+	resp, _, err = w.AdminDo(ctx, http.MethodDelete, fmt.Sprintf("/api/v3/core/users/%d/", users["erin"].PK), "")
 	if err != nil || resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("user delete: %v %v", resp, err)
 	}
 
 	const actions = 7
-	if err := w.recv.waitFor(ctx, 1+actions, 20*time.Second); err != nil {
-		t.Fatalf("%v: got %v", err, summarize(w.recv.received()))
+	if err := w.Receiver.WaitFor(ctx, 1+actions, 20*time.Second); err != nil {
+		t.Fatalf("%v: got %v", err, summarize(w.Receiver.Received()))
 	}
 	w.settle(t)
 
-	pushed := w.recv.received()
+	pushed := w.Receiver.Received()
 	wantPush := []string{
 		"account-disabled//user=carol@example.com",
 		"account-purged//user=erin@example.com",
@@ -288,7 +288,7 @@ func TestSystemEachActionExactlyOnce(t *testing.T) {
 		t.Errorf("push receiver got:\n  %s\nwant:\n  %s", strings.Join(g, "\n  "), strings.Join(wantPush, "\n  "))
 	}
 	for _, s := range pushed {
-		checkSETShape(t, s, w.front+"/ssf", "https://push.rx.example/")
+		checkSETShape(t, s, w.Front+"/ssf", "https://push.rx.example/")
 		if strings.HasPrefix(s.Event, "session-") || s.Event == "credential-change" || s.Event == "verification" {
 			w.independentVerify(t, s.Compact, "https://push.rx.example/")
 		}
@@ -329,7 +329,7 @@ func TestSystemEachActionExactlyOnce(t *testing.T) {
 		t.Errorf("poll receiver got:\n  %s\nwant:\n  %s", strings.Join(g, "\n  "), strings.Join(wantPoll, "\n  "))
 	}
 	for _, s := range polled {
-		checkSETShape(t, s, w.front+"/ssf", "poll-rx")
+		checkSETShape(t, s, w.Front+"/ssf", "poll-rx")
 	}
 	// Acknowledged SETs are gone.
 	if again := w.pollAll(t, pollReceiverToken, pollStream.Delivery.EndpointURL); len(again) != 0 {
@@ -380,7 +380,7 @@ func TestSystemStreamsGetOnlyWhatTheyAskFor(t *testing.T) {
 	w := newSystem(t)
 	ctx := context.Background()
 	// push-rx asks for credential changes only.
-	if _, err := w.createPushStream(ctx, []string{ssf.EventCredentialChange}); err != nil {
+	if _, err := w.CreatePushStream(ctx, []string{ssf.EventCredentialChange}); err != nil {
 		t.Fatal(err)
 	}
 	// legacy-rx polls session revocations, and removes alice.
@@ -404,14 +404,14 @@ func TestSystemStreamsGetOnlyWhatTheyAskFor(t *testing.T) {
 	w.pollAll(t, "legacy-receiver-token-0123456789", st.Delivery.EndpointURL)
 
 	for _, name := range []string{"alice", "bob"} {
-		if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"}); err != nil {
+		if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: name, Email: name + "@example.com", Password: name + "-password-1"}); err != nil {
 			t.Fatal(err)
 		}
 		w.logInAndOut(t, name, name+"-password-1")
 	}
 	w.settle(t)
 	// The push stream asked for credential changes only: just its verification.
-	if g := summarize(w.recv.received()); len(g) != 0 {
+	if g := summarize(w.Receiver.Received()); len(g) != 0 {
 		t.Errorf("push stream got events it did not request: %v", g)
 	}
 	polled := w.pollAll(t, "legacy-receiver-token-0123456789", st.Delivery.EndpointURL)

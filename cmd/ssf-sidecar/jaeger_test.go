@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -192,8 +193,8 @@ func TestJaeger(t *testing.T) {
 	}
 	dataDir := t.TempDir()
 	const pushSecret = "Bearer push-secret-SHOULD-NOT-LEAK"
-	opts := demoOptions{dataDir: dataDir, tracerProvider: tracing.Provider, receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: func(c *Config) { c.MaxBackoff = time.Second }}
+	opts := demoOptions{DataDir: dataDir, TracerProvider: tracing.Provider, Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Mutate: func(c *sidecar.Config) { c.MaxBackoff = time.Second }}
 	w, err := startDemoWorld(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -219,11 +220,11 @@ func TestJaeger(t *testing.T) {
 		"stream_id": pollStream.StreamID, "state": "jaeger-state"}); code != http.StatusNoContent {
 		t.Fatalf("verify: %d %s", code, body)
 	}
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw-alice-SECRET"}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw-alice-SECRET"}); err != nil {
 		t.Fatal(err)
 	}
 	w.logInAndOut(t, "alice", "pw-alice-SECRET")
-	polled := w.pollAll(t, pollReceiverToken, w.front+"/ssf/poll/"+pollStream.StreamID)
+	polled := w.pollAll(t, pollReceiverToken, w.Front+"/ssf/poll/"+pollStream.StreamID)
 	var pollLogout string
 	for _, p := range polled {
 		if p.Event == "session-revoked" {
@@ -418,7 +419,7 @@ func TestJaeger(t *testing.T) {
 	}
 	// Nothing secret anywhere in what Jaeger holds.
 	for _, secret := range []string{demoReceiverToken, pollReceiverToken, "SHOULD-NOT-LEAK", "pw-alice-SECRET", "eyJ",
-		"authentik_session", "authentik_csrf", "Bearer", "Cookie", "alice@example.com", w.ak.AdminToken()} {
+		"authentik_session", "authentik_csrf", "Bearer", "Cookie", "alice@example.com", w.AK.AdminToken()} {
 		if strings.Contains(string(raw), secret) {
 			t.Errorf("Jaeger's traces contain %q", secret)
 		}

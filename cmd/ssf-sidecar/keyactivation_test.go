@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -17,8 +18,8 @@ import (
 // (TestCLIAgainstRunningSidecar).
 func TestKeyRotationWaitsForReplicasOnPostgreSQL(t *testing.T) {
 	w := newPostgresSystem(t)
-	admin := []string{"--admin-url", w.adminURL}
-	old := w.app.keys.CurrentKID()
+	admin := []string{"--admin-url", w.AdminURL}
+	old := w.Sidecar.Keys().CurrentKID()
 
 	code, out, errs := cli(t, append([]string{"keys", "rotate", "--json"}, admin...)...)
 	var rot ssf.KeyInfo
@@ -28,15 +29,15 @@ func TestKeyRotationWaitsForReplicasOnPostgreSQL(t *testing.T) {
 	if rot.KID == old || rot.Current || rot.ActivatesAt.IsZero() {
 		t.Fatalf("keys rotate on PostgreSQL = %+v; want a new key that is published, not current, with its activation", rot)
 	}
-	if !strings.Contains(string(w.app.keys.JWKS()), rot.KID) {
+	if !strings.Contains(string(w.Sidecar.Keys().JWKS()), rot.KID) {
 		t.Fatal("the rotated-in key is not published at once")
 	}
-	if wait := time.Until(rot.ActivatesAt); wait > sharedKeyActivation+time.Second {
-		t.Fatalf("the new key signs in %s, want at most %s", wait, sharedKeyActivation)
+	if wait := time.Until(rot.ActivatesAt); wait > sidecar.SharedKeyActivation+time.Second {
+		t.Fatalf("the new key signs in %s, want at most %s", wait, sidecar.SharedKeyActivation)
 	}
-	for deadline := time.Now().Add(20 * time.Second); w.app.keys.CurrentKID() != rot.KID; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(20 * time.Second); w.Sidecar.Keys().CurrentKID() != rot.KID; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the new key never signs: still %s", w.app.keys.CurrentKID())
+			t.Fatalf("the new key never signs: still %s", w.Sidecar.Keys().CurrentKID())
 		}
 	}
 
@@ -45,7 +46,7 @@ func TestKeyRotationWaitsForReplicasOnPostgreSQL(t *testing.T) {
 	if code != exitOK || len(f) < 4 || !strings.Contains(out, "is current") {
 		t.Fatalf("keys rotate --now: %d %s %s", code, out, errs)
 	}
-	if got := w.app.keys.CurrentKID(); got != f[3] {
+	if got := w.Sidecar.Keys().CurrentKID(); got != f[3] {
 		t.Fatalf("after keys rotate --now the sidecar signs with %s, want %s at once", got, f[3])
 	}
 	code, out, _ = cli(t, append([]string{"keys", "list", "--json"}, admin...)...)

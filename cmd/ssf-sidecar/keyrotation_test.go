@@ -19,6 +19,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -49,26 +50,26 @@ func TestSigningKeyFileRotationAcrossRestarts(t *testing.T) {
 	}
 	step := func(files ...string) stepResult {
 		t.Helper()
-		w, err := startDemoWorld(context.Background(), demoOptions{dataDir: dataDir, mutate: func(c *Config) { c.SigningKeys = files }})
+		w, err := startDemoWorld(context.Background(), demoOptions{DataDir: dataDir, Mutate: func(c *sidecar.Config) { c.SigningKeys = files }})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer w.Close()
 		var r stepResult
-		r.jwks = fetchPublishedKeys(t, w.front+"/ssf/jwks.json")
-		for _, k := range w.app.keys.List() {
+		r.jwks = fetchPublishedKeys(t, w.Front+"/ssf/jwks.json")
+		for _, k := range w.Sidecar.Keys().List() {
 			if k.Current {
 				r.current = k.KID
 			}
 		}
 		ctx := context.Background()
-		if _, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
+		if _, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
 			t.Fatal(err)
 		}
-		if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
+		if err := w.Receiver.WaitFor(ctx, 1, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		r.set = w.recv.received()[0].Compact
+		r.set = w.Receiver.Received()[0].Compact
 		if kid := kidOf(t, r.set); kid != r.current {
 			t.Fatalf("signed by %s, the current key is %s", kid, r.current)
 		}

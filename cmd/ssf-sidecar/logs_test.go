@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,24 +17,6 @@ import (
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestLogsHoldNoSecrets captures every log record (JSON, debug level) of a
 // scripted run plus streams with an authorization_header, one of them
@@ -47,7 +28,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	tp := testTracerProvider(t, rec)
 	buf := &syncBuffer{}
 	logger := newLogger(buf, "json", "debug")
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), logger: logger, tracerProvider: tp})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Logger: logger, TracerProvider: tp})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,21 +43,21 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 		http.Error(w, "receiver down", http.StatusServiceUnavailable)
 	}))
 	defer failing.Close()
-	n := len(w.recv.received())
+	n := len(w.Receiver.Received())
 	for _, d := range []map[string]any{
-		{"method": ssf.MethodPushURN, "endpoint_url": w.recv.URL(), "authorization_header": authz},
+		{"method": ssf.MethodPushURN, "endpoint_url": w.Receiver.URL(), "authorization_header": authz},
 		{"method": ssf.MethodPushURN, "endpoint_url": failing.URL + "/events", "authorization_header": failingAuthz},
 	} {
-		if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"delivery": d,
+		if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"delivery": d,
 			"events_requested": []string{ssf.EventSessionRevoked}}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := w.ssfCall(ctx, http.MethodGet, "/ssf/streams", nil, nil); err != nil {
+	if _, err := w.SSFCall(ctx, http.MethodGet, "/ssf/streams", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	// A logout whose cookie the test knows.
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "carol", Email: "carol@example.com", Password: "planted-password-carol-9"}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "carol", Email: "carol@example.com", Password: "planted-password-carol-9"}); err != nil {
 		t.Fatal(err)
 	}
 	cookie := w.logInAndOut(t, "carol", "planted-password-carol-9")
@@ -85,7 +66,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 	// verification of the new push stream, then the logout on both push
 	// streams that reach the receiver
-	if err := w.recv.waitFor(ctx, n+3, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, n+3, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// Wait until the failing stream's attempts were logged.
@@ -101,15 +82,15 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	logs := buf.String()
 	secrets := map[string]string{
 		"receiver token":          demoReceiverToken,
-		"authentik admin token":   w.ak.AdminToken(),
-		"authentik secret key":    w.ak.SecretKey(),
+		"authentik admin token":   w.AK.AdminToken(),
+		"authentik secret key":    w.AK.SecretKey(),
 		"authorization_header":    strings.TrimPrefix(authz, "Bearer "),
 		"failing stream's header": strings.TrimPrefix(failingAuthz, "Bearer "),
 		"session cookie":          cookie,
 		"password":                "planted-password-carol-9",
 		"script password":         "alice-password-2",
 	}
-	for _, r := range w.recv.received() {
+	for _, r := range w.Receiver.Received() {
 		secrets["SET "+r.JTI] = r.Compact
 		parts := strings.Split(r.Compact, ".")
 		if len(parts) == 3 {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/promtext"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -85,7 +86,7 @@ func series(name string, labels ...string) string {
 	for i := 0; i+1 < len(labels); i += 2 {
 		l = append(l, [2]string{labels[i], labels[i+1]})
 	}
-	return name + labelString(l)
+	return name + promtext.LabelString(l)
 }
 
 // sumOf adds every sample of a metric whose labels contain all of match.
@@ -114,20 +115,20 @@ func sumOf(m map[string]float64, name string, match ...string) float64 {
 // deliveries, latencies, tap signals, proxied requests; then one
 // verification request moves its counters by one.
 func TestMetricsAfterScriptedRun(t *testing.T) {
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir()})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
 	ctx := context.Background()
-	before := scrape(t, w.adminURL)
+	before := scrape(t, w.AdminURL)
 	if v := sumOf(before, "ssf_sidecar_sets_issued_total"); v != 0 {
 		t.Fatalf("SETs issued before anything happened: %v", v)
 	}
 	if _, err := runDemoScript(ctx, w, io.Discard, 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	got := w.recv.received()
+	got := w.Receiver.Received()
 	streamID := ""
 	byType := map[string]int{}
 	for _, r := range got {
@@ -140,7 +141,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	var m map[string]float64
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		m = scrape(t, w.adminURL)
+		m = scrape(t, w.AdminURL)
 		if sumOf(m, "ssf_sidecar_delivery_latency_seconds_count") >= float64(len(got)) && sumOf(m, "ssf_sidecar_outbox_backlog") == 0 ||
 			time.Now().After(deadline) {
 			break
@@ -180,7 +181,7 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	if v := m[series("ssf_sidecar_http_requests_total", "route_class", "ssf", "code", "201")]; v != 1 {
 		t.Errorf("stream creations counted %v, want 1", v)
 	}
-	ps := w.app.proxy.Stats()
+	ps := w.Sidecar.Proxy().Stats()
 	if v := sumOf(m, "ssf_sidecar_http_requests_total", `route_class="observed"`); v != float64(ps.Observed) || v == 0 {
 		t.Errorf("observed requests %v, proxy counted %d", v, ps.Observed)
 	}
@@ -212,17 +213,17 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 	}
 
 	// One verification request: +1 accepted, +1 verification SET, +1 delivered.
-	if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/verify", map[string]any{"stream_id": streamID, "state": "s1"}, nil); err != nil {
+	if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/verify", map[string]any{"stream_id": streamID, "state": "s1"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.recv.waitFor(ctx, len(got)+1, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, len(got)+1, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// The delivery hook runs once the outbox recorded the 2xx: poll.
 	deadline = time.Now().Add(10 * time.Second)
 	var m2 map[string]float64
 	for {
-		m2 = scrape(t, w.adminURL)
+		m2 = scrape(t, w.AdminURL)
 		if m2[series("ssf_sidecar_delivery_latency_seconds_count", "stream_id", streamID)] > float64(len(got)) || time.Now().After(deadline) {
 			break
 		}
@@ -246,14 +247,14 @@ func TestMetricsAfterScriptedRun(t *testing.T) {
 // the start, and a deleted stream's series end with it.
 func TestMetricsSeriesFollowStreams(t *testing.T) {
 	w := newSystem(t)
-	id, err := w.createPushStream(context.Background(), []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(context.Background(), []string{ssf.EventSessionRevoked})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.recv.waitFor(context.Background(), 1, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(context.Background(), 1, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	m := scrape(t, w.adminURL)
+	m := scrape(t, w.AdminURL)
 	for _, k := range []string{series("ssf_sidecar_observer_misses_total", "step", "before"), series("ssf_sidecar_observer_misses_total", "step", "after"),
 		series("ssf_sidecar_outbox_fenced_total", "stream_id", id), series("ssf_sidecar_dead_lettered_total", "stream_id", id)} {
 		if v, ok := m[k]; !ok || v != 0 {
@@ -263,10 +264,10 @@ func TestMetricsSeriesFollowStreams(t *testing.T) {
 	if sumOf(m, "ssf_sidecar_sets_issued_total", "stream_id", id) == 0 {
 		t.Fatal("no SET counted for the stream")
 	}
-	if code, _, errs := cli(t, "streams", "delete", id, "--admin-url", w.adminURL); code != exitOK {
+	if code, _, errs := cli(t, "streams", "delete", id, "--admin-url", w.AdminURL); code != exitOK {
 		t.Fatalf("delete: %s", errs)
 	}
-	for k := range scrape(t, w.adminURL) {
+	for k := range scrape(t, w.AdminURL) {
 		if strings.Contains(k, id) {
 			t.Errorf("series of the deleted stream remains: %s", k)
 		}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/boltstore"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/kv"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore"
@@ -71,7 +72,7 @@ func runMigrateStore(ctx context.Context, args []string, stdout, _ io.Writer) er
 	if *dataDir == "" || *dbURL == "" {
 		return usageError{"migrate-store needs --from-data-dir and --to-database-url"}
 	}
-	cfg := Config{DatabaseURL: *dbURL, EncryptionKeyFile: *keyFile, EncryptionKey: os.Getenv("SSF_ENCRYPTION_KEY")}
+	cfg := Config{Config: sidecar.Config{DatabaseURL: *dbURL, EncryptionKeyFile: *keyFile, EncryptionKey: os.Getenv("SSF_ENCRYPTION_KEY")}}
 	encKey, err := cfg.encryptionKey()
 	if err != nil {
 		return exitError{exitConfig, err}
@@ -96,14 +97,14 @@ func orNone(s string) string {
 }
 
 func migrateStore(ctx context.Context, dataDir, dbURL, schema string, encKey []byte) (*migrateStoreReport, error) {
-	dbPath := filepath.Join(dataDir, dbFile)
+	dbPath := filepath.Join(dataDir, sidecar.DBFile)
 	if _, err := os.Stat(dbPath); errors.Is(err, fs.ErrNotExist) {
 		return nil, exitError{exitNotFound, fmt.Errorf("no sidecar data in %s (expected %s)", dataDir, dbPath)}
 	}
 	src, err := boltstore.Open(dbPath, boltstore.Options{OpenTimeout: time.Second})
 	if err != nil {
-		err = explainOpenError(dbPath, err)
-		var le *lockedError
+		err = sidecar.ExplainOpenError(dbPath, err)
+		var le *sidecar.LockedError
 		if errors.As(err, &le) {
 			return nil, fmt.Errorf("refusing to copy a live data dir: %w (stop it first)", err)
 		}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
@@ -112,10 +113,10 @@ func TestMigrateStoreToPostgreSQL(t *testing.T) {
 	rx := &migrationReceiver{down: true, seen: map[string]bool{}, accepted: map[string]string{}}
 	rxSrv := httptest.NewServer(rx)
 	defer rxSrv.Close()
-	noLimit := func(c *Config) { c.MinVerification = time.Second }
+	noLimit := func(c *sidecar.Config) { c.MinVerification = time.Second }
 
 	dir := t.TempDir()
-	w1, err := startDemoWorld(ctx, demoOptions{dataDir: dir, receivers: systemReceivers(), mutate: noLimit})
+	w1, err := startDemoWorld(ctx, demoOptions{DataDir: dir, Receivers: systemReceivers(), Mutate: noLimit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +126,7 @@ func TestMigrateStoreToPostgreSQL(t *testing.T) {
 			EndpointURL string `json:"endpoint_url"`
 		} `json:"delivery"`
 	}
-	if _, err := w1.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
+	if _, err := w1.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
 		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": rxSrv.URL, "authorization_header": secret},
 		"events_requested": []string{ssf.EventSessionRevoked},
 	}, &push); err != nil || push.StreamID == "" {
@@ -141,7 +142,7 @@ func TestMigrateStoreToPostgreSQL(t *testing.T) {
 	// The creation-time verification is refused for good (dead letter);
 	// two logouts wait while the receiver is down.
 	waitUntil(t, "the dead-lettered SET", func() bool { _, _, r := rx.snapshot(); return r != "" })
-	if _, err := w1.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
+	if _, err := w1.AK.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
 		t.Fatal(err)
 	}
 	w1.logInAndOut(t, "alice", "alice-password-1")
@@ -189,7 +190,7 @@ func TestMigrateStoreToPostgreSQL(t *testing.T) {
 	rx.mu.Lock()
 	rx.down = false
 	rx.mu.Unlock()
-	w2, err := startDemoWorld(ctx, demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(), mutate: func(c *Config) {
+	w2, err := startDemoWorld(ctx, demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(), Mutate: func(c *sidecar.Config) {
 		noLimit(c)
 		c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey
 	}})
@@ -250,8 +251,8 @@ func TestMigrateStoreToPostgreSQL(t *testing.T) {
 	if len(pr.Sets) != 2 || strings.Count(events, ssf.EventSessionRevoked) != 2 {
 		t.Fatalf("polled %d SETs from the migrated poll stream, want the 2 logouts: %s", len(pr.Sets), events)
 	}
-	req, _ := http.NewRequest(http.MethodGet, w2.adminURL+"/admin/outbox/"+push.StreamID+"/dlq", nil)
-	req.Header.Set("Authorization", "Bearer "+w2.app.live.adminToken())
+	req, _ := http.NewRequest(http.MethodGet, w2.AdminURL+"/admin/outbox/"+push.StreamID+"/dlq", nil)
+	req.Header.Set("Authorization", "Bearer "+w2.Sidecar.AdminToken())
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

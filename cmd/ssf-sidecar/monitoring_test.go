@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 )
 
 // The Grafana dashboard and the Prometheus rules in deploy/ query only what
@@ -72,20 +74,13 @@ func scrapeFamilies(t *testing.T, adminURL string) exported {
 	}
 	// A labelled family shows its labels only once it has a sample: take the
 	// label names of the event-counted families from their declarations.
-	m := newSidecarMetrics()
-	declare := func(name string, labels []string) {
+	for name, labels := range sidecar.LabelledFamilies() {
 		if ex.labels[name] == nil {
 			t.Fatalf("%s is declared but not exported", name)
 		}
 		for _, l := range labels {
 			ex.labels[name][l] = true
 		}
-	}
-	for _, c := range []*counterVec{m.requests, m.observerMisses, m.setsIssued, m.deliveries, m.deadLettered, m.verifications, m.enqueueDropped, m.fenced} {
-		declare(c.name, c.labels)
-	}
-	for _, h := range []*histogramVec{m.requestDuration, m.deliveryLatency} {
-		declare(h.name, append(h.labels, "le"))
 	}
 	return ex
 }
@@ -160,7 +155,7 @@ func (ex exported) checkQuery(errorf func(format string, args ...any), where, ex
 // labelled series exist.
 func monitoredSidecar(t *testing.T) exported {
 	t.Helper()
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir()})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,14 +164,14 @@ func monitoredSidecar(t *testing.T) exported {
 	if _, err := runDemoScript(ctx, w, io.Discard, 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.app.keys.Rotate(ctx); err != nil {
+	if _, err := w.Sidecar.Keys().Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for sumOf(scrape(t, w.adminURL), "ssf_sidecar_delivery_latency_seconds_count") == 0 && time.Now().Before(deadline) {
+	for sumOf(scrape(t, w.AdminURL), "ssf_sidecar_delivery_latency_seconds_count") == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	ex := scrapeFamilies(t, w.adminURL)
+	ex := scrapeFamilies(t, w.AdminURL)
 	for fam, labels := range map[string][]string{
 		"ssf_sidecar_signing_keys":                              {"kid", "state"},
 		"ssf_sidecar_signing_key_leaves_jwks_timestamp_seconds": {"kid"},

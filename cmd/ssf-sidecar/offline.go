@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -60,14 +61,11 @@ func offlineClient(ctx context.Context, command, dataDir string) (*adminClient, 
 	cfg.AllowPrivateEndpoints = true
 	openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	a, err := buildApp(openCtx, cfg, nil, slog.New(slog.DiscardHandler))
+	a, err := sidecar.Build(openCtx, cfg.Config, nil, slog.New(slog.DiscardHandler), sidecarOptions()...)
 	if err != nil {
 		return nil, nil, exitError{exitFailure, fmt.Errorf("cannot open %s (is the sidecar still running? then use the admin API): %w", dataDir, err)}
 	}
-	close(a.proxyReady)
-	closeFn := func() {
-		a.store.Close()
-		_ = a.tracing.Shutdown(context.WithoutCancel(ctx))
-	}
-	return &adminClient{base: "http://127.0.0.1", http: &http.Client{Transport: handlerTransport{a.adminHandler}}}, closeFn, nil
+	admin := a.ServeInProcess()
+	closeFn := func() { _ = a.Close(ctx) }
+	return &adminClient{base: "http://127.0.0.1", http: &http.Client{Transport: handlerTransport{admin}}}, closeFn, nil
 }

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/sgnl-ai/caep.dev/secevent/pkg/parser"
+
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 )
 
 // The conformance suite's checks that the whole sidecar answers (the
@@ -92,8 +94,8 @@ func discoveryURLs(t *testing.T, client *http.Client, url string, header http.He
 // advertised endpoint is https.
 func TestOIDFTLSVersions(t *testing.T) {
 	certFile, keyFile, pool := loopbackCert(t)
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		mutate: func(c *Config) {
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		Mutate: func(c *sidecar.Config) {
 			c.TLSCert, c.TLSKey = certFile, keyFile
 			c.Issuer = "https://" + c.Listen + "/ssf"
 			c.AuthentikToken = "" // no event-API poller: nothing here needs it
@@ -102,7 +104,7 @@ func TestOIDFTLSVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.Close() })
-	base := strings.Replace(w.front, "http://", "https://", 1)
+	base := strings.Replace(w.Front, "http://", "https://", 1)
 	for _, c := range []struct {
 		name     string
 		min, max uint16
@@ -199,8 +201,8 @@ func TestOIDFHTTPSBehindTerminator(t *testing.T) {
 	const issuer = "https://sso.example.com/ssf"
 	for _, trusted := range []bool{true, false} {
 		t.Run(map[bool]string{true: "trusted proxy", false: "untrusted peer"}[trusted], func(t *testing.T) {
-			w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-				mutate: func(c *Config) {
+			w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+				Mutate: func(c *sidecar.Config) {
 					c.Issuer = issuer
 					c.AuthentikToken = ""
 					if trusted {
@@ -213,7 +215,7 @@ func TestOIDFHTTPSBehindTerminator(t *testing.T) {
 			t.Cleanup(func() { w.Close() })
 			forwarded := http.Header{"X-Forwarded-Proto": {"http"}, "X-Forwarded-Host": {"attacker.example"}}
 			for _, h := range []http.Header{nil, forwarded} {
-				urls := discoveryURLs(t, http.DefaultClient, w.front+"/.well-known/ssf-configuration/ssf", h)
+				urls := discoveryURLs(t, http.DefaultClient, w.Front+"/.well-known/ssf-configuration/ssf", h)
 				if urls["issuer"] != issuer {
 					t.Errorf("issuer %q", urls["issuer"])
 				}
@@ -223,7 +225,7 @@ func TestOIDFHTTPSBehindTerminator(t *testing.T) {
 					}
 				}
 			}
-			req, _ := http.NewRequest("POST", w.front+"/ssf/streams", strings.NewReader(`{"delivery":{"method":"urn:ietf:rfc:8936"}}`))
+			req, _ := http.NewRequest("POST", w.Front+"/ssf/streams", strings.NewReader(`{"delivery":{"method":"urn:ietf:rfc:8936"}}`))
 			req.Header.Set("Authorization", "bearer "+pollReceiverToken)
 			req.Header.Set("Content-Type", "application/json")
 			req.Header.Set("X-Forwarded-Proto", "http")

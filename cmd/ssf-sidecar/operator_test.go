@@ -396,11 +396,11 @@ func TestCLIConsistency(t *testing.T) {
 func TestResumeClearsReason(t *testing.T) {
 	w := newSystem(t)
 	ctx := context.Background()
-	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked})
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin := []string{"--admin-url", w.adminURL}
+	admin := []string{"--admin-url", w.AdminURL}
 	if code, out, errs := cli(t, append([]string{"streams", "pause", id, "--reason", "maintenance window"}, admin...)...); code != exitOK {
 		t.Fatalf("pause: %d %s%s", code, out, errs)
 	}
@@ -418,7 +418,7 @@ func TestResumeClearsReason(t *testing.T) {
 	_, show, _ := cli(t, append([]string{"streams", "show", id}, admin...)...)
 	_, list, _ := cli(t, append([]string{"streams", "list", "--json"}, admin...)...)
 	status, body := w.call(t, demoReceiverToken, http.MethodGet, "/ssf/status?stream_id="+id, nil)
-	_, dash := getBody(t, w.adminURL+"/admin/dashboard/api/overview")
+	_, dash := getBody(t, w.AdminURL+"/admin/dashboard/api/overview")
 	for name, text := range map[string]string{"streams show": show, "streams list --json": list, "GET /ssf/status": string(body), "dashboard": dash} {
 		if strings.Contains(text, "maintenance window") || strings.Contains(text, "set by the transmitter's operator") {
 			t.Errorf("%s still shows the pause reason after resume:\n%s", name, text)

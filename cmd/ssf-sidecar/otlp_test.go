@@ -15,9 +15,11 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 // otlpSink is an OTLP/HTTP trace endpoint: it decodes each protobuf export
@@ -110,7 +112,7 @@ func (s *otlpSink) pushes() map[string]*tracepb.Span {
 // headers.
 func TestOTLPExportOverTheWire(t *testing.T) {
 	// ssf and tap bind the global provider once per binary; this test only
-	// needs the spans the app's own provider makes (proxy, delivery).
+	// needs the spans the sidecar's own provider makes (proxy, delivery).
 	testTracerProvider(t, tracetest.NewSpanRecorder())
 	sink := &otlpSink{}
 	srv := httptest.NewServer(sink)
@@ -124,26 +126,26 @@ func TestOTLPExportOverTheWire(t *testing.T) {
 	t.Setenv("OTEL_TRACES_EXPORTER", "")
 	t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
 
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir()})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if w.app.tracing.Provider == nil {
+	if w.Sidecar.TracerProvider() == nil {
 		t.Fatal("tracing is off with OTEL_EXPORTER_OTLP_ENDPOINT set")
 	}
 	ctx := context.Background()
-	if _, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
+	if _, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "bob", Email: "bob@example.com", Password: "pw-bob-1"}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "bob", Email: "bob@example.com", Password: "pw-bob-1"}); err != nil {
 		t.Fatal(err)
 	}
 	w.logInAndOut(t, "bob", "pw-bob-1")
-	if err := w.recv.waitFor(ctx, 2, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, 2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	got := w.recv.received()
+	got := w.Receiver.Received()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		p := sink.pushes()
@@ -222,7 +224,7 @@ func TestSetupTracingFromEnv(t *testing.T) {
 			for _, v := range vars {
 				t.Setenv(v, tc.env[v])
 			}
-			tr, err := setupTracing(context.Background(), "test")
+			tr, err := sidecar.SetupTracing(context.Background(), "test")
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err %v, want error %v", err, tc.wantErr)
 			}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"io"
 	"log/slog"
 	"net/http"
@@ -45,8 +46,8 @@ const (
 func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 	dbURL, schema, fwd := forwardedDatabase(t)
 	logs := &requestLog{}
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, logger: slog.New(logs), mutate: func(c *Config) {
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Logger: slog.New(logs), Mutate: func(c *sidecar.Config) {
 			c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = dbURL, schema, testEncryptionKey
 		}})
 	if err != nil {
@@ -54,13 +55,13 @@ func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 	}
 	t.Cleanup(func() { w.Close() })
 	ctx := context.Background()
-	rx := &heldReceiver{verify: w.recv.verify}
+	rx := &heldReceiver{verify: w.Receiver.Verify}
 	srv := httptest.NewServer(rx)
 	t.Cleanup(srv.Close)
 	var st struct {
 		StreamID string `json:"stream_id"`
 	}
-	if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
+	if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
 		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": srv.URL + "/events"},
 		"events_requested": []string{ssf.EventSessionRevoked},
 	}, &st); err != nil {
@@ -70,9 +71,9 @@ func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 		t.Fatal("the verification SET did not arrive")
 	}
 
-	load := &revocationLoad{ak: w.ak, front: w.front, client: &http.Client{Timeout: 20 * time.Second}}
+	load := &revocationLoad{ak: w.AK, front: w.Front, client: &http.Client{Timeout: 20 * time.Second}}
 	for i := range 8 {
-		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: fmt.Sprintf("rev%d", i), Email: fmt.Sprintf("rev%d@example.com", i), Password: "initial-password-1"})
+		u, err := w.AK.AddUser(authentiktest.UserSpec{Username: fmt.Sprintf("rev%d", i), Email: fmt.Sprintf("rev%d@example.com", i), Password: "initial-password-1"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,7 +109,7 @@ func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 	// behind the refusing receiver.
 	var backlog []outbox.Record
 	if !eventually(20*time.Second, func() bool {
-		h, err := w.app.outbox.History(ctx, st.StreamID, 1000)
+		h, err := w.Sidecar.Outbox().History(ctx, st.StreamID, 1000)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +124,7 @@ func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 		t.Fatalf("%d SETs queued behind the refusing receiver, want 5 or more", len(backlog))
 	}
 	slices.SortFunc(backlog, func(a, b outbox.Record) int { return cmp.Compare(a.Seq, b.Seq) })
-	missesBefore := tapMisses(t, w.adminURL)
+	missesBefore := tapMisses(t, w.AdminURL)
 
 	// The restart: every connection dropped, whatever it was doing, and
 	// new ones refused. The phase moves first, so that a request answered
@@ -132,15 +133,15 @@ func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 	cutAt := time.Now()
 	fwd.cut(true)
 	if !eventually(20*time.Second, func() bool {
-		_, body := health(w.adminURL)
+		_, body := health(w.AdminURL)
 		return strings.Contains(body, "database unreachable")
 	}) {
 		t.Fatal("/healthz never said the database is unreachable")
 	}
-	if code, body := health(w.adminURL); !strings.Contains(body, `"degraded"`) || !strings.Contains(body, "database unreachable") {
+	if code, body := health(w.AdminURL); !strings.Contains(body, `"degraded"`) || !strings.Contains(body, "database unreachable") {
 		t.Errorf("/healthz while the database is away: %d %s", code, body)
 	}
-	if code, retry := ssfStatus(t, w.front, st.StreamID); code != http.StatusServiceUnavailable || retry == "" {
+	if code, retry := ssfStatus(t, w.Front, st.StreamID); code != http.StatusServiceUnavailable || retry == "" {
 		t.Errorf("SSF route while the database is away: %d, Retry-After %q; want 503 with Retry-After", code, retry)
 	}
 	// Revocations sent once the outage showed: the sidecar cannot journal
@@ -153,13 +154,13 @@ func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 	load.phase.Store(phaseRecovered)
 	rx.hold(false)
 	if !eventually(30*time.Second, func() bool {
-		code, body := health(w.adminURL)
+		code, body := health(w.AdminURL)
 		return code == http.StatusOK && strings.Contains(body, `"status":"ok"`)
 	}) {
-		code, body := health(w.adminURL)
+		code, body := health(w.AdminURL)
 		t.Fatalf("/healthz after the database came back: %d %s", code, body)
 	}
-	if !eventually(20*time.Second, func() bool { code, _ := ssfStatus(t, w.front, st.StreamID); return code == http.StatusOK }) {
+	if !eventually(20*time.Second, func() bool { code, _ := ssfStatus(t, w.Front, st.StreamID); return code == http.StatusOK }) {
 		t.Fatal("the SSF routes did not answer again after the database came back")
 	}
 	waitAcked(phaseRecovered, 10)
@@ -177,11 +178,11 @@ func TestSystemDatabaseRestartUnderLoad(t *testing.T) {
 		if !missed[r.reqID] {
 			t.Errorf("revocation %s during the outage was not counted as a miss", r.reqID)
 		}
-		if _, ok := w.ak.Session(r.uuid); ok {
+		if _, ok := w.AK.Session(r.uuid); ok {
 			t.Errorf("session %s still exists in authentik after its revocation during the outage", r.uuid)
 		}
 	}
-	if missesAfter := tapMisses(t, w.adminURL); missesAfter < missesBefore+float64(during) {
+	if missesAfter := tapMisses(t, w.AdminURL); missesAfter < missesBefore+float64(during) {
 		t.Errorf("ssf_sidecar_tap_misses_total went from %v to %v over %d revocations during the outage", missesBefore, missesAfter, during)
 	}
 

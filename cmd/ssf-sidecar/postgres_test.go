@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
@@ -29,8 +30,8 @@ const testEncryptionKey = "00112233445566778899aabbccddeeff00112233445566778899a
 func TestSystemOnPostgreSQL(t *testing.T) {
 	url, schema := pgtest.Schema(t)
 	dir := t.TempDir()
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: dir, receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: func(c *Config) {
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: dir, Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Mutate: func(c *sidecar.Config) {
 			c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey
 		}})
 	if err != nil {
@@ -38,23 +39,23 @@ func TestSystemOnPostgreSQL(t *testing.T) {
 	}
 	t.Cleanup(func() { w.Close() })
 	ctx := context.Background()
-	if _, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
+	if _, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil { // the verification SET
+	if err := w.Receiver.WaitFor(ctx, 1, 10*time.Second); err != nil { // the verification SET
 		t.Fatal(err)
 	}
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "alice-password-1"}); err != nil {
 		t.Fatal(err)
 	}
 	w.logInAndOut(t, "alice", "alice-password-1")
-	if err := w.recv.waitFor(ctx, 2, 20*time.Second); err != nil {
-		t.Fatalf("%v: got %v", err, summarize(w.recv.received()))
+	if err := w.Receiver.WaitFor(ctx, 2, 20*time.Second); err != nil {
+		t.Fatalf("%v: got %v", err, summarize(w.Receiver.Received()))
 	}
 	w.settle(t)
 	// One SET for the logout, whichever source (traffic or event API)
 	// came first: the subject then holds the session too, or only the user.
-	got := summarize(w.recv.received())
+	got := summarize(w.Receiver.Received())
 	n := 0
 	for _, g := range got {
 		if strings.HasPrefix(g, "session-revoked/user/") && strings.HasSuffix(g, "user=alice@example.com") {
@@ -64,7 +65,7 @@ func TestSystemOnPostgreSQL(t *testing.T) {
 	if n != 1 || len(got) != 1 {
 		t.Fatalf("receiver got %v, want one session-revoked SET for alice", got)
 	}
-	for _, s := range w.recv.received() {
+	for _, s := range w.Receiver.Received() {
 		if s.Event == "session-revoked" {
 			w.independentVerify(t, s.Compact, "https://push.rx.example/")
 		}
@@ -186,23 +187,23 @@ func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
 	ctx := context.Background()
 	var err error
 
-	cfg2 := w.app.cfg
+	cfg2 := w.Sidecar.Config()
 	cfg2.DataDir = t.TempDir()
 	for _, p := range []*string{&cfg2.Listen, &cfg2.AdminListen} {
 		if *p, err = freeAddr(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	a2, err := buildApp(ctx, cfg2, systemReceivers(), slog.New(slog.DiscardHandler))
+	a2, err := sidecar.Build(ctx, cfg2, systemReceivers(), slog.New(slog.DiscardHandler), sidecarOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a2.run(rctx) }()
+	go func() { done <- a2.Run(rctx) }()
 	t.Cleanup(func() { stop(); <-done })
 	select {
-	case <-a2.proxy.Ready():
+	case <-a2.Proxy().Ready():
 	case err := <-done:
 		t.Fatalf("second replica stopped: %v", err)
 	case <-time.After(10 * time.Second):
@@ -210,14 +211,14 @@ func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
 	}
 	front2 := "http://" + cfg2.Listen
 
-	if w.app.keys.CurrentKID() != a2.keys.CurrentKID() {
-		t.Fatalf("replicas sign with different keys: %s and %s", w.app.keys.CurrentKID(), a2.keys.CurrentKID())
+	if w.Sidecar.Keys().CurrentKID() != a2.Keys().CurrentKID() {
+		t.Fatalf("replicas sign with different keys: %s and %s", w.Sidecar.Keys().CurrentKID(), a2.Keys().CurrentKID())
 	}
-	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil { // the verification SET
+	if err := w.Receiver.WaitFor(ctx, 1, 10*time.Second); err != nil { // the verification SET
 		t.Fatal(err)
 	}
 	// The second replica serves the stream once it has synced (every 5 s).
@@ -241,16 +242,16 @@ func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
 
 	// An admin revokes bob's session through the second replica: only the
 	// traffic sees that (authentik logs nothing for it).
-	bob, err := w.ak.AddUser(authentiktest.UserSpec{Username: "bob", Email: "bob@example.com", Password: "bob-password-1"})
+	bob, err := w.AK.AddUser(authentiktest.UserSpec{Username: "bob", Email: "bob@example.com", Password: "bob-password-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sess, _, err := w.ak.IssueSession(bob.PK)
+	sess, _, err := w.AK.IssueSession(bob.PK)
 	if err != nil {
 		t.Fatal(err)
 	}
 	req, _ := http.NewRequest(http.MethodDelete, front2+"/api/v3/core/authenticated_sessions/"+sess.UUID+"/", nil)
-	req.Header.Set("Authorization", "Bearer "+w.ak.AdminToken())
+	req.Header.Set("Authorization", "Bearer "+w.AK.AdminToken())
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -259,16 +260,16 @@ func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("session delete through the second replica: %d", resp.StatusCode)
 	}
-	if err := w.recv.waitFor(ctx, 2, 20*time.Second); err != nil {
-		t.Fatalf("%v: got %v", err, summarize(w.recv.received()))
+	if err := w.Receiver.WaitFor(ctx, 2, 20*time.Second); err != nil {
+		t.Fatalf("%v: got %v", err, summarize(w.Receiver.Received()))
 	}
 	time.Sleep(2 * time.Second) // room for a duplicate from either replica
-	got := summarize(w.recv.received())
+	got := summarize(w.Receiver.Received())
 	want := []string{"session-revoked/admin/session=* user=bob@example.com"} // verification SETs are left out
-	if strings.Join(got, "\n") != strings.Join(want, "\n") || len(w.recv.received()) != 2 {
-		t.Fatalf("receiver got %v (%d SETs with the verification), want %v once", got, len(w.recv.received()), want)
+	if strings.Join(got, "\n") != strings.Join(want, "\n") || len(w.Receiver.Received()) != 2 {
+		t.Fatalf("receiver got %v (%d SETs with the verification), want %v once", got, len(w.Receiver.Received()), want)
 	}
-	for _, s := range w.recv.received() {
+	for _, s := range w.Receiver.Received() {
 		w.independentVerify(t, s.Compact, "https://push.rx.example/")
 	}
 }
@@ -277,9 +278,11 @@ func TestSystemTwoReplicasOnPostgreSQL(t *testing.T) {
 func newPostgresSystem(t *testing.T) *demoWorld {
 	t.Helper()
 	url, schema := pgtest.Schema(t)
-	mutate := func(c *Config) { c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey }
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: mutate})
+	mutate := func(c *sidecar.Config) {
+		c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey
+	}
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Mutate: mutate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,8 +354,8 @@ func (f *forwarder) cut(down bool) {
 // routes answer again without a restart.
 func TestSystemDatabaseOutage(t *testing.T) {
 	dbURL, schema, fwd := forwardedDatabase(t)
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: func(c *Config) {
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Mutate: func(c *sidecar.Config) {
 			c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = dbURL, schema, testEncryptionKey
 		}})
 	if err != nil {
@@ -360,11 +363,11 @@ func TestSystemDatabaseOutage(t *testing.T) {
 	}
 	t.Cleanup(func() { w.Close() })
 	ctx := context.Background()
-	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked})
 	if err != nil {
 		t.Fatal(err)
 	}
-	streamStatus := func() (int, string) { return ssfStatus(t, w.front, id) }
+	streamStatus := func() (int, string) { return ssfStatus(t, w.Front, id) }
 	waitFor := func(want int) string {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -385,7 +388,7 @@ func TestSystemDatabaseOutage(t *testing.T) {
 	if retry := waitFor(http.StatusServiceUnavailable); retry == "" {
 		t.Error("503 without Retry-After")
 	}
-	resp, err := http.Get(w.adminURL + "/healthz")
+	resp, err := http.Get(w.AdminURL + "/healthz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +398,7 @@ func TestSystemDatabaseOutage(t *testing.T) {
 		t.Errorf("/healthz while the database is away: %s", body)
 	}
 	// authentik is still served through the proxy.
-	resp, err = http.Get(w.front + "/if/flow/" + w.ak.Flows().Authentication + "/")
+	resp, err = http.Get(w.Front + "/if/flow/" + w.AK.Flows().Authentication + "/")
 	if err != nil {
 		t.Fatal(err)
 	}

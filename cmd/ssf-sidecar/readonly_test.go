@@ -287,16 +287,16 @@ func testReadOnlyDataDir(t *testing.T, existing bool) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			for _, s := range rx.received() {
+			for _, s := range rx.Received() {
 				if s.Event == "session-revoked" && sessionOf(s.Claims) == session {
 					return
 				}
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("no session-revoked SET for %s within 10 s (got %d SETs)", session, len(rx.received()))
+				t.Fatalf("no session-revoked SET for %s within 10 s (got %d SETs)", session, len(rx.Received()))
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-			_ = rx.waitFor(ctx, len(rx.received())+1, 100*time.Millisecond)
+			_ = rx.WaitFor(ctx, len(rx.Received())+1, 100*time.Millisecond)
 			cancel()
 		}
 	}

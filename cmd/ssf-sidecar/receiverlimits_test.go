@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 )
 
 // TestMinVerificationIntervalSetting: --min-verification-interval and
@@ -38,8 +40,8 @@ func TestMinVerificationIntervalSetting(t *testing.T) {
 		}
 	}
 
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		mutate: func(c *Config) { c.MinVerification = 3 * time.Second; c.AuthentikToken = "" }})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		Mutate: func(c *sidecar.Config) { c.MinVerification = 3 * time.Second; c.AuthentikToken = "" }})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -54,30 +55,30 @@ func TestDirectoryRecheckOption(t *testing.T) {
 // and none comes.
 func TestDirectoryRecheckReachesTap(t *testing.T) {
 	run := func(t *testing.T, recheck time.Duration) (*demoWorld, authentiktest.User) {
-		w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-			pollInterval: 50 * time.Millisecond, mutate: func(c *Config) { c.DirectoryRecheck = recheck }})
+		w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+			PollInterval: 50 * time.Millisecond, Mutate: func(c *sidecar.Config) { c.DirectoryRecheck = recheck }})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { w.Close() })
 		ctx := context.Background()
-		if _, err := w.createPushStream(ctx, []string{ssf.EventAccountDisabled}); err != nil {
+		if _, err := w.CreatePushStream(ctx, []string{ssf.EventAccountDisabled}); err != nil {
 			t.Fatal(err)
 		}
-		if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
+		if err := w.Receiver.WaitFor(ctx, 1, 10*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "synced", Email: "synced@example.com", Password: "synced-password-1"})
+		u, err := w.AK.AddUser(authentiktest.UserSpec{Username: "synced", Email: "synced@example.com", Password: "synced-password-1"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		// The re-check reports changes of users the directory knows: an
 		// admin edit through the sidecar makes the tap look the user up.
-		if status, _ := w.call(t, w.ak.AdminToken(), "PATCH", fmt.Sprintf("/api/v3/core/users/%d/", u.PK), map[string]any{"name": "Synced User"}); status != 200 {
+		if status, _ := w.call(t, w.AK.AdminToken(), "PATCH", fmt.Sprintf("/api/v3/core/users/%d/", u.PK), map[string]any{"name": "Synced User"}); status != 200 {
 			t.Fatalf("PATCH user: %d", status)
 		}
 		waitPolls(t, w, 3)
-		if err := w.ak.SystemDisableUser(u.PK); err != nil {
+		if err := w.AK.SystemDisableUser(u.PK); err != nil {
 			t.Fatal(err)
 		}
 		return w, u
@@ -85,9 +86,9 @@ func TestDirectoryRecheckReachesTap(t *testing.T) {
 	t.Run("on", func(t *testing.T) {
 		w, u := run(t, time.Nanosecond)
 		deadline := time.Now().Add(20 * time.Second)
-		for !hasSET(w.recv.received(), "account-disabled", u.Email) {
+		for !hasSET(w.Receiver.Received(), "account-disabled", u.Email) {
 			if time.Now().After(deadline) {
-				t.Fatalf("no account-disabled SET for a background deactivation; got %v", summarize(w.recv.received()))
+				t.Fatalf("no account-disabled SET for a background deactivation; got %v", summarize(w.Receiver.Received()))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -97,8 +98,8 @@ func TestDirectoryRecheckReachesTap(t *testing.T) {
 		// Each poll would have run a re-check page: ten polls are ten
 		// chances the re-check had, were it on.
 		waitPolls(t, w, 10)
-		if hasSET(w.recv.received(), "account-disabled", u.Email) {
-			t.Fatalf("--directory-recheck 0 still re-read the directory: %v", summarize(w.recv.received()))
+		if hasSET(w.Receiver.Received(), "account-disabled", u.Email) {
+			t.Fatalf("--directory-recheck 0 still re-read the directory: %v", summarize(w.Receiver.Received()))
 		}
 	})
 }
@@ -108,23 +109,12 @@ func TestDirectoryRecheckReachesTap(t *testing.T) {
 func waitPolls(t *testing.T, w *demoWorld, n int) {
 	t.Helper()
 	const path = "/api/v3/events/events/"
-	start := w.ak.Requests(path)
+	start := w.AK.Requests(path)
 	deadline := time.Now().Add(20 * time.Second)
-	for w.ak.Requests(path) < start+n {
+	for w.AK.Requests(path) < start+n {
 		if time.Now().After(deadline) {
 			t.Fatalf("the poller did not read the event API %d times", n)
 		}
 		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// TestTapRecheckMapping: 0 on the command line is off for the tap (whose
-// own zero would mean its default), other values pass unchanged.
-func TestTapRecheckMapping(t *testing.T) {
-	if d := tapRecheck(0); d >= 0 {
-		t.Errorf("tapRecheck(0) = %v: the tap would re-check at its default", d)
-	}
-	if d := tapRecheck(90 * time.Second); d != 90*time.Second {
-		t.Errorf("tapRecheck(90s) = %v", d)
 	}
 }

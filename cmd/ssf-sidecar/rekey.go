@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
@@ -58,8 +59,8 @@ func runRekey(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	if *dbURL == "" {
 		return usageError{"rekey needs --database-url (or SSF_DATABASE_URL): only a database keeps secrets sealed under the encryption key"}
 	}
-	cfg := Config{DatabaseURL: *dbURL, EncryptionKeyFile: *keyFile, EncryptionKey: os.Getenv("SSF_ENCRYPTION_KEY"),
-		PreviousEncryptionKeyFile: *prevFile, PreviousEncryptionKey: os.Getenv("SSF_PREVIOUS_ENCRYPTION_KEY")}
+	cfg := Config{Config: sidecar.Config{DatabaseURL: *dbURL, EncryptionKeyFile: *keyFile, EncryptionKey: os.Getenv("SSF_ENCRYPTION_KEY"),
+		PreviousEncryptionKeyFile: *prevFile, PreviousEncryptionKey: os.Getenv("SSF_PREVIOUS_ENCRYPTION_KEY")}}
 	encKey, err := cfg.encryptionKey()
 	if err != nil {
 		return exitError{exitConfig, err}

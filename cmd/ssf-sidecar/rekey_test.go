@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
@@ -92,8 +93,8 @@ func TestRekeyEncryptionKeyOnPostgreSQL(t *testing.T) {
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	serve := func(current, previous string) (*demoWorld, error) {
-		return startDemoWorld(ctx, demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(), logger: logger,
-			mutate: func(c *Config) {
+		return startDemoWorld(ctx, demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(), Logger: logger,
+			Mutate: func(c *sidecar.Config) {
 				c.MinVerification = time.Second
 				c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey, c.PreviousEncryptionKey = url, schema, current, previous
 			}})
@@ -104,7 +105,7 @@ func TestRekeyEncryptionKeyOnPostgreSQL(t *testing.T) {
 		t.Helper()
 		n := rx.count()
 		waitUntil(t, "a verification accepted", func() bool {
-			code, _ := w.ssfCall(ctx, http.MethodPost, "/ssf/verify", map[string]any{"stream_id": streamID}, nil)
+			code, _ := w.SSFCall(ctx, http.MethodPost, "/ssf/verify", map[string]any{"stream_id": streamID}, nil)
 			return code == http.StatusNoContent || code == http.StatusOK || code == http.StatusAccepted
 		})
 		waitUntil(t, "the verification pushed", func() bool { return rx.count() > n })
@@ -122,7 +123,7 @@ func TestRekeyEncryptionKeyOnPostgreSQL(t *testing.T) {
 		var st struct {
 			StreamID string `json:"stream_id"`
 		}
-		if _, err := w1.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
+		if _, err := w1.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
 			"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": rxSrv.URL + "/" + name, "authorization_header": secrets[name]},
 			"events_requested": []string{ssf.EventSessionRevoked},
 		}, &st); err != nil || st.StreamID == "" {

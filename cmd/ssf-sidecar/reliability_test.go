@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -21,12 +22,12 @@ import (
 // sees); it returns the session's uuid and the proxy's status.
 func revokeThroughProxy(t *testing.T, w *demoWorld, userPK int) (string, int) {
 	t.Helper()
-	se, _, err := w.ak.IssueSession(userPK)
+	se, _, err := w.AK.IssueSession(userPK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest(http.MethodDelete, w.front+"/api/v3/core/authenticated_sessions/"+se.UUID+"/", nil)
-	req.Header.Set("Authorization", "Bearer "+w.ak.AdminToken())
+	req, _ := http.NewRequest(http.MethodDelete, w.Front+"/api/v3/core/authenticated_sessions/"+se.UUID+"/", nil)
+	req.Header.Set("Authorization", "Bearer "+w.AK.AdminToken())
 	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		t.Fatalf("delete session through the proxy: %v", err)
@@ -118,14 +119,14 @@ func (c *chaosReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // SET while the other still fails; after recovery the failing stream gets
 // every SET, each once, in the same order.
 func TestSystemReceiverFailsEveryWayThenRecovers(t *testing.T) {
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: func(c *Config) { c.PushTimeout = time.Second; c.MaxBackoff = time.Second }})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Mutate: func(c *sidecar.Config) { c.PushTimeout = time.Second; c.MaxBackoff = time.Second }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
 	ctx := context.Background()
-	inner, err := startDemoReceiver(w.front+"/ssf/jwks.json", w.front+"/ssf")
+	inner, err := startDemoReceiver(w.Front+"/ssf/jwks.json", w.Front+"/ssf")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,13 +136,13 @@ func TestSystemReceiverFailsEveryWayThenRecovers(t *testing.T) {
 	chaosSrv := httptest.NewServer(chaos)
 	defer chaosSrv.Close()
 	defer close(chaos.stop)
-	for _, url := range []string{w.recv.URL(), chaosSrv.URL + "/events"} {
-		if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"events_requested": []string{ssf.EventSessionRevoked},
+	for _, url := range []string{w.Receiver.URL(), chaosSrv.URL + "/events"} {
+		if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"events_requested": []string{ssf.EventSessionRevoked},
 			"delivery": map[string]any{"method": ssf.MethodPushURN, "endpoint_url": url}}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "erin", Email: "erin@example.com", Password: "erin-password-1"})
+	u, err := w.AK.AddUser(authentiktest.UserSpec{Username: "erin", Email: "erin@example.com", Password: "erin-password-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,9 +157,9 @@ func TestSystemReceiverFailsEveryWayThenRecovers(t *testing.T) {
 	}
 	// The healthy stream is not held up by the failing one.
 	deadline := time.Now().Add(20 * time.Second)
-	for len(sessionOrder(w.recv.received())) < n {
+	for len(sessionOrder(w.Receiver.Received())) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("healthy receiver got %d of %d while the other failed", len(sessionOrder(w.recv.received())), n)
+			t.Fatalf("healthy receiver got %d of %d while the other failed", len(sessionOrder(w.Receiver.Received())), n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -178,25 +179,25 @@ func TestSystemReceiverFailsEveryWayThenRecovers(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := len(sessionOrder(inner.received())); got != 0 {
+	if got := len(sessionOrder(inner.Received())); got != 0 {
 		t.Fatalf("%d SETs accepted while failing", got)
 	}
 	chaos.failing.Store(false)
 	deadline = time.Now().Add(30 * time.Second)
-	for len(sessionOrder(inner.received())) < n {
+	for len(sessionOrder(inner.Received())) < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("recovered receiver got %d of %d", len(sessionOrder(inner.received())), n)
+			t.Fatalf("recovered receiver got %d of %d", len(sessionOrder(inner.Received())), n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := sessionOrder(inner.received()); !slices.Equal(got, want) {
+	if got := sessionOrder(inner.Received()); !slices.Equal(got, want) {
 		t.Errorf("recovered stream order\n got %v\nwant %v", got, want)
 	}
-	if got := sessionOrder(w.recv.received()); !slices.Equal(got, want) {
+	if got := sessionOrder(w.Receiver.Received()); !slices.Equal(got, want) {
 		t.Errorf("healthy stream order\n got %v\nwant %v", got, want)
 	}
 	jtis := map[string]int{}
-	for _, s := range inner.received() {
+	for _, s := range inner.Received() {
 		jtis[s.JTI]++
 	}
 	for jti, c := range jtis {
@@ -214,12 +215,12 @@ func TestSystemReceiverFailsEveryWayThenRecovers(t *testing.T) {
 func TestSystemAuthentikDownSlowRestarting(t *testing.T) {
 	w := newSystem(t)
 	ctx := context.Background()
-	if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
+	if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{
 		"events_requested": []string{ssf.EventSessionRevoked, ssf.EventCredentialChange},
-		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.recv.URL()}}, nil); err != nil {
+		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.Receiver.URL()}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "frank", Email: "frank@example.com", Password: "frank-password-1"})
+	u, err := w.AK.AddUser(authentiktest.UserSpec{Username: "frank", Email: "frank@example.com", Password: "frank-password-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,19 +236,19 @@ func TestSystemAuthentikDownSlowRestarting(t *testing.T) {
 		return resp.StatusCode, b
 	}
 	w.settle(t)
-	base := len(w.recv.received())
+	base := len(w.Receiver.Received())
 
 	// Down.
-	if err := w.ak.Close(); err != nil {
+	if err := w.AK.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := get(w.front, "/if/flow/default-authentication-flow/"); code != http.StatusBadGateway {
+	if code, _ := get(w.Front, "/if/flow/default-authentication-flow/"); code != http.StatusBadGateway {
 		t.Errorf("authentik down: proxy answered %d, want 502", code)
 	}
-	if code, _ := get(w.adminURL, "/readyz"); code != http.StatusOK {
+	if code, _ := get(w.AdminURL, "/readyz"); code != http.StatusOK {
 		t.Errorf("authentik down: /readyz %d, want 200 (the sidecar is the only way in)", code)
 	}
-	_, hb := get(w.adminURL, "/healthz")
+	_, hb := get(w.AdminURL, "/healthz")
 	var health struct {
 		Status string `json:"status"`
 		Checks map[string]struct {
@@ -262,29 +263,29 @@ func TestSystemAuthentikDownSlowRestarting(t *testing.T) {
 	}
 	// Changes only the event API sees, made while the sidecar cannot read it.
 	for i := 0; i < 2; i++ {
-		if err := w.ak.SystemSetPassword(u.PK, "frank-new-password", "source_sync"); err != nil {
+		if err := w.AK.SystemSetPassword(u.PK, "frank-new-password", "source_sync"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	time.Sleep(300 * time.Millisecond) // a few failed polls
 	// Restarting: back on the same address, no sidecar restart.
-	if err := w.ak.Restart(); err != nil {
+	if err := w.AK.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	if code, _ := get(w.front, "/if/flow/default-authentication-flow/"); code >= 500 {
+	if code, _ := get(w.Front, "/if/flow/default-authentication-flow/"); code >= 500 {
 		t.Errorf("authentik back: proxy answered %d", code)
 	}
 	// Slow: every request takes a while; a tapped action still completes and
 	// becomes a SET.
-	w.ak.SetDelay(300 * time.Millisecond)
+	w.AK.SetDelay(300 * time.Millisecond)
 	id, code := revokeThroughProxy(t, w, u.PK)
-	w.ak.SetDelay(0)
+	w.AK.SetDelay(0)
 	if code != http.StatusNoContent {
 		t.Fatalf("slow authentik: delete %d", code)
 	}
 	w.settle(t)
 	var creds, revoked int
-	for _, s := range w.recv.received()[base:] {
+	for _, s := range w.Receiver.Received()[base:] {
 		switch s.Event {
 		case "credential-change":
 			creds++
@@ -324,17 +325,17 @@ func streamUpdates(sets []receivedSET) []string {
 func TestSystemPauseAnnouncedBeforeHold(t *testing.T) {
 	w := newSystem(t)
 	ctx := context.Background()
-	id, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked})
+	id, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked})
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "hana", Email: "hana@example.com", Password: "hana-password-1"})
+	u, err := w.AK.AddUser(authentiktest.UserSpec{Username: "hana", Email: "hana@example.com", Password: "hana-password-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	admin := func(action string) {
 		t.Helper()
-		resp, err := http.Post(w.adminURL+"/admin/streams/"+id+"/"+action, "application/json", nil)
+		resp, err := http.Post(w.AdminURL+"/admin/streams/"+id+"/"+action, "application/json", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -346,9 +347,9 @@ func TestSystemPauseAnnouncedBeforeHold(t *testing.T) {
 	waitUpdates := func(want ...string) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
-		for !slices.Equal(streamUpdates(w.recv.received()), want) {
+		for !slices.Equal(streamUpdates(w.Receiver.Received()), want) {
 			if time.Now().After(deadline) {
-				t.Fatalf("stream-updated statuses %v, want %v", streamUpdates(w.recv.received()), want)
+				t.Fatalf("stream-updated statuses %v, want %v", streamUpdates(w.Receiver.Received()), want)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -363,7 +364,7 @@ func TestSystemPauseAnnouncedBeforeHold(t *testing.T) {
 	// the receiver.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		st, err := w.app.outbox.Stats(ctx, id)
+		st, err := w.Sidecar.Outbox().Stats(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -375,15 +376,15 @@ func TestSystemPauseAnnouncedBeforeHold(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := sessionOrder(w.recv.received()); len(got) != 0 {
+	if got := sessionOrder(w.Receiver.Received()); len(got) != 0 {
 		t.Fatalf("paused stream delivered %v", got)
 	}
 	admin("resume")
 	waitUpdates("paused", "enabled")
 	deadline = time.Now().Add(10 * time.Second)
-	for !slices.Equal(sessionOrder(w.recv.received()), []string{held}) {
+	for !slices.Equal(sessionOrder(w.Receiver.Received()), []string{held}) {
 		if time.Now().After(deadline) {
-			t.Fatalf("after resume: %v, want the held revocation", sessionOrder(w.recv.received()))
+			t.Fatalf("after resume: %v, want the held revocation", sessionOrder(w.Receiver.Received()))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

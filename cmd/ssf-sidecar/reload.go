@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -198,7 +199,7 @@ func (l *live) watch(ctx context.Context) {
 				if _, err := l.reload("file changed: " + p); err != nil {
 					// Remember the broken version: no error every 2 s.
 					l.mu.Lock()
-					l.stamps[p] = stampsOf(Config{ConfigFile: p})[p]
+					l.stamps[p] = stampsOf(Config{Config: sidecar.Config{ConfigFile: p}})[p]
 					l.mu.Unlock()
 				}
 			}

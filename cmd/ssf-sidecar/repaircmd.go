@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
@@ -38,13 +39,13 @@ func runRepair(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	if err != nil {
 		return exitError{exitConfig, err}
 	}
-	db := filepath.Join(*dataDir, dbFile)
+	db := filepath.Join(*dataDir, sidecar.DBFile)
 	if _, err := os.Stat(db); errors.Is(err, fs.ErrNotExist) {
 		return exitError{exitNotFound, fmt.Errorf("no sidecar data in %s (expected %s)", *dataDir, db)}
 	}
 	store, err := outbox.Open(db, outbox.StoreOptions{OpenTimeout: 10 * time.Second})
 	if err != nil {
-		return fmt.Errorf("cannot open %s: %w", *dataDir, explainOpenError(db, err))
+		return fmt.Errorf("cannot open %s: %w", *dataDir, sidecar.ExplainOpenError(db, err))
 	}
 	defer store.Close()
 	now := time.Now()
@@ -81,7 +82,7 @@ func runRepair(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	}
 	if !left.OK() {
 		return fmt.Errorf("%s is incomplete: %s; to fix: %s", *dataDir, left.Describe(*dataDir),
-			storeFix(&storeError{Dir: *dataDir, Err: &restoreError{dir: *dataDir, problems: left}}))
+			sidecar.RestoreFix(*dataDir, left))
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap"
 )
@@ -139,11 +140,11 @@ func benchReplicaDelivery(b *testing.B, n int) float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pub, err := buildApp(context.Background(), cfg, receivers, slog.New(slog.DiscardHandler))
+	pub, err := sidecar.Build(context.Background(), cfg.Config, receivers, slog.New(slog.DiscardHandler), sidecarOptions()...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer pub.store.Close()
+	defer pub.Close(context.Background())
 
 	revoked := func() (int, []time.Time) {
 		var at []time.Time
@@ -173,7 +174,7 @@ func benchReplicaDelivery(b *testing.B, n int) float64 {
 					u := tap.User{PK: int64(1000 + i), UID: fmt.Sprintf("uid-%d", i), Username: fmt.Sprintf("u%d", i), Email: fmt.Sprintf("u%d@example.com", i)}
 					sig := tap.Signal{ID: fmt.Sprintf("bench-%d-%d", round, i), Kind: tap.KindSessionRevoked, Source: tap.SourceTraffic,
 						Time: time.Now(), Subject: u, SessionUUID: fmt.Sprintf("session-%d-%d", round, i)}
-					if err := pub.tx.Publish(context.Background(), sig); err != nil {
+					if err := pub.Transmitter().Publish(context.Background(), sig); err != nil {
 						errs <- err
 						return
 					}

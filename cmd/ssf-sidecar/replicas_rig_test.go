@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/demoreceiver"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -159,7 +160,7 @@ func startRxHub(t testing.TB, jwksURL, issuer string) *rxHub {
 		t.Fatal(err)
 	}
 	h := &rxHub{ln: ln, paths: map[string]*rxPath{}, changed: make(chan struct{}), hold: 3 * time.Millisecond,
-		verify: &demoReceiver{jwksURL: jwksURL, issuer: issuer, out: io.Discard, keys: map[string]any{}, signal: make(chan struct{}, 1)}}
+		verify: demoreceiver.NewVerifier(jwksURL, issuer)}
 	h.srv = &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = h.srv.Serve(ln) }()
 	t.Cleanup(func() { h.srv.Close() })
@@ -199,7 +200,7 @@ func (h *rxHub) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return
 	}
-	set, err := h.verify.verify(req.Context(), string(body))
+	set, err := h.verify.Verify(req.Context(), string(body))
 	if err != nil {
 		h.mu.Lock()
 		h.bad++

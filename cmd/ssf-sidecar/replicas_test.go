@@ -202,7 +202,7 @@ func TestSystemThreeReplicas(t *testing.T) {
 				t.Errorf("long poll woke %v after the SET was made", d)
 			}
 			for _, c := range a.sets {
-				if _, err := s.rx.verify.verify(ctxBG, c); err != nil {
+				if _, err := s.rx.verify.Verify(ctxBG, c); err != nil {
 					t.Errorf("polled SET does not verify: %v", err)
 				}
 			}
@@ -401,7 +401,7 @@ func TestSystemThreeReplicas(t *testing.T) {
 				var acks []string
 				for jti, c := range sets {
 					acks = append(acks, jti)
-					if _, err := s.rx.verify.verify(ctxBG, c); err != nil {
+					if _, err := s.rx.verify.Verify(ctxBG, c); err != nil {
 						t.Errorf("SET from replica %d does not verify with the JWKS: %v", i, err)
 					}
 					kid := kidOf(t, c)

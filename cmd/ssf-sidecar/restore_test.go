@@ -3,23 +3,17 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	bolterrors "go.etcd.io/bbolt/errors"
-
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -29,15 +23,15 @@ import (
 func backedUpDataDir(t *testing.T) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: dir, receivers: systemReceivers()})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: dir, Receivers: systemReceivers()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var st struct {
 		StreamID string `json:"stream_id"`
 	}
-	_, err = w.ssfCall(context.Background(), http.MethodPost, "/ssf/streams", map[string]any{
-		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.recv.URL(), "authorization_header": "Bearer push-secret-of-the-receiver-000000"},
+	_, err = w.SSFCall(context.Background(), http.MethodPost, "/ssf/streams", map[string]any{
+		"delivery":         map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.Receiver.URL(), "authorization_header": "Bearer push-secret-of-the-receiver-000000"},
 		"events_requested": []string{ssf.EventSessionRevoked},
 	}, &st)
 	w.Close()
@@ -169,7 +163,7 @@ func TestPartialRestoreKeepsProxying(t *testing.T) {
 	src, id := backedUpDataDir(t)
 
 	t.Run("database only", func(t *testing.T) {
-		dir := restoreOnly(t, src, dbFile)
+		dir := restoreOnly(t, src, sidecar.DBFile)
 		s := startServe(t, nil, "--data-dir", dir)
 		if code, body := s.get(t, s.front+"/if/flow/x/"); code != 200 || body != "authentik answered /if/flow/x/" {
 			t.Fatalf("authentik not proxied: %d %s", code, body)
@@ -203,7 +197,7 @@ func TestPartialRestoreKeepsProxying(t *testing.T) {
 	})
 
 	t.Run("stream-secrets.key lost, repaired offline", func(t *testing.T) {
-		dir := restoreOnly(t, src, dbFile, "signing-key-*.pem")
+		dir := restoreOnly(t, src, sidecar.DBFile, "signing-key-*.pem")
 		s := startServe(t, nil, "--data-dir", dir)
 		if code, _ := s.get(t, s.front+"/api/v3/core/users/"); code != 200 {
 			t.Fatalf("authentik not proxied: %d", code)
@@ -238,7 +232,7 @@ func TestPartialRestoreKeepsProxying(t *testing.T) {
 	})
 
 	t.Run("stream-secrets.key damaged", func(t *testing.T) {
-		dir := restoreOnly(t, src, dbFile, "signing-key-*.pem")
+		dir := restoreOnly(t, src, sidecar.DBFile, "signing-key-*.pem")
 		os.WriteFile(filepath.Join(dir, ssf.SecretKeyFile), []byte("short"), 0o600)
 		s := startServe(t, nil, "--data-dir", dir)
 		if _, detail := s.health(t); !strings.Contains(detail, "does not open the push secrets") || !strings.Contains(detail, id) {
@@ -252,7 +246,7 @@ func TestPartialRestoreKeepsProxying(t *testing.T) {
 	})
 
 	t.Run("signing keys lost, forgotten offline", func(t *testing.T) {
-		dir := restoreOnly(t, src, dbFile, ssf.SecretKeyFile)
+		dir := restoreOnly(t, src, sidecar.DBFile, ssf.SecretKeyFile)
 		code, out, _ := runCLI(t, nil, "repair", "--data-dir", dir, "--json")
 		if code != exitFailure || !strings.Contains(out, `"current": true`) {
 			t.Fatalf("repair --json: exit %d\n%s", code, out)
@@ -287,46 +281,4 @@ func TestSecondSidecarOnHeldDataDir(t *testing.T) {
 	// The first one stops: the second takes over without a restart.
 	first.stop()
 	second.waitHealthy(t)
-}
-
-// TestLockHolderNamed: the process holding the store's lock is named.
-func TestLockHolderNamed(t *testing.T) {
-	flock, err := exec.LookPath("flock")
-	if err != nil {
-		t.Skip("flock(1) is not installed")
-	}
-	path := filepath.Join(t.TempDir(), dbFile)
-	os.WriteFile(path, nil, 0o600)
-	cmd := exec.Command(flock, path, "sleep", "30")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	want := "pid " + strconv.Itoa(cmd.Process.Pid)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := lockHolder(path)
-		if strings.HasPrefix(got, want+": ") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lockHolder = %q, want %s", got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	e := explainOpenError(path, bolterrors.ErrTimeout)
-	if !strings.Contains(e.Error(), "locked by another process ("+want) {
-		t.Fatalf("error: %v", e)
-	}
-}
-
-// TestOpenErrorNamesThePathOnce: the store's open error says the path once
-// and still counts as a disk error (it degrades the start).
-func TestOpenErrorNamesThePathOnce(t *testing.T) {
-	path := "/data/" + dbFile
-	inner := &fs.PathError{Op: "open", Path: path, Err: syscall.EACCES}
-	err := explainOpenError(path, fmt.Errorf("outbox: open %s: %w", path, inner))
-	if strings.Count(err.Error(), path) != 1 || !strings.Contains(err.Error(), "permission denied") || !isDiskError(err) {
-		t.Fatalf("%v (disk error %v)", err, isDiskError(err))
-	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -30,7 +31,7 @@ import (
 // adminGet reads an admin API path with the admin token.
 func adminGet(t *testing.T, w *demoWorld, token, path string) []byte {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, w.adminURL+path, nil)
+	req, _ := http.NewRequest(http.MethodGet, w.AdminURL+path, nil)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -58,8 +59,8 @@ func TestSecretsNeverStoredOrServed(t *testing.T) {
 	const password = "planted-password-dave-31"
 	rec := tracetest.NewSpanRecorder()
 	dataDir := filepath.Join(t.TempDir(), "data")
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: dataDir, tracerProvider: testTracerProvider(t, rec),
-		mutate: func(c *Config) { c.AdminToken = adminToken }})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: dataDir, TracerProvider: testTracerProvider(t, rec),
+		Mutate: func(c *sidecar.Config) { c.AdminToken = adminToken }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,17 +72,17 @@ func TestSecretsNeverStoredOrServed(t *testing.T) {
 	var st struct {
 		StreamID string `json:"stream_id"`
 	}
-	if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"events_requested": []string{ssf.EventSessionRevoked},
-		"delivery": map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.recv.URL(), "authorization_header": authz}}, &st); err != nil {
+	if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"events_requested": []string{ssf.EventSessionRevoked},
+		"delivery": map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.Receiver.URL(), "authorization_header": authz}}, &st); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "dave", Email: "dave@example.com", Password: password}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "dave", Email: "dave@example.com", Password: password}); err != nil {
 		t.Fatal(err)
 	}
-	n := len(w.recv.received())
+	n := len(w.Receiver.Received())
 	cookie := w.logInAndOut(t, "dave", password)
 	// verification of the new stream, the logout on both push streams
-	if err := w.recv.waitFor(ctx, n+3, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, n+3, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 
@@ -89,7 +90,7 @@ func TestSecretsNeverStoredOrServed(t *testing.T) {
 	var served bytes.Buffer
 	for _, p := range []string{"/ssf/streams", "/ssf/streams?stream_id=" + st.StreamID, "/ssf/status?stream_id=" + st.StreamID} {
 		var out json.RawMessage
-		if _, err := w.ssfCall(ctx, http.MethodGet, p, nil, &out); err != nil {
+		if _, err := w.SSFCall(ctx, http.MethodGet, p, nil, &out); err != nil {
 			t.Fatal(err)
 		}
 		served.Write(out)
@@ -118,8 +119,8 @@ func TestSecretsNeverStoredOrServed(t *testing.T) {
 	secrets := map[string]string{
 		"receiver token":        demoReceiverToken,
 		"admin token":           adminToken,
-		"authentik token":       w.ak.AdminToken(),
-		"authentik secret key":  w.ak.SecretKey(),
+		"authentik token":       w.AK.AdminToken(),
+		"authentik secret key":  w.AK.SecretKey(),
 		"authorization_header":  strings.TrimPrefix(authz, "Bearer "),
 		"password":              password,
 		"script password":       "alice-password-2",
@@ -188,7 +189,7 @@ func TestSystemIsolationMatrix(t *testing.T) {
 		{Name: "intruder", Audience: "intruder", SubjectFormat: ssf.SubjectFormatEmail, Profile: ssf.ProfileSSF, Tokens: []ssf.Token{
 			{Value: intruderTok, Scopes: []string{ssf.ScopeManage, ssf.ScopeRead}}}},
 	}
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: receivers})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: receivers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,7 +216,7 @@ func TestSystemIsolationMatrix(t *testing.T) {
 	snapshot := func() string {
 		_, s1 := w.call(t, ownerTok, http.MethodGet, "/ssf/streams?stream_id="+a.StreamID, nil)
 		_, s2 := w.call(t, ownerTok, http.MethodGet, "/ssf/status?stream_id="+a.StreamID, nil)
-		st, err := w.app.outbox.AllStats(context.Background())
+		st, err := w.Sidecar.Outbox().AllStats(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,7 +233,7 @@ func TestSystemIsolationMatrix(t *testing.T) {
 		t.Fatalf("expected one queued SET: %s", before)
 	}
 	id := a.StreamID
-	poll := strings.TrimPrefix(a.Delivery.EndpointURL, w.front)
+	poll := strings.TrimPrefix(a.Delivery.EndpointURL, w.Front)
 	subject := map[string]string{"format": "email", "email": "x@example.com"}
 	calls := []struct {
 		name, method, path string

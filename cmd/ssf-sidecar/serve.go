@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 )
 
@@ -73,12 +75,49 @@ func runServe(ctx context.Context, args []string, stdout io.Writer, stderr io.Wr
 	}
 	// A data dir or store that cannot be opened degrades the start instead
 	// of failing it: the sidecar is the only way in to authentik.
-	a, err := buildApp(ctx, cfg, receivers, logger, withDegradedStart(), withLive(newLive(cfg, raw, receivers, logger)))
+	a, err := sidecar.Build(ctx, cfg.Config, receivers, logger, sidecarOptions(sidecar.WithDegradedStart(),
+		sidecar.WithLive(liveConfig{newLive(cfg, raw, receivers, logger)}))...)
 	if err != nil {
 		return err
 	}
-	return a.run(ctx)
+	return a.Run(ctx)
 }
+
+// sidecarOptions are the options every sidecar the command builds gets
+// (the build's version, the seal keys from the encryption key), then more.
+func sidecarOptions(more ...sidecar.Option) []sidecar.Option {
+	return append([]sidecar.Option{sidecar.WithVersion(buildVersion()), sidecar.WithSealKeys(storeSeal)}, more...)
+}
+
+// storeSeal reads the operator's encryption key the configuration names
+// (and the one being rotated out, if given) and derives the seal keys of a
+// shared database from them.
+func storeSeal(c sidecar.Config) (sidecar.SealKeys, error) {
+	cfg := Config{Config: c}
+	master, err := cfg.encryptionKey()
+	if err != nil {
+		return sidecar.SealKeys{}, err
+	}
+	prev, err := cfg.previousEncryptionKey()
+	if err != nil {
+		return sidecar.SealKeys{}, err
+	}
+	var seal sidecar.SealKeys
+	seal.StreamSecrets, seal.SigningKeys = sealKeys(master)
+	seal.PreviousStreamSecrets, seal.PreviousSigningKeys = sealKeys(prev)
+	return seal, nil
+}
+
+// liveConfig is the sidecar's view of what a reload changes.
+type liveConfig struct{ l *live }
+
+func (c liveConfig) AdminToken() string        { return c.l.adminToken() }
+func (c liveConfig) Receivers() []ssf.Receiver { return c.l.currentReceivers() }
+func (c liveConfig) SetApply(apply func([]ssf.Receiver) ssf.ReceiverChange) {
+	c.l.setApply(apply)
+}
+func (c liveConfig) Reload(why string) (any, error) { return c.l.reload(why) }
+func (c liveConfig) Watch(ctx context.Context)      { c.l.watch(ctx) }
 
 func runConfig(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "check" {
@@ -145,4 +184,33 @@ func shownValue(o option, v string) string {
 		return "(set, hidden)"
 	}
 	return withoutPassword(v)
+}
+
+// checkDeep runs the checks that need the other packages: key files and
+// the receivers file. It reports every problem at once.
+func checkDeep(c Config) ([]ssf.Receiver, error) {
+	var errs []error
+	pasted := slices.ContainsFunc(c.SigningKeys, func(f string) bool {
+		return strings.Contains(f, "-----BEGIN") || strings.ContainsAny(f, "\n\r")
+	})
+	switch {
+	case pasted:
+		// The key itself was given: never quote it back.
+		errs = append(errs, errors.New("--signing-key takes the paths of PEM files, not the key itself: write the key to a file (mode 0600) and give its path"))
+	case len(c.SigningKeys) > 0:
+		if err := (ssf.KeyConfig{Files: c.SigningKeys, DataDir: c.DataDir}).Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("--signing-key: %w", err))
+		}
+	}
+	var receivers []ssf.Receiver
+	if c.Receivers != "" && secretLike(c.Receivers) {
+		errs = append(errs, errors.New("--receivers takes the path of a receivers file; the value given does not look like one (it is not shown)"))
+	} else if c.Receivers != "" {
+		r, err := ssf.LoadReceivers(c.Receivers)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--receivers: %w", err))
+		}
+		receivers = r
+	}
+	return receivers, errors.Join(errs...)
 }

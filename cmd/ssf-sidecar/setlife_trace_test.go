@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -87,9 +88,9 @@ func tpOf(s sdktrace.ReadOnlySpan) string {
 func TestSETLifeInOneTrace(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := testTracerProvider(t, rec)
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), tracerProvider: tp,
-		receivers: systemReceivers(), pollInterval: 100 * time.Millisecond,
-		mutate: func(c *Config) { c.MaxBackoff = time.Second }})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), TracerProvider: tp,
+		Receivers: systemReceivers(), PollInterval: 100 * time.Millisecond,
+		Mutate: func(c *sidecar.Config) { c.MaxBackoff = time.Second }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func TestSETLifeInOneTrace(t *testing.T) {
 		t.Fatalf("create poll stream: %d %s", code, body)
 	}
 	_ = json.Unmarshal(body, &pollStream)
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw-alice-SECRET"}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw-alice-SECRET"}); err != nil {
 		t.Fatal(err)
 	}
 	// The verification SET heads the push queue and fails; the logout
@@ -152,7 +153,7 @@ func TestSETLifeInOneTrace(t *testing.T) {
 		t.Errorf("hold events %v", ev)
 	}
 	flaky.healthy.Store(true)
-	polled := w.pollAll(t, pollReceiverToken, w.front+"/ssf/poll/"+pollStream.StreamID)
+	polled := w.pollAll(t, pollReceiverToken, w.Front+"/ssf/poll/"+pollStream.StreamID)
 	spans = waitSpans(t, rec, "the logout SET delivered", func(ss []sdktrace.ReadOnlySpan) bool {
 		return len(spansNamed(ss, "ssf.push", map[string]any{"ssf.jti": logoutJTI, "ssf.outcome": "delivered"})) == 1 &&
 			len(spansNamed(ss, "ssf.poll.ack", nil)) > 0

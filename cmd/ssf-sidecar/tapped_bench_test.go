@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/outbox/pgstore/pgtest"
 	"github.com/ssf-sidecar/ssf-sidecar/proxy"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
@@ -36,10 +37,10 @@ var tapBackends = []string{"bbolt", "postgres"}
 func startTapWorld(tb testing.TB, backend string) *tapWorld {
 	tb.Helper()
 	ctx := context.Background()
-	opts := demoOptions{dataDir: tb.TempDir()}
+	opts := demoOptions{DataDir: tb.TempDir()}
 	if backend == "postgres" {
 		url, schema := pgtest.Schema(tb)
-		opts.mutate = func(c *Config) {
+		opts.Mutate = func(c *sidecar.Config) {
 			c.DatabaseURL, c.DatabaseSchema, c.EncryptionKey = url, schema, testEncryptionKey
 		}
 	}
@@ -48,14 +49,14 @@ func startTapWorld(tb testing.TB, backend string) *tapWorld {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { _ = w.Close() })
-	u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "erin", Email: "erin@example.com", Password: "pw-erin-1"})
+	u, err := w.AK.AddUser(authentiktest.UserSpec{Username: "erin", Email: "erin@example.com", Password: "pw-erin-1"})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
+	if _, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
 		tb.Fatal(err)
 	}
-	up, _ := url.Parse(w.ak.URL())
+	up, _ := url.Parse(w.AK.URL())
 	p, err := proxy.New(proxy.Config{Listen: "127.0.0.1:0", Upstream: up, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		tb.Fatal(err)
@@ -78,17 +79,17 @@ func startTapWorld(tb testing.TB, backend string) *tapWorld {
 // sidecar when tapped, else through the bare proxy, and returns how long
 // the request took.
 func (x *tapWorld) revoke(tb testing.TB, tapped bool) time.Duration {
-	s, _, err := x.w.ak.IssueSession(x.userPK)
+	s, _, err := x.w.AK.IssueSession(x.userPK)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	base := x.bare
 	if tapped {
-		base = x.w.front
+		base = x.w.Front
 		x.tapped++
 	}
 	req, _ := http.NewRequest(http.MethodDelete, base+"/api/v3/core/authenticated_sessions/"+s.UUID+"/", nil)
-	req.Header.Set("Authorization", "Bearer "+x.w.ak.AdminToken())
+	req.Header.Set("Authorization", "Bearer "+x.w.AK.AdminToken())
 	t0 := time.Now()
 	resp, err := x.client.Do(req)
 	if err != nil {
@@ -100,7 +101,7 @@ func (x *tapWorld) revoke(tb testing.TB, tapped bool) time.Duration {
 	if resp.StatusCode != http.StatusNoContent {
 		tb.Fatalf("%s: DELETE session (tapped %v): %d", x.backend, tapped, resp.StatusCode)
 	}
-	if _, ok := x.w.ak.Session(s.UUID); ok {
+	if _, ok := x.w.AK.Session(s.UUID); ok {
 		tb.Fatalf("%s: the session outlived its DELETE (tapped %v)", x.backend, tapped)
 	}
 	return d
@@ -128,11 +129,8 @@ func (x *tapWorld) settle(tb testing.TB) {
 
 // revocationsReceived counts the session-revoked SETs the receiver accepted.
 func (x *tapWorld) revocationsReceived() int {
-	r := x.w.recv
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	n := 0
-	for _, s := range r.got {
+	for _, s := range x.w.Receiver.Received() {
 		if ev, ok := s.Claims["events"].(map[string]any); ok && ev[ssf.EventSessionRevoked] != nil {
 			n++
 		}

@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -101,26 +98,26 @@ func waitSpans(t *testing.T, rec *tracetest.SpanRecorder, what string, cond func
 func TestLogoutTrace(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := testTracerProvider(t, rec)
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), tracerProvider: tp})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), TracerProvider: tp})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
 	ctx := context.Background()
-	if _, err := w.createPushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
+	if _, err := w.CreatePushStream(ctx, []string{ssf.EventSessionRevoked}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.recv.waitFor(ctx, 1, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, 1, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.ak.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw-alice-1"}); err != nil {
+	if _, err := w.AK.AddUser(authentiktest.UserSpec{Username: "alice", Email: "alice@example.com", Password: "pw-alice-1"}); err != nil {
 		t.Fatal(err)
 	}
 	w.logInAndOut(t, "alice", "pw-alice-1")
-	if err := w.recv.waitFor(ctx, 2, 10*time.Second); err != nil {
+	if err := w.Receiver.WaitFor(ctx, 2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	got := w.recv.received()
+	got := w.Receiver.Received()
 	revoked := got[len(got)-1]
 	if revoked.Event != "session-revoked" {
 		t.Fatalf("last SET is %s", revoked.Event)
@@ -189,49 +186,3 @@ func TestLogoutTrace(t *testing.T) {
 		t.Error("no outbox.enqueue span under ssf.publish")
 	}
 }
-
-// TestOTelErrorsGoToTheStructuredLog: the SDK's errors reach the JSON log
-// as records of their own, at most one per interval with the rest counted,
-// and without a URL's user information.
-func TestOTelErrorsGoToTheStructuredLog(t *testing.T) {
-	var buf strings.Builder
-	var mu sync.Mutex
-	log := slog.New(slog.NewJSONHandler(writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return buf.Write(p)
-	}), nil))
-	h := newOTelErrorLog(log, 10*time.Second)
-	now := time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC)
-	h.now = func() time.Time { return now }
-	otel.SetErrorHandler(h)
-	for range 3 {
-		otel.Handle(errors.New(`traces export: Post "http://user:pw-SECRET@127.0.0.1:4999/v1/traces": connection refused`))
-	}
-	now = now.Add(11 * time.Second)
-	otel.Handle(errors.New("traces export: context deadline exceeded"))
-	mu.Lock()
-	out := buf.String()
-	mu.Unlock()
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("%d records, want 2:\n%s", len(lines), out)
-	}
-	var first, second map[string]any
-	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal([]byte(lines[1]), &second); err != nil {
-		t.Fatal(err)
-	}
-	if first["msg"] != "tracing: export failed" || first["suppressed"] != float64(0) || second["suppressed"] != float64(2) {
-		t.Errorf("records %v / %v", first, second)
-	}
-	if strings.Contains(out, "pw-SECRET") || !strings.Contains(out, "//***@127.0.0.1") {
-		t.Errorf("user information not redacted: %s", out)
-	}
-}
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

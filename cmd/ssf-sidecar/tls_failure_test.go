@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -19,8 +20,8 @@ import (
 // keeps everything — until the receiver points the stream at a good
 // endpoint; then every SET arrives once, in order.
 func TestSystemReceiverTLSErrorThenFixed(t *testing.T) {
-	w, err := startDemoWorld(context.Background(), demoOptions{dataDir: t.TempDir(), receivers: systemReceivers(),
-		pollInterval: 100 * time.Millisecond, mutate: func(c *Config) { c.MaxBackoff = time.Second }})
+	w, err := startDemoWorld(context.Background(), demoOptions{DataDir: t.TempDir(), Receivers: systemReceivers(),
+		PollInterval: 100 * time.Millisecond, Mutate: func(c *sidecar.Config) { c.MaxBackoff = time.Second }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,11 +36,11 @@ func TestSystemReceiverTLSErrorThenFixed(t *testing.T) {
 	var st struct {
 		StreamID string `json:"stream_id"`
 	}
-	if _, err := w.ssfCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"events_requested": []string{ssf.EventSessionRevoked},
+	if _, err := w.SSFCall(ctx, http.MethodPost, "/ssf/streams", map[string]any{"events_requested": []string{ssf.EventSessionRevoked},
 		"delivery": map[string]any{"method": ssf.MethodPushURN, "endpoint_url": bad.URL + "/events"}}, &st); err != nil {
 		t.Fatal(err)
 	}
-	u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "frank", Email: "frank@example.com", Password: "frank-password-1"})
+	u, err := w.AK.AddUser(authentiktest.UserSpec{Username: "frank", Email: "frank@example.com", Password: "frank-password-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestSystemReceiverTLSErrorThenFixed(t *testing.T) {
 	// The stream fails on the certificate and says so.
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		stats, err := w.app.outbox.Stats(ctx, st.StreamID)
+		stats, err := w.Sidecar.Outbox().Stats(ctx, st.StreamID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,22 +72,22 @@ func TestSystemReceiverTLSErrorThenFixed(t *testing.T) {
 	}
 	// The receiver fixes its endpoint.
 	code, body := w.call(t, demoReceiverToken, http.MethodPatch, "/ssf/streams", map[string]any{"stream_id": st.StreamID,
-		"delivery": map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.recv.URL()}})
+		"delivery": map[string]any{"method": ssf.MethodPushURN, "endpoint_url": w.Receiver.URL()}})
 	if code != http.StatusOK {
 		t.Fatalf("patch: %d %s", code, body)
 	}
 	deadline = time.Now().Add(20 * time.Second)
-	for len(sessionOrder(w.recv.received())) < len(want) {
+	for len(sessionOrder(w.Receiver.Received())) < len(want) {
 		if time.Now().After(deadline) {
-			t.Fatalf("after the fix the receiver got %d of %d", len(sessionOrder(w.recv.received())), len(want))
+			t.Fatalf("after the fix the receiver got %d of %d", len(sessionOrder(w.Receiver.Received())), len(want))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if g := sessionOrder(w.recv.received()); !slices.Equal(g, want) {
+	if g := sessionOrder(w.Receiver.Received()); !slices.Equal(g, want) {
 		t.Errorf("order after recovery\n got %v\nwant %v", g, want)
 	}
 	seen := map[string]bool{}
-	for _, s := range w.recv.received() {
+	for _, s := range w.Receiver.Received() {
 		if seen[s.JTI] {
 			t.Errorf("jti %s delivered twice", s.JTI)
 		}

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace/embedded"
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/sidecar"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap/authentiktest"
 )
@@ -80,33 +81,33 @@ func BenchmarkProxyTracing(b *testing.B) {
 		client *http.Client
 		i      int
 		tp     trace.TracerProvider
-		tr     *tracing
+		tr     *sidecar.Tracing
 	}
 	start := func(tracingOn bool) *world {
 		var opts demoOptions
-		var trc *tracing
-		opts.dataDir = b.TempDir()
+		var trc *sidecar.Tracing
+		opts.DataDir = b.TempDir()
 		var tp trace.TracerProvider = noop.NewTracerProvider()
 		if tracingOn {
 			b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.URL)
-			tr, err := setupTracing(context.Background(), "bench")
+			tr, err := sidecar.SetupTracing(context.Background(), "bench")
 			b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
 			if err != nil || tr.Provider == nil {
 				b.Fatalf("tracing: %v", err)
 			}
 			b.Cleanup(func() { _ = tr.Shutdown(context.Background()) })
-			opts.tracerProvider, tp, trc = tr.Provider, tr.Provider, tr
+			opts.TracerProvider, tp, trc = tr.Provider, tr.Provider, tr
 		}
 		w, err := startDemoWorld(context.Background(), opts)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { w.Close() })
-		u, err := w.ak.AddUser(authentiktest.UserSpec{Username: "dave", Email: "dave@example.com", Password: "pw-dave-1"})
+		u, err := w.AK.AddUser(authentiktest.UserSpec{Username: "dave", Email: "dave@example.com", Password: "pw-dave-1"})
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := w.createPushStream(context.Background(), []string{ssf.EventAccountDisabled, ssf.EventAccountEnabled}); err != nil {
+		if _, err := w.CreatePushStream(context.Background(), []string{ssf.EventAccountDisabled, ssf.EventAccountEnabled}); err != nil {
 			b.Fatal(err)
 		}
 		return &world{w: w, pk: u.PK, tp: tp, tr: trc, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}}
@@ -118,8 +119,8 @@ func BenchmarkProxyTracing(b *testing.B) {
 		if x.i%10 == 0 {
 			method, body = http.MethodPatch, fmt.Sprintf(`{"is_active":%v}`, x.i%20 == 0)
 		}
-		req, _ := http.NewRequest(method, x.w.front+path, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+x.w.ak.AdminToken())
+		req, _ := http.NewRequest(method, x.w.Front+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+x.w.AK.AdminToken())
 		if body != "" {
 			req.Header.Set("Content-Type", "application/json")
 		}
@@ -162,7 +163,7 @@ func BenchmarkProxyTracing(b *testing.B) {
 		// SET is one), and the traced world's spans reached the endpoint.
 		ctx := context.Background()
 		for k, x := range worlds {
-			if err := x.w.recv.waitFor(ctx, 2, 10*time.Second); err != nil {
+			if err := x.w.Receiver.WaitFor(ctx, 2, 10*time.Second); err != nil {
 				b.Fatalf("world %d: %v", k, err)
 			}
 		}

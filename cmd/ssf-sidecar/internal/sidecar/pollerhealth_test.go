@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"strings"
@@ -7,41 +7,6 @@ import (
 
 	"github.com/ssf-sidecar/ssf-sidecar/tap"
 )
-
-func TestPromTextExposition(t *testing.T) {
-	c := newCounterVec("x_total", "Things\ncounted.", "a")
-	c.add(2, `q"uo\te`+"\n")
-	c.add(1, "plain")
-	h := newHistogramVec("x_seconds", "Durations.", []float64{0.1, 1}, "k")
-	for _, d := range []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second} {
-		h.observe(d, "v")
-	}
-	var b strings.Builder
-	if err := writeFamilies(&b, []family{h.family(), c.family(), gauge("x_gauge", "G.", 1.5)}); err != nil {
-		t.Fatal(err)
-	}
-	want := `# HELP x_gauge G.
-# TYPE x_gauge gauge
-x_gauge 1.5
-# HELP x_seconds Durations.
-# TYPE x_seconds histogram
-x_seconds_bucket{k="v",le="0.1"} 2
-x_seconds_bucket{k="v",le="1"} 3
-x_seconds_bucket{k="v",le="+Inf"} 4
-x_seconds_sum{k="v"} 2.65
-x_seconds_count{k="v"} 4
-# HELP x_total Things\ncounted.
-# TYPE x_total counter
-x_total{a="plain"} 1
-x_total{a="q\"uo\\te\n"} 2
-`
-	if b.String() != want {
-		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
-	}
-	if c.value("plain") != 1 || c.value("none") != 0 || h.count("v") != 4 {
-		t.Error("value/count read back wrong")
-	}
-}
 
 func TestPollerHealth(t *testing.T) {
 	cases := []struct {

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"github.com/labstack/echo/v4"
@@ -12,7 +12,7 @@ import (
 // runs before the outbox and the transmitter exist, so they are looked up
 // when a request comes. The dashboard ends its live connections itself
 // when the admin server shuts down.
-func (a *app) setupDashboard() (func(*echo.Group), outbox.Hooks) {
+func (a *Sidecar) setupDashboard() (func(*echo.Group), outbox.Hooks) {
 	cfg := admin.DashboardConfig{
 		Transmitter: func() admin.Transmitter {
 			if a.tx == nil {

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"bufio"
@@ -21,16 +21,16 @@ import (
 // another process holds the store, or a restore brought back only part of
 // it. Both degrade the start (authentik stays reachable) instead of failing.
 
-// dbFile is the bbolt file's name in the data dir.
-const dbFile = "ssf-sidecar.db"
+// DBFile is the bbolt file's name in the data dir.
+const DBFile = "ssf-sidecar.db"
 
-// lockedError: another process holds the bbolt file's lock.
-type lockedError struct {
+// LockedError says another process holds the bbolt file's lock.
+type LockedError struct {
 	path   string
 	holder string // "pid 123 (ssf-sidecar serve …)", or "" when unknown
 }
 
-func (e *lockedError) Error() string {
+func (e *LockedError) Error() string {
 	who := "another process"
 	if e.holder != "" {
 		who = "another process (" + e.holder + ")"
@@ -50,7 +50,7 @@ func (e *restoreError) Error() string {
 
 // storeFix says how to get out of a store error.
 func storeFix(se *storeError) string {
-	var le *lockedError
+	var le *LockedError
 	var re *restoreError
 	switch {
 	case errors.As(se.Err, &le):
@@ -60,7 +60,7 @@ func storeFix(se *storeError) string {
 		var fixes []string
 		p := re.problems
 		if len(p.MissingKeys) > 0 || p.SealKeyMissing || p.SealKeyWrong {
-			fixes = append(fixes, fmt.Sprintf("restore %s, signing-key-*.pem and %s together from the same backup into %s; the sidecar picks them up on its own", dbFile, ssf.SecretKeyFile, re.dir))
+			fixes = append(fixes, fmt.Sprintf("restore %s, signing-key-*.pem and %s together from the same backup into %s; the sidecar picks them up on its own", DBFile, ssf.SecretKeyFile, re.dir))
 		}
 		var flags []string
 		if len(p.MissingKeys) > 0 {
@@ -75,11 +75,11 @@ func storeFix(se *storeError) string {
 	return fmt.Sprintf("make the data dir %s writable by this process (uid %d), or give --data-dir a writable volume; retried automatically", se.Dir, os.Geteuid())
 }
 
-// explainOpenError turns a lock timeout into a lockedError naming the
+// ExplainOpenError turns a lock timeout into a LockedError naming the
 // holder; other errors are returned as they are.
-func explainOpenError(path string, err error) error {
+func ExplainOpenError(path string, err error) error {
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return &lockedError{path: path, holder: lockHolder(path)}
+		return &LockedError{path: path, holder: LockHolder(path)}
 	}
 	// "outbox: open P: open P: permission denied" says the path twice.
 	var pe *fs.PathError
@@ -89,9 +89,9 @@ func explainOpenError(path string, err error) error {
 	return err
 }
 
-// lockHolder names the process holding a lock on path, from /proc/locks
+// LockHolder names the process holding a lock on path, from /proc/locks
 // (Linux); "" when it cannot be told.
-func lockHolder(path string) string {
+func LockHolder(path string) string {
 	st, err := os.Stat(path)
 	if err != nil {
 		return ""
@@ -132,4 +132,10 @@ func lockHolder(path string) string {
 		return desc
 	}
 	return ""
+}
+
+// RestoreFix says how to complete a data dir whose restore left out the
+// files problems names.
+func RestoreFix(dir string, problems ssf.RestoreProblems) string {
+	return storeFix(&storeError{Dir: dir, Err: &restoreError{dir: dir, problems: problems}})
 }

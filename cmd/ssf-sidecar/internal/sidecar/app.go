@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -10,8 +10,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -26,9 +26,10 @@ import (
 	"github.com/ssf-sidecar/ssf-sidecar/tap"
 )
 
-// app is the whole sidecar, wired: one store, the keys, the outbox, the
-// transmitter, the tap, the proxy and the admin server.
-type app struct {
+// Sidecar is the whole sidecar, wired: one store, the keys, the outbox, the
+// transmitter, the tap, the proxy and the admin server. Build makes one,
+// Run serves it until its context ends.
+type Sidecar struct {
 	cfg    Config
 	logger *slog.Logger
 
@@ -46,40 +47,98 @@ type app struct {
 	// httpClient is used for look-ups against authentik and OAuth discovery.
 	httpClient *http.Client
 	clock      func() time.Time
+	// version is the build's version, for logs, metrics and traces.
+	version string
+	// sealKeys gives the keys that seal secrets kept in a shared database.
+	sealKeys func(Config) (SealKeys, error)
 
 	// tracing is the trace pipeline (Provider nil: off); metrics feeds /metrics.
-	tracing    *tracing
+	tracing    *Tracing
 	metrics    *sidecarMetrics
 	deliveries *deliveryTracer
 
-	// degradedOK lets buildApp start without the store (serve); degraded
-	// is set when it did. parent is the front app a late-built core
+	// degradedOK lets Build start without the store (serve); degraded
+	// is set when it did. parent is the front sidecar a late-built core
 	// belongs to (its listeners answer readiness).
 	degradedOK bool
 	degraded   *degraded
-	parent     *app
+	parent     *Sidecar
 
 	// dbWatch watches a shared database while running (nil with bbolt).
 	dbWatch *dbWatch
-	// live holds what a reload changes: receivers and the admin token.
-	live *live
+	// live holds what a reload changes: receivers and the admin token;
+	// reloadable says it was given (WithLive), so reloads are on.
+	live       Live
+	reloadable bool
 }
 
-// withLive makes the app follow reloads of l (serve).
-func withLive(l *live) appOption { return func(a *app) { a.live = l } }
-
-// appOption adjusts how buildApp wires the sidecar (tests and the demo).
-type appOption func(*app)
-
-// withTracerProvider makes the app trace into tp instead of setting up the
-// SDK from the OTEL_* variables; the caller owns tp's shutdown.
-func withTracerProvider(tp trace.TracerProvider) appOption {
-	return func(a *app) { a.tracing = &tracing{Provider: tp} }
+// Live is what a reload changes while the sidecar runs: the receivers and
+// the admin token. The command implements it over its flags, environment
+// and config file.
+type Live interface {
+	// AdminToken is the admin API's bearer token in force.
+	AdminToken() string
+	// Receivers are the receivers in force.
+	Receivers() []ssf.Receiver
+	// SetApply makes every reload hand its receivers to apply.
+	SetApply(apply func([]ssf.Receiver) ssf.ReceiverChange)
+	// Reload reads the configuration again; what it returns is the admin
+	// API's answer to POST /admin/reload.
+	Reload(why string) (any, error)
+	// Watch reloads on SIGHUP and when the files change, until ctx ends.
+	Watch(ctx context.Context)
 }
 
-// withDegradedStart lets buildApp start degraded when the data dir or the
+// staticLive is the Live of a sidecar built without WithLive: the
+// receivers and the admin token it was built with, and no reloads.
+type staticLive struct {
+	token     string
+	receivers []ssf.Receiver
+}
+
+func (l staticLive) AdminToken() string                             { return l.token }
+func (l staticLive) Receivers() []ssf.Receiver                      { return l.receivers }
+func (staticLive) SetApply(func([]ssf.Receiver) ssf.ReceiverChange) {}
+func (staticLive) Reload(string) (any, error)                       { return nil, errors.New("reload is off") }
+func (staticLive) Watch(ctx context.Context)                        { <-ctx.Done() }
+
+// SealKeys are the keys that seal secrets kept in a shared database, each
+// derived for its use from the operator's encryption key.
+type SealKeys struct {
+	StreamSecrets []byte // push streams' authorization_header
+	SigningKeys   []byte // the private signing keys
+	// The same of the encryption key being rotated out (nil without one):
+	// what is sealed under them is still opened.
+	PreviousStreamSecrets, PreviousSigningKeys []byte
+}
+
+// Option adjusts how Build wires the sidecar.
+type Option func(*Sidecar)
+
+// WithLive makes the sidecar follow reloads of l (serve): the admin token
+// and receivers come from it, and POST /admin/reload and SIGHUP reload it.
+func WithLive(l Live) Option { return func(a *Sidecar) { a.live, a.reloadable = l, true } }
+
+// WithTracerProvider makes the sidecar trace into tp instead of setting up
+// the SDK from the OTEL_* variables; the caller owns tp's shutdown.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(a *Sidecar) { a.tracing = &Tracing{Provider: tp} }
+}
+
+// WithDegradedStart lets Build start degraded when the data dir or the
 // store cannot be opened, instead of failing (serve).
-func withDegradedStart() appOption { return func(a *app) { a.degradedOK = true } }
+func WithDegradedStart() Option { return func(a *Sidecar) { a.degradedOK = true } }
+
+// WithSealKeys gives the keys that seal secrets in a shared database
+// (required with Config.DatabaseURL); f is asked each time the store is
+// opened and its error fails that opening.
+func WithSealKeys(f func(Config) (SealKeys, error)) Option {
+	return func(a *Sidecar) { a.sealKeys = f }
+}
+
+// WithVersion names the build's version in logs, metrics and traces
+// (default "dev").
+func WithVersion(v string) Option { return func(a *Sidecar) { a.version = v } }
 
 // storeKV adapts the outbox store to the tap's persistence interface.
 type storeKV struct{ s *outbox.Store }
@@ -99,51 +158,22 @@ func (k storeKV) Scan(bucket string, prefix []byte, fn func(k, v []byte) error) 
 	return k.s.Scan(bucket, prefix, fn)
 }
 
-// checkDeep runs the checks that need the other packages: key files and
-// the receivers file. It reports every problem at once.
-func checkDeep(c Config) ([]ssf.Receiver, error) {
-	var errs []error
-	pasted := slices.ContainsFunc(c.SigningKeys, func(f string) bool {
-		return strings.Contains(f, "-----BEGIN") || strings.ContainsAny(f, "\n\r")
-	})
-	switch {
-	case pasted:
-		// The key itself was given: never quote it back.
-		errs = append(errs, errors.New("--signing-key takes the paths of PEM files, not the key itself: write the key to a file (mode 0600) and give its path"))
-	case len(c.SigningKeys) > 0:
-		if err := (ssf.KeyConfig{Files: c.SigningKeys, DataDir: c.DataDir}).Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("--signing-key: %w", err))
-		}
-	}
-	var receivers []ssf.Receiver
-	if c.Receivers != "" && secretLike(c.Receivers) {
-		errs = append(errs, errors.New("--receivers takes the path of a receivers file; the value given does not look like one (it is not shown)"))
-	} else if c.Receivers != "" {
-		r, err := ssf.LoadReceivers(c.Receivers)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("--receivers: %w", err))
-		}
-		receivers = r
-	}
-	return receivers, errors.Join(errs...)
-}
-
-// buildApp opens the store and builds every component. Nothing listens yet.
+// Build opens the store and builds every component. Nothing listens yet.
 //
-// With withDegradedStart, a data dir or store that cannot be opened does not
-// fail the build: the app starts degraded (see degraded.go), proxying
+// With WithDegradedStart, a data dir or store that cannot be opened does not
+// fail the build: the sidecar starts degraded (see degraded.go), proxying
 // authentik without observing it, and opens the store later.
-func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger *slog.Logger, opts ...appOption) (_ *app, err error) {
-	a := &app{cfg: cfg, logger: logger, proxyReady: make(chan struct{}), clock: time.Now,
-		httpClient: &http.Client{Timeout: 10 * time.Second}}
+func Build(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger *slog.Logger, opts ...Option) (_ *Sidecar, err error) {
+	a := &Sidecar{cfg: cfg, logger: logger, proxyReady: make(chan struct{}), clock: time.Now,
+		httpClient: &http.Client{Timeout: 10 * time.Second}, version: "dev"}
 	for _, o := range opts {
 		o(a)
 	}
 	if a.live == nil {
-		a.live = newLive(cfg, nil, receivers, logger)
+		a.live = staticLive{token: cfg.AdminToken, receivers: receivers}
 	}
 	if a.tracing == nil {
-		if a.tracing, err = setupTracing(ctx, buildVersion()); err != nil {
+		if a.tracing, err = SetupTracing(ctx, a.version); err != nil {
 			return nil, fmt.Errorf("tracing: %w", err)
 		}
 		if a.tracing.Provider != nil {
@@ -157,7 +187,7 @@ func buildApp(ctx context.Context, cfg Config, receivers []ssf.Receiver, logger 
 		}
 	}()
 	a.metrics = newSidecarMetrics()
-	a.metrics.version, a.metrics.log = buildVersion(), logger.With("component", "metrics")
+	a.metrics.version, a.metrics.log = a.version, logger.With("component", "metrics")
 	a.deliveries = newDeliveryTracer(a.tracing.Provider, logger.With("component", "delivery"), cfg.TracePropagation)
 	up, _ := url.Parse(cfg.Upstream)
 
@@ -225,7 +255,7 @@ func (e *storeError) Unwrap() error { return e.Err }
 // buildCore opens the store and builds everything that needs it: keys,
 // outbox, transmitter, tap and the admin handler. It sets a's fields only;
 // on failure whatever it opened is closed again.
-func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err error) {
+func (a *Sidecar) buildCore(ctx context.Context, receivers []ssf.Receiver) (err error) {
 	cfg, logger := a.cfg, a.logger
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return &storeError{Dir: cfg.DataDir, Err: fmt.Errorf("create data dir: %w", err)}
@@ -234,7 +264,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if st, err := os.Stat(cfg.DataDir); err == nil && st.Mode().Perm()&0o077 != 0 {
 		_ = os.Chmod(cfg.DataDir, st.Mode().Perm()&0o700)
 	}
-	store, notifier, sealKey, keySeal, err := a.openStore(ctx)
+	store, notifier, seal, err := a.openStore(ctx)
 	if err != nil {
 		return err
 	}
@@ -258,13 +288,9 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 			return &storeError{Dir: cfg.DataDir, Err: &restoreError{dir: cfg.DataDir, problems: problems}}
 		}
 	}
-	prevEnc, err := cfg.previousEncryptionKey() // nil without a database
-	if err != nil {
-		return err
-	}
-	prevSeal, prevKeySeal := sealKeys(prevEnc)
-	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: keySeal,
-		PreviousSeal: prevKeySeal, Overlap: cfg.KeyOverlap, Activation: keyActivation(cfg), Logger: logger.With("component", "keys")})
+	sealKey := seal.StreamSecrets
+	keys, err := ssf.NewKeys(ctx, ssf.KeyConfig{Files: cfg.SigningKeys, DataDir: cfg.DataDir, KV: store, Seal: seal.SigningKeys,
+		PreviousSeal: seal.PreviousSigningKeys, Overlap: cfg.KeyOverlap, Activation: keyActivation(cfg), Logger: logger.With("component", "keys")})
 	if err != nil {
 		if isDiskError(err) {
 			return &storeError{Dir: cfg.DataDir, Err: prefixed("signing keys", err)}
@@ -297,7 +323,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 	if err != nil {
 		return fmt.Errorf("outbox: %w", err)
 	}
-	streams, err := ssf.NewSealedStreamStore(a.store, sealKey, prevSeal)
+	streams, err := ssf.NewSealedStreamStore(a.store, sealKey, seal.PreviousStreamSecrets)
 	if err != nil {
 		return err
 	}
@@ -313,7 +339,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("transmitter: %w", err)
 	}
 	rep.tx = a.tx
-	a.live.setApply(a.tx.SetReceivers)
+	a.live.SetApply(a.tx.SetReceivers)
 	up, _ := url.Parse(cfg.Upstream)
 	leases, err := outbox.NewStoreLeases(outbox.LeaseConfig{Store: a.store, Clock: a.clock})
 	if err != nil {
@@ -328,7 +354,7 @@ func (a *app) buildCore(ctx context.Context, receivers []ssf.Receiver) (err erro
 		return fmt.Errorf("tap: %w", err)
 	}
 	a.adminHandler, err = admin.New(admin.Config{
-		TokenFunc: a.live.adminToken, AllowedHosts: adminHosts(cfg), Reload: a.reloadFunc(),
+		TokenFunc: a.live.AdminToken, AllowedHosts: adminHosts(cfg), Reload: a.reloadFunc(),
 		Transmitter: a.tx, Keys: a.keys, Outbox: a.outbox,
 		Ready: a.ready, Health: a.healthChecks(up), Logger: logger.With("component", "admin"),
 		Extra: dashExtra, Metrics: a.metrics,
@@ -344,7 +370,7 @@ const dbCheckEvery = 2 * time.Second
 
 // ssfHandler is the transmitter's handler, answering 503 while a shared
 // database is unreachable.
-func (a *app) ssfHandler() http.Handler {
+func (a *Sidecar) ssfHandler() http.Handler {
 	if a.dbWatch != nil {
 		return a.dbWatch.guard(a.tx.Handler())
 	}
@@ -356,13 +382,13 @@ func (a *app) ssfHandler() http.Handler {
 const sharedRefresh = 5 * time.Second
 
 // keyRefresh is how often replicas sharing a database read the signing
-// keys again, and sharedKeyActivation how long a rotated-in key is only
+// keys again, and SharedKeyActivation how long a rotated-in key is only
 // published before it signs: every replica has read and published it
 // (within keyRefresh, with slack for a slow read) before any signs with
 // it, and all of them sign with it within 5 s of the rotation.
 const (
 	keyRefresh          = time.Second
-	sharedKeyActivation = 4 * time.Second
+	SharedKeyActivation = 4 * time.Second
 )
 
 // keyActivation is the signing keys' activation delay: one process
@@ -371,39 +397,40 @@ func keyActivation(cfg Config) time.Duration {
 	if cfg.DatabaseURL == "" {
 		return 0
 	}
-	return sharedKeyActivation
+	return SharedKeyActivation
 }
 
 // openStore opens the backend the configuration names: PostgreSQL with
 // --database-url (its notifier wakes the other replicas; the stream-secret
 // and signing-key seal keys are derived from the operator's encryption
-// key), else the bbolt file in the data dir (sealKey and keySeal nil: the
-// seal key file and generated key files live in the data dir). A nil
-// notifier means the in-process one.
-func (a *app) openStore(ctx context.Context) (store *outbox.Store, notifier outbox.Notifier, sealKey, keySeal []byte, err error) {
+// key, and so are those of the key being rotated out), else the bbolt
+// file in the data dir (no seal keys: the seal key file and generated key
+// files live in the data dir). A nil notifier means the in-process one.
+func (a *Sidecar) openStore(ctx context.Context) (store *outbox.Store, notifier outbox.Notifier, seal SealKeys, err error) {
 	cfg := a.cfg
 	if cfg.DatabaseURL != "" {
-		encKey, err := cfg.encryptionKey()
-		if err != nil {
-			return nil, nil, nil, nil, err
+		if a.sealKeys == nil {
+			return nil, nil, seal, errors.New("--database-url needs an encryption key for the secrets it stores")
+		}
+		if seal, err = a.sealKeys(cfg); err != nil {
+			return nil, nil, seal, err
 		}
 		octx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		defer cancel()
 		db, err := pgstore.Open(octx, pgstore.Options{URL: cfg.DatabaseURL, Schema: cfg.DatabaseSchema,
 			Logger: a.logger.With("component", "database")})
 		if err != nil {
-			return nil, nil, nil, nil, &storeError{Dir: "database schema " + cfg.DatabaseSchema, Err: err}
+			return nil, nil, seal, &storeError{Dir: "database schema " + cfg.DatabaseSchema, Err: err}
 		}
 		store := outbox.NewStore(db, outbox.StoreOptions{Logger: a.logger.With("component", "store")})
-		sealKey, keySeal := sealKeys(encKey)
-		return store, db.Notifier(), sealKey, keySeal, nil
+		return store, db.Notifier(), seal, nil
 	}
-	dbPath := filepath.Join(cfg.DataDir, dbFile)
+	dbPath := filepath.Join(cfg.DataDir, DBFile)
 	store, err = outbox.Open(dbPath, outbox.StoreOptions{})
 	if err != nil {
-		return nil, nil, nil, nil, &storeError{Dir: cfg.DataDir, Err: explainOpenError(dbPath, err)}
+		return nil, nil, seal, &storeError{Dir: cfg.DataDir, Err: ExplainOpenError(dbPath, err)}
 	}
-	return store, nil, nil, nil, nil
+	return store, nil, seal, nil
 }
 
 // adminHosts are the Host names the admin API accepts besides the built-in
@@ -418,11 +445,11 @@ func adminHosts(cfg Config) []string {
 
 // reloadFunc is the admin API's POST /admin/reload (nil: reload is off,
 // as in the demo and the offline CLI).
-func (a *app) reloadFunc() func(context.Context) (any, error) {
-	if a.live.flags == nil {
+func (a *Sidecar) reloadFunc() func(context.Context) (any, error) {
+	if !a.reloadable {
 		return nil
 	}
-	return func(context.Context) (any, error) { return a.live.reload("admin API") }
+	return func(context.Context) (any, error) { return a.live.Reload("admin API") }
 }
 
 // reporter forwards the outbox's failing-stream reports to the transmitter.
@@ -434,7 +461,7 @@ func (r *reporter) StreamFailing(ctx context.Context, id string, since time.Time
 	}
 }
 
-func (a *app) ready() error {
+func (a *Sidecar) ready() error {
 	if a.parent != nil {
 		return a.parent.ready()
 	}
@@ -449,7 +476,7 @@ func (a *app) ready() error {
 	return nil
 }
 
-func (a *app) healthChecks(up *url.URL) []admin.Check {
+func (a *Sidecar) healthChecks(up *url.URL) []admin.Check {
 	return []admin.Check{
 		{Name: "store", Run: func(context.Context) error {
 			if a.dbWatch != nil {
@@ -489,10 +516,24 @@ func upstreamHealth(ctx context.Context, client *http.Client, up *url.URL) error
 	return nil
 }
 
-// run starts every component and blocks until ctx ends, then shuts down in
-// order: stop taking traffic, let the tap finish, stop delivery, close the
-// store.
-func (a *app) run(ctx context.Context) error {
+// Run starts every component and serves until ctx ends, then shuts down
+// in this order, each step once the one before has finished:
+//
+//  1. stop accepting: the proxy closes its listener and drains the
+//     exchanges in flight, so every tapped request is journaled or counted
+//     as a miss (the admin listener closes at the same time);
+//  2. stop the tap: the event-API poller and the reconciliation end, so
+//     nothing new is enqueued;
+//  3. stop delivery: the outbox finishes the attempts in flight, and the
+//     shared-state refreshers and the database watch end;
+//  4. close the store;
+//  5. flush the spans the shutdown produced.
+//
+// A sidecar that started degraded runs the same steps over the core it
+// built once the store opened, and skips those of what never started.
+// Each step is logged at debug level; Run returns the first component's
+// error, nil after a clean stop.
+func (a *Sidecar) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", a.cfg.AdminListen)
 	if err != nil {
 		return fmt.Errorf("admin listener %s: %w", a.cfg.AdminListen, err)
@@ -505,43 +546,35 @@ func (a *app) run(ctx context.Context) error {
 	tapCtx, stopTap := context.WithCancel(context.Background())
 	defer stopDelivery()
 	defer stopTap()
-
-	if a.degraded == nil {
-		g.Go(func() error { return a.outbox.Run(deliveryCtx) })
-		g.Go(func() error { return a.tap.Run(tapCtx) })
-		if a.cfg.DatabaseURL != "" {
-			g.Go(func() error { return a.keys.RunRefresh(deliveryCtx, keyRefresh) })
-			g.Go(func() error { return a.tx.RunSync(deliveryCtx, sharedRefresh) })
+	taps := &stage{}
+	start := func(core *Sidecar) {
+		g.Go(func() error { return core.outbox.Run(deliveryCtx) })
+		taps.Go(g, func() error { return core.tap.Run(tapCtx) })
+		if core.cfg.DatabaseURL != "" {
+			g.Go(func() error { return core.keys.RunRefresh(deliveryCtx, keyRefresh) })
+			g.Go(func() error { return core.tx.RunSync(deliveryCtx, sharedRefresh) })
 		}
-		if a.dbWatch != nil {
-			g.Go(func() error { return a.dbWatch.run(deliveryCtx) })
+		if core.dbWatch != nil {
+			g.Go(func() error { return core.dbWatch.run(deliveryCtx) })
 		}
-	} else {
-		// Started without the store: keep trying to open it; once it opens,
-		// its delivery and tap run under the same contexts and shutdown order.
-		g.Go(func() error {
-			a.degraded.run(gctx, func(live *app) {
-				g.Go(func() error { return live.outbox.Run(deliveryCtx) })
-				g.Go(func() error { return live.tap.Run(tapCtx) })
-				if live.cfg.DatabaseURL != "" {
-					g.Go(func() error { return live.keys.RunRefresh(deliveryCtx, keyRefresh) })
-					g.Go(func() error { return live.tx.RunSync(deliveryCtx, sharedRefresh) })
-				}
-				if live.dbWatch != nil {
-					g.Go(func() error { return live.dbWatch.run(deliveryCtx) })
-				}
-			})
-			return nil
-		})
 	}
-	if a.live.flags != nil {
-		g.Go(func() error { a.live.watch(gctx); return nil })
+	if a.degraded == nil {
+		start(a)
+	} else {
+		// Started without the store: stand by, trying to open it; once it
+		// opens, its core runs under the same contexts and shutdown order.
+		g.Go(func() error { a.degraded.run(gctx, start); return nil })
+	}
+	if a.reloadable {
+		g.Go(func() error { a.live.Watch(gctx); return nil })
 	}
 	g.Go(func() error {
 		close(a.proxyReady)
 		err := a.proxy.Run(gctx)
-		// The front is closed and drained: the tap may finish, then delivery.
-		stopTap()
+		a.logger.Debug("shutdown: the proxy stopped accepting and drained its exchanges")
+		// The front is closed and drained: the tap finishes, then delivery.
+		taps.stop(stopTap)
+		a.logger.Debug("shutdown: the tap stopped")
 		stopDelivery()
 		return err
 	})
@@ -571,7 +604,7 @@ func (a *app) run(ctx context.Context) error {
 			listen = addr.String()
 		}
 		a.logger.Info("ssf-sidecar started", "listen", listen, "admin", ln.Addr().String(),
-			"upstream", withoutPassword(a.cfg.Upstream), "issuer", withoutPassword(a.cfg.Issuer), "version", buildVersion())
+			"upstream", WithoutPassword(a.cfg.Upstream), "issuer", WithoutPassword(a.cfg.Issuer), "version", a.version)
 		if a.degraded != nil {
 			a.degraded.logStart()
 		}
@@ -582,11 +615,12 @@ func (a *app) run(ctx context.Context) error {
 		up, _ := url.Parse(a.cfg.Upstream)
 		if err := upstreamHealth(uctx, a.httpClient, up); err != nil && gctx.Err() == nil {
 			a.logger.Warn("authentik is not answering yet: requests get 502 until it does (see /healthz)",
-				slog.String("upstream", withoutPassword(a.cfg.Upstream)), slog.String("error", err.Error()))
+				slog.String("upstream", WithoutPassword(a.cfg.Upstream)), slog.String("error", err.Error()))
 		}
 		return nil
 	})
 	err = g.Wait()
+	a.logger.Debug("shutdown: delivery stopped")
 	store := a.store
 	if a.degraded != nil {
 		store = nil
@@ -599,12 +633,14 @@ func (a *app) run(ctx context.Context) error {
 			err = cerr
 		}
 	}
+	a.logger.Debug("shutdown: the store is closed")
 	// Delivery has stopped: flush the spans it produced.
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	if terr := a.tracing.Shutdown(fctx); terr != nil {
 		a.logger.Warn("tracing: flush at shutdown", "error", terr)
 	}
 	fcancel()
+	a.logger.Debug("shutdown: done")
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
@@ -618,4 +654,35 @@ func tapRecheck(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// stage is a set of goroutines stopped together: stop cancels them and
+// waits until all have returned; one started after stop does not run.
+type stage struct {
+	mu      sync.Mutex
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+// Go runs f in g as part of the stage, unless the stage has stopped.
+func (s *stage) Go(g *errgroup.Group, f func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return
+	}
+	s.wg.Add(1)
+	g.Go(func() error {
+		defer s.wg.Done()
+		return f()
+	})
+}
+
+// stop calls cancel and waits for the stage's goroutines.
+func (s *stage) stop(cancel func()) {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	cancel()
+	s.wg.Wait()
 }

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -20,6 +20,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/ssf-sidecar/ssf-sidecar/cmd/ssf-sidecar/internal/testkit"
 	"github.com/ssf-sidecar/ssf-sidecar/proxy"
 	"github.com/ssf-sidecar/ssf-sidecar/ssf"
 	"github.com/ssf-sidecar/ssf-sidecar/tap"
@@ -180,7 +181,7 @@ func TestSSFPrefixesForMatchesTransmitter(t *testing.T) {
 	for _, issuer := range []string{"http://127.0.0.1:9080/ssf", "https://auth.example/", "https://auth.example/a/b/", "https://auth.example"} {
 		cfg := degradedTestConfig(t, "http://127.0.0.1:1", t.TempDir())
 		cfg.Issuer = issuer
-		a, err := buildApp(context.Background(), cfg, nil, slog.New(slog.DiscardHandler), withTracerProvider(noop.NewTracerProvider()))
+		a, err := Build(context.Background(), cfg, nil, slog.New(slog.DiscardHandler), WithTracerProvider(noop.NewTracerProvider()))
 		if err != nil {
 			t.Fatalf("%s: %v", issuer, err)
 		}
@@ -193,17 +194,11 @@ func TestSSFPrefixesForMatchesTransmitter(t *testing.T) {
 }
 
 // roHealth is the /healthz answer.
-type roHealth struct {
-	Status string `json:"status"`
-	Checks map[string]struct {
-		Status string `json:"status"`
-		Error  string `json:"error"`
-	} `json:"checks"`
-}
+type roHealth = testkit.Health
 
 func degradedTestConfig(t *testing.T, upstream, dataDir string) Config {
 	t.Helper()
-	listen, adminListen := listenAddrs(t)
+	listen, adminListen := testkit.ListenAddrs(t)
 	return Config{
 		Listen: listen, AdminListen: adminListen, Upstream: upstream, Issuer: "http://" + listen + "/ssf",
 		DataDir: dataDir, AllowPrivateEndpoints: true, PollInterval: time.Second, DefaultSubjects: "ALL",
@@ -262,23 +257,23 @@ func TestDegradedStartRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := degradedTestConfig(t, up.URL, dataDir)
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	receivers := []ssf.Receiver{{Name: "rx", Audience: "https://rx.example/", SubjectFormat: ssf.SubjectFormatComplex,
 		Profile: ssf.ProfileSSF, Tokens: []ssf.Token{{Value: "rx-token-0123456789abcdef", Scopes: []string{ssf.ScopeManage, ssf.ScopeRead}}}}}
-	a, err := buildApp(context.Background(), cfg, receivers, logger, withTracerProvider(noop.NewTracerProvider()), withDegradedStart())
+	a, err := Build(context.Background(), cfg, receivers, logger, WithTracerProvider(noop.NewTracerProvider()), WithDegradedStart())
 	if err != nil {
-		t.Fatalf("buildApp with a blocked data dir: %v", err)
+		t.Fatalf("Build with a blocked data dir: %v", err)
 	}
 	if a.degraded == nil {
-		t.Fatal("buildApp did not start degraded")
+		t.Fatal("Build did not start degraded")
 	}
 	timer := &stepTimer{asked: make(chan time.Duration), fire: make(chan time.Time)}
 	a.degraded.after = timer.after
 	a.degraded.max = 4 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.run(ctx) }()
+	go func() { done <- a.Run(ctx) }()
 	defer func() {
 		cancel()
 		select {
@@ -446,22 +441,22 @@ func TestDegradedStartOnlyForTheStore(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := degradedTestConfig(t, "http://127.0.0.1:1", c.dataDir(t))
 			cfg.SigningKeys = c.keys
-			opts := []appOption{withTracerProvider(noop.NewTracerProvider())}
+			opts := []Option{WithTracerProvider(noop.NewTracerProvider())}
 			if c.degrade {
-				opts = append(opts, withDegradedStart())
+				opts = append(opts, WithDegradedStart())
 			}
-			a, err := buildApp(context.Background(), cfg, nil, slog.New(slog.DiscardHandler), opts...)
+			a, err := Build(context.Background(), cfg, nil, slog.New(slog.DiscardHandler), opts...)
 			if !c.degraded {
 				if err == nil {
 					if a.store != nil {
 						a.store.Close()
 					}
-					t.Fatal("buildApp succeeded")
+					t.Fatal("Build succeeded")
 				}
 				return
 			}
 			if err != nil || a.degraded == nil {
-				t.Fatalf("buildApp: %v, degraded %v", err, a != nil && a.degraded != nil)
+				t.Fatalf("Build: %v, degraded %v", err, a != nil && a.degraded != nil)
 			}
 		})
 	}
@@ -481,12 +476,12 @@ func TestDegradedListenerInUse(t *testing.T) {
 	}
 	cfg := degradedTestConfig(t, "http://127.0.0.1:1", p)
 	cfg.Listen = taken.Addr().String()
-	a, err := buildApp(context.Background(), cfg, nil, slog.New(slog.DiscardHandler), withTracerProvider(noop.NewTracerProvider()), withDegradedStart())
+	a, err := Build(context.Background(), cfg, nil, slog.New(slog.DiscardHandler), WithTracerProvider(noop.NewTracerProvider()), WithDegradedStart())
 	if err != nil || a.degraded == nil {
-		t.Fatalf("buildApp: %v", err)
+		t.Fatalf("Build: %v", err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- a.run(context.Background()) }()
+	go func() { done <- a.Run(context.Background()) }()
 	select {
 	case err := <-done:
 		if err == nil || !strings.Contains(err.Error(), "address already in use") {

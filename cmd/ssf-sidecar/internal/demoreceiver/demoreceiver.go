@@ -1,4 +1,6 @@
-package main
+// Package demoreceiver is the push receiver of the demo and the system
+// tests: it verifies every SET it is pushed and keeps what it understood.
+package demoreceiver
 
 import (
 	"context"
@@ -21,10 +23,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// demoReceiver is a push receiver (RFC 8935) that verifies every SET against
+// Receiver is a push receiver (RFC 8935) that verifies every SET against
 // the transmitter's JWKS — signature, typ, iss, exactly one event, no sub or
 // exp — prints it readably and answers 202.
-type demoReceiver struct {
+type Receiver struct {
 	srv     *http.Server
 	ln      net.Listener
 	jwksURL string
@@ -33,13 +35,13 @@ type demoReceiver struct {
 
 	mu     sync.Mutex
 	keys   map[string]any
-	got    []receivedSET
+	got    []SET
 	bad    int
 	signal chan struct{}
 }
 
-// receivedSET is what the demo receiver understood of one SET.
-type receivedSET struct {
+// SET is what the demo receiver understood of one SET.
+type SET struct {
 	JTI       string
 	Event     string // short name
 	Initiator string
@@ -51,34 +53,46 @@ type receivedSET struct {
 	Compact string
 }
 
-func startDemoReceiver(jwksURL, issuer string) (*demoReceiver, error) {
+// Start listens on a loopback port and verifies SETs against jwksURL and issuer.
+func Start(jwksURL, issuer string) (*Receiver, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	r := &demoReceiver{ln: ln, jwksURL: jwksURL, issuer: issuer, out: io.Discard, keys: map[string]any{}, signal: make(chan struct{}, 1)}
+	r := NewVerifier(jwksURL, issuer)
+	r.ln = ln
 	r.srv = &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = r.srv.Serve(ln) }() // ErrServerClosed once Close stops it
 	return r, nil
 }
 
-func (r *demoReceiver) setOutput(w io.Writer) {
+// NewVerifier is a receiver that does not listen (no URL, nothing to
+// Close): only its Verify is for use, on SETs delivered some other way.
+func NewVerifier(jwksURL, issuer string) *Receiver {
+	return &Receiver{jwksURL: jwksURL, issuer: issuer, out: io.Discard, keys: map[string]any{}, signal: make(chan struct{}, 1)}
+}
+
+// SetOutput makes the receiver print each SET it accepts to w.
+func (r *Receiver) SetOutput(w io.Writer) {
 	r.mu.Lock()
 	r.out = w
 	r.mu.Unlock()
 }
 
-func (r *demoReceiver) output() io.Writer {
+func (r *Receiver) output() io.Writer {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.out
 }
 
-func (r *demoReceiver) URL() string { return "http://" + r.ln.Addr().String() + "/events" }
+// URL is the push endpoint.
+func (r *Receiver) URL() string { return "http://" + r.ln.Addr().String() + "/events" }
 
-func (r *demoReceiver) Close() { r.srv.Close() }
+// Close stops the receiver.
+func (r *Receiver) Close() { r.srv.Close() }
 
-func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+// ServeHTTP accepts one pushed SET (RFC 8935): 202 when it verifies.
+func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodPost || req.Header.Get("Content-Type") != "application/secevent+jwt" {
 		http.Error(w, "want POST application/secevent+jwt", http.StatusBadRequest)
 		return
@@ -87,7 +101,7 @@ func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if err != nil {
 		return
 	}
-	set, err := r.verify(req.Context(), string(body))
+	set, err := r.Verify(req.Context(), string(body))
 	if err != nil {
 		r.mu.Lock()
 		r.bad++
@@ -116,7 +130,8 @@ func (r *demoReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	w.WriteHeader(http.StatusAccepted)
 }
 
-func (r *demoReceiver) verify(ctx context.Context, compact string) (receivedSET, error) {
+// Verify checks one compact SET against the JWKS and the issuer.
+func (r *Receiver) Verify(ctx context.Context, compact string) (SET, error) {
 	claims := jwt.MapClaims{}
 	tok, err := jwt.NewParser(jwt.WithValidMethods([]string{"RS256", "ES256"}), jwt.WithIssuer(r.issuer), jwt.WithIssuedAt()).
 		ParseWithClaims(compact, claims, func(t *jwt.Token) (any, error) {
@@ -124,21 +139,21 @@ func (r *demoReceiver) verify(ctx context.Context, compact string) (receivedSET,
 			return r.key(ctx, kid)
 		})
 	if err != nil {
-		return receivedSET{}, err
+		return SET{}, err
 	}
 	if tok.Header["typ"] != "secevent+jwt" {
-		return receivedSET{}, fmt.Errorf("typ is %v, want secevent+jwt", tok.Header["typ"])
+		return SET{}, fmt.Errorf("typ is %v, want secevent+jwt", tok.Header["typ"])
 	}
 	for _, forbidden := range []string{"sub", "exp"} {
 		if _, ok := claims[forbidden]; ok {
-			return receivedSET{}, fmt.Errorf("claim %q must not be present", forbidden)
+			return SET{}, fmt.Errorf("claim %q must not be present", forbidden)
 		}
 	}
 	events, _ := claims["events"].(map[string]any)
 	if len(events) != 1 {
-		return receivedSET{}, fmt.Errorf("want exactly one event, got %d", len(events))
+		return SET{}, fmt.Errorf("want exactly one event, got %d", len(events))
 	}
-	out := receivedSET{Claims: claims, Compact: compact}
+	out := SET{Claims: claims, Compact: compact}
 	out.JTI, _ = claims["jti"].(string)
 	for uri, body := range events {
 		out.Event = uri[strings.LastIndex(uri, "/")+1:]
@@ -196,7 +211,7 @@ func describeSubject(v any) string {
 
 // key returns the public key for kid, fetching the JWKS again when it is
 // unknown (a rotation).
-func (r *demoReceiver) key(ctx context.Context, kid string) (any, error) {
+func (r *Receiver) key(ctx context.Context, kid string) (any, error) {
 	r.mu.Lock()
 	k, ok := r.keys[kid]
 	r.mu.Unlock()
@@ -268,30 +283,32 @@ func jwkPublicKey(j map[string]string) (any, error) {
 	return nil, fmt.Errorf("unsupported kty %q", j["kty"])
 }
 
-func (r *demoReceiver) received() []receivedSET {
+// Received is every SET accepted so far, in arrival order.
+func (r *Receiver) Received() []SET {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]receivedSET(nil), r.got...)
+	return append([]SET(nil), r.got...)
 }
 
-func (r *demoReceiver) rejected() int {
+// Rejected counts the SETs that failed verification.
+func (r *Receiver) Rejected() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.bad
 }
 
-// waitFor waits until at least n SETs have arrived.
-func (r *demoReceiver) waitFor(ctx context.Context, n int, timeout time.Duration) error {
+// WaitFor waits until at least n SETs have arrived.
+func (r *Receiver) WaitFor(ctx context.Context, n int, timeout time.Duration) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	for {
-		if len(r.received()) >= n {
+		if len(r.Received()) >= n {
 			return nil
 		}
 		select {
 		case <-r.signal:
 		case <-deadline.C:
-			return fmt.Errorf("%d of %d SETs arrived within %s", len(r.received()), n, timeout)
+			return fmt.Errorf("%d of %d SETs arrived within %s", len(r.Received()), n, timeout)
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -24,11 +24,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// tracing is the process's trace pipeline. With no OTLP endpoint configured
+// Tracing is the process's trace pipeline. With no OTLP endpoint configured
 // (or OTEL_SDK_DISABLED=true, or OTEL_TRACES_EXPORTER=none) it is off:
 // Provider is nil, nothing is installed globally, and the proxy starts no
 // spans at all.
-type tracing struct {
+type Tracing struct {
 	// Provider is the installed tracer provider, nil when tracing is off.
 	Provider trace.TracerProvider
 	// Endpoint and Protocol say where spans go (for the start-up log).
@@ -37,14 +37,14 @@ type tracing struct {
 }
 
 // Shutdown flushes spans still buffered and stops the exporter.
-func (t *tracing) Shutdown(ctx context.Context) error {
+func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t == nil || t.shutdown == nil {
 		return nil
 	}
 	return t.shutdown(ctx)
 }
 
-// setupTracing builds the SDK from the standard OTEL_* variables only:
+// SetupTracing builds the SDK from the standard OTEL_* variables only:
 // OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turns it
 // on; OTEL_EXPORTER_OTLP(_TRACES)_PROTOCOL picks http/protobuf (default) or
 // grpc; headers, timeout, compression and TLS are read by the exporter
@@ -52,19 +52,19 @@ func (t *tracing) Shutdown(ctx context.Context) error {
 // OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES by the resource. It installs
 // the provider and the W3C trace-context propagator globally (package ssf
 // and tap use the global tracer).
-func setupTracing(ctx context.Context, version string) (*tracing, error) {
+func SetupTracing(ctx context.Context, version string) (*Tracing, error) {
 	if strings.EqualFold(strings.TrimSpace(os.Getenv("OTEL_SDK_DISABLED")), "true") {
-		return &tracing{}, nil
+		return &Tracing{}, nil
 	}
 	if exp := strings.TrimSpace(os.Getenv("OTEL_TRACES_EXPORTER")); exp != "" && exp != "otlp" {
 		if exp == "none" {
-			return &tracing{}, nil
+			return &Tracing{}, nil
 		}
 		return nil, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: only otlp and none are supported", exp)
 	}
 	endpoint := firstEnv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 	if endpoint == "" {
-		return &tracing{}, nil
+		return &Tracing{}, nil
 	}
 	protocol := firstEnv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 	if protocol == "" {
@@ -100,7 +100,7 @@ func setupTracing(ctx context.Context, version string) (*tracing, error) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exporter), sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.TraceContext{})
-	return &tracing{Provider: tp, Endpoint: endpoint, Protocol: protocol, shutdown: func(ctx context.Context) error {
+	return &Tracing{Provider: tp, Endpoint: endpoint, Protocol: protocol, shutdown: func(ctx context.Context) error {
 		return errors.Join(tp.ForceFlush(ctx), tp.Shutdown(ctx))
 	}}, nil
 }

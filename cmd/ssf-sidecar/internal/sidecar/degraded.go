@@ -1,4 +1,4 @@
-package main
+package sidecar
 
 import (
 	"context"
@@ -46,7 +46,7 @@ const (
 
 // degraded is the state of a sidecar started without its store.
 type degraded struct {
-	front     *app
+	front     *Sidecar
 	receivers []ssf.Receiver
 	up        *url.URL
 
@@ -57,7 +57,7 @@ type degraded struct {
 	observer *swapObserver
 
 	// live is the full sidecar once the store opened (nil before).
-	live atomic.Pointer[app]
+	live atomic.Pointer[Sidecar]
 	// cause is the latest reason the store could not be opened.
 	cause atomic.Pointer[storeError]
 	// retryIn is the current wait between attempts (for Retry-After).
@@ -74,7 +74,7 @@ type degraded struct {
 // newDegraded builds the degraded front: the swappable SSF handler, admin
 // handler and observer, and the route matcher that tells which requests
 // would have been observed.
-func newDegraded(a *app, receivers []ssf.Receiver, cause *storeError) (*degraded, error) {
+func newDegraded(a *Sidecar, receivers []ssf.Receiver, cause *storeError) (*degraded, error) {
 	up, _ := url.Parse(a.cfg.Upstream)
 	// A tap that is never run, over a store that refuses everything: only
 	// its Match (method and path) is used.
@@ -197,17 +197,18 @@ func (d *degraded) askRetry() {
 // run retries opening the store with backoff until it opens or ctx ends.
 // When it opens, start runs the new core's components and the running
 // proxy and admin server are switched over to it.
-func (d *degraded) run(ctx context.Context, start func(live *app)) {
+func (d *degraded) run(ctx context.Context, start func(live *Sidecar)) {
 	delay := d.first
 	for {
 		d.retryIn.Store(int64(delay))
 		if !d.wait(ctx, delay) {
 			return
 		}
-		live := &app{cfg: d.front.cfg, logger: d.front.logger, proxyReady: d.front.proxyReady, clock: d.front.clock,
+		live := &Sidecar{cfg: d.front.cfg, logger: d.front.logger, proxyReady: d.front.proxyReady, clock: d.front.clock,
 			httpClient: d.front.httpClient, tracing: d.front.tracing, metrics: d.front.metrics,
-			deliveries: d.front.deliveries, parent: d.front, live: d.front.live}
-		err := live.buildCore(ctx, d.front.live.currentReceivers())
+			deliveries: d.front.deliveries, parent: d.front, live: d.front.live, reloadable: d.front.reloadable,
+			version: d.front.version, sealKeys: d.front.sealKeys}
+		err := live.buildCore(ctx, d.front.live.Receivers())
 		if err == nil {
 			if ctx.Err() != nil {
 				live.store.Close()

@@ -302,6 +302,27 @@ func TestPollerLeaseConfig(t *testing.T) {
 			}
 		})
 	}
+	// Rescans come once a liveness lifetime when replicas share the
+	// journal, so a dead replica's open intent waits at most two of them;
+	// alone, every 30 s.
+	for _, tc := range []struct {
+		lease bool
+		ttl   time.Duration
+		want  time.Duration
+	}{{false, 0, 30 * time.Second}, {true, 0, 15 * time.Second}, {true, 6 * time.Second, 6 * time.Second}, {true, time.Minute, 30 * time.Second}} {
+		cfg := e.cfg
+		cfg.PollerLeaseTTL = tc.ttl
+		if tc.lease {
+			cfg.PollerLease = newMemLease(t)
+		}
+		tp, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tp.rescanEvery(); got != tc.want {
+			t.Errorf("shared journal %v, lease %v: rescan every %v, want %v", tc.lease, tc.ttl, got, tc.want)
+		}
+	}
 	a, _ := New(e.cfg)
 	b, _ := New(e.cfg)
 	if a.cfg.LeaseHolder == b.cfg.LeaseHolder {

@@ -207,8 +207,18 @@ func (t *Tap) runWorker(ctx context.Context) error {
 			continue
 		}
 		failures = 0
-		next = t.cfg.Clock().Add(30 * time.Second)
+		next = t.cfg.Clock().Add(t.rescanEvery())
 	}
+}
+
+// rescanEvery is the time between journal rescans: 30 s, or a liveness
+// lease's lifetime when replicas share the journal, so that an intent a
+// dead replica left open is reconciled within two lifetimes of its death.
+func (t *Tap) rescanEvery() time.Duration {
+	if t.cfg.PollerLease == nil {
+		return 30 * time.Second
+	}
+	return min(30*time.Second, max(t.cfg.PollerLeaseTTL, time.Second))
 }
 
 // process publishes the signals of one completed intent, then removes it

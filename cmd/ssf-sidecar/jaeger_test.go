@@ -187,7 +187,7 @@ func TestJaeger(t *testing.T) {
 	t.Setenv("OTEL_SERVICE_NAME", service)
 	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
 	ctx := context.Background()
-	tracing, err := setupTracing(ctx, "jaeger-test")
+	tracing, err := sidecar.SetupTracing(ctx, "jaeger-test")
 	if err != nil || tracing.Provider == nil {
 		t.Fatalf("tracing: %v", err)
 	}
